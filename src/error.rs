@@ -1,0 +1,230 @@
+//! The crate's error type: what went wrong locally, with the key fingerprint and when to retry.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+use crate::classify::Classification;
+use crate::pool::Fingerprint;
+
+/// A type-erased error, as used throughout the tower ecosystem.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What kind of failure an [`Error`] reports.
+///
+/// Local outcomes (`NoKeyAvailable`, `QuotaExhausted`, `CircuitOpen`, `RetriesExhausted`,
+/// `BudgetExhausted`) carry a [`retry_after`](Error::retry_after) when the crate knows one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// No key can serve the request now: every key is disabled or cooling down for its model.
+    NoKeyAvailable,
+    /// A local quota limit (RPM, TPM, RPD, IPM) refused the request before it was sent.
+    QuotaExhausted,
+    /// A circuit breaker is open for the request's scope.
+    CircuitOpen,
+    /// Every attempt allowed by the retry policy failed.
+    RetriesExhausted,
+    /// The retry budget is spent: retrying now would multiply load during an outage.
+    BudgetExhausted,
+    /// The inner service (the HTTP client) failed: connect error, timeout, reset.
+    Transport,
+    /// Configuration is malformed: a key list, an environment variable, a TOML file.
+    Config,
+}
+
+impl ErrorKind {
+    /// A short stable name, e.g. `"no_key_available"`, for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NoKeyAvailable => "no_key_available",
+            ErrorKind::QuotaExhausted => "quota_exhausted",
+            ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::RetriesExhausted => "retries_exhausted",
+            ErrorKind::BudgetExhausted => "budget_exhausted",
+            ErrorKind::Transport => "transport",
+            ErrorKind::Config => "config",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error returned by every layer of this crate and by pool construction.
+///
+/// It never contains a raw API key: only the key's [`Fingerprint`]. Errors raised by the inner
+/// service are kept as the [`source`](std::error::Error::source) after being checked for the
+/// key (and replaced by a scrubbed copy if they contained it).
+///
+/// ```
+/// use tower_gemini::{ErrorKind, KeyPool};
+///
+/// let err = KeyPool::from_keys(Vec::<String>::new()).unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::Config);
+/// assert!(err.to_string().contains("no API keys"));
+/// ```
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    message: Cow<'static, str>,
+    key: Option<Fingerprint>,
+    retry_after: Option<Duration>,
+    classification: Option<Classification>,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    /// A new error of `kind` with a human-readable message.
+    pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        Error {
+            inner: Box::new(Inner {
+                kind,
+                message: message.into(),
+                key: None,
+                retry_after: None,
+                classification: None,
+                source: None,
+            }),
+        }
+    }
+
+    pub(crate) fn config(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(ErrorKind::Config, message)
+    }
+
+    /// Attach the fingerprint of the key involved.
+    pub fn with_key(mut self, key: Fingerprint) -> Self {
+        self.inner.key = Some(key);
+        self
+    }
+
+    /// Attach the time after which a retry may succeed.
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.inner.retry_after = retry_after;
+        self
+    }
+
+    /// Attach the classification of the upstream answer that led to this error.
+    pub fn with_classification(mut self, classification: Classification) -> Self {
+        self.inner.classification = Some(classification);
+        self
+    }
+
+    /// Attach the underlying cause.
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.inner.source = Some(source.into());
+        self
+    }
+
+    /// Turn an inner service's error into this crate's error: an `Error` passes through
+    /// unchanged (even boxed), anything else becomes [`ErrorKind::Transport`].
+    pub fn from_inner(error: impl Into<BoxError>) -> Self {
+        match error.into().downcast::<Error>() {
+            Ok(err) => *err,
+            Err(other) => Error::new(ErrorKind::Transport, "the inner service failed")
+                .with_classification(Classification::transport())
+                .with_source(other),
+        }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// The fingerprint of the key involved, if any.
+    pub fn key(&self) -> Option<Fingerprint> {
+        self.inner.key
+    }
+
+    /// How long to wait before a retry may succeed, if known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after
+    }
+
+    /// The classification of the outcome (for transport errors: [`Class::Transport`](crate::classify::Class::Transport)).
+    pub fn classification(&self) -> Option<&Classification> {
+        self.inner.classification.as_ref()
+    }
+
+    /// The message without the key or the source.
+    pub fn message(&self) -> &str {
+        &self.inner.message
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.inner.message)?;
+        if let Some(key) = &self.inner.key {
+            write!(f, " (key {key})")?;
+        }
+        if let Some(after) = self.inner.retry_after {
+            write!(f, "; retry in {:.1}s", after.as_secs_f64())?;
+        }
+        if let Some(source) = &self.inner.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.inner.kind)
+            .field("message", &self.inner.message)
+            .field("key", &self.inner.key)
+            .field("retry_after", &self.inner.retry_after)
+            .field("classification", &self.inner.classification)
+            .field("source", &self.inner.source)
+            .finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner.source.as_deref().map(|e| e as _)
+    }
+}
+
+/// A source error whose text was rewritten because it contained an API key.
+#[derive(Debug)]
+pub(crate) struct ScrubbedError(pub(crate) String);
+
+impl fmt::Display for ScrubbedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ScrubbedError {}
+
+/// Return `error` unchanged unless its text (Display or Debug, through the whole source chain)
+/// contains `secret`; then return a [`ScrubbedError`] with every occurrence replaced by `fingerprint`.
+pub(crate) fn scrub(error: BoxError, secret: &str, fingerprint: Fingerprint) -> BoxError {
+    let mut leaks = false;
+    let mut chain = String::new();
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+    while let Some(e) = current {
+        let display = e.to_string();
+        leaks |= display.contains(secret) || format!("{e:?}").contains(secret);
+        if !chain.is_empty() {
+            chain.push_str(": ");
+        }
+        chain.push_str(&display);
+        current = e.source();
+    }
+    if leaks {
+        Box::new(ScrubbedError(chain.replace(secret, &fingerprint.to_string())))
+    } else {
+        error
+    }
+}

@@ -1,0 +1,105 @@
+//! [`KeyRotationLayer`]: pick a healthy key, inject it, classify the answer, teach the pool.
+//!
+//! Per request the service reads the model (the [`Model`](crate::Model) extension, the path
+//! `/v1beta/models/{model}:method`, or the JSON body's `model` on the OpenAI-compatible path when
+//! the body is in memory), asks the [`KeyPool`] for a key, removes any key the caller sent
+//! (`x-goog-api-key`, `?key=`, `Authorization`), injects the chosen key as a sensitive header (or
+//! query parameter) and records [`SelectedKey`](crate::SelectedKey) in the request extensions.
+//!
+//! On the answer, a success streams through untouched. A non-2xx body is read up to a bound
+//! (64 KiB by default) to classify it, then handed on unchanged — except that any copy of the
+//! injected key in it is replaced by the key's fingerprint. The [`Classification`](crate::classify::Classification)
+//! goes into the response extensions; an inner error becomes the crate [`Error`](crate::Error)
+//! of kind `Transport`.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_gemini::{KeyPool, KeyRotationLayer, SelectedKey, classify::{Class, Classification}};
+//!
+//! # tokio_test_block_on(async {
+//! let pool = KeyPool::from_keys(["test-key-0001", "test-key-0002"])?;
+//! let client = service_fn(|req: Request<String>| async move {
+//!     // A real client (hyper, reqwest) goes here; this one checks the injected key.
+//!     assert!(req.headers()["x-goog-api-key"].is_sensitive());
+//!     Ok::<_, Infallible>(Response::new(String::from("{}")))
+//! });
+//! let service = ServiceBuilder::new()
+//!     .layer(KeyRotationLayer::new(pool))
+//!     .service(client);
+//!
+//! let request = Request::post("http://127.0.0.1/v1beta/models/gemini-2.0-flash:generateContent")
+//!     .body(String::from(r#"{"contents":[]}"#))?;
+//! let response = service.oneshot(request).await?;
+//! let verdict = response.extensions().get::<Classification>().unwrap();
+//! assert_eq!(verdict.class(), Class::Success);
+//! # Ok::<(), tower_gemini::BoxError>(())
+//! # }).unwrap();
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+//! # }
+//! ```
+
+mod body;
+mod future;
+mod inject;
+mod service;
+
+pub use body::ResponseBody;
+pub use future::ResponseFuture;
+pub use inject::KeyPlacement;
+pub use service::KeyRotation;
+
+use tower_layer::Layer;
+
+use crate::pool::KeyPool;
+
+/// Default bound on how much of a non-2xx body is read to classify it.
+pub const DEFAULT_MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Applies [`KeyRotation`] to a service. See the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct KeyRotationLayer {
+    pool: KeyPool,
+    placement: KeyPlacement,
+    max_error_body: usize,
+}
+
+impl KeyRotationLayer {
+    /// Rotate over the keys of `pool`.
+    pub fn new(pool: KeyPool) -> Self {
+        KeyRotationLayer {
+            pool,
+            placement: KeyPlacement::default(),
+            max_error_body: DEFAULT_MAX_ERROR_BODY,
+        }
+    }
+
+    /// Where the key goes (default [`KeyPlacement::Auto`]).
+    pub fn placement(mut self, placement: KeyPlacement) -> Self {
+        self.placement = placement;
+        self
+    }
+
+    /// How many bytes of a non-2xx body to read for classification (default 64 KiB).
+    pub fn max_error_body(mut self, bytes: usize) -> Self {
+        self.max_error_body = bytes;
+        self
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &KeyPool {
+        &self.pool
+    }
+}
+
+impl<S> Layer<S> for KeyRotationLayer {
+    type Service = KeyRotation<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KeyRotation::new(inner, self.pool.clone())
+            .placement(self.placement.clone())
+            .max_error_body(self.max_error_body)
+    }
+}

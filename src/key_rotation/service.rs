@@ -1,0 +1,111 @@
+//! The [`KeyRotation`] service.
+
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use super::future::ResponseFuture;
+use super::inject::{KeyPlacement, replace_key};
+use super::DEFAULT_MAX_ERROR_BODY;
+use crate::error::{BoxError, Error};
+use crate::model::model_of;
+use crate::pool::KeyPool;
+
+/// Middleware that picks a key from a [`KeyPool`] for every request. See the
+/// [module docs](super).
+#[derive(Clone, Debug)]
+pub struct KeyRotation<S> {
+    inner: S,
+    pool: KeyPool,
+    placement: KeyPlacement,
+    max_error_body: usize,
+}
+
+impl<S> KeyRotation<S> {
+    /// Wrap `inner`, rotating over the keys of `pool`.
+    pub fn new(inner: S, pool: KeyPool) -> Self {
+        KeyRotation {
+            inner,
+            pool,
+            placement: KeyPlacement::default(),
+            max_error_body: DEFAULT_MAX_ERROR_BODY,
+        }
+    }
+
+    /// Where the key goes (default [`KeyPlacement::Auto`]).
+    pub fn placement(mut self, placement: KeyPlacement) -> Self {
+        self.placement = placement;
+        self
+    }
+
+    /// How many bytes of a non-2xx body to read for classification.
+    pub fn max_error_body(mut self, bytes: usize) -> Self {
+        self.max_error_body = bytes;
+        self
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &KeyPool {
+        &self.pool
+    }
+
+    /// A reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A mutable reference to the inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, ResB> Service<Request<B>> for KeyRotation<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    B: 'static,
+    ResB: Body,
+{
+    type Response = Response<super::ResponseBody<ResB>>;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future, ResB>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Error::from_inner)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let lease = {
+            let model = model_of(&request);
+            self.pool.select(model.as_deref())
+        };
+        let lease = match lease {
+            Ok(lease) => lease,
+            Err(error) => {
+                tracing::debug!(error = %error, "no key for request");
+                return ResponseFuture::failed(error);
+            }
+        };
+        let selected = lease.selected();
+        tracing::debug!(
+            gemini.key = %selected.fingerprint(),
+            gemini.project = selected.project(),
+            gemini.model = selected.model().unwrap_or("unknown"),
+            "using key {}",
+            selected.fingerprint()
+        );
+        replace_key(&mut request, lease.key(), &self.placement);
+        request.extensions_mut().insert(selected);
+        let future = self.inner.call(request);
+        ResponseFuture::called(future, lease, self.max_error_body)
+    }
+}

@@ -1,0 +1,58 @@
+//! Tower middleware that spreads Google Gemini API calls over several API keys.
+//!
+//! Gemini's quotas (requests per minute, tokens per minute, requests per day) belong to a
+//! Google Cloud project and a model, not to a key. `tower-gemini` keeps a [`KeyPool`] of keys —
+//! one per project, or several per project — picks a healthy key for every request, injects it,
+//! reads Google's answer once ([`classify`]) and learns from it: invalid keys are disabled, a
+//! project out of per-minute quota cools for the delay Google gave, a project out of daily quota
+//! cools until midnight Pacific.
+//!
+//! ```no_run
+//! use tower::ServiceBuilder;
+//! use tower_gemini::{KeyPool, KeyRotationLayer};
+//! # fn client() -> tower::util::BoxService<http::Request<String>, http::Response<String>, tower_gemini::BoxError> { unimplemented!() }
+//!
+//! let pool = KeyPool::from_env()?; // GEMINI_API_KEY=k1,k2,k3
+//! let service = ServiceBuilder::new()
+//!     .layer(KeyRotationLayer::new(pool.clone()))
+//!     .service(client());
+//! # Ok::<(), tower_gemini::Error>(())
+//! ```
+//!
+//! | upstream answer | [`Class`](classify::Class) | what the pool does |
+//! |---|---|---|
+//! | 2xx | `Success` | reset failures |
+//! | 400 `API_KEY_INVALID`, 401 | `KeyInvalid` | key disabled until reset |
+//! | 403 leaked, blocked, suspended | `KeyForbidden` | key disabled until reset |
+//! | 402/429 prepayment credits depleted | `BillingExhausted` | project disabled until reset |
+//! | 429 per-day quota | `QuotaDaily` | project+model cools to next Pacific midnight |
+//! | 429 per-minute quota | `QuotaMinute` | project+model cools for `retryDelay` (60 s default) |
+//! | 429 `limit: 0` | `ModelNotOnTier` | project+model disabled |
+//! | 429 without details | `RateLimited` | key cools 5 s, doubling to 60 s |
+//! | 408, 5xx | `Upstream` | counted, key stays healthy |
+//! | connect error, timeout | `Transport` | counted, key stays healthy |
+//! | other 4xx | `Caller` | nothing |
+//!
+//! Keys never appear in logs, `Debug`/`Display` output or errors: only their
+//! [`Fingerprint`] (`…a1b2`).
+
+#![deny(unsafe_code, unreachable_pub)]
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod classify;
+pub mod clock;
+mod error;
+pub mod key_rotation;
+#[cfg(feature = "mock")]
+pub mod mock;
+mod model;
+mod peek;
+pub use key_rotation::{KeyPlacement, KeyRotation, KeyRotationLayer};
+pub use model::Model;
+pub mod pool;
+
+pub use error::{BoxError, Error, ErrorKind};
+
+
+pub use pool::{ApiKey, Fingerprint, KeyPool, KeySpec, SelectedKey};

@@ -1,0 +1,282 @@
+//! Bodies shaped like Google's: errors (`google.rpc.Status`) and successes.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+pub(super) const HELP_URL: &str = "https://ai.google.dev/gemini-api/docs/rate-limits";
+
+fn status(code: u16, message: &str, status: &str, details: Value) -> Value {
+    let mut error = json!({ "code": code, "message": message, "status": status });
+    if details.as_array().is_some_and(|d| !d.is_empty()) {
+        error["details"] = details;
+    }
+    json!({ "error": error })
+}
+
+pub(super) fn invalid_key() -> Value {
+    let message = "API key not valid. Please pass a valid API key.";
+    status(
+        400,
+        message,
+        "INVALID_ARGUMENT",
+        json!([
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+                "metadata": { "service": "generativelanguage.googleapis.com" }
+            },
+            {
+                "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
+                "locale": "en-US",
+                "message": message
+            }
+        ]),
+    )
+}
+
+pub(super) fn leaked_key() -> Value {
+    status(
+        403,
+        "Your API key was reported as leaked. Please use another API key.",
+        "PERMISSION_DENIED",
+        json!([]),
+    )
+}
+
+pub(super) fn unregistered_caller() -> Value {
+    status(
+        403,
+        "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.",
+        "PERMISSION_DENIED",
+        json!([]),
+    )
+}
+
+pub(super) fn billing_exhausted() -> Value {
+    status(
+        429,
+        "Your prepayment credits are depleted. Please go to AI Studio at https://ai.studio/projects to manage your project and billing.",
+        "RESOURCE_EXHAUSTED",
+        json!([]),
+    )
+}
+
+pub(super) fn overloaded() -> Value {
+    status(
+        503,
+        "The model is overloaded. Please try again later.",
+        "UNAVAILABLE",
+        json!([]),
+    )
+}
+
+pub(super) fn internal() -> Value {
+    status(
+        500,
+        "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting",
+        "INTERNAL",
+        json!([]),
+    )
+}
+
+pub(super) fn model_not_found(model: &str, method: &str) -> Value {
+    status(
+        404,
+        &format!(
+            "models/{model} is not found for API version v1beta, or is not supported for {method}. Call ListModels to see the list of available models and their supported methods."
+        ),
+        "NOT_FOUND",
+        json!([]),
+    )
+}
+
+pub(super) fn not_found(path: &str) -> Value {
+    status(
+        404,
+        &format!("Requested entity was not found: {path}"),
+        "NOT_FOUND",
+        json!([]),
+    )
+}
+
+pub(super) fn bad_request(message: &str) -> Value {
+    status(400, message, "INVALID_ARGUMENT", json!([]))
+}
+
+/// Which quota a 429 reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dimension {
+    RequestsPerMinute,
+    TokensPerMinute,
+    RequestsPerDay,
+}
+
+impl Dimension {
+    fn quota_id(self) -> &'static str {
+        match self {
+            Dimension::RequestsPerMinute => "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+            Dimension::TokensPerMinute => "GenerateContentInputTokensPerModelPerMinute-FreeTier",
+            Dimension::RequestsPerDay => "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+        }
+    }
+
+    fn metric(self) -> &'static str {
+        match self {
+            Dimension::RequestsPerMinute | Dimension::RequestsPerDay => {
+                "generativelanguage.googleapis.com/generate_content_free_tier_requests"
+            }
+            Dimension::TokensPerMinute => {
+                "generativelanguage.googleapis.com/generate_content_free_tier_input_token_count"
+            }
+        }
+    }
+}
+
+/// `"47.434s"`: a protobuf JSON duration with millisecond precision.
+pub(super) fn proto_duration(delay: Duration) -> String {
+    let millis = delay.as_millis();
+    if millis % 1000 == 0 {
+        format!("{}s", millis / 1000)
+    } else {
+        format!("{}.{:03}s", millis / 1000, millis % 1000)
+    }
+}
+
+/// A 429 for `dimension` with QuotaFailure, Help and RetryInfo, as Google sends it.
+pub(super) fn quota_exceeded(dimension: Dimension, model: &str, limit: u64, retry: Duration) -> Value {
+    let delay = proto_duration(retry);
+    let message = format!(
+        "You exceeded your current quota, please check your plan and billing details. For more information on this error, head to: {HELP_URL}. To monitor your current usage, head to: https://ai.dev/rate-limit. \n* Quota exceeded for metric: {}, limit: {limit}, model: {model}\nPlease retry in {delay}.",
+        dimension.metric()
+    );
+    status(
+        429,
+        &message,
+        "RESOURCE_EXHAUSTED",
+        json!([
+            {
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [{
+                    "quotaMetric": dimension.metric(),
+                    "quotaId": dimension.quota_id(),
+                    "quotaDimensions": { "location": "global", "model": model },
+                    "quotaValue": limit.to_string()
+                }]
+            },
+            {
+                "@type": "type.googleapis.com/google.rpc.Help",
+                "links": [{ "description": "Learn more about Gemini API quotas", "url": HELP_URL }]
+            },
+            { "@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay }
+        ]),
+    )
+}
+
+/// Input text of a native request (`contents[].parts[].text`, `systemInstruction`) or an
+/// OpenAI-style one (`messages[].content`), and how many `inlineData` images it has.
+pub(super) fn request_text(body: &Value) -> (usize, usize) {
+    fn walk(value: &Value, chars: &mut usize, images: &mut usize) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("text" | "content", Value::String(s)) => *chars += s.chars().count(),
+                        ("inlineData" | "inline_data", _) => *images += 1,
+                        _ => walk(v, chars, images),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, chars, images)),
+            _ => {}
+        }
+    }
+    let (mut chars, mut images) = (0, 0);
+    walk(body, &mut chars, &mut images);
+    (chars, images)
+}
+
+/// The mock's token count: one token per 4 characters of input text, at least 1.
+pub(super) fn tokens_for(chars: usize) -> u64 {
+    (chars as u64).div_ceil(4).max(1)
+}
+
+pub(super) fn candidate(text: &str, finish: bool) -> Value {
+    let mut c = json!({
+        "content": { "parts": [{ "text": text }], "role": "model" },
+        "index": 0
+    });
+    if finish {
+        c["finishReason"] = json!("STOP");
+    }
+    c
+}
+
+pub(super) fn usage(prompt: u64, candidates: u64) -> Value {
+    json!({
+        "promptTokenCount": prompt,
+        "candidatesTokenCount": candidates,
+        "totalTokenCount": prompt + candidates,
+        "promptTokensDetails": [{ "modality": "TEXT", "tokenCount": prompt }]
+    })
+}
+
+pub(super) fn generate_response(model: &str, text: &str, prompt: u64, response_id: &str) -> Value {
+    let out = tokens_for(text.chars().count());
+    json!({
+        "candidates": [candidate(text, true)],
+        "usageMetadata": usage(prompt, out),
+        "modelVersion": model,
+        "responseId": response_id
+    })
+}
+
+pub(super) fn stream_chunk(
+    model: &str,
+    piece: &str,
+    prompt: u64,
+    so_far: u64,
+    last: bool,
+    response_id: &str,
+) -> Value {
+    json!({
+        "candidates": [candidate(piece, last)],
+        "usageMetadata": usage(prompt, so_far),
+        "modelVersion": model,
+        "responseId": response_id
+    })
+}
+
+pub(super) fn openai_response(model: &str, text: &str, prompt: u64, id: &str) -> Value {
+    let out = tokens_for(text.chars().count());
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": 1_767_225_600u64,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": { "role": "assistant", "content": text },
+            "finish_reason": "stop"
+        }],
+        "usage": { "prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out }
+    })
+}
+
+pub(super) fn model_list(models: &[String]) -> Value {
+    let models: Vec<Value> = models
+        .iter()
+        .map(|m| {
+            json!({
+                "name": format!("models/{m}"),
+                "version": "001",
+                "displayName": m,
+                "inputTokenLimit": 1_048_576,
+                "outputTokenLimit": 8192,
+                "supportedGenerationMethods": ["generateContent", "countTokens"]
+            })
+        })
+        .collect();
+    json!({ "models": models })
+}

@@ -1,0 +1,446 @@
+//! A mock Gemini upstream: a real HTTP/1.1 server on 127.0.0.1 that answers like Google.
+//!
+//! Keys are configured per project with per-model limits; exceeding one answers 429 with the
+//! real body shape (QuotaFailure with `quotaId`/`quotaValue`, Help, RetryInfo). An unknown key
+//! gets 400 `API_KEY_INVALID`, a leaked key 403, a project out of credits 429 "prepayment
+//! credits are depleted". Faults can be injected: 503 "The model is overloaded", added latency,
+//! connection reset, an error chunk in the middle of a stream. Random faults draw from a seeded
+//! generator, so a run is repeatable for the same request order.
+//!
+//! Endpoints: `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent` (SSE with
+//! `?alt=sse`, a JSON array otherwise), `:countTokens`, `GET /v1beta/models`, and
+//! `POST /v1beta/openai/chat/completions`.
+//!
+//! The mock counts one token per 4 characters of input text.
+//!
+//! ```
+//! use tower_gemini::mock::MockGemini;
+//! use tower_gemini::pool::ModelLimits;
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let mock = MockGemini::builder()
+//!     .project("proj-a", |p| {
+//!         p.key("test-key-0001")
+//!             .limits("gemini-2.0-flash", ModelLimits { rpm: Some(10), ..Default::default() })
+//!     })
+//!     .start()
+//!     .await?;
+//! assert!(mock.url().starts_with("http://127.0.0.1:"));
+//! assert_eq!(mock.stats().total_requests(), 0);
+//! # Ok::<(), std::io::Error>(())
+//! # }).unwrap();
+//! ```
+
+mod bodies;
+mod quota;
+mod server;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::clock::{Clock, SystemClock};
+use crate::pool::{Fingerprint, ModelLimits};
+
+/// Models the mock serves unless told otherwise.
+pub const DEFAULT_MODELS: &[&str] = &[
+    "gemini-2.0-flash",
+    "gemini-2.0-flash-lite",
+    "gemini-2.5-flash",
+    "gemini-2.5-flash-lite",
+    "gemini-2.5-pro",
+];
+
+/// A project of the mock: its keys, limits and billing state.
+#[derive(Clone, Default)]
+pub struct MockProject {
+    keys: Vec<String>,
+    leaked: Vec<String>,
+    limits: HashMap<String, ModelLimits>,
+    default_limits: Option<ModelLimits>,
+    billing_exhausted: bool,
+}
+
+impl MockProject {
+    /// A valid key of this project.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.keys.push(key.into());
+        self
+    }
+
+    /// A key of this project reported as leaked: answers 403.
+    pub fn leaked_key(mut self, key: impl Into<String>) -> Self {
+        self.leaked.push(key.into());
+        self
+    }
+
+    /// Limits for one model (a value of 0 means the model is not on this project's tier).
+    pub fn limits(mut self, model: impl Into<String>, limits: ModelLimits) -> Self {
+        self.limits.insert(model.into(), limits);
+        self
+    }
+
+    /// Limits for every model without its own.
+    pub fn default_limits(mut self, limits: ModelLimits) -> Self {
+        self.default_limits = Some(limits);
+        self
+    }
+
+    /// The project's prepaid credits are depleted: every request answers 429.
+    pub fn billing_exhausted(mut self) -> Self {
+        self.billing_exhausted = true;
+        self
+    }
+
+    fn limits_for(&self, model: &str) -> ModelLimits {
+        self.limits
+            .get(model)
+            .copied()
+            .or(self.default_limits)
+            .unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for MockProject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockProject")
+            .field("keys", &self.keys.len())
+            .field("leaked", &self.leaked.len())
+            .field("limits", &self.limits)
+            .field("billing_exhausted", &self.billing_exhausted)
+            .finish()
+    }
+}
+
+/// A fault the mock injects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fault {
+    kind: FaultKind,
+    rate: f64,
+    model: Option<String>,
+}
+
+/// What a [`Fault`] does.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum FaultKind {
+    /// Answer 503 "The model is overloaded. Please try again later."
+    Overloaded,
+    /// Answer 500 INTERNAL.
+    Internal,
+    /// Close the connection without answering.
+    ConnectionReset,
+    /// In a streamed answer, send one chunk, then an error chunk, then break the stream.
+    MidStreamError,
+    /// Wait this long before answering.
+    Latency(Duration),
+}
+
+impl Fault {
+    /// A fault of `kind` hitting a fraction `rate` (0.0–1.0) of requests.
+    pub fn new(kind: FaultKind, rate: f64) -> Self {
+        Fault {
+            kind,
+            rate: rate.clamp(0.0, 1.0),
+            model: None,
+        }
+    }
+
+    /// 503 overloaded on a fraction of requests.
+    pub fn overloaded(rate: f64) -> Self {
+        Fault::new(FaultKind::Overloaded, rate)
+    }
+
+    /// Connection reset on a fraction of requests.
+    pub fn connection_reset(rate: f64) -> Self {
+        Fault::new(FaultKind::ConnectionReset, rate)
+    }
+
+    /// Error chunk mid-stream on a fraction of streamed requests.
+    pub fn mid_stream_error(rate: f64) -> Self {
+        Fault::new(FaultKind::MidStreamError, rate)
+    }
+
+    /// Added latency on every request.
+    pub fn latency(delay: Duration) -> Self {
+        Fault::new(FaultKind::Latency(delay), 1.0)
+    }
+
+    /// Only requests for this model.
+    pub fn for_model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(model.into());
+        self
+    }
+
+    fn applies_to(&self, model: Option<&str>) -> bool {
+        self.model.as_deref().is_none_or(|m| Some(m) == model)
+    }
+}
+
+/// Builds and starts a [`MockServer`].
+#[derive(Debug, Default)]
+pub struct MockGemini {
+    projects: Vec<(String, MockProject)>,
+    models: Option<Vec<String>>,
+    faults: Vec<Fault>,
+    seed: u64,
+    clock: Option<Arc<dyn Clock>>,
+    stream_chunks: Option<usize>,
+}
+
+impl MockGemini {
+    /// An empty mock.
+    pub fn builder() -> Self {
+        Self::default()
+    }
+
+    /// Add a project, configured by `configure`.
+    pub fn project(
+        mut self,
+        name: impl Into<String>,
+        configure: impl FnOnce(MockProject) -> MockProject,
+    ) -> Self {
+        self.projects
+            .push((name.into(), configure(MockProject::default())));
+        self
+    }
+
+    /// The models served (default [`DEFAULT_MODELS`]); others answer 404.
+    pub fn models<I, M>(mut self, models: I) -> Self
+    where
+        I: IntoIterator<Item = M>,
+        M: Into<String>,
+    {
+        self.models = Some(models.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Inject a fault.
+    pub fn fault(mut self, fault: Fault) -> Self {
+        self.faults.push(fault);
+        self
+    }
+
+    /// Seed for random faults (default 0).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The clock for quota windows and days (default [`SystemClock`], which follows paused
+    /// tokio time).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// Chunks in a streamed answer (default 3).
+    pub fn stream_chunks(mut self, chunks: usize) -> Self {
+        self.stream_chunks = Some(chunks.max(1));
+        self
+    }
+
+    /// Bind 127.0.0.1 on an ephemeral port and serve until the returned server is dropped.
+    pub async fn start(self) -> std::io::Result<MockServer> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let mut keys = HashMap::new();
+        for (index, (_, project)) in self.projects.iter().enumerate() {
+            for key in &project.keys {
+                keys.insert(key.clone(), (index, false));
+            }
+            for key in &project.leaked {
+                keys.insert(key.clone(), (index, true));
+            }
+        }
+        let state = Arc::new(MockState {
+            keys,
+            projects: Mutex::new(self.projects),
+            models: self
+                .models
+                .unwrap_or_else(|| DEFAULT_MODELS.iter().map(|m| m.to_string()).collect()),
+            faults: Mutex::new(self.faults),
+            rng: Mutex::new(SmallRng::seed_from_u64(self.seed)),
+            clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
+            usage: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+            stream_chunks: self.stream_chunks.unwrap_or(3),
+            next_id: AtomicU64::new(1),
+        });
+        let task = tokio::spawn(server::serve(listener, state.clone()));
+        Ok(MockServer { addr, state, task })
+    }
+}
+
+pub(crate) struct MockState {
+    /// key → (project index, leaked)
+    keys: HashMap<String, (usize, bool)>,
+    projects: Mutex<Vec<(String, MockProject)>>,
+    models: Vec<String>,
+    faults: Mutex<Vec<Fault>>,
+    rng: Mutex<SmallRng>,
+    clock: Arc<dyn Clock>,
+    usage: Mutex<HashMap<(usize, String), quota::Usage>>,
+    stats: Stats,
+    stream_chunks: usize,
+    next_id: AtomicU64,
+}
+
+/// Counters for assertions.
+#[derive(Default)]
+pub struct Stats {
+    total: AtomicU64,
+    per_key: Mutex<HashMap<String, KeyCount>>,
+    by_status: Mutex<HashMap<u16, u64>>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct KeyCount {
+    requests: u64,
+    rate_limited: u64,
+}
+
+impl Stats {
+    /// Requests received (including refused ones and resets).
+    pub fn total_requests(&self) -> u64 {
+        self.total.load(Ordering::SeqCst)
+    }
+
+    /// Requests received with this key.
+    pub fn requests_for(&self, key: &str) -> u64 {
+        let map = self.per_key.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key).map_or(0, |c| c.requests)
+    }
+
+    /// 429 answers given to this key.
+    pub fn rate_limited_for(&self, key: &str) -> u64 {
+        let map = self.per_key.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key).map_or(0, |c| c.rate_limited)
+    }
+
+    /// Answers with this status.
+    pub fn responses_with_status(&self, status: u16) -> u64 {
+        let map = self.by_status.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&status).copied().unwrap_or(0)
+    }
+
+    /// Every status answered, with counts, sorted.
+    pub fn statuses(&self) -> Vec<(u16, u64)> {
+        let map = self.by_status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<_> = map.iter().map(|(s, n)| (*s, *n)).collect();
+        all.sort_unstable();
+        all
+    }
+
+    fn record_request(&self, key: Option<&str>) {
+        self.total.fetch_add(1, Ordering::SeqCst);
+        if let Some(key) = key {
+            let mut map = self.per_key.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(key.to_owned()).or_default().requests += 1;
+        }
+    }
+
+    fn record_status(&self, key: Option<&str>, status: u16) {
+        {
+            let mut map = self.by_status.lock().unwrap_or_else(|e| e.into_inner());
+            *map.entry(status).or_default() += 1;
+        }
+        if status == 429
+            && let Some(key) = key
+        {
+            let mut map = self.per_key.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(key.to_owned()).or_default().rate_limited += 1;
+        }
+    }
+}
+
+impl fmt::Debug for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stats")
+            .field("total", &self.total_requests())
+            .field("statuses", &self.statuses())
+            .finish()
+    }
+}
+
+/// A running mock. Stops serving when dropped.
+pub struct MockServer {
+    addr: SocketAddr,
+    state: Arc<MockState>,
+    task: JoinHandle<()>,
+}
+
+impl MockServer {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The URL of `model`'s `method`, e.g. `generateContent`.
+    pub fn model_url(&self, model: &str, method: &str) -> String {
+        format!("http://{}/v1beta/models/{model}:{method}", self.addr)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.state.stats
+    }
+
+    /// Replace the injected faults.
+    pub fn set_faults(&self, faults: impl IntoIterator<Item = Fault>) {
+        let mut current = self.state.faults.lock().unwrap_or_else(|e| e.into_inner());
+        *current = faults.into_iter().collect();
+    }
+
+    /// Mark a project's credits depleted (or restored).
+    pub fn set_billing_exhausted(&self, project: &str, exhausted: bool) {
+        let mut projects = self.state.projects.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, p) in projects.iter_mut() {
+            if name == project {
+                p.billing_exhausted = exhausted;
+            }
+        }
+    }
+
+    /// Forget all quota usage.
+    pub fn reset_usage(&self) {
+        self.state
+            .usage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+impl fmt::Debug for MockServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockServer")
+            .field("addr", &self.addr)
+            .field("stats", &self.state.stats)
+            .finish()
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The fingerprint the mock shows for a key in its `x-mock-key` header.
+fn fingerprint(key: &str) -> Option<Fingerprint> {
+    crate::ApiKey::new(key).ok().map(|k| k.fingerprint())
+}

@@ -1,0 +1,126 @@
+//! Which model a request is for: [`Model`] extension, URL path, or OpenAI-style JSON body.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use http::Request;
+use serde::Deserialize;
+
+use crate::peek;
+
+/// Names the model of a request explicitly. As a request extension it takes precedence over the
+/// URL path and the body; use it when the body is a stream that cannot be peeked.
+///
+/// ```
+/// use tower_gemini::Model;
+///
+/// let request = http::Request::builder()
+///     .uri("http://127.0.0.1/v1beta/openai/chat/completions")
+///     .extension(Model::new("gemini-2.0-flash"))
+///     .body(())
+///     .unwrap();
+/// assert_eq!(request.extensions().get::<Model>().unwrap().as_str(), "gemini-2.0-flash");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Model(Arc<str>);
+
+impl Model {
+    /// A model name such as `gemini-2.0-flash` (a leading `models/` is dropped).
+    pub fn new(name: impl AsRef<str>) -> Self {
+        let name = name.as_ref().trim();
+        Model(Arc::from(name.strip_prefix("models/").unwrap_or(name)))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Is this a request to the OpenAI-compatible endpoint (`/v1beta/openai/...`)?
+pub(crate) fn is_openai_path(path: &str) -> bool {
+    path.contains("/openai/")
+}
+
+/// The model in a native path: `/v1beta/models/{model}:method` (or `/v1/models/{model}`).
+pub(crate) fn model_in_path(path: &str) -> Option<&str> {
+    let at = path.find("/models/")?;
+    let rest = &path[at + "/models/".len()..];
+    let end = rest.find([':', '/', '?']).unwrap_or(rest.len());
+    let model = &rest[..end];
+    (!model.is_empty()).then_some(model)
+}
+
+/// The `model` field of a JSON body (the OpenAI-compatible endpoint).
+pub(crate) fn model_in_json(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct OnlyModel<'a> {
+        #[serde(borrow)]
+        model: Option<Cow<'a, str>>,
+    }
+    let parsed: OnlyModel<'_> = serde_json::from_slice(body).ok()?;
+    let model = parsed.model?;
+    let model = model.trim();
+    let model = model.strip_prefix("models/").unwrap_or(model);
+    (!model.is_empty()).then(|| model.to_owned())
+}
+
+/// The model of a request: the [`Model`] extension, else the path, else (OpenAI-compatible
+/// path) the JSON body's `model` if the body is in memory.
+pub(crate) fn model_of<B: 'static>(request: &Request<B>) -> Option<Cow<'_, str>> {
+    if let Some(model) = request.extensions().get::<Model>() {
+        return Some(Cow::Borrowed(model.as_str()));
+    }
+    let path = request.uri().path();
+    if let Some(model) = model_in_path(path) {
+        return Some(Cow::Borrowed(model));
+    }
+    if is_openai_path(path) {
+        let body = peek::body_bytes(request.body())?;
+        return model_in_json(&body).map(Cow::Owned);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::Full;
+
+    #[test]
+    fn model_from_native_paths() {
+        assert_eq!(
+            model_in_path("/v1beta/models/gemini-2.0-flash:generateContent"),
+            Some("gemini-2.0-flash")
+        );
+        assert_eq!(
+            model_in_path("/v1beta/models/gemini-2.5-pro:streamGenerateContent"),
+            Some("gemini-2.5-pro")
+        );
+        assert_eq!(model_in_path("/v1/models/gemini-1.5-flash"), Some("gemini-1.5-flash"));
+        assert_eq!(model_in_path("/v1beta/models"), None);
+        assert_eq!(model_in_path("/v1beta/models/"), None);
+    }
+
+    #[test]
+    fn model_from_openai_body() {
+        let req = Request::post("http://x/v1beta/openai/chat/completions")
+            .body(Full::new(Bytes::from(r#"{"messages":[],"model":"models/gemini-2.0-flash"}"#)))
+            .unwrap();
+        assert_eq!(model_of(&req).as_deref(), Some("gemini-2.0-flash"));
+        let req = Request::post("http://x/v1beta/openai/chat/completions")
+            .body(String::from("not json"))
+            .unwrap();
+        assert_eq!(model_of(&req), None);
+    }
+
+    #[test]
+    fn extension_wins() {
+        let req = Request::post("http://x/v1beta/models/a:generateContent")
+            .extension(Model::new("b"))
+            .body(())
+            .unwrap();
+        assert_eq!(model_of(&req).as_deref(), Some("b"));
+    }
+}

@@ -1,0 +1,71 @@
+//! Reading a request body that is already in memory, without consuming it.
+//!
+//! Bodies are generic, so this works by recognising the common in-memory body types
+//! (`String`, `Full<Bytes>`, `Bytes`, `Vec<u8>`, `&'static str`); any other body is not peeked.
+
+use std::any::Any;
+use std::ops::Deref;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use http_body::Body;
+use http_body_util::Full;
+
+/// The bytes of an in-memory body.
+pub(crate) enum Peeked<'a> {
+    Borrowed(&'a [u8]),
+    Shared(Bytes),
+}
+
+impl Deref for Peeked<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Peeked::Borrowed(b) => b,
+            Peeked::Shared(b) => b,
+        }
+    }
+}
+
+/// The whole body, if `body` is one of the in-memory types.
+pub(crate) fn body_bytes<B: 'static>(body: &B) -> Option<Peeked<'_>> {
+    let any = body as &dyn Any;
+    if let Some(s) = any.downcast_ref::<String>() {
+        return Some(Peeked::Borrowed(s.as_bytes()));
+    }
+    if let Some(b) = any.downcast_ref::<Bytes>() {
+        return Some(Peeked::Shared(b.clone()));
+    }
+    if let Some(v) = any.downcast_ref::<Vec<u8>>() {
+        return Some(Peeked::Borrowed(v));
+    }
+    if let Some(s) = any.downcast_ref::<&'static str>() {
+        return Some(Peeked::Borrowed(s.as_bytes()));
+    }
+    if let Some(full) = any.downcast_ref::<Full<Bytes>>() {
+        // `Full` has no accessor, but a clone yields its one frame at once (a refcount bump).
+        let mut copy = full.clone();
+        let mut cx = Context::from_waker(Waker::noop());
+        return match Pin::new(&mut copy).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => frame.into_data().ok().map(Peeked::Shared),
+            Poll::Ready(None) => Some(Peeked::Borrowed(&[])),
+            _ => None,
+        };
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_memory_bodies_are_peeked() {
+        assert_eq!(&*body_bytes(&String::from("abc")).unwrap(), b"abc");
+        assert_eq!(&*body_bytes(&Full::new(Bytes::from("xyz"))).unwrap(), b"xyz");
+        assert_eq!(&*body_bytes(&Full::new(Bytes::new())).unwrap(), b"");
+        assert_eq!(&*body_bytes(&Bytes::from_static(b"q")).unwrap(), b"q");
+        assert!(body_bytes(&http_body_util::Empty::<Bytes>::new()).is_none());
+    }
+}

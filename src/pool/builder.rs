@@ -1,0 +1,216 @@
+//! [`KeyPoolBuilder`]: keys from code, the environment or TOML; strategy, clock and limits.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use super::health::{KeyHealth, ModelTable, ProjectHealth, normalize_model};
+use super::key::{ApiKey, DEFAULT_PRIORITY, KeySpec};
+use super::limits::{Limits, ModelLimits};
+use super::strategy::{RoundRobin, Strategy};
+use super::{KeyEntry, KeyPool, PoolInner, ProjectEntry};
+use crate::clock::{Clock, SystemClock};
+use crate::error::Error;
+
+/// Builds a [`KeyPool`].
+///
+/// ```
+/// use tower_gemini::pool::{KeyPool, KeySpec, ModelLimits, WeightedRandom};
+///
+/// let pool = KeyPool::builder()
+///     .key("test-key-0001")
+///     .key_with(KeySpec::new("test-key-0002").name("backup").project("proj-b"))
+///     .strategy(WeightedRandom::with_seed(7))
+///     .model_limits("gemini-2.0-flash", ModelLimits { rpm: Some(15), ..ModelLimits::default() })
+///     .build()?;
+/// assert_eq!(pool.len(), 2);
+/// # Ok::<(), tower_gemini::Error>(())
+/// ```
+#[derive(Default)]
+pub struct KeyPoolBuilder {
+    specs: Vec<(KeySpec, Option<String>)>,
+    strategy: Option<Box<dyn Strategy>>,
+    clock: Option<Arc<dyn Clock>>,
+    limits: Limits,
+}
+
+impl KeyPoolBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a key (its own project, default priority).
+    pub fn key(self, secret: impl Into<String>) -> Self {
+        self.key_with(KeySpec::new(secret))
+    }
+
+    /// Add a key with a name, project and priority.
+    pub fn key_with(mut self, spec: KeySpec) -> Self {
+        self.specs.push((spec, None));
+        self
+    }
+
+    /// Add several keys.
+    pub fn keys<I, K>(self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = K>,
+        K: Into<String>,
+    {
+        keys.into_iter().fold(self, |b, k| b.key(k))
+    }
+
+    pub(crate) fn key_from(mut self, spec: KeySpec, origin: String) -> Self {
+        self.specs.push((spec, Some(origin)));
+        self
+    }
+
+    /// The selection strategy (default [`RoundRobin`]).
+    pub fn strategy(mut self, strategy: impl Strategy) -> Self {
+        self.strategy = Some(Box::new(strategy));
+        self
+    }
+
+    pub(crate) fn boxed_strategy(mut self, strategy: Box<dyn Strategy>) -> Self {
+        self.strategy = Some(strategy);
+        self
+    }
+
+    /// The clock (default [`SystemClock`]); inject a [`ManualClock`](crate::clock::ManualClock) in tests.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// Limits for `model` in every project (per-project limits take precedence).
+    pub fn model_limits(mut self, model: impl AsRef<str>, limits: ModelLimits) -> Self {
+        self.limits
+            .defaults
+            .insert(normalize_model(model.as_ref()).to_owned(), limits);
+        self
+    }
+
+    /// Limits for `model` in one project.
+    pub fn project_model_limits(
+        mut self,
+        project: impl Into<String>,
+        model: impl AsRef<str>,
+        limits: ModelLimits,
+    ) -> Self {
+        self.limits
+            .projects
+            .entry(project.into())
+            .or_default()
+            .insert(normalize_model(model.as_ref()).to_owned(), limits);
+        self
+    }
+
+    /// Build the pool.
+    ///
+    /// Errors (never showing a key) if there are no keys, a key is malformed, or limits name a
+    /// project no key belongs to. A key listed twice is kept once, at its first position.
+    pub fn build(self) -> Result<KeyPool, Error> {
+        if self.specs.is_empty() {
+            return Err(Error::config(
+                "no API keys: add at least one with KeyPool::builder().key(..), GEMINI_API_KEY=k1,k2 or a TOML [[keys]] entry",
+            ));
+        }
+        let mut seen = HashSet::new();
+        let mut validated = Vec::with_capacity(self.specs.len());
+        for (position, (spec, origin)) in self.specs.iter().enumerate() {
+            let key = ApiKey::new(spec.expose()).map_err(|e| {
+                let what = origin
+                    .clone()
+                    .or_else(|| spec.name.as_ref().map(|n| format!("name {n:?}")))
+                    .map(|o| format!(" ({o})"))
+                    .unwrap_or_default();
+                Error::config(format!("key #{}{what}: {}", position + 1, e.message()))
+            })?;
+            if !seen.insert(key.expose().to_owned()) {
+                tracing::debug!(gemini.key = %key.fingerprint(), "duplicate key dropped");
+                continue;
+            }
+            validated.push((key, spec));
+        }
+
+        // Projects: explicit names first, then a project of its own for each key without one.
+        let explicit: HashSet<&str> = validated
+            .iter()
+            .filter_map(|(_, s)| s.project.as_deref())
+            .collect();
+        let mut project_index: HashMap<String, usize> = HashMap::new();
+        let mut projects: Vec<ProjectEntry> = Vec::new();
+        let mut keys = Vec::with_capacity(validated.len());
+        for (key, spec) in validated {
+            let project_name = match spec.project.as_deref() {
+                Some(p) if !p.trim().is_empty() => p.trim().to_owned(),
+                _ => {
+                    let base = spec
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| key.fingerprint().to_string());
+                    let mut candidate = base.clone();
+                    let mut n = 2;
+                    while explicit.contains(candidate.as_str())
+                        || project_index.contains_key(&candidate)
+                    {
+                        candidate = format!("{base}#{n}");
+                        n += 1;
+                    }
+                    candidate
+                }
+            };
+            let index = *project_index
+                .entry(project_name.clone())
+                .or_insert_with(|| {
+                    projects.push(ProjectEntry {
+                        name: Arc::from(project_name.as_str()),
+                        health: ProjectHealth::default(),
+                    });
+                    projects.len() - 1
+                });
+            keys.push(KeyEntry {
+                key,
+                name: spec.name.as_deref().map(Arc::from),
+                project: index,
+                priority: spec.priority.unwrap_or(DEFAULT_PRIORITY),
+                health: KeyHealth::default(),
+            });
+        }
+
+        for project in self.limits.projects.keys() {
+            if !project_index.contains_key(project) {
+                let mut known: Vec<&str> = project_index.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                return Err(Error::config(format!(
+                    "limits are set for project {project:?}, but no key belongs to it (projects: {})",
+                    known.join(", ")
+                )));
+            }
+        }
+
+        let inner = PoolInner {
+            models: ModelTable::new(projects.len()),
+            keys: keys.into_boxed_slice(),
+            projects: projects.into_boxed_slice(),
+            strategy: self
+                .strategy
+                .unwrap_or_else(|| Box::new(RoundRobin::new())),
+            clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
+            limits: self.limits,
+        };
+        Ok(KeyPool {
+            inner: Arc::new(inner),
+        })
+    }
+}
+
+impl fmt::Debug for KeyPoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyPoolBuilder")
+            .field("keys", &self.specs.iter().map(|(s, _)| s).collect::<Vec<_>>())
+            .field("strategy", &self.strategy)
+            .field("clock", &self.clock)
+            .finish()
+    }
+}

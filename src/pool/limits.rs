@@ -1,0 +1,49 @@
+//! Per-model quota limits configured for projects (enforced by the quota layer).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A project's limits for one model; `None` means no local limit in that dimension.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelLimits {
+    /// Requests per minute.
+    pub rpm: Option<u32>,
+    /// Input tokens per minute.
+    pub tpm: Option<u64>,
+    /// Requests per day (reset at midnight America/Los_Angeles).
+    pub rpd: Option<u32>,
+    /// Images per minute.
+    pub ipm: Option<u32>,
+}
+
+impl ModelLimits {
+    /// Fill the dimensions this one leaves unset from `fallback`.
+    pub fn or(self, fallback: ModelLimits) -> ModelLimits {
+        ModelLimits {
+            rpm: self.rpm.or(fallback.rpm),
+            tpm: self.tpm.or(fallback.tpm),
+            rpd: self.rpd.or(fallback.rpd),
+            ipm: self.ipm.or(fallback.ipm),
+        }
+    }
+}
+
+/// Limits per model for every project, and overrides per project.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Limits {
+    pub(crate) defaults: HashMap<String, ModelLimits>,
+    pub(crate) projects: HashMap<String, HashMap<String, ModelLimits>>,
+}
+
+impl Limits {
+    pub(crate) fn for_model(&self, project: &str, model: &str) -> Option<ModelLimits> {
+        let specific = self.projects.get(project).and_then(|m| m.get(model)).copied();
+        let default = self.defaults.get(model).copied();
+        match (specific, default) {
+            (Some(s), Some(d)) => Some(s.or(d)),
+            (s, d) => s.or(d),
+        }
+    }
+}

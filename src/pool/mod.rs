@@ -1,0 +1,455 @@
+//! The [`KeyPool`]: keys, their projects, health, selection and what the pool learns.
+//!
+//! A pool is cheap to clone (an `Arc` inside) and shared by every layer. Selection reads atomics
+//! and one read-locked map lookup for the model; it never holds a lock across a selection.
+//!
+//! ```
+//! use tower_gemini::KeyPool;
+//!
+//! let pool = KeyPool::from_keys(["test-key-0001", "test-key-0002"]).unwrap();
+//! let lease = pool.select(Some("gemini-2.0-flash")).unwrap();
+//! assert_eq!(lease.selected().fingerprint().to_string(), "…0001");
+//! ```
+
+mod builder;
+mod env;
+mod health;
+mod key;
+mod limits;
+mod snapshot;
+mod strategy;
+#[cfg(feature = "toml")]
+mod toml_config;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+pub use builder::KeyPoolBuilder;
+pub use health::DisabledReason;
+pub use key::{ApiKey, DEFAULT_PRIORITY, Fingerprint, KeySpec};
+pub use limits::ModelLimits;
+pub use snapshot::{KeyCounters, KeySnapshot, KeyState, ModelHealthSnapshot, PoolSnapshot};
+pub use strategy::{
+    Candidates, KeyStats, LeastInFlight, LowestLatency, RoundRobin, Strategy, WeightedRandom,
+};
+
+use crate::classify::{Class, Classification};
+use crate::clock::{Clock, next_pacific_midnight};
+use crate::error::{Error, ErrorKind};
+use health::{KeyHealth, ModelSlots, ModelTable, ProjectHealth};
+use limits::Limits;
+
+/// Default cool-down of a project+model after a per-minute 429 without `retryDelay`.
+pub const DEFAULT_MINUTE_COOLDOWN: Duration = Duration::from_secs(60);
+/// First cool-down of a key after a bare 429; doubles while it repeats.
+pub const RATE_LIMIT_BASE_COOLDOWN: Duration = Duration::from_secs(5);
+/// Longest cool-down of a key after repeated bare 429s.
+pub const RATE_LIMIT_MAX_COOLDOWN: Duration = Duration::from_secs(60);
+
+/// A shared set of Gemini API keys with their health, projects and selection strategy.
+#[derive(Clone)]
+pub struct KeyPool {
+    inner: Arc<PoolInner>,
+}
+
+pub(crate) struct PoolInner {
+    keys: Box<[KeyEntry]>,
+    projects: Box<[ProjectEntry]>,
+    models: ModelTable,
+    strategy: Box<dyn Strategy>,
+    clock: Arc<dyn Clock>,
+    limits: Limits,
+}
+
+pub(crate) struct KeyEntry {
+    key: ApiKey,
+    name: Option<Arc<str>>,
+    project: usize,
+    priority: u32,
+    health: KeyHealth,
+}
+
+pub(crate) struct ProjectEntry {
+    name: Arc<str>,
+    health: ProjectHealth,
+}
+
+impl KeyPool {
+    /// A builder: keys, strategy, clock, limits.
+    pub fn builder() -> KeyPoolBuilder {
+        KeyPoolBuilder::new()
+    }
+
+    /// A pool of these keys, each its own project, round robin.
+    pub fn from_keys<I, K>(keys: I) -> Result<KeyPool, Error>
+    where
+        I: IntoIterator<Item = K>,
+        K: Into<String>,
+    {
+        keys.into_iter()
+            .fold(KeyPool::builder(), |b, k| b.key(k))
+            .build()
+    }
+
+    /// Keys from the process environment; see [`KeyPoolBuilder::keys_from_env`].
+    pub fn from_env() -> Result<KeyPool, Error> {
+        KeyPool::builder().keys_from_env()?.build()
+    }
+
+    /// Keys from the given variables instead of the process environment (same rules as
+    /// [`from_env`](KeyPool::from_env)); handy in tests.
+    pub fn from_env_vars<I, K, V>(vars: I) -> Result<KeyPool, Error>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        KeyPool::builder().keys_from_vars(vars)?.build()
+    }
+
+    /// A pool from a TOML document; see [`KeyPoolBuilder::toml_str`].
+    #[cfg(feature = "toml")]
+    pub fn from_toml_str(text: &str) -> Result<KeyPool, Error> {
+        KeyPool::builder().toml_str(text)?.build()
+    }
+
+    /// A pool from a TOML file; see [`KeyPoolBuilder::toml_str`].
+    #[cfg(feature = "toml")]
+    pub fn from_toml_path(path: impl AsRef<std::path::Path>) -> Result<KeyPool, Error> {
+        KeyPool::builder().toml_path(path)?.build()
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.inner.keys.len()
+    }
+
+    /// Always false: a built pool has at least one key.
+    pub fn is_empty(&self) -> bool {
+        self.inner.keys.is_empty()
+    }
+
+    /// The fingerprints of the keys, in pool order.
+    pub fn fingerprints(&self) -> impl Iterator<Item = Fingerprint> + '_ {
+        self.inner.keys.iter().map(|k| k.key.fingerprint())
+    }
+
+    /// The pool's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// The limits configured for `project` and `model` (per-project values over the defaults).
+    pub fn limits_for(&self, project: &str, model: &str) -> Option<ModelLimits> {
+        self.inner.limits.for_model(project, model)
+    }
+
+    /// Choose a key that can serve `model` now (`None`: the model is unknown).
+    ///
+    /// The lease counts as in flight until it is reported or dropped. Errors with
+    /// [`ErrorKind::NoKeyAvailable`] when every key is disabled or cooling down for the model,
+    /// with `retry_after` set to when the first cooling key frees (none if all are disabled).
+    pub fn select(&self, model: Option<&str>) -> Result<KeyLease, Error> {
+        let inner = &*self.inner;
+        let slots = match model {
+            Some(model) => inner.models.get(model),
+            None => inner.models.unknown(),
+        };
+        let now = inner.clock.now_millis();
+        let candidates = Candidates {
+            keys: &inner.keys,
+            projects: &inner.projects,
+            slots: &slots,
+            now,
+        };
+        let chosen = inner
+            .strategy
+            .choose(&candidates)
+            .filter(|&i| candidates.is_available(i))
+            // A strategy that picks an unavailable key is overruled, not trusted.
+            .or_else(|| candidates.available().next());
+        let Some(index) = chosen else {
+            return Err(no_key_error(&candidates));
+        };
+        let health = &inner.keys[index].health;
+        health.in_flight.fetch_add(1, Ordering::Relaxed);
+        health.last_used.store(now, Ordering::Relaxed);
+        Ok(KeyLease {
+            pool: self.inner.clone(),
+            index,
+            slots,
+        })
+    }
+
+    /// Re-enable keys and clear their cool-downs. `id` is a key's name, its fingerprint
+    /// (`…a1b2`, `...a1b2` or `a1b2`), or a project name. A matched key's project is reset too
+    /// (billing, per-model cool-downs and tier blocks). Returns how many keys matched.
+    pub fn reset(&self, id: &str) -> usize {
+        let inner = &*self.inner;
+        let mut matched = 0;
+        let mut projects = vec![false; inner.projects.len()];
+        for entry in inner.keys.iter() {
+            let hit = entry.name.as_deref() == Some(id)
+                || entry.key.fingerprint().matches(id)
+                || &*inner.projects[entry.project].name == id;
+            if hit {
+                entry.health.reset();
+                projects[entry.project] = true;
+                matched += 1;
+            }
+        }
+        let models = inner.models.all();
+        for (p, _) in projects.iter().enumerate().filter(|(_, hit)| **hit) {
+            inner.projects[p].health.disabled.clear();
+            for slots in &models {
+                slots.projects[p].reset();
+            }
+        }
+        if matched > 0 {
+            tracing::info!(matched, "key pool reset");
+        }
+        matched
+    }
+
+    /// Re-enable every key and clear every cool-down.
+    pub fn reset_all(&self) {
+        let inner = &*self.inner;
+        for entry in inner.keys.iter() {
+            entry.health.reset();
+        }
+        for project in inner.projects.iter() {
+            project.health.disabled.clear();
+        }
+        for slots in inner.models.all() {
+            for slot in slots.projects.iter() {
+                slot.reset();
+            }
+        }
+    }
+
+    /// A serialisable view of every key: state, cool-downs per model, counters.
+    pub fn snapshot(&self) -> PoolSnapshot {
+        snapshot::take(&self.inner)
+    }
+}
+
+impl PoolInner {
+    fn report(&self, index: usize, slots: &ModelSlots, outcome: &Classification, latency: Duration) {
+        let inner = self;
+        let entry = &inner.keys[index];
+        let health = &entry.health;
+        let now = inner.clock.now_millis();
+        let class = outcome.class();
+        health.total.fetch_add(1, Ordering::Relaxed);
+        health.by_class[class.index()].fetch_add(1, Ordering::Relaxed);
+        match class {
+            Class::Success => {
+                health.successes.fetch_add(1, Ordering::Relaxed);
+                health.consecutive_failures.store(0, Ordering::Relaxed);
+                health.rate_limit_streak.store(0, Ordering::Relaxed);
+                health.last_success.store(now, Ordering::Relaxed);
+                health.record_latency(latency);
+                return;
+            }
+            Class::Caller => return,
+            _ => {
+                health.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+                health.last_failure.store(now, Ordering::Relaxed);
+            }
+        }
+        let fingerprint = entry.key.fingerprint();
+        let project = &inner.projects[entry.project];
+        // Quota answers name the model; prefer the request's, fall back on the answer's.
+        let learned;
+        let slots = match outcome.model() {
+            Some(model) if slots.is_unknown() => {
+                learned = inner.models.get(model);
+                &*learned
+            }
+            _ => slots,
+        };
+        let model = &*slots.name;
+        match class {
+            Class::KeyInvalid | Class::KeyForbidden => {
+                let reason = if class == Class::KeyInvalid {
+                    DisabledReason::KeyInvalid
+                } else {
+                    DisabledReason::KeyForbidden
+                };
+                if health.disabled.disable(reason) {
+                    tracing::warn!(gemini.key = %fingerprint, gemini.class = %class, "key disabled until reset: {outcome}");
+                }
+            }
+            Class::BillingExhausted => {
+                if project.health.disabled.disable(DisabledReason::BillingExhausted) {
+                    tracing::warn!(gemini.key = %fingerprint, gemini.project = %project.name, "project disabled until reset: prepaid credits depleted");
+                }
+            }
+            Class::QuotaDaily => {
+                let until = next_pacific_midnight(now);
+                slots.projects[entry.project].cool(until, class);
+                tracing::info!(gemini.key = %fingerprint, gemini.project = %project.name, gemini.model = model,
+                    "daily quota exhausted; project cools until midnight Pacific ({}s)", until.saturating_sub(now) / 1000);
+            }
+            Class::QuotaMinute => {
+                let delay = outcome.retry_after().unwrap_or(DEFAULT_MINUTE_COOLDOWN);
+                slots.projects[entry.project].cool(now + delay.as_millis() as u64, class);
+                tracing::info!(gemini.key = %fingerprint, gemini.project = %project.name, gemini.model = model,
+                    "per-minute quota exhausted; project cools for {:.1}s", delay.as_secs_f64());
+            }
+            Class::ModelNotOnTier => {
+                slots.projects[entry.project]
+                    .not_on_tier
+                    .store(true, Ordering::Release);
+                tracing::warn!(gemini.key = %fingerprint, gemini.project = %project.name, gemini.model = model,
+                    "model has a quota of 0 on this project's tier; disabled for this project until reset");
+            }
+            Class::RateLimited => {
+                let streak = health.rate_limit_streak.fetch_add(1, Ordering::Relaxed).min(16);
+                let delay = RATE_LIMIT_BASE_COOLDOWN
+                    .saturating_mul(1 << streak)
+                    .min(RATE_LIMIT_MAX_COOLDOWN);
+                health
+                    .cool_until
+                    .fetch_max(now + delay.as_millis() as u64, Ordering::AcqRel);
+                tracing::info!(gemini.key = %fingerprint, "rate limited; key cools for {}s", delay.as_secs());
+            }
+            Class::Upstream | Class::Transport => {
+                tracing::debug!(gemini.key = %fingerprint, gemini.class = %class, gemini.model = model, "upstream failure counted; key stays healthy");
+            }
+            Class::Success | Class::Caller => {}
+        }
+    }
+}
+
+impl fmt::Debug for KeyPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyPool")
+            .field("keys", &self.inner.keys.iter().map(|k| k.key.fingerprint()).collect::<Vec<_>>())
+            .field("strategy", &self.inner.strategy)
+            .finish()
+    }
+}
+
+fn no_key_error(candidates: &Candidates<'_>) -> Error {
+    let now = candidates.now;
+    let mut disabled = 0;
+    let mut cooling = 0;
+    let mut earliest: Option<u64> = None;
+    for i in 0..candidates.len() {
+        match candidates.available_at(i) {
+            None => disabled += 1,
+            Some(at) => {
+                cooling += 1;
+                earliest = Some(earliest.map_or(at, |e| e.min(at)));
+            }
+        }
+    }
+    let model = if candidates.slots.is_unknown() {
+        "this request".to_owned()
+    } else {
+        format!("model {}", candidates.slots.name)
+    };
+    let retry_after = earliest.map(|at| Duration::from_millis(at.saturating_sub(now)));
+    let message = match (disabled, cooling) {
+        (_, 0) => format!(
+            "no API key can serve {model}: all {disabled} keys are disabled (invalid, forbidden, out of credits or model not on tier); fix them and call KeyPool::reset"
+        ),
+        (0, _) => format!("no API key can serve {model} now: all {cooling} keys are cooling down"),
+        _ => format!(
+            "no API key can serve {model} now: {cooling} cooling down, {disabled} disabled"
+        ),
+    };
+    Error::new(ErrorKind::NoKeyAvailable, message).with_retry_after(retry_after)
+}
+
+/// What the key rotation layer records about the chosen key, in the request extensions.
+#[derive(Clone, Debug)]
+pub struct SelectedKey {
+    fingerprint: Fingerprint,
+    name: Option<Arc<str>>,
+    project: Arc<str>,
+    model: Option<Arc<str>>,
+    index: usize,
+}
+
+impl SelectedKey {
+    /// The key's fingerprint.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// The key's name, if configured.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The key's project.
+    pub fn project(&self) -> &str {
+        &self.project
+    }
+
+    /// The model of the request, if known.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    /// The key's position in the pool.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+}
+
+/// A key chosen for one request. Counts as in flight until reported or dropped.
+pub struct KeyLease {
+    pool: Arc<PoolInner>,
+    index: usize,
+    slots: Arc<ModelSlots>,
+}
+
+impl KeyLease {
+    /// The chosen key.
+    pub fn key(&self) -> &ApiKey {
+        &self.pool.keys[self.index].key
+    }
+
+    /// What was chosen: fingerprint, name, project, model.
+    pub fn selected(&self) -> SelectedKey {
+        let entry = &self.pool.keys[self.index];
+        SelectedKey {
+            fingerprint: entry.key.fingerprint(),
+            name: entry.name.clone(),
+            project: self.pool.projects[entry.project].name.clone(),
+            model: (!self.slots.is_unknown()).then(|| self.slots.name.clone()),
+            index: self.index,
+        }
+    }
+
+    /// Tell the pool how the request went: health, cool-downs and counters follow the class.
+    pub fn report(self, outcome: &Classification, latency: Duration) {
+        self.pool.report(self.index, &self.slots, outcome, latency);
+    }
+}
+
+impl Drop for KeyLease {
+    fn drop(&mut self) {
+        self.pool.keys[self.index]
+            .health
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for KeyLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyLease")
+            .field("key", &self.key().fingerprint())
+            .field("model", &self.slots.name)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests;

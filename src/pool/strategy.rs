@@ -1,0 +1,297 @@
+//! Key selection strategies: [`RoundRobin`] (default), [`WeightedRandom`], [`LeastInFlight`],
+//! [`LowestLatency`], or your own [`Strategy`].
+//!
+//! The pool hands a strategy the [`Candidates`] for one request; every strategy must pick an
+//! available key (`is_available`): not disabled, not cooling down for the request's model.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+
+use super::health::ModelSlots;
+use super::{KeyEntry, ProjectEntry};
+
+/// Picks one key among the candidates for a request.
+///
+/// ```
+/// use tower_gemini::pool::{Candidates, KeyPool, Strategy};
+///
+/// /// Always the available key with the highest priority.
+/// #[derive(Debug)]
+/// struct Highest;
+///
+/// impl Strategy for Highest {
+///     fn choose(&self, keys: &Candidates<'_>) -> Option<usize> {
+///         keys.available().max_by_key(|&i| keys.stats(i).priority)
+///     }
+/// }
+///
+/// let pool = KeyPool::builder().key("test-key-0001").strategy(Highest).build().unwrap();
+/// assert!(pool.select(Some("gemini-2.0-flash")).is_ok());
+/// ```
+pub trait Strategy: Send + Sync + fmt::Debug + 'static {
+    /// The index of the chosen key, or `None` if no candidate is available.
+    fn choose(&self, keys: &Candidates<'_>) -> Option<usize>;
+}
+
+/// The keys a strategy chooses among, for one request's model, at one instant.
+pub struct Candidates<'a> {
+    pub(super) keys: &'a [KeyEntry],
+    pub(super) projects: &'a [ProjectEntry],
+    pub(super) slots: &'a ModelSlots,
+    pub(super) now: u64,
+}
+
+/// A key's numbers, as a strategy sees them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct KeyStats {
+    /// Configured priority (higher is preferred).
+    pub priority: u32,
+    /// Failures since the last success (caller errors excluded).
+    pub consecutive_failures: u32,
+    /// Requests sent with this key whose answer has not arrived.
+    pub in_flight: u32,
+    /// EWMA of successful latencies, if any success was seen.
+    pub latency: Option<Duration>,
+    /// When the key was last selected (Unix ms), if ever.
+    pub last_used_millis: Option<u64>,
+}
+
+impl Candidates<'_> {
+    /// Number of keys in the pool (available or not).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True if the pool has no keys (never, for a built pool).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Can key `index` serve this request now?
+    pub fn is_available(&self, index: usize) -> bool {
+        self.available_at(index).is_some_and(|at| at <= self.now)
+    }
+
+    /// Indices of the available keys, in pool order.
+    pub fn available(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.keys.len()).filter(|&i| self.is_available(i))
+    }
+
+    /// The numbers of key `index`.
+    ///
+    /// # Panics
+    /// If `index >= len()`.
+    pub fn stats(&self, index: usize) -> KeyStats {
+        let entry = &self.keys[index];
+        let health = &entry.health;
+        let last_used = health.last_used.load(Ordering::Relaxed);
+        KeyStats {
+            priority: entry.priority,
+            consecutive_failures: health.consecutive_failures.load(Ordering::Relaxed),
+            in_flight: health.in_flight.load(Ordering::Relaxed),
+            latency: health.latency_ewma(),
+            last_used_millis: (last_used != 0).then_some(last_used),
+        }
+    }
+
+    /// The time of this selection, Unix milliseconds.
+    pub fn now_millis(&self) -> u64 {
+        self.now
+    }
+
+    /// When key `index` can serve this model: `None` if disabled (key, project or
+    /// project+model), else the end of its longest cool-down (≤ now when available).
+    pub(crate) fn available_at(&self, index: usize) -> Option<u64> {
+        let entry = self.keys.get(index)?;
+        if entry.health.disabled.get().is_some() {
+            return None;
+        }
+        if self.projects[entry.project].health.disabled.get().is_some() {
+            return None;
+        }
+        let slot = &self.slots.projects[entry.project];
+        if slot.not_on_tier.load(Ordering::Acquire) {
+            return None;
+        }
+        let key_cool = entry.health.cool_until.load(Ordering::Acquire);
+        let model_cool = slot.cool_until.load(Ordering::Acquire);
+        Some(key_cool.max(model_cool))
+    }
+
+    /// Scan every key once starting at `start`, returning the available key minimising `cost`
+    /// (first found wins ties, so a rotating start spreads ties).
+    fn min_from<C: PartialOrd>(&self, start: usize, cost: impl Fn(usize) -> C) -> Option<usize> {
+        let n = self.keys.len();
+        let mut best: Option<(usize, C)> = None;
+        for offset in 0..n {
+            let i = (start + offset) % n;
+            if !self.is_available(i) {
+                continue;
+            }
+            let c = cost(i);
+            if best.as_ref().is_none_or(|(_, b)| c < *b) {
+                best = Some((i, c));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+}
+
+/// Each key in turn, skipping keys that cannot serve the model. The default.
+#[derive(Debug, Default)]
+pub struct RoundRobin {
+    cursor: AtomicUsize,
+}
+
+impl RoundRobin {
+    /// Start at the first key.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Strategy for RoundRobin {
+    fn choose(&self, keys: &Candidates<'_>) -> Option<usize> {
+        let n = keys.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n).map(|off| (start + off) % n).find(|&i| keys.is_available(i))
+    }
+}
+
+/// Random choice weighted by health and freshness:
+/// `priority − 10 × consecutive failures + min(hours since last use, 24) + 50 if never used`,
+/// floored at 0. When every available key weighs 0, the choice is uniform among them.
+#[derive(Debug)]
+pub struct WeightedRandom {
+    seed: Option<AtomicU64>,
+}
+
+impl WeightedRandom {
+    /// Draws from the thread-local generator.
+    pub fn new() -> Self {
+        WeightedRandom { seed: None }
+    }
+
+    /// Deterministic draws: the n-th selection uses a generator seeded with `seed + n`.
+    pub fn with_seed(seed: u64) -> Self {
+        WeightedRandom {
+            seed: Some(AtomicU64::new(seed)),
+        }
+    }
+
+    /// The weight of a key with these stats at `now_millis`.
+    pub fn weight(stats: &KeyStats, now_millis: u64) -> f64 {
+        let mut weight = f64::from(stats.priority) - 10.0 * f64::from(stats.consecutive_failures);
+        match stats.last_used_millis {
+            Some(last) => {
+                let hours = now_millis.saturating_sub(last) as f64 / 3_600_000.0;
+                weight += hours.min(24.0);
+            }
+            None => weight += 50.0,
+        }
+        weight.max(0.0)
+    }
+
+    fn draw(&self) -> f64 {
+        match &self.seed {
+            Some(seed) => {
+                SmallRng::seed_from_u64(seed.fetch_add(1, Ordering::Relaxed)).random::<f64>()
+            }
+            None => rand::rng().random::<f64>(),
+        }
+    }
+}
+
+impl Default for WeightedRandom {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Strategy for WeightedRandom {
+    fn choose(&self, keys: &Candidates<'_>) -> Option<usize> {
+        let now = keys.now_millis();
+        let mut total = 0.0;
+        let mut count = 0usize;
+        for i in keys.available() {
+            total += Self::weight(&keys.stats(i), now);
+            count += 1;
+        }
+        if count == 0 {
+            return None;
+        }
+        let draw = self.draw();
+        if total <= 0.0 {
+            let pick = ((draw * count as f64) as usize).min(count - 1);
+            return keys.available().nth(pick);
+        }
+        let mut target = draw * total;
+        let mut last = None;
+        for i in keys.available() {
+            let w = Self::weight(&keys.stats(i), now);
+            if w <= 0.0 {
+                continue;
+            }
+            last = Some(i);
+            if target < w {
+                return Some(i);
+            }
+            target -= w;
+        }
+        last
+    }
+}
+
+/// The available key with the fewest requests in flight; ties rotate.
+#[derive(Debug, Default)]
+pub struct LeastInFlight {
+    cursor: AtomicUsize,
+}
+
+impl LeastInFlight {
+    /// A new strategy.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Strategy for LeastInFlight {
+    fn choose(&self, keys: &Candidates<'_>) -> Option<usize> {
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        keys.min_from(start, |i| keys.keys[i].health.in_flight.load(Ordering::Relaxed))
+    }
+}
+
+/// The available key with the lowest EWMA of successful latencies. Keys without a sample come
+/// first, so each key gets measured; ties rotate.
+#[derive(Debug, Default)]
+pub struct LowestLatency {
+    cursor: AtomicUsize,
+}
+
+impl LowestLatency {
+    /// A new strategy.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Strategy for LowestLatency {
+    fn choose(&self, keys: &Candidates<'_>) -> Option<usize> {
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        keys.min_from(start, |i| {
+            keys.keys[i]
+                .health
+                .latency_ewma()
+                .unwrap_or(Duration::ZERO)
+        })
+    }
+}

@@ -223,7 +223,9 @@ pub(crate) fn scrub(error: BoxError, secret: &str, fingerprint: Fingerprint) -> 
         current = e.source();
     }
     if leaks {
-        Box::new(ScrubbedError(chain.replace(secret, &fingerprint.to_string())))
+        Box::new(ScrubbedError(
+            chain.replace(secret, &fingerprint.to_string()),
+        ))
     } else {
         error
     }

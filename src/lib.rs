@@ -54,5 +54,4 @@ pub mod pool;
 
 pub use error::{BoxError, Error, ErrorKind};
 
-
 pub use pool::{ApiKey, Fingerprint, KeyPool, KeySpec, SelectedKey};

@@ -98,7 +98,10 @@ mod tests {
             model_in_path("/v1beta/models/gemini-2.5-pro:streamGenerateContent"),
             Some("gemini-2.5-pro")
         );
-        assert_eq!(model_in_path("/v1/models/gemini-1.5-flash"), Some("gemini-1.5-flash"));
+        assert_eq!(
+            model_in_path("/v1/models/gemini-1.5-flash"),
+            Some("gemini-1.5-flash")
+        );
         assert_eq!(model_in_path("/v1beta/models"), None);
         assert_eq!(model_in_path("/v1beta/models/"), None);
     }
@@ -106,7 +109,9 @@ mod tests {
     #[test]
     fn model_from_openai_body() {
         let req = Request::post("http://x/v1beta/openai/chat/completions")
-            .body(Full::new(Bytes::from(r#"{"messages":[],"model":"models/gemini-2.0-flash"}"#)))
+            .body(Full::new(Bytes::from(
+                r#"{"messages":[],"model":"models/gemini-2.0-flash"}"#,
+            )))
             .unwrap();
         assert_eq!(model_of(&req).as_deref(), Some("gemini-2.0-flash"));
         let req = Request::post("http://x/v1beta/openai/chat/completions")

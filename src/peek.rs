@@ -63,7 +63,10 @@ mod tests {
     #[test]
     fn in_memory_bodies_are_peeked() {
         assert_eq!(&*body_bytes(&String::from("abc")).unwrap(), b"abc");
-        assert_eq!(&*body_bytes(&Full::new(Bytes::from("xyz"))).unwrap(), b"xyz");
+        assert_eq!(
+            &*body_bytes(&Full::new(Bytes::from("xyz"))).unwrap(),
+            b"xyz"
+        );
         assert_eq!(&*body_bytes(&Full::new(Bytes::new())).unwrap(), b"");
         assert_eq!(&*body_bytes(&Bytes::from_static(b"q")).unwrap(), b"q");
         assert!(body_bytes(&http_body_util::Empty::<Bytes>::new()).is_none());

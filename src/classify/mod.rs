@@ -182,11 +182,7 @@ const FORBIDDEN_REASONS: &[&str] = &[
     "CONSUMER_INVALID",
 ];
 
-const INVALID_MESSAGES: &[&str] = &[
-    "API key not valid",
-    "API Key not found",
-    "API key expired",
-];
+const INVALID_MESSAGES: &[&str] = &["API key not valid", "API Key not found", "API key expired"];
 
 const FORBIDDEN_MESSAGES: &[&str] = &[
     "reported as leaked",
@@ -236,9 +232,7 @@ impl Classification {
 
     fn from_evidence(status: StatusCode, ev: Evidence<'_>) -> Classification {
         let code = status.as_u16();
-        let class = if code == 401
-            || (matches!(code, 400 | 403) && ev.key_invalid)
-        {
+        let class = if code == 401 || (matches!(code, 400 | 403) && ev.key_invalid) {
             Class::KeyInvalid
         } else if code == 403 && ev.key_forbidden {
             Class::KeyForbidden
@@ -264,7 +258,9 @@ impl Classification {
             model: violation
                 .and_then(|v| v.dimensions.model.as_deref())
                 .map(Into::into),
-            quota_id: violation.and_then(|v| v.quota_id.as_deref()).map(Into::into),
+            quota_id: violation
+                .and_then(|v| v.quota_id.as_deref())
+                .map(Into::into),
             quota_metric: violation
                 .and_then(|v| v.quota_metric.as_deref())
                 .map(Into::into),
@@ -371,9 +367,23 @@ impl fmt::Display for Classification {
             Some(status) => write!(f, "{} {}", status.as_u16(), self.class)?,
             None => write!(f, "{}", self.class)?,
         }
-        if let Some(message) = self.message() {
-            let first_line = message.lines().next().unwrap_or_default();
-            write!(f, ": {first_line}")?;
+        if let Some(quota) = self.quota_id() {
+            write!(f, ": {quota}")?;
+            if let Some(limit) = self.quota_value() {
+                write!(f, ", limit {limit}")?;
+            }
+            if let Some(model) = self.model() {
+                write!(f, ", model {model}")?;
+            }
+            if let Some(after) = self.retry_after {
+                write!(f, ", retry in {:.1}s", after.as_secs_f64())?;
+            }
+        } else if let Some(message) = self.message() {
+            let first_line = message.lines().next().unwrap_or_default().trim();
+            match first_line.char_indices().nth(160) {
+                Some((cut, _)) => write!(f, ": {}…", &first_line[..cut])?,
+                None => write!(f, ": {first_line}")?,
+            }
         }
         Ok(())
     }
@@ -415,11 +425,15 @@ fn evidence_from_json<'a>(status: &'a wire::Status<'a>) -> Evidence<'a> {
     ev.daily = daily.is_some();
     ev.minute = minute.is_some();
     ev.violation = daily.or(minute).or(first);
-    ev.key_invalid |= INVALID_MESSAGES.iter().any(|m| wire::contains(message_bytes, m));
+    ev.key_invalid |= INVALID_MESSAGES
+        .iter()
+        .any(|m| wire::contains(message_bytes, m));
     ev.key_forbidden |= FORBIDDEN_MESSAGES
         .iter()
         .any(|m| wire::contains(message_bytes, m));
-    ev.billing = BILLING_MESSAGES.iter().any(|m| wire::contains(message_bytes, m));
+    ev.billing = BILLING_MESSAGES
+        .iter()
+        .any(|m| wire::contains(message_bytes, m));
     ev.limit_zero |= wire::says_limit_zero(message_bytes);
     if ev.retry_after.is_none() {
         ev.retry_after = wire::retry_in_message(message);

@@ -165,11 +165,14 @@ pub(super) fn parse_duration(text: &str) -> Option<Duration> {
     if whole.is_empty() && fraction.is_empty() {
         return None;
     }
-    if !whole.bytes().all(|b| b.is_ascii_digit()) || !fraction.bytes().all(|b| b.is_ascii_digit())
-    {
+    if !whole.bytes().all(|b| b.is_ascii_digit()) || !fraction.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let secs: u64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+    let secs: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
     let mut nanos: u32 = 0;
     for (i, digit) in fraction.bytes().take(9).enumerate() {
         nanos += u32::from(digit - b'0') * 10u32.pow(8 - i as u32);
@@ -238,7 +241,10 @@ mod tests {
         );
         assert_eq!(parse_duration("45.8s"), Some(Duration::from_millis(45_800)));
         assert_eq!(parse_duration("0.5s"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.1234567891234s"), Some(Duration::new(1, 123_456_789)));
+        assert_eq!(
+            parse_duration("1.1234567891234s"),
+            Some(Duration::new(1, 123_456_789))
+        );
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration("-3s"), None);
         assert_eq!(parse_duration("abc"), None);
@@ -270,7 +276,11 @@ mod tests {
     #[test]
     fn quota_value_string_or_number() {
         let s = parse(br#"{"error":{"details":[{"violations":[{"quotaValue":"15"},{"quotaValue":7},{"quotaValue":{"x":1}}]}]}}"#).unwrap();
-        let v: Vec<_> = s.details[0].violations.iter().map(|v| v.quota_value).collect();
+        let v: Vec<_> = s.details[0]
+            .violations
+            .iter()
+            .map(|v| v.quota_value)
+            .collect();
         assert_eq!(v, vec![Some(15), Some(7), None]);
     }
 }

@@ -15,7 +15,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::body::ResponseBody;
-use crate::classify::{Class, Classification};
+use crate::classify::Classification;
 use crate::error::{self, BoxError, Error, ErrorKind};
 use crate::pool::{Fingerprint, KeyLease};
 
@@ -233,12 +233,8 @@ impl<B: Body> Reading<B> {
                 parts.headers.remove(CONTENT_LENGTH);
             }
         }
-        let class = classification.class();
-        if class == Class::Caller {
-            tracing::debug!(gemini.key = %fingerprint, gemini.class = %class, "key {fingerprint} got {classification}");
-        } else {
-            tracing::info!(gemini.key = %fingerprint, gemini.class = %class, "key {fingerprint} got {classification}");
-        }
+        tracing::debug!(gemini.key = %fingerprint, gemini.class = %classification.class(),
+            "key {fingerprint} got {classification}");
         call.lease.report(&classification, latency);
         parts.extensions.insert(classification);
         let rest = (!ended && error.is_none()).then_some(body);
@@ -267,7 +263,10 @@ fn scrub_frames(
     let replacement = fingerprint.to_string();
     let mut out = Vec::with_capacity(data.len());
     let mut rest = &data[..];
-    while let Some(at) = rest.windows(secret.len()).position(|w| w == secret.as_bytes()) {
+    while let Some(at) = rest
+        .windows(secret.len())
+        .position(|w| w == secret.as_bytes())
+    {
         out.extend_from_slice(&rest[..at]);
         out.extend_from_slice(replacement.as_bytes());
         rest = &rest[at + secret.len()..];

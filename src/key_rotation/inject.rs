@@ -56,7 +56,9 @@ pub(crate) fn replace_key<B>(request: &mut Request<B>, key: &ApiKey, placement: 
     };
     match placement {
         KeyPlacement::Header(name) => {
-            request.headers_mut().insert(name.clone(), key.header_value());
+            request
+                .headers_mut()
+                .insert(name.clone(), key.header_value());
         }
         KeyPlacement::Bearer => {
             request
@@ -68,8 +70,10 @@ pub(crate) fn replace_key<B>(request: &mut Request<B>, key: &ApiKey, placement: 
 }
 
 fn query_has_key(uri: &Uri) -> bool {
-    uri.query()
-        .is_some_and(|q| q.split('&').any(|pair| pair == "key" || pair.starts_with("key=")))
+    uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair == "key" || pair.starts_with("key="))
+    })
 }
 
 /// The URI without `key` query parameters, plus `key=<secret>` if given.
@@ -122,7 +126,8 @@ mod tests {
     #[test]
     fn header_placement_strips_every_caller_key() {
         let key = ApiKey::new("test-key-0001").unwrap();
-        let mut req = request("http://h/v1beta/models/m:generateContent?key=caller-key-cccc&alt=sse");
+        let mut req =
+            request("http://h/v1beta/models/m:generateContent?key=caller-key-cccc&alt=sse");
         replace_key(&mut req, &key, &KeyPlacement::Auto);
         assert_eq!(req.headers()["x-goog-api-key"], "test-key-0001");
         assert!(req.headers()["x-goog-api-key"].is_sensitive());
@@ -143,7 +148,8 @@ mod tests {
     #[test]
     fn query_placement_replaces_the_callers_key() {
         let key = ApiKey::new("test-key+0001").unwrap();
-        let mut req = request("http://h/v1beta/models/m:generateContent?alt=sse&key=caller-key-cccc");
+        let mut req =
+            request("http://h/v1beta/models/m:generateContent?alt=sse&key=caller-key-cccc");
         replace_key(&mut req, &key, &KeyPlacement::Query);
         assert_eq!(req.uri().query(), Some("alt=sse&key=test-key%2B0001"));
         assert!(req.headers().get("x-goog-api-key").is_none());

@@ -6,9 +6,9 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
+use super::DEFAULT_MAX_ERROR_BODY;
 use super::future::ResponseFuture;
 use super::inject::{KeyPlacement, replace_key};
-use super::DEFAULT_MAX_ERROR_BODY;
 use crate::error::{BoxError, Error};
 use crate::model::model_of;
 use crate::pool::KeyPool;

@@ -145,7 +145,12 @@ pub(super) fn proto_duration(delay: Duration) -> String {
 }
 
 /// A 429 for `dimension` with QuotaFailure, Help and RetryInfo, as Google sends it.
-pub(super) fn quota_exceeded(dimension: Dimension, model: &str, limit: u64, retry: Duration) -> Value {
+pub(super) fn quota_exceeded(
+    dimension: Dimension,
+    model: &str,
+    limit: u64,
+    retry: Duration,
+) -> Value {
     let delay = proto_duration(retry);
     let message = format!(
         "You exceeded your current quota, please check your plan and billing details. For more information on this error, head to: {HELP_URL}. To monitor your current usage, head to: https://ai.dev/rate-limit. \n* Quota exceeded for metric: {}, limit: {limit}, model: {model}\nPlease retry in {delay}.",

@@ -1,5 +1,8 @@
 //! A mock Gemini upstream: a real HTTP/1.1 server on 127.0.0.1 that answers like Google.
 //!
+//! Every answer carries `x-mock-project` (the project that served it) and `x-mock-key` (the
+//! key's last 4 characters as `...a1b2`; never the key).
+//!
 //! Keys are configured per project with per-model limits; exceeding one answers 429 with the
 //! real body shape (QuotaFailure with `quotaId`/`quotaValue`, Help, RetryInfo). An unknown key
 //! gets 400 `API_KEY_INVALID`, a leaked key 403, a project out of credits 429 "prepayment
@@ -407,7 +410,11 @@ impl MockServer {
 
     /// Mark a project's credits depleted (or restored).
     pub fn set_billing_exhausted(&self, project: &str, exhausted: bool) {
-        let mut projects = self.state.projects.lock().unwrap_or_else(|e| e.into_inner());
+        let mut projects = self
+            .state
+            .projects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for (name, p) in projects.iter_mut() {
             if name == project {
                 p.billing_exhausted = exhausted;

@@ -30,7 +30,11 @@ impl Usage {
         while self.requests.front().is_some_and(|&t| t + MINUTE_MS <= now) {
             self.requests.pop_front();
         }
-        while self.tokens.front().is_some_and(|&(t, _)| t + MINUTE_MS <= now) {
+        while self
+            .tokens
+            .front()
+            .is_some_and(|&(t, _)| t + MINUTE_MS <= now)
+        {
             self.tokens.pop_front();
         }
         let day = pacific_day_start(now);
@@ -41,7 +45,12 @@ impl Usage {
     }
 
     /// Admit and record a request of `tokens`, or say which limit refuses it (nothing recorded).
-    pub(super) fn admit(&mut self, limits: &ModelLimits, tokens: u64, now: u64) -> Result<(), Refusal> {
+    pub(super) fn admit(
+        &mut self,
+        limits: &ModelLimits,
+        tokens: u64,
+        now: u64,
+    ) -> Result<(), Refusal> {
         self.expire(now);
         if let Some(rpd) = limits.rpd.map(u64::from)
             && self.day_count >= rpd
@@ -97,7 +106,10 @@ mod tests {
 
     #[test]
     fn rpm_window_slides() {
-        let limits = ModelLimits { rpm: Some(2), ..ModelLimits::default() };
+        let limits = ModelLimits {
+            rpm: Some(2),
+            ..ModelLimits::default()
+        };
         let mut usage = Usage::default();
         let t0 = 1_800_000_000_000;
         assert!(usage.admit(&limits, 1, t0).is_ok());
@@ -110,7 +122,10 @@ mod tests {
 
     #[test]
     fn tpm_counts_tokens() {
-        let limits = ModelLimits { tpm: Some(100), ..ModelLimits::default() };
+        let limits = ModelLimits {
+            tpm: Some(100),
+            ..ModelLimits::default()
+        };
         let mut usage = Usage::default();
         let t0 = 1_800_000_000_000;
         assert!(usage.admit(&limits, 60, t0).is_ok());

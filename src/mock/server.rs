@@ -54,7 +54,10 @@ enum Outcome {
     Reset,
 }
 
-async fn handle(state: Arc<MockState>, request: Request<Incoming>) -> io::Result<Response<MockBody>> {
+async fn handle(
+    state: Arc<MockState>,
+    request: Request<Incoming>,
+) -> io::Result<Response<MockBody>> {
     let key = request_key(&request);
     state.stats.record_request(key.as_deref());
     let (parts, body) = request.into_parts();
@@ -97,7 +100,9 @@ fn percent_decode(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
         if bytes[i] == b'%'
             && let Some(Ok(byte)) = hex.map(|h| u8::from_str_radix(h, 16))
         {
@@ -111,10 +116,16 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn json_response(status: u16, body: &Value, project: Option<&str>, key: Option<&str>) -> Response<MockBody> {
+fn json_response(
+    status: u16,
+    body: &Value,
+    project: Option<&str>,
+    key: Option<&str>,
+) -> Response<MockBody> {
     let bytes = Bytes::from(serde_json::to_vec_pretty(body).unwrap_or_default());
     let mut response = Response::new(full(bytes));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/json; charset=UTF-8"),
@@ -128,7 +139,7 @@ fn tag(response: &mut Response<MockBody>, project: Option<&str>, key: Option<&st
         response.headers_mut().insert("x-mock-project", project);
     }
     if let Some(fp) = key.and_then(super::fingerprint)
-        && let Ok(value) = HeaderValue::from_str(&fp.to_string())
+        && let Ok(value) = HeaderValue::from_str(&format!("...{}", fp.tail()))
     {
         response.headers_mut().insert("x-mock-key", value);
     }
@@ -139,8 +150,18 @@ fn full(bytes: Bytes) -> MockBody {
 }
 
 /// An error answer; on the OpenAI-compatible endpoint Google wraps it in a one-element array.
-fn error(status: u16, body: Value, openai: bool, project: Option<&str>, key: Option<&str>) -> Outcome {
-    let body = if openai { Value::Array(vec![body]) } else { body };
+fn error(
+    status: u16,
+    body: Value,
+    openai: bool,
+    project: Option<&str>,
+    key: Option<&str>,
+) -> Outcome {
+    let body = if openai {
+        Value::Array(vec![body])
+    } else {
+        body
+    };
     Outcome::Answer(json_response(status, &body, project, key))
 }
 
@@ -165,11 +186,11 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
     if leaked {
         return error(403, bodies::leaked_key(), openai, None, Some(key));
     }
-    let (project_name, project) = {
+    let (name, project) = {
         let projects = state.projects.lock().unwrap_or_else(|e| e.into_inner());
         projects[project_index].clone()
     };
-    let project_name = Some(project_name.as_str());
+    let project_name = Some(name.as_str());
     if listing {
         return Outcome::Answer(json_response(
             200,
@@ -179,7 +200,13 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
         ));
     }
     if project.billing_exhausted {
-        return error(429, bodies::billing_exhausted(), openai, project_name, Some(key));
+        return error(
+            429,
+            bodies::billing_exhausted(),
+            openai,
+            project_name,
+            Some(key),
+        );
     }
 
     // The request.
@@ -187,7 +214,13 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
         Ok(json) => json,
         Err(e) => {
             let message = format!("Invalid JSON payload received. {e}");
-            return error(400, bodies::bad_request(&message), openai, project_name, Some(key));
+            return error(
+                400,
+                bodies::bad_request(&message),
+                openai,
+                project_name,
+                Some(key),
+            );
         }
     };
     let (model, method) = match native {
@@ -198,15 +231,32 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
                 "chat/completions",
             ),
             None => {
-                return error(400, bodies::bad_request("model is required"), true, project_name, Some(key));
+                return error(
+                    400,
+                    bodies::bad_request("model is required"),
+                    true,
+                    project_name,
+                    Some(key),
+                );
             }
         },
     };
-    if !openai && !matches!(method, "generateContent" | "streamGenerateContent" | "countTokens") {
+    if !openai
+        && !matches!(
+            method,
+            "generateContent" | "streamGenerateContent" | "countTokens"
+        )
+    {
         return error(404, bodies::not_found(path), false, project_name, Some(key));
     }
-    if !state.models.iter().any(|m| *m == model) {
-        return error(404, bodies::model_not_found(&model, method), openai, project_name, Some(key));
+    if !state.models.contains(&model) {
+        return error(
+            404,
+            bodies::model_not_found(&model, method),
+            openai,
+            project_name,
+            Some(key),
+        );
     }
     let (chars, _images) = bodies::request_text(&json);
     let prompt_tokens = bodies::tokens_for(chars);
@@ -215,7 +265,11 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
     let mut mid_stream = false;
     let faults: Vec<_> = {
         let faults = state.faults.lock().unwrap_or_else(|e| e.into_inner());
-        faults.iter().filter(|f| f.applies_to(Some(&model))).cloned().collect()
+        faults
+            .iter()
+            .filter(|f| f.applies_to(Some(&model)))
+            .cloned()
+            .collect()
     };
     for fault in faults {
         let hit = {
@@ -276,7 +330,7 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
     let id = format!("mock-{}", state.next_id.fetch_add(1, Ordering::Relaxed));
     let text = format!(
         "Mock reply from {model} for project {}: your prompt had {prompt_tokens} tokens.",
-        project_name.unwrap_or_default()
+        name
     );
     if openai {
         let answer = bodies::openai_response(&model, &text, prompt_tokens, &id);
@@ -291,7 +345,15 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
         .query()
         .is_some_and(|q| q.split('&').any(|p| p == "alt=sse"));
     Outcome::Answer(stream_response(
-        state, &model, &text, prompt_tokens, &id, sse, mid_stream, project_name, key,
+        state,
+        &model,
+        &text,
+        prompt_tokens,
+        &id,
+        sse,
+        mid_stream,
+        project_name,
+        key,
     ))
 }
 
@@ -316,7 +378,9 @@ fn stream_response(
         let piece: String = piece.concat();
         so_far += bodies::tokens_for(piece.chars().count());
         let last = (i + 1) * per >= words.len();
-        chunks.push(bodies::stream_chunk(model, &piece, prompt, so_far, last, id));
+        chunks.push(bodies::stream_chunk(
+            model, &piece, prompt, so_far, last, id,
+        ));
     }
     let mut frames: Vec<io::Result<Bytes>> = Vec::new();
     let total = chunks.len();
@@ -351,7 +415,11 @@ fn stream_response(
         Some((next.map(Frame::data), frames))
     });
     let mut response = Response::new(StreamBody::new(body).boxed());
-    let content_type = if sse { "text/event-stream" } else { "application/json; charset=UTF-8" };
+    let content_type = if sse {
+        "text/event-stream"
+    } else {
+        "application/json; charset=UTF-8"
+    };
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));

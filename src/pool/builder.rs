@@ -193,9 +193,7 @@ impl KeyPoolBuilder {
             models: ModelTable::new(projects.len()),
             keys: keys.into_boxed_slice(),
             projects: projects.into_boxed_slice(),
-            strategy: self
-                .strategy
-                .unwrap_or_else(|| Box::new(RoundRobin::new())),
+            strategy: self.strategy.unwrap_or_else(|| Box::new(RoundRobin::new())),
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
             limits: self.limits,
         };
@@ -208,7 +206,10 @@ impl KeyPoolBuilder {
 impl fmt::Debug for KeyPoolBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyPoolBuilder")
-            .field("keys", &self.specs.iter().map(|(s, _)| s).collect::<Vec<_>>())
+            .field(
+                "keys",
+                &self.specs.iter().map(|(s, _)| s).collect::<Vec<_>>(),
+            )
             .field("strategy", &self.strategy)
             .field("clock", &self.clock)
             .finish()

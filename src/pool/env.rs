@@ -118,7 +118,10 @@ where
 
     numbered.sort_by_key(|(n, _, _)| *n);
     let present = numbered.len();
-    let bounds = numbered.first().map(|f| f.0).zip(numbered.last().map(|l| l.0));
+    let bounds = numbered
+        .first()
+        .map(|f| f.0)
+        .zip(numbered.last().map(|l| l.0));
     let keys: Vec<(String, KeySpec)> = numbered
         .into_iter()
         .filter(|(n, _, _)| filter.as_ref().is_none_or(|f| f.contains(n)))
@@ -181,7 +184,9 @@ fn parse_range(text: &str) -> Result<RangeInclusive<u64>, Error> {
     let start = number(start, "start")?;
     let end = number(end, "end")?;
     if start > end {
-        return Err(bad(&format!("the start {start} is greater than the end {end}")));
+        return Err(bad(&format!(
+            "the start {start} is greater than the end {end}"
+        )));
     }
     Ok(start..=end)
 }
@@ -192,8 +197,8 @@ fn parse_term(text: &str) -> Result<RangeInclusive<u64>, Error> {
             "{TERM}={text:?} is malformed: it must be a whole number N selecting {NUMBERED}<N*10> to {NUMBERED}<N*10+9>, e.g. {TERM}=2 for 20-29"
         ))
     })?;
-    let start = term.checked_mul(10).ok_or_else(|| {
-        Error::config(format!("{TERM}={text:?} is too large"))
-    })?;
+    let start = term
+        .checked_mul(10)
+        .ok_or_else(|| Error::config(format!("{TERM}={text:?} is too large")))?;
     Ok(start..=start + 9)
 }

@@ -147,7 +147,8 @@ impl ProjectModelHealth {
     pub(crate) fn cool(&self, until: u64, class: Class) {
         let before = self.cool_until.fetch_max(until, Ordering::AcqRel);
         if until >= before {
-            self.cool_class.store(class.index() as u8, Ordering::Release);
+            self.cool_class
+                .store(class.index() as u8, Ordering::Release);
         }
     }
 
@@ -175,7 +176,9 @@ impl ModelSlots {
     fn new(name: Arc<str>, projects: usize) -> ModelSlots {
         ModelSlots {
             name,
-            projects: (0..projects).map(|_| ProjectModelHealth::default()).collect(),
+            projects: (0..projects)
+                .map(|_| ProjectModelHealth::default())
+                .collect(),
         }
     }
 

@@ -91,11 +91,13 @@ impl ApiKey {
         }
         check_key_text(&secret)?;
         let fingerprint = Fingerprint::of(&secret);
-        let mut header = HeaderValue::from_str(&secret)
-            .map_err(|_| Error::config(format!("API key {fingerprint} is not a valid header value")))?;
+        let mut header = HeaderValue::from_str(&secret).map_err(|_| {
+            Error::config(format!("API key {fingerprint} is not a valid header value"))
+        })?;
         header.set_sensitive(true);
-        let mut bearer = HeaderValue::from_str(&format!("Bearer {secret}"))
-            .map_err(|_| Error::config(format!("API key {fingerprint} is not a valid header value")))?;
+        let mut bearer = HeaderValue::from_str(&format!("Bearer {secret}")).map_err(|_| {
+            Error::config(format!("API key {fingerprint} is not a valid header value"))
+        })?;
         bearer.set_sensitive(true);
         Ok(ApiKey {
             secret: SecretString::from(secret),
@@ -260,7 +262,10 @@ mod tests {
         assert!(key.fingerprint().matches("...0001"));
         assert!(key.fingerprint().matches("0001"));
         assert!(!key.fingerprint().matches("0002"));
-        assert_eq!(serde_json::to_string(&key.fingerprint()).unwrap(), "\"…0001\"");
+        assert_eq!(
+            serde_json::to_string(&key.fingerprint()).unwrap(),
+            "\"…0001\""
+        );
     }
 
     #[test]
@@ -275,7 +280,14 @@ mod tests {
 
     #[test]
     fn bad_keys_are_refused_without_echo() {
-        for bad in ["", "   ", "abc", "test key 0001", "test-kéy-0001", "test-key\n0001"] {
+        for bad in [
+            "",
+            "   ",
+            "abc",
+            "test key 0001",
+            "test-kéy-0001",
+            "test-key\n0001",
+        ] {
             let err = ApiKey::new(bad).unwrap_err();
             let text = err.to_string();
             if bad.trim().len() > 3 {

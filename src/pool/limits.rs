@@ -39,7 +39,11 @@ pub(crate) struct Limits {
 
 impl Limits {
     pub(crate) fn for_model(&self, project: &str, model: &str) -> Option<ModelLimits> {
-        let specific = self.projects.get(project).and_then(|m| m.get(model)).copied();
+        let specific = self
+            .projects
+            .get(project)
+            .and_then(|m| m.get(model))
+            .copied();
         let default = self.defaults.get(model).copied();
         match (specific, default) {
             (Some(s), Some(d)) => Some(s.or(d)),

@@ -236,7 +236,13 @@ impl KeyPool {
 }
 
 impl PoolInner {
-    fn report(&self, index: usize, slots: &ModelSlots, outcome: &Classification, latency: Duration) {
+    fn report(
+        &self,
+        index: usize,
+        slots: &ModelSlots,
+        outcome: &Classification,
+        latency: Duration,
+    ) {
         let inner = self;
         let entry = &inner.keys[index];
         let health = &entry.health;
@@ -283,7 +289,11 @@ impl PoolInner {
                 }
             }
             Class::BillingExhausted => {
-                if project.health.disabled.disable(DisabledReason::BillingExhausted) {
+                if project
+                    .health
+                    .disabled
+                    .disable(DisabledReason::BillingExhausted)
+                {
                     tracing::warn!(gemini.key = %fingerprint, gemini.project = %project.name, "project disabled until reset: prepaid credits depleted");
                 }
             }
@@ -307,7 +317,10 @@ impl PoolInner {
                     "model has a quota of 0 on this project's tier; disabled for this project until reset");
             }
             Class::RateLimited => {
-                let streak = health.rate_limit_streak.fetch_add(1, Ordering::Relaxed).min(16);
+                let streak = health
+                    .rate_limit_streak
+                    .fetch_add(1, Ordering::Relaxed)
+                    .min(16);
                 let delay = RATE_LIMIT_BASE_COOLDOWN
                     .saturating_mul(1 << streak)
                     .min(RATE_LIMIT_MAX_COOLDOWN);
@@ -327,7 +340,15 @@ impl PoolInner {
 impl fmt::Debug for KeyPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyPool")
-            .field("keys", &self.inner.keys.iter().map(|k| k.key.fingerprint()).collect::<Vec<_>>())
+            .field(
+                "keys",
+                &self
+                    .inner
+                    .keys
+                    .iter()
+                    .map(|k| k.key.fingerprint())
+                    .collect::<Vec<_>>(),
+            )
             .field("strategy", &self.inner.strategy)
             .finish()
     }
@@ -358,9 +379,9 @@ fn no_key_error(candidates: &Candidates<'_>) -> Error {
             "no API key can serve {model}: all {disabled} keys are disabled (invalid, forbidden, out of credits or model not on tier); fix them and call KeyPool::reset"
         ),
         (0, _) => format!("no API key can serve {model} now: all {cooling} keys are cooling down"),
-        _ => format!(
-            "no API key can serve {model} now: {cooling} cooling down, {disabled} disabled"
-        ),
+        _ => {
+            format!("no API key can serve {model} now: {cooling} cooling down, {disabled} disabled")
+        }
     };
     Error::new(ErrorKind::NoKeyAvailable, message).with_retry_after(retry_after)
 }

@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 use jiff::Timestamp;
 use serde::Serialize;
 
+use super::PoolInner;
 use super::health::DisabledReason;
 use super::key::Fingerprint;
-use super::PoolInner;
 use crate::classify::Class;
 use crate::clock::to_timestamp;
 
@@ -125,7 +125,11 @@ pub(super) fn take(inner: &PoolInner) -> PoolSnapshot {
                     if !disabled && until <= now {
                         return None;
                     }
-                    let name = if slots.is_unknown() { "*" } else { &*slots.name };
+                    let name = if slots.is_unknown() {
+                        "*"
+                    } else {
+                        &*slots.name
+                    };
                     Some(ModelHealthSnapshot {
                         model: name.to_owned(),
                         cooling_until: (until > now).then(|| to_timestamp(until)),

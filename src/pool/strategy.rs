@@ -161,8 +161,13 @@ impl Strategy for RoundRobin {
         if n == 0 {
             return None;
         }
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
-        (0..n).map(|off| (start + off) % n).find(|&i| keys.is_available(i))
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let skipped = (0..n).find(|&off| keys.is_available((start + off) % n))?;
+        if skipped > 0 {
+            // Move the cursor past the skipped keys, so the key after a gap is not picked twice.
+            self.cursor.fetch_add(skipped, Ordering::Relaxed);
+        }
+        Some((start + skipped) % n)
     }
 }
 
@@ -266,7 +271,9 @@ impl LeastInFlight {
 impl Strategy for LeastInFlight {
     fn choose(&self, keys: &Candidates<'_>) -> Option<usize> {
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        keys.min_from(start, |i| keys.keys[i].health.in_flight.load(Ordering::Relaxed))
+        keys.min_from(start, |i| {
+            keys.keys[i].health.in_flight.load(Ordering::Relaxed)
+        })
     }
 }
 
@@ -288,10 +295,7 @@ impl Strategy for LowestLatency {
     fn choose(&self, keys: &Candidates<'_>) -> Option<usize> {
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         keys.min_from(start, |i| {
-            keys.keys[i]
-                .health
-                .latency_ewma()
-                .unwrap_or(Duration::ZERO)
+            keys.keys[i].health.latency_ewma().unwrap_or(Duration::ZERO)
         })
     }
 }

@@ -75,9 +75,8 @@ impl KeyPoolBuilder {
     /// Like [`toml_str`](Self::toml_str), reading the file at `path`.
     pub fn toml_path(self, path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::config(format!("cannot read key file {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config(format!("cannot read key file {}: {e}", path.display())))?;
         self.toml_str(&text)
             .map_err(|e| Error::config(format!("{}: {}", path.display(), e.message())))
     }
@@ -145,17 +144,19 @@ impl KeyPoolBuilder {
 }
 
 fn strategy_named(name: &str) -> Result<Box<dyn Strategy>, Error> {
-    Ok(match name.trim().replace('_', "-").to_ascii_lowercase().as_str() {
-        "round-robin" => Box::new(RoundRobin::new()),
-        "weighted-random" => Box::new(WeightedRandom::new()),
-        "least-in-flight" => Box::new(LeastInFlight::new()),
-        "lowest-latency" => Box::new(LowestLatency::new()),
-        _ => {
-            return Err(Error::config(format!(
-                "strategy = {name:?} is unknown; use round-robin, weighted-random, least-in-flight or lowest-latency"
-            )));
-        }
-    })
+    Ok(
+        match name.trim().replace('_', "-").to_ascii_lowercase().as_str() {
+            "round-robin" => Box::new(RoundRobin::new()),
+            "weighted-random" => Box::new(WeightedRandom::new()),
+            "least-in-flight" => Box::new(LeastInFlight::new()),
+            "lowest-latency" => Box::new(LowestLatency::new()),
+            _ => {
+                return Err(Error::config(format!(
+                    "strategy = {name:?} is unknown; use round-robin, weighted-random, least-in-flight or lowest-latency"
+                )));
+            }
+        },
+    )
 }
 
 /// A TOML error as "line L, column C: message", without echoing the source line (it may hold a
@@ -184,7 +185,14 @@ fn redact_quoted(message: &str) -> String {
     for (i, part) in parts.enumerate() {
         out.push('"');
         if i % 2 == 0 && part.chars().count() > 4 {
-            let tail: String = part.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: String = part
+                .chars()
+                .rev()
+                .take(4)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             out.push('…');
             out.push_str(&tail);
         } else {
@@ -204,6 +212,9 @@ mod tests {
             redact_quoted(r#"invalid type: string "test-key-0001", expected u32"#),
             r#"invalid type: string "…0001", expected u32"#
         );
-        assert_eq!(redact_quoted("unknown field `valeu`"), "unknown field `valeu`");
+        assert_eq!(
+            redact_quoted("unknown field `valeu`"),
+            "unknown field `valeu`"
+        );
     }
 }

@@ -1,0 +1,72 @@
+//! Helpers shared by the integration tests: a plain-HTTP hyper client and request builders.
+#![allow(dead_code, unreachable_pub)]
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tower_gemini::mock::MockServer;
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A hyper client for the mock (plain HTTP/1.1 on 127.0.0.1).
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn generate_body(text: &str) -> String {
+    serde_json::json!({ "contents": [{ "role": "user", "parts": [{ "text": text }] }] }).to_string()
+}
+
+/// `POST …/models/{model}:generateContent` with a one-part prompt.
+pub fn generate(mock: &MockServer, model: &str, text: &str) -> Request<Full<Bytes>> {
+    Request::post(mock.model_url(model, "generateContent"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(generate_body(text))))
+        .unwrap()
+}
+
+/// `POST …/models/{model}:streamGenerateContent?alt=sse`.
+pub fn stream(mock: &MockServer, model: &str, text: &str) -> Request<Full<Bytes>> {
+    Request::post(format!(
+        "{}?alt=sse",
+        mock.model_url(model, "streamGenerateContent")
+    ))
+    .header("content-type", "application/json")
+    .body(Full::new(Bytes::from(generate_body(text))))
+    .unwrap()
+}
+
+/// `POST /v1beta/openai/chat/completions`.
+pub fn chat(mock: &MockServer, model: &str, text: &str) -> Request<Full<Bytes>> {
+    let body = serde_json::json!({
+        "model": model,
+        "messages": [{ "role": "user", "content": text }]
+    });
+    Request::post(format!("{}/v1beta/openai/chat/completions", mock.url()))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+/// The whole body as text.
+pub async fn text<B>(response: Response<B>) -> String
+where
+    B: Body,
+    B::Error: std::fmt::Debug,
+{
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// Which key the mock says served the answer (`x-mock-key: ...0001`), as a fingerprint `…0001`.
+pub fn served_by<B>(response: &Response<B>) -> String {
+    response
+        .headers()
+        .get("x-mock-key")
+        .map(|v| v.to_str().unwrap().replacen("...", "…", 1))
+        .unwrap_or_default()
+}

@@ -40,6 +40,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod body;
 pub mod classify;
 pub mod clock;
 mod error;

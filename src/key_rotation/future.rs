@@ -1,23 +1,21 @@
 //! [`ResponseFuture`]: waits for the answer, reads an error body, classifies and reports.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
 use http::header::CONTENT_LENGTH;
 use http::response::Parts;
 use http::{HeaderValue, Response};
-use http_body::{Body, Frame};
+use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
-use super::body::ResponseBody;
+use crate::body::{Prefix, ResponseBody};
 use crate::classify::Classification;
 use crate::error::{self, BoxError, Error, ErrorKind};
-use crate::pool::{Fingerprint, KeyLease};
+use crate::pool::KeyLease;
 
 pin_project! {
     /// Response future of [`KeyRotation`](super::KeyRotation).
@@ -45,11 +43,7 @@ struct Call {
 /// A non-2xx answer whose body is being read for classification.
 struct Reading<B: Body> {
     parts: Parts,
-    body: Pin<Box<B>>,
-    frames: VecDeque<Frame<Bytes>>,
-    seen: Vec<u8>,
-    ended: bool,
-    error: Option<B::Error>,
+    prefix: Prefix<B>,
     call: Call,
     latency: Duration,
 }
@@ -111,8 +105,9 @@ where
                         Ok(response) if response.status().is_success() => {
                             this.state.set(State::Failed { error: None });
                             let classification = Classification::success(response.status());
-                            call.lease.report(&classification, latency);
                             let (mut parts, body) = response.into_parts();
+                            parts.extensions.insert(call.lease.selected());
+                            call.lease.report(&classification, latency);
                             parts.extensions.insert(classification);
                             let body = ResponseBody::passthrough(body);
                             return Poll::Ready(Ok(Response::from_parts(parts, body)));
@@ -121,11 +116,7 @@ where
                             let (parts, body) = response.into_parts();
                             let read = Reading {
                                 parts,
-                                body: Box::pin(body),
-                                frames: VecDeque::new(),
-                                seen: Vec::new(),
-                                ended: false,
-                                error: None,
+                                prefix: Prefix::new(body, call.max_error_body),
                                 call,
                                 latency,
                             };
@@ -139,7 +130,7 @@ where
                     let Some(reading) = read.as_mut() else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    ready!(reading.poll_read(cx));
+                    ready!(reading.prefix.poll_read(cx));
                     let Some(reading) = read.take() else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
@@ -180,100 +171,33 @@ fn inner_error(inner: BoxError, call: Call, latency: Duration) -> Error {
 }
 
 impl<B: Body> Reading<B> {
-    /// Read frames until the body ends, errors, or the bound is reached.
-    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        while !self.ended && self.error.is_none() && self.seen.len() < self.call.max_error_body {
-            match ready!(self.body.as_mut().poll_frame(cx)) {
-                None => self.ended = true,
-                Some(Err(error)) => self.error = Some(error),
-                Some(Ok(frame)) => {
-                    let frame = frame.map_data(|mut d| d.copy_to_bytes(d.remaining()));
-                    if let Some(data) = frame.data_ref() {
-                        let room = self.call.max_error_body - self.seen.len();
-                        self.seen.extend_from_slice(&data[..data.len().min(room)]);
-                    }
-                    self.frames.push_back(frame);
-                }
-            }
-        }
-        if !self.ended && self.error.is_none() && self.body.is_end_stream() {
-            self.ended = true;
-        }
-        Poll::Ready(())
-    }
-
     fn finish(self) -> Response<ResponseBody<B>> {
         let Reading {
             mut parts,
-            body,
-            mut frames,
-            seen,
-            ended,
-            error,
+            mut prefix,
             call,
             latency,
         } = self;
         let key = call.lease.key();
         let fingerprint = key.fingerprint();
         let secret = key.expose();
-        let mut classification = Classification::from_response(parts.status, &seen);
+        let mut classification = Classification::from_response(parts.status, prefix.seen());
         classification.redact(secret, &fingerprint.to_string());
-        if contains(&seen, secret.as_bytes()) {
-            frames = scrub_frames(frames, secret, fingerprint);
-            if ended && error.is_none() {
-                let length: u64 = frames
-                    .iter()
-                    .filter_map(|f| f.data_ref())
-                    .map(|d| d.len() as u64)
-                    .sum();
+        // Some Google messages quote the consumer (`api_key:…`): the key never leaves this layer.
+        if prefix.replace(secret.as_bytes(), fingerprint.to_string().as_bytes()) {
+            if prefix.is_complete() {
                 parts
                     .headers
-                    .insert(CONTENT_LENGTH, HeaderValue::from(length));
+                    .insert(CONTENT_LENGTH, HeaderValue::from(prefix.buffered_len()));
             } else {
                 parts.headers.remove(CONTENT_LENGTH);
             }
         }
         tracing::debug!(gemini.key = %fingerprint, gemini.class = %classification.class(),
             "key {fingerprint} got {classification}");
+        parts.extensions.insert(call.lease.selected());
         call.lease.report(&classification, latency);
         parts.extensions.insert(classification);
-        let rest = (!ended && error.is_none()).then_some(body);
-        Response::from_parts(parts, ResponseBody::replay(frames, error, rest))
+        Response::from_parts(parts, prefix.into_body())
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Join the data frames, replace the secret by the fingerprint, keep trailers after.
-fn scrub_frames(
-    frames: VecDeque<Frame<Bytes>>,
-    secret: &str,
-    fingerprint: Fingerprint,
-) -> VecDeque<Frame<Bytes>> {
-    let mut data = Vec::new();
-    let mut trailers = Vec::new();
-    for frame in frames {
-        match frame.into_data() {
-            Ok(bytes) => data.extend_from_slice(&bytes),
-            Err(other) => trailers.push(other),
-        }
-    }
-    let replacement = fingerprint.to_string();
-    let mut out = Vec::with_capacity(data.len());
-    let mut rest = &data[..];
-    while let Some(at) = rest
-        .windows(secret.len())
-        .position(|w| w == secret.as_bytes())
-    {
-        out.extend_from_slice(&rest[..at]);
-        out.extend_from_slice(replacement.as_bytes());
-        rest = &rest[at + secret.len()..];
-    }
-    out.extend_from_slice(rest);
-    let mut scrubbed = VecDeque::with_capacity(1 + trailers.len());
-    scrubbed.push_back(Frame::data(Bytes::from(out)));
-    scrubbed.extend(trailers);
-    scrubbed
 }

@@ -9,7 +9,7 @@
 //! On the answer, a success streams through untouched. A non-2xx body is read up to a bound
 //! (64 KiB by default) to classify it, then handed on unchanged — except that any copy of the
 //! injected key in it is replaced by the key's fingerprint. The [`Classification`](crate::classify::Classification)
-//! goes into the response extensions; an inner error becomes the crate [`Error`](crate::Error)
+//! goes into the response extensions, with the [`SelectedKey`](crate::SelectedKey); an inner error becomes the crate [`Error`](crate::Error)
 //! of kind `Transport`.
 //!
 //! ```
@@ -41,12 +41,11 @@
 //! # }
 //! ```
 
-mod body;
 mod future;
 mod inject;
 mod service;
 
-pub use body::ResponseBody;
+pub use crate::body::ResponseBody;
 pub use future::ResponseFuture;
 pub use inject::KeyPlacement;
 pub use service::KeyRotation;

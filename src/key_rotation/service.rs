@@ -74,7 +74,7 @@ where
     B: 'static,
     ResB: Body,
 {
-    type Response = Response<super::ResponseBody<ResB>>;
+    type Response = Response<crate::body::ResponseBody<ResB>>;
     type Error = Error;
     type Future = ResponseFuture<S::Future, ResB>;
 

@@ -1,4 +1,5 @@
-//! [`ResponseBody`]: the answer's body, passed through or replayed after classification.
+//! Response bodies of this crate's layers: passed through untouched, or replayed after a bounded
+//! prefix was read to classify an error answer.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -9,7 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 pin_project! {
-    /// The body of a response from [`KeyRotation`](super::KeyRotation).
+    /// The body of a response from [`KeyRotation`](crate::KeyRotation) or [`Retry`](crate::retry::Retry).
     ///
     /// Success bodies stream through untouched (data converted to [`Bytes`], which for
     /// `Bytes`-based bodies such as hyper's is free). Error bodies replay the frames read for
@@ -33,13 +34,13 @@ pin_project! {
 }
 
 impl<B: Body> ResponseBody<B> {
-    pub(super) fn passthrough(body: B) -> Self {
+    pub(crate) fn passthrough(body: B) -> Self {
         ResponseBody {
             kind: Kind::Passthrough { body },
         }
     }
 
-    pub(super) fn replay(
+    pub(crate) fn replay(
         frames: VecDeque<Frame<Bytes>>,
         error: Option<B::Error>,
         rest: Option<Pin<Box<B>>>,
@@ -149,5 +150,104 @@ impl<B: Body> Body for ResponseBody<B> {
                 }
             }
         }
+    }
+}
+
+/// Reads up to `max` bytes of a body (an error answer) without losing any of it: the frames read
+/// are kept and replayed by [`Prefix::into_body`].
+pub(crate) struct Prefix<B: Body> {
+    body: Pin<Box<B>>,
+    frames: VecDeque<Frame<Bytes>>,
+    seen: Vec<u8>,
+    ended: bool,
+    error: Option<B::Error>,
+    max: usize,
+}
+
+impl<B: Body> Prefix<B> {
+    pub(crate) fn new(body: B, max: usize) -> Self {
+        Prefix {
+            body: Box::pin(body),
+            frames: VecDeque::new(),
+            seen: Vec::new(),
+            ended: false,
+            error: None,
+            max,
+        }
+    }
+
+    /// Read frames until the body ends, errors, or `max` bytes were seen.
+    pub(crate) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while !self.ended && self.error.is_none() && self.seen.len() < self.max {
+            match self.body.as_mut().poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => self.ended = true,
+                Poll::Ready(Some(Err(error))) => self.error = Some(error),
+                Poll::Ready(Some(Ok(frame))) => {
+                    let frame = to_bytes(frame);
+                    if let Some(data) = frame.data_ref() {
+                        let room = self.max - self.seen.len();
+                        self.seen.extend_from_slice(&data[..data.len().min(room)]);
+                    }
+                    self.frames.push_back(frame);
+                }
+            }
+        }
+        if !self.ended && self.error.is_none() && self.body.is_end_stream() {
+            self.ended = true;
+        }
+        Poll::Ready(())
+    }
+
+    /// The bytes read so far (at most `max`).
+    pub(crate) fn seen(&self) -> &[u8] {
+        &self.seen
+    }
+
+    /// Was the whole body read, without error?
+    pub(crate) fn is_complete(&self) -> bool {
+        self.ended && self.error.is_none()
+    }
+
+    /// Replace every `needle` in the frames read by `replacement`; returns true if any was.
+    /// The data frames are joined into one; trailers stay after it.
+    pub(crate) fn replace(&mut self, needle: &[u8], replacement: &[u8]) -> bool {
+        if needle.is_empty() || !self.seen.windows(needle.len()).any(|w| w == needle) {
+            return false;
+        }
+        let mut data = Vec::new();
+        let mut trailers = Vec::new();
+        for frame in self.frames.drain(..) {
+            match frame.into_data() {
+                Ok(bytes) => data.extend_from_slice(&bytes),
+                Err(other) => trailers.push(other),
+            }
+        }
+        let mut out = Vec::with_capacity(data.len());
+        let mut rest = &data[..];
+        while let Some(at) = rest.windows(needle.len()).position(|w| w == needle) {
+            out.extend_from_slice(&rest[..at]);
+            out.extend_from_slice(replacement);
+            rest = &rest[at + needle.len()..];
+        }
+        out.extend_from_slice(rest);
+        self.frames.push_back(Frame::data(Bytes::from(out)));
+        self.frames.extend(trailers);
+        true
+    }
+
+    /// Length of the data read so far.
+    pub(crate) fn buffered_len(&self) -> u64 {
+        self.frames
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .map(|d| d.len() as u64)
+            .sum()
+    }
+
+    /// The whole body again: the frames read, then any error, then the rest.
+    pub(crate) fn into_body(self) -> ResponseBody<B> {
+        let rest = (!self.ended && self.error.is_none()).then_some(self.body);
+        ResponseBody::replay(self.frames, self.error, rest)
     }
 }

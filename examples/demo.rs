@@ -1,4 +1,4 @@
-//! The quick-start demo: key rotation over a hyper client against the embedded mock Gemini.
+//! The quick-start demo: retry and key rotation over a hyper client against the embedded mock.
 //!
 //! ```text
 //! cargo run --example demo
@@ -6,8 +6,8 @@
 //!
 //! No key and no network needed: the mock runs on 127.0.0.1. Four keys: one the mock does not
 //! know (invalid), one reported as leaked, one whose project allows 3 requests per minute, one
-//! unlimited. Watch the pool disable the bad keys after one answer each and cool the limited
-//! project after its 429.
+//! unlimited. Watch the first call rotate past the two bad keys at once, the pool disable them
+//! for good, and the small project cool down after its 429 while the big one serves.
 
 use bytes::Bytes;
 use http::Request;
@@ -18,6 +18,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_gemini::classify::Classification;
 use tower_gemini::mock::MockGemini;
 use tower_gemini::pool::ModelLimits;
+use tower_gemini::retry::{Attempt, RetryLayer};
 use tower_gemini::{KeyPool, KeyRotationLayer, KeySpec};
 
 #[tokio::main(flavor = "current_thread")]
@@ -51,10 +52,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut gemini = ServiceBuilder::new()
+        .layer(RetryLayer::for_pool(&pool))
         .layer(KeyRotationLayer::new(pool.clone()))
         .service(client);
 
-    for i in 1..=12 {
+    for i in 1..=10 {
         let body = format!(r#"{{"contents":[{{"parts":[{{"text":"question number {i}"}}]}}]}}"#);
         let request = Request::post(mock.model_url("gemini-2.0-flash", "generateContent"))
             .header("content-type", "application/json")
@@ -67,12 +69,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("?")
                     .to_owned();
-                let verdict = response.extensions().get::<Classification>().cloned();
+                let verdict = response
+                    .extensions()
+                    .get::<Classification>()
+                    .map(|v| v.to_string());
+                let attempts = response
+                    .extensions()
+                    .get::<Attempt>()
+                    .map_or(1, |a| a.number);
                 let status = response.status();
                 let body = response.into_body().collect().await?.to_bytes();
-                let verdict = verdict.map(|v| v.to_string()).unwrap_or_default();
                 println!(
-                    "request {i:>2}: key {served} -> {status} ({verdict}), {} bytes",
+                    "request {i:>2}: {status} from key {served} after {attempts} attempt(s) ({}), {} bytes",
+                    verdict.unwrap_or_default(),
                     body.len()
                 );
             }
@@ -84,6 +93,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         "\npool status:\n{}",
         serde_json::to_string_pretty(&pool.snapshot())?
     );
-    println!("mock saw {:?}", mock.stats().statuses());
+    println!(
+        "mock answered (status, count): {:?}",
+        mock.stats().statuses()
+    );
     Ok(())
 }

@@ -49,6 +49,8 @@ pub mod key_rotation;
 pub mod mock;
 mod model;
 mod peek;
+mod random;
+pub mod retry;
 pub use key_rotation::{KeyPlacement, KeyRotation, KeyRotationLayer};
 pub use model::Model;
 pub mod pool;

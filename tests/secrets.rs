@@ -5,6 +5,7 @@ mod common;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::{chat, client, generate, stream};
@@ -13,6 +14,7 @@ use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_gemini::mock::{Fault, MockGemini};
 use tower_gemini::pool::{KeySpec, ModelLimits};
+use tower_gemini::retry::{Backoff, RetryLayer};
 use tower_gemini::{KeyPlacement, KeyPool, KeyRotationLayer};
 
 const KEYS: [&str; 5] = [
@@ -92,9 +94,11 @@ fn raw_keys_never_appear_in_logs_errors_or_debug_output() {
             KeyPlacement::Query,
             KeyPlacement::Bearer,
         ] {
-            let svc = KeyRotationLayer::new(pool.clone())
+            let rotation = KeyRotationLayer::new(pool.clone())
                 .placement(placement)
                 .layer(client());
+            let fast = Backoff::new(Duration::from_millis(1), 2.0, Duration::from_millis(4));
+            let svc = RetryLayer::for_pool(&pool).backoff(fast).layer(rotation);
             for model in [
                 "gemini-2.0-flash",
                 "gemini-2.5-pro",

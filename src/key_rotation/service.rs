@@ -96,13 +96,20 @@ where
             }
         };
         let selected = lease.selected();
-        tracing::debug!(
-            gemini.key = %selected.fingerprint(),
-            gemini.project = selected.project(),
-            gemini.model = selected.model().unwrap_or("unknown"),
-            "using key {}",
-            selected.fingerprint()
-        );
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let attempt = request
+                .extensions()
+                .get::<crate::retry::Attempt>()
+                .map(|a| format!(" (attempt {}/{})", a.number, a.max))
+                .unwrap_or_default();
+            tracing::debug!(
+                gemini.key = %selected.fingerprint(),
+                gemini.project = selected.project(),
+                gemini.model = selected.model().unwrap_or("unknown"),
+                "using key {}{attempt}",
+                selected.fingerprint()
+            );
+        }
         replace_key(&mut request, lease.key(), &self.placement);
         request.extensions_mut().insert(selected);
         let future = self.inner.call(request);

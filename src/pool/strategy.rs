@@ -5,14 +5,12 @@
 //! available key (`is_available`): not disabled, not cooling down for the request's model.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-
-use rand::rngs::SmallRng;
-use rand::{RngExt, SeedableRng};
 
 use super::health::ModelSlots;
 use super::{KeyEntry, ProjectEntry};
+use crate::random::UnitRng;
 
 /// Picks one key among the candidates for a request.
 ///
@@ -176,19 +174,21 @@ impl Strategy for RoundRobin {
 /// floored at 0. When every available key weighs 0, the choice is uniform among them.
 #[derive(Debug)]
 pub struct WeightedRandom {
-    seed: Option<AtomicU64>,
+    rng: UnitRng,
 }
 
 impl WeightedRandom {
     /// Draws from the thread-local generator.
     pub fn new() -> Self {
-        WeightedRandom { seed: None }
+        WeightedRandom {
+            rng: UnitRng::thread(),
+        }
     }
 
     /// Deterministic draws: the n-th selection uses a generator seeded with `seed + n`.
     pub fn with_seed(seed: u64) -> Self {
         WeightedRandom {
-            seed: Some(AtomicU64::new(seed)),
+            rng: UnitRng::seeded(seed),
         }
     }
 
@@ -203,15 +203,6 @@ impl WeightedRandom {
             None => weight += 50.0,
         }
         weight.max(0.0)
-    }
-
-    fn draw(&self) -> f64 {
-        match &self.seed {
-            Some(seed) => {
-                SmallRng::seed_from_u64(seed.fetch_add(1, Ordering::Relaxed)).random::<f64>()
-            }
-            None => rand::rng().random::<f64>(),
-        }
     }
 }
 
@@ -233,7 +224,7 @@ impl Strategy for WeightedRandom {
         if count == 0 {
             return None;
         }
-        let draw = self.draw();
+        let draw = self.rng.next_f64();
         if total <= 0.0 {
             let pick = ((draw * count as f64) as usize).min(count - 1);
             return keys.available().nth(pick);

@@ -1,0 +1,523 @@
+//! What to do after each attempt: [`RetryPolicy`] and its per-call state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use tokio::time::Instant;
+
+use super::backoff::Backoff;
+use super::budget::RetryBudget;
+use crate::classify::{Class, Classification};
+use crate::error::{BoxError, Error, ErrorKind};
+use crate::pool::KeyPool;
+
+/// Default retries after the first attempt.
+pub const DEFAULT_RETRIES: u32 = 3;
+/// Default overall deadline for attempts and waits together.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
+
+/// How many attempts, how long in all, how to back off, and the budget. Cheap to clone; clones
+/// share the budget.
+///
+/// | outcome | retry |
+/// |---|---|
+/// | `KeyInvalid`, `KeyForbidden`, `BillingExhausted`, `QuotaDaily`, `QuotaMinute`, `ModelNotOnTier`, `QuotaExhausted` error | at once: the pool already moved that key or project aside |
+/// | `RateLimited` | at once the first time, then with backoff |
+/// | `Upstream`, `Transport` | after an exponential backoff with jitter |
+/// | `NoKeyAvailable` error with `retry_after` inside the deadline | once, after that wait |
+/// | `CircuitOpen` error with `retry_after` inside the deadline | after that wait |
+/// | `Success`, `Caller`, anything else | never |
+///
+/// Attempts count calls that reached the upstream; waiting for a key or a circuit does not use
+/// one up.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    pub(super) max_attempts: u32,
+    pub(super) deadline: Duration,
+    pub(super) backoff: Backoff,
+    pub(super) budget: Option<Arc<RetryBudget>>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: DEFAULT_RETRIES + 1,
+            deadline: DEFAULT_DEADLINE,
+            backoff: Backoff::default(),
+            budget: Some(Arc::new(RetryBudget::default())),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// 3 retries (4 attempts), 120 s deadline, default backoff and budget.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Attempts for a pool: `min(retries + 1, 2 × keys)` with 3 retries.
+    pub fn for_pool(pool: &KeyPool) -> Self {
+        RetryPolicy {
+            max_attempts: attempts_for(DEFAULT_RETRIES, pool.len()),
+            ..Self::default()
+        }
+    }
+
+    /// Total attempts (at least 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The overall deadline for attempts and waits together.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// The backoff for upstream and transport failures.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The retry budget (shared by every clone of this policy).
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(Arc::new(budget));
+        self
+    }
+
+    /// No retry budget: only attempts and the deadline bound retries.
+    pub fn without_budget(mut self) -> Self {
+        self.budget = None;
+        self
+    }
+
+    /// The configured number of attempts.
+    pub fn attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    pub(super) fn start(&self) -> CallState {
+        if let Some(budget) = &self.budget {
+            budget.deposit();
+        }
+        CallState {
+            attempts: 0,
+            local_retries: 0,
+            backoffs: 0,
+            rate_limited_once: false,
+            waited_for_key: false,
+            started: Instant::now(),
+        }
+    }
+
+    /// Count the outcome's attempt and decide what comes next.
+    pub(super) fn decide(&self, state: &mut CallState, outcome: &Outcome) -> Decision {
+        let upstream = outcome.reached_upstream();
+        if upstream {
+            state.attempts += 1;
+        }
+        let wait = match (outcome.kind, outcome.class) {
+            (Some(ErrorKind::NoKeyAvailable), _) => match outcome.retry_after {
+                Some(wait) if !state.waited_for_key => {
+                    state.waited_for_key = true;
+                    Wait::Given(wait)
+                }
+                _ => return Decision::Stop(Stop::Final),
+            },
+            (Some(ErrorKind::CircuitOpen), _) => match outcome.retry_after {
+                Some(wait) => Wait::Given(wait),
+                None => return Decision::Stop(Stop::Final),
+            },
+            (Some(ErrorKind::QuotaExhausted), _) => Wait::Now,
+            (Some(ErrorKind::Transport), _) => Wait::Backoff(self.next_backoff(state)),
+            (Some(_), _) => return Decision::Stop(Stop::Final),
+            (None, Some(class)) => match class {
+                Class::Success | Class::Caller => return Decision::Stop(Stop::Final),
+                Class::KeyInvalid
+                | Class::KeyForbidden
+                | Class::BillingExhausted
+                | Class::QuotaDaily
+                | Class::QuotaMinute
+                | Class::ModelNotOnTier => Wait::Now,
+                Class::RateLimited if !state.rate_limited_once => {
+                    state.rate_limited_once = true;
+                    Wait::Now
+                }
+                Class::RateLimited | Class::Upstream | Class::Transport => {
+                    let backoff = self.next_backoff(state);
+                    Wait::Backoff(backoff.max(outcome.retry_after.unwrap_or_default()))
+                }
+            },
+            (None, None) => return Decision::Stop(Stop::Final),
+        };
+        if upstream {
+            if state.attempts >= self.max_attempts {
+                return Decision::Stop(Stop::Attempts);
+            }
+        } else {
+            // Local refusals use no attempt, but cannot loop for ever either.
+            state.local_retries += 1;
+            if state.local_retries > self.max_attempts {
+                return Decision::Stop(Stop::Final);
+            }
+        }
+        let delay = wait.duration();
+        if state.started.elapsed() + delay > self.deadline {
+            return Decision::Stop(match wait {
+                // A wait the server or pool gave that does not fit: the local error stands.
+                Wait::Given(_) => Stop::Final,
+                _ => Stop::Deadline,
+            });
+        }
+        if let Some(budget) = &self.budget
+            && !budget.withdraw()
+        {
+            return Decision::Stop(Stop::Budget);
+        }
+        Decision::Retry(delay)
+    }
+
+    fn next_backoff(&self, state: &mut CallState) -> Duration {
+        let delay = self.backoff.delay(state.backoffs);
+        state.backoffs += 1;
+        delay
+    }
+}
+
+pub(super) fn attempts_for(retries: u32, keys: usize) -> u32 {
+    let by_keys = u32::try_from(keys.saturating_mul(2)).unwrap_or(u32::MAX);
+    retries.saturating_add(1).min(by_keys).max(1)
+}
+
+enum Wait {
+    Now,
+    Backoff(Duration),
+    Given(Duration),
+}
+
+impl Wait {
+    fn duration(&self) -> Duration {
+        match self {
+            Wait::Now => Duration::ZERO,
+            Wait::Backoff(d) | Wait::Given(d) => *d,
+        }
+    }
+}
+
+/// Per-call bookkeeping.
+#[derive(Debug, Clone)]
+pub(super) struct CallState {
+    pub(super) attempts: u32,
+    local_retries: u32,
+    backoffs: u32,
+    rate_limited_once: bool,
+    waited_for_key: bool,
+    pub(super) started: Instant,
+}
+
+/// What an attempt produced, as the policy sees it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Outcome {
+    pub(super) class: Option<Class>,
+    pub(super) kind: Option<ErrorKind>,
+    pub(super) retry_after: Option<Duration>,
+}
+
+impl Outcome {
+    pub(super) fn response(classification: &Classification) -> Self {
+        Outcome {
+            class: Some(classification.class()),
+            kind: None,
+            retry_after: classification.retry_after(),
+        }
+    }
+
+    pub(super) fn error(error: &Error) -> Self {
+        Outcome {
+            class: error.classification().map(Classification::class),
+            kind: Some(error.kind()),
+            retry_after: error.retry_after(),
+        }
+    }
+
+    /// Did this attempt reach the upstream (a response, or a transport failure)?
+    fn reached_upstream(&self) -> bool {
+        matches!(self.kind, None | Some(ErrorKind::Transport))
+    }
+}
+
+/// The decision after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Decision {
+    Retry(Duration),
+    Stop(Stop),
+}
+
+/// Why no further attempt is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stop {
+    /// Success, a non-retryable answer, or a local error that stands.
+    Final,
+    Attempts,
+    Deadline,
+    Budget,
+}
+
+/// The same decisions as a [`tower::retry::Policy`], for users of tower's own `Retry`.
+///
+/// It reads the [`Classification`] that [`KeyRotation`](crate::KeyRotation) puts in the
+/// response extensions (or classifies from the status alone when there is none) and the crate
+/// [`Error`] in failures.
+///
+/// ```
+/// use tower::retry::RetryLayer as TowerRetryLayer;
+/// use tower_gemini::retry::{GeminiPolicy, RetryPolicy};
+/// use tower_gemini::KeyPool;
+///
+/// let pool = KeyPool::from_keys(["test-key-0001", "test-key-0002"]).unwrap();
+/// let layer = TowerRetryLayer::new(GeminiPolicy::new(RetryPolicy::for_pool(&pool)));
+/// # let _ = layer;
+/// ```
+#[derive(Clone, Debug)]
+pub struct GeminiPolicy {
+    policy: RetryPolicy,
+    state: Option<CallState>,
+}
+
+impl GeminiPolicy {
+    /// A tower policy making the decisions of `policy`.
+    pub fn new(policy: RetryPolicy) -> Self {
+        GeminiPolicy {
+            policy,
+            state: None,
+        }
+    }
+
+    fn retry_with(&mut self, outcome: Outcome) -> Option<tokio::time::Sleep> {
+        let state = self.state.get_or_insert_with(|| self.policy.start());
+        match self.policy.decide(state, &outcome) {
+            Decision::Retry(delay) => Some(tokio::time::sleep(delay)),
+            Decision::Stop(_) => None,
+        }
+    }
+
+    fn clone_for<B: Clone>(&mut self, request: &Request<B>) -> Option<Request<B>> {
+        if self.state.is_none() {
+            self.state = Some(self.policy.start());
+        }
+        Some(request.clone())
+    }
+}
+
+fn response_outcome<R>(response: &Response<R>) -> Outcome {
+    match response.extensions().get::<Classification>() {
+        Some(c) => Outcome::response(c),
+        None if response.status().is_success() => {
+            Outcome::response(&Classification::success(response.status()))
+        }
+        None => Outcome::response(&Classification::from_response(response.status(), b"")),
+    }
+}
+
+impl<B: Clone, R> tower::retry::Policy<Request<B>, Response<R>, Error> for GeminiPolicy {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        _request: &mut Request<B>,
+        result: &mut Result<Response<R>, Error>,
+    ) -> Option<Self::Future> {
+        let outcome = match result {
+            Ok(response) => response_outcome(response),
+            Err(error) => Outcome::error(error),
+        };
+        self.retry_with(outcome)
+    }
+
+    fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
+        self.clone_for(request)
+    }
+}
+
+impl<B: Clone, R> tower::retry::Policy<Request<B>, Response<R>, BoxError> for GeminiPolicy {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        _request: &mut Request<B>,
+        result: &mut Result<Response<R>, BoxError>,
+    ) -> Option<Self::Future> {
+        let outcome = match result {
+            Ok(response) => response_outcome(response),
+            Err(error) => match error.downcast_ref::<Error>() {
+                Some(error) => Outcome::error(error),
+                None => Outcome {
+                    class: Some(Class::Transport),
+                    kind: Some(ErrorKind::Transport),
+                    retry_after: None,
+                },
+            },
+        };
+        self.retry_with(outcome)
+    }
+
+    fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
+        self.clone_for(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retry::NoJitter;
+
+    fn class(class: Class) -> Outcome {
+        Outcome {
+            class: Some(class),
+            kind: None,
+            retry_after: None,
+        }
+    }
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy::new()
+            .max_attempts(10)
+            .without_budget()
+            .backoff(Backoff::default().jitter(NoJitter))
+    }
+
+    fn run(policy: &RetryPolicy, outcomes: &[Outcome]) -> Vec<Decision> {
+        let mut state = policy.start();
+        outcomes
+            .iter()
+            .map(|o| policy.decide(&mut state, o))
+            .collect()
+    }
+
+    #[test]
+    fn key_and_quota_classes_retry_at_once() {
+        for c in [
+            Class::KeyInvalid,
+            Class::KeyForbidden,
+            Class::BillingExhausted,
+            Class::QuotaDaily,
+            Class::QuotaMinute,
+            Class::ModelNotOnTier,
+        ] {
+            assert_eq!(
+                run(&policy(), &[class(c)]),
+                [Decision::Retry(Duration::ZERO)],
+                "{c}"
+            );
+        }
+    }
+
+    #[test]
+    fn success_and_caller_stop() {
+        assert_eq!(
+            run(&policy(), &[class(Class::Success)]),
+            [Decision::Stop(Stop::Final)]
+        );
+        assert_eq!(
+            run(&policy(), &[class(Class::Caller)]),
+            [Decision::Stop(Stop::Final)]
+        );
+    }
+
+    #[test]
+    fn rate_limited_rotates_once_then_backs_off() {
+        let r = class(Class::RateLimited);
+        assert_eq!(
+            run(&policy(), &[r, r, r]),
+            [
+                Decision::Retry(Duration::ZERO),
+                Decision::Retry(Duration::from_secs(1)),
+                Decision::Retry(Duration::from_secs(2)),
+            ]
+        );
+    }
+
+    #[test]
+    fn upstream_backs_off_exponentially_until_attempts_end() {
+        let u = class(Class::Upstream);
+        let policy = policy().max_attempts(4);
+        assert_eq!(
+            run(&policy, &[u, u, u, u]),
+            [
+                Decision::Retry(Duration::from_secs(1)),
+                Decision::Retry(Duration::from_secs(2)),
+                Decision::Retry(Duration::from_secs(4)),
+                Decision::Stop(Stop::Attempts),
+            ]
+        );
+    }
+
+    #[test]
+    fn no_key_waits_once_within_the_deadline() {
+        let no_key = |after: u64| Outcome {
+            class: None,
+            kind: Some(ErrorKind::NoKeyAvailable),
+            retry_after: Some(Duration::from_secs(after)),
+        };
+        assert_eq!(
+            run(&policy(), &[no_key(30), no_key(30)]),
+            [
+                Decision::Retry(Duration::from_secs(30)),
+                Decision::Stop(Stop::Final)
+            ]
+        );
+        let short = policy().deadline(Duration::from_secs(10));
+        assert_eq!(run(&short, &[no_key(30)]), [Decision::Stop(Stop::Final)]);
+        let never = Outcome {
+            retry_after: None,
+            ..no_key(0)
+        };
+        assert_eq!(run(&policy(), &[never]), [Decision::Stop(Stop::Final)]);
+    }
+
+    #[test]
+    fn backoff_past_the_deadline_stops() {
+        let u = class(Class::Upstream);
+        let tight = policy().deadline(Duration::from_millis(1500));
+        assert_eq!(
+            run(&tight, &[u, u]),
+            [
+                Decision::Retry(Duration::from_secs(1)),
+                Decision::Stop(Stop::Deadline)
+            ]
+        );
+    }
+
+    #[test]
+    fn local_errors_use_no_attempt_but_are_bounded() {
+        let quota = Outcome {
+            class: None,
+            kind: Some(ErrorKind::QuotaExhausted),
+            retry_after: None,
+        };
+        let p = policy().max_attempts(2);
+        let decisions = run(&p, &[quota, quota, quota]);
+        assert_eq!(decisions[..2], [Decision::Retry(Duration::ZERO); 2]);
+        assert_eq!(decisions[2], Decision::Stop(Stop::Final));
+    }
+
+    #[test]
+    fn empty_budget_stops() {
+        let p = policy().budget(RetryBudget::new(Duration::from_secs(10), 0, 0.0));
+        assert_eq!(
+            run(&p, &[class(Class::QuotaMinute)]),
+            [Decision::Stop(Stop::Budget)]
+        );
+    }
+
+    #[test]
+    fn attempts_for_pools() {
+        assert_eq!(attempts_for(3, 1), 2);
+        assert_eq!(attempts_for(3, 2), 4);
+        assert_eq!(attempts_for(3, 10), 4);
+        assert_eq!(attempts_for(0, 10), 1);
+    }
+}

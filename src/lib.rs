@@ -41,6 +41,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod body;
+pub mod circuit_breaker;
 pub mod classify;
 pub mod clock;
 mod error;

@@ -55,6 +55,7 @@ pub mod retry;
 pub use key_rotation::{KeyPlacement, KeyRotation, KeyRotationLayer};
 pub use model::Model;
 pub mod pool;
+pub mod quota;
 
 pub use error::{BoxError, Error, ErrorKind};
 

@@ -12,6 +12,7 @@ use super::inject::{KeyPlacement, replace_key};
 use crate::error::{BoxError, Error};
 use crate::model::model_of;
 use crate::pool::KeyPool;
+use crate::quota::Demand;
 
 /// Middleware that picks a key from a [`KeyPool`] for every request. See the
 /// [module docs](super).
@@ -84,10 +85,23 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // With quota limits in play, selection needs the request's size (estimated once, and
+        // handed to the quota layer in the extensions).
+        let demand = self.pool.has_limits().then(|| {
+            request
+                .extensions()
+                .get::<Demand>()
+                .copied()
+                .unwrap_or_else(|| self.pool.demand_of(&request))
+        });
         let lease = {
             let model = model_of(&request);
-            self.pool.select(model.as_deref())
+            self.pool
+                .select_with(model.as_deref(), demand.unwrap_or_default())
         };
+        if let Some(demand) = demand {
+            request.extensions_mut().insert(demand);
+        }
         let lease = match lease {
             Ok(lease) => lease,
             Err(error) => {

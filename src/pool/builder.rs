@@ -11,6 +11,7 @@ use super::strategy::{RoundRobin, Strategy};
 use super::{KeyEntry, KeyPool, PoolInner, ProjectEntry};
 use crate::clock::{Clock, SystemClock};
 use crate::error::Error;
+use crate::quota::{BytesPerToken, Tier, TokenEstimator};
 
 /// Builds a [`KeyPool`].
 ///
@@ -32,6 +33,7 @@ pub struct KeyPoolBuilder {
     strategy: Option<Box<dyn Strategy>>,
     clock: Option<Arc<dyn Clock>>,
     limits: Limits,
+    estimator: Option<Box<dyn TokenEstimator>>,
 }
 
 impl KeyPoolBuilder {
@@ -102,6 +104,25 @@ impl KeyPoolBuilder {
             .entry(project.into())
             .or_default()
             .insert(normalize_model(model.as_ref()).to_owned(), limits);
+        self
+    }
+
+    /// The tier of every project without its own: its presets fill in the limits that are not
+    /// configured (see [`Tier`]). Default: none, so only configured or learned limits apply.
+    pub fn tier(mut self, tier: Tier) -> Self {
+        self.limits.tier = Some(tier);
+        self
+    }
+
+    /// The tier of one project.
+    pub fn project_tier(mut self, project: impl Into<String>, tier: Tier) -> Self {
+        self.limits.project_tiers.insert(project.into(), tier);
+        self
+    }
+
+    /// How requests' tokens are estimated before sending (default [`BytesPerToken`]).
+    pub fn token_estimator(mut self, estimator: impl TokenEstimator) -> Self {
+        self.estimator = Some(Box::new(estimator));
         self
     }
 
@@ -178,7 +199,12 @@ impl KeyPoolBuilder {
             });
         }
 
-        for project in self.limits.projects.keys() {
+        for project in self
+            .limits
+            .projects
+            .keys()
+            .chain(self.limits.project_tiers.keys())
+        {
             if !project_index.contains_key(project) {
                 let mut known: Vec<&str> = project_index.keys().map(String::as_str).collect();
                 known.sort_unstable();
@@ -189,13 +215,17 @@ impl KeyPoolBuilder {
             }
         }
 
+        let names: Box<[Arc<str>]> = projects.iter().map(|p| p.name.clone()).collect();
         let inner = PoolInner {
-            models: ModelTable::new(projects.len()),
+            has_limits: std::sync::atomic::AtomicBool::new(!self.limits.is_empty()),
+            models: ModelTable::new(names, self.limits),
+            estimator: self
+                .estimator
+                .unwrap_or_else(|| Box::new(BytesPerToken::default())),
             keys: keys.into_boxed_slice(),
             projects: projects.into_boxed_slice(),
             strategy: self.strategy.unwrap_or_else(|| Box::new(RoundRobin::new())),
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
-            limits: self.limits,
         };
         Ok(KeyPool {
             inner: Arc::new(inner),

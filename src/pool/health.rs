@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::limits::{Limits, ModelLimits};
 use crate::classify::Class;
+use crate::quota::Meters;
 
 /// Why a key, a project or a project+model is disabled until [`KeyPool::reset`](crate::KeyPool::reset).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -134,13 +136,15 @@ pub(crate) struct ProjectHealth {
     pub(crate) disabled: DisabledCell,
 }
 
-/// One project's health for one model.
+/// One project's health and quota for one model.
 #[derive(Default)]
 pub(crate) struct ProjectModelHealth {
     pub(crate) cool_until: AtomicU64,
     /// `Class::index()` of the answer that set the cool-down.
     pub(crate) cool_class: AtomicU8,
     pub(crate) not_on_tier: AtomicBool,
+    /// The quota ledger of this project and model.
+    pub(crate) quota: Meters,
 }
 
 impl ProjectModelHealth {
@@ -173,11 +177,14 @@ pub(crate) struct ModelSlots {
 }
 
 impl ModelSlots {
-    fn new(name: Arc<str>, projects: usize) -> ModelSlots {
+    fn new(name: Arc<str>, projects: usize, limits: impl Fn(usize) -> ModelLimits) -> ModelSlots {
         ModelSlots {
             name,
             projects: (0..projects)
-                .map(|_| ProjectModelHealth::default())
+                .map(|p| ProjectModelHealth {
+                    quota: Meters::new(limits(p)),
+                    ..ProjectModelHealth::default()
+                })
                 .collect(),
         }
     }
@@ -194,18 +201,27 @@ pub(crate) const MAX_MODELS: usize = 256;
 /// Model name → per-project health. Read-locked once per selection (never across it); written
 /// only the first time a model is seen.
 pub(crate) struct ModelTable {
-    projects: usize,
+    /// Project names, by index, for looking up configured limits.
+    projects: Box<[Arc<str>]>,
+    limits: Limits,
     unknown: Arc<ModelSlots>,
     models: RwLock<HashMap<Arc<str>, Arc<ModelSlots>>>,
 }
 
 impl ModelTable {
-    pub(crate) fn new(projects: usize) -> ModelTable {
+    pub(crate) fn new(projects: Box<[Arc<str>]>, limits: Limits) -> ModelTable {
         ModelTable {
+            unknown: Arc::new(ModelSlots::new(Arc::from(""), projects.len(), |_| {
+                ModelLimits::default()
+            })),
             projects,
-            unknown: Arc::new(ModelSlots::new(Arc::from(""), projects)),
+            limits,
             models: RwLock::new(HashMap::new()),
         }
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     pub(crate) fn unknown(&self) -> Arc<ModelSlots> {
@@ -236,7 +252,11 @@ impl ModelTable {
             return self.unknown();
         }
         let name: Arc<str> = Arc::from(model);
-        let slots = Arc::new(ModelSlots::new(name.clone(), self.projects));
+        let slots = Arc::new(ModelSlots::new(name.clone(), self.projects.len(), |p| {
+            self.limits
+                .for_model(&self.projects[p], model)
+                .unwrap_or_default()
+        }));
         models.insert(name, slots.clone());
         slots
     }

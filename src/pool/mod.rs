@@ -23,23 +23,26 @@ mod toml_config;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use builder::KeyPoolBuilder;
 pub use health::DisabledReason;
 pub use key::{ApiKey, DEFAULT_PRIORITY, Fingerprint, KeySpec};
 pub use limits::ModelLimits;
-pub use snapshot::{KeyCounters, KeySnapshot, KeyState, ModelHealthSnapshot, PoolSnapshot};
+pub use snapshot::{
+    KeyCounters, KeySnapshot, KeyState, ModelHealthSnapshot, PoolSnapshot, QuotaSnapshot,
+};
 pub use strategy::{
-    Candidates, KeyStats, LeastInFlight, LowestLatency, RoundRobin, Strategy, WeightedRandom,
+    Candidates, KeyStats, LeastInFlight, LowestLatency, MostHeadroom, RoundRobin, Strategy,
+    WeightedRandom,
 };
 
 use crate::classify::{Class, Classification};
 use crate::clock::{Clock, next_pacific_midnight};
 use crate::error::{Error, ErrorKind};
+use crate::quota::{Demand, Dimension, Meters, TokenEstimator};
 use health::{KeyHealth, ModelSlots, ModelTable, ProjectHealth};
-use limits::Limits;
 
 /// Default cool-down of a project+model after a per-minute 429 without `retryDelay`.
 pub const DEFAULT_MINUTE_COOLDOWN: Duration = Duration::from_secs(60);
@@ -60,7 +63,9 @@ pub(crate) struct PoolInner {
     models: ModelTable,
     strategy: Box<dyn Strategy>,
     clock: Arc<dyn Clock>,
-    limits: Limits,
+    estimator: Box<dyn TokenEstimator>,
+    /// Any limit configured or learned: requests need a token estimate.
+    has_limits: AtomicBool,
 }
 
 pub(crate) struct KeyEntry {
@@ -143,7 +148,7 @@ impl KeyPool {
 
     /// The limits configured for `project` and `model` (per-project values over the defaults).
     pub fn limits_for(&self, project: &str, model: &str) -> Option<ModelLimits> {
-        self.inner.limits.for_model(project, model)
+        self.inner.models.limits().for_model(project, model)
     }
 
     /// Choose a key that can serve `model` now (`None`: the model is unknown).
@@ -152,6 +157,12 @@ impl KeyPool {
     /// [`ErrorKind::NoKeyAvailable`] when every key is disabled or cooling down for the model,
     /// with `retry_after` set to when the first cooling key frees (none if all are disabled).
     pub fn select(&self, model: Option<&str>) -> Result<KeyLease, Error> {
+        self.select_with(model, Demand::default())
+    }
+
+    /// Like [`select`](Self::select), also skipping projects whose quota ledger has no room
+    /// for `demand` (one request, its tokens and images) on this model.
+    pub fn select_with(&self, model: Option<&str>, demand: Demand) -> Result<KeyLease, Error> {
         let inner = &*self.inner;
         let slots = match model {
             Some(model) => inner.models.get(model),
@@ -163,6 +174,7 @@ impl KeyPool {
             projects: &inner.projects,
             slots: &slots,
             now,
+            demand,
         };
         let chosen = inner
             .strategy
@@ -181,6 +193,52 @@ impl KeyPool {
             index,
             slots,
         })
+    }
+
+    /// Does any project have a quota limit (configured, from a tier, or learned)?
+    pub fn has_limits(&self) -> bool {
+        self.inner.has_limits.load(Ordering::Acquire)
+    }
+
+    /// The estimated demand of a request body, by the pool's [`TokenEstimator`].
+    pub fn estimate(&self, body: &[u8]) -> Demand {
+        self.inner.estimator.estimate(body)
+    }
+
+    /// The demand of a request: its body if in memory, else its `content-length` at 4 bytes
+    /// per token.
+    pub(crate) fn demand_of<B: 'static>(&self, request: &http::Request<B>) -> Demand {
+        match crate::peek::body_bytes(request.body()) {
+            Some(bytes) => self.estimate(&bytes),
+            None => {
+                let length = request
+                    .headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                Demand {
+                    tokens: length.div_ceil(4),
+                    images: 0,
+                }
+            }
+        }
+    }
+
+    /// The quota ledger of a key's project for `model`.
+    pub(crate) fn meter(&self, key_index: usize, model: Option<&str>) -> Option<MeterRef> {
+        let inner = &*self.inner;
+        let project = inner.keys.get(key_index)?.project;
+        let slots = match model {
+            Some(model) => inner.models.get(model),
+            None => inner.models.unknown(),
+        };
+        Some(MeterRef { slots, project })
+    }
+
+    /// Used and limit per dimension for every project and model with a limit.
+    pub fn quota_snapshot(&self) -> Vec<QuotaSnapshot> {
+        snapshot::quota(&self.inner)
     }
 
     /// Re-enable keys and clear their cool-downs. `id` is a key's name, its fingerprint
@@ -298,12 +356,19 @@ impl PoolInner {
                 }
             }
             Class::QuotaDaily => {
+                self.learn(slots, entry.project, Dimension::RequestsPerDay, outcome);
                 let until = next_pacific_midnight(now);
                 slots.projects[entry.project].cool(until, class);
                 tracing::info!(gemini.key = %fingerprint, gemini.project = %project.name, gemini.model = model,
                     "daily quota exhausted; project cools until midnight Pacific ({}s)", until.saturating_sub(now) / 1000);
             }
             Class::QuotaMinute => {
+                let dimension = if outcome.is_token_quota() {
+                    Dimension::TokensPerMinute
+                } else {
+                    Dimension::RequestsPerMinute
+                };
+                self.learn(slots, entry.project, dimension, outcome);
                 let delay = outcome.retry_after().unwrap_or(DEFAULT_MINUTE_COOLDOWN);
                 slots.projects[entry.project].cool(now + delay.as_millis() as u64, class);
                 tracing::info!(gemini.key = %fingerprint, gemini.project = %project.name, gemini.model = model,
@@ -333,6 +398,30 @@ impl PoolInner {
                 tracing::debug!(gemini.key = %fingerprint, gemini.class = %class, gemini.model = model, "upstream failure counted; key stays healthy");
             }
             Class::Success | Class::Caller => {}
+        }
+    }
+}
+
+impl PoolInner {
+    /// Lower the ledger's limit to the `quotaValue` Google reported (never to 0: that is
+    /// `ModelNotOnTier`, which disables the model for the project instead).
+    fn learn(
+        &self,
+        slots: &ModelSlots,
+        project: usize,
+        dimension: Dimension,
+        outcome: &Classification,
+    ) {
+        let Some(value) = outcome.quota_value().filter(|&v| v > 0) else {
+            return;
+        };
+        if slots.projects[project].quota.learn(dimension, value) {
+            self.has_limits.store(true, Ordering::Release);
+            tracing::info!(
+                gemini.project = %self.projects[project].name,
+                gemini.model = &*slots.name,
+                "learned from Google: the {dimension} limit is {value}"
+            );
         }
     }
 }
@@ -384,6 +473,19 @@ fn no_key_error(candidates: &Candidates<'_>) -> Error {
         }
     };
     Error::new(ErrorKind::NoKeyAvailable, message).with_retry_after(retry_after)
+}
+
+/// A handle on one project's quota ledger for one model.
+#[derive(Clone)]
+pub(crate) struct MeterRef {
+    slots: Arc<ModelSlots>,
+    project: usize,
+}
+
+impl MeterRef {
+    pub(crate) fn meters(&self) -> &Meters {
+        &self.slots.projects[self.project].quota
+    }
 }
 
 /// What the key rotation layer records about the chosen key, in the request extensions.

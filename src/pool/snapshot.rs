@@ -11,6 +11,7 @@ use super::health::DisabledReason;
 use super::key::Fingerprint;
 use crate::classify::Class;
 use crate::clock::to_timestamp;
+use crate::quota::MeterSnapshot;
 
 /// Every key's state at one instant. Holds fingerprints, never keys.
 #[derive(Debug, Clone, Serialize)]
@@ -19,6 +20,20 @@ pub struct PoolSnapshot {
     pub taken_at: Timestamp,
     /// One entry per key, in pool order.
     pub keys: Vec<KeySnapshot>,
+    /// Quota used and limits, per project and model with a limit.
+    pub quota: Vec<QuotaSnapshot>,
+}
+
+/// Quota use of one project for one model.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuotaSnapshot {
+    /// The project.
+    pub project: String,
+    /// The model.
+    pub model: String,
+    /// Used and limit per dimension.
+    #[serde(flatten)]
+    pub usage: MeterSnapshot,
 }
 
 /// Whether a key can serve requests.
@@ -179,5 +194,26 @@ pub(super) fn take(inner: &PoolInner) -> PoolSnapshot {
     PoolSnapshot {
         taken_at: to_timestamp(now),
         keys,
+        quota: quota(inner),
     }
+}
+
+pub(super) fn quota(inner: &PoolInner) -> Vec<QuotaSnapshot> {
+    let now = inner.clock.now_millis();
+    let mut out = Vec::new();
+    for slots in inner.models.all() {
+        if slots.is_unknown() {
+            continue;
+        }
+        for (p, slot) in slots.projects.iter().enumerate() {
+            if slot.quota.is_limited() {
+                out.push(QuotaSnapshot {
+                    project: inner.projects[p].name.to_string(),
+                    model: slots.name.to_string(),
+                    usage: slot.quota.snapshot(now),
+                });
+            }
+        }
+    }
+    out
 }

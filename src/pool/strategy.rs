@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::health::ModelSlots;
 use super::{KeyEntry, ProjectEntry};
+use crate::quota::Demand;
 use crate::random::UnitRng;
 
 /// Picks one key among the candidates for a request.
@@ -41,6 +42,7 @@ pub struct Candidates<'a> {
     pub(super) projects: &'a [ProjectEntry],
     pub(super) slots: &'a ModelSlots,
     pub(super) now: u64,
+    pub(super) demand: Demand,
 }
 
 /// A key's numbers, as a strategy sees them.
@@ -102,8 +104,26 @@ impl Candidates<'_> {
         self.now
     }
 
+    /// The fraction of quota left, for this request, in the tightest dimension of key
+    /// `index`'s project and this model (1.0 when it has no limit).
+    ///
+    /// # Panics
+    /// If `index >= len()`.
+    pub fn headroom(&self, index: usize) -> f64 {
+        let project = self.keys[index].project;
+        self.slots.projects[project]
+            .quota
+            .headroom(self.demand, self.now)
+    }
+
+    /// What this request asks of the quota.
+    pub fn demand(&self) -> Demand {
+        self.demand
+    }
+
     /// When key `index` can serve this model: `None` if disabled (key, project or
-    /// project+model), else the end of its longest cool-down (≤ now when available).
+    /// project+model) or the request can never fit its quota, else the end of its longest
+    /// cool-down or quota wait (≤ now when available).
     pub(crate) fn available_at(&self, index: usize) -> Option<u64> {
         let entry = self.keys.get(index)?;
         if entry.health.disabled.get().is_some() {
@@ -118,7 +138,16 @@ impl Candidates<'_> {
         }
         let key_cool = entry.health.cool_until.load(Ordering::Acquire);
         let model_cool = slot.cool_until.load(Ordering::Acquire);
-        Some(key_cool.max(model_cool))
+        let cooled = key_cool.max(model_cool);
+        if cooled > self.now {
+            return Some(cooled);
+        }
+        match slot.quota.check(self.demand, self.now) {
+            Ok(()) => Some(cooled),
+            Err(refusal) => refusal
+                .retry_after
+                .map(|wait| self.now + wait.as_millis().max(1) as u64),
+        }
     }
 
     /// Scan every key once starting at `start`, returning the available key minimising `cost`
@@ -288,5 +317,28 @@ impl Strategy for LowestLatency {
         keys.min_from(start, |i| {
             keys.keys[i].health.latency_ewma().unwrap_or(Duration::ZERO)
         })
+    }
+}
+
+/// The available key whose project has the most quota left for this model and request (the
+/// tightest of its limited dimensions, as a fraction of the limit); ties rotate. Spreads load
+/// so that no project reaches its limit while another has room.
+#[derive(Debug, Default)]
+pub struct MostHeadroom {
+    cursor: AtomicUsize,
+}
+
+impl MostHeadroom {
+    /// A new strategy.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Strategy for MostHeadroom {
+    fn choose(&self, keys: &Candidates<'_>) -> Option<usize> {
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        // Most headroom = least "fullness".
+        keys.min_from(start, |i| 1.0 - keys.headroom(i))
     }
 }

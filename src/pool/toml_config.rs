@@ -1,7 +1,8 @@
 //! Keys, projects and per-model limits from a TOML document.
 //!
 //! ```toml
-//! strategy = "round-robin"   # or weighted-random, least-in-flight, lowest-latency
+//! strategy = "round-robin"   # or weighted-random, least-in-flight, lowest-latency, most-headroom
+//! tier = "free"              # presets for well-known models: free, tier1, tier2, tier3
 //!
 //! [[keys]]
 //! value = "test-key-0001"    # the key itself…
@@ -18,6 +19,9 @@
 //! tpm = 1000000
 //! rpd = 200
 //!
+//! [projects.proj-a]
+//! tier = "tier1"             # this project's tier
+//!
 //! [projects.proj-a.models."gemini-2.5-pro"] # limits for one project
 //! rpm = 5
 //! ```
@@ -30,13 +34,17 @@ use serde::Deserialize;
 use super::builder::KeyPoolBuilder;
 use super::key::KeySpec;
 use super::limits::ModelLimits;
-use super::strategy::{LeastInFlight, LowestLatency, RoundRobin, Strategy, WeightedRandom};
+use super::strategy::{
+    LeastInFlight, LowestLatency, MostHeadroom, RoundRobin, Strategy, WeightedRandom,
+};
 use crate::error::Error;
+use crate::quota::Tier;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     strategy: Option<String>,
+    tier: Option<Tier>,
     #[serde(default)]
     keys: Vec<KeyToml>,
     #[serde(default)]
@@ -58,6 +66,7 @@ struct KeyToml {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProjectToml {
+    tier: Option<Tier>,
     #[serde(default)]
     models: HashMap<String, ModelLimits>,
 }
@@ -88,6 +97,9 @@ impl KeyPoolBuilder {
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, Error> {
         let file: File = toml::from_str(text).map_err(|e| parse_error(text, &e))?;
+        if let Some(tier) = file.tier {
+            self = self.tier(tier);
+        }
         if let Some(name) = &file.strategy {
             self = self.boxed_strategy(strategy_named(name)?);
         }
@@ -135,6 +147,9 @@ impl KeyPoolBuilder {
             self = self.model_limits(model, limits);
         }
         for (project, config) in file.projects {
+            if let Some(tier) = config.tier {
+                self = self.project_tier(project.clone(), tier);
+            }
             for (model, limits) in config.models {
                 self = self.project_model_limits(project.clone(), model, limits);
             }
@@ -150,9 +165,10 @@ fn strategy_named(name: &str) -> Result<Box<dyn Strategy>, Error> {
             "weighted-random" => Box::new(WeightedRandom::new()),
             "least-in-flight" => Box::new(LeastInFlight::new()),
             "lowest-latency" => Box::new(LowestLatency::new()),
+            "most-headroom" => Box::new(MostHeadroom::new()),
             _ => {
                 return Err(Error::config(format!(
-                    "strategy = {name:?} is unknown; use round-robin, weighted-random, least-in-flight or lowest-latency"
+                    "strategy = {name:?} is unknown; use round-robin, weighted-random, least-in-flight, lowest-latency or most-headroom"
                 )));
             }
         },

@@ -1,0 +1,641 @@
+//! The quota ledger's meters: exact sliding 60-second logs and a Pacific-day counter, checked
+//! all-or-nothing across dimensions under one small lock per (project, model).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::clock::next_pacific_midnight;
+use crate::pool::ModelLimits;
+
+/// Length of the per-minute windows.
+pub(crate) const MINUTE_MS: u64 = 60_000;
+
+/// A quota dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    /// Requests per minute.
+    RequestsPerMinute,
+    /// Input tokens per minute.
+    TokensPerMinute,
+    /// Requests per day (midnight to midnight America/Los_Angeles).
+    RequestsPerDay,
+    /// Images per minute.
+    ImagesPerMinute,
+}
+
+impl Dimension {
+    /// `"rpm"`, `"tpm"`, `"rpd"` or `"ipm"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dimension::RequestsPerMinute => "rpm",
+            Dimension::TokensPerMinute => "tpm",
+            Dimension::RequestsPerDay => "rpd",
+            Dimension::ImagesPerMinute => "ipm",
+        }
+    }
+}
+
+impl fmt::Display for Dimension {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one request asks of the quota: one request, its estimated input tokens, its images.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Demand {
+    /// Estimated input tokens.
+    pub tokens: u64,
+    /// Images (`inlineData` parts).
+    pub images: u64,
+}
+
+/// Why a request was refused, and when it could pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// The dimension without room.
+    pub dimension: Dimension,
+    /// Its limit.
+    pub limit: u64,
+    /// When a request of the same size would fit; `None` if it never can (larger than the limit).
+    pub retry_after: Option<Duration>,
+}
+
+/// A log of (time, amount) entries within the last minute, with their running sum.
+#[derive(Debug, Default)]
+struct Log {
+    entries: VecDeque<(u64, u64)>,
+    sum: u64,
+    /// Sequence number of the front entry; entry `seq` is at `seq - front_seq`.
+    front_seq: u64,
+}
+
+impl Log {
+    fn expire(&mut self, now: u64) {
+        while let Some(&(at, amount)) = self.entries.front() {
+            if at + MINUTE_MS > now {
+                break;
+            }
+            self.entries.pop_front();
+            self.sum -= amount;
+            self.front_seq += 1;
+        }
+    }
+
+    /// `Ok` if `amount` fits under `limit` now, else the time (ms) it will fit, `None` if never.
+    fn room(&self, amount: u64, limit: u64) -> Result<(), Option<u64>> {
+        if self.sum + amount <= limit {
+            return Ok(());
+        }
+        if amount > limit {
+            return Err(None);
+        }
+        let mut freed = 0;
+        for &(at, n) in &self.entries {
+            freed += n;
+            if self.sum - freed + amount <= limit {
+                return Err(Some(at + MINUTE_MS));
+            }
+        }
+        Err(None)
+    }
+
+    fn push(&mut self, now: u64, amount: u64) -> u64 {
+        self.entries.push_back((now, amount));
+        self.sum += amount;
+        self.front_seq + self.entries.len() as u64 - 1
+    }
+
+    /// Set entry `seq`'s amount (if it is still in the window).
+    fn correct(&mut self, seq: u64, amount: u64) {
+        if seq < self.front_seq {
+            return;
+        }
+        if let Some(entry) = self.entries.get_mut((seq - self.front_seq) as usize) {
+            self.sum = self.sum - entry.1 + amount;
+            entry.1 = amount;
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    limits: ModelLimits,
+    requests: Log,
+    tokens: Log,
+    images: Log,
+    day_end: u64,
+    day_count: u64,
+}
+
+impl State {
+    fn expire(&mut self, now: u64) {
+        self.requests.expire(now);
+        self.tokens.expire(now);
+        self.images.expire(now);
+        if now >= self.day_end {
+            self.day_end = next_pacific_midnight(now);
+            self.day_count = 0;
+        }
+    }
+
+    fn check(&self, demand: Demand, now: u64) -> Result<(), Refusal> {
+        let refuse = |dimension, limit, at: Option<u64>| Refusal {
+            dimension,
+            limit,
+            retry_after: at.map(|at| Duration::from_millis(at.saturating_sub(now))),
+        };
+        if let Some(rpd) = self.limits.rpd.map(u64::from)
+            && self.day_count >= rpd
+        {
+            let at = (rpd > 0).then_some(self.day_end);
+            return Err(refuse(Dimension::RequestsPerDay, rpd, at));
+        }
+        if let Some(rpm) = self.limits.rpm.map(u64::from) {
+            self.requests
+                .room(1, rpm)
+                .map_err(|at| refuse(Dimension::RequestsPerMinute, rpm, at))?;
+        }
+        if let Some(tpm) = self.limits.tpm {
+            self.tokens
+                .room(demand.tokens, tpm)
+                .map_err(|at| refuse(Dimension::TokensPerMinute, tpm, at))?;
+        }
+        if let Some(ipm) = self.limits.ipm.map(u64::from)
+            && demand.images > 0
+        {
+            self.images
+                .room(demand.images, ipm)
+                .map_err(|at| refuse(Dimension::ImagesPerMinute, ipm, at))?;
+        }
+        Ok(())
+    }
+}
+
+/// A ticket for an admitted request: corrects its tokens later, or refunds it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticket {
+    request_seq: u64,
+    token_seq: u64,
+    image_seq: u64,
+    day_end: u64,
+}
+
+/// The meters of one (project, model) or one inbound client.
+#[derive(Debug, Default)]
+pub(crate) struct Meters {
+    /// False while no dimension has a limit: nothing to lock or count.
+    limited: AtomicBool,
+    state: Mutex<State>,
+    /// Requests waiting for a slot; while any wait, newcomers queue behind them.
+    pub(crate) waiters: AtomicU32,
+    /// The waiting line (tokio's mutex is fair: first come, first served).
+    pub(crate) lane: tokio::sync::Mutex<()>,
+}
+
+/// Usage of one dimension, for snapshots.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Usage {
+    /// Used in the current window (minute or Pacific day).
+    pub used: u64,
+    /// The limit.
+    pub limit: u64,
+}
+
+/// Usage of every limited dimension.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct MeterSnapshot {
+    /// Requests in the last minute.
+    pub rpm: Option<Usage>,
+    /// Input tokens in the last minute.
+    pub tpm: Option<Usage>,
+    /// Requests today (Pacific).
+    pub rpd: Option<Usage>,
+    /// Images in the last minute.
+    pub ipm: Option<Usage>,
+}
+
+impl Meters {
+    pub(crate) fn new(limits: ModelLimits) -> Meters {
+        let meters = Meters::default();
+        meters.set_limits(limits);
+        meters
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn is_limited(&self) -> bool {
+        self.limited.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn limits(&self) -> ModelLimits {
+        self.lock().limits
+    }
+
+    pub(crate) fn set_limits(&self, limits: ModelLimits) {
+        let mut state = self.lock();
+        state.limits = limits;
+        self.limited.store(
+            limits.rpm.is_some()
+                || limits.tpm.is_some()
+                || limits.rpd.is_some()
+                || limits.ipm.is_some(),
+            Ordering::Release,
+        );
+    }
+
+    /// Lower one dimension's limit to what Google reported; returns true if it changed.
+    pub(crate) fn learn(&self, dimension: Dimension, value: u64) -> bool {
+        let mut limits = self.limits();
+        let narrow = |current: Option<u64>| current.is_none_or(|c| value < c);
+        let changed = match dimension {
+            Dimension::RequestsPerMinute if narrow(limits.rpm.map(u64::from)) => {
+                limits.rpm = Some(u32::try_from(value).unwrap_or(u32::MAX));
+                true
+            }
+            Dimension::TokensPerMinute if narrow(limits.tpm) => {
+                limits.tpm = Some(value);
+                true
+            }
+            Dimension::RequestsPerDay if narrow(limits.rpd.map(u64::from)) => {
+                limits.rpd = Some(u32::try_from(value).unwrap_or(u32::MAX));
+                true
+            }
+            Dimension::ImagesPerMinute if narrow(limits.ipm.map(u64::from)) => {
+                limits.ipm = Some(u32::try_from(value).unwrap_or(u32::MAX));
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            self.set_limits(limits);
+        }
+        changed
+    }
+
+    /// Would `demand` fit now? `Ok` or the refusal, spending nothing.
+    pub(crate) fn check(&self, demand: Demand, now: u64) -> Result<(), Refusal> {
+        if !self.is_limited() {
+            return Ok(());
+        }
+        let mut state = self.lock();
+        state.expire(now);
+        state.check(demand, now)
+    }
+
+    /// Admit `demand` in every dimension, or refuse it and spend nothing.
+    pub(crate) fn admit(&self, demand: Demand, now: u64) -> Result<Option<Ticket>, Refusal> {
+        if !self.is_limited() {
+            return Ok(None);
+        }
+        let mut state = self.lock();
+        state.expire(now);
+        state.check(demand, now)?;
+        let request_seq = state.requests.push(now, 1);
+        let token_seq = state.tokens.push(now, demand.tokens);
+        let image_seq = state.images.push(now, demand.images);
+        state.day_count += 1;
+        Ok(Some(Ticket {
+            request_seq,
+            token_seq,
+            image_seq,
+            day_end: state.day_end,
+        }))
+    }
+
+    /// Replace an admitted request's token estimate with the real count.
+    pub(crate) fn correct_tokens(&self, ticket: &Ticket, tokens: u64) {
+        self.lock().tokens.correct(ticket.token_seq, tokens);
+    }
+
+    /// Take an admitted request back entirely (it was refused upstream, so it used no quota).
+    pub(crate) fn refund(&self, ticket: &Ticket) {
+        let mut state = self.lock();
+        state.requests.correct(ticket.request_seq, 0);
+        state.tokens.correct(ticket.token_seq, 0);
+        state.images.correct(ticket.image_seq, 0);
+        if state.day_end == ticket.day_end {
+            state.day_count = state.day_count.saturating_sub(1);
+        }
+    }
+
+    /// The fraction of room left in the tightest dimension (1.0 when unlimited).
+    pub(crate) fn headroom(&self, demand: Demand, now: u64) -> f64 {
+        if !self.is_limited() {
+            return 1.0;
+        }
+        let mut state = self.lock();
+        state.expire(now);
+        let fraction = |used: u64, extra: u64, limit: u64| {
+            if limit == 0 {
+                0.0
+            } else {
+                1.0 - ((used + extra) as f64 / limit as f64).min(1.0)
+            }
+        };
+        let limits = state.limits;
+        [
+            limits
+                .rpm
+                .map(|l| fraction(state.requests.sum, 1, u64::from(l))),
+            limits
+                .tpm
+                .map(|l| fraction(state.tokens.sum, demand.tokens, l)),
+            limits
+                .rpd
+                .map(|l| fraction(state.day_count, 1, u64::from(l))),
+            limits
+                .ipm
+                .map(|l| fraction(state.images.sum, demand.images, u64::from(l))),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(1.0, f64::min)
+    }
+
+    pub(crate) fn snapshot(&self, now: u64) -> MeterSnapshot {
+        let mut state = self.lock();
+        state.expire(now);
+        let limits = state.limits;
+        MeterSnapshot {
+            rpm: limits.rpm.map(|l| Usage {
+                used: state.requests.sum,
+                limit: u64::from(l),
+            }),
+            tpm: limits.tpm.map(|l| Usage {
+                used: state.tokens.sum,
+                limit: l,
+            }),
+            rpd: limits.rpd.map(|l| Usage {
+                used: state.day_count,
+                limit: u64::from(l),
+            }),
+            ipm: limits.ipm.map(|l| Usage {
+                used: state.images.sum,
+                limit: u64::from(l),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_790_000_000_000;
+
+    fn rpm(limit: u32) -> Meters {
+        Meters::new(ModelLimits {
+            rpm: Some(limit),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn eleventh_request_in_a_minute_is_refused_until_the_first_leaves() {
+        let meters = rpm(10);
+        for i in 0..10 {
+            assert!(meters.admit(Demand::default(), T0 + i * 1000).is_ok());
+        }
+        let refusal = meters.admit(Demand::default(), T0 + 15_000).unwrap_err();
+        assert_eq!(refusal.dimension, Dimension::RequestsPerMinute);
+        assert_eq!(refusal.retry_after, Some(Duration::from_secs(45)));
+        assert!(meters.admit(Demand::default(), T0 + 59_999).is_err());
+        assert!(meters.admit(Demand::default(), T0 + 60_000).is_ok());
+    }
+
+    #[test]
+    fn all_or_nothing_across_dimensions() {
+        let meters = Meters::new(ModelLimits {
+            rpm: Some(5),
+            tpm: Some(100),
+            ..Default::default()
+        });
+        meters
+            .admit(
+                Demand {
+                    tokens: 90,
+                    images: 0,
+                },
+                T0,
+            )
+            .unwrap();
+        let before = meters.snapshot(T0);
+        let refusal = meters
+            .admit(
+                Demand {
+                    tokens: 20,
+                    images: 0,
+                },
+                T0,
+            )
+            .unwrap_err();
+        assert_eq!(refusal.dimension, Dimension::TokensPerMinute);
+        assert_eq!(
+            meters.snapshot(T0),
+            before,
+            "a refused request spends nothing"
+        );
+        assert!(
+            meters
+                .admit(
+                    Demand {
+                        tokens: 10,
+                        images: 0
+                    },
+                    T0
+                )
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn too_big_never_fits() {
+        let meters = Meters::new(ModelLimits {
+            tpm: Some(100),
+            ..Default::default()
+        });
+        let refusal = meters
+            .admit(
+                Demand {
+                    tokens: 101,
+                    images: 0,
+                },
+                T0,
+            )
+            .unwrap_err();
+        assert_eq!(refusal.retry_after, None);
+    }
+
+    #[test]
+    fn corrections_free_tokens_at_once_and_refunds_give_everything_back() {
+        let meters = Meters::new(ModelLimits {
+            tpm: Some(100),
+            rpd: Some(3),
+            ..Default::default()
+        });
+        let ticket = meters
+            .admit(
+                Demand {
+                    tokens: 80,
+                    images: 0,
+                },
+                T0,
+            )
+            .unwrap()
+            .unwrap();
+        assert!(
+            meters
+                .check(
+                    Demand {
+                        tokens: 30,
+                        images: 0
+                    },
+                    T0
+                )
+                .is_err()
+        );
+        meters.correct_tokens(&ticket, 50);
+        assert!(
+            meters
+                .check(
+                    Demand {
+                        tokens: 30,
+                        images: 0
+                    },
+                    T0
+                )
+                .is_ok()
+        );
+        meters.refund(&ticket);
+        let snap = meters.snapshot(T0);
+        assert_eq!(snap.tpm.unwrap().used, 0);
+        assert_eq!(snap.rpd.unwrap().used, 0);
+    }
+
+    #[test]
+    fn learning_only_lowers() {
+        let meters = rpm(10);
+        assert!(meters.learn(Dimension::RequestsPerMinute, 5));
+        assert!(!meters.learn(Dimension::RequestsPerMinute, 8));
+        assert_eq!(meters.limits().rpm, Some(5));
+        assert!(meters.learn(Dimension::TokensPerMinute, 1000));
+        assert_eq!(meters.limits().tpm, Some(1000));
+    }
+
+    #[test]
+    fn unlimited_meters_take_no_lock_and_count_nothing() {
+        let meters = Meters::default();
+        assert!(!meters.is_limited());
+        assert!(
+            meters
+                .admit(
+                    Demand {
+                        tokens: 1 << 40,
+                        images: 9
+                    },
+                    T0
+                )
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(meters.headroom(Demand::default(), T0), 1.0);
+    }
+
+    #[test]
+    fn headroom_is_the_tightest_fraction() {
+        let meters = Meters::new(ModelLimits {
+            rpm: Some(10),
+            tpm: Some(1000),
+            ..Default::default()
+        });
+        meters
+            .admit(
+                Demand {
+                    tokens: 900,
+                    images: 0,
+                },
+                T0,
+            )
+            .unwrap();
+        let h = meters.headroom(
+            Demand {
+                tokens: 0,
+                images: 0,
+            },
+            T0,
+        );
+        assert!((h - 0.1).abs() < 1e-9, "{h}");
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::clock::pacific_day_start;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Whatever the arrivals and sizes: in every 60-second window (any alignment) the admitted
+        /// requests, tokens and images stay within their limits, every Pacific day within RPD, and
+        /// a refused request changes nothing.
+        #[test]
+        fn admitted_never_exceed_any_limit_in_any_window(
+            rpm in 1u32..15,
+            tpm in 20u64..400,
+            rpd in 1u32..60,
+            ipm in 1u32..6,
+            arrivals in proptest::collection::vec((0u64..15_000, 0u64..120, 0u64..3), 1..250),
+        ) {
+            let meters = Meters::new(ModelLimits { rpm: Some(rpm), tpm: Some(tpm), rpd: Some(rpd), ipm: Some(ipm) });
+            // Start an hour before a Pacific midnight so the day boundary is crossed.
+            let mut now = 1_793_516_400_000 - 3_600_000;
+            let mut admitted: Vec<(u64, u64, u64)> = Vec::new();
+            for (gap, tokens, images) in arrivals {
+                now += gap;
+                let before = meters.snapshot(now);
+                match meters.admit(Demand { tokens, images }, now) {
+                    Ok(_) => admitted.push((now, tokens, images)),
+                    Err(refusal) => {
+                        prop_assert_eq!(meters.snapshot(now), before, "a refusal spent something");
+                        if let Some(after) = refusal.retry_after {
+                            prop_assert!(after > Duration::ZERO);
+                        }
+                    }
+                }
+            }
+            for &(t, _, _) in &admitted {
+                let window = admitted.iter().filter(|&&(u, _, _)| u + MINUTE_MS > t && u <= t);
+                let (count, tokens, images) = window.fold((0u64, 0u64, 0u64), |acc, &(_, n, i)| (acc.0 + 1, acc.1 + n, acc.2 + i));
+                prop_assert!(count <= u64::from(rpm), "{count} requests in a minute, limit {rpm}");
+                prop_assert!(tokens <= tpm, "{tokens} tokens in a minute, limit {tpm}");
+                prop_assert!(images <= u64::from(ipm), "{images} images in a minute, limit {ipm}");
+                let day = pacific_day_start(t);
+                let today = admitted.iter().filter(|&&(u, _, _)| pacific_day_start(u) == day).count();
+                prop_assert!(today as u64 <= u64::from(rpd), "{today} requests in a day, limit {rpd}");
+            }
+        }
+
+        /// Under steady load just under the limit's pace, the full limit passes.
+        #[test]
+        fn steady_load_gets_the_full_limit(rpm in 1u32..60) {
+            let meters = Meters::new(ModelLimits { rpm: Some(rpm), ..Default::default() });
+            let pace = MINUTE_MS.div_ceil(u64::from(rpm));
+            let start = 1_790_000_000_000;
+            for i in 0..u64::from(rpm) * 5 {
+                prop_assert!(meters.admit(Demand::default(), start + i * pace).is_ok(), "request {i} refused");
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! [`UsageBody`]: watches a response stream for the real prompt token count and corrects the
+//! ledger as it passes, without buffering the body or delaying any chunk.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use super::meter::Ticket;
+use crate::pool::MeterRef;
+
+const KEYS: [&[u8]; 2] = [b"\"promptTokenCount\"", b"\"prompt_tokens\""];
+/// Bytes kept between chunks so a key or number split across chunks is still found.
+const CARRY: usize = 48;
+
+/// Finds the last `"promptTokenCount": N` (or OpenAI's `"prompt_tokens": N`) in a byte stream.
+#[derive(Debug, Default)]
+pub(crate) struct PromptTokens {
+    carry: Vec<u8>,
+}
+
+impl PromptTokens {
+    /// Scan the next chunk; the last complete count in it, if any.
+    pub(crate) fn scan(&mut self, chunk: &[u8]) -> Option<u64> {
+        let joined;
+        let text: &[u8] = if self.carry.is_empty() {
+            chunk
+        } else {
+            self.carry.extend_from_slice(chunk);
+            joined = std::mem::take(&mut self.carry);
+            &joined
+        };
+        let mut found = None;
+        for key in KEYS {
+            let mut from = 0;
+            while let Some(at) = find(&text[from..], key) {
+                let start = from + at + key.len();
+                match number_after(&text[start..]) {
+                    Some(n) => found = Some(n),
+                    None => break,
+                }
+                from = start;
+            }
+        }
+        let keep = text.len().min(CARRY);
+        self.carry = text[text.len() - keep..].to_vec();
+        found
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `  : 123,` → 123. `None` if the number is not complete in this text.
+fn number_after(text: &[u8]) -> Option<u64> {
+    let mut i = 0;
+    while i < text.len() && text[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    if text.get(i) != Some(&b':') {
+        return None;
+    }
+    i += 1;
+    while i < text.len() && text[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    let start = i;
+    while i < text.len() && text[i].is_ascii_digit() {
+        i += 1;
+    }
+    if i == start || i == text.len() {
+        // No digits, or they may continue in the next chunk.
+        return None;
+    }
+    std::str::from_utf8(&text[start..i]).ok()?.parse().ok()
+}
+
+pin_project! {
+    /// A response body that corrects the quota ledger with the real prompt token count as it
+    /// streams through (JSON, SSE or a JSON array; native or OpenAI-compatible). Chunks pass
+    /// unchanged and undelayed.
+    pub struct UsageBody<B> {
+        #[pin]
+        inner: B,
+        tap: Option<Tap>,
+    }
+}
+
+struct Tap {
+    meter: MeterRef,
+    ticket: Ticket,
+    scanner: PromptTokens,
+}
+
+impl<B> UsageBody<B> {
+    pub(crate) fn new(inner: B, meter: Option<(MeterRef, Ticket)>) -> Self {
+        UsageBody {
+            inner,
+            tap: meter.map(|(meter, ticket)| Tap {
+                meter,
+                ticket,
+                scanner: PromptTokens::default(),
+            }),
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for UsageBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsageBody")
+            .field("metered", &self.tap.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> Body for UsageBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let frame = frame.map_data(|mut d| d.copy_to_bytes(d.remaining()));
+                if let (Some(tap), Some(data)) = (this.tap.as_mut(), frame.data_ref())
+                    && let Some(tokens) = tap.scanner.scan(data)
+                {
+                    tap.meter.meters().correct_tokens(&tap.ticket, tokens);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                *this.tap = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_count_in_json_and_sse() {
+        let mut s = PromptTokens::default();
+        assert_eq!(
+            s.scan(br#"{"usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": 3}}"#),
+            Some(12)
+        );
+        let mut s = PromptTokens::default();
+        let sse = b"data: {\"usageMetadata\":{\"promptTokenCount\":7}}\r\n\r\ndata: {\"usageMetadata\":{\"promptTokenCount\":9}}\r\n\r\n";
+        assert_eq!(s.scan(sse), Some(9));
+        let mut s = PromptTokens::default();
+        assert_eq!(
+            s.scan(br#"{"usage":{"prompt_tokens":41,"completion_tokens":2}}"#),
+            Some(41)
+        );
+    }
+
+    #[test]
+    fn a_count_split_across_chunks_is_found() {
+        let text = br#"{"usageMetadata":{"promptTokenCount":12345,"x":1}}"#;
+        for cut in 1..text.len() {
+            let mut s = PromptTokens::default();
+            let first = s.scan(&text[..cut]);
+            let second = s.scan(&text[cut..]);
+            assert_eq!(first.or(second), Some(12345), "cut at {cut}");
+            assert!(
+                first.is_none() || first == Some(12345),
+                "cut at {cut}: {first:?}"
+            );
+        }
+    }
+}

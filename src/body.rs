@@ -6,6 +6,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
+use http::Request;
+use http_body_util::{BodyExt, Full, Limited};
+
+use crate::error::{BoxError, Error, ErrorKind};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -150,6 +154,47 @@ impl<B: Body> Body for ResponseBody<B> {
                 }
             }
         }
+    }
+}
+
+/// Make a request replayable (for [`RetryLayer`](crate::retry::RetryLayer)): read its body into
+/// memory, up to `limit` bytes.
+///
+/// Errors with [`ErrorKind::BodyTooLarge`] past the limit (a server should answer 413), or
+/// [`ErrorKind::Transport`] if the body fails while being read.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::{BodyExt, Full};
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let request = http::Request::new(Full::new(Bytes::from_static(b"{}")));
+/// let replayable = tower_gemini::body::buffer(request, 1024).await.unwrap();
+/// let copy = replayable.clone(); // Full<Bytes> is Clone: the request can be sent again
+/// assert_eq!(copy.into_body().collect().await.unwrap().to_bytes(), "{}");
+///
+/// let big = http::Request::new(Full::new(Bytes::from(vec![b'x'; 2048])));
+/// let error = tower_gemini::body::buffer(big, 1024).await.unwrap_err();
+/// assert_eq!(error.kind(), tower_gemini::ErrorKind::BodyTooLarge);
+/// # });
+/// ```
+pub async fn buffer<B>(request: Request<B>, limit: usize) -> Result<Request<Full<Bytes>>, Error>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = request.into_parts();
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(Request::from_parts(parts, Full::new(collected.to_bytes()))),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(Error::new(
+            ErrorKind::BodyTooLarge,
+            format!(
+                "the request body is larger than {limit} bytes; send a smaller body or raise the limit"
+            ),
+        )),
+        Err(error) => Err(
+            Error::new(ErrorKind::Transport, "reading the request body failed").with_source(error),
+        ),
     }
 }
 

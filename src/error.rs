@@ -31,6 +31,8 @@ pub enum ErrorKind {
     Transport,
     /// Configuration is malformed: a key list, an environment variable, a TOML file.
     Config,
+    /// A request body is larger than the limit it was buffered with.
+    BodyTooLarge,
 }
 
 impl ErrorKind {
@@ -44,6 +46,7 @@ impl ErrorKind {
             ErrorKind::BudgetExhausted => "budget_exhausted",
             ErrorKind::Transport => "transport",
             ErrorKind::Config => "config",
+            ErrorKind::BodyTooLarge => "body_too_large",
         }
     }
 }
@@ -157,6 +160,74 @@ impl Error {
     /// The message without the key or the source.
     pub fn message(&self) -> &str {
         &self.inner.message
+    }
+
+    /// The HTTP status a server should answer with: 429 for no key or local quota, 413 for a
+    /// body too large, 500 for configuration, 503 otherwise (circuit open, retries or budget
+    /// spent, upstream unreachable).
+    pub fn status_code(&self) -> http::StatusCode {
+        match self.inner.kind {
+            ErrorKind::NoKeyAvailable | ErrorKind::QuotaExhausted => {
+                http::StatusCode::TOO_MANY_REQUESTS
+            }
+            ErrorKind::BodyTooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Config => http::StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::CircuitOpen
+            | ErrorKind::RetriesExhausted
+            | ErrorKind::BudgetExhausted
+            | ErrorKind::Transport => http::StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// This error as an HTTP response in Google's error shape, with `Retry-After` (whole
+    /// seconds, rounded up) when known. It holds only what `Display` shows: no key.
+    ///
+    /// ```
+    /// use tower_gemini::{Error, ErrorKind};
+    /// use std::time::Duration;
+    ///
+    /// let error = Error::new(ErrorKind::NoKeyAvailable, "no key").with_retry_after(Some(Duration::from_millis(1500)));
+    /// let response: http::Response<String> = error.to_response();
+    /// assert_eq!(response.status(), 429);
+    /// assert_eq!(response.headers()["retry-after"], "2");
+    /// ```
+    pub fn to_response<B: From<String>>(&self) -> http::Response<B> {
+        let status = self.status_code();
+        let google_status = match status.as_u16() {
+            429 => "RESOURCE_EXHAUSTED",
+            413 => "INVALID_ARGUMENT",
+            500 => "INTERNAL",
+            _ => "UNAVAILABLE",
+        };
+        let body = serde_json::json!({
+            "error": {
+                "code": status.as_u16(),
+                "message": self.to_string(),
+                "status": google_status,
+                "reason": self.inner.kind.as_str(),
+            }
+        });
+        let mut response = http::Response::new(B::from(body.to_string()));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        if let Some(after) = self.inner.retry_after {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// With feature `axum`, handlers can return `Result<_, tower_gemini::Error>`.
+#[cfg(feature = "axum")]
+impl axum::response::IntoResponse for Error {
+    fn into_response(self) -> axum::response::Response {
+        self.to_response::<String>().map(axum::body::Body::from)
     }
 }
 

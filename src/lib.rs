@@ -43,6 +43,7 @@
 pub mod body;
 pub mod circuit_breaker;
 pub mod classify;
+pub mod client;
 pub mod clock;
 mod error;
 pub mod key_rotation;
@@ -52,8 +53,11 @@ mod model;
 mod peek;
 mod random;
 pub mod retry;
+mod stack;
+mod telemetry;
 pub use key_rotation::{KeyPlacement, KeyRotation, KeyRotationLayer};
 pub use model::Model;
+pub use stack::{GeminiBody, GeminiLayer, GeminiService, ServiceBuilderExt, stack};
 pub mod pool;
 pub mod quota;
 

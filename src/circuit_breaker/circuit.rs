@@ -248,6 +248,7 @@ impl Breakers {
         open_for: Option<Duration>,
     ) {
         let scope = &*circuit.scope;
+        crate::telemetry::circuit_state(scope, to);
         match to {
             CircuitState::Open => tracing::warn!(
                 gemini.scope = scope,
@@ -348,6 +349,7 @@ impl Circuit {
     }
 
     fn rejection(&self, breakers: &Breakers, remaining_ms: Option<u64>) -> Error {
+        crate::telemetry::circuit_rejected(&self.scope);
         let counts = self.window.counts(breakers.now_ms());
         let message = match remaining_ms {
             Some(ms) => format!(

@@ -16,6 +16,7 @@ use crate::body::{Prefix, ResponseBody};
 use crate::classify::Classification;
 use crate::error::{self, BoxError, Error, ErrorKind};
 use crate::pool::KeyLease;
+use crate::telemetry;
 
 pin_project! {
     /// Response future of [`KeyRotation`](super::KeyRotation).
@@ -106,7 +107,14 @@ where
                             this.state.set(State::Failed { error: None });
                             let classification = Classification::success(response.status());
                             let (mut parts, body) = response.into_parts();
-                            parts.extensions.insert(call.lease.selected());
+                            let selected = call.lease.selected();
+                            telemetry::request(
+                                selected.fingerprint(),
+                                selected.model(),
+                                classification.class(),
+                                latency,
+                            );
+                            parts.extensions.insert(selected);
                             call.lease.report(&classification, latency);
                             parts.extensions.insert(classification);
                             let body = ResponseBody::passthrough(body);
@@ -159,6 +167,13 @@ fn inner_error(inner: BoxError, call: Call, latency: Duration) -> Error {
         Err(other) => {
             let source = error::scrub(other, key.expose(), fingerprint);
             let classification = Classification::transport();
+            let selected = call.lease.selected();
+            telemetry::request(
+                fingerprint,
+                selected.model(),
+                classification.class(),
+                latency,
+            );
             tracing::debug!(gemini.key = %fingerprint, gemini.class = "transport", error = %source,
                 "request with key {fingerprint} failed before an answer");
             call.lease.report(&classification, latency);
@@ -195,7 +210,14 @@ impl<B: Body> Reading<B> {
         }
         tracing::debug!(gemini.key = %fingerprint, gemini.class = %classification.class(),
             "key {fingerprint} got {classification}");
-        parts.extensions.insert(call.lease.selected());
+        let selected = call.lease.selected();
+        telemetry::request(
+            fingerprint,
+            selected.model(),
+            classification.class(),
+            latency,
+        );
+        parts.extensions.insert(selected);
         call.lease.report(&classification, latency);
         parts.extensions.insert(classification);
         Response::from_parts(parts, prefix.into_body())

@@ -110,6 +110,17 @@ where
             }
         };
         let selected = lease.selected();
+        // Fill in the attempt span (see `RetryLayer`), if any; a no-op elsewhere.
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            span.record(
+                "gemini.key",
+                tracing::field::display(selected.fingerprint()),
+            );
+            if let Some(model) = selected.model() {
+                span.record("gemini.model", model);
+            }
+        }
         if tracing::enabled!(tracing::Level::DEBUG) {
             let attempt = request
                 .extensions()

@@ -188,6 +188,46 @@ impl Fault {
     }
 }
 
+/// The demo model: `gemini-2.0-flash`.
+pub const DEMO_MODEL: &str = "gemini-2.0-flash";
+
+/// The demo upstream used by the examples: `test-key-0002` belongs to a project whose prepaid
+/// credits are depleted, `test-key-0003` to a small project (3 requests per minute on
+/// `gemini-2.0-flash`), `test-key-0004` to a big one. `test-key-0001` is unknown (invalid).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let mock = tower_gemini::mock::demo().start().await?;
+/// let pool = tower_gemini::mock::demo_pool().unwrap();
+/// assert_eq!(pool.len(), 4);
+/// # Ok::<(), std::io::Error>(())
+/// # }).unwrap();
+/// ```
+pub fn demo() -> MockGemini {
+    MockGemini::builder()
+        .project("proj-broke", |p| p.key("test-key-0002").billing_exhausted())
+        .project("proj-small", |p| {
+            p.key("test-key-0003").limits(
+                DEMO_MODEL,
+                ModelLimits {
+                    rpm: Some(3),
+                    ..ModelLimits::default()
+                },
+            )
+        })
+        .project("proj-big", |p| p.key("test-key-0004"))
+}
+
+/// The pool of the demo: the four keys of [`demo`], each in its project, in that order.
+pub fn demo_pool() -> Result<crate::KeyPool, crate::Error> {
+    crate::KeyPool::builder()
+        .key_with(crate::KeySpec::new("test-key-0001").name("typo"))
+        .key_with(crate::KeySpec::new("test-key-0002").project("proj-broke"))
+        .key_with(crate::KeySpec::new("test-key-0003").project("proj-small"))
+        .key_with(crate::KeySpec::new("test-key-0004").project("proj-big"))
+        .build()
+}
+
 /// Builds and starts a [`MockServer`].
 #[derive(Debug, Default)]
 pub struct MockGemini {

@@ -73,6 +73,7 @@ impl KeyPoolBuilder {
         self
     }
 
+    #[cfg(feature = "toml")]
     pub(crate) fn boxed_strategy(mut self, strategy: Box<dyn Strategy>) -> Self {
         self.strategy = Some(strategy);
         self

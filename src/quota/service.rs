@@ -16,6 +16,7 @@ use super::meter::{Demand, Refusal, Ticket};
 use super::usage::UsageBody;
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::pool::{Fingerprint, KeyPool, MeterRef, SelectedKey};
+use crate::telemetry;
 
 /// Applies [`Quota`]: local RPM/TPM/RPD/IPM limits per project and model, so that a request
 /// the quota will refuse is never sent. See the [module docs](super).
@@ -172,6 +173,16 @@ where
         } else {
             Some(meters.admit(demand, self.pool.clock().now_millis()))
         };
+        let model = selected.model().unwrap_or("unknown");
+        match &attempt {
+            Some(Ok(_)) => telemetry::quota(selected.project(), model, || {
+                meters.snapshot(self.pool.clock().now_millis())
+            }),
+            Some(Err(refusal)) => {
+                telemetry::quota_refused(selected.project(), model, refusal.dimension)
+            }
+            None => {}
+        }
         match (attempt, self.wait) {
             (Some(Ok(ticket)), _) => {
                 let future = self.inner.call(request);

@@ -65,7 +65,7 @@ where
         max_error_body: usize,
     ) -> Self {
         let call = policy.start();
-        let span = tracing::info_span!("gemini.request", attempts = Empty);
+        let span = tracing::info_span!("gemini.request", gemini.model = Empty, attempts = Empty);
         let attempt_span = attempt_span(&span, 1, policy.attempts());
         let first = with_attempt(request.clone(), 1, policy.attempts());
         let future = attempt_span.in_scope(|| service.call(first));
@@ -85,7 +85,7 @@ where
 
 fn attempt_span(parent: &Span, number: u32, max: u32) -> Span {
     tracing::info_span!(parent: parent, "gemini.attempt", attempt = number, max_attempts = max,
-        gemini.key = Empty, gemini.class = Empty, latency_ms = Empty)
+        gemini.key = Empty, gemini.model = Empty, gemini.class = Empty, latency_ms = Empty)
 }
 
 fn with_attempt<B>(mut request: Request<B>, number: u32, max: u32) -> Request<B> {
@@ -166,10 +166,6 @@ where
                                 this.attempt_started.elapsed().as_millis() as u64,
                             );
                             let _entered = this.attempt_span.enter();
-                            if let Some(key) = error.key() {
-                                this.attempt_span
-                                    .record("gemini.key", tracing::field::display(key));
-                            }
                             let decision = this.policy.decide(this.call, &outcome);
                             let line = describe(error.key(), error.classification());
                             match decision {
@@ -282,13 +278,9 @@ fn settle<R>(
     span: &Span,
     attempt_started: Instant,
 ) -> Settled<Response<R>> {
-    let key = response
-        .extensions()
-        .get::<SelectedKey>()
-        .map(SelectedKey::fingerprint);
-    if let Some(key) = key {
-        attempt_span.record("gemini.key", tracing::field::display(key));
-    }
+    // KeyRotation records the key and model into the attempt span when it picks the key.
+    let selected = response.extensions().get::<SelectedKey>();
+    let key = selected.map(SelectedKey::fingerprint);
     attempt_span.record(
         "gemini.class",
         tracing::field::display(classification.class()),
@@ -304,6 +296,9 @@ fn settle<R>(
         }
         Decision::Stop(stop) => {
             span.record("attempts", call.attempts);
+            if let Some(model) = selected.and_then(SelectedKey::model) {
+                span.record("gemini.model", model);
+            }
             let mut response = response;
             response.extensions_mut().insert(Attempt {
                 number: call.attempts,
@@ -340,6 +335,7 @@ fn log_retry(
     call: &CallState,
     policy: &RetryPolicy,
 ) {
+    crate::telemetry::retry(outcome.class);
     let max = policy.attempts();
     let next = call.attempts + 1;
     if outcome.kind == Some(ErrorKind::NoKeyAvailable) {

@@ -1,0 +1,120 @@
+//! The recommended stack in one layer: [`stack`] and [`ServiceBuilderExt::gemini`].
+
+use tower::ServiceBuilder;
+use tower::layer::util::Stack;
+use tower_layer::Layer;
+
+use crate::circuit_breaker::{BreakerHandle, CircuitBreaker, CircuitBreakerLayer};
+use crate::key_rotation::{KeyRotation, KeyRotationLayer};
+use crate::pool::KeyPool;
+use crate::quota::{Quota, QuotaLayer};
+use crate::retry::{Retry, RetryLayer};
+
+/// The service [`GeminiLayer`] builds around a client `S`.
+pub type GeminiService<S> = Retry<CircuitBreaker<KeyRotation<Quota<S>>>>;
+
+/// The body of its responses, around a client body `B`.
+pub type GeminiBody<B> =
+    crate::body::ResponseBody<crate::body::ResponseBody<crate::quota::UsageBody<B>>>;
+
+/// Retry → CircuitBreaker → KeyRotation → Quota over one [`KeyPool`], in that order:
+///
+/// 1. [`RetryLayer`] outermost, so that every attempt goes through the breaker and picks a key
+///    afresh, and a local refusal (no key, circuit open) can be waited out;
+/// 2. [`CircuitBreakerLayer`] before any key is chosen, so an open circuit costs nothing and a
+///    failing model is not hammered with every key in turn;
+/// 3. [`KeyRotationLayer`] picks a key (skipping projects without quota room), injects it and
+///    classifies the answer for the layers above;
+/// 4. [`QuotaLayer`] innermost, next to the client, so it meters exactly what is sent with the
+///    key that was chosen.
+///
+/// ```
+/// use tower::ServiceBuilder;
+/// use tower_gemini::{KeyPool, stack};
+/// # fn client() -> tower::util::BoxCloneService<http::Request<String>, http::Response<String>, tower_gemini::BoxError> {
+/// #     tower::util::BoxCloneService::new(tower::service_fn(|_| async { Ok(http::Response::new(String::new())) }))
+/// # }
+///
+/// let pool = KeyPool::from_keys(["test-key-0001", "test-key-0002"])?;
+/// let layer = stack(&pool);
+/// let breakers = layer.breaker_handle(); // for a status page
+/// let gemini = ServiceBuilder::new().layer(layer).service(client());
+/// # let _ = (gemini, breakers);
+/// # Ok::<(), tower_gemini::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct GeminiLayer {
+    retry: RetryLayer,
+    breaker: CircuitBreakerLayer,
+    rotation: KeyRotationLayer,
+    quota: QuotaLayer,
+}
+
+/// The recommended stack over `pool`, with every layer's defaults. See [`GeminiLayer`].
+pub fn stack(pool: &KeyPool) -> GeminiLayer {
+    GeminiLayer {
+        retry: RetryLayer::for_pool(pool),
+        breaker: CircuitBreakerLayer::new(),
+        rotation: KeyRotationLayer::new(pool.clone()),
+        quota: QuotaLayer::new(pool.clone()),
+    }
+}
+
+impl GeminiLayer {
+    /// Replace the retry layer.
+    pub fn retry(mut self, retry: RetryLayer) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Replace the circuit breaker.
+    pub fn circuit_breaker(mut self, breaker: CircuitBreakerLayer) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// Replace the key rotation layer (keep the same pool as the quota layer).
+    pub fn key_rotation(mut self, rotation: KeyRotationLayer) -> Self {
+        self.rotation = rotation;
+        self
+    }
+
+    /// Replace the quota layer (keep the same pool as the key rotation layer).
+    pub fn quota(mut self, quota: QuotaLayer) -> Self {
+        self.quota = quota;
+        self
+    }
+
+    /// The circuit breaker's handle.
+    pub fn breaker_handle(&self) -> BreakerHandle {
+        self.breaker.handle()
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &KeyPool {
+        self.rotation.pool()
+    }
+}
+
+impl<S> Layer<S> for GeminiLayer {
+    type Service = GeminiService<S>;
+
+    fn layer(&self, client: S) -> Self::Service {
+        self.retry.layer(
+            self.breaker
+                .layer(self.rotation.layer(self.quota.layer(client))),
+        )
+    }
+}
+
+/// `ServiceBuilder::new().gemini(&pool)`: the recommended stack as a builder step.
+pub trait ServiceBuilderExt<L> {
+    /// Add [`stack`]`(pool)`.
+    fn gemini(self, pool: &KeyPool) -> ServiceBuilder<Stack<GeminiLayer, L>>;
+}
+
+impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
+    fn gemini(self, pool: &KeyPool) -> ServiceBuilder<Stack<GeminiLayer, L>> {
+        self.layer(stack(pool))
+    }
+}

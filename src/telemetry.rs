@@ -1,0 +1,106 @@
+//! Metrics through the `metrics` facade (feature `metrics`); without the feature every function
+//! here is an empty inline no-op. Labels carry key fingerprints, never keys.
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `gemini_requests_total` | counter | `key`, `model`, `class` |
+//! | `gemini_request_duration_seconds` | histogram | `key`, `model`, `class` |
+//! | `gemini_retries_total` | counter | `class` |
+//! | `gemini_circuit_state` | gauge (0 closed, 1 open, 2 half-open) | `scope` |
+//! | `gemini_circuit_rejections_total` | counter | `scope` |
+//! | `gemini_quota_used` | gauge | `project`, `model`, `dimension` |
+//! | `gemini_quota_limit` | gauge | `project`, `model`, `dimension` |
+//! | `gemini_quota_refusals_total` | counter | `project`, `model`, `dimension` |
+
+#![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+
+use std::time::Duration;
+
+use crate::circuit_breaker::CircuitState;
+use crate::classify::Class;
+use crate::pool::Fingerprint;
+use crate::quota::{Dimension, MeterSnapshot};
+
+/// One answer (or transport failure) of the upstream.
+#[inline]
+pub(crate) fn request(key: Fingerprint, model: Option<&str>, class: Class, latency: Duration) {
+    #[cfg(feature = "metrics")]
+    {
+        let labels = [
+            ("key", key.to_string()),
+            ("model", model.unwrap_or("unknown").to_owned()),
+            ("class", class.as_str().to_owned()),
+        ];
+        metrics::counter!("gemini_requests_total", &labels).increment(1);
+        metrics::histogram!("gemini_request_duration_seconds", &labels)
+            .record(latency.as_secs_f64());
+    }
+}
+
+/// A retry decided after an outcome of `class`.
+#[inline]
+pub(crate) fn retry(class: Option<Class>) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("gemini_retries_total", "class" => class.map_or("local", Class::as_str))
+        .increment(1);
+}
+
+/// A circuit changed state.
+#[inline]
+pub(crate) fn circuit_state(scope: &str, state: CircuitState) {
+    #[cfg(feature = "metrics")]
+    {
+        let value = match state {
+            CircuitState::Closed => 0.0,
+            CircuitState::Open => 1.0,
+            CircuitState::HalfOpen => 2.0,
+        };
+        metrics::gauge!("gemini_circuit_state", "scope" => scope.to_owned()).set(value);
+    }
+}
+
+/// A call failed fast on an open (or full half-open) circuit.
+#[inline]
+pub(crate) fn circuit_rejected(scope: &str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("gemini_circuit_rejections_total", "scope" => scope.to_owned()).increment(1);
+}
+
+/// Quota use after an admission.
+#[inline]
+pub(crate) fn quota(project: &str, model: &str, snapshot: impl FnOnce() -> MeterSnapshot) {
+    #[cfg(feature = "metrics")]
+    {
+        let snapshot = snapshot();
+        let dims = [
+            (Dimension::RequestsPerMinute, snapshot.rpm),
+            (Dimension::TokensPerMinute, snapshot.tpm),
+            (Dimension::RequestsPerDay, snapshot.rpd),
+            (Dimension::ImagesPerMinute, snapshot.ipm),
+        ];
+        for (dimension, usage) in dims {
+            if let Some(usage) = usage {
+                let labels = [
+                    ("project", project.to_owned()),
+                    ("model", model.to_owned()),
+                    ("dimension", dimension.as_str().to_owned()),
+                ];
+                metrics::gauge!("gemini_quota_used", &labels).set(usage.used as f64);
+                metrics::gauge!("gemini_quota_limit", &labels).set(usage.limit as f64);
+            }
+        }
+    }
+}
+
+/// A request refused by the local quota.
+#[inline]
+pub(crate) fn quota_refused(project: &str, model: &str, dimension: Dimension) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(
+        "gemini_quota_refusals_total",
+        "project" => project.to_owned(),
+        "model" => model.to_owned(),
+        "dimension" => dimension.as_str()
+    )
+    .increment(1);
+}

@@ -389,3 +389,16 @@ async fn the_stack_layers_are_in_the_documented_order() {
     let positions: Vec<usize> = order.iter().map(|l| name.find(l).unwrap()).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{name}");
 }
+
+#[cfg(feature = "rustls")]
+#[tokio::test]
+async fn scenario_through_the_rustls_client() {
+    let upstream = mock::demo().start().await.unwrap();
+    let pool = mock::demo_pool().unwrap();
+    let gemini = stack(&pool).layer(tower_gemini::client::https());
+    let response = gemini
+        .oneshot(generate(&upstream, DEMO_MODEL, "hi"))
+        .await
+        .unwrap();
+    assert_scenario(&response, &upstream);
+}

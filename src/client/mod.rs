@@ -1,8 +1,14 @@
 //! HTTP clients as tower services, ready to go under the layers.
 //!
 //! - hyper: `hyper_util::client::legacy::Client` is already a `Service<http::Request<B>>`; use it
-//!   as is (plain HTTP for the mock, a TLS connector such as `hyper-rustls` for Google).
+//!   as is (plain HTTP for the mock). Feature `rustls` adds [`https`], a legacy client with
+//!   rustls for Google's endpoint.
 //! - reqwest (feature `reqwest`): [`ReqwestService`] adapts a `reqwest::Client`.
+
+#[cfg(feature = "rustls")]
+mod https;
+#[cfg(feature = "rustls")]
+pub use https::{HttpsClient, https};
 
 #[cfg(feature = "reqwest")]
 mod reqwest_service;

@@ -71,7 +71,8 @@ impl<B: Body> std::fmt::Debug for ResponseBody<B> {
     }
 }
 
-fn to_bytes<D: Buf>(frame: Frame<D>) -> Frame<Bytes> {
+/// A frame with its data as [`Bytes`] (free for `Bytes`-based bodies).
+pub(crate) fn to_bytes<D: Buf>(frame: Frame<D>) -> Frame<Bytes> {
     frame.map_data(|mut data| data.copy_to_bytes(data.remaining()))
 }
 

@@ -3,9 +3,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use common::{client, generate};
 use http::StatusCode;
 use http_body_util::BodyExt;
@@ -53,6 +50,7 @@ async fn scenario_through_hyper() {
 #[cfg(feature = "reqwest")]
 mod with_reqwest {
     use super::*;
+    use common::Capture;
     use http::Request;
     use tower_gemini::KeyPlacement;
     use tower_gemini::client::ReqwestService;
@@ -80,7 +78,7 @@ mod with_reqwest {
             .unwrap();
         let url = format!("http://{closed}/v1beta/models/{DEMO_MODEL}:generateContent");
         let capture = Capture::default();
-        let _logs = capture.install();
+        let _logs = capture.install(tracing::Level::TRACE);
         let pool = KeyPool::from_keys(["test-key-secret-0001"]).unwrap();
         let mut printed = String::new();
         for placement in [KeyPlacement::Auto, KeyPlacement::Query] {
@@ -202,6 +200,7 @@ mod with_metrics {
         Recorder, SharedString, Unit,
     };
     use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
 
     /// Records every metric name with its labels.
     #[derive(Default)]
@@ -342,37 +341,6 @@ mod with_metrics {
             seen.contains("gemini_circuit_rejections_total{scope=gemini-2.0-flash}"),
             "{seen:?}"
         );
-    }
-}
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    #[allow(dead_code)]
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let writer = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    #[allow(dead_code)]
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
     }
 }
 

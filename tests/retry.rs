@@ -2,13 +2,12 @@
 
 mod common;
 
-use std::io::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{client, generate, served_by, stream, text};
+use common::{Capture, client, generate, served_by, stream, text};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
@@ -389,29 +388,10 @@ async fn towers_own_retry_works_with_the_gemini_policy() {
     assert_eq!(mock.stats().total_requests() - before, 3);
 }
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn attempts_run_in_spans_and_log_readable_lines() {
     let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = capture.install(tracing::Level::DEBUG);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
@@ -430,7 +410,7 @@ fn attempts_run_in_spans_and_log_readable_lines() {
             .layer(KeyRotationLayer::new(pool.clone()).layer(client()));
         let _ = gemini.oneshot(generate(&mock, FLASH, "hi")).await.unwrap();
     });
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     for expected in [
         "using key …000a (attempt 1/4)",
         "key …000a failed (400 key_invalid: API key not valid. Please pass a valid API key.), retrying at once with another key (attempt 2/4)",

@@ -3,12 +3,10 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{chat, client, generate, stream};
+use common::{Capture, chat, client, generate, stream};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -25,19 +23,6 @@ const KEYS: [&str; 5] = [
     "test-key-good-0005",
 ];
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn assert_clean(what: &str, text: &str) {
     for key in KEYS {
         assert!(
@@ -50,13 +35,7 @@ fn assert_clean(what: &str, text: &str) {
 #[test]
 fn raw_keys_never_appear_in_logs_errors_or_debug_output() {
     let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = capture.install(tracing::Level::TRACE);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -189,7 +168,7 @@ fn raw_keys_never_appear_in_logs_errors_or_debug_output() {
         printed += &format!("{error}\n{error:?}\n");
     }
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     // The run did log and print the interesting events, by fingerprint.
     assert!(
         logs.contains("…0001") && logs.contains("key_invalid"),

@@ -140,6 +140,13 @@ impl fmt::Display for ApiKey {
     }
 }
 
+/// `…` and the last 4 characters of `text`: how any secret-like value (a key, a client token,
+/// a quoted value in a config error) is shown.
+pub(crate) fn masked(text: &str) -> String {
+    let start = text.char_indices().rev().nth(3).map_or(0, |(at, _)| at);
+    format!("…{}", &text[start..])
+}
+
 /// Check a (trimmed) key's text; the error names the problem, never the key.
 pub(crate) fn check_key_text(secret: &str) -> Result<(), Error> {
     if secret.is_empty() {
@@ -252,6 +259,13 @@ impl fmt::Debug for KeySpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masked_shows_the_last_four_characters() {
+        assert_eq!(masked("client-token-aaaa"), "…aaaa");
+        assert_eq!(masked("ab"), "…ab");
+        assert_eq!(masked("xxxxxéèêë"), "…éèêë");
+    }
 
     #[test]
     fn fingerprint_is_the_last_four() {

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 pub use builder::KeyPoolBuilder;
 pub use health::DisabledReason;
+pub(crate) use key::masked;
 pub use key::{ApiKey, DEFAULT_PRIORITY, Fingerprint, KeySpec};
 pub use limits::ModelLimits;
 pub use snapshot::{

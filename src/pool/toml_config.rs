@@ -201,16 +201,7 @@ fn redact_quoted(message: &str) -> String {
     for (i, part) in parts.enumerate() {
         out.push('"');
         if i % 2 == 0 && part.chars().count() > 4 {
-            let tail: String = part
-                .chars()
-                .rev()
-                .take(4)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            out.push('…');
-            out.push_str(&tail);
+            out.push_str(&super::key::masked(part));
         } else {
             out.push_str(part);
         }

@@ -228,15 +228,7 @@ fn too_many<ResB: From<Bytes>>(refusal: &Refusal, client: &str) -> Response<ResB
 /// How a client is shown: tokens by their last 4 characters, addresses as they are.
 fn label(client: &str) -> Cow<'_, str> {
     if client.len() >= 8 && client.parse::<std::net::IpAddr>().is_err() {
-        let tail: String = client
-            .chars()
-            .rev()
-            .take(4)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        Cow::Owned(format!("…{tail}"))
+        Cow::Owned(crate::pool::masked(client))
     } else {
         Cow::Borrowed(client)
     }

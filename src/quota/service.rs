@@ -73,6 +73,15 @@ impl<S> Quota<S> {
     }
 }
 
+/// "project p for model m", for refusal messages.
+fn describe(selected: &SelectedKey) -> String {
+    format!(
+        "project {} for {}",
+        selected.project(),
+        selected.model().unwrap_or("this model")
+    )
+}
+
 pub(crate) fn refusal_error(refusal: &Refusal, key: Option<Fingerprint>, what: &str) -> Error {
     let message = match refusal.retry_after {
         Some(after) => format!(
@@ -189,11 +198,7 @@ where
                 ResponseFuture::calling(future, ticket.map(|t| (meter, t)))
             }
             (Some(Err(refusal)), None) => {
-                let what = format!(
-                    "project {} for {}",
-                    selected.project(),
-                    selected.model().unwrap_or("this model")
-                );
+                let what = describe(&selected);
                 ResponseFuture::refused(refusal_error(
                     &refusal,
                     Some(selected.fingerprint()),
@@ -203,11 +208,7 @@ where
             (Some(Err(refusal)), Some(bound))
                 if refusal.retry_after.is_none_or(|after| after > bound) =>
             {
-                let what = format!(
-                    "project {} for {}",
-                    selected.project(),
-                    selected.model().unwrap_or("this model")
-                );
+                let what = describe(&selected);
                 ResponseFuture::refused(refusal_error(
                     &refusal,
                     Some(selected.fingerprint()),
@@ -329,11 +330,7 @@ where
                         match ready!(wait.as_mut().poll(cx)) {
                             Ok(t) => *ticket = Some(t),
                             Err(refusal) => {
-                                let what = format!(
-                                    "project {} for {}",
-                                    selected.project(),
-                                    selected.model().unwrap_or("this model")
-                                );
+                                let what = describe(selected);
                                 let error =
                                     refusal_error(&refusal, Some(selected.fingerprint()), &what);
                                 this.state.set(State::Refused { error: Some(error) });

@@ -4,7 +4,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -127,7 +127,7 @@ impl<B: Body> Body for UsageBody<B> {
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let frame = frame.map_data(|mut d| d.copy_to_bytes(d.remaining()));
+                let frame = crate::body::to_bytes(frame);
                 if let (Some(tap), Some(data)) = (this.tap.as_mut(), frame.data_ref())
                     && let Some(tokens) = tap.scanner.scan(data)
                 {

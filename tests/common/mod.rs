@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests: a plain-HTTP hyper client and request builders.
 #![allow(dead_code, unreachable_pub)]
 
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
@@ -69,4 +72,36 @@ pub fn served_by<B>(response: &Response<B>) -> String {
         .get("x-mock-key")
         .map(|v| v.to_str().unwrap().replacen("...", "…", 1))
         .unwrap_or_default()
+}
+
+/// Captures everything `tracing` prints while installed (on this thread).
+#[derive(Clone, Default)]
+pub struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    /// Print every event and span at `level` and above into this capture.
+    pub fn install(&self, level: tracing::Level) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    /// What was printed.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
 }

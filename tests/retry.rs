@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Capture, client, generate, served_by, stream, text};
+use common::{a_bad_b_daily_c_fine, client, generate, served_by, stream, text};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
@@ -22,40 +22,6 @@ const FLASH: &str = "gemini-2.0-flash";
 
 fn no_jitter() -> Backoff {
     Backoff::default().jitter(NoJitter)
-}
-
-/// Key A unknown to the mock, key B's project out of daily quota, key C fine.
-async fn a_bad_b_daily_c_fine() -> (MockServer, KeyPool) {
-    let mock = MockGemini::builder()
-        .project("proj-b", |p| {
-            p.key("test-key-000b").limits(
-                FLASH,
-                ModelLimits {
-                    rpd: Some(1),
-                    ..Default::default()
-                },
-            )
-        })
-        .project("proj-c", |p| p.key("test-key-000c"))
-        .start()
-        .await
-        .unwrap();
-    // Spend proj-b's one request of the day directly.
-    let mut spend = generate(&mock, FLASH, "x");
-    spend
-        .headers_mut()
-        .insert("x-goog-api-key", "test-key-000b".parse().unwrap());
-    assert_eq!(
-        client().request(spend).await.unwrap().status(),
-        StatusCode::OK
-    );
-    let pool = KeyPool::builder()
-        .key_with(KeySpec::new("test-key-000a").project("proj-a"))
-        .key_with(KeySpec::new("test-key-000b").project("proj-b"))
-        .key_with(KeySpec::new("test-key-000c").project("proj-c"))
-        .build()
-        .unwrap();
-    (mock, pool)
 }
 
 #[tokio::test(start_paused = true)]
@@ -386,40 +352,4 @@ async fn towers_own_retry_works_with_the_gemini_policy() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(served_by(&response), "…000c");
     assert_eq!(mock.stats().total_requests() - before, 3);
-}
-
-#[test]
-fn attempts_run_in_spans_and_log_readable_lines() {
-    let capture = Capture::default();
-    let _guard = capture.install(tracing::Level::DEBUG);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let (mock, pool) = a_bad_b_daily_c_fine().await;
-        let gemini =
-            RetryLayer::for_pool(&pool).layer(KeyRotationLayer::new(pool.clone()).layer(client()));
-        let response = gemini.oneshot(generate(&mock, FLASH, "hi")).await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        mock.set_faults([Fault::overloaded(1.0)]);
-        let gemini = RetryLayer::for_pool(&pool)
-            .backoff(no_jitter())
-            .max_attempts(2)
-            .layer(KeyRotationLayer::new(pool.clone()).layer(client()));
-        let _ = gemini.oneshot(generate(&mock, FLASH, "hi")).await.unwrap();
-    });
-    let logs = capture.text();
-    for expected in [
-        "using key …000a (attempt 1/4)",
-        "key …000a failed (400 key_invalid: API key not valid. Please pass a valid API key.), retrying at once with another key (attempt 2/4)",
-        "key …000b failed (429 quota_daily: GenerateRequestsPerDayPerProjectPerModel-FreeTier",
-        "using key …000c (attempt 3/4)",
-        "gemini.attempt{attempt=1 max_attempts=4 gemini.key=…000a gemini.model=\"gemini-2.0-flash\" gemini.class=key_invalid latency_ms=0}: tower_gemini::retry::future: key …000a failed",
-        "key …000c failed (503 upstream: The model is overloaded. Please try again later.), retrying in 1.0s (attempt 2/2)",
-        "giving up after 2 attempts; returning the last answer (503 upstream",
-    ] {
-        assert!(logs.contains(expected), "missing {expected:?} in:\n{logs}");
-    }
 }

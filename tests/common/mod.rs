@@ -5,13 +5,18 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use http::StatusCode;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tower_gemini::mock::MockServer;
+use tower_gemini::mock::{MockGemini, MockServer};
+use tower_gemini::pool::ModelLimits;
+use tower_gemini::{KeyPool, KeySpec};
+
+const FLASH: &str = "gemini-2.0-flash";
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -104,4 +109,38 @@ impl Capture {
     pub fn text(&self) -> String {
         String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
     }
+}
+
+/// Key A unknown to the mock, key B's project out of daily quota, key C fine.
+pub async fn a_bad_b_daily_c_fine() -> (MockServer, KeyPool) {
+    let mock = MockGemini::builder()
+        .project("proj-b", |p| {
+            p.key("test-key-000b").limits(
+                FLASH,
+                ModelLimits {
+                    rpd: Some(1),
+                    ..Default::default()
+                },
+            )
+        })
+        .project("proj-c", |p| p.key("test-key-000c"))
+        .start()
+        .await
+        .unwrap();
+    // Spend proj-b's one request of the day directly.
+    let mut spend = generate(&mock, FLASH, "x");
+    spend
+        .headers_mut()
+        .insert("x-goog-api-key", "test-key-000b".parse().unwrap());
+    assert_eq!(
+        client().request(spend).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let pool = KeyPool::builder()
+        .key_with(KeySpec::new("test-key-000a").project("proj-a"))
+        .key_with(KeySpec::new("test-key-000b").project("proj-b"))
+        .key_with(KeySpec::new("test-key-000c").project("proj-c"))
+        .build()
+        .unwrap();
+    (mock, pool)
 }

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::body::{Prefix, ResponseBody};
 use crate::classify::Classification;
 use crate::error::{self, BoxError, Error, ErrorKind};
-use crate::pool::KeyLease;
+use crate::pool::{KeyLease, SelectedKey};
 use crate::telemetry;
 
 pin_project! {
@@ -37,6 +37,8 @@ pin_project! {
 
 struct Call {
     lease: KeyLease,
+    /// Made once in `call`; one copy went into the request, this one goes into the response.
+    selected: SelectedKey,
     start: Instant,
     max_error_body: usize,
 }
@@ -56,12 +58,18 @@ impl<F, B: Body> ResponseFuture<F, B> {
         }
     }
 
-    pub(super) fn called(future: F, lease: KeyLease, max_error_body: usize) -> Self {
+    pub(super) fn called(
+        future: F,
+        lease: KeyLease,
+        selected: SelectedKey,
+        max_error_body: usize,
+    ) -> Self {
         ResponseFuture {
             state: State::Waiting {
                 future,
                 call: Some(Call {
                     lease,
+                    selected,
                     start: Instant::now(),
                     max_error_body,
                 }),
@@ -107,7 +115,7 @@ where
                             this.state.set(State::Failed { error: None });
                             let classification = Classification::success(response.status());
                             let (mut parts, body) = response.into_parts();
-                            let selected = call.lease.selected();
+                            let selected = call.selected;
                             telemetry::request(
                                 selected.fingerprint(),
                                 selected.model(),
@@ -167,7 +175,7 @@ fn inner_error(inner: BoxError, call: Call, latency: Duration) -> Error {
         Err(other) => {
             let source = error::scrub(other, key.expose(), fingerprint);
             let classification = Classification::transport();
-            let selected = call.lease.selected();
+            let selected = call.selected;
             telemetry::request(
                 fingerprint,
                 selected.model(),
@@ -210,7 +218,7 @@ impl<B: Body> Reading<B> {
         }
         tracing::debug!(gemini.key = %fingerprint, gemini.class = %classification.class(),
             "key {fingerprint} got {classification}");
-        let selected = call.lease.selected();
+        let selected = call.selected;
         telemetry::request(
             fingerprint,
             selected.model(),

@@ -136,8 +136,8 @@ where
             );
         }
         replace_key(&mut request, lease.key(), &self.placement);
-        request.extensions_mut().insert(selected);
+        request.extensions_mut().insert(selected.clone());
         let future = self.inner.call(request);
-        ResponseFuture::called(future, lease, self.max_error_body)
+        ResponseFuture::called(future, lease, selected, self.max_error_body)
     }
 }

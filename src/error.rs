@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::classify::Classification;
 use crate::pool::Fingerprint;
+use crate::quota::Dimension;
 
 /// A type-erased error, as used throughout the tower ecosystem.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -80,6 +81,7 @@ struct Inner {
     key: Option<Fingerprint>,
     retry_after: Option<Duration>,
     classification: Option<Classification>,
+    dimension: Option<Dimension>,
     source: Option<BoxError>,
 }
 
@@ -93,6 +95,7 @@ impl Error {
                 key: None,
                 retry_after: None,
                 classification: None,
+                dimension: None,
                 source: None,
             }),
         }
@@ -117,6 +120,12 @@ impl Error {
     /// Attach the classification of the upstream answer that led to this error.
     pub fn with_classification(mut self, classification: Classification) -> Self {
         self.inner.classification = Some(classification);
+        self
+    }
+
+    /// Attach the quota dimension that refused the request.
+    pub fn with_dimension(mut self, dimension: Dimension) -> Self {
+        self.inner.dimension = Some(dimension);
         self
     }
 
@@ -155,6 +164,11 @@ impl Error {
     /// The classification of the outcome (for transport errors: [`Class::Transport`](crate::classify::Class::Transport)).
     pub fn classification(&self) -> Option<&Classification> {
         self.inner.classification.as_ref()
+    }
+
+    /// For [`ErrorKind::QuotaExhausted`]: the dimension (RPM, TPM, RPD, IPM) without room.
+    pub fn dimension(&self) -> Option<Dimension> {
+        self.inner.dimension
     }
 
     /// The message without the key or the source.
@@ -255,6 +269,7 @@ impl fmt::Debug for Error {
             .field("key", &self.inner.key)
             .field("retry_after", &self.inner.retry_after)
             .field("classification", &self.inner.classification)
+            .field("dimension", &self.inner.dimension)
             .field("source", &self.inner.source)
             .finish()
     }

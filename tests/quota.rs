@@ -101,6 +101,7 @@ async fn eleventh_request_in_a_minute_is_refused_locally_and_never_sent() {
         .await
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::QuotaExhausted);
+    assert_eq!(error.dimension(), Some(Dimension::RequestsPerMinute));
     assert_eq!(error.retry_after(), Some(Duration::from_secs(45)));
     assert_eq!(error.key().unwrap().to_string(), "…0001");
     assert!(error.to_string().contains("rpm limit of 10"), "{error}");

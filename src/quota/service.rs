@@ -95,8 +95,9 @@ pub(crate) fn refusal_error(refusal: &Refusal, key: Option<Fingerprint>, what: &
             refusal.dimension, refusal.limit
         ),
     };
-    let error =
-        Error::new(ErrorKind::QuotaExhausted, message).with_retry_after(refusal.retry_after);
+    let error = Error::new(ErrorKind::QuotaExhausted, message)
+        .with_retry_after(refusal.retry_after)
+        .with_dimension(refusal.dimension);
     match key {
         Some(key) => error.with_key(key),
         None => error,

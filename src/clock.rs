@@ -104,6 +104,11 @@ impl Clock for ManualClock {
     }
 }
 
+/// `millis` plus `delay`, saturating instead of overflowing.
+pub(crate) fn add(millis: u64, delay: Duration) -> u64 {
+    millis.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Convert stored milliseconds to a [`Timestamp`].
 pub(crate) fn to_timestamp(millis: u64) -> Timestamp {
     Timestamp::from_millisecond(millis as i64).unwrap_or(Timestamp::UNIX_EPOCH)
@@ -140,7 +145,7 @@ pub fn next_pacific_midnight(millis: u64) -> u64 {
         .and_then(|day| day.to_zoned(tz.clone()))
         .map(|midnight| midnight.timestamp().as_millisecond().max(0) as u64)
         // Only past year 9999: a day from now is close enough.
-        .unwrap_or(millis + 86_400_000)
+        .unwrap_or(millis.saturating_add(86_400_000))
 }
 
 /// The start (midnight America/Los_Angeles) of the Pacific day containing `millis`.

@@ -387,7 +387,7 @@ impl Circuit {
         let level = self.level.fetch_add(1, Ordering::AcqRel);
         let open_for = breakers.config.open_for(level);
         self.open_until
-            .store(now + open_for.as_millis() as u64, Ordering::Release);
+            .store(crate::clock::add(now, open_for), Ordering::Release);
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.state.store(OPEN, Ordering::Release);
         breakers.emit(self, from, CircuitState::Open, rate, Some(open_for));

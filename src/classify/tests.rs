@@ -282,6 +282,22 @@ fn hostile_bodies_never_panic() {
 }
 
 #[test]
+fn absurd_delays_do_not_overflow() {
+    let huge = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","message":"Please retry in 99999999999999999999999999999ms.","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerMinutePerProjectPerModel"}]}]}}"#;
+    let c = classify(429, huge);
+    assert_eq!(c.class(), Class::QuotaMinute);
+    assert_eq!(c.retry_after(), None);
+    let max = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerMinutePerProjectPerModel"}]},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"18446744073709551615.999999999s"}]}}"#;
+    let c = classify(429, max);
+    assert_eq!(c.retry_after(), Some(Duration::new(u64::MAX, 999_999_999)));
+    // The pool takes it without overflowing and caps the cool-down.
+    let pool = crate::KeyPool::from_keys(["test-key-0001"]).unwrap();
+    pool.select(Some("m")).unwrap().report(&c, Duration::ZERO);
+    let wait = pool.select(Some("m")).unwrap_err().retry_after().unwrap();
+    assert!(wait <= crate::pool::MAX_MINUTE_COOLDOWN, "{wait:?}");
+}
+
+#[test]
 fn redaction_replaces_the_secret_in_the_message() {
     let body = r#"{"error":{"code":403,"message":"Permission denied: Consumer 'api_key:test-key-0001' has been suspended.","status":"PERMISSION_DENIED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"CONSUMER_SUSPENDED"}]}}"#;
     let mut c = classify(403, body);

@@ -191,7 +191,7 @@ pub(super) fn retry_in_message(message: &str) -> Option<Duration> {
     let unit = rest[end..].trim_start();
     if unit.starts_with("ms") {
         let ms: f64 = number.parse().ok()?;
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+        return Duration::try_from_secs_f64(ms / 1000.0).ok();
     }
     if unit.starts_with('s') {
         return parse_duration(number);

@@ -47,6 +47,8 @@ use health::{KeyHealth, ModelSlots, ModelTable, ProjectHealth};
 
 /// Default cool-down of a project+model after a per-minute 429 without `retryDelay`.
 pub const DEFAULT_MINUTE_COOLDOWN: Duration = Duration::from_secs(60);
+/// Longest cool-down taken from a per-minute 429's `retryDelay`.
+pub const MAX_MINUTE_COOLDOWN: Duration = Duration::from_secs(3600);
 /// First cool-down of a key after a bare 429; doubles while it repeats.
 pub const RATE_LIMIT_BASE_COOLDOWN: Duration = Duration::from_secs(5);
 /// Longest cool-down of a key after repeated bare 429s.
@@ -370,8 +372,12 @@ impl PoolInner {
                     Dimension::RequestsPerMinute
                 };
                 self.learn(slots, entry.project, dimension, outcome);
-                let delay = outcome.retry_after().unwrap_or(DEFAULT_MINUTE_COOLDOWN);
-                slots.projects[entry.project].cool(now + delay.as_millis() as u64, class);
+                // A per-minute quota frees within minutes; a larger delay is a malformed answer.
+                let delay = outcome
+                    .retry_after()
+                    .unwrap_or(DEFAULT_MINUTE_COOLDOWN)
+                    .min(MAX_MINUTE_COOLDOWN);
+                slots.projects[entry.project].cool(crate::clock::add(now, delay), class);
                 tracing::info!(gemini.key = %fingerprint, gemini.project = %project.name, gemini.model = model,
                     "per-minute quota exhausted; project cools for {:.1}s", delay.as_secs_f64());
             }
@@ -392,7 +398,7 @@ impl PoolInner {
                     .min(RATE_LIMIT_MAX_COOLDOWN);
                 health
                     .cool_until
-                    .fetch_max(now + delay.as_millis() as u64, Ordering::AcqRel);
+                    .fetch_max(crate::clock::add(now, delay), Ordering::AcqRel);
                 tracing::info!(gemini.key = %fingerprint, "rate limited; key cools for {}s", delay.as_secs());
             }
             Class::Upstream | Class::Transport => {

@@ -90,7 +90,7 @@ impl Log {
 
     /// `Ok` if `amount` fits under `limit` now, else the time (ms) it will fit, `None` if never.
     fn room(&self, amount: u64, limit: u64) -> Result<(), Option<u64>> {
-        if self.sum + amount <= limit {
+        if self.sum.saturating_add(amount) <= limit {
             return Ok(());
         }
         if amount > limit {
@@ -99,7 +99,7 @@ impl Log {
         let mut freed = 0;
         for &(at, n) in &self.entries {
             freed += n;
-            if self.sum - freed + amount <= limit {
+            if (self.sum - freed).saturating_add(amount) <= limit {
                 return Err(Some(at + MINUTE_MS));
             }
         }
@@ -108,7 +108,7 @@ impl Log {
 
     fn push(&mut self, now: u64, amount: u64) -> u64 {
         self.entries.push_back((now, amount));
-        self.sum += amount;
+        self.sum = self.sum.saturating_add(amount);
         self.front_seq + self.entries.len() as u64 - 1
     }
 
@@ -118,7 +118,7 @@ impl Log {
             return;
         }
         if let Some(entry) = self.entries.get_mut((seq - self.front_seq) as usize) {
-            self.sum = self.sum - entry.1 + amount;
+            self.sum = (self.sum - entry.1).saturating_add(amount);
             entry.1 = amount;
         }
     }

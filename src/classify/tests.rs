@@ -306,3 +306,28 @@ fn redaction_replaces_the_secret_in_the_message() {
     assert!(!format!("{c:?} {c}").contains("test-key-0001"));
     assert!(c.message().unwrap().contains("…0001"));
 }
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn on_arbitrary_bytes(status in 100u16..600, body in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = Classification::from_response(StatusCode::from_u16(status).unwrap(), &body);
+        }
+
+        #[test]
+        fn on_cut_and_spliced_real_bodies(cut in 0usize..2000, splice in ".{0,40}") {
+            for body in [PER_MINUTE, DAILY_AND_MINUTE, KEY_INVALID] {
+                let at = cut.min(body.len());
+                let at = (0..=at).rev().find(|&i| body.is_char_boundary(i)).unwrap_or(0);
+                let mangled = format!("{}{}{}", &body[..at], splice, &body[at..]);
+                let c = Classification::from_response(StatusCode::TOO_MANY_REQUESTS, mangled.as_bytes());
+                let _ = (c.to_string(), format!("{c:?}"));
+            }
+        }
+    }
+}

@@ -189,3 +189,30 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Wherever the stream is cut, the last count is found and nothing panics.
+        #[test]
+        fn any_chunking_finds_the_last_count(n in 0u64..10_000_000, cuts in proptest::collection::vec(0usize..200, 0..6), noise in "[ -~]{0,30}") {
+            let text = format!("data: {{\"x\":\"{noise}\",\"usageMetadata\":{{\"promptTokenCount\": {n}, \"candidatesTokenCount\":1}}}}\r\n\r\n");
+            let bytes = text.as_bytes();
+            let mut points: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            points.sort_unstable();
+            let mut scanner = PromptTokens::default();
+            let mut last = None;
+            let mut from = 0;
+            for p in points.into_iter().chain([bytes.len()]) {
+                if let Some(found) = scanner.scan(&bytes[from..p]) {
+                    last = Some(found);
+                }
+                from = p;
+            }
+            prop_assert_eq!(last, Some(n));
+        }
+    }
+}

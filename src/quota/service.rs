@@ -198,22 +198,14 @@ where
                 let future = self.inner.call(request);
                 ResponseFuture::calling(future, ticket.map(|t| (meter, t)))
             }
-            (Some(Err(refusal)), None) => {
-                let what = describe(&selected);
-                ResponseFuture::refused(refusal_error(
-                    &refusal,
-                    Some(selected.fingerprint()),
-                    &what,
-                ))
-            }
-            (Some(Err(refusal)), Some(bound))
-                if refusal.retry_after.is_none_or(|after| after > bound) =>
+            // Refuse at once, or when the slot frees later than the wait allows.
+            (Some(Err(refusal)), bound)
+                if bound.is_none_or(|b| refusal.retry_after.is_none_or(|after| after > b)) =>
             {
-                let what = describe(&selected);
                 ResponseFuture::refused(refusal_error(
                     &refusal,
                     Some(selected.fingerprint()),
-                    &what,
+                    &describe(&selected),
                 ))
             }
             (_, bound) => {

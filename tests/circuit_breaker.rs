@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{client, generate};
+use common::{client, generate, one_key_mock};
 use http::{Request, Response, StatusCode};
 use tokio::sync::Semaphore;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
@@ -398,12 +398,7 @@ async fn poll_ready_never_waits_on_an_open_circuit() {
 
 #[tokio::test]
 async fn per_model_scope_opens_only_the_overloaded_model() {
-    let mock = MockGemini::builder()
-        .project("p", |p| p.key("test-key-0001"))
-        .fault(Fault::overloaded(1.0).for_model(PRO))
-        .start()
-        .await
-        .unwrap();
+    let mock = one_key_mock(Fault::overloaded(1.0).for_model(PRO)).await;
     let pool = KeyPool::from_keys(["test-key-0001"]).unwrap();
     let layer = CircuitBreakerLayer::new();
     let handle = layer.handle();

@@ -314,12 +314,8 @@ mod with_metrics {
                 .build()
                 .unwrap();
             runtime.block_on(async {
-                let upstream = tower_gemini::mock::MockGemini::builder()
-                    .project("p", |p| p.key("test-key-0001"))
-                    .fault(tower_gemini::mock::Fault::overloaded(1.0))
-                    .start()
-                    .await
-                    .unwrap();
+                let upstream =
+                    common::one_key_mock(tower_gemini::mock::Fault::overloaded(1.0)).await;
                 let pool = KeyPool::from_keys(["test-key-0001"]).unwrap();
                 let gemini = stack(&pool)
                     .retry(tower_gemini::retry::RetryLayer::new().max_attempts(1))

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{chat, client, generate, served_by, stream, text};
+use common::{chat, client, drain, generate, one_key_mock, served_by, stream, text};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_gemini::classify::{Class, Classification};
 use tower_gemini::clock::ManualClock;
@@ -438,16 +438,7 @@ async fn streams_pass_through_and_mid_stream_errors_reach_the_caller() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body();
-    let mut received = Vec::new();
-    let error = loop {
-        match body.frame().await {
-            Some(Ok(frame)) => received.extend_from_slice(&frame.into_data().unwrap()),
-            Some(Err(error)) => break Some(error),
-            None => break None,
-        }
-    };
-    let received = String::from_utf8(received).unwrap();
+    let (received, error) = drain(response.into_body()).await;
     assert!(received.starts_with("data: "), "{received}");
     assert!(
         error.is_some(),
@@ -458,12 +449,7 @@ async fn streams_pass_through_and_mid_stream_errors_reach_the_caller() {
 
 #[tokio::test]
 async fn connection_reset_is_a_transport_error_and_keeps_the_key() {
-    let mock = MockGemini::builder()
-        .project("proj-a", |p| p.key("test-key-0001"))
-        .fault(Fault::connection_reset(1.0))
-        .start()
-        .await
-        .unwrap();
+    let mock = one_key_mock(Fault::connection_reset(1.0)).await;
     let pool = KeyPool::from_keys(["test-key-0001"]).unwrap();
     let svc = KeyRotationLayer::new(pool.clone()).layer_into(client());
     let error = svc.oneshot(generate(&mock, FLASH, "x")).await.unwrap_err();

@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{a_bad_b_daily_c_fine, client, generate, served_by, stream, text};
+use common::{
+    a_bad_b_daily_c_fine, client, drain, generate, one_key_mock, served_by, stream, text,
+};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use tokio::time::Instant;
 use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
 use tower_gemini::classify::{Class, Classification};
@@ -88,12 +90,7 @@ async fn overloaded_storm_backs_off_per_policy_and_returns_the_last_503() {
 
 #[tokio::test(start_paused = true)]
 async fn full_jitter_keeps_every_wait_within_the_exponential_bound() {
-    let mock = MockGemini::builder()
-        .project("p1", |p| p.key("test-key-0001"))
-        .fault(Fault::overloaded(1.0))
-        .start()
-        .await
-        .unwrap();
+    let mock = one_key_mock(Fault::overloaded(1.0)).await;
     let pool = KeyPool::from_keys(["test-key-0001"]).unwrap();
     let gemini = RetryLayer::new()
         .max_attempts(6)
@@ -250,12 +247,7 @@ async fn caller_errors_are_sent_once() {
 
 #[tokio::test]
 async fn a_stream_broken_midway_is_not_retried() {
-    let mock = MockGemini::builder()
-        .project("p", |p| p.key("test-key-0001"))
-        .fault(Fault::mid_stream_error(1.0))
-        .start()
-        .await
-        .unwrap();
+    let mock = one_key_mock(Fault::mid_stream_error(1.0)).await;
     let pool = KeyPool::from_keys(["test-key-0001"]).unwrap();
     let gemini = RetryLayer::new().layer(KeyRotationLayer::new(pool).layer(client()));
     let response = gemini
@@ -263,31 +255,15 @@ async fn a_stream_broken_midway_is_not_retried() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body();
-    let mut seen = Vec::new();
-    let mut failed = false;
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(frame) => seen.extend_from_slice(&frame.into_data().unwrap()),
-            Err(_) => {
-                failed = true;
-                break;
-            }
-        }
-    }
-    assert!(failed, "the caller sees the error");
-    assert!(String::from_utf8(seen).unwrap().starts_with("data: "));
+    let (seen, error) = drain(response.into_body()).await;
+    assert!(error.is_some(), "the caller sees the error");
+    assert!(seen.starts_with("data: "), "{seen}");
     assert_eq!(mock.stats().total_requests(), 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn transport_failures_end_in_retries_exhausted() {
-    let mock = MockGemini::builder()
-        .project("p", |p| p.key("test-key-0001"))
-        .fault(Fault::connection_reset(1.0))
-        .start()
-        .await
-        .unwrap();
+    let mock = one_key_mock(Fault::connection_reset(1.0)).await;
     let pool = KeyPool::from_keys(["test-key-0001"]).unwrap();
     let gemini = RetryLayer::new()
         .backoff(no_jitter())

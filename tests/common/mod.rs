@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tower_gemini::mock::{MockGemini, MockServer};
+use tower_gemini::mock::{Fault, MockGemini, MockServer};
 use tower_gemini::pool::ModelLimits;
 use tower_gemini::{KeyPool, KeySpec};
 
@@ -143,4 +143,35 @@ pub async fn a_bad_b_daily_c_fine() -> (MockServer, KeyPool) {
         .build()
         .unwrap();
     (mock, pool)
+}
+
+/// A mock with one project "p" holding `test-key-0001`, and this fault on every request.
+pub async fn one_key_mock(fault: Fault) -> MockServer {
+    MockGemini::builder()
+        .project("p", |p| p.key("test-key-0001"))
+        .fault(fault)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Read a body to its end or its first error: the text received, and the error if any.
+pub async fn drain<B>(body: B) -> (String, Option<B::Error>)
+where
+    B: Body + Unpin,
+{
+    let mut body = body;
+    let mut received = Vec::new();
+    let error = loop {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    received.extend_from_slice(&bytes::Buf::chunk(&data));
+                }
+            }
+            Some(Err(error)) => break Some(error),
+            None => break None,
+        }
+    };
+    (String::from_utf8_lossy(&received).into_owned(), error)
 }

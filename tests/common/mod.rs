@@ -166,7 +166,7 @@ where
         match body.frame().await {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
-                    received.extend_from_slice(&bytes::Buf::chunk(&data));
+                    received.extend_from_slice(bytes::Buf::chunk(&data));
                 }
             }
             Some(Err(error)) => break Some(error),

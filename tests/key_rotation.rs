@@ -151,9 +151,8 @@ async fn per_minute_429_cools_only_that_project_and_model_for_the_given_delay() 
     assert_eq!(mock.stats().rate_limited_for("test-key-0001"), 1);
 }
 
-async fn daily_quota_on(day_start_utc: &str, now_utc: &str, next_midnight_utc: &str) {
+async fn daily_quota_on(now_utc: &str, next_midnight_utc: &str) {
     let clock = ManualClock::at(now_utc.parse().unwrap());
-    let _ = day_start_utc;
     let mock = MockGemini::builder()
         .project("proj-a", |p| {
             p.key("test-key-0001").limits(
@@ -211,32 +210,17 @@ async fn daily_quota_on(day_start_utc: &str, now_utc: &str, next_midnight_utc: &
 
 #[tokio::test]
 async fn per_day_429_cools_to_next_pacific_midnight() {
-    daily_quota_on(
-        "2026-06-10T07:00:00Z",
-        "2026-06-10T18:00:00Z",
-        "2026-06-11T07:00:00Z",
-    )
-    .await;
+    daily_quota_on("2026-06-10T18:00:00Z", "2026-06-11T07:00:00Z").await;
 }
 
 #[tokio::test]
 async fn per_day_429_on_spring_forward_day() {
-    daily_quota_on(
-        "2026-03-08T08:00:00Z",
-        "2026-03-08T12:00:00Z",
-        "2026-03-09T07:00:00Z",
-    )
-    .await;
+    daily_quota_on("2026-03-08T12:00:00Z", "2026-03-09T07:00:00Z").await;
 }
 
 #[tokio::test]
 async fn per_day_429_on_fall_back_day() {
-    daily_quota_on(
-        "2026-11-01T07:00:00Z",
-        "2026-11-01T20:00:00Z",
-        "2026-11-02T08:00:00Z",
-    )
-    .await;
+    daily_quota_on("2026-11-01T20:00:00Z", "2026-11-02T08:00:00Z").await;
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{chat, client, generate, stream, text};
+use common::{chat, client, generate, stream, text, with_key};
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use tower_gemini::classify::{Class, Classification};
@@ -11,13 +11,6 @@ use tower_gemini::mock::{Fault, MockGemini};
 use tower_gemini::pool::ModelLimits;
 
 const FLASH: &str = "gemini-2.0-flash";
-
-fn with_key(mut request: Request<Full<Bytes>>, key: &str) -> Request<Full<Bytes>> {
-    request
-        .headers_mut()
-        .insert("x-goog-api-key", key.parse().unwrap());
-    request
-}
 
 async fn send(request: Request<Full<Bytes>>) -> (StatusCode, String) {
     let response = client().request(request).await.unwrap();

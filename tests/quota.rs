@@ -8,7 +8,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::routing::post;
 use bytes::Bytes;
-use common::{client, generate, served_by, stream, text};
+use common::{client, generate, served_by, stream, text, with_key};
 use http::{HeaderName, Request, StatusCode};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
@@ -383,10 +383,11 @@ async fn most_headroom_prefers_the_emptier_project() {
             continue;
         }
         request.extensions_mut().insert(selected);
-        request
-            .headers_mut()
-            .insert("x-goog-api-key", "test-key-0001".parse().unwrap());
-        quota.clone().oneshot(request).await.unwrap();
+        quota
+            .clone()
+            .oneshot(with_key(request, "test-key-0001"))
+            .await
+            .unwrap();
     }
     let used_a = pool
         .quota_snapshot()
@@ -422,10 +423,8 @@ async fn wait_mode_waits_for_the_slot_then_sends() {
         .wait_up_to(Duration::from_secs(90))
         .layer(client());
     let request = || {
-        let mut r = generate(&mock, FLASH, "x");
+        let mut r = with_key(generate(&mock, FLASH, "x"), "test-key-0001");
         r.extensions_mut().insert(selected.clone());
-        r.headers_mut()
-            .insert("x-goog-api-key", "test-key-0001".parse().unwrap());
         r
     };
     let start = Instant::now();
@@ -564,10 +563,7 @@ async fn quota_layer_without_a_selected_key_passes_through() {
         .unwrap();
     let mut svc = QuotaLayer::new(pool).layer(client());
     for _ in 0..3 {
-        let mut request = generate(&mock, FLASH, "x");
-        request
-            .headers_mut()
-            .insert("x-goog-api-key", "test-key-0001".parse().unwrap());
+        let request = with_key(generate(&mock, FLASH, "x"), "test-key-0001");
         let response = svc.ready().await.unwrap().call(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
     }

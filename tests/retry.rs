@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    a_bad_b_daily_c_fine, client, drain, generate, one_key_mock, served_by, stream, text,
+    a_bad_b_daily_c_fine, client, drain, generate, one_key_mock, served_by, stream, text, with_key,
 };
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -118,10 +118,7 @@ async fn one_rpm_project_a_and_healthy_b(keys: &[&str]) -> (MockServer, KeyPool)
         .start()
         .await
         .unwrap();
-    let mut spend = generate(&mock, FLASH, "x");
-    spend
-        .headers_mut()
-        .insert("x-goog-api-key", "test-key-000a".parse().unwrap());
+    let spend = with_key(generate(&mock, FLASH, "x"), "test-key-000a");
     client().request(spend).await.unwrap();
     // 30 s later, proj-a's next slot is 30 s away: Google says retryDelay 30s.
     tokio::time::advance(Duration::from_secs(30)).await;

@@ -29,6 +29,14 @@ pub fn generate_body(text: &str) -> String {
     serde_json::json!({ "contents": [{ "role": "user", "parts": [{ "text": text }] }] }).to_string()
 }
 
+/// The request with `x-goog-api-key: key`, for sending to the mock without key rotation.
+pub fn with_key<B>(mut request: Request<B>, key: &str) -> Request<B> {
+    request
+        .headers_mut()
+        .insert("x-goog-api-key", key.parse().unwrap());
+    request
+}
+
 /// `POST …/models/{model}:generateContent` with a one-part prompt.
 pub fn generate(mock: &MockServer, model: &str, text: &str) -> Request<Full<Bytes>> {
     Request::post(mock.model_url(model, "generateContent"))
@@ -128,10 +136,7 @@ pub async fn a_bad_b_daily_c_fine() -> (MockServer, KeyPool) {
         .await
         .unwrap();
     // Spend proj-b's one request of the day directly.
-    let mut spend = generate(&mock, FLASH, "x");
-    spend
-        .headers_mut()
-        .insert("x-goog-api-key", "test-key-000b".parse().unwrap());
+    let spend = with_key(generate(&mock, FLASH, "x"), "test-key-000b");
     assert_eq!(
         client().request(spend).await.unwrap().status(),
         StatusCode::OK

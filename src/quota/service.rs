@@ -160,64 +160,92 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let Some(selected) = request.extensions().get::<SelectedKey>().cloned() else {
+        // Decide while only borrowing the request: the admitted path clones nothing.
+        let plan = self.plan(&request);
+        match plan {
+            Plan::Send(metered) => ResponseFuture::calling(self.inner.call(request), metered),
+            Plan::Refuse(error) => ResponseFuture::refused(error),
+            Plan::Wait {
+                meter,
+                demand,
+                selected,
+                bound,
+            } => {
+                let clone = self.inner.clone();
+                let service = std::mem::replace(&mut self.inner, clone);
+                let wait = wait_for_slot(meter.clone(), demand, self.pool.clone(), bound);
+                ResponseFuture::waiting(wait, service, request, meter, selected)
+            }
+        }
+    }
+}
+
+/// What [`Quota::call`] does with a request.
+enum Plan {
+    /// Send it, metered or not.
+    Send(Option<(MeterRef, Ticket)>),
+    /// Refuse it now.
+    Refuse(Error),
+    /// Wait (at most `bound`) for a slot, behind those already waiting.
+    Wait {
+        meter: MeterRef,
+        demand: Demand,
+        selected: SelectedKey,
+        bound: Duration,
+    },
+}
+
+impl<S> Quota<S> {
+    fn plan<B: 'static>(&self, request: &Request<B>) -> Plan {
+        let Some(selected) = request.extensions().get::<SelectedKey>() else {
             // No key chosen (no KeyRotationLayer outside): nothing to meter against.
-            return ResponseFuture::calling(self.inner.call(request), None);
+            return Plan::Send(None);
         };
         let Some(meter) = self.pool.meter(selected.index(), selected.model()) else {
-            return ResponseFuture::calling(self.inner.call(request), None);
+            return Plan::Send(None);
         };
         let meters = meter.meters();
         if !meters.is_limited() {
-            return ResponseFuture::calling(self.inner.call(request), None);
+            return Plan::Send(None);
         }
         let demand = request
             .extensions()
             .get::<Demand>()
             .copied()
-            .unwrap_or_else(|| self.pool.demand_of(&request));
-        let queue = meters.waiters.load(Ordering::Acquire) > 0;
-        let attempt = if queue && self.wait.is_some() {
-            // Others are waiting: first come, first served.
-            None
-        } else {
-            Some(meters.admit(demand, self.pool.clock().now_millis()))
-        };
+            .unwrap_or_else(|| self.pool.demand_of(request));
         let model = selected.model().unwrap_or("unknown");
-        match &attempt {
-            Some(Ok(_)) => telemetry::quota(selected.project(), model, || {
-                meters.snapshot(self.pool.clock().now_millis())
-            }),
-            Some(Err(refusal)) => {
-                telemetry::quota_refused(selected.project(), model, refusal.dimension)
-            }
-            None => {}
+        let wait = |bound| Plan::Wait {
+            meter: meter.clone(),
+            demand,
+            selected: selected.clone(),
+            bound,
+        };
+        if let Some(bound) = self.wait
+            && meters.waiters.load(Ordering::Acquire) > 0
+        {
+            // Others are waiting: first come, first served.
+            return wait(bound);
         }
-        match (attempt, self.wait) {
-            (Some(Ok(ticket)), _) => {
-                let future = self.inner.call(request);
-                ResponseFuture::calling(future, ticket.map(|t| (meter, t)))
+        match meters.admit(demand, self.pool.clock().now_millis()) {
+            Ok(ticket) => {
+                telemetry::quota(selected.project(), model, || {
+                    meters.snapshot(self.pool.clock().now_millis())
+                });
+                Plan::Send(ticket.map(|t| (meter.clone(), t)))
             }
-            // Refuse at once, or when the slot frees later than the wait allows.
-            (Some(Err(refusal)), bound)
-                if bound.is_none_or(|b| refusal.retry_after.is_none_or(|after| after > b)) =>
-            {
-                ResponseFuture::refused(refusal_error(
-                    &refusal,
-                    Some(selected.fingerprint()),
-                    &describe(&selected),
-                ))
-            }
-            (_, bound) => {
-                let clone = self.inner.clone();
-                let service = std::mem::replace(&mut self.inner, clone);
-                let wait = wait_for_slot(
-                    meter.clone(),
-                    demand,
-                    self.pool.clone(),
-                    bound.unwrap_or_default(),
-                );
-                ResponseFuture::waiting(wait, service, request, meter, selected)
+            Err(refusal) => {
+                telemetry::quota_refused(selected.project(), model, refusal.dimension);
+                match self.wait {
+                    // The slot frees within the wait allowed.
+                    Some(bound) if refusal.retry_after.is_some_and(|after| after <= bound) => {
+                        wait(bound)
+                    }
+                    _ => Plan::Refuse(refusal_error(
+                        &refusal,
+                        Some(selected.fingerprint()),
+                        &describe(selected),
+                    )),
+                }
             }
         }
     }

@@ -14,7 +14,7 @@ use tower_gemini::{SelectedKey, stack};
 async fn main() -> Result<(), tower_gemini::BoxError> {
     let upstream = mock::demo().start().await?;
     let pool = mock::demo_pool()?;
-    let gemini = stack(&pool).layer(ReqwestService::new(reqwest::Client::new()));
+    let gemini = stack(&pool).layer(ReqwestService::new()?);
 
     for i in 1..=4 {
         let body = format!(r#"{{"contents":[{{"parts":[{{"text":"question {i}"}}]}}]}}"#);

@@ -2,8 +2,10 @@
 //! prefix was read to classify an error answer.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::Request;
@@ -12,6 +14,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use crate::error::{BoxError, Error, ErrorKind};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
 
 pin_project! {
     /// The body of a response from [`KeyRotation`](crate::KeyRotation) or [`Retry`](crate::retry::Retry).
@@ -33,6 +36,7 @@ pin_project! {
             frames: VecDeque<Frame<Bytes>>,
             error: Option<B::Error>,
             rest: Option<Pin<Box<B>>>,
+            scrub: Option<Box<Scrubber>>,
         },
     }
 }
@@ -48,12 +52,14 @@ impl<B: Body> ResponseBody<B> {
         frames: VecDeque<Frame<Bytes>>,
         error: Option<B::Error>,
         rest: Option<Pin<Box<B>>>,
+        scrub: Option<Box<Scrubber>>,
     ) -> Self {
         ResponseBody {
             kind: Kind::Replay {
                 frames,
                 error,
                 rest,
+                scrub,
             },
         }
     }
@@ -63,7 +69,8 @@ impl<B: Body> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match &self.kind {
             Kind::Passthrough { .. } => "passthrough",
-            Kind::Replay { .. } => "replay",
+            Kind::Replay { scrub: None, .. } => "replay",
+            Kind::Replay { scrub: Some(_), .. } => "replay, scrubbed",
         };
         f.debug_struct("ResponseBody")
             .field("kind", &kind)
@@ -74,6 +81,54 @@ impl<B: Body> std::fmt::Debug for ResponseBody<B> {
 /// A frame with its data as [`Bytes`] (free for `Bytes`-based bodies).
 pub(crate) fn to_bytes<D: Buf>(frame: Frame<D>) -> Frame<Bytes> {
     frame.map_data(|mut data| data.copy_to_bytes(data.remaining()))
+}
+
+/// Replaces every copy of a secret in a body as it streams, however the frames cut it: the
+/// last `secret.len() - 1` bytes of each frame are held back until the next one shows whether
+/// they start a copy. It never shows the secret in `Debug`.
+pub(crate) struct Scrubber {
+    needle: Box<[u8]>,
+    replacement: Box<[u8]>,
+    carry: Vec<u8>,
+    /// A trailers frame (or the end) held while the carried bytes go out first.
+    held: Option<Option<Frame<Bytes>>>,
+}
+
+impl Scrubber {
+    /// `None` for an empty needle (nothing to scrub).
+    pub(crate) fn new(needle: &[u8], replacement: &[u8]) -> Option<Box<Scrubber>> {
+        (!needle.is_empty()).then(|| {
+            Box::new(Scrubber {
+                needle: needle.into(),
+                replacement: replacement.into(),
+                carry: Vec::new(),
+                held: None,
+            })
+        })
+    }
+
+    /// The scrubbed bytes of `data` that can go out now.
+    fn push(&mut self, data: &[u8]) -> Bytes {
+        let mut buffer = std::mem::take(&mut self.carry);
+        buffer.extend_from_slice(data);
+        let needle = &*self.needle;
+        let mut out = Vec::with_capacity(buffer.len());
+        let mut rest = &buffer[..];
+        while let Some(at) = rest.windows(needle.len()).position(|w| w == needle) {
+            out.extend_from_slice(&rest[..at]);
+            out.extend_from_slice(&self.replacement);
+            rest = &rest[at + needle.len()..];
+        }
+        let keep = rest.len().min(needle.len() - 1);
+        out.extend_from_slice(&rest[..rest.len() - keep]);
+        self.carry = rest[rest.len() - keep..].to_vec();
+        Bytes::from(out)
+    }
+
+    /// What is still held back (the body ended or trailers come next).
+    fn flush(&mut self) -> Option<Bytes> {
+        (!self.carry.is_empty()).then(|| Bytes::from(std::mem::take(&mut self.carry)))
+    }
 }
 
 impl<B: Body> Body for ResponseBody<B> {
@@ -92,28 +147,57 @@ impl<B: Body> Body for ResponseBody<B> {
                 frames,
                 error,
                 rest,
-            } => {
-                if let Some(frame) = frames.pop_front() {
-                    return Poll::Ready(Some(Ok(frame)));
+                scrub,
+            } => loop {
+                if let Some(held) = scrub.as_mut().and_then(|s| s.held.take()) {
+                    return Poll::Ready(held.map(Ok));
                 }
-                if let Some(error) = error.take() {
+                let next = if let Some(frame) = frames.pop_front() {
+                    Some(Ok(frame))
+                } else if let Some(error) = error.take() {
                     *rest = None;
-                    return Poll::Ready(Some(Err(error)));
-                }
-                match rest {
-                    Some(body) => {
-                        let polled = body
-                            .as_mut()
-                            .poll_frame(cx)
-                            .map(|frame| frame.map(|r| r.map(to_bytes)));
-                        if let Poll::Ready(None) = polled {
-                            *rest = None;
+                    Some(Err(error))
+                } else {
+                    match rest {
+                        Some(body) => {
+                            let polled = std::task::ready!(body.as_mut().poll_frame(cx))
+                                .map(|r| r.map(to_bytes));
+                            if polled.is_none() {
+                                *rest = None;
+                            }
+                            polled
                         }
-                        polled
+                        None => None,
                     }
-                    None => Poll::Ready(None),
+                };
+                let Some(scrubber) = scrub.as_mut() else {
+                    return Poll::Ready(next);
+                };
+                match next {
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => {
+                            let clean = scrubber.push(&data);
+                            if !clean.is_empty() {
+                                return Poll::Ready(Some(Ok(Frame::data(clean))));
+                            }
+                        }
+                        Err(trailers) => match scrubber.flush() {
+                            Some(tail) => {
+                                scrubber.held = Some(Some(trailers));
+                                return Poll::Ready(Some(Ok(Frame::data(tail))));
+                            }
+                            None => return Poll::Ready(Some(Ok(trailers))),
+                        },
+                    },
+                    // On an error the held-back bytes (less than a key) are dropped with it.
+                    Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                    None => {
+                        let tail = scrubber.flush();
+                        *scrub = None;
+                        return Poll::Ready(tail.map(|t| Ok(Frame::data(t))));
+                    }
                 }
-            }
+            },
         }
     }
 
@@ -124,10 +208,12 @@ impl<B: Body> Body for ResponseBody<B> {
                 frames,
                 error,
                 rest,
+                scrub,
             } => {
                 frames.is_empty()
                     && error.is_none()
                     && rest.as_ref().is_none_or(|b| b.is_end_stream())
+                    && scrub.is_none()
             }
         }
     }
@@ -135,6 +221,8 @@ impl<B: Body> Body for ResponseBody<B> {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Passthrough { body } => body.size_hint(),
+            // Scrubbing changes the length by an amount known only at the end.
+            Kind::Replay { scrub: Some(_), .. } => SizeHint::new(),
             Kind::Replay { frames, rest, .. } => {
                 let buffered: u64 = frames
                     .iter()
@@ -199,8 +287,11 @@ where
     }
 }
 
-/// Reads up to `max` bytes of a body (an error answer) without losing any of it: the frames read
-/// are kept and replayed by [`Prefix::into_body`].
+/// Reads up to `max` bytes of a body (an error answer), for at most `timeout`, without losing any
+/// of it: the frames read are kept and replayed by [`Prefix::into_body`].
+///
+/// The time bound is what keeps an upstream that trickles its error body (a byte every few
+/// seconds) from holding the caller and the key: when it passes, what arrived is classified.
 pub(crate) struct Prefix<B: Body> {
     body: Pin<Box<B>>,
     frames: VecDeque<Frame<Bytes>>,
@@ -208,10 +299,14 @@ pub(crate) struct Prefix<B: Body> {
     ended: bool,
     error: Option<B::Error>,
     max: usize,
+    give_up_at: Instant,
+    /// Armed the first time the body makes us wait (no timer for a body already in memory).
+    timer: Option<Pin<Box<Sleep>>>,
+    timed_out: bool,
 }
 
 impl<B: Body> Prefix<B> {
-    pub(crate) fn new(body: B, max: usize) -> Self {
+    pub(crate) fn new(body: B, max: usize, timeout: Duration) -> Self {
         Prefix {
             body: Box::pin(body),
             frames: VecDeque::new(),
@@ -219,14 +314,34 @@ impl<B: Body> Prefix<B> {
             ended: false,
             error: None,
             max,
+            give_up_at: crate::clock::instant_after(Instant::now(), timeout),
+            timer: None,
+            timed_out: false,
         }
     }
 
-    /// Read frames until the body ends, errors, or `max` bytes were seen.
+    /// Stop reading now: [`poll_read`](Self::poll_read) is ready with what arrived.
+    pub(crate) fn give_up(&mut self) {
+        self.timed_out = true;
+    }
+
+    /// Read frames until the body ends, errors, `max` bytes were seen or the time is up.
     pub(crate) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        while !self.ended && self.error.is_none() && self.seen.len() < self.max {
+        while !self.ended && self.error.is_none() && !self.timed_out && self.seen.len() < self.max {
             match self.body.as_mut().poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    let give_up_at = self.give_up_at;
+                    let timer = self
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(give_up_at)));
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    tracing::debug!(
+                        "error body still arriving when its read time ran out; classifying what arrived"
+                    );
+                    self.timed_out = true;
+                }
                 Poll::Ready(None) => self.ended = true,
                 Poll::Ready(Some(Err(error))) => self.error = Some(error),
                 Poll::Ready(Some(Ok(frame))) => {
@@ -293,7 +408,12 @@ impl<B: Body> Prefix<B> {
 
     /// The whole body again: the frames read, then any error, then the rest.
     pub(crate) fn into_body(self) -> ResponseBody<B> {
+        self.into_scrubbed_body(None)
+    }
+
+    /// The whole body again, every copy of the scrubber's secret replaced as it streams.
+    pub(crate) fn into_scrubbed_body(self, scrub: Option<Box<Scrubber>>) -> ResponseBody<B> {
         let rest = (!self.ended && self.error.is_none()).then_some(self.body);
-        ResponseBody::replay(self.frames, self.error, rest)
+        ResponseBody::replay(self.frames, self.error, rest, scrub)
     }
 }

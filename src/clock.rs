@@ -109,6 +109,14 @@ pub(crate) fn add(millis: u64, delay: Duration) -> u64 {
     millis.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// `from + delay`, or a time some decades on if that overflows (a delay from the wire or a
+/// caller's "wait for ever").
+pub(crate) fn instant_after(from: tokio::time::Instant, delay: Duration) -> tokio::time::Instant {
+    from.checked_add(delay)
+        .or_else(|| from.checked_add(Duration::from_secs(30 * 365 * 86_400)))
+        .unwrap_or(from)
+}
+
 /// Convert stored milliseconds to a [`Timestamp`].
 pub(crate) fn to_timestamp(millis: u64) -> Timestamp {
     Timestamp::from_millisecond(millis as i64).unwrap_or(Timestamp::UNIX_EPOCH)

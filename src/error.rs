@@ -18,8 +18,13 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// No key can serve the request now: every key is disabled or cooling down for its model.
+    /// No key can serve the request now: every key that is not disabled is cooling down for its
+    /// model after Google refused it (`retry_after` says when the first frees).
     NoKeyAvailable,
+    /// Every key is disabled for the request's model (invalid, leaked, out of credits, model not
+    /// on the project's tier): a configuration fault that waiting will not mend. Answered as
+    /// 503 without `Retry-After`; fix the keys and call [`KeyPool::reset`](crate::KeyPool::reset).
+    AllKeysDisabled,
     /// A local quota limit (RPM, TPM, RPD, IPM) refused the request before it was sent.
     QuotaExhausted,
     /// A circuit breaker is open for the request's scope.
@@ -28,6 +33,9 @@ pub enum ErrorKind {
     RetriesExhausted,
     /// The retry budget is spent: retrying now would multiply load during an outage.
     BudgetExhausted,
+    /// The call did not finish within the retry deadline (attempts, backoffs and waits
+    /// together).
+    Timeout,
     /// The inner service (the HTTP client) failed: connect error, timeout, reset.
     Transport,
     /// Configuration is malformed: a key list, an environment variable, a TOML file.
@@ -41,6 +49,8 @@ impl ErrorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::NoKeyAvailable => "no_key_available",
+            ErrorKind::AllKeysDisabled => "all_keys_disabled",
+            ErrorKind::Timeout => "timeout",
             ErrorKind::QuotaExhausted => "quota_exhausted",
             ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::RetriesExhausted => "retries_exhausted",
@@ -135,6 +145,12 @@ impl Error {
         self
     }
 
+    /// Put `prefix` before the message.
+    pub(crate) fn context(mut self, prefix: impl fmt::Display) -> Self {
+        self.inner.message = format!("{prefix}: {}", self.inner.message).into();
+        self
+    }
+
     /// Turn an inner service's error into this crate's error: an `Error` passes through
     /// unchanged (even boxed), anything else becomes [`ErrorKind::Transport`].
     pub fn from_inner(error: impl Into<BoxError>) -> Self {
@@ -177,8 +193,8 @@ impl Error {
     }
 
     /// The HTTP status a server should answer with: 429 for no key or local quota, 413 for a
-    /// body too large, 500 for configuration, 503 otherwise (circuit open, retries or budget
-    /// spent, upstream unreachable).
+    /// body too large, 500 for configuration, 504 for the deadline, 503 otherwise (every key
+    /// disabled, circuit open, retries or budget spent, upstream unreachable).
     pub fn status_code(&self) -> http::StatusCode {
         match self.inner.kind {
             ErrorKind::NoKeyAvailable | ErrorKind::QuotaExhausted => {
@@ -186,7 +202,9 @@ impl Error {
             }
             ErrorKind::BodyTooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Config => http::StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorKind::CircuitOpen
+            ErrorKind::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::AllKeysDisabled
+            | ErrorKind::CircuitOpen
             | ErrorKind::RetriesExhausted
             | ErrorKind::BudgetExhausted
             | ErrorKind::Transport => http::StatusCode::SERVICE_UNAVAILABLE,
@@ -211,6 +229,7 @@ impl Error {
             429 => "RESOURCE_EXHAUSTED",
             413 => "INVALID_ARGUMENT",
             500 => "INTERNAL",
+            504 => "DEADLINE_EXCEEDED",
             _ => "UNAVAILABLE",
         };
         let body = serde_json::json!({

@@ -1,5 +1,7 @@
 //! The recommended stack in one layer: [`stack`] and [`ServiceBuilderExt::gemini`].
 
+use std::time::Duration;
+
 use tower::ServiceBuilder;
 use tower::layer::util::Stack;
 use tower_layer::Layer;
@@ -48,6 +50,7 @@ pub struct GeminiLayer {
     breaker: CircuitBreakerLayer,
     rotation: KeyRotationLayer,
     quota: QuotaLayer,
+    wait: Option<Duration>,
 }
 
 /// The recommended stack over `pool`, with every layer's defaults. See [`GeminiLayer`].
@@ -57,10 +60,36 @@ pub fn stack(pool: &KeyPool) -> GeminiLayer {
         breaker: CircuitBreakerLayer::new(),
         rotation: KeyRotationLayer::new(pool.clone()),
         quota: QuotaLayer::new(pool.clone()),
+        wait: None,
     }
 }
 
 impl GeminiLayer {
+    /// Turn excess load into latency instead of errors: a request that no project can take
+    /// now (all cooling down, or at their local quota for its model) waits up to `bound` for
+    /// the earliest one that can, first come first served, then goes with that project's key.
+    /// Waiting sends nothing upstream and spends no retry budget; the retry deadline is
+    /// lengthened by `bound`, so that the attempts keep their own time after a wait.
+    ///
+    /// Without it (the default), such a request fails at once with
+    /// [`ErrorKind::QuotaExhausted`](crate::ErrorKind::QuotaExhausted) or
+    /// [`ErrorKind::NoKeyAvailable`](crate::ErrorKind::NoKeyAvailable) and when a key frees in
+    /// `retry_after`. See [`KeyRotation`](crate::KeyRotation#waiting-for-a-key).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_gemini::{KeyPool, stack};
+    ///
+    /// let pool = KeyPool::from_keys(["test-key-0001", "test-key-0002"])?;
+    /// let layer = stack(&pool).wait_up_to(Duration::from_secs(90));
+    /// # let _ = layer;
+    /// # Ok::<(), tower_gemini::Error>(())
+    /// ```
+    pub fn wait_up_to(mut self, bound: Duration) -> Self {
+        self.wait = Some(bound);
+        self
+    }
+
     /// Replace the retry layer.
     pub fn retry(mut self, retry: RetryLayer) -> Self {
         self.retry = retry;
@@ -100,10 +129,14 @@ impl<S> Layer<S> for GeminiLayer {
     type Service = GeminiService<S>;
 
     fn layer(&self, client: S) -> Self::Service {
-        self.retry.layer(
-            self.breaker
-                .layer(self.rotation.layer(self.quota.layer(client))),
-        )
+        let (retry, rotation) = match self.wait {
+            Some(bound) => (
+                self.retry.clone().extend_deadline(bound),
+                self.rotation.clone().wait_up_to(bound),
+            ),
+            None => (self.retry.clone(), self.rotation.clone()),
+        };
+        retry.layer(self.breaker.layer(rotation.layer(self.quota.layer(client))))
     }
 }
 

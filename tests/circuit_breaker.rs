@@ -453,19 +453,15 @@ async fn quota_429s_never_open_the_breaker() {
         .start()
         .await
         .unwrap();
-    let pool = KeyPool::from_keys(["test-key-0001"]).unwrap();
     let layer = CircuitBreakerLayer::new().minimum_calls(1);
     let handle = layer.handle();
-    let svc = layer.layer(KeyRotationLayer::new(pool.clone()).layer(client()));
     let mut statuses = Vec::new();
     for _ in 0..30 {
-        // Reset the pool so every call reaches the mock and gets its 429.
-        pool.reset_all();
-        let response = svc
-            .clone()
-            .oneshot(generate(&mock, FLASH, "x"))
-            .await
-            .unwrap();
+        // A fresh pool each time (a pool learns the limit from the first 429 and would then
+        // refuse locally), so every call reaches the mock and gets its 429.
+        let pool = KeyPool::from_keys(["test-key-0001"]).unwrap();
+        let svc = layer.layer(KeyRotationLayer::new(pool).layer(client()));
+        let response = svc.oneshot(generate(&mock, FLASH, "x")).await.unwrap();
         statuses.push(response.status().as_u16());
     }
     assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 29);

@@ -59,7 +59,7 @@ mod with_reqwest {
     async fn scenario_through_reqwest() {
         let upstream = mock::demo().start().await.unwrap();
         let pool = mock::demo_pool().unwrap();
-        let gemini = stack(&pool).layer(ReqwestService::new(reqwest::Client::new()));
+        let gemini = stack(&pool).layer(ReqwestService::new().unwrap());
         let request = Request::post(upstream.model_url(DEMO_MODEL, "generateContent"))
             .body(common::generate_body("hi"))
             .unwrap();
@@ -87,7 +87,7 @@ mod with_reqwest {
                 .key_rotation(
                     tower_gemini::KeyRotationLayer::new(pool.clone()).placement(placement),
                 )
-                .layer(ReqwestService::new(reqwest::Client::new()));
+                .layer(ReqwestService::new().unwrap());
             let request = Request::post(&url)
                 .body(common::generate_body("hi"))
                 .unwrap();
@@ -106,7 +106,7 @@ mod with_reqwest {
             printed += &chain;
         }
         // The adapter alone (no key rotation): the query is dropped from reqwest's error.
-        let bare = ReqwestService::new(reqwest::Client::new());
+        let bare = ReqwestService::new().unwrap();
         let request = Request::post(format!("{url}?key=test-key-secret-0001"))
             .body(String::new())
             .unwrap();
@@ -176,18 +176,20 @@ mod with_axum {
         assert_eq!(body, "…0003 3");
         assert_eq!(upstream.stats().total_requests(), 3);
 
-        // The only key is invalid: after its 400 the retry finds no key, and the handler's
-        // error becomes a 429 response, not a panic or an unhandled error.
+        // The only key is invalid: after its 400 the retry finds every key disabled — a
+        // configuration fault — and the handler's error becomes a 503 without Retry-After (not
+        // a 429 inviting clients to retry), not a panic or an unhandled error.
         let dead = KeyPool::from_keys(["test-key-9999"]).unwrap();
         let app = Router::new().route("/ask", post(ask)).with_state(App {
             gemini: stack(&dead).layer(client()),
             url: upstream.model_url(DEMO_MODEL, "generateContent"),
         });
         let response = app.oneshot(call()).await.unwrap();
-        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().get("retry-after").is_none());
         let body = response.into_body().collect().await.unwrap().to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(json["error"]["reason"], ErrorKind::NoKeyAvailable.as_str());
+        assert_eq!(json["error"]["reason"], ErrorKind::AllKeysDisabled.as_str());
         assert!(!String::from_utf8_lossy(&body).contains("test-key-9999"));
     }
 }

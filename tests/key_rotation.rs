@@ -465,7 +465,7 @@ async fn no_key_available_fails_without_calling_the_client() {
         .call(generate(&mock, FLASH, "x"))
         .await
         .unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::NoKeyAvailable);
+    assert_eq!(error.kind(), ErrorKind::AllKeysDisabled);
     assert_eq!(error.retry_after(), None);
     assert_eq!(mock.stats().total_requests(), 1);
 }

@@ -70,10 +70,13 @@ async fn eleventh_request_in_a_minute_is_refused_locally_and_never_sent() {
         .unwrap_err();
     assert_eq!(
         error.kind(),
-        ErrorKind::NoKeyAvailable,
-        "the pool's selection consults the ledger"
+        ErrorKind::QuotaExhausted,
+        "the pool's selection consults the ledger, and says so"
     );
+    assert_eq!(error.dimension(), Some(Dimension::RequestsPerMinute));
     assert_eq!(error.retry_after(), Some(Duration::from_secs(45)));
+    assert!(error.to_string().contains("rpm limit"), "{error}");
+    assert!(!error.to_string().contains("cooling"), "{error}");
     assert_eq!(mock.stats().total_requests(), 10);
     assert_eq!(mock.stats().responses_with_status(429), 0);
     let quota = &pool.quota_snapshot()[0];
@@ -152,7 +155,8 @@ async fn tokens_freed_by_the_real_count(streaming: bool) {
         .oneshot(generate(&mock, FLASH, "x"))
         .await
         .unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::NoKeyAvailable);
+    assert_eq!(error.kind(), ErrorKind::QuotaExhausted);
+    assert_eq!(error.dimension(), Some(Dimension::TokensPerMinute));
     let body = text(response).await;
     assert!(body.contains("promptTokenCount"), "{body}");
     // The mock counted 2 tokens ("hello"): the ledger now holds 2, and 60 more fit at once.
@@ -306,7 +310,7 @@ async fn a_429_with_quota_value_lowers_the_local_limit() {
         .oneshot(generate(&mock, FLASH, "x"))
         .await
         .unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::NoKeyAvailable);
+    assert_eq!(error.kind(), ErrorKind::QuotaExhausted);
     assert_eq!(mock.stats().responses_with_status(429), 1);
 }
 
@@ -410,26 +414,15 @@ async fn wait_mode_waits_for_the_slot_then_sends() {
     let mock = one_project_mock(rpm(2)).await;
     let pool = KeyPool::builder()
         .key_with(KeySpec::new("test-key-0001").project("proj-a"))
-        .build()
-        .unwrap();
-    // No configured limit: selection lets every request through; the quota layer holds them.
-    let selected = pool.select(Some(FLASH)).unwrap().selected();
-    let meters_pool = KeyPool::builder()
-        .key_with(KeySpec::new("test-key-0001").project("proj-a"))
         .model_limits(FLASH, rpm(2))
         .build()
         .unwrap();
-    let quota = QuotaLayer::new(meters_pool.clone())
+    let gemini = KeyRotationLayer::new(pool.clone())
         .wait_up_to(Duration::from_secs(90))
-        .layer(client());
-    let request = || {
-        let mut r = with_key(generate(&mock, FLASH, "x"), "test-key-0001");
-        r.extensions_mut().insert(selected.clone());
-        r
-    };
+        .layer(QuotaLayer::new(pool.clone()).layer(client()));
     let start = Instant::now();
     let tasks: Vec<_> = (0..4)
-        .map(|_| tokio::spawn(quota.clone().oneshot(request())))
+        .map(|_| tokio::spawn(gemini.clone().oneshot(generate(&mock, FLASH, "x"))))
         .collect();
     let mut finished = Vec::new();
     for task in tasks {
@@ -440,12 +433,17 @@ async fn wait_mode_waits_for_the_slot_then_sends() {
     // Two at once, two a minute later, none refused by the mock.
     assert_eq!(finished, [0, 0, 60, 60]);
     assert_eq!(mock.stats().responses_with_status(429), 0);
-    // A bound shorter than the wait refuses at once.
-    let impatient = QuotaLayer::new(meters_pool)
+    // Full again: a bound shorter than the wait refuses at once, naming the dimension.
+    let impatient = KeyRotationLayer::new(pool.clone())
         .wait_up_to(Duration::from_secs(5))
-        .layer(client());
-    let error = impatient.oneshot(request()).await.unwrap_err();
+        .layer(QuotaLayer::new(pool).layer(client()));
+    let error = impatient
+        .oneshot(generate(&mock, FLASH, "x"))
+        .await
+        .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::QuotaExhausted);
+    assert_eq!(error.dimension(), Some(Dimension::RequestsPerMinute));
+    assert_eq!(start.elapsed().as_secs(), 60, "refused without waiting");
 }
 
 #[test]

@@ -149,23 +149,49 @@ async fn retry_delay_on_one_key_does_not_sleep_while_another_serves() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn retry_delay_on_a_single_key_pool_waits_then_succeeds() {
+async fn retry_delay_on_a_single_key_pool_fails_fast_without_a_wait_bound() {
+    // No wait bound: the retry layer does not silently hang the caller for a key.
     let (mock, pool) = one_rpm_project_a_and_healthy_b(&["test-key-000a"]).await;
     let gemini =
         RetryLayer::for_pool(&pool).layer(KeyRotationLayer::new(pool.clone()).layer(client()));
+    let start = Instant::now();
+    let error = gemini
+        .oneshot(generate(&mock, FLASH, "hi"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::NoKeyAvailable);
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(30)));
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(mock.stats().requests_for("test-key-000a"), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_delay_on_a_single_key_pool_waits_when_allowed_then_succeeds() {
+    let (mock, pool) = one_rpm_project_a_and_healthy_b(&["test-key-000a"]).await;
+    let gemini = RetryLayer::for_pool(&pool).layer(
+        KeyRotationLayer::new(pool.clone())
+            .wait_up_to(Duration::from_secs(60))
+            .layer(client()),
+    );
     let start = Instant::now();
     let response = gemini.oneshot(generate(&mock, FLASH, "hi")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(start.elapsed(), Duration::from_secs(30));
     assert_eq!(mock.stats().requests_for("test-key-000a"), 3);
+    assert_eq!(mock.stats().rate_limited_for("test-key-000a"), 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn retry_delay_beyond_the_deadline_gives_up_at_once() {
+    // Willing to wait a minute, but the retry deadline is 10 s: no wait past it.
     let (mock, pool) = one_rpm_project_a_and_healthy_b(&["test-key-000a"]).await;
     let gemini = RetryLayer::for_pool(&pool)
         .deadline(Duration::from_secs(10))
-        .layer(KeyRotationLayer::new(pool.clone()).layer(client()));
+        .layer(
+            KeyRotationLayer::new(pool.clone())
+                .wait_up_to(Duration::from_secs(60))
+                .layer(client()),
+        );
     let start = Instant::now();
     let error = gemini
         .oneshot(generate(&mock, FLASH, "hi"))

@@ -41,6 +41,14 @@ const HALF_OPEN: u8 = 2;
 /// Held by the one thread moving a circuit between states; others treat it as open.
 const SWITCHING: u8 = 3;
 
+/// The default longest open duration: a recovered upstream is never kept dark much longer.
+pub(crate) const DEFAULT_MAX_OPEN: Duration = Duration::from_secs(60);
+
+/// What a call refused while the circuit is half-open (its probes in flight) is told to wait:
+/// about as long as a probe takes to answer. The retry layer spreads the callers it gives this
+/// to, so that they come back one by one once the probes have closed the circuit.
+pub(crate) const HALF_OPEN_RETRY: Duration = Duration::from_secs(1);
+
 /// A state change, as passed to the hook set with
 /// [`CircuitBreakerLayer::on_state_change`](super::CircuitBreakerLayer::on_state_change).
 #[derive(Debug, Clone)]
@@ -87,7 +95,7 @@ impl Default for Config {
             minimum_calls: 10,
             window: WindowKind::default(),
             open_duration: Duration::from_secs(30),
-            max_open_duration: Some(Duration::from_secs(300)),
+            max_open_duration: Some(DEFAULT_MAX_OPEN),
             probes: 3,
             slow_call: None,
             failures,
@@ -181,50 +189,29 @@ impl Drop for Permit {
     }
 }
 
-/// All circuits of one breaker, by scope.
-pub(crate) struct Breakers {
-    pub(crate) config: Config,
+/// The circuits of one breaker layer, by scope: made once by
+/// [`CircuitBreakerLayer::new`](super::CircuitBreakerLayer::new) and shared by every service
+/// it makes and every handle taken from it, whatever setters are called in between.
+pub(crate) struct Registry {
     epoch: Instant,
     circuits: RwLock<HashMap<Arc<str>, Arc<Circuit>>>,
-    overflow: Arc<Circuit>,
+    overflow: std::sync::OnceLock<Arc<Circuit>>,
 }
 
 /// Most scopes tracked; further ones share one overflow circuit.
 pub(crate) const MAX_SCOPES: usize = 1024;
 
-impl Breakers {
-    pub(crate) fn new(config: Config) -> Breakers {
-        let overflow = Arc::new(Circuit::new(Arc::from("(other scopes)"), config.window));
-        Breakers {
-            config,
+impl Registry {
+    pub(crate) fn new() -> Registry {
+        Registry {
             epoch: Instant::now(),
             circuits: RwLock::new(HashMap::new()),
-            overflow,
+            overflow: std::sync::OnceLock::new(),
         }
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
-    }
-
-    pub(crate) fn circuit(&self, scope: &str) -> Arc<Circuit> {
-        {
-            let circuits = self.circuits.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(circuit) = circuits.get(scope) {
-                return circuit.clone();
-            }
-        }
-        let mut circuits = self.circuits.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(circuit) = circuits.get(scope) {
-            return circuit.clone();
-        }
-        if circuits.len() >= MAX_SCOPES {
-            return self.overflow.clone();
-        }
-        let name: Arc<str> = Arc::from(scope);
-        let circuit = Arc::new(Circuit::new(name.clone(), self.config.window));
-        circuits.insert(name, circuit.clone());
-        circuit
     }
 
     pub(crate) fn get(&self, scope: &str) -> Option<Arc<Circuit>> {
@@ -237,6 +224,48 @@ impl Breakers {
         let mut all: Vec<_> = circuits.values().cloned().collect();
         all.sort_by(|a, b| a.scope.cmp(&b.scope));
         all
+    }
+}
+
+/// One service's view of the circuits: the shared registry and the layer's settings.
+pub(crate) struct Breakers {
+    pub(crate) config: Config,
+    pub(crate) registry: Arc<Registry>,
+}
+
+impl Breakers {
+    pub(crate) fn new(config: Config, registry: Arc<Registry>) -> Breakers {
+        Breakers { config, registry }
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.registry.now_ms()
+    }
+
+    pub(crate) fn circuit(&self, scope: &str) -> Arc<Circuit> {
+        let registry = &*self.registry;
+        if let Some(circuit) = registry.get(scope) {
+            return circuit;
+        }
+        let mut circuits = registry.circuits.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(circuit) = circuits.get(scope) {
+            return circuit.clone();
+        }
+        if circuits.len() >= MAX_SCOPES {
+            return registry
+                .overflow
+                .get_or_init(|| {
+                    Arc::new(Circuit::new(
+                        Arc::from("(other scopes)"),
+                        self.config.window,
+                    ))
+                })
+                .clone();
+        }
+        let name: Arc<str> = Arc::from(scope);
+        let circuit = Arc::new(Circuit::new(name.clone(), self.config.window));
+        circuits.insert(name, circuit.clone());
+        circuit
     }
 
     fn emit(
@@ -364,8 +393,9 @@ impl Circuit {
                 self.scope, breakers.config.probes
             ),
         };
-        Error::new(ErrorKind::CircuitOpen, message)
-            .with_retry_after(remaining_ms.map(Duration::from_millis))
+        // Half-open: the probes answer soon; come back then rather than give up.
+        let retry_after = remaining_ms.map_or(HALF_OPEN_RETRY, Duration::from_millis);
+        Error::new(ErrorKind::CircuitOpen, message).with_retry_after(Some(retry_after))
     }
 
     /// Take the circuit from `from` to the switching state; true if this thread won.
@@ -454,15 +484,15 @@ impl Circuit {
     }
 
     /// Time until an open circuit half-opens.
-    pub(crate) fn half_open_in(&self, breakers: &Breakers) -> Option<Duration> {
+    pub(crate) fn half_open_in(&self, registry: &Registry) -> Option<Duration> {
         (self.state() == CircuitState::Open).then(|| {
             let until = self.open_until.load(Ordering::Acquire);
-            Duration::from_millis(until.saturating_sub(breakers.now_ms()))
+            Duration::from_millis(until.saturating_sub(registry.now_ms()))
         })
     }
 
-    pub(crate) fn counts(&self, breakers: &Breakers) -> super::window::Counts {
-        self.window.counts(breakers.now_ms())
+    pub(crate) fn counts(&self, registry: &Registry) -> super::window::Counts {
+        self.window.counts(registry.now_ms())
     }
 
     pub(crate) fn probes_in_flight(&self) -> u32 {

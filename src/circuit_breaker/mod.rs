@@ -12,9 +12,12 @@
 //!   rate reaches the threshold (50 %), the circuit opens.
 //! - **Open**: calls fail at once with [`ErrorKind::CircuitOpen`](crate::ErrorKind::CircuitOpen)
 //!   and a `retry_after`; the inner service is not called. After the open duration (30 s,
-//!   doubling on each reopen up to 5 min, back to 30 s after a clean close) it half-opens.
-//! - **Half-open**: at most `probes` (3) calls are in flight; the rest fail at once. A dropped
-//!   probe gives its place back. When `probes` probes succeed it closes; a failed probe reopens it.
+//!   doubling on each reopen up to 60 s, back to 30 s after a clean close) it half-opens.
+//! - **Half-open**: at most `probes` (3) calls are in flight; the rest fail at once with a short
+//!   `retry_after` (1 s), so callers waiting under a [`RetryLayer`](crate::retry::RetryLayer)
+//!   come back (spread with jitter) rather than give up, and go through once the probes have
+//!   closed it. A dropped probe gives its place back. When `probes` probes succeed it closes; a
+//!   failed probe reopens it.
 //!
 //! The circuit is consulted in `call`, before the inner service sees the request, and
 //! `poll_ready` only reports the inner service's readiness. Closed-state bookkeeping is a few
@@ -65,15 +68,19 @@ pub use service::CircuitBreaker;
 pub use window::WindowKind;
 
 use crate::classify::Class;
-use circuit::{Breakers, Config};
+use circuit::{Breakers, Config, Registry};
 
 /// Applies [`CircuitBreaker`] to a service. Every service made by one layer (and their clones)
 /// shares the same circuits. See the [module docs](self).
+///
+/// The circuits are made once, by [`new`](Self::new): setters called later change the
+/// settings, not the circuits, so a [`handle`](Self::handle) taken at any point watches the
+/// circuits the services use.
 #[derive(Clone)]
 pub struct CircuitBreakerLayer {
     config: Config,
     scope: Scope,
-    breakers: Arc<Breakers>,
+    registry: Arc<Registry>,
 }
 
 impl Default for CircuitBreakerLayer {
@@ -85,17 +92,15 @@ impl Default for CircuitBreakerLayer {
 impl CircuitBreakerLayer {
     /// Per-model circuits with the defaults above.
     pub fn new() -> Self {
-        let config = Config::default();
         CircuitBreakerLayer {
-            breakers: Arc::new(Breakers::new(config.clone())),
-            config,
+            config: Config::default(),
             scope: Scope::default(),
+            registry: Arc::new(Registry::new()),
         }
     }
 
     fn configure(mut self, change: impl FnOnce(&mut Config)) -> Self {
         change(&mut self.config);
-        self.breakers = Arc::new(Breakers::new(self.config.clone()));
         self
     }
 
@@ -130,8 +135,8 @@ impl CircuitBreakerLayer {
         self.configure(|c| c.open_duration = duration)
     }
 
-    /// Double the open duration on each reopen, up to `max` (default 5 min); reset after a
-    /// clean close.
+    /// Double the open duration on each reopen, up to `max` (default 60 s, so a recovered
+    /// upstream is never kept dark for minutes); reset after a clean close.
     pub fn max_open_duration(self, max: Duration) -> Self {
         self.configure(|c| c.max_open_duration = Some(max))
     }
@@ -181,7 +186,7 @@ impl CircuitBreakerLayer {
     /// A handle on the circuits of the services this layer makes.
     pub fn handle(&self) -> BreakerHandle {
         BreakerHandle {
-            breakers: self.breakers.clone(),
+            registry: self.registry.clone(),
         }
     }
 }
@@ -199,14 +204,15 @@ impl<S> Layer<S> for CircuitBreakerLayer {
     type Service = CircuitBreaker<S>;
 
     fn layer(&self, inner: S) -> CircuitBreaker<S> {
-        CircuitBreaker::new(inner, self.breakers.clone(), self.scope.clone())
+        let breakers = Arc::new(Breakers::new(self.config.clone(), self.registry.clone()));
+        CircuitBreaker::new(inner, breakers, self.scope.clone())
     }
 }
 
 /// Read access to a breaker's circuits, for status pages and tests.
 #[derive(Clone)]
 pub struct BreakerHandle {
-    breakers: Arc<Breakers>,
+    pub(crate) registry: Arc<Registry>,
 }
 
 /// One circuit's state.
@@ -231,19 +237,19 @@ pub struct CircuitSnapshot {
 impl BreakerHandle {
     /// Every scope seen so far, sorted by scope.
     pub fn snapshot(&self) -> Vec<CircuitSnapshot> {
-        let breakers = &self.breakers;
-        breakers
+        let registry = &*self.registry;
+        registry
             .all()
             .into_iter()
             .map(|circuit| {
-                let counts = circuit.counts(breakers);
+                let counts = circuit.counts(registry);
                 CircuitSnapshot {
                     scope: circuit.scope().to_owned(),
                     state: circuit.state(),
                     failure_rate: counts.failure_rate(),
                     calls: counts.calls,
                     failures: counts.failures,
-                    half_open_in_secs: circuit.half_open_in(breakers).map(|d| d.as_secs_f64()),
+                    half_open_in_secs: circuit.half_open_in(registry).map(|d| d.as_secs_f64()),
                     probes_in_flight: circuit.probes_in_flight(),
                 }
             })
@@ -252,7 +258,7 @@ impl BreakerHandle {
 
     /// The state of one scope (`None` if never seen).
     pub fn state(&self, scope: &str) -> Option<CircuitState> {
-        self.breakers.get(scope).map(|c| c.state())
+        self.registry.get(scope).map(|c| c.state())
     }
 }
 

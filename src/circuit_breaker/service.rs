@@ -32,7 +32,7 @@ impl<S> CircuitBreaker<S> {
     /// A handle on the circuits' states.
     pub fn handle(&self) -> BreakerHandle {
         BreakerHandle {
-            breakers: self.breakers.clone(),
+            registry: self.breakers.registry.clone(),
         }
     }
 

@@ -18,6 +18,8 @@
 
 mod wire;
 
+pub use wire::MAX_WIRE_DELAY;
+
 use std::fmt;
 use std::time::Duration;
 

@@ -286,10 +286,18 @@ fn absurd_delays_do_not_overflow() {
     let huge = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","message":"Please retry in 99999999999999999999999999999ms.","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerMinutePerProjectPerModel"}]}]}}"#;
     let c = classify(429, huge);
     assert_eq!(c.class(), Class::QuotaMinute);
-    assert_eq!(c.retry_after(), None);
+    assert_eq!(
+        c.retry_after(),
+        Some(MAX_WIRE_DELAY),
+        "capped where it is parsed"
+    );
     let max = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerMinutePerProjectPerModel"}]},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"18446744073709551615.999999999s"}]}}"#;
     let c = classify(429, max);
-    assert_eq!(c.retry_after(), Some(Duration::new(u64::MAX, 999_999_999)));
+    assert_eq!(c.retry_after(), Some(MAX_WIRE_DELAY));
+    for status in [503, 429] {
+        let bare = r#"{"error":{"code":503,"status":"UNAVAILABLE","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"18446744073709551615s"}]}}"#;
+        assert_eq!(classify(status, bare).retry_after(), Some(MAX_WIRE_DELAY));
+    }
     // The pool takes it without overflowing and caps the cool-down.
     let pool = crate::KeyPool::from_keys(["test-key-0001"]).unwrap();
     pool.select(Some("m")).unwrap().report(&c, Duration::ZERO);

@@ -154,7 +154,13 @@ pub(super) fn parse(body: &[u8]) -> Option<Status<'_>> {
     }
 }
 
-/// Parse a protobuf JSON duration such as `"26s"` or `"47.434392449s"`.
+/// The longest delay taken from the wire: a larger `retryDelay` (or "retry in …") is read as this.
+/// Nothing Google sends means more than an hour; a bigger number is a malformed or hostile body,
+/// and capping it here keeps every later addition of it to a time from overflowing.
+pub const MAX_WIRE_DELAY: Duration = Duration::from_secs(3600);
+
+/// Parse a protobuf JSON duration such as `"26s"` or `"47.434392449s"`, capped at
+/// [`MAX_WIRE_DELAY`].
 pub(super) fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let number = text.strip_suffix('s').unwrap_or(text);
@@ -168,16 +174,17 @@ pub(super) fn parse_duration(text: &str) -> Option<Duration> {
     if !whole.bytes().all(|b| b.is_ascii_digit()) || !fraction.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
+    // More digits than a u64 holds is still a (huge) number: it saturates, then is capped.
     let secs: u64 = if whole.is_empty() {
         0
     } else {
-        whole.parse().ok()?
+        whole.parse().unwrap_or(u64::MAX)
     };
     let mut nanos: u32 = 0;
     for (i, digit) in fraction.bytes().take(9).enumerate() {
         nanos += u32::from(digit - b'0') * 10u32.pow(8 - i as u32);
     }
-    Some(Duration::new(secs, nanos))
+    Some(Duration::new(secs.min(MAX_WIRE_DELAY.as_secs()), nanos).min(MAX_WIRE_DELAY))
 }
 
 /// The delay in a message's "Please retry in 36.429760048s." sentence.
@@ -191,7 +198,8 @@ pub(super) fn retry_in_message(message: &str) -> Option<Duration> {
     let unit = rest[end..].trim_start();
     if unit.starts_with("ms") {
         let ms: f64 = number.parse().ok()?;
-        return Duration::try_from_secs_f64(ms / 1000.0).ok();
+        let delay = Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(MAX_WIRE_DELAY);
+        return Some(delay.min(MAX_WIRE_DELAY));
     }
     if unit.starts_with('s') {
         return parse_duration(number);
@@ -248,7 +256,15 @@ mod tests {
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration("-3s"), None);
         assert_eq!(parse_duration("abc"), None);
-        assert_eq!(parse_duration("99999999999999999999999s"), None);
+        assert_eq!(
+            parse_duration("99999999999999999999999s"),
+            Some(MAX_WIRE_DELAY)
+        );
+        assert_eq!(
+            parse_duration("18446744073709551615s"),
+            Some(MAX_WIRE_DELAY)
+        );
+        assert_eq!(parse_duration("3601.5s"), Some(MAX_WIRE_DELAY));
     }
 
     #[test]

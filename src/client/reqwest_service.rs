@@ -11,6 +11,15 @@ use tower_service::Service;
 
 /// A `reqwest::Client` as a tower service from `http::Request<B>` to `http::Response<reqwest::Body>`.
 ///
+/// **Redirects never carry a key to another host.** reqwest follows redirects by default and,
+/// going to another host, strips only `Authorization` and cookies — not `x-goog-api-key`. So
+/// this adapter builds its client itself with [`same_origin_redirects`]: a redirect to the
+/// same scheme, host and port is followed (up to 10), any other is returned to the caller as
+/// it came, unfollowed (the `Location` header tells where it pointed). Google's API does not
+/// redirect; a redirect elsewhere is a misconfigured base URL or a hostile network, and the
+/// key must not go there. There is no constructor from a ready-made `reqwest::Client`, whose
+/// redirect policy cannot be checked: pass its `ClientBuilder` to [`from_builder`](Self::from_builder).
+///
 /// reqwest's errors print the request URL. With the key in a header (the default placement)
 /// the URL holds none; this adapter also drops the URL's query from every error, and
 /// [`KeyRotation`](crate::KeyRotation) scrubs any error that still quotes the key.
@@ -22,30 +31,62 @@ use tower_service::Service;
 /// let pool = KeyPool::from_env()?;
 /// let gemini = ServiceBuilder::new()
 ///     .layer(stack(&pool))
-///     .service(ReqwestService::new(reqwest::Client::new()));
+///     .service(ReqwestService::new()?);
 /// # let _ = gemini;
 /// # Ok::<(), tower_gemini::Error>(())
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ReqwestService {
     client: reqwest::Client,
 }
 
+/// reqwest's redirect policy for requests that carry a key: follow a redirect only to the same
+/// scheme, host and port as the request (at most 10), and return any other unfollowed.
+pub fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let Some(first) = attempt.previous().first() else {
+            return attempt.stop();
+        };
+        let same_origin = attempt.url().scheme() == first.scheme()
+            && attempt.url().host_str() == first.host_str()
+            && attempt.url().port_or_known_default() == first.port_or_known_default();
+        if !same_origin {
+            tracing::warn!(
+                "not following a redirect to another host: the request carries an API key; returning the redirect"
+            );
+            attempt.stop()
+        } else if attempt.previous().len() > 10 {
+            attempt.error("too many redirects")
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
 impl ReqwestService {
-    /// Adapt `client`.
-    pub fn new(client: reqwest::Client) -> Self {
-        ReqwestService { client }
+    /// A client with reqwest's defaults and [`same_origin_redirects`].
+    ///
+    /// Errors with [`ErrorKind::Config`](crate::ErrorKind::Config) if reqwest cannot build a
+    /// client (its TLS backend failed to initialise).
+    pub fn new() -> Result<Self, crate::Error> {
+        Self::from_builder(reqwest::Client::builder())
+    }
+
+    /// A client from `builder` (timeouts, proxies, TLS as you set them), with its redirect
+    /// policy replaced by [`same_origin_redirects`].
+    pub fn from_builder(builder: reqwest::ClientBuilder) -> Result<Self, crate::Error> {
+        let client = builder
+            .redirect(same_origin_redirects())
+            .build()
+            .map_err(|e| {
+                crate::Error::config("could not build the reqwest client").with_source(e)
+            })?;
+        Ok(ReqwestService { client })
     }
 
     /// The client.
     pub fn client(&self) -> &reqwest::Client {
         &self.client
-    }
-}
-
-impl From<reqwest::Client> for ReqwestService {
-    fn from(client: reqwest::Client) -> Self {
-        ReqwestService::new(client)
     }
 }
 

@@ -12,27 +12,67 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
-use crate::body::{Prefix, ResponseBody};
+use http::Request;
+use tower_service::Service;
+
+use super::inject::KeyPlacement;
+use super::service::prepare;
+use crate::body::{Prefix, ResponseBody, Scrubber};
 use crate::classify::Classification;
 use crate::error::{self, BoxError, Error, ErrorKind};
-use crate::pool::{KeyLease, SelectedKey};
+use crate::pool::{KeyLease, KeyWait, SelectedKey};
 use crate::telemetry;
+
+/// How much of an error body is read to classify it, and for how long at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ErrorBodyLimits {
+    pub(crate) bytes: usize,
+    pub(crate) time: Duration,
+}
+
+impl Default for ErrorBodyLimits {
+    fn default() -> Self {
+        ErrorBodyLimits {
+            bytes: super::DEFAULT_MAX_ERROR_BODY,
+            time: super::DEFAULT_ERROR_BODY_TIMEOUT,
+        }
+    }
+}
 
 pin_project! {
     /// Response future of [`KeyRotation`](super::KeyRotation).
-    pub struct ResponseFuture<F, B: Body> {
+    pub struct ResponseFuture<S, ReqB, B>
+    where
+        S: Service<Request<ReqB>>,
+        B: Body,
+    {
         #[pin]
-        state: State<F, B>,
+        state: State<S, ReqB, B>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, B: Body> {
+    enum State<S, ReqB, B>
+    where
+        S: Service<Request<ReqB>>,
+        B: Body,
+    {
         Failed { error: Option<Error> },
-        Waiting { #[pin] future: F, call: Option<Call> },
+        Queued { queued: Option<Box<Queued<S, ReqB>>> },
+        Waiting { #[pin] future: S::Future, call: Option<Call> },
         Reading { read: Option<Box<Reading<B>>> },
     }
+}
+
+/// A request waiting in line for a key, with the service that will send it.
+struct Queued<S, ReqB> {
+    wait: KeyWait,
+    lease: Option<KeyLease>,
+    service: S,
+    request: Option<Request<ReqB>>,
+    placement: KeyPlacement,
+    error_body: ErrorBodyLimits,
 }
 
 struct Call {
@@ -40,7 +80,7 @@ struct Call {
     /// Made once in `call`; one copy went into the request, this one goes into the response.
     selected: SelectedKey,
     start: Instant,
-    max_error_body: usize,
+    error_body: ErrorBodyLimits,
 }
 
 /// A non-2xx answer whose body is being read for classification.
@@ -51,18 +91,43 @@ struct Reading<B: Body> {
     latency: Duration,
 }
 
-impl<F, B: Body> ResponseFuture<F, B> {
+impl<S, ReqB, B> ResponseFuture<S, ReqB, B>
+where
+    S: Service<Request<ReqB>>,
+    B: Body,
+{
     pub(super) fn failed(error: Error) -> Self {
         ResponseFuture {
             state: State::Failed { error: Some(error) },
         }
     }
 
+    pub(super) fn queued(
+        wait: KeyWait,
+        service: S,
+        request: Request<ReqB>,
+        placement: KeyPlacement,
+        error_body: ErrorBodyLimits,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Queued {
+                queued: Some(Box::new(Queued {
+                    wait,
+                    lease: None,
+                    service,
+                    request: Some(request),
+                    placement,
+                    error_body,
+                })),
+            },
+        }
+    }
+
     pub(super) fn called(
-        future: F,
+        future: S::Future,
         lease: KeyLease,
         selected: SelectedKey,
-        max_error_body: usize,
+        error_body: ErrorBodyLimits,
     ) -> Self {
         ResponseFuture {
             state: State::Waiting {
@@ -71,7 +136,7 @@ impl<F, B: Body> ResponseFuture<F, B> {
                     lease,
                     selected,
                     start: Instant::now(),
-                    max_error_body,
+                    error_body,
                 }),
             },
         }
@@ -85,10 +150,10 @@ fn polled_after_completion() -> Error {
     )
 }
 
-impl<F, B, E> Future for ResponseFuture<F, B>
+impl<S, ReqB, B> Future for ResponseFuture<S, ReqB, B>
 where
-    F: Future<Output = Result<Response<B>, E>>,
-    E: Into<BoxError>,
+    S: Service<Request<ReqB>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
     B: Body,
 {
     type Output = Result<Response<ResponseBody<B>>, Error>;
@@ -99,6 +164,35 @@ where
             match this.state.as_mut().project() {
                 StateProj::Failed { error } => {
                     return Poll::Ready(Err(error.take().unwrap_or_else(polled_after_completion)));
+                }
+                StateProj::Queued { queued } => {
+                    let Some(line) = queued.as_mut() else {
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    if line.lease.is_none() {
+                        match ready!(line.wait.as_mut().poll(cx)) {
+                            Ok(lease) => line.lease = Some(lease),
+                            Err(error) => {
+                                this.state.set(State::Failed { error: None });
+                                return Poll::Ready(Err(error));
+                            }
+                        }
+                    }
+                    if let Err(error) = ready!(line.service.poll_ready(cx)) {
+                        this.state.set(State::Failed { error: None });
+                        return Poll::Ready(Err(Error::from_inner(error)));
+                    }
+                    let Some(mut line) = queued.take() else {
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    let (Some(request), Some(lease)) = (line.request.take(), line.lease.take())
+                    else {
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    let (request, lease, selected) = prepare(request, lease, &line.placement);
+                    let future = line.service.call(request);
+                    let called = Self::called(future, lease, selected, line.error_body);
+                    this.state.set(called.state);
                 }
                 StateProj::Waiting { future, call } => {
                     let result = ready!(future.poll(cx));
@@ -132,7 +226,11 @@ where
                             let (parts, body) = response.into_parts();
                             let read = Reading {
                                 parts,
-                                prefix: Prefix::new(body, call.max_error_body),
+                                prefix: Prefix::new(
+                                    body,
+                                    call.error_body.bytes,
+                                    call.error_body.time,
+                                ),
                                 call,
                                 latency,
                             };
@@ -207,15 +305,20 @@ impl<B: Body> Reading<B> {
         let mut classification = Classification::from_response(parts.status, prefix.seen());
         classification.redact(secret, &fingerprint.to_string());
         // Some Google messages quote the consumer (`api_key:…`): the key never leaves this layer.
-        if prefix.replace(secret.as_bytes(), fingerprint.to_string().as_bytes()) {
-            if prefix.is_complete() {
+        // A body read whole is scrubbed here and keeps an exact length; the rest of a longer
+        // one is scrubbed as it streams (its length is then unknown until the end).
+        let shown = fingerprint.to_string();
+        let scrub = if prefix.is_complete() {
+            if prefix.replace(secret.as_bytes(), shown.as_bytes()) {
                 parts
                     .headers
                     .insert(CONTENT_LENGTH, HeaderValue::from(prefix.buffered_len()));
-            } else {
-                parts.headers.remove(CONTENT_LENGTH);
             }
-        }
+            None
+        } else {
+            parts.headers.remove(CONTENT_LENGTH);
+            Scrubber::new(secret.as_bytes(), shown.as_bytes())
+        };
         tracing::debug!(gemini.key = %fingerprint, gemini.class = %classification.class(),
             "key {fingerprint} got {classification}");
         let selected = call.selected;
@@ -228,6 +331,6 @@ impl<B: Body> Reading<B> {
         parts.extensions.insert(selected);
         call.lease.report(&classification, latency);
         parts.extensions.insert(classification);
-        Response::from_parts(parts, prefix.into_body())
+        Response::from_parts(parts, prefix.into_scrubbed_body(scrub))
     }
 }

@@ -46,9 +46,12 @@ mod inject;
 mod service;
 
 pub use crate::body::ResponseBody;
+pub(crate) use future::ErrorBodyLimits;
 pub use future::ResponseFuture;
 pub use inject::KeyPlacement;
 pub use service::KeyRotation;
+
+use std::time::Duration;
 
 use tower_layer::Layer;
 
@@ -57,12 +60,18 @@ use crate::pool::KeyPool;
 /// Default bound on how much of a non-2xx body is read to classify it.
 pub const DEFAULT_MAX_ERROR_BODY: usize = 64 * 1024;
 
+/// Default bound on how long a non-2xx body is read to classify it: an upstream that trickles
+/// its error body cannot hold the caller and the key longer than this. When it passes, what
+/// arrived is classified and the rest streams on to the caller.
+pub const DEFAULT_ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Applies [`KeyRotation`] to a service. See the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct KeyRotationLayer {
     pool: KeyPool,
     placement: KeyPlacement,
-    max_error_body: usize,
+    error_body: ErrorBodyLimits,
+    wait: Option<Duration>,
 }
 
 impl KeyRotationLayer {
@@ -71,7 +80,8 @@ impl KeyRotationLayer {
         KeyRotationLayer {
             pool,
             placement: KeyPlacement::default(),
-            max_error_body: DEFAULT_MAX_ERROR_BODY,
+            error_body: ErrorBodyLimits::default(),
+            wait: None,
         }
     }
 
@@ -83,7 +93,28 @@ impl KeyRotationLayer {
 
     /// How many bytes of a non-2xx body to read for classification (default 64 KiB).
     pub fn max_error_body(mut self, bytes: usize) -> Self {
-        self.max_error_body = bytes;
+        self.error_body.bytes = bytes;
+        self
+    }
+
+    /// How long to read a non-2xx body for classification at most (default 5 s); then what
+    /// arrived is classified.
+    pub fn error_body_timeout(mut self, timeout: Duration) -> Self {
+        self.error_body.time = timeout;
+        self
+    }
+
+    /// When no key can take a request now (every project is cooling down or has used its
+    /// local quota for the model), wait up to `bound` for the earliest one that can, first
+    /// come first served, instead of failing at once. See [`KeyRotation`] for the details.
+    ///
+    /// Without it (the default) such a request fails at once with
+    /// [`ErrorKind::QuotaExhausted`](crate::ErrorKind::QuotaExhausted) or
+    /// [`ErrorKind::NoKeyAvailable`](crate::ErrorKind::NoKeyAvailable) and the time a key
+    /// frees in `retry_after`. Under a [`RetryLayer`](crate::retry::RetryLayer), the wait also
+    /// ends at its deadline.
+    pub fn wait_up_to(mut self, bound: Duration) -> Self {
+        self.wait = Some(bound);
         self
     }
 
@@ -97,8 +128,13 @@ impl<S> Layer<S> for KeyRotationLayer {
     type Service = KeyRotation<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        KeyRotation::new(inner, self.pool.clone())
+        let rotation = KeyRotation::new(inner, self.pool.clone())
             .placement(self.placement.clone())
-            .max_error_body(self.max_error_body)
+            .max_error_body(self.error_body.bytes)
+            .error_body_timeout(self.error_body.time);
+        match self.wait {
+            Some(bound) => rotation.wait_up_to(bound),
+            None => rotation,
+        }
     }
 }

@@ -1,27 +1,43 @@
 //! The [`KeyRotation`] service.
 
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{Request, Response};
 use http_body::Body;
+use tokio::time::Instant;
 use tower_service::Service;
 
-use super::DEFAULT_MAX_ERROR_BODY;
-use super::future::ResponseFuture;
+use super::future::{ErrorBodyLimits, ResponseFuture};
 use super::inject::{KeyPlacement, replace_key};
 use crate::error::{BoxError, Error};
 use crate::model::model_of;
-use crate::pool::KeyPool;
+use crate::pool::{KeyLease, KeyPool};
 use crate::quota::Demand;
+use crate::retry::Attempt;
 
 /// Middleware that picks a key from a [`KeyPool`] for every request. See the
 /// [module docs](super).
+///
+/// # Waiting for a key
+///
+/// With [`wait_up_to`](Self::wait_up_to), a request that no key can take now (every project
+/// cooling down after Google's 429s, or at its local quota for the model) waits for the
+/// earliest one that can, instead of failing: requests for the same model wait in one line,
+/// first come first served; only the head of the line looks for a key, when the earliest
+/// cool-down or ledger slot of any project frees, takes it with its ledger slot reserved, and
+/// hands the line on. A request that arrives while others wait joins the line behind them.
+/// Waiting sends nothing upstream. It ends with an error (the one selection gave, saying how
+/// long the request waited) when the first key would free after the bound, or after the
+/// [`RetryLayer`](crate::retry::RetryLayer)'s deadline; keys that are disabled for good are not
+/// waited for. The inner service must be `Clone`: the waiting request keeps a clone to call.
 #[derive(Clone, Debug)]
 pub struct KeyRotation<S> {
     inner: S,
     pool: KeyPool,
     placement: KeyPlacement,
-    max_error_body: usize,
+    error_body: ErrorBodyLimits,
+    wait: Option<Duration>,
 }
 
 impl<S> KeyRotation<S> {
@@ -31,7 +47,8 @@ impl<S> KeyRotation<S> {
             inner,
             pool,
             placement: KeyPlacement::default(),
-            max_error_body: DEFAULT_MAX_ERROR_BODY,
+            error_body: ErrorBodyLimits::default(),
+            wait: None,
         }
     }
 
@@ -41,9 +58,22 @@ impl<S> KeyRotation<S> {
         self
     }
 
-    /// How many bytes of a non-2xx body to read for classification.
+    /// How many bytes of a non-2xx body to read for classification (default 64 KiB).
     pub fn max_error_body(mut self, bytes: usize) -> Self {
-        self.max_error_body = bytes;
+        self.error_body.bytes = bytes;
+        self
+    }
+
+    /// How long to read a non-2xx body for classification at most (default 5 s).
+    pub fn error_body_timeout(mut self, timeout: Duration) -> Self {
+        self.error_body.time = timeout;
+        self
+    }
+
+    /// Wait up to `bound` for a key when none can take a request now (see
+    /// [Waiting for a key](Self#waiting-for-a-key)). Without it, such a request fails at once.
+    pub fn wait_up_to(mut self, bound: Duration) -> Self {
+        self.wait = Some(bound);
         self
     }
 
@@ -70,14 +100,14 @@ impl<S> KeyRotation<S> {
 
 impl<S, B, ResB> Service<Request<B>> for KeyRotation<S>
 where
-    S: Service<Request<B>, Response = Response<ResB>>,
+    S: Service<Request<B>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
     B: 'static,
     ResB: Body,
 {
     type Response = Response<crate::body::ResponseBody<ResB>>;
     type Error = Error;
-    type Future = ResponseFuture<S::Future, ResB>;
+    type Future = ResponseFuture<S, B, ResB>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -94,50 +124,121 @@ where
                 .copied()
                 .unwrap_or_else(|| self.pool.demand_of(&request))
         });
-        let lease = {
-            let model = model_of(&request);
-            self.pool
-                .select_with(model.as_deref(), demand.unwrap_or_default())
-        };
         if let Some(demand) = demand {
             request.extensions_mut().insert(demand);
         }
-        let lease = match lease {
-            Ok(lease) => lease,
-            Err(error) => {
-                tracing::debug!(error = %error, "no key for request");
-                return ResponseFuture::failed(error);
+        let demand = demand.unwrap_or_default();
+        let slots = self.pool.model_slots(model_of(&request).as_deref());
+        // Until when this request may wait: the bound, and the retry deadline if any.
+        let give_up = self.wait.map(|bound| {
+            let at = crate::clock::instant_after(Instant::now(), bound);
+            match request.extensions().get::<Attempt>() {
+                Some(attempt) => at.min(attempt.deadline),
+                None => at,
             }
+        });
+        if let Some(give_up) = give_up
+            && KeyPool::has_waiters(&slots)
+        {
+            // Willing to wait, and others already are: behind them, first come first served.
+            return self.queue(request, slots, demand, give_up);
+        }
+        let error = match self.pool.select_in(slots.clone(), demand) {
+            Ok(lease) => return self.dispatch(request, lease),
+            Err(error) => error,
         };
-        let selected = lease.selected();
-        // Fill in the attempt span (see `RetryLayer`), if any; a no-op elsewhere.
-        let span = tracing::Span::current();
-        if !span.is_disabled() {
-            span.record(
-                "gemini.key",
-                tracing::field::display(selected.fingerprint()),
-            );
-            if let Some(model) = selected.model() {
-                span.record("gemini.model", model);
-            }
+        if let Some(give_up) = give_up
+            && error.retry_after().is_some_and(|after| {
+                Instant::now()
+                    .checked_add(after)
+                    .is_some_and(|at| at <= give_up)
+            })
+        {
+            return self.queue(request, slots, demand, give_up);
         }
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            let attempt = request
-                .extensions()
-                .get::<crate::retry::Attempt>()
-                .map(|a| format!(" (attempt {}/{})", a.number, a.max))
-                .unwrap_or_default();
-            tracing::debug!(
-                gemini.key = %selected.fingerprint(),
-                gemini.project = selected.project(),
-                gemini.model = selected.model().unwrap_or("unknown"),
-                "using key {}{attempt}",
-                selected.fingerprint()
-            );
-        }
-        replace_key(&mut request, lease.key(), &self.placement);
-        request.extensions_mut().insert(selected.clone());
-        let future = self.inner.call(request);
-        ResponseFuture::called(future, lease, selected, self.max_error_body)
+        tracing::debug!(error = %error, "no key for request");
+        ResponseFuture::failed(error)
     }
+}
+
+impl<S> KeyRotation<S> {
+    /// Inject the leased key and call the inner service.
+    fn dispatch<B, ResB>(
+        &mut self,
+        request: Request<B>,
+        lease: KeyLease,
+    ) -> ResponseFuture<S, B, ResB>
+    where
+        S: Service<Request<B>, Response = Response<ResB>>,
+        ResB: Body,
+    {
+        let (request, lease, selected) = prepare(request, lease, &self.placement);
+        let future = self.inner.call(request);
+        ResponseFuture::called(future, lease, selected, self.error_body)
+    }
+
+    /// Wait in line for a key; the ready inner service goes with the request.
+    fn queue<B, ResB>(
+        &mut self,
+        request: Request<B>,
+        slots: std::sync::Arc<crate::pool::ModelSlots>,
+        demand: Demand,
+        give_up: Instant,
+    ) -> ResponseFuture<S, B, ResB>
+    where
+        S: Service<Request<B>, Response = Response<ResB>> + Clone,
+        ResB: Body,
+    {
+        let wait = self.pool.wait_for_key(slots, demand, give_up);
+        let clone = self.inner.clone();
+        let service = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::queued(
+            wait,
+            service,
+            request,
+            self.placement.clone(),
+            self.error_body,
+        )
+    }
+}
+
+/// Put the leased key (and its ledger reservation) into the request; what was chosen goes
+/// into the request's extensions and the attempt's span.
+pub(super) fn prepare<B>(
+    mut request: Request<B>,
+    mut lease: KeyLease,
+    placement: &KeyPlacement,
+) -> (Request<B>, KeyLease, crate::pool::SelectedKey) {
+    let selected = lease.selected();
+    // Fill in the attempt span (see `RetryLayer`), if any; a no-op elsewhere.
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        span.record(
+            "gemini.key",
+            tracing::field::display(selected.fingerprint()),
+        );
+        if let Some(model) = selected.model() {
+            span.record("gemini.model", model);
+        }
+    }
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let attempt = request
+            .extensions()
+            .get::<Attempt>()
+            .map(|a| format!(" (attempt {}/{})", a.number, a.max))
+            .unwrap_or_default();
+        tracing::debug!(
+            gemini.key = %selected.fingerprint(),
+            gemini.project = selected.project(),
+            gemini.model = selected.model().unwrap_or("unknown"),
+            "using key {}{attempt}",
+            selected.fingerprint()
+        );
+    }
+    replace_key(&mut request, lease.key(), placement);
+    if let Some(reservation) = lease.take_reservation() {
+        request.extensions_mut().insert(reservation);
+    }
+    request.extensions_mut().insert(selected.clone());
+    (request, lease, selected)
 }

@@ -145,6 +145,76 @@ pub(crate) struct ProjectModelHealth {
     pub(crate) not_on_tier: AtomicBool,
     /// The quota ledger of this project and model.
     pub(crate) quota: Meters,
+    /// Requests sent in the last minute, counted even without a limit: when Google's first
+    /// 429 teaches the limit, the ledger starts from what Google has already counted.
+    pub(crate) sent: SentLog,
+}
+
+/// Seconds kept by a [`SentLog`].
+const SENT_SECONDS: usize = 60;
+/// Bits of a [`SentLog`] slot holding the count; the rest hold the second.
+const SENT_COUNT_BITS: u32 = 20;
+const SENT_COUNT_MAX: u64 = (1 << SENT_COUNT_BITS) - 1;
+
+/// Requests per second over the last minute, lock-free: one slot per second of the minute, each
+/// an `AtomicU64` holding the second it counts and its count.
+pub(crate) struct SentLog {
+    slots: [AtomicU64; SENT_SECONDS],
+}
+
+impl Default for SentLog {
+    fn default() -> Self {
+        SentLog {
+            slots: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl SentLog {
+    /// Count one request at `now` (Unix ms).
+    pub(crate) fn record(&self, now: u64) {
+        let second = now / 1000;
+        let slot = &self.slots[(second % SENT_SECONDS as u64) as usize];
+        let _ = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |packed| {
+            let (at, count) = (packed >> SENT_COUNT_BITS, packed & SENT_COUNT_MAX);
+            if at == second {
+                (count < SENT_COUNT_MAX).then_some(packed + 1)
+            } else if at < second {
+                Some((second << SENT_COUNT_BITS) | 1)
+            } else {
+                None
+            }
+        });
+    }
+
+    /// Take back one request counted at `at` (Google refused it, so it counts nothing there).
+    pub(crate) fn forget(&self, at: u64) {
+        let second = at / 1000;
+        let slot = &self.slots[(second % SENT_SECONDS as u64) as usize];
+        let _ = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |packed| {
+            let (at, count) = (packed >> SENT_COUNT_BITS, packed & SENT_COUNT_MAX);
+            (at == second && count > 0).then(|| packed - 1)
+        });
+    }
+
+    /// `(end of the second, requests)` for each second of the last minute with any, oldest
+    /// first. Each request is placed at the end of its second, so the ledger built from them
+    /// frees a slot no earlier than Google does.
+    pub(crate) fn last_minute(&self, now: u64) -> Vec<(u64, u64)> {
+        let current = now / 1000;
+        let mut seconds: Vec<(u64, u64)> = self
+            .slots
+            .iter()
+            .map(|slot| {
+                let packed = slot.load(Ordering::Relaxed);
+                (packed >> SENT_COUNT_BITS, packed & SENT_COUNT_MAX)
+            })
+            .filter(|&(at, count)| count > 0 && at <= current && at + SENT_SECONDS as u64 > current)
+            .map(|(at, count)| (((at + 1) * 1000 - 1).min(now), count))
+            .collect();
+        seconds.sort_unstable();
+        seconds
+    }
 }
 
 impl ProjectModelHealth {
@@ -174,10 +244,23 @@ pub(crate) struct ModelSlots {
     /// The model name; empty for "model unknown".
     pub(crate) name: Arc<str>,
     pub(crate) projects: Box<[ProjectModelHealth]>,
+    /// Kept for good: configured (or preset) limits, or something learned from Google (a
+    /// cool-down, a limit, a tier block). An entry that is not pinned may be evicted when made-up
+    /// model names fill the table.
+    pinned: AtomicBool,
+    /// Requests waiting for a key that can take this model (see `pool::queue`).
+    pub(crate) waiting: AtomicU32,
+    /// The waiting line: tokio's mutex is fair, so waiters are served in arrival order.
+    pub(crate) queue: tokio::sync::Mutex<()>,
 }
 
 impl ModelSlots {
-    fn new(name: Arc<str>, projects: usize, limits: impl Fn(usize) -> ModelLimits) -> ModelSlots {
+    fn new(
+        name: Arc<str>,
+        projects: usize,
+        limits: impl Fn(usize) -> ModelLimits,
+        pinned: bool,
+    ) -> ModelSlots {
         ModelSlots {
             name,
             projects: (0..projects)
@@ -186,17 +269,36 @@ impl ModelSlots {
                     ..ProjectModelHealth::default()
                 })
                 .collect(),
+            pinned: AtomicBool::new(pinned),
+            waiting: AtomicU32::new(0),
+            queue: tokio::sync::Mutex::new(()),
         }
     }
 
     pub(crate) fn is_unknown(&self) -> bool {
         self.name.is_empty()
     }
+
+    /// Keep this model's entry for good (something was learned about it).
+    pub(crate) fn pin(&self) {
+        if !self.pinned.load(Ordering::Relaxed) {
+            self.pinned.store(true, Ordering::Release);
+        }
+    }
+
+    fn is_pinned(&self) -> bool {
+        self.pinned.load(Ordering::Acquire)
+    }
 }
 
-/// Most distinct model names the pool tracks; past this, new names share the "unknown" slot so a
-/// stream of made-up model names cannot grow memory without bound.
+/// Most model names without configuration the pool tracks at once. Past this, a new name takes
+/// the place of one that is idle and holds nothing learned; if none is, it shares the "unknown"
+/// entry. Configured and preset models, and models Google has told us about, always keep their
+/// own entry, so a flood of made-up names never changes how they are treated.
 pub(crate) const MAX_MODELS: usize = 256;
+
+/// Longest model name given its own entry.
+const MAX_MODEL_NAME: usize = 128;
 
 /// Model name → per-project health. Read-locked once per selection (never across it); written
 /// only the first time a model is seen.
@@ -211,9 +313,12 @@ pub(crate) struct ModelTable {
 impl ModelTable {
     pub(crate) fn new(projects: Box<[Arc<str>]>, limits: Limits) -> ModelTable {
         ModelTable {
-            unknown: Arc::new(ModelSlots::new(Arc::from(""), projects.len(), |_| {
-                ModelLimits::default()
-            })),
+            unknown: Arc::new(ModelSlots::new(
+                Arc::from(""),
+                projects.len(),
+                |_| ModelLimits::default(),
+                true,
+            )),
             projects,
             limits,
             models: RwLock::new(HashMap::new()),
@@ -231,7 +336,8 @@ impl ModelTable {
     /// The slots for `model` (normalised: a leading `models/` is dropped), created on first use.
     pub(crate) fn get(&self, model: &str) -> Arc<ModelSlots> {
         let model = normalize_model(model);
-        if model.is_empty() {
+        // No model name is this long; a caller's junk is not worth an entry.
+        if model.is_empty() || model.len() > MAX_MODEL_NAME {
             return self.unknown();
         }
         {
@@ -240,23 +346,32 @@ impl ModelTable {
                 return slots.clone();
             }
         }
+        let configured = self
+            .projects
+            .iter()
+            .any(|p| self.limits.for_model(p, model).is_some());
         let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
         if let Some(slots) = models.get(model) {
             return slots.clone();
         }
-        if models.len() >= MAX_MODELS {
+        if !configured && !make_room(&mut models) {
             tracing::warn!(
                 gemini.model = model,
-                "more than {MAX_MODELS} distinct model names seen; tracking this one as unknown"
+                "more than {MAX_MODELS} model names without configuration in use at once; tracking this one as unknown"
             );
             return self.unknown();
         }
         let name: Arc<str> = Arc::from(model);
-        let slots = Arc::new(ModelSlots::new(name.clone(), self.projects.len(), |p| {
-            self.limits
-                .for_model(&self.projects[p], model)
-                .unwrap_or_default()
-        }));
+        let slots = Arc::new(ModelSlots::new(
+            name.clone(),
+            self.projects.len(),
+            |p| {
+                self.limits
+                    .for_model(&self.projects[p], model)
+                    .unwrap_or_default()
+            },
+            configured,
+        ));
         models.insert(name, slots.clone());
         slots
     }
@@ -269,6 +384,26 @@ impl ModelTable {
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
+    }
+}
+
+/// Make room for one more entry that is not pinned: true if there is (or now is) room.
+fn make_room(models: &mut HashMap<Arc<str>, Arc<ModelSlots>>) -> bool {
+    let unpinned = models.values().filter(|s| !s.is_pinned()).count();
+    if unpinned < MAX_MODELS {
+        return true;
+    }
+    // Idle (no lease holds it) and nothing learned: forgetting it loses nothing.
+    let evict = models
+        .iter()
+        .find(|(_, s)| !s.is_pinned() && Arc::strong_count(s) == 1)
+        .map(|(name, _)| name.clone());
+    match evict {
+        Some(name) => {
+            models.remove(&name);
+            true
+        }
+        None => false,
     }
 }
 

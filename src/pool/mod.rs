@@ -16,10 +16,13 @@ mod env;
 mod health;
 mod key;
 mod limits;
+mod queue;
+mod reservation;
 mod snapshot;
 mod strategy;
 #[cfg(feature = "toml")]
 mod toml_config;
+mod unavailable;
 
 use std::fmt;
 use std::sync::Arc;
@@ -31,6 +34,8 @@ pub use health::DisabledReason;
 pub(crate) use key::masked;
 pub use key::{ApiKey, DEFAULT_PRIORITY, Fingerprint, KeySpec};
 pub use limits::ModelLimits;
+pub(crate) use queue::KeyWait;
+pub(crate) use reservation::{MeterRef, Reservation};
 pub use snapshot::{
     KeyCounters, KeySnapshot, KeyState, ModelHealthSnapshot, PoolSnapshot, QuotaSnapshot,
 };
@@ -41,9 +46,10 @@ pub use strategy::{
 
 use crate::classify::{Class, Classification};
 use crate::clock::{Clock, next_pacific_midnight};
-use crate::error::{Error, ErrorKind};
-use crate::quota::{Demand, Dimension, Meters, TokenEstimator};
-use health::{KeyHealth, ModelSlots, ModelTable, ProjectHealth};
+use crate::error::Error;
+use crate::quota::{Demand, Dimension, History, TokenEstimator};
+pub(crate) use health::ModelSlots;
+use health::{KeyHealth, ModelTable, ProjectHealth};
 
 /// Default cool-down of a project+model after a per-minute 429 without `retryDelay`.
 pub const DEFAULT_MINUTE_COOLDOWN: Duration = Duration::from_secs(60);
@@ -156,45 +162,97 @@ impl KeyPool {
 
     /// Choose a key that can serve `model` now (`None`: the model is unknown).
     ///
-    /// The lease counts as in flight until it is reported or dropped. Errors with
-    /// [`ErrorKind::NoKeyAvailable`] when every key is disabled or cooling down for the model,
-    /// with `retry_after` set to when the first cooling key frees (none if all are disabled).
+    /// The lease counts as in flight until it is reported or dropped. When no key can, the
+    /// error says why: [`ErrorKind::NoKeyAvailable`](crate::ErrorKind::NoKeyAvailable) (keys cooling down after Google's 429s),
+    /// [`ErrorKind::QuotaExhausted`](crate::ErrorKind::QuotaExhausted) (every project at its local quota, naming the dimension),
+    /// both with `retry_after` set to when the first frees, or [`ErrorKind::AllKeysDisabled`](crate::ErrorKind::AllKeysDisabled)
+    /// (every key disabled for good; no `retry_after`).
     pub fn select(&self, model: Option<&str>) -> Result<KeyLease, Error> {
         self.select_with(model, Demand::default())
     }
 
     /// Like [`select`](Self::select), also skipping projects whose quota ledger has no room
-    /// for `demand` (one request, its tokens and images) on this model.
+    /// for `demand` (one request, its tokens and images) on this model. Where the project has
+    /// a limit, the request's place in its ledger is taken in the same step.
     pub fn select_with(&self, model: Option<&str>, demand: Demand) -> Result<KeyLease, Error> {
+        self.select_in(self.model_slots(model), demand)
+    }
+
+    /// The pool's entry for `model` (`None`: unknown), created on first use.
+    pub(crate) fn model_slots(&self, model: Option<&str>) -> Arc<ModelSlots> {
+        match model {
+            Some(model) => self.inner.models.get(model),
+            None => self.inner.models.unknown(),
+        }
+    }
+
+    /// Select among the keys for a resolved model entry.
+    pub(crate) fn select_in(
+        &self,
+        slots: Arc<ModelSlots>,
+        demand: Demand,
+    ) -> Result<KeyLease, Error> {
         let inner = &*self.inner;
-        let slots = match model {
-            Some(model) => inner.models.get(model),
-            None => inner.models.unknown(),
-        };
         let now = inner.clock.now_millis();
-        let candidates = Candidates {
+        // Each round either leases a key or finds one more project without room (another
+        // request took its last slot between the look and the admission); bounded by the keys.
+        for _ in 0..=inner.keys.len() {
+            let candidates = Candidates {
+                keys: &inner.keys,
+                projects: &inner.projects,
+                slots: &slots,
+                now,
+                demand,
+            };
+            let chosen = inner
+                .strategy
+                .choose(&candidates)
+                .filter(|&i| candidates.is_available(i))
+                // A strategy that picks an unavailable key is overruled, not trusted.
+                .or_else(|| candidates.available().next());
+            let Some(index) = chosen else {
+                return Err(unavailable::error(&candidates));
+            };
+            let project = inner.keys[index].project;
+            let slot = &slots.projects[project];
+            let reservation = if slot.quota.is_limited() {
+                match slot.quota.admit(demand, now) {
+                    Ok(ticket) => ticket.map(|ticket| {
+                        let meter = MeterRef {
+                            slots: slots.clone(),
+                            project,
+                        };
+                        Reservation::new(meter, ticket, index)
+                    }),
+                    Err(_) => continue,
+                }
+            } else {
+                None
+            };
+            slot.sent.record(now);
+            let health = &inner.keys[index].health;
+            health.in_flight.fetch_add(1, Ordering::Relaxed);
+            health.last_used.store(now, Ordering::Relaxed);
+            return Ok(KeyLease {
+                pool: self.inner.clone(),
+                index,
+                slots,
+                reservation,
+                selected_at: now,
+            });
+        }
+        Err(self.unavailable(&slots, demand))
+    }
+
+    /// Why no key can take this request now, without taking one.
+    pub(crate) fn unavailable(&self, slots: &ModelSlots, demand: Demand) -> Error {
+        let inner = &*self.inner;
+        unavailable::error(&Candidates {
             keys: &inner.keys,
             projects: &inner.projects,
-            slots: &slots,
-            now,
-            demand,
-        };
-        let chosen = inner
-            .strategy
-            .choose(&candidates)
-            .filter(|&i| candidates.is_available(i))
-            // A strategy that picks an unavailable key is overruled, not trusted.
-            .or_else(|| candidates.available().next());
-        let Some(index) = chosen else {
-            return Err(no_key_error(&candidates));
-        };
-        let health = &inner.keys[index].health;
-        health.in_flight.fetch_add(1, Ordering::Relaxed);
-        health.last_used.store(now, Ordering::Relaxed);
-        Ok(KeyLease {
-            pool: self.inner.clone(),
-            index,
             slots,
+            now: inner.clock.now_millis(),
+            demand,
         })
     }
 
@@ -230,13 +288,11 @@ impl KeyPool {
 
     /// The quota ledger of a key's project for `model`.
     pub(crate) fn meter(&self, key_index: usize, model: Option<&str>) -> Option<MeterRef> {
-        let inner = &*self.inner;
-        let project = inner.keys.get(key_index)?.project;
-        let slots = match model {
-            Some(model) => inner.models.get(model),
-            None => inner.models.unknown(),
-        };
-        Some(MeterRef { slots, project })
+        let project = self.inner.keys.get(key_index)?.project;
+        Some(MeterRef {
+            slots: self.model_slots(model),
+            project,
+        })
     }
 
     /// Used and limit per dimension for every project and model with a limit.
@@ -301,6 +357,7 @@ impl PoolInner {
         &self,
         index: usize,
         slots: &ModelSlots,
+        selected_at: u64,
         outcome: &Classification,
         latency: Duration,
     ) {
@@ -328,6 +385,10 @@ impl PoolInner {
         }
         let fingerprint = entry.key.fingerprint();
         let project = &inner.projects[entry.project];
+        if class.is_quota() {
+            // Google refused it: it is not among the requests Google counts.
+            slots.projects[entry.project].sent.forget(selected_at);
+        }
         // Quota answers name the model; prefer the request's, fall back on the answer's.
         let learned;
         let slots = match outcome.model() {
@@ -338,6 +399,14 @@ impl PoolInner {
             _ => slots,
         };
         let model = &*slots.name;
+        if matches!(
+            class,
+            Class::QuotaDaily | Class::QuotaMinute | Class::ModelNotOnTier
+        ) {
+            // Google said something about this model: keep its entry whatever callers send.
+            slots.pin();
+        }
+
         match class {
             Class::KeyInvalid | Class::KeyForbidden => {
                 let reason = if class == Class::KeyInvalid {
@@ -422,7 +491,15 @@ impl PoolInner {
         let Some(value) = outcome.quota_value().filter(|&v| v > 0) else {
             return;
         };
-        if slots.projects[project].quota.learn(dimension, value) {
+        let slot = &slots.projects[project];
+        let now = self.clock.now_millis();
+        let sent = slot.sent.last_minute(now);
+        let history = History {
+            now,
+            sent: &sent,
+            retry_after: outcome.retry_after(),
+        };
+        if slot.quota.learn(dimension, value, history) {
             self.has_limits.store(true, Ordering::Release);
             tracing::info!(
                 gemini.project = %self.projects[project].name,
@@ -447,51 +524,6 @@ impl fmt::Debug for KeyPool {
             )
             .field("strategy", &self.inner.strategy)
             .finish()
-    }
-}
-
-fn no_key_error(candidates: &Candidates<'_>) -> Error {
-    let now = candidates.now;
-    let mut disabled = 0;
-    let mut cooling = 0;
-    let mut earliest: Option<u64> = None;
-    for i in 0..candidates.len() {
-        match candidates.available_at(i) {
-            None => disabled += 1,
-            Some(at) => {
-                cooling += 1;
-                earliest = Some(earliest.map_or(at, |e| e.min(at)));
-            }
-        }
-    }
-    let model = if candidates.slots.is_unknown() {
-        "this request".to_owned()
-    } else {
-        format!("model {}", candidates.slots.name)
-    };
-    let retry_after = earliest.map(|at| Duration::from_millis(at.saturating_sub(now)));
-    let message = match (disabled, cooling) {
-        (_, 0) => format!(
-            "no API key can serve {model}: all {disabled} keys are disabled (invalid, forbidden, out of credits or model not on tier); fix them and call KeyPool::reset"
-        ),
-        (0, _) => format!("no API key can serve {model} now: all {cooling} keys are cooling down"),
-        _ => {
-            format!("no API key can serve {model} now: {cooling} cooling down, {disabled} disabled")
-        }
-    };
-    Error::new(ErrorKind::NoKeyAvailable, message).with_retry_after(retry_after)
-}
-
-/// A handle on one project's quota ledger for one model.
-#[derive(Clone)]
-pub(crate) struct MeterRef {
-    slots: Arc<ModelSlots>,
-    project: usize,
-}
-
-impl MeterRef {
-    pub(crate) fn meters(&self) -> &Meters {
-        &self.slots.projects[self.project].quota
     }
 }
 
@@ -537,6 +569,9 @@ pub struct KeyLease {
     pool: Arc<PoolInner>,
     index: usize,
     slots: Arc<ModelSlots>,
+    reservation: Option<Reservation>,
+    /// When it was chosen (Unix ms).
+    selected_at: u64,
 }
 
 impl KeyLease {
@@ -557,9 +592,15 @@ impl KeyLease {
         }
     }
 
+    /// The ledger slot reserved for the request, to hand to the quota layer.
+    pub(crate) fn take_reservation(&mut self) -> Option<Reservation> {
+        self.reservation.take()
+    }
+
     /// Tell the pool how the request went: health, cool-downs and counters follow the class.
     pub fn report(self, outcome: &Classification, latency: Duration) {
-        self.pool.report(self.index, &self.slots, outcome, latency);
+        self.pool
+            .report(self.index, &self.slots, self.selected_at, outcome, latency);
     }
 }
 

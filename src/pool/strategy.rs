@@ -8,9 +8,10 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::health::ModelSlots;
+use super::health::{DisabledReason, ModelSlots};
 use super::{KeyEntry, ProjectEntry};
 use crate::quota::Demand;
+use crate::quota::Refusal;
 use crate::random::UnitRng;
 
 /// Picks one key among the candidates for a request.
@@ -150,6 +151,38 @@ impl Candidates<'_> {
         }
     }
 
+    /// Why key `index` cannot serve this request now; `None` if it can.
+    pub(crate) fn blocker(&self, index: usize) -> Option<Blocker> {
+        let entry = self.keys.get(index)?;
+        if let Some(reason) = entry.health.disabled.get() {
+            return Some(Blocker::Disabled(reason));
+        }
+        if let Some(reason) = self.projects[entry.project].health.disabled.get() {
+            return Some(Blocker::Disabled(reason));
+        }
+        let slot = &self.slots.projects[entry.project];
+        if slot.not_on_tier.load(Ordering::Acquire) {
+            return Some(Blocker::Disabled(DisabledReason::ModelNotOnTier));
+        }
+        let cooled = entry
+            .health
+            .cool_until
+            .load(Ordering::Acquire)
+            .max(slot.cool_until.load(Ordering::Acquire));
+        if cooled > self.now {
+            return Some(Blocker::Cooling(cooled));
+        }
+        slot.quota
+            .check(self.demand, self.now)
+            .err()
+            .map(|refusal| {
+                let at = refusal
+                    .retry_after
+                    .map(|wait| crate::clock::add(self.now, wait.max(Duration::from_millis(1))));
+                Blocker::Quota(refusal, at)
+            })
+    }
+
     /// Scan every key once starting at `start`, returning the available key minimising `cost`
     /// (first found wins ties, so a rotating start spreads ties).
     fn min_from<C: PartialOrd>(&self, start: usize, cost: impl Fn(usize) -> C) -> Option<usize> {
@@ -167,6 +200,18 @@ impl Candidates<'_> {
         }
         best.map(|(i, _)| i)
     }
+}
+
+/// Why a key cannot serve a request now.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Blocker {
+    /// Disabled (key, project, or the model for the project) until reset.
+    Disabled(DisabledReason),
+    /// Cooling down after Google refused it, until this time (Unix ms).
+    Cooling(u64),
+    /// The project's local ledger has no room; a slot frees then (never, if the request is
+    /// larger than the limit).
+    Quota(Refusal, Option<u64>),
 }
 
 /// Each key in turn, skipping keys that cannot serve the model. The default.

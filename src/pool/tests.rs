@@ -5,6 +5,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use super::*;
+use crate::ErrorKind;
 use crate::clock::ManualClock;
 
 fn ts(s: &str) -> jiff::Timestamp {
@@ -479,9 +480,14 @@ fn invalid_key_is_disabled_for_good_until_reset() {
         .unwrap()
         .report(&answer(400, INVALID), Duration::ZERO);
     let err = pool.select(Some("m")).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::NoKeyAvailable);
+    assert_eq!(
+        err.kind(),
+        ErrorKind::AllKeysDisabled,
+        "a configuration fault, not a wait"
+    );
     assert_eq!(err.retry_after(), None);
-    assert!(err.to_string().contains("disabled"), "{err}");
+    assert_eq!(err.status_code(), 503);
+    assert!(err.to_string().contains("1 invalid"), "{err}");
     let snap = pool.snapshot();
     assert_eq!(snap.keys[0].state, KeyState::Disabled);
     assert_eq!(snap.keys[0].reason, Some(DisabledReason::KeyInvalid));

@@ -5,7 +5,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
@@ -83,34 +85,80 @@ impl fmt::Debug for ClientKey {
     }
 }
 
-/// Most clients tracked; further ones share one bucket so memory stays bounded.
+/// Most clients tracked at once. Idle clients are forgotten (see [`Ledger::sweep`]); only if
+/// this many are active at once do newcomers share one bucket until some go idle.
 const MAX_CLIENTS: usize = 100_000;
+/// A sweep for idle clients runs at least every this many new clients.
+const SWEEP_EVERY: u64 = 4096;
+/// A client with no request for this long holds nothing in a per-minute window.
+const IDLE_MS: u64 = 60_000;
 
+/// One client's meters and when it was last seen (Unix ms).
+struct Client {
+    meters: Meters,
+    last_seen: AtomicU64,
+}
+
+/// The clients, keyed by a keyed hash of what identifies them: the ledger never holds a
+/// client's token itself.
 struct Ledger {
     limits: ModelLimits,
     clock: Arc<dyn Clock>,
-    clients: RwLock<HashMap<String, Arc<Meters>>>,
-    overflow: Arc<Meters>,
+    hasher: RandomState,
+    clients: RwLock<HashMap<u64, Arc<Client>>>,
+    overflow: Arc<Client>,
+    new_clients: AtomicU64,
 }
 
 impl Ledger {
-    fn meters(&self, client: &str) -> Arc<Meters> {
-        if let Some(m) = self
+    fn client(&self, client: &str, now: u64) -> Arc<Client> {
+        let id = self.hasher.hash_one(client);
+        if let Some(c) = self
             .clients
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(client)
+            .get(&id)
         {
-            return m.clone();
+            c.last_seen.store(now, Ordering::Relaxed);
+            return c.clone();
         }
         let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
-        if clients.len() >= MAX_CLIENTS && !clients.contains_key(client) {
+        if let Some(c) = clients.get(&id) {
+            return c.clone();
+        }
+        let count = self.new_clients.fetch_add(1, Ordering::Relaxed) + 1;
+        if clients.len() >= MAX_CLIENTS || count % SWEEP_EVERY == 0 {
+            self.sweep(&mut clients, now);
+        }
+        if clients.len() >= MAX_CLIENTS {
             return self.overflow.clone();
         }
         clients
-            .entry(client.to_owned())
-            .or_insert_with(|| Arc::new(Meters::new(self.limits)))
+            .entry(id)
+            .or_insert_with(|| {
+                Arc::new(Client {
+                    meters: Meters::new(self.limits),
+                    last_seen: AtomicU64::new(now),
+                })
+            })
             .clone()
+    }
+
+    /// Forget clients whose meters hold nothing any more: no request in the last minute and,
+    /// with a daily limit, none today (Pacific), so forgetting them lets nothing extra through.
+    fn sweep(&self, clients: &mut HashMap<u64, Arc<Client>>, now: u64) {
+        let day_start = crate::clock::pacific_day_start(now);
+        let daily = self.limits.rpd.is_some();
+        clients.retain(|_, c| {
+            let seen = c.last_seen.load(Ordering::Relaxed);
+            let idle = seen.saturating_add(IDLE_MS) <= now && (!daily || seen < day_start);
+            !idle || Arc::strong_count(c) > 1
+        });
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.clients.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
@@ -147,8 +195,13 @@ impl InboundQuotaLayer {
             ledger: Arc::new(Ledger {
                 limits,
                 clock: Arc::new(clock),
+                hasher: RandomState::new(),
                 clients: RwLock::new(HashMap::new()),
-                overflow: Arc::new(Meters::new(limits)),
+                overflow: Arc::new(Client {
+                    meters: Meters::new(limits),
+                    last_seen: AtomicU64::new(0),
+                }),
+                new_clients: AtomicU64::new(0),
             }),
             key: ClientKey::client_ip(),
         }
@@ -257,7 +310,9 @@ where
             extensions: request.extensions(),
         };
         let client = (self.key.0)(&head).unwrap_or_else(|| "anonymous".to_owned());
-        let meters = self.ledger.meters(&client);
+        let now = self.ledger.clock.now_millis();
+        let entry = self.ledger.client(&client, now);
+        let meters = &entry.meters;
         let demand = if meters.limits().tpm.is_some() || meters.limits().ipm.is_some() {
             crate::peek::body_bytes(request.body())
                 .map(|b| BytesPerToken::default().estimate(&b))
@@ -265,7 +320,7 @@ where
         } else {
             Demand::default()
         };
-        match meters.admit(demand, self.ledger.clock.now_millis()) {
+        match meters.admit(demand, now) {
             Ok(_) => InboundFuture {
                 kind: Kind::Inner {
                     future: self.inner.call(request),
@@ -319,5 +374,102 @@ where
                 })))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn ledger(limits: ModelLimits, clock: &ManualClock) -> Arc<Ledger> {
+        InboundQuotaLayer::with_clock(limits, clock.clone()).ledger
+    }
+
+    const RPM_1: ModelLimits = ModelLimits {
+        rpm: Some(1),
+        tpm: None,
+        rpd: None,
+        ipm: None,
+    };
+
+    #[test]
+    fn idle_clients_are_forgotten() {
+        let clock = ManualClock::at("2026-11-22T20:00:00Z".parse().unwrap());
+        let ledger = ledger(RPM_1, &clock);
+        let now = clock.now_millis();
+        for i in 0..2 * SWEEP_EVERY {
+            ledger.client(&format!("one-off-token-{i:06}"), now);
+        }
+        assert_eq!(ledger.len(), 2 * SWEEP_EVERY as usize);
+        // A minute later those hold nothing: the next sweep forgets them.
+        clock.advance(Duration::from_secs(61));
+        let later = clock.now_millis();
+        for i in 0..SWEEP_EVERY {
+            ledger.client(&format!("later-token-{i:06}"), later);
+        }
+        assert!(
+            ledger.len() <= SWEEP_EVERY as usize,
+            "{} clients kept",
+            ledger.len()
+        );
+    }
+
+    #[test]
+    fn a_full_table_frees_up_once_clients_go_idle() {
+        let clock = ManualClock::at("2026-11-22T20:00:00Z".parse().unwrap());
+        let ledger = ledger(RPM_1, &clock);
+        let now = clock.now_millis();
+        for i in 0..MAX_CLIENTS {
+            ledger.client(&format!("flood-{i}"), now);
+        }
+        // Full, and every entry active: a newcomer shares the overflow bucket for now.
+        let newcomer = ledger.client("a-real-client-token", now);
+        assert!(Arc::ptr_eq(&newcomer, &ledger.overflow));
+        drop(newcomer);
+        // Not for good: once the flood is idle, the newcomer gets its own meters.
+        clock.advance(Duration::from_secs(61));
+        let later = clock.now_millis();
+        let own = ledger.client("a-real-client-token", later);
+        assert!(!Arc::ptr_eq(&own, &ledger.overflow));
+        assert!(ledger.len() < 10, "{}", ledger.len());
+        // Its limit is its own: one request passes.
+        assert!(own.meters.admit(Demand::default(), later).is_ok());
+    }
+
+    #[test]
+    fn clients_with_a_daily_count_are_kept_for_the_day() {
+        // 20:00 UTC is 12:00 in Los Angeles: the Pacific day ends in 12 hours.
+        let clock = ManualClock::at("2026-11-22T20:00:00Z".parse().unwrap());
+        let limits = ModelLimits {
+            rpd: Some(1),
+            ..ModelLimits::default()
+        };
+        let ledger = ledger(limits, &clock);
+        let now = clock.now_millis();
+        let spent = ledger.client("daily-client-token", now);
+        assert!(spent.meters.admit(Demand::default(), now).is_ok());
+        drop(spent);
+        clock.advance(Duration::from_secs(3600));
+        let later = clock.now_millis();
+        let mut clients = ledger.clients.write().unwrap();
+        ledger.sweep(&mut clients, later);
+        assert_eq!(
+            clients.len(),
+            1,
+            "forgetting it would reset its daily count"
+        );
+        drop(clients);
+        let again = ledger.client("daily-client-token", later);
+        assert!(again.meters.admit(Demand::default(), later).is_err());
+        // The next Pacific day it holds nothing and goes.
+        clock.advance(Duration::from_secs(12 * 3600));
+        let tomorrow = clock.now_millis();
+        drop(again);
+        let mut clients = ledger.clients.write().unwrap();
+        ledger.sweep(&mut clients, tomorrow);
+        assert!(clients.is_empty());
     }
 }

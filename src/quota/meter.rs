@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -135,6 +135,50 @@ struct State {
 }
 
 impl State {
+    /// Start an empty ledger from what Google has counted (see [`Meters::learn`]).
+    fn backfill(&mut self, dimension: Dimension, value: u64, history: History<'_>) {
+        let now = history.now;
+        self.expire(now);
+        // Google said when its oldest counted request leaves the window: that places the
+        // oldest second's requests exactly (the others sit at the end of their second, so they
+        // free no earlier than Google frees them).
+        let oldest = history
+            .retry_after
+            .and_then(|d| u64::try_from(d.as_millis()).ok())
+            .filter(|&d| d <= MINUTE_MS)
+            .map(|d| (now + d).saturating_sub(MINUTE_MS));
+        for (i, &(at, requests)) in history.sent.iter().enumerate() {
+            let at = match oldest {
+                Some(oldest) if i == 0 && oldest <= at && oldest + 1000 > at => oldest,
+                _ => at,
+            };
+            if at <= now && at + MINUTE_MS > now {
+                self.requests.push(at, requests);
+            }
+        }
+        match dimension {
+            Dimension::TokensPerMinute => {
+                // The oldest counted tokens leave Google's window when it said; spread the
+                // limit from then back to a minute before, so slots free gradually.
+                let wait = history
+                    .retry_after
+                    .map_or(MINUTE_MS, |d| {
+                        u64::try_from(d.as_millis()).unwrap_or(MINUTE_MS)
+                    })
+                    .min(MINUTE_MS);
+                let first = now.saturating_sub(MINUTE_MS - wait);
+                const PARTS: u64 = 6;
+                for i in 0..PARTS {
+                    let at = first + (now - first) * i / (PARTS - 1);
+                    let share = value / PARTS + u64::from(i == PARTS - 1) * (value % PARTS);
+                    self.tokens.push(at, share);
+                }
+            }
+            Dimension::RequestsPerDay => self.day_count = self.day_count.max(value),
+            _ => {}
+        }
+    }
+
     fn expire(&mut self, now: u64) {
         self.requests.expire(now);
         self.tokens.expire(now);
@@ -193,10 +237,16 @@ pub(crate) struct Meters {
     /// False while no dimension has a limit: nothing to lock or count.
     limited: AtomicBool,
     state: Mutex<State>,
-    /// Requests waiting for a slot; while any wait, newcomers queue behind them.
-    pub(crate) waiters: AtomicU32,
-    /// The waiting line (tokio's mutex is fair: first come, first served).
-    pub(crate) lane: tokio::sync::Mutex<()>,
+}
+
+/// What was sent before a limit was learned, so that the ledger starts where Google's count is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct History<'a> {
+    pub(crate) now: u64,
+    /// `(time, requests)` of the last minute, oldest first.
+    pub(crate) sent: &'a [(u64, u64)],
+    /// When Google said a slot frees.
+    pub(crate) retry_after: Option<Duration>,
 }
 
 /// Usage of one dimension, for snapshots.
@@ -253,12 +303,21 @@ impl Meters {
     }
 
     /// Lower one dimension's limit to what Google reported; returns true if it changed.
-    pub(crate) fn learn(&self, dimension: Dimension, value: u64) -> bool {
-        let mut limits = self.limits();
+    ///
+    /// A ledger that had no limit recorded nothing, while Google counted every request: it
+    /// starts from `history` instead of empty, or the first window after the cool-down would
+    /// admit a full minute's worth again and meet more 429s. Requests come from the per-second
+    /// counts; tokens (never estimated without a limit) are taken as the whole limit, spread
+    /// over the part of the minute Google still counts; a daily limit as used up.
+    pub(crate) fn learn(&self, dimension: Dimension, value: u64, history: History<'_>) -> bool {
+        let mut state = self.lock();
+        let was_limited = self.is_limited();
+        let mut limits = state.limits;
         let narrow = |current: Option<u64>| current.is_none_or(|c| value < c);
+        let as_u32 = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
         let changed = match dimension {
             Dimension::RequestsPerMinute if narrow(limits.rpm.map(u64::from)) => {
-                limits.rpm = Some(u32::try_from(value).unwrap_or(u32::MAX));
+                limits.rpm = Some(as_u32(value));
                 true
             }
             Dimension::TokensPerMinute if narrow(limits.tpm) => {
@@ -266,19 +325,24 @@ impl Meters {
                 true
             }
             Dimension::RequestsPerDay if narrow(limits.rpd.map(u64::from)) => {
-                limits.rpd = Some(u32::try_from(value).unwrap_or(u32::MAX));
+                limits.rpd = Some(as_u32(value));
                 true
             }
             Dimension::ImagesPerMinute if narrow(limits.ipm.map(u64::from)) => {
-                limits.ipm = Some(u32::try_from(value).unwrap_or(u32::MAX));
+                limits.ipm = Some(as_u32(value));
                 true
             }
             _ => false,
         };
-        if changed {
-            self.set_limits(limits);
+        if !changed {
+            return false;
         }
-        changed
+        state.limits = limits;
+        self.limited.store(true, Ordering::Release);
+        if !was_limited {
+            state.backfill(dimension, value, history);
+        }
+        true
     }
 
     /// Would `demand` fit now? `Ok` or the refusal, spending nothing.
@@ -521,14 +585,83 @@ mod tests {
         assert_eq!(snap.rpd.unwrap().used, 0);
     }
 
+    fn nothing_sent(now: u64) -> History<'static> {
+        History {
+            now,
+            sent: &[],
+            retry_after: None,
+        }
+    }
+
     #[test]
     fn learning_only_lowers() {
         let meters = rpm(10);
-        assert!(meters.learn(Dimension::RequestsPerMinute, 5));
-        assert!(!meters.learn(Dimension::RequestsPerMinute, 8));
+        assert!(meters.learn(Dimension::RequestsPerMinute, 5, nothing_sent(T0)));
+        assert!(!meters.learn(Dimension::RequestsPerMinute, 8, nothing_sent(T0)));
         assert_eq!(meters.limits().rpm, Some(5));
-        assert!(meters.learn(Dimension::TokensPerMinute, 1000));
+        assert!(meters.learn(Dimension::TokensPerMinute, 1000, nothing_sent(T0)));
         assert_eq!(meters.limits().tpm, Some(1000));
+    }
+
+    #[test]
+    fn a_learned_limit_starts_from_what_was_sent() {
+        // Unlimited until Google's 429 at T0 + 40 s: 5 requests at T0 + 1 s, 5 at T0 + 30 s.
+        let meters = Meters::default();
+        let now = T0 + 40_000;
+        let sent = [(T0 + 1_999, 5), (T0 + 30_999, 5)];
+        let history = History {
+            now,
+            sent: &sent,
+            retry_after: Some(Duration::from_secs(22)),
+        };
+        assert!(meters.learn(Dimension::RequestsPerMinute, 10, history));
+        let one = Demand::default();
+        let refusal = meters.admit(one, now).unwrap_err();
+        assert_eq!(refusal.retry_after, Some(Duration::from_millis(21_999)));
+        // The first five leave the window together, the next five 29 s later: never more than
+        // ten in any minute, as Google counts them.
+        let first_free = T0 + 61_999;
+        for _ in 0..5 {
+            assert!(meters.admit(one, first_free).is_ok());
+        }
+        assert!(meters.admit(one, first_free).is_err());
+        assert!(meters.admit(one, T0 + 90_999).is_ok());
+    }
+
+    #[test]
+    fn a_learned_token_limit_is_full_and_frees_gradually() {
+        let meters = Meters::default();
+        let history = History {
+            now: T0,
+            sent: &[],
+            retry_after: Some(Duration::from_secs(30)),
+        };
+        assert!(meters.learn(Dimension::TokensPerMinute, 600, history));
+        let some = Demand {
+            tokens: 100,
+            images: 0,
+        };
+        // Google counts 600 tokens spread over the last 30 s: the first 100 free in 30 s.
+        let refusal = meters.admit(some, T0).unwrap_err();
+        assert_eq!(refusal.retry_after, Some(Duration::from_secs(30)));
+        assert!(meters.admit(some, T0 + 30_000).is_ok());
+        assert!(meters.admit(some, T0 + 30_000).is_err());
+    }
+
+    #[test]
+    fn learning_on_a_limited_ledger_keeps_its_own_record() {
+        let meters = rpm(10);
+        for _ in 0..3 {
+            meters.admit(Demand::default(), T0).unwrap();
+        }
+        let sent = [(T0, 50)];
+        let history = History {
+            now: T0,
+            sent: &sent,
+            retry_after: None,
+        };
+        assert!(meters.learn(Dimension::RequestsPerMinute, 5, history));
+        assert_eq!(meters.snapshot(T0).rpm.unwrap().used, 3);
     }
 
     #[test]

@@ -60,8 +60,8 @@ mod usage;
 
 pub use estimate::{BytesPerToken, TokenEstimator};
 pub use inbound::{ClientKey, InboundFuture, InboundQuota, InboundQuotaLayer};
-pub(crate) use meter::Meters;
 pub use meter::{Demand, Dimension, MeterSnapshot, Refusal, Usage};
+pub(crate) use meter::{History, Meters, Ticket};
 pub use presets::Tier;
 pub use service::{Quota, QuotaLayer, ResponseFuture};
 pub use usage::UsageBody;

@@ -135,6 +135,14 @@ impl Backoff {
     pub fn delay(&self, n: u32) -> Duration {
         self.jitter.apply(self.base(n)).min(self.max)
     }
+
+    /// A wait someone else gave (an open circuit's time left), spread so that the callers
+    /// waiting on it do not all come back in the same millisecond: `wait` plus the jitter of a
+    /// quarter of it, the spread kept between 100 ms and 2 s.
+    pub fn spread(&self, wait: Duration) -> Duration {
+        let spread = (wait / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
+        wait.saturating_add(self.jitter.apply(spread).min(spread))
+    }
 }
 
 impl Default for Backoff {
@@ -181,6 +189,24 @@ mod tests {
             .map(|j| j.apply(Duration::from_secs(1)))
             .collect();
         assert!(a.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn spread_waits_stay_after_the_wait_and_within_the_spread() {
+        let backoff = Backoff::default().jitter(FullJitter::with_seed(5));
+        let wait = Duration::from_secs(1);
+        let waits: Vec<_> = (0..50).map(|_| backoff.spread(wait)).collect();
+        assert!(
+            waits
+                .iter()
+                .all(|&w| w >= wait && w <= wait + Duration::from_millis(250))
+        );
+        assert!(
+            waits.windows(2).any(|w| w[0] != w[1]),
+            "callers come back spread out"
+        );
+        let far = Backoff::default().jitter(NoJitter).spread(Duration::MAX);
+        assert_eq!(far, Duration::MAX);
     }
 
     #[test]

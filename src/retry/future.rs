@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::response::Parts;
@@ -19,6 +19,7 @@ use super::policy::{CallState, Decision, Outcome, RetryPolicy, Stop};
 use crate::body::{Prefix, ResponseBody};
 use crate::classify::Classification;
 use crate::error::{BoxError, Error, ErrorKind};
+use crate::key_rotation::ErrorBodyLimits;
 use crate::pool::{Fingerprint, SelectedKey};
 
 pin_project! {
@@ -30,11 +31,14 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future, ResB>,
+        // Armed the first time the call has to wait for anything: the retry deadline.
+        #[pin]
+        deadline: Option<Sleep>,
         service: S,
         request: Option<Request<B>>,
         policy: RetryPolicy,
         call: CallState,
-        max_error_body: usize,
+        error_body: ErrorBodyLimits,
         span: Span,
         attempt_span: Span,
         attempt_started: Instant,
@@ -62,20 +66,21 @@ where
         mut service: S,
         request: Request<B>,
         policy: RetryPolicy,
-        max_error_body: usize,
+        error_body: ErrorBodyLimits,
     ) -> Self {
         let call = policy.start();
         let span = tracing::info_span!("gemini.request", gemini.model = Empty, attempts = Empty);
         let attempt_span = attempt_span(&span, 1, policy.attempts());
-        let first = with_attempt(request.clone(), 1, policy.attempts());
+        let first = with_attempt(request.clone(), 1, policy.attempts(), call.deadline);
         let future = attempt_span.in_scope(|| service.call(first));
         ResponseFuture {
             state: State::Calling { future },
+            deadline: None,
             service,
             request: (policy.attempts() > 1).then_some(request),
             policy,
             call,
-            max_error_body,
+            error_body,
             span,
             attempt_span,
             attempt_started: Instant::now(),
@@ -88,8 +93,17 @@ fn attempt_span(parent: &Span, number: u32, max: u32) -> Span {
         gemini.key = Empty, gemini.model = Empty, gemini.class = Empty, latency_ms = Empty)
 }
 
-fn with_attempt<B>(mut request: Request<B>, number: u32, max: u32) -> Request<B> {
-    request.extensions_mut().insert(Attempt { number, max });
+fn with_attempt<B>(
+    mut request: Request<B>,
+    number: u32,
+    max: u32,
+    deadline: Instant,
+) -> Request<B> {
+    request.extensions_mut().insert(Attempt {
+        number,
+        max,
+        deadline,
+    });
     request
 }
 
@@ -133,7 +147,10 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Readying => {
-                    if let Err(error) = ready!(this.service.poll_ready(cx)) {
+                    let Poll::Ready(ready) = this.service.poll_ready(cx) else {
+                        break;
+                    };
+                    if let Err(error) = ready {
                         this.state.set(State::Done);
                         return Poll::Ready(Err(Error::from_inner(error)));
                     }
@@ -143,16 +160,19 @@ where
                     };
                     let number = this.call.attempts + 1;
                     let max = this.policy.attempts();
-                    let request = with_attempt(template.clone(), number, max);
+                    let request = with_attempt(template.clone(), number, max, this.call.deadline);
                     *this.attempt_span = attempt_span(this.span, number, max);
                     *this.attempt_started = Instant::now();
                     let future = this.attempt_span.in_scope(|| this.service.call(request));
                     this.state.set(State::Calling { future });
                 }
                 StateProj::Calling { future } => {
-                    let result = {
+                    let polled = {
                         let _entered = this.attempt_span.enter();
-                        ready!(future.poll(cx))
+                        future.poll(cx)
+                    };
+                    let Poll::Ready(result) = polled else {
+                        break;
                     };
                     let response = match result {
                         Ok(response) => response,
@@ -192,7 +212,8 @@ where
                             c
                         }
                         None => {
-                            let prefix = Prefix::new(body, *this.max_error_body);
+                            let limits = *this.error_body;
+                            let prefix = Prefix::new(body, limits.bytes, limits.time);
                             this.state.set(State::Reading {
                                 parts: Some(parts),
                                 prefix: Some(prefix),
@@ -219,7 +240,9 @@ where
                         this.state.set(State::Done);
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    ready!(reading.poll_read(cx));
+                    if reading.poll_read(cx).is_pending() {
+                        break;
+                    }
                     let classification = Classification::from_response(head.status, reading.seen());
                     let (Some(mut head), Some(reading)) = (parts.take(), prefix.take()) else {
                         return Poll::Ready(Err(polled_after_completion()));
@@ -240,12 +263,45 @@ where
                     }
                 }
                 StateProj::Sleeping { sleep } => {
-                    ready!(sleep.poll(cx));
+                    if sleep.poll(cx).is_pending() {
+                        break;
+                    }
                     this.state.set(State::Readying);
                 }
                 StateProj::Done => return Poll::Ready(Err(polled_after_completion())),
             }
         }
+        // Waiting for something: the deadline bounds the whole call, whatever it waits for.
+        if this.deadline.as_mut().as_pin_mut().is_none() {
+            this.deadline
+                .set(Some(tokio::time::sleep_until(this.call.deadline)));
+        }
+        let Some(deadline) = this.deadline.as_mut().as_pin_mut() else {
+            return Poll::Pending;
+        };
+        if deadline.poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if let StateProj::Reading {
+            prefix: Some(reading),
+            ..
+        } = this.state.as_mut().project()
+        {
+            // An error answer is here: classify what arrived of its body and return it.
+            reading.give_up();
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        this.state.set(State::Done);
+        this.span.record("attempts", this.call.attempts);
+        let message = format!(
+            "no answer within the {:.0}s retry deadline (attempt {} of {})",
+            this.policy.deadline.as_secs_f64(),
+            this.call.attempts + 1,
+            this.policy.attempts()
+        );
+        tracing::warn!("{message}");
+        Poll::Ready(Err(Error::new(ErrorKind::Timeout, message)))
     }
 }
 
@@ -303,6 +359,7 @@ fn settle<R>(
             response.extensions_mut().insert(Attempt {
                 number: call.attempts,
                 max: policy.attempts(),
+                deadline: call.deadline,
             });
             match stop {
                 Stop::Final => {
@@ -338,14 +395,9 @@ fn log_retry(
     crate::telemetry::retry(outcome.class);
     let max = policy.attempts();
     let next = call.attempts + 1;
-    if outcome.kind == Some(ErrorKind::NoKeyAvailable) {
+    if outcome.kind == Some(ErrorKind::CircuitOpen) {
         tracing::info!(
-            "no key available; waiting {:.1}s for one (attempt {next}/{max} next)",
-            delay.as_secs_f64()
-        );
-    } else if outcome.kind == Some(ErrorKind::CircuitOpen) {
-        tracing::info!(
-            "circuit open; waiting {:.1}s for it to half-open",
+            "circuit open; waiting {:.1}s for it to let calls through",
             delay.as_secs_f64()
         );
     } else if delay.is_zero() {

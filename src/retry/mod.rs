@@ -11,10 +11,17 @@
 //! - `RateLimited` rotates once at once, then backs off;
 //! - `Upstream` and `Transport` back off exponentially with jitter (1 s, ×2, 60 s cap, full jitter);
 //! - `Caller` is never retried;
-//! - `NoKeyAvailable` waits once for the first key to free if that fits in the deadline.
+//! - an open circuit is waited out (its time left, spread with jitter so the callers waiting on
+//!   it come back one by one) if that fits in the deadline;
+//! - no key (`NoKeyAvailable`, `QuotaExhausted` from selection, `AllKeysDisabled`) is final:
+//!   waiting for a key is opt-in, in [`KeyRotationLayer::wait_up_to`](crate::KeyRotationLayer::wait_up_to).
 //!
 //! Attempts (default `min(4, 2 × keys)` with [`RetryLayer::for_pool`]), an overall deadline
 //! (120 s) and a [`RetryBudget`] shared by all clones (20 % of calls plus 10 per second) bound it.
+//! The deadline bounds the whole call — attempts in flight, backoffs and waits together: when it
+//! passes, the call ends with [`ErrorKind::Timeout`](crate::ErrorKind::Timeout). The budget is
+//! spent only by retries after an answer from upstream; going again after a local refusal
+//! (an open circuit, a lost race for a quota slot) sent nothing and costs nothing.
 //! When it stops, the caller gets the last upstream response as it was; only a local last
 //! outcome (no key, circuit open, budget) becomes an [`Error`](crate::Error) with `retry_after`.
 //! A successful response is returned as soon as its head arrives and is never retried after that.
@@ -61,6 +68,7 @@ mod service;
 
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tower_layer::Layer;
 
 pub use backoff::{Backoff, EqualJitter, FullJitter, Jitter, NoJitter};
@@ -69,7 +77,7 @@ pub use future::ResponseFuture;
 pub use policy::{DEFAULT_DEADLINE, DEFAULT_RETRIES, GeminiPolicy, RetryPolicy};
 pub use service::Retry;
 
-use crate::key_rotation::DEFAULT_MAX_ERROR_BODY;
+use crate::key_rotation::ErrorBodyLimits;
 use crate::pool::KeyPool;
 
 /// Which attempt a request is: set by [`Retry`] in the request extensions of every attempt, and
@@ -80,13 +88,24 @@ pub struct Attempt {
     pub number: u32,
     /// The most attempts the policy allows.
     pub max: u32,
+    /// When the whole call must be over. Inner layers never wait past it: a request waiting
+    /// for a key ([`KeyRotationLayer::wait_up_to`](crate::KeyRotationLayer::wait_up_to)) gives
+    /// up by then.
+    pub deadline: Instant,
 }
 
 /// Applies [`Retry`] to a service. See the [module docs](self).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RetryLayer {
     policy: RetryPolicy,
-    max_error_body: usize,
+    error_body: ErrorBodyLimits,
+}
+
+impl Default for RetryLayer {
+    /// The same as [`RetryLayer::new`].
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl RetryLayer {
@@ -94,16 +113,13 @@ impl RetryLayer {
     pub fn new() -> Self {
         RetryLayer {
             policy: RetryPolicy::new(),
-            max_error_body: DEFAULT_MAX_ERROR_BODY,
+            error_body: ErrorBodyLimits::default(),
         }
     }
 
     /// `min(retries + 1, 2 × keys)` attempts with 3 retries.
     pub fn for_pool(pool: &KeyPool) -> Self {
-        RetryLayer {
-            policy: RetryPolicy::for_pool(pool),
-            max_error_body: DEFAULT_MAX_ERROR_BODY,
-        }
+        Self::new().policy(RetryPolicy::for_pool(pool))
     }
 
     /// Use this policy.
@@ -142,9 +158,23 @@ impl RetryLayer {
         self
     }
 
-    /// How much of an unclassified error body to read (used alone over a plain client).
+    /// How much of an unclassified error body to read (used alone over a plain client; default
+    /// 64 KiB).
     pub fn max_error_body(mut self, bytes: usize) -> Self {
-        self.max_error_body = bytes;
+        self.error_body.bytes = bytes;
+        self
+    }
+
+    /// How long to read an unclassified error body at most (default 5 s).
+    pub fn error_body_timeout(mut self, timeout: Duration) -> Self {
+        self.error_body.time = timeout;
+        self
+    }
+
+    /// Lengthen the deadline by a wait for a key the caller agreed to (see
+    /// [`GeminiLayer::wait_up_to`](crate::GeminiLayer::wait_up_to)).
+    pub(crate) fn extend_deadline(mut self, by: Duration) -> Self {
+        self.policy.deadline = self.policy.deadline.saturating_add(by);
         self
     }
 }
@@ -153,6 +183,8 @@ impl<S> Layer<S> for RetryLayer {
     type Service = Retry<S>;
 
     fn layer(&self, inner: S) -> Retry<S> {
-        Retry::new(inner, self.policy.clone()).max_error_body(self.max_error_body)
+        Retry::new(inner, self.policy.clone())
+            .max_error_body(self.error_body.bytes)
+            .error_body_timeout(self.error_body.time)
     }
 }

@@ -103,13 +103,13 @@ impl RetryPolicy {
         if let Some(budget) = &self.budget {
             budget.deposit();
         }
+        let started = Instant::now();
         CallState {
             attempts: 0,
             local_retries: 0,
             backoffs: 0,
             rate_limited_once: false,
-            waited_for_key: false,
-            started: Instant::now(),
+            deadline: crate::clock::instant_after(started, self.deadline),
         }
     }
 
@@ -120,18 +120,17 @@ impl RetryPolicy {
             state.attempts += 1;
         }
         let wait = match (outcome.kind, outcome.class) {
-            (Some(ErrorKind::NoKeyAvailable), _) => match outcome.retry_after {
-                Some(wait) if !state.waited_for_key => {
-                    state.waited_for_key = true;
-                    Wait::Given(wait)
-                }
-                _ => return Decision::Stop(Stop::Final),
-            },
+            // Waiting for a key is the key rotation layer's to do, within the bound its caller
+            // set; when it gives up (or was told not to wait), so does the call.
+            (Some(ErrorKind::NoKeyAvailable), _) => return Decision::Stop(Stop::Final),
             (Some(ErrorKind::CircuitOpen), _) => match outcome.retry_after {
-                Some(wait) => Wait::Given(wait),
+                Some(wait) => Wait::Given(self.backoff.spread(wait)),
                 None => return Decision::Stop(Stop::Final),
             },
-            (Some(ErrorKind::QuotaExhausted), _) => Wait::Now,
+            // The quota layer refused the key selection had just chosen (another request took
+            // the last slot in between): choose again at once. A refusal without a key comes
+            // from selection itself (no project has room): final, like `NoKeyAvailable`.
+            (Some(ErrorKind::QuotaExhausted), _) if outcome.keyed => Wait::Now,
             (Some(ErrorKind::Transport), _) => Wait::Backoff(self.next_backoff(state)),
             (Some(_), _) => return Decision::Stop(Stop::Final),
             (None, Some(class)) => match class {
@@ -157,22 +156,29 @@ impl RetryPolicy {
             if state.attempts >= self.max_attempts {
                 return Decision::Stop(Stop::Attempts);
             }
-        } else {
-            // Local refusals use no attempt, but cannot loop for ever either.
+        } else if matches!(wait, Wait::Now) {
+            // Local refusals use no attempt; those retried at once cannot loop for ever.
+            // (Timed waits are bounded by the deadline.)
             state.local_retries += 1;
             if state.local_retries > self.max_attempts {
                 return Decision::Stop(Stop::Final);
             }
         }
         let delay = wait.duration();
-        if state.started.elapsed() + delay > self.deadline {
+        if Instant::now()
+            .checked_add(delay)
+            .is_none_or(|at| at > state.deadline)
+        {
             return Decision::Stop(match wait {
                 // A wait the server or pool gave that does not fit: the local error stands.
                 Wait::Given(_) => Stop::Final,
                 _ => Stop::Deadline,
             });
         }
-        if let Some(budget) = &self.budget
+        // The budget bounds what retries add upstream. A local refusal sent nothing, so going
+        // again after one costs the upstream nothing and spends no budget.
+        if upstream
+            && let Some(budget) = &self.budget
             && !budget.withdraw()
         {
             return Decision::Stop(Stop::Budget);
@@ -214,8 +220,8 @@ pub(super) struct CallState {
     local_retries: u32,
     backoffs: u32,
     rate_limited_once: bool,
-    waited_for_key: bool,
-    pub(super) started: Instant,
+    /// When the whole call must be over: attempts, backoffs and waits together.
+    pub(super) deadline: Instant,
 }
 
 /// What an attempt produced, as the policy sees it.
@@ -224,6 +230,8 @@ pub(super) struct Outcome {
     pub(super) class: Option<Class>,
     pub(super) kind: Option<ErrorKind>,
     pub(super) retry_after: Option<Duration>,
+    /// The local error names one key (a quota refusal of the key just chosen).
+    pub(super) keyed: bool,
 }
 
 impl Outcome {
@@ -232,6 +240,7 @@ impl Outcome {
             class: Some(classification.class()),
             kind: None,
             retry_after: classification.retry_after(),
+            keyed: false,
         }
     }
 
@@ -240,6 +249,7 @@ impl Outcome {
             class: error.classification().map(Classification::class),
             kind: Some(error.kind()),
             retry_after: error.retry_after(),
+            keyed: error.key().is_some(),
         }
     }
 
@@ -358,6 +368,7 @@ impl<B: Clone, R> tower::retry::Policy<Request<B>, Response<R>, BoxError> for Ge
                     class: Some(Class::Transport),
                     kind: Some(ErrorKind::Transport),
                     retry_after: None,
+                    keyed: false,
                 },
             },
         };
@@ -379,6 +390,16 @@ mod tests {
             class: Some(class),
             kind: None,
             retry_after: None,
+            keyed: false,
+        }
+    }
+
+    fn local(kind: ErrorKind, retry_after: Option<Duration>, keyed: bool) -> Outcome {
+        Outcome {
+            class: None,
+            kind: Some(kind),
+            retry_after,
+            keyed,
         }
     }
 
@@ -456,26 +477,64 @@ mod tests {
     }
 
     #[test]
-    fn no_key_waits_once_within_the_deadline() {
-        let no_key = |after: u64| Outcome {
-            class: None,
-            kind: Some(ErrorKind::NoKeyAvailable),
-            retry_after: Some(Duration::from_secs(after)),
-        };
+    fn no_key_is_final_without_waiting() {
+        // Waiting for a key is opt-in, in the key rotation layer; the retry layer never hangs
+        // a caller on it.
+        for kind in [
+            ErrorKind::NoKeyAvailable,
+            ErrorKind::AllKeysDisabled,
+            ErrorKind::QuotaExhausted,
+        ] {
+            let no_key = local(kind, Some(Duration::from_secs(30)), false);
+            assert_eq!(
+                run(&policy(), &[no_key]),
+                [Decision::Stop(Stop::Final)],
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn absurd_delays_from_the_wire_stop_without_overflowing() {
+        for c in [Class::Upstream, Class::RateLimited, Class::Transport] {
+            let mut outcome = class(c);
+            outcome.retry_after = Some(Duration::MAX);
+            let decisions = run(&policy(), &[outcome, outcome]);
+            assert!(
+                decisions.contains(&Decision::Stop(Stop::Deadline)),
+                "{c}: {decisions:?}"
+            );
+        }
+        let open = local(ErrorKind::CircuitOpen, Some(Duration::MAX), false);
+        assert_eq!(run(&policy(), &[open]), [Decision::Stop(Stop::Final)]);
+    }
+
+    #[test]
+    fn local_refusals_spend_no_budget() {
+        let p = policy().budget(RetryBudget::new(Duration::from_secs(10), 0, 0.0));
+        let lost_race = local(ErrorKind::QuotaExhausted, None, true);
+        assert_eq!(run(&p, &[lost_race]), [Decision::Retry(Duration::ZERO)]);
+        let open = local(ErrorKind::CircuitOpen, Some(Duration::from_secs(1)), false);
+        assert!(matches!(run(&p, &[open])[0], Decision::Retry(_)));
+        // An answer from upstream does spend it.
         assert_eq!(
-            run(&policy(), &[no_key(30), no_key(30)]),
-            [
-                Decision::Retry(Duration::from_secs(30)),
-                Decision::Stop(Stop::Final)
-            ]
+            run(&p, &[class(Class::QuotaMinute)]),
+            [Decision::Stop(Stop::Budget)]
         );
-        let short = policy().deadline(Duration::from_secs(10));
-        assert_eq!(run(&short, &[no_key(30)]), [Decision::Stop(Stop::Final)]);
-        let never = Outcome {
-            retry_after: None,
-            ..no_key(0)
-        };
-        assert_eq!(run(&policy(), &[never]), [Decision::Stop(Stop::Final)]);
+    }
+
+    #[test]
+    fn circuit_waits_are_spread_and_bounded_by_the_deadline_not_a_count() {
+        let p = policy().max_attempts(2).deadline(Duration::from_secs(30));
+        let half_open = local(ErrorKind::CircuitOpen, Some(Duration::from_secs(1)), false);
+        let decisions = run(&p, &[half_open; 10]);
+        for decision in decisions {
+            let Decision::Retry(wait) = decision else {
+                panic!("waiting on a circuit within the deadline goes on: {decision:?}");
+            };
+            // NoJitter: the whole spread (a quarter of the wait, at least 100 ms) is added.
+            assert_eq!(wait, Duration::from_millis(1250));
+        }
     }
 
     #[test]
@@ -493,11 +552,7 @@ mod tests {
 
     #[test]
     fn local_errors_use_no_attempt_but_are_bounded() {
-        let quota = Outcome {
-            class: None,
-            kind: Some(ErrorKind::QuotaExhausted),
-            retry_after: None,
-        };
+        let quota = local(ErrorKind::QuotaExhausted, None, true);
         let p = policy().max_attempts(2);
         let decisions = run(&p, &[quota, quota, quota]);
         assert_eq!(decisions[..2], [Decision::Retry(Duration::ZERO); 2]);

@@ -10,14 +10,14 @@ use super::future::ResponseFuture;
 use super::policy::RetryPolicy;
 use crate::body::ResponseBody;
 use crate::error::{BoxError, Error};
-use crate::key_rotation::DEFAULT_MAX_ERROR_BODY;
+use crate::key_rotation::ErrorBodyLimits;
 
 /// Middleware that retries Gemini requests by error class. See the [module docs](super).
 #[derive(Clone, Debug)]
 pub struct Retry<S> {
     inner: S,
     policy: RetryPolicy,
-    max_error_body: usize,
+    error_body: ErrorBodyLimits,
 }
 
 impl<S> Retry<S> {
@@ -26,13 +26,19 @@ impl<S> Retry<S> {
         Retry {
             inner,
             policy,
-            max_error_body: DEFAULT_MAX_ERROR_BODY,
+            error_body: ErrorBodyLimits::default(),
         }
     }
 
     /// How much of an unclassified error body to read.
     pub fn max_error_body(mut self, bytes: usize) -> Self {
-        self.max_error_body = bytes;
+        self.error_body.bytes = bytes;
+        self
+    }
+
+    /// How long to read an unclassified error body at most.
+    pub fn error_body_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.error_body.time = timeout;
         self
     }
 
@@ -77,6 +83,6 @@ where
         // The ready service makes the first attempt; a clone takes its place here.
         let clone = self.inner.clone();
         let service = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(service, request, self.policy.clone(), self.max_error_body)
+        ResponseFuture::new(service, request, self.policy.clone(), self.error_body)
     }
 }

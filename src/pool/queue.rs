@@ -1,0 +1,119 @@
+//! Waiting for a key: when no project can take a request now, it queues for the earliest one.
+//!
+//! One line per model, first come first served (tokio's mutex is fair). Only the request at the
+//! head of the line looks for a key; it sleeps until the earliest time any project that can
+//! serve the model frees (a cool-down ending, a ledger slot leaving the minute), takes the key
+//! with its ledger slot reserved, and hands the line to the next. So waiters never all wake to
+//! race for one freed slot, and a newcomer (that is willing to wait) queues behind them rather
+//! than taking the slot they wait for. Waiting sends nothing upstream.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::health::ModelSlots;
+use super::{KeyLease, KeyPool};
+use crate::error::Error;
+use crate::quota::Demand;
+
+/// The longest single sleep of the head of the line: it looks again at least this often, so a
+/// refund or a [`KeyPool::reset`] that frees a slot early is noticed.
+const LOOK_AGAIN: Duration = Duration::from_secs(1);
+
+/// A request waiting for a key.
+pub(crate) type KeyWait = Pin<Box<dyn Future<Output = Result<KeyLease, Error>> + Send>>;
+
+/// Counts a waiter for as long as it lives, even if its future is dropped.
+struct InLine(Arc<ModelSlots>);
+
+impl InLine {
+    fn join(slots: Arc<ModelSlots>) -> InLine {
+        slots.waiting.fetch_add(1, Ordering::AcqRel);
+        InLine(slots)
+    }
+}
+
+impl Drop for InLine {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl KeyPool {
+    /// Are requests already waiting for a key for this model? (Then a newcomer willing to wait
+    /// queues behind them.)
+    pub(crate) fn has_waiters(slots: &ModelSlots) -> bool {
+        slots.waiting.load(Ordering::Acquire) > 0
+    }
+
+    /// Wait in line until a key can take the request, at most until `give_up`.
+    ///
+    /// Fails at once with the selection error if no key can ever serve it (all disabled, or the
+    /// request is larger than every limit), and as soon as it is known that the earliest slot
+    /// frees after `give_up`.
+    pub(crate) fn wait_for_key(
+        &self,
+        slots: Arc<ModelSlots>,
+        demand: Demand,
+        give_up: Instant,
+    ) -> KeyWait {
+        let pool = self.clone();
+        // Joined now, not when first polled, so a request arriving next sees the line.
+        let in_line = InLine::join(slots);
+        Box::pin(async move {
+            let slots = in_line.0.clone();
+            let started = Instant::now();
+            let model = slots.name.clone();
+            let model = if model.is_empty() {
+                "this request"
+            } else {
+                &model
+            };
+            tracing::debug!(
+                gemini.model = model,
+                ahead = slots.waiting.load(Ordering::Acquire).saturating_sub(1),
+                "no key can take {model} now; waiting up to {:.1}s in line",
+                give_up.saturating_duration_since(started).as_secs_f64()
+            );
+            let Ok(_turn) = tokio::time::timeout_at(give_up, slots.queue.lock()).await else {
+                let error = pool.unavailable(&slots, demand);
+                return Err(error.context(format!(
+                    "gave up after waiting {:.1}s in line for a key",
+                    started.elapsed().as_secs_f64()
+                )));
+            };
+            loop {
+                let error = match pool.select_in(slots.clone(), demand) {
+                    Ok(lease) => {
+                        tracing::debug!(
+                            gemini.model = model,
+                            gemini.key = %lease.key().fingerprint(),
+                            "waited {:.1}s for key {}",
+                            started.elapsed().as_secs_f64(),
+                            lease.key().fingerprint()
+                        );
+                        return Ok(lease);
+                    }
+                    Err(error) => error,
+                };
+                let now = Instant::now();
+                let Some(after) = error.retry_after() else {
+                    return Err(error);
+                };
+                let wake = crate::clock::instant_after(now, after.max(Duration::from_millis(1)));
+                if wake > give_up {
+                    let allowed = give_up.saturating_duration_since(started);
+                    return Err(error.context(format!(
+                        "not waiting: the first key frees later than the {:.1}s this request may wait",
+                        allowed.as_secs_f64()
+                    )));
+                }
+                tokio::time::sleep_until(wake.min(now + LOOK_AGAIN)).await;
+            }
+        })
+    }
+}

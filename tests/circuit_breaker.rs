@@ -514,3 +514,91 @@ async fn composed_stack_stops_calling_upstream_once_open() {
     }
     assert_eq!(mock.stats().total_requests(), at_open, "{outcomes:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_handle_taken_before_later_setters_watches_the_circuits_in_use() {
+    let layer = CircuitBreakerLayer::new();
+    let early = layer.handle();
+    let layer = layer.minimum_calls(2).open_duration(Duration::from_secs(5));
+    let upstream = Scripted::new(&[503, 503]);
+    let mut svc = layer.layer(upstream.service());
+    for _ in 0..2 {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(request(FLASH))
+            .await
+            .unwrap();
+    }
+    assert_eq!(early.state(FLASH), Some(CircuitState::Open));
+    assert_eq!(early.snapshot()[0].half_open_in_secs, Some(5.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_open_time_never_keeps_a_recovered_upstream_dark_for_minutes() {
+    let opened: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let seen = opened.clone();
+    let layer = CircuitBreakerLayer::new()
+        .half_open_probes(1)
+        .on_state_change(move |change| seen.lock().unwrap().extend(change.open_for));
+    let upstream = Scripted::default();
+    open_circuit(&layer, &upstream).await;
+    for _ in 0..4 {
+        // Half-open after the time left; the one probe fails and reopens it.
+        let left = layer.handle().snapshot()[0].half_open_in_secs.unwrap();
+        tokio::time::advance(Duration::from_secs_f64(left)).await;
+        upstream.push(&[503]);
+        layer
+            .layer(upstream.service())
+            .oneshot(request(FLASH))
+            .await
+            .unwrap();
+    }
+    let opened = opened.lock().unwrap().clone();
+    assert_eq!(
+        opened,
+        [30, 60, 60, 60, 60].map(Duration::from_secs),
+        "doubling, capped at 60 s"
+    );
+}
+
+/// During an outage callers wait on the open circuit. When the upstream recovers, the probes
+/// close it and every waiting caller goes through: none fails at the moment of recovery.
+#[tokio::test(start_paused = true)]
+async fn callers_waiting_on_an_open_circuit_all_go_through_once_it_recovers() {
+    let mock = MockGemini::builder()
+        .project("p1", |p| p.key("test-key-0001"))
+        .project("p2", |p| p.key("test-key-0002"))
+        .fault(Fault::overloaded(1.0))
+        .start()
+        .await
+        .unwrap();
+    let pool = KeyPool::from_keys(["test-key-0001", "test-key-0002"]).unwrap();
+    let breaker = CircuitBreakerLayer::new().open_duration(Duration::from_secs(10));
+    let handle = breaker.handle();
+    let gemini = ServiceBuilder::new()
+        .layer(RetryLayer::for_pool(&pool).without_budget())
+        .layer(breaker)
+        .layer(KeyRotationLayer::new(pool.clone()))
+        .service(client());
+    // The outage opens the circuit.
+    for _ in 0..3 {
+        let _ = gemini.clone().oneshot(generate(&mock, FLASH, "x")).await;
+    }
+    assert_eq!(handle.state(FLASH), Some(CircuitState::Open));
+    // Thirty callers arrive and wait on it; meanwhile the upstream recovers.
+    let callers: Vec<_> = (0..30)
+        .map(|_| tokio::spawn(gemini.clone().oneshot(generate(&mock, FLASH, "x"))))
+        .collect();
+    tokio::task::yield_now().await;
+    mock.set_faults([]);
+    let mut statuses = Vec::new();
+    for caller in callers {
+        match caller.await.unwrap() {
+            Ok(response) => statuses.push(response.status().as_u16()),
+            Err(error) => panic!("a waiting caller failed at recovery: {error}"),
+        }
+    }
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert_eq!(handle.state(FLASH), Some(CircuitState::Closed));
+}

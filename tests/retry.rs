@@ -352,3 +352,37 @@ async fn towers_own_retry_works_with_the_gemini_policy() {
     assert_eq!(served_by(&response), "…000c");
     assert_eq!(mock.stats().total_requests() - before, 3);
 }
+
+#[tokio::test]
+async fn the_default_layer_reads_error_bodies_like_new() {
+    // Used alone over a plain client, the layer classifies an error body itself: an invalid
+    // key (400 with API_KEY_INVALID) is worth another attempt, a plain 400 is not. With no
+    // bytes read (the derived Default of old), both looked like a caller error.
+    const INVALID: &str = r#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}"#;
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let upstream = tower::service_fn(move |_: http::Request<String>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async {
+            let mut response = http::Response::new(String::from(INVALID));
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let retry = RetryLayer::default().without_budget().layer(upstream);
+    let response = retry
+        .oneshot(http::Request::new(String::new()))
+        .await
+        .unwrap();
+    let class = response
+        .extensions()
+        .get::<Classification>()
+        .unwrap()
+        .class();
+    assert_eq!(class, Class::KeyInvalid);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        4,
+        "retried with the default attempts"
+    );
+}

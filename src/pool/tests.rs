@@ -733,6 +733,58 @@ fn model_table_is_bounded() {
         drop(pool.select(Some(&format!("made-up-{i}"))).unwrap());
     }
     assert_eq!(pool.inner.models.all().len(), health::MAX_MODELS + 1);
+    let long = "m".repeat(10_000);
+    drop(pool.select(Some(&long)).unwrap());
+    assert!(pool.inner.models.all().iter().all(|m| m.name.len() <= 128));
+}
+
+#[test]
+fn a_flood_of_made_up_models_never_changes_how_real_ones_are_treated() {
+    let clock = ManualClock::at(ts("2026-06-01T12:00:00Z"));
+    let limits = ModelLimits {
+        rpm: Some(2),
+        ..ModelLimits::default()
+    };
+    let pool = KeyPool::builder()
+        .key("test-key-0001")
+        .model_limits("gemini-2.0-flash", limits)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    // A real model without configuration learns a cool-down from Google.
+    pool.select(Some("gemini-3-pro"))
+        .unwrap()
+        .report(&answer(429, MINUTE_30S), Duration::ZERO);
+    assert!(pool.select(Some("gemini-3-pro")).is_err());
+    // Then a caller floods the pool with junk names, far past the table's size.
+    for i in 0..(4 * health::MAX_MODELS) {
+        drop(pool.select(Some(&format!("junk-{i}"))).unwrap());
+    }
+    // The configured model, used for the first time after the flood, keeps its limit.
+    let demand = Demand::default();
+    let held: Vec<_> = (0..2)
+        .map(|_| pool.select_with(Some("gemini-2.0-flash"), demand).unwrap())
+        .collect();
+    let error = pool
+        .select_with(Some("gemini-2.0-flash"), demand)
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::QuotaExhausted, "{error}");
+    drop(held);
+    // The learned cool-down is still there.
+    assert_eq!(
+        pool.select(Some("gemini-3-pro")).unwrap_err().kind(),
+        ErrorKind::NoKeyAvailable
+    );
+    // And a new real model gets its own entry (an idle junk one made room), not a shared one.
+    pool.select(Some("gemini-3-flash"))
+        .unwrap()
+        .report(&answer(429, MINUTE_30S), Duration::ZERO);
+    assert!(pool.select(Some("gemini-3-flash")).is_err());
+    assert!(
+        pool.select(Some("junk-x")).is_ok(),
+        "junk is not cooled with it"
+    );
+    assert!(pool.inner.models.all().len() <= health::MAX_MODELS + 4);
 }
 
 // ---------------------------------------------------------------- concurrency

@@ -21,11 +21,15 @@ pub(super) fn error(candidates: &Candidates<'_>) -> Error {
     let mut disabled = Disabled::default();
     let mut cooling = 0usize;
     let mut at_quota = 0usize;
+    let mut available = 0usize;
     let mut earliest: Option<u64> = None;
     let mut tightest: Option<(Refusal, Option<u64>)> = None;
     for i in 0..candidates.len() {
         let at = match candidates.blocker(i) {
-            None => Some(now),
+            None => {
+                available += 1;
+                Some(now)
+            }
             Some(Blocker::Disabled(reason)) => {
                 disabled.count(reason);
                 None
@@ -62,6 +66,16 @@ pub(super) fn error(candidates: &Candidates<'_>) -> Error {
         Some(after) => format!("; the first frees in {:.1}s", after.as_secs_f64()),
         None => String::new(),
     };
+    if available > 0 {
+        // Keys are free, but not for this request: waiting in line, the requests ahead took
+        // every slot that freed within its wait.
+        return Error::new(
+            ErrorKind::QuotaExhausted,
+            format!(
+                "every slot for {model} that freed went to requests ahead in line; more requests than the projects' quota allow"
+            ),
+        );
+    }
     if cooling == 0 && at_quota == 0 {
         return Error::new(
             ErrorKind::AllKeysDisabled,

@@ -180,3 +180,22 @@ where
     };
     (String::from_utf8_lossy(&received).into_owned(), error)
 }
+
+/// Serve `router` on 127.0.0.1 (an ephemeral port) for as long as the runtime lives; its base
+/// URL. For upstreams that answer in ways the mock does not (hostile bodies, redirects).
+pub async fn serve(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    format!("http://{addr}")
+}
+
+/// `POST {base}/v1beta/models/{model}:generateContent` with a one-part prompt.
+pub fn generate_at(base: &str, model: &str) -> Request<Full<Bytes>> {
+    Request::post(format!("{base}/v1beta/models/{model}:generateContent"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(generate_body("hello"))))
+        .unwrap()
+}

@@ -591,7 +591,8 @@ async fn callers_waiting_on_an_open_circuit_all_go_through_once_it_recovers() {
         .map(|_| tokio::spawn(gemini.clone().oneshot(generate(&mock, FLASH, "x"))))
         .collect();
     tokio::task::yield_now().await;
-    mock.set_faults([]);
+    // Recovered, but answers take 2 s: callers keep arriving while the probes are out.
+    mock.set_faults([Fault::latency(Duration::from_secs(2))]);
     let mut statuses = Vec::new();
     for caller in callers {
         match caller.await.unwrap() {

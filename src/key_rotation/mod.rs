@@ -7,8 +7,14 @@
 //! query parameter) and records [`SelectedKey`](crate::SelectedKey) in the request extensions.
 //!
 //! On the answer, a success streams through untouched. A non-2xx body is read up to a bound
-//! (64 KiB by default) to classify it, then handed on unchanged — except that any copy of the
-//! injected key in it is replaced by the key's fingerprint. The [`Classification`](crate::classify::Classification)
+//! (64 KiB and 5 s by default: an upstream that trickles its error body holds neither the caller
+//! nor the key longer) to classify it, then handed on unchanged — except that every copy of the
+//! injected key in it, however far into the body and however the frames cut it, is replaced by
+//! the key's fingerprint as the body streams.
+//!
+//! When no key can take a request now, it fails at once with when one frees — or, with
+//! [`KeyRotationLayer::wait_up_to`], waits in line for it (see
+//! [`KeyRotation`](KeyRotation#waiting-for-a-key)). The [`Classification`](crate::classify::Classification)
 //! goes into the response extensions, with the [`SelectedKey`](crate::SelectedKey); an inner error becomes the crate [`Error`](crate::Error)
 //! of kind `Transport`.
 //!

@@ -12,7 +12,7 @@ use http::{Request, Response, StatusCode};
 use tokio::sync::Semaphore;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_gemini::circuit_breaker::{CircuitBreakerLayer, CircuitState, StateChange, WindowKind};
-use tower_gemini::mock::{Fault, MockGemini};
+use tower_gemini::mock::{Fault, MockGemini, MockServer};
 use tower_gemini::pool::ModelLimits;
 use tower_gemini::retry::{Backoff, NoJitter, RetryLayer};
 use tower_gemini::{ErrorKind, KeyPool, KeyRotationLayer};
@@ -469,8 +469,8 @@ async fn quota_429s_never_open_the_breaker() {
     assert_eq!(handle.snapshot()[0].calls, 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn composed_stack_stops_calling_upstream_once_open() {
+/// Two projects of one key each, every answer "The model is overloaded".
+async fn overloaded_two_projects() -> (MockServer, KeyPool) {
     let mock = MockGemini::builder()
         .project("p1", |p| p.key("test-key-0001"))
         .project("p2", |p| p.key("test-key-0002"))
@@ -479,6 +479,12 @@ async fn composed_stack_stops_calling_upstream_once_open() {
         .await
         .unwrap();
     let pool = KeyPool::from_keys(["test-key-0001", "test-key-0002"]).unwrap();
+    (mock, pool)
+}
+
+#[tokio::test(start_paused = true)]
+async fn composed_stack_stops_calling_upstream_once_open() {
+    let (mock, pool) = overloaded_two_projects().await;
     let breaker = CircuitBreakerLayer::new();
     let handle = breaker.handle();
     let gemini = ServiceBuilder::new()
@@ -566,14 +572,7 @@ async fn the_default_open_time_never_keeps_a_recovered_upstream_dark_for_minutes
 /// close it and every waiting caller goes through: none fails at the moment of recovery.
 #[tokio::test(start_paused = true)]
 async fn callers_waiting_on_an_open_circuit_all_go_through_once_it_recovers() {
-    let mock = MockGemini::builder()
-        .project("p1", |p| p.key("test-key-0001"))
-        .project("p2", |p| p.key("test-key-0002"))
-        .fault(Fault::overloaded(1.0))
-        .start()
-        .await
-        .unwrap();
-    let pool = KeyPool::from_keys(["test-key-0001", "test-key-0002"]).unwrap();
+    let (mock, pool) = overloaded_two_projects().await;
     let breaker = CircuitBreakerLayer::new().open_duration(Duration::from_secs(10));
     let handle = breaker.handle();
     let gemini = ServiceBuilder::new()

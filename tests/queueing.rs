@@ -299,3 +299,32 @@ async fn a_learned_limit_accounts_for_what_google_already_counted() {
     );
     assert_eq!(mock.stats().responses_with_status(429), 1);
 }
+
+/// Time in line for a key is not upstream latency: a breaker counting slow calls does not
+/// count a request that waited a minute for its slot and was then answered at once.
+#[tokio::test(start_paused = true)]
+async fn waiting_in_line_is_not_a_slow_call() {
+    use tower_gemini::circuit_breaker::{CircuitBreakerLayer, CircuitState};
+
+    let mock = mock_of(1, 1).await;
+    let pool = pool_of(1, Some(1));
+    let breaker = CircuitBreakerLayer::new()
+        .minimum_calls(1)
+        .slow_call(Duration::from_secs(5));
+    let handle = breaker.handle();
+    let gemini = stack(&pool)
+        .circuit_breaker(breaker)
+        .wait_up_to(Duration::from_secs(120))
+        .layer(client());
+    for _ in 0..2 {
+        let response = gemini
+            .clone()
+            .oneshot(generate(&mock, FLASH, "x"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let circuit = &handle.snapshot()[0];
+    assert_eq!(circuit.state, CircuitState::Closed);
+    assert_eq!((circuit.calls, circuit.failures), (2, 0));
+}

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use http::Response;
 use pin_project_lite::pin_project;
@@ -12,6 +13,7 @@ use tokio::time::Instant;
 use super::circuit::{Breakers, Circuit, Permit, Verdict};
 use crate::classify::{Class, Classification};
 use crate::error::{BoxError, Error, ErrorKind};
+use crate::key_rotation::QueueWait;
 
 pin_project! {
     /// Response future of [`CircuitBreaker`](super::CircuitBreaker).
@@ -79,10 +81,11 @@ impl<F> ResponseFuture<F> {
 }
 
 impl Call {
-    fn finish(self, class: Option<Class>) {
+    /// Record the outcome; `waited` is time spent in line for a key, not upstream latency.
+    fn finish(self, class: Option<Class>, waited: Duration) {
         let config = &self.breakers.config;
         let verdict = match class {
-            Some(class) => config.verdict(class, self.start.elapsed()),
+            Some(class) => config.verdict(class, self.start.elapsed().saturating_sub(waited)),
             None => Verdict::Ignored,
         };
         match self.kind {
@@ -121,8 +124,12 @@ where
                     Some(c) => c.class(),
                     None => Classification::from_response(response.status(), b"").class(),
                 };
+                let waited = response
+                    .extensions()
+                    .get::<QueueWait>()
+                    .map_or(Duration::ZERO, |w| w.0);
                 if let Some(call) = call {
-                    call.finish(Some(class));
+                    call.finish(Some(class), waited);
                 }
                 Poll::Ready(Ok(response))
             }
@@ -131,7 +138,7 @@ where
                 // Local refusals from inner layers say nothing of upstream health.
                 let class = (error.kind() == ErrorKind::Transport).then_some(Class::Transport);
                 if let Some(call) = call {
-                    call.finish(class);
+                    call.finish(class, Duration::ZERO);
                 }
                 Poll::Ready(Err(error))
             }

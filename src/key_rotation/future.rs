@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use http::Request;
 use tower_service::Service;
 
+use super::QueueWait;
 use super::inject::KeyPlacement;
 use super::service::prepare;
 use crate::body::{Prefix, ResponseBody, Scrubber};
@@ -67,6 +68,7 @@ pin_project! {
 
 /// A request waiting in line for a key, with the service that will send it.
 struct Queued<S, ReqB> {
+    since: Instant,
     wait: KeyWait,
     lease: Option<KeyLease>,
     service: S,
@@ -81,6 +83,8 @@ struct Call {
     selected: SelectedKey,
     start: Instant,
     error_body: ErrorBodyLimits,
+    /// How long the request waited in line for its key, if it did.
+    waited: Option<Duration>,
 }
 
 /// A non-2xx answer whose body is being read for classification.
@@ -112,6 +116,7 @@ where
         ResponseFuture {
             state: State::Queued {
                 queued: Some(Box::new(Queued {
+                    since: Instant::now(),
                     wait,
                     lease: None,
                     service,
@@ -137,6 +142,7 @@ where
                     selected,
                     start: Instant::now(),
                     error_body,
+                    waited: None,
                 }),
             },
         }
@@ -191,7 +197,13 @@ where
                     };
                     let (request, lease, selected) = prepare(request, lease, &line.placement);
                     let future = line.service.call(request);
-                    let called = Self::called(future, lease, selected, line.error_body);
+                    let mut called = Self::called(future, lease, selected, line.error_body);
+                    if let State::Waiting {
+                        call: Some(call), ..
+                    } = &mut called.state
+                    {
+                        call.waited = Some(line.since.elapsed());
+                    }
                     this.state.set(called.state);
                 }
                 StateProj::Waiting { future, call } => {
@@ -209,6 +221,9 @@ where
                             this.state.set(State::Failed { error: None });
                             let classification = Classification::success(response.status());
                             let (mut parts, body) = response.into_parts();
+                            if let Some(waited) = call.waited {
+                                parts.extensions.insert(QueueWait(waited));
+                            }
                             let selected = call.selected;
                             telemetry::request(
                                 selected.fingerprint(),
@@ -321,6 +336,9 @@ impl<B: Body> Reading<B> {
         };
         tracing::debug!(gemini.key = %fingerprint, gemini.class = %classification.class(),
             "key {fingerprint} got {classification}");
+        if let Some(waited) = call.waited {
+            parts.extensions.insert(QueueWait(waited));
+        }
         let selected = call.selected;
         telemetry::request(
             fingerprint,

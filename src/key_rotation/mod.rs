@@ -71,6 +71,12 @@ pub const DEFAULT_MAX_ERROR_BODY: usize = 64 * 1024;
 /// arrived is classified and the rest streams on to the caller.
 pub const DEFAULT_ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a request waited in line for its key: in the response extensions of a request that
+/// waited, so that outer layers timing the call (a breaker's slow-call threshold) count only the
+/// time the upstream took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueueWait(pub(crate) Duration);
+
 /// Applies [`KeyRotation`] to a service. See the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct KeyRotationLayer {

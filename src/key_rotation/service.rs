@@ -143,7 +143,7 @@ where
             // Willing to wait, and others already are: behind them, first come first served.
             return self.queue(request, slots, demand, give_up);
         }
-        let error = match self.pool.select_in(slots.clone(), demand) {
+        let error = match self.pool.select_in(&slots, demand) {
             Ok(lease) => return self.dispatch(request, lease),
             Err(error) => error,
         };

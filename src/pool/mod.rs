@@ -175,7 +175,7 @@ impl KeyPool {
     /// for `demand` (one request, its tokens and images) on this model. Where the project has
     /// a limit, the request's place in its ledger is taken in the same step.
     pub fn select_with(&self, model: Option<&str>, demand: Demand) -> Result<KeyLease, Error> {
-        self.select_in(self.model_slots(model), demand)
+        self.select_in(&self.model_slots(model), demand)
     }
 
     /// The pool's entry for `model` (`None`: unknown), created on first use.
@@ -189,7 +189,7 @@ impl KeyPool {
     /// Select among the keys for a resolved model entry.
     pub(crate) fn select_in(
         &self,
-        slots: Arc<ModelSlots>,
+        slots: &Arc<ModelSlots>,
         demand: Demand,
     ) -> Result<KeyLease, Error> {
         let inner = &*self.inner;
@@ -200,7 +200,7 @@ impl KeyPool {
             let candidates = Candidates {
                 keys: &inner.keys,
                 projects: &inner.projects,
-                slots: &slots,
+                slots,
                 now,
                 demand,
             };
@@ -236,12 +236,12 @@ impl KeyPool {
             return Ok(KeyLease {
                 pool: self.inner.clone(),
                 index,
-                slots,
+                slots: slots.clone(),
                 reservation,
                 selected_at: now,
             });
         }
-        Err(self.unavailable(&slots, demand))
+        Err(self.unavailable(slots, demand))
     }
 
     /// Why no key can take this request now, without taking one.

@@ -87,7 +87,7 @@ impl KeyPool {
                 )));
             };
             loop {
-                let error = match pool.select_in(slots.clone(), demand) {
+                let error = match pool.select_in(&slots, demand) {
                     Ok(lease) => {
                         tracing::debug!(
                             gemini.model = model,

@@ -71,7 +71,7 @@ fn calls(c: &mut Criterion) {
         b.to_async(&runtime)
             .iter(|| async { black_box(bare.clone().oneshot(request()).await.unwrap()) })
     });
-    let rotation = KeyRotationLayer::new(pool.clone()).layer(client());
+    let rotation = KeyRotationLayer::new(&pool).layer(client());
     group.bench_function("KeyRotation", |b| {
         b.to_async(&runtime)
             .iter(|| async { black_box(rotation.clone().oneshot(request()).await.unwrap()) })

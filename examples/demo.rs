@@ -53,7 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut gemini = ServiceBuilder::new()
         .layer(RetryLayer::for_pool(&pool))
-        .layer(KeyRotationLayer::new(pool.clone()))
+        .layer(KeyRotationLayer::new(&pool))
         .service(client);
 
     for i in 1..=10 {

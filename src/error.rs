@@ -42,6 +42,10 @@ pub enum ErrorKind {
     Config,
     /// A request body is larger than the limit it was buffered with.
     BodyTooLarge,
+    /// Google answered with an error the stack could not mend (its last answer after retries),
+    /// made an error by [`ResponseExt::error_for_status`](crate::ResponseExt::error_for_status);
+    /// or an answer's body was not what was expected. [`Error::status_code`] is Google's status.
+    Upstream,
 }
 
 impl ErrorKind {
@@ -58,6 +62,7 @@ impl ErrorKind {
             ErrorKind::Transport => "transport",
             ErrorKind::Config => "config",
             ErrorKind::BodyTooLarge => "body_too_large",
+            ErrorKind::Upstream => "upstream",
         }
     }
 }
@@ -92,6 +97,7 @@ struct Inner {
     retry_after: Option<Duration>,
     classification: Option<Classification>,
     dimension: Option<Dimension>,
+    upstream_status: Option<http::StatusCode>,
     source: Option<BoxError>,
 }
 
@@ -106,6 +112,7 @@ impl Error {
                 retry_after: None,
                 classification: None,
                 dimension: None,
+                upstream_status: None,
                 source: None,
             }),
         }
@@ -139,10 +146,25 @@ impl Error {
         self
     }
 
+    /// Attach the status Google answered with.
+    pub(crate) fn with_upstream_status(mut self, status: http::StatusCode) -> Self {
+        self.inner.upstream_status = Some(status);
+        self
+    }
+
     /// Attach the underlying cause.
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.inner.source = Some(source.into());
         self
+    }
+
+    /// The error of a response future polled again after it returned: a bug in the caller's
+    /// executor, never retried (kind `Transport`, no classification), the same from every layer.
+    pub(crate) fn polled_after_completion() -> Self {
+        Error::new(
+            ErrorKind::Transport,
+            "a response future was polled after it completed",
+        )
     }
 
     /// Put `prefix` before the message.
@@ -193,10 +215,16 @@ impl Error {
     }
 
     /// The HTTP status a server should answer with: 429 for no key or local quota, 413 for a
-    /// body too large, 500 for configuration, 504 for the deadline, 503 otherwise (every key
+    /// body too large, 500 for configuration, 504 for the deadline, Google's own status for an
+    /// [`Upstream`](ErrorKind::Upstream) answer (502 if it had none), 503 otherwise (every key
     /// disabled, circuit open, retries or budget spent, upstream unreachable).
     pub fn status_code(&self) -> http::StatusCode {
         match self.inner.kind {
+            ErrorKind::Upstream => self
+                .inner
+                .upstream_status
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .unwrap_or(http::StatusCode::BAD_GATEWAY),
             ErrorKind::NoKeyAvailable | ErrorKind::QuotaExhausted => {
                 http::StatusCode::TOO_MANY_REQUESTS
             }
@@ -227,7 +255,10 @@ impl Error {
         let status = self.status_code();
         let google_status = match status.as_u16() {
             429 => "RESOURCE_EXHAUSTED",
-            413 => "INVALID_ARGUMENT",
+            400 | 413 => "INVALID_ARGUMENT",
+            401 => "UNAUTHENTICATED",
+            403 => "PERMISSION_DENIED",
+            404 => "NOT_FOUND",
             500 => "INTERNAL",
             504 => "DEADLINE_EXCEEDED",
             _ => "UNAVAILABLE",
@@ -258,6 +289,7 @@ impl Error {
 
 /// With feature `axum`, handlers can return `Result<_, tower_gemini::Error>`.
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 impl axum::response::IntoResponse for Error {
     fn into_response(self) -> axum::response::Response {
         self.to_response::<String>().map(axum::body::Body::from)
@@ -289,6 +321,7 @@ impl fmt::Debug for Error {
             .field("retry_after", &self.inner.retry_after)
             .field("classification", &self.inner.classification)
             .field("dimension", &self.inner.dimension)
+            .field("upstream_status", &self.inner.upstream_status)
             .field("source", &self.inner.source)
             .finish()
     }

@@ -14,7 +14,7 @@
 //!
 //! let pool = KeyPool::from_env()?; // GEMINI_API_KEY=k1,k2,k3
 //! let service = ServiceBuilder::new()
-//!     .layer(KeyRotationLayer::new(pool.clone()))
+//!     .layer(KeyRotationLayer::new(&pool))
 //!     .service(client());
 //! # Ok::<(), tower_gemini::Error>(())
 //! ```
@@ -37,7 +37,7 @@
 //! [`Fingerprint`] (`…a1b2`).
 
 #![deny(unsafe_code, unreachable_pub)]
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod body;
@@ -48,19 +48,30 @@ pub mod clock;
 mod error;
 pub mod key_rotation;
 #[cfg(feature = "mock")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub mod mock;
 mod model;
 mod peek;
+pub mod pool;
+pub mod quota;
 mod random;
+mod response;
 pub mod retry;
 mod stack;
 mod telemetry;
+
+pub use circuit_breaker::CircuitBreakerLayer;
+pub use classify::{Class, Classification};
+pub use error::{BoxError, Error, ErrorKind};
 pub use key_rotation::{KeyPlacement, KeyRotation, KeyRotationLayer};
 pub use model::Model;
-pub use stack::{GeminiBody, GeminiLayer, GeminiService, ServiceBuilderExt, stack};
-pub mod pool;
-pub mod quota;
-
-pub use error::{BoxError, Error, ErrorKind};
-
-pub use pool::{ApiKey, Fingerprint, KeyPool, KeySpec, SelectedKey};
+pub use pool::{ApiKey, Fingerprint, KeyPool, KeySpec, ModelLimits, SelectedKey};
+pub use quota::{InboundQuotaLayer, QuotaLayer};
+pub use response::ResponseExt;
+pub use retry::{Attempt, RetryLayer};
+/// Re-exported from `secrecy`: [`ApiKey`] implements it, for callers who send requests to
+/// Google themselves with a key the pool chose (see [`KeyPool::select`]).
+pub use secrecy::ExposeSecret;
+pub use stack::{
+    BoxBody, BoxGemini, GeminiBody, GeminiLayer, GeminiService, ServiceBuilderExt, stack,
+};

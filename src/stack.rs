@@ -2,11 +2,19 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use tower::ServiceExt;
+use tower_service::Service;
+
 use tower::ServiceBuilder;
 use tower::layer::util::Stack;
 use tower_layer::Layer;
 
 use crate::circuit_breaker::{BreakerHandle, CircuitBreaker, CircuitBreakerLayer};
+use crate::error::{BoxError, Error};
 use crate::key_rotation::{KeyRotation, KeyRotationLayer};
 use crate::pool::KeyPool;
 use crate::quota::{Quota, QuotaLayer};
@@ -14,6 +22,15 @@ use crate::retry::{Retry, RetryLayer};
 
 /// The service [`GeminiLayer`] builds around a client `S`.
 pub type GeminiService<S> = Retry<CircuitBreaker<KeyRotation<Quota<S>>>>;
+
+/// A response body of [`BoxGemini`]: any body, boxed.
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// The whole stack over any client as one nameable, cloneable, `Send + Sync` type — for an axum
+/// app's state or a struct field — made by [`GeminiLayer::boxed`]. One allocation per call
+/// more than [`GeminiService`].
+pub type BoxGemini<ReqB = Full<Bytes>> =
+    tower::util::BoxCloneSyncService<Request<ReqB>, Response<BoxBody>, Error>;
 
 /// The body of its responses, around a client body `B`.
 pub type GeminiBody<B> =
@@ -58,8 +75,8 @@ pub fn stack(pool: &KeyPool) -> GeminiLayer {
     GeminiLayer {
         retry: RetryLayer::for_pool(pool),
         breaker: CircuitBreakerLayer::new(),
-        rotation: KeyRotationLayer::new(pool.clone()),
-        quota: QuotaLayer::new(pool.clone()),
+        rotation: KeyRotationLayer::new(pool),
+        quota: QuotaLayer::new(pool),
         wait: None,
     }
 }
@@ -114,6 +131,41 @@ impl GeminiLayer {
         self
     }
 
+    /// The stack over `client`, boxed: see [`BoxGemini`].
+    ///
+    /// ```
+    /// use tower_gemini::{BoxGemini, KeyPool, stack};
+    /// # fn client() -> tower::util::BoxCloneSyncService<http::Request<http_body_util::Full<bytes::Bytes>>, http::Response<String>, tower_gemini::BoxError> {
+    /// #     tower::util::BoxCloneSyncService::new(tower::service_fn(|_| async { Ok(http::Response::new(String::new())) }))
+    /// # }
+    ///
+    /// #[derive(Clone)]
+    /// struct AppState {
+    ///     gemini: BoxGemini,
+    /// }
+    ///
+    /// let pool = KeyPool::from_keys(["test-key-0001", "test-key-0002"])?;
+    /// let state = AppState { gemini: stack(&pool).boxed(client()) };
+    /// # let _ = state;
+    /// # Ok::<(), tower_gemini::Error>(())
+    /// ```
+    pub fn boxed<S, ReqB, ResB>(&self, client: S) -> BoxGemini<ReqB>
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        ReqB: Clone + Send + Sync + 'static,
+        ResB: Body<Data = Bytes> + Send + Sync + 'static,
+        ResB::Error: Into<BoxError> + Send + Sync,
+    {
+        let service = self
+            .layer(client)
+            .map_response(|response: Response<GeminiBody<ResB>>| {
+                response.map(|body| body.map_err(Into::into).boxed())
+            });
+        tower::util::BoxCloneSyncService::new(service)
+    }
+
     /// The circuit breaker's handle.
     pub fn breaker_handle(&self) -> BreakerHandle {
         self.breaker.handle()
@@ -140,8 +192,14 @@ impl<S> Layer<S> for GeminiLayer {
     }
 }
 
-/// `ServiceBuilder::new().gemini(&pool)`: the recommended stack as a builder step.
-pub trait ServiceBuilderExt<L> {
+mod sealed {
+    pub trait Sealed {}
+    impl<L> Sealed for tower::ServiceBuilder<L> {}
+}
+
+/// `ServiceBuilder::new().gemini(&pool)`: the recommended stack as a builder step. Sealed:
+/// implemented for `ServiceBuilder` only.
+pub trait ServiceBuilderExt<L>: sealed::Sealed {
     /// Add [`stack`]`(pool)`.
     fn gemini(self, pool: &KeyPool) -> ServiceBuilder<Stack<GeminiLayer, L>>;
 }

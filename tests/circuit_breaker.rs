@@ -404,7 +404,7 @@ async fn per_model_scope_opens_only_the_overloaded_model() {
     let handle = layer.handle();
     let svc = ServiceBuilder::new()
         .layer(layer)
-        .layer(KeyRotationLayer::new(pool))
+        .layer(KeyRotationLayer::new(&pool))
         .service(client());
     for _ in 0..10 {
         let response = svc
@@ -460,7 +460,7 @@ async fn quota_429s_never_open_the_breaker() {
         // A fresh pool each time (a pool learns the limit from the first 429 and would then
         // refuse locally), so every call reaches the mock and gets its 429.
         let pool = KeyPool::from_keys(["test-key-0001"]).unwrap();
-        let svc = layer.layer(KeyRotationLayer::new(pool).layer(client()));
+        let svc = layer.layer(KeyRotationLayer::new(&pool).layer(client()));
         let response = svc.oneshot(generate(&mock, FLASH, "x")).await.unwrap();
         statuses.push(response.status().as_u16());
     }
@@ -495,7 +495,7 @@ async fn composed_stack_stops_calling_upstream_once_open() {
                 .without_budget(),
         )
         .layer(breaker)
-        .layer(KeyRotationLayer::new(pool.clone()))
+        .layer(KeyRotationLayer::new(&pool))
         .service(client());
     let mut outcomes = Vec::new();
     for _ in 0..10 {
@@ -578,7 +578,7 @@ async fn callers_waiting_on_an_open_circuit_all_go_through_once_it_recovers() {
     let gemini = ServiceBuilder::new()
         .layer(RetryLayer::for_pool(&pool).without_budget())
         .layer(breaker)
-        .layer(KeyRotationLayer::new(pool.clone()))
+        .layer(KeyRotationLayer::new(&pool))
         .service(client());
     // The outage opens the circuit.
     for _ in 0..3 {

@@ -45,7 +45,7 @@ async fn an_absurd_retry_delay_never_panics_and_never_stalls() {
         let pool = KeyPool::from_keys(["test-key-0001", "test-key-0002"]).unwrap();
         let gemini = RetryLayer::for_pool(&pool)
             .backoff(Backoff::default().jitter(NoJitter))
-            .layer(KeyRotationLayer::new(pool.clone()).layer(client()));
+            .layer(KeyRotationLayer::new(&pool).layer(client()));
         let start = Instant::now();
         let response = gemini.oneshot(generate_at(&base, MODEL)).await.unwrap();
         // The delay is capped at an hour where it is parsed; an hour does not fit the 120 s
@@ -87,7 +87,7 @@ async fn a_trickling_error_body_holds_neither_the_caller_nor_the_key() {
     ))
     .await;
     let pool = KeyPool::from_keys(["test-key-0001"]).unwrap();
-    let gemini = KeyRotationLayer::new(pool.clone()).layer(client());
+    let gemini = KeyRotationLayer::new(&pool).layer(client());
     let start = Instant::now();
     let response = gemini.oneshot(generate_at(&base, MODEL)).await.unwrap();
     // Classified after the 5 s read bound from what had arrived, not after 50 minutes.
@@ -104,7 +104,7 @@ async fn a_trickling_error_body_holds_neither_the_caller_nor_the_key() {
     let gemini = RetryLayer::for_pool(&pool)
         .deadline(Duration::from_secs(12))
         .backoff(Backoff::default().jitter(NoJitter))
-        .layer(KeyRotationLayer::new(pool.clone()).layer(client()));
+        .layer(KeyRotationLayer::new(&pool).layer(client()));
     let start = Instant::now();
     let outcome = gemini.oneshot(generate_at(&base, MODEL)).await;
     assert!(
@@ -131,7 +131,7 @@ async fn the_retry_deadline_bounds_an_upstream_that_never_answers() {
     let pool = KeyPool::from_keys(["test-key-0001"]).unwrap();
     let gemini = RetryLayer::for_pool(&pool)
         .deadline(Duration::from_secs(10))
-        .layer(KeyRotationLayer::new(pool.clone()).layer(client()));
+        .layer(KeyRotationLayer::new(&pool).layer(client()));
     let start = Instant::now();
     let error = gemini.oneshot(generate_at(&base, MODEL)).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Timeout);
@@ -163,7 +163,7 @@ async fn a_key_echoed_deep_in_an_error_body_is_scrubbed_as_it_streams() {
     ))
     .await;
     let pool = KeyPool::from_keys(["test-key-secret-0001"]).unwrap();
-    let gemini = KeyRotationLayer::new(pool).layer(client());
+    let gemini = KeyRotationLayer::new(&pool).layer(client());
     let response = gemini.oneshot(generate_at(&base, MODEL)).await.unwrap();
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     assert!(response.headers().get("content-length").is_none());
@@ -221,7 +221,7 @@ async fn reqwest_never_follows_a_redirect_to_another_host_with_the_key() {
     ))
     .await;
     let pool = KeyPool::from_keys(["test-key-0001"]).unwrap();
-    let gemini = KeyRotationLayer::new(pool).layer(ReqwestService::new().unwrap());
+    let gemini = KeyRotationLayer::new(&pool).layer(ReqwestService::new().unwrap());
     let response = gemini
         .oneshot(generate_at(&redirecting, MODEL))
         .await
@@ -263,7 +263,7 @@ async fn reqwest_never_follows_a_redirect_to_another_host_with_the_key() {
     )
     .await;
     let pool = KeyPool::from_keys(["test-key-0001"]).unwrap();
-    let gemini = KeyRotationLayer::new(pool).layer(ReqwestService::new().unwrap());
+    let gemini = KeyRotationLayer::new(&pool).layer(ReqwestService::new().unwrap());
     let response = gemini.oneshot(generate_at(&base, "moved")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(same.load(Ordering::SeqCst), 1);

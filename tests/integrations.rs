@@ -84,9 +84,7 @@ mod with_reqwest {
         for placement in [KeyPlacement::Auto, KeyPlacement::Query] {
             let gemini = stack(&pool)
                 .retry(tower_gemini::retry::RetryLayer::new().max_attempts(1))
-                .key_rotation(
-                    tower_gemini::KeyRotationLayer::new(pool.clone()).placement(placement),
-                )
+                .key_rotation(tower_gemini::KeyRotationLayer::new(&pool).placement(placement))
                 .layer(ReqwestService::new().unwrap());
             let request = Request::post(&url)
                 .body(common::generate_body("hi"))

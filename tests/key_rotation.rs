@@ -39,7 +39,7 @@ fn pool_ab() -> KeyPool {
 async fn success_classified_and_body_untouched() {
     let mock = two_projects(ModelLimits::default()).await;
     let mut svc = ServiceBuilder::new()
-        .layer(KeyRotationLayer::new(pool_ab()))
+        .layer(KeyRotationLayer::new(&pool_ab()))
         .service(client());
     let response = svc
         .ready()
@@ -69,7 +69,7 @@ async fn success_classified_and_body_untouched() {
 async fn invalid_key_disabled_after_one_400_and_never_selected_again() {
     let mock = two_projects(ModelLimits::default()).await;
     let pool = KeyPool::from_keys(["test-key-9999", "test-key-0001"]).unwrap();
-    let mut svc = KeyRotationLayer::new(pool.clone()).layer_into(client());
+    let mut svc = KeyRotationLayer::new(&pool).layer_into(client());
     let mut statuses = Vec::new();
     for _ in 0..10 {
         let response = svc
@@ -107,7 +107,7 @@ async fn per_minute_429_cools_only_that_project_and_model_for_the_given_delay() 
     })
     .await;
     let pool = pool_ab();
-    let mut svc = KeyRotationLayer::new(pool.clone()).layer_into(client());
+    let mut svc = KeyRotationLayer::new(&pool).layer_into(client());
     let mut call = async |model: &str| {
         let response = svc
             .ready()
@@ -174,7 +174,7 @@ async fn daily_quota_on(now_utc: &str, next_midnight_utc: &str) {
         .clock(clock.clone())
         .build()
         .unwrap();
-    let mut svc = KeyRotationLayer::new(pool.clone()).layer_into(client());
+    let mut svc = KeyRotationLayer::new(&pool).layer_into(client());
     let mut call = async || {
         let response = svc
             .ready()
@@ -233,7 +233,7 @@ async fn overloaded_503_leaves_every_key_healthy() {
         .await
         .unwrap();
     let pool = pool_ab();
-    let mut svc = KeyRotationLayer::new(pool.clone()).layer_into(client());
+    let mut svc = KeyRotationLayer::new(&pool).layer_into(client());
     for _ in 0..6 {
         let response = svc
             .ready()
@@ -313,7 +313,7 @@ fn with_caller_keys(mut request: Request<Full<Bytes>>) -> Request<Full<Bytes>> {
 async fn header_placement_strips_caller_keys_and_is_sensitive() {
     let mock = two_projects(ModelLimits::default()).await;
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let svc = KeyRotationLayer::new(KeyPool::from_keys(["test-key-0001"]).unwrap())
+    let svc = KeyRotationLayer::new(&KeyPool::from_keys(["test-key-0001"]).unwrap())
         .layer_into(recording(seen.clone()));
     let response = svc
         .oneshot(with_caller_keys(generate(&mock, FLASH, "x")))
@@ -337,7 +337,7 @@ async fn header_placement_strips_caller_keys_and_is_sensitive() {
 async fn query_placement_strips_caller_keys() {
     let mock = two_projects(ModelLimits::default()).await;
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let svc = KeyRotationLayer::new(KeyPool::from_keys(["test-key-0001"]).unwrap())
+    let svc = KeyRotationLayer::new(&KeyPool::from_keys(["test-key-0001"]).unwrap())
         .placement(KeyPlacement::Query)
         .layer_into(recording(seen.clone()));
     let response = svc
@@ -357,7 +357,7 @@ async fn bearer_on_openai_path_with_model_from_body() {
     let mock = two_projects(ModelLimits::default()).await;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let pool = KeyPool::from_keys(["test-key-9999", "test-key-0001"]).unwrap();
-    let mut svc = KeyRotationLayer::new(pool).layer_into(recording(seen.clone()));
+    let mut svc = KeyRotationLayer::new(&pool).layer_into(recording(seen.clone()));
     // The first key is invalid: Google's error arrives wrapped in an array.
     let response = svc
         .ready()
@@ -405,7 +405,7 @@ async fn streams_pass_through_and_mid_stream_errors_reach_the_caller() {
         .await
         .unwrap();
     let pool = KeyPool::from_keys(["test-key-0001"]).unwrap();
-    let svc = KeyRotationLayer::new(pool.clone()).layer_into(client());
+    let svc = KeyRotationLayer::new(&pool).layer_into(client());
     let response = svc
         .clone()
         .oneshot(stream(&mock, FLASH, "hello there"))
@@ -435,7 +435,7 @@ async fn streams_pass_through_and_mid_stream_errors_reach_the_caller() {
 async fn connection_reset_is_a_transport_error_and_keeps_the_key() {
     let mock = one_key_mock(Fault::connection_reset(1.0)).await;
     let pool = KeyPool::from_keys(["test-key-0001"]).unwrap();
-    let svc = KeyRotationLayer::new(pool.clone()).layer_into(client());
+    let svc = KeyRotationLayer::new(&pool).layer_into(client());
     let error = svc.oneshot(generate(&mock, FLASH, "x")).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Transport);
     assert_eq!(error.key().unwrap().to_string(), "…0001");
@@ -449,7 +449,7 @@ async fn connection_reset_is_a_transport_error_and_keeps_the_key() {
 async fn no_key_available_fails_without_calling_the_client() {
     let mock = two_projects(ModelLimits::default()).await;
     let pool = KeyPool::from_keys(["test-key-9999"]).unwrap();
-    let mut svc = KeyRotationLayer::new(pool).layer_into(client());
+    let mut svc = KeyRotationLayer::new(&pool).layer_into(client());
     let first = svc
         .ready()
         .await
@@ -489,7 +489,7 @@ async fn error_body_echoing_the_key_is_scrubbed_and_large_bodies_are_bounded() {
         Ok::<_, std::convert::Infallible>(response)
     });
     let pool = KeyPool::from_keys(["test-key-0001"]).unwrap();
-    let svc = KeyRotationLayer::new(pool.clone()).layer_into(inner);
+    let svc = KeyRotationLayer::new(&pool).layer_into(inner);
     let request = Request::post("http://127.0.0.1/v1beta/models/gemini-2.0-flash:generateContent")
         .body(String::new())
         .unwrap();
@@ -529,7 +529,7 @@ async fn error_body_echoing_the_key_is_scrubbed_and_large_bodies_are_bounded() {
             Ok::<_, std::convert::Infallible>(response)
         }
     });
-    let svc = KeyRotationLayer::new(KeyPool::from_keys(["test-key-0001"]).unwrap())
+    let svc = KeyRotationLayer::new(&KeyPool::from_keys(["test-key-0001"]).unwrap())
         .max_error_body(1024)
         .layer_into(inner);
     let request = Request::post("http://127.0.0.1/v1beta/models/gemini-2.0-flash:generateContent")
@@ -564,7 +564,7 @@ async fn poll_ready_passes_the_inner_readiness_through() {
         }
     }
     let mut svc =
-        KeyRotationLayer::new(KeyPool::from_keys(["test-key-0001"]).unwrap()).layer_into(NotReady);
+        KeyRotationLayer::new(&KeyPool::from_keys(["test-key-0001"]).unwrap()).layer_into(NotReady);
     let error = std::future::poll_fn(|cx| svc.poll_ready(cx))
         .await
         .unwrap_err();

@@ -29,14 +29,14 @@ fn attempts_run_in_spans_and_log_readable_lines() {
     runtime.block_on(async {
         let (mock, pool) = a_bad_b_daily_c_fine().await;
         let gemini =
-            RetryLayer::for_pool(&pool).layer(KeyRotationLayer::new(pool.clone()).layer(client()));
+            RetryLayer::for_pool(&pool).layer(KeyRotationLayer::new(&pool).layer(client()));
         let response = gemini.oneshot(generate(&mock, FLASH, "hi")).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         mock.set_faults([Fault::overloaded(1.0)]);
         let gemini = RetryLayer::for_pool(&pool)
             .backoff(no_jitter())
             .max_attempts(2)
-            .layer(KeyRotationLayer::new(pool.clone()).layer(client()));
+            .layer(KeyRotationLayer::new(&pool).layer(client()));
         let _ = gemini.oneshot(generate(&mock, FLASH, "hi")).await.unwrap();
     });
     let logs = capture.text();

@@ -49,8 +49,8 @@ async fn eleventh_request_in_a_minute_is_refused_locally_and_never_sent() {
         .build()
         .unwrap();
     let gemini = ServiceBuilder::new()
-        .layer(KeyRotationLayer::new(pool.clone()))
-        .layer(QuotaLayer::new(pool.clone()))
+        .layer(KeyRotationLayer::new(&pool))
+        .layer(QuotaLayer::new(&pool))
         .service(client());
     for _ in 0..10 {
         let response = gemini
@@ -98,7 +98,7 @@ async fn eleventh_request_in_a_minute_is_refused_locally_and_never_sent() {
     };
     let mut request = generate(&mock, FLASH, "x");
     request.extensions_mut().insert(selected);
-    let error = QuotaLayer::new(pool.clone())
+    let error = QuotaLayer::new(&pool)
         .layer(client())
         .oneshot(request)
         .await
@@ -139,8 +139,8 @@ async fn tokens_freed_by_the_real_count(streaming: bool) {
         .build()
         .unwrap();
     let gemini = ServiceBuilder::new()
-        .layer(KeyRotationLayer::new(pool.clone()))
-        .layer(QuotaLayer::new(pool.clone()))
+        .layer(KeyRotationLayer::new(&pool))
+        .layer(QuotaLayer::new(&pool))
         .service(client());
     let request = if streaming {
         stream(&mock, FLASH, "hello")
@@ -200,8 +200,8 @@ async fn rpd_resets_at_pacific_midnight(now: &str, midnight: &str) {
         .build()
         .unwrap();
     let gemini = ServiceBuilder::new()
-        .layer(KeyRotationLayer::new(pool.clone()))
-        .layer(QuotaLayer::new(pool.clone()))
+        .layer(KeyRotationLayer::new(&pool))
+        .layer(QuotaLayer::new(&pool))
         .service(client());
     for _ in 0..2 {
         assert_eq!(
@@ -268,8 +268,8 @@ async fn a_429_with_quota_value_lowers_the_local_limit() {
         .build()
         .unwrap();
     let gemini = ServiceBuilder::new()
-        .layer(KeyRotationLayer::new(pool.clone()))
-        .layer(QuotaLayer::new(pool.clone()))
+        .layer(KeyRotationLayer::new(&pool))
+        .layer(QuotaLayer::new(&pool))
         .service(client());
     let mut classes = Vec::new();
     for _ in 0..6 {
@@ -323,8 +323,8 @@ async fn two_projects_twenty_requests(pool: KeyPool) {
         .unwrap();
     let gemini = ServiceBuilder::new()
         .layer(RetryLayer::for_pool(&pool))
-        .layer(KeyRotationLayer::new(pool.clone()))
-        .layer(QuotaLayer::new(pool.clone()))
+        .layer(KeyRotationLayer::new(&pool))
+        .layer(QuotaLayer::new(&pool))
         .service(client());
     let mut served = Vec::new();
     for _ in 0..20 {
@@ -375,7 +375,7 @@ async fn most_headroom_prefers_the_emptier_project() {
         .await
         .unwrap();
     let quota = ServiceBuilder::new()
-        .layer(QuotaLayer::new(pool.clone()))
+        .layer(QuotaLayer::new(&pool))
         .service(client());
     // Spend 6 of proj-a's 10 directly through the quota layer.
     for _ in 0..6 {
@@ -403,8 +403,7 @@ async fn most_headroom_prefers_the_emptier_project() {
         .unwrap()
         .used;
     assert!(used_a > 0);
-    let gemini =
-        KeyRotationLayer::new(pool.clone()).layer(QuotaLayer::new(pool.clone()).layer(client()));
+    let gemini = KeyRotationLayer::new(&pool).layer(QuotaLayer::new(&pool).layer(client()));
     let response = gemini.oneshot(generate(&mock, FLASH, "x")).await.unwrap();
     assert_eq!(served_by(&response), "…0002");
 }
@@ -417,9 +416,9 @@ async fn wait_mode_waits_for_the_slot_then_sends() {
         .model_limits(FLASH, rpm(2))
         .build()
         .unwrap();
-    let gemini = KeyRotationLayer::new(pool.clone())
+    let gemini = KeyRotationLayer::new(&pool)
         .wait_up_to(Duration::from_secs(90))
-        .layer(QuotaLayer::new(pool.clone()).layer(client()));
+        .layer(QuotaLayer::new(&pool).layer(client()));
     let start = Instant::now();
     let tasks: Vec<_> = (0..4)
         .map(|_| tokio::spawn(gemini.clone().oneshot(generate(&mock, FLASH, "x"))))
@@ -434,9 +433,9 @@ async fn wait_mode_waits_for_the_slot_then_sends() {
     assert_eq!(finished, [0, 0, 60, 60]);
     assert_eq!(mock.stats().responses_with_status(429), 0);
     // Full again: a bound shorter than the wait refuses at once, naming the dimension.
-    let impatient = KeyRotationLayer::new(pool.clone())
+    let impatient = KeyRotationLayer::new(&pool)
         .wait_up_to(Duration::from_secs(5))
-        .layer(QuotaLayer::new(pool).layer(client()));
+        .layer(QuotaLayer::new(&pool).layer(client()));
     let error = impatient
         .oneshot(generate(&mock, FLASH, "x"))
         .await
@@ -481,8 +480,7 @@ async fn snapshot_reports_used_and_limit() {
         )
         .build()
         .unwrap();
-    let gemini =
-        KeyRotationLayer::new(pool.clone()).layer(QuotaLayer::new(pool.clone()).layer(client()));
+    let gemini = KeyRotationLayer::new(&pool).layer(QuotaLayer::new(&pool).layer(client()));
     let response = gemini
         .oneshot(generate(&mock, FLASH, "twelve chars"))
         .await
@@ -559,7 +557,7 @@ async fn quota_layer_without_a_selected_key_passes_through() {
         .model_limits(FLASH, rpm(1))
         .build()
         .unwrap();
-    let mut svc = QuotaLayer::new(pool).layer(client());
+    let mut svc = QuotaLayer::new(&pool).layer(client());
     for _ in 0..3 {
         let request = with_key(generate(&mock, FLASH, "x"), "test-key-0001");
         let response = svc.ready().await.unwrap().call(request).await.unwrap();

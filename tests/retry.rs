@@ -17,7 +17,7 @@ use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
 use tower_gemini::classify::{Class, Classification};
 use tower_gemini::mock::{Fault, MockGemini, MockServer};
 use tower_gemini::pool::ModelLimits;
-use tower_gemini::retry::{Backoff, GeminiPolicy, NoJitter, RetryBudget, RetryLayer, RetryPolicy};
+use tower_gemini::retry::{Backoff, GeminiPolicy, NoJitter, RetryBudget, RetryLayer};
 use tower_gemini::{ErrorKind, KeyPool, KeyRotationLayer, KeySpec};
 
 const FLASH: &str = "gemini-2.0-flash";
@@ -31,7 +31,7 @@ async fn bad_key_and_daily_quota_rotate_at_once_to_the_good_key() {
     let (mock, pool) = a_bad_b_daily_c_fine().await;
     let gemini = ServiceBuilder::new()
         .layer(RetryLayer::for_pool(&pool))
-        .layer(KeyRotationLayer::new(pool.clone()))
+        .layer(KeyRotationLayer::new(&pool))
         .service(client());
     let before = mock.stats().total_requests();
     let start = Instant::now();
@@ -77,7 +77,7 @@ async fn overloaded_storm_backs_off_per_policy_and_returns_the_last_503() {
     let retry = RetryLayer::for_pool(&pool)
         .backoff(no_jitter())
         .without_budget();
-    let gemini = retry.layer(KeyRotationLayer::new(pool.clone()).layer(client()));
+    let gemini = retry.layer(KeyRotationLayer::new(&pool).layer(client()));
     let start = Instant::now();
     let response = gemini.oneshot(generate(&mock, FLASH, "hi")).await.unwrap();
     // 4 attempts (min(3 + 1, 2 × 3)), waits of 1 s, 2 s and 4 s between them.
@@ -95,7 +95,7 @@ async fn full_jitter_keeps_every_wait_within_the_exponential_bound() {
     let gemini = RetryLayer::new()
         .max_attempts(6)
         .without_budget()
-        .layer(KeyRotationLayer::new(pool).layer(client()));
+        .layer(KeyRotationLayer::new(&pool).layer(client()));
     let start = Instant::now();
     let response = gemini.oneshot(generate(&mock, FLASH, "hi")).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -137,8 +137,7 @@ async fn one_rpm_project_a_and_healthy_b(keys: &[&str]) -> (MockServer, KeyPool)
 #[tokio::test(start_paused = true)]
 async fn retry_delay_on_one_key_does_not_sleep_while_another_serves() {
     let (mock, pool) = one_rpm_project_a_and_healthy_b(&["test-key-000a", "test-key-000b"]).await;
-    let gemini =
-        RetryLayer::for_pool(&pool).layer(KeyRotationLayer::new(pool.clone()).layer(client()));
+    let gemini = RetryLayer::for_pool(&pool).layer(KeyRotationLayer::new(&pool).layer(client()));
     let start = Instant::now();
     let response = gemini.oneshot(generate(&mock, FLASH, "hi")).await.unwrap();
     assert_eq!(served_by(&response), "…000b");
@@ -152,8 +151,7 @@ async fn retry_delay_on_one_key_does_not_sleep_while_another_serves() {
 async fn retry_delay_on_a_single_key_pool_fails_fast_without_a_wait_bound() {
     // No wait bound: the retry layer does not silently hang the caller for a key.
     let (mock, pool) = one_rpm_project_a_and_healthy_b(&["test-key-000a"]).await;
-    let gemini =
-        RetryLayer::for_pool(&pool).layer(KeyRotationLayer::new(pool.clone()).layer(client()));
+    let gemini = RetryLayer::for_pool(&pool).layer(KeyRotationLayer::new(&pool).layer(client()));
     let start = Instant::now();
     let error = gemini
         .oneshot(generate(&mock, FLASH, "hi"))
@@ -169,7 +167,7 @@ async fn retry_delay_on_a_single_key_pool_fails_fast_without_a_wait_bound() {
 async fn retry_delay_on_a_single_key_pool_waits_when_allowed_then_succeeds() {
     let (mock, pool) = one_rpm_project_a_and_healthy_b(&["test-key-000a"]).await;
     let gemini = RetryLayer::for_pool(&pool).layer(
-        KeyRotationLayer::new(pool.clone())
+        KeyRotationLayer::new(&pool)
             .wait_up_to(Duration::from_secs(60))
             .layer(client()),
     );
@@ -188,7 +186,7 @@ async fn retry_delay_beyond_the_deadline_gives_up_at_once() {
     let gemini = RetryLayer::for_pool(&pool)
         .deadline(Duration::from_secs(10))
         .layer(
-            KeyRotationLayer::new(pool.clone())
+            KeyRotationLayer::new(&pool)
                 .wait_up_to(Duration::from_secs(60))
                 .layer(client()),
         );
@@ -220,7 +218,7 @@ async fn budget_bounds_attempts_under_total_failure() {
             Backoff::new(Duration::from_millis(1), 1.0, Duration::from_millis(1)).jitter(NoJitter),
         )
         .budget(RetryBudget::new(Duration::from_secs(10), 1, 0.2));
-    let gemini = retry.layer(KeyRotationLayer::new(pool).layer(client()));
+    let gemini = retry.layer(KeyRotationLayer::new(&pool).layer(client()));
     let calls = 100;
     for _ in 0..calls {
         let response = gemini
@@ -244,7 +242,7 @@ async fn caller_errors_are_sent_once() {
         .await
         .unwrap();
     let pool = KeyPool::from_keys(["test-key-0001"]).unwrap();
-    let gemini = RetryLayer::new().layer(KeyRotationLayer::new(pool).layer(client()));
+    let gemini = RetryLayer::new().layer(KeyRotationLayer::new(&pool).layer(client()));
     let request = Request::post(mock.model_url(FLASH, "generateContent"))
         .body(Full::new(Bytes::from_static(b"{not json")))
         .unwrap();
@@ -272,7 +270,7 @@ async fn caller_errors_are_sent_once() {
 async fn a_stream_broken_midway_is_not_retried() {
     let mock = one_key_mock(Fault::mid_stream_error(1.0)).await;
     let pool = KeyPool::from_keys(["test-key-0001"]).unwrap();
-    let gemini = RetryLayer::new().layer(KeyRotationLayer::new(pool).layer(client()));
+    let gemini = RetryLayer::new().layer(KeyRotationLayer::new(&pool).layer(client()));
     let response = gemini
         .oneshot(stream(&mock, FLASH, "hello there"))
         .await
@@ -291,7 +289,7 @@ async fn transport_failures_end_in_retries_exhausted() {
     let gemini = RetryLayer::new()
         .backoff(no_jitter())
         .without_budget()
-        .layer(KeyRotationLayer::new(pool).layer(client()));
+        .layer(KeyRotationLayer::new(&pool).layer(client()));
     let start = Instant::now();
     let error = gemini
         .oneshot(generate(&mock, FLASH, "x"))
@@ -345,8 +343,8 @@ async fn alone_over_a_plain_client_it_classifies_bodies_itself() {
 async fn towers_own_retry_works_with_the_gemini_policy() {
     let (mock, pool) = a_bad_b_daily_c_fine().await;
     let before = mock.stats().total_requests();
-    let gemini = tower::retry::RetryLayer::new(GeminiPolicy::new(RetryPolicy::for_pool(&pool)))
-        .layer(KeyRotationLayer::new(pool.clone()).layer(client()));
+    let gemini = tower::retry::RetryLayer::new(GeminiPolicy::new(&RetryLayer::for_pool(&pool)))
+        .layer(KeyRotationLayer::new(&pool).layer(client()));
     let response = gemini.oneshot(generate(&mock, FLASH, "hi")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(served_by(&response), "…000c");

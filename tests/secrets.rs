@@ -73,7 +73,7 @@ fn raw_keys_never_appear_in_logs_errors_or_debug_output() {
             KeyPlacement::Query,
             KeyPlacement::Bearer,
         ] {
-            let rotation = KeyRotationLayer::new(pool.clone())
+            let rotation = KeyRotationLayer::new(&pool)
                 .placement(placement)
                 .layer(client());
             let fast = Backoff::new(Duration::from_millis(1), 2.0, Duration::from_millis(4));
@@ -119,7 +119,7 @@ fn raw_keys_never_appear_in_logs_errors_or_debug_output() {
             );
             Err::<Response<Full<Bytes>>, _>(std::io::Error::other(message))
         });
-        let mut svc = KeyRotationLayer::new(pool.clone())
+        let mut svc = KeyRotationLayer::new(&pool)
             .placement(KeyPlacement::Query)
             .layer(echoing);
         for _ in 0..5 {

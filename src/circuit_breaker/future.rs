@@ -108,12 +108,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let Some(future) = this.inner.as_mut().as_pin_mut() else {
-            return Poll::Ready(Err(this.error.take().unwrap_or_else(|| {
-                Error::new(
-                    ErrorKind::CircuitOpen,
-                    "circuit breaker future polled after it completed",
-                )
-            })));
+            return Poll::Ready(Err(this
+                .error
+                .take()
+                .unwrap_or_else(Error::polled_after_completion)));
         };
         let result = ready!(future.poll(cx));
         this.inner.set(None);

@@ -41,7 +41,7 @@
 //! let gemini = ServiceBuilder::new()
 //!     .layer(RetryLayer::for_pool(&pool))
 //!     .layer(breaker)
-//!     .layer(KeyRotationLayer::new(pool.clone()))
+//!     .layer(KeyRotationLayer::new(&pool))
 //!     .service(client());
 //! assert!(status.snapshot().is_empty());
 //! # let _ = gemini;

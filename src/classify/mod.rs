@@ -91,7 +91,7 @@ impl Class {
     }
 
     /// The position of this class in [`Class::ALL`].
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 

@@ -10,10 +10,12 @@
 #[cfg(feature = "rustls")]
 mod https;
 #[cfg(feature = "rustls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
 pub use https::{HttpsClient, https};
 
 #[cfg(feature = "reqwest")]
 mod reqwest_service;
 
 #[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub use reqwest_service::{ReqwestError, ReqwestService, same_origin_redirects};

@@ -149,13 +149,6 @@ where
     }
 }
 
-fn polled_after_completion() -> Error {
-    Error::new(
-        ErrorKind::Transport,
-        "key rotation future polled after it completed",
-    )
-}
-
 impl<S, ReqB, B> Future for ResponseFuture<S, ReqB, B>
 where
     S: Service<Request<ReqB>, Response = Response<B>>,
@@ -169,11 +162,13 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Failed { error } => {
-                    return Poll::Ready(Err(error.take().unwrap_or_else(polled_after_completion)));
+                    return Poll::Ready(Err(error
+                        .take()
+                        .unwrap_or_else(Error::polled_after_completion)));
                 }
                 StateProj::Queued { queued } => {
                     let Some(line) = queued.as_mut() else {
-                        return Poll::Ready(Err(polled_after_completion()));
+                        return Poll::Ready(Err(Error::polled_after_completion()));
                     };
                     if line.lease.is_none() {
                         match ready!(line.wait.as_mut().poll(cx)) {
@@ -189,11 +184,11 @@ where
                         return Poll::Ready(Err(Error::from_inner(error)));
                     }
                     let Some(mut line) = queued.take() else {
-                        return Poll::Ready(Err(polled_after_completion()));
+                        return Poll::Ready(Err(Error::polled_after_completion()));
                     };
                     let (Some(request), Some(lease)) = (line.request.take(), line.lease.take())
                     else {
-                        return Poll::Ready(Err(polled_after_completion()));
+                        return Poll::Ready(Err(Error::polled_after_completion()));
                     };
                     let (request, lease, selected) = prepare(request, lease, &line.placement);
                     let future = line.service.call(request);
@@ -209,7 +204,7 @@ where
                 StateProj::Waiting { future, call } => {
                     let result = ready!(future.poll(cx));
                     let Some(call) = call.take() else {
-                        return Poll::Ready(Err(polled_after_completion()));
+                        return Poll::Ready(Err(Error::polled_after_completion()));
                     };
                     let latency = call.start.elapsed();
                     match result {
@@ -257,11 +252,11 @@ where
                 }
                 StateProj::Reading { read } => {
                     let Some(reading) = read.as_mut() else {
-                        return Poll::Ready(Err(polled_after_completion()));
+                        return Poll::Ready(Err(Error::polled_after_completion()));
                     };
                     ready!(reading.prefix.poll_read(cx));
                     let Some(reading) = read.take() else {
-                        return Poll::Ready(Err(polled_after_completion()));
+                        return Poll::Ready(Err(Error::polled_after_completion()));
                     };
                     this.state.set(State::Failed { error: None });
                     return Poll::Ready(Ok(reading.finish()));

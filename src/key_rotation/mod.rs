@@ -32,7 +32,7 @@
 //!     Ok::<_, Infallible>(Response::new(String::from("{}")))
 //! });
 //! let service = ServiceBuilder::new()
-//!     .layer(KeyRotationLayer::new(pool))
+//!     .layer(KeyRotationLayer::new(&pool))
 //!     .service(client);
 //!
 //! let request = Request::post("http://127.0.0.1/v1beta/models/gemini-2.0-flash:generateContent")
@@ -51,7 +51,6 @@ mod future;
 mod inject;
 mod service;
 
-pub use crate::body::ResponseBody;
 pub(crate) use future::ErrorBodyLimits;
 pub use future::ResponseFuture;
 pub use inject::KeyPlacement;
@@ -87,10 +86,10 @@ pub struct KeyRotationLayer {
 }
 
 impl KeyRotationLayer {
-    /// Rotate over the keys of `pool`.
-    pub fn new(pool: KeyPool) -> Self {
+    /// Rotate over the keys of `pool` (shared: the layer keeps a handle on the same pool).
+    pub fn new(pool: &KeyPool) -> Self {
         KeyRotationLayer {
-            pool,
+            pool: pool.clone(),
             placement: KeyPlacement::default(),
             error_body: ErrorBodyLimits::default(),
             wait: None,
@@ -140,13 +139,12 @@ impl<S> Layer<S> for KeyRotationLayer {
     type Service = KeyRotation<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let rotation = KeyRotation::new(inner, self.pool.clone())
-            .placement(self.placement.clone())
-            .max_error_body(self.error_body.bytes)
-            .error_body_timeout(self.error_body.time);
-        match self.wait {
-            Some(bound) => rotation.wait_up_to(bound),
-            None => rotation,
+        KeyRotation {
+            inner,
+            pool: self.pool.clone(),
+            placement: self.placement.clone(),
+            error_body: self.error_body,
+            wait: self.wait,
         }
     }
 }

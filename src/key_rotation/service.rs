@@ -16,12 +16,12 @@ use crate::pool::{KeyLease, KeyPool};
 use crate::quota::Demand;
 use crate::retry::Attempt;
 
-/// Middleware that picks a key from a [`KeyPool`] for every request. See the
-/// [module docs](super).
+/// Middleware that picks a key from a [`KeyPool`] for every request, made by
+/// [`KeyRotationLayer`](super::KeyRotationLayer). See the [module docs](super).
 ///
 /// # Waiting for a key
 ///
-/// With [`wait_up_to`](Self::wait_up_to), a request that no key can take now (every project
+/// With [`KeyRotationLayer::wait_up_to`](super::KeyRotationLayer::wait_up_to), a request that no key can take now (every project
 /// cooling down after Google's 429s, or at its local quota for the model) waits for the
 /// earliest one that can, instead of failing: requests for the same model wait in one line,
 /// first come first served; only the head of the line looks for a key, when the earliest
@@ -33,50 +33,14 @@ use crate::retry::Attempt;
 /// waited for. The inner service must be `Clone`: the waiting request keeps a clone to call.
 #[derive(Clone, Debug)]
 pub struct KeyRotation<S> {
-    inner: S,
-    pool: KeyPool,
-    placement: KeyPlacement,
-    error_body: ErrorBodyLimits,
-    wait: Option<Duration>,
+    pub(super) inner: S,
+    pub(super) pool: KeyPool,
+    pub(super) placement: KeyPlacement,
+    pub(super) error_body: ErrorBodyLimits,
+    pub(super) wait: Option<Duration>,
 }
 
 impl<S> KeyRotation<S> {
-    /// Wrap `inner`, rotating over the keys of `pool`.
-    pub fn new(inner: S, pool: KeyPool) -> Self {
-        KeyRotation {
-            inner,
-            pool,
-            placement: KeyPlacement::default(),
-            error_body: ErrorBodyLimits::default(),
-            wait: None,
-        }
-    }
-
-    /// Where the key goes (default [`KeyPlacement::Auto`]).
-    pub fn placement(mut self, placement: KeyPlacement) -> Self {
-        self.placement = placement;
-        self
-    }
-
-    /// How many bytes of a non-2xx body to read for classification (default 64 KiB).
-    pub fn max_error_body(mut self, bytes: usize) -> Self {
-        self.error_body.bytes = bytes;
-        self
-    }
-
-    /// How long to read a non-2xx body for classification at most (default 5 s).
-    pub fn error_body_timeout(mut self, timeout: Duration) -> Self {
-        self.error_body.time = timeout;
-        self
-    }
-
-    /// Wait up to `bound` for a key when none can take a request now (see
-    /// [Waiting for a key](Self#waiting-for-a-key)). Without it, such a request fails at once.
-    pub fn wait_up_to(mut self, bound: Duration) -> Self {
-        self.wait = Some(bound);
-        self
-    }
-
     /// The pool.
     pub fn pool(&self) -> &KeyPool {
         &self.pool

@@ -137,7 +137,7 @@ impl Dimension {
 /// `"47.434s"`: a protobuf JSON duration with millisecond precision.
 pub(super) fn proto_duration(delay: Duration) -> String {
     let millis = delay.as_millis();
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         format!("{}s", millis / 1000)
     } else {
         format!("{}.{:03}s", millis / 1000, millis % 1000)

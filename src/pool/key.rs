@@ -78,6 +78,15 @@ pub struct ApiKey {
     bearer: HeaderValue,
 }
 
+/// The raw key, for a caller that sends requests to Google itself with a key the pool chose
+/// (see [`KeyPool::select`](crate::KeyPool::select)). Send it to Google and nowhere else; prefer
+/// [`ApiKey::header_value`], which is marked sensitive.
+impl secrecy::ExposeSecret<str> for ApiKey {
+    fn expose_secret(&self) -> &str {
+        self.expose()
+    }
+}
+
 impl ApiKey {
     /// Validate and wrap a key. Surrounding whitespace is trimmed.
     ///
@@ -117,8 +126,10 @@ impl ApiKey {
         self.secret.expose_secret()
     }
 
-    /// The key as a sensitive header value (`x-goog-api-key: <key>`).
-    pub(crate) fn header_value(&self) -> HeaderValue {
+    /// The key as a sensitive header value (`x-goog-api-key: <key>`), for a request to Google
+    /// made without [`KeyRotation`](crate::KeyRotation) (a WebSocket to the Live API, say):
+    /// marked sensitive, so HTTP/2 never indexes it and `Debug` of the headers hides it.
+    pub fn header_value(&self) -> HeaderValue {
         self.header.clone()
     }
 

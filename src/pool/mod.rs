@@ -125,12 +125,14 @@ impl KeyPool {
 
     /// A pool from a TOML document; see [`KeyPoolBuilder::toml_str`].
     #[cfg(feature = "toml")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "toml")))]
     pub fn from_toml_str(text: &str) -> Result<KeyPool, Error> {
         KeyPool::builder().toml_str(text)?.build()
     }
 
     /// A pool from a TOML file; see [`KeyPoolBuilder::toml_str`].
     #[cfg(feature = "toml")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "toml")))]
     pub fn from_toml_path(path: impl AsRef<std::path::Path>) -> Result<KeyPool, Error> {
         KeyPool::builder().toml_path(path)?.build()
     }
@@ -160,13 +162,32 @@ impl KeyPool {
         self.inner.models.limits().for_model(project, model)
     }
 
-    /// Choose a key that can serve `model` now (`None`: the model is unknown).
+    /// Choose a key that can serve `model` now (`None`: the model is unknown), for a caller
+    /// that sends the request itself — a client that is not a tower service, such as a
+    /// WebSocket to the Live API. [`KeyRotationLayer`](crate::KeyRotationLayer) does all of
+    /// this for HTTP requests.
     ///
     /// The lease counts as in flight until it is reported or dropped. When no key can, the
-    /// error says why: [`ErrorKind::NoKeyAvailable`](crate::ErrorKind::NoKeyAvailable) (keys cooling down after Google's 429s),
-    /// [`ErrorKind::QuotaExhausted`](crate::ErrorKind::QuotaExhausted) (every project at its local quota, naming the dimension),
-    /// both with `retry_after` set to when the first frees, or [`ErrorKind::AllKeysDisabled`](crate::ErrorKind::AllKeysDisabled)
+    /// error says why: [`ErrorKind::NoKeyAvailable`](crate::ErrorKind::NoKeyAvailable) (keys
+    /// cooling down after Google's 429s), [`ErrorKind::QuotaExhausted`](crate::ErrorKind::QuotaExhausted)
+    /// (every project at its local quota, naming the dimension), both with `retry_after` set to
+    /// when the first frees, or [`ErrorKind::AllKeysDisabled`](crate::ErrorKind::AllKeysDisabled)
     /// (every key disabled for good; no `retry_after`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_gemini::{Classification, ExposeSecret, KeyPool};
+    ///
+    /// let pool = KeyPool::from_keys(["test-key-0001", "test-key-0002"])?;
+    /// let lease = pool.select(Some("gemini-2.0-flash"))?;
+    /// let header = lease.key().header_value(); // x-goog-api-key, marked sensitive
+    /// assert_eq!(lease.key().expose_secret(), "test-key-0001");
+    /// // … send the request to Google with it, then tell the pool how it went:
+    /// let answer = Classification::from_response(http::StatusCode::OK, b"");
+    /// lease.report(&answer, Duration::from_millis(420));
+    /// # let _ = header;
+    /// # Ok::<(), tower_gemini::Error>(())
+    /// ```
     pub fn select(&self, model: Option<&str>) -> Result<KeyLease, Error> {
         self.select_with(model, Demand::default())
     }
@@ -559,7 +580,7 @@ impl SelectedKey {
     }
 
     /// The key's position in the pool.
-    pub fn index(&self) -> usize {
+    pub(crate) fn index(&self) -> usize {
         self.index
     }
 }

@@ -71,6 +71,7 @@ struct ProjectToml {
     models: HashMap<String, ModelLimits>,
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "toml")))]
 impl KeyPoolBuilder {
     /// Add keys, strategy and limits from a TOML document (format above). `env = "VAR"`
     /// entries read the process environment.

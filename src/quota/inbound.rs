@@ -127,7 +127,7 @@ impl Ledger {
             return c.clone();
         }
         let count = self.new_clients.fetch_add(1, Ordering::Relaxed) + 1;
-        if clients.len() >= MAX_CLIENTS || count % SWEEP_EVERY == 0 {
+        if clients.len() >= MAX_CLIENTS || count.is_multiple_of(SWEEP_EVERY) {
             self.sweep(&mut clients, now);
         }
         if clients.len() >= MAX_CLIENTS {

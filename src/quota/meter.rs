@@ -58,13 +58,13 @@ pub struct Demand {
 
 /// Why a request was refused, and when it could pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     /// The dimension without room.
-    pub dimension: Dimension,
+    pub(crate) dimension: Dimension,
     /// Its limit.
-    pub limit: u64,
+    pub(crate) limit: u64,
     /// When a request of the same size would fit; `None` if it never can (larger than the limit).
-    pub retry_after: Option<Duration>,
+    pub(crate) retry_after: Option<Duration>,
 }
 
 /// A log of (time, amount) entries within the last minute, with their running sum.

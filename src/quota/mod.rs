@@ -44,8 +44,8 @@
 //!     .build()?;
 //! let gemini = ServiceBuilder::new()
 //!     .layer(RetryLayer::for_pool(&pool))
-//!     .layer(KeyRotationLayer::new(pool.clone()))
-//!     .layer(QuotaLayer::new(pool.clone()))
+//!     .layer(KeyRotationLayer::new(&pool))
+//!     .layer(QuotaLayer::new(&pool))
 //!     .service(client());
 //! # let _ = gemini;
 //! # Ok::<(), tower_gemini::Error>(())
@@ -60,7 +60,8 @@ mod usage;
 
 pub use estimate::{BytesPerToken, TokenEstimator};
 pub use inbound::{ClientKey, InboundFuture, InboundQuota, InboundQuotaLayer};
-pub use meter::{Demand, Dimension, MeterSnapshot, Refusal, Usage};
+pub(crate) use meter::Refusal;
+pub use meter::{Demand, Dimension, MeterSnapshot, Usage};
 pub(crate) use meter::{History, Meters, Ticket};
 pub use presets::Tier;
 pub use service::{Quota, QuotaLayer, ResponseFuture};

@@ -32,8 +32,8 @@ pub struct QuotaLayer {
 impl QuotaLayer {
     /// Meter against `pool`'s ledger (the one its selection consults). Sits inside
     /// [`KeyRotationLayer`](crate::KeyRotationLayer), which records the chosen key.
-    pub fn new(pool: KeyPool) -> Self {
-        QuotaLayer { pool }
+    pub fn new(pool: &KeyPool) -> Self {
+        QuotaLayer { pool: pool.clone() }
     }
 }
 
@@ -224,12 +224,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Refused { error } => Poll::Ready(Err(error.take().unwrap_or_else(|| {
-                Error::new(
-                    ErrorKind::QuotaExhausted,
-                    "quota future polled after it completed",
-                )
-            }))),
+            StateProj::Refused { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(Error::polled_after_completion))),
             StateProj::Calling { future, meter } => {
                 let result = ready!(future.poll(cx));
                 let meter = meter.take();

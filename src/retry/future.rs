@@ -117,13 +117,6 @@ fn next_state<F, ResB: Body>(delay: Duration) -> State<F, ResB> {
     }
 }
 
-fn polled_after_completion() -> Error {
-    Error::new(
-        ErrorKind::Transport,
-        "retry future polled after it completed",
-    )
-}
-
 /// Fingerprint and status text for the log line of one attempt.
 fn describe(key: Option<Fingerprint>, classification: Option<&Classification>) -> String {
     let key = key.map_or_else(|| "no key".to_owned(), |k| format!("key {k}"));
@@ -156,7 +149,7 @@ where
                     }
                     let Some(template) = this.request.as_ref() else {
                         this.state.set(State::Done);
-                        return Poll::Ready(Err(polled_after_completion()));
+                        return Poll::Ready(Err(Error::polled_after_completion()));
                     };
                     let number = this.call.attempts + 1;
                     let max = this.policy.attempts();
@@ -238,14 +231,14 @@ where
                 StateProj::Reading { parts, prefix } => {
                     let (Some(head), Some(reading)) = (parts.as_mut(), prefix.as_mut()) else {
                         this.state.set(State::Done);
-                        return Poll::Ready(Err(polled_after_completion()));
+                        return Poll::Ready(Err(Error::polled_after_completion()));
                     };
                     if reading.poll_read(cx).is_pending() {
                         break;
                     }
                     let classification = Classification::from_response(head.status, reading.seen());
                     let (Some(mut head), Some(reading)) = (parts.take(), prefix.take()) else {
-                        return Poll::Ready(Err(polled_after_completion()));
+                        return Poll::Ready(Err(Error::polled_after_completion()));
                     };
                     head.extensions.insert(classification.clone());
                     let response = Response::from_parts(head, reading.into_body());
@@ -268,7 +261,7 @@ where
                     }
                     this.state.set(State::Readying);
                 }
-                StateProj::Done => return Poll::Ready(Err(polled_after_completion())),
+                StateProj::Done => return Poll::Ready(Err(Error::polled_after_completion())),
             }
         }
         // Waiting for something: the deadline bounds the whole call, whatever it waits for.

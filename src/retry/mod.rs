@@ -54,7 +54,7 @@
 //! let pool = KeyPool::from_keys(["test-key-0001", "test-key-0002", "test-key-0003"])?;
 //! let gemini = ServiceBuilder::new()
 //!     .layer(RetryLayer::for_pool(&pool))        // 4 attempts, 120 s, shared budget
-//!     .layer(KeyRotationLayer::new(pool.clone()))
+//!     .layer(KeyRotationLayer::new(&pool))
 //!     .service(client());
 //! # let _ = gemini;
 //! # Ok::<(), tower_gemini::Error>(())
@@ -74,7 +74,8 @@ use tower_layer::Layer;
 pub use backoff::{Backoff, EqualJitter, FullJitter, Jitter, NoJitter};
 pub use budget::RetryBudget;
 pub use future::ResponseFuture;
-pub use policy::{DEFAULT_DEADLINE, DEFAULT_RETRIES, GeminiPolicy, RetryPolicy};
+use policy::RetryPolicy;
+pub use policy::{DEFAULT_DEADLINE, DEFAULT_RETRIES, GeminiPolicy};
 pub use service::Retry;
 
 use crate::key_rotation::ErrorBodyLimits;
@@ -97,7 +98,7 @@ pub struct Attempt {
 /// Applies [`Retry`] to a service. See the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct RetryLayer {
-    policy: RetryPolicy,
+    pub(crate) policy: RetryPolicy,
     error_body: ErrorBodyLimits,
 }
 
@@ -119,13 +120,15 @@ impl RetryLayer {
 
     /// `min(retries + 1, 2 × keys)` attempts with 3 retries.
     pub fn for_pool(pool: &KeyPool) -> Self {
-        Self::new().policy(RetryPolicy::for_pool(pool))
+        RetryLayer {
+            policy: RetryPolicy::for_pool(pool),
+            error_body: ErrorBodyLimits::default(),
+        }
     }
 
-    /// Use this policy.
-    pub fn policy(mut self, policy: RetryPolicy) -> Self {
-        self.policy = policy;
-        self
+    /// The configured number of attempts.
+    pub fn attempts(&self) -> u32 {
+        self.policy.attempts()
     }
 
     /// Total attempts (at least 1).
@@ -183,8 +186,6 @@ impl<S> Layer<S> for RetryLayer {
     type Service = Retry<S>;
 
     fn layer(&self, inner: S) -> Retry<S> {
-        Retry::new(inner, self.policy.clone())
-            .max_error_body(self.error_body.bytes)
-            .error_body_timeout(self.error_body.time)
+        Retry::new(inner, self.policy.clone(), self.error_body)
     }
 }

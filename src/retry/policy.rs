@@ -17,8 +17,8 @@ pub const DEFAULT_RETRIES: u32 = 3;
 /// Default overall deadline for attempts and waits together.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
 
-/// How many attempts, how long in all, how to back off, and the budget. Cheap to clone; clones
-/// share the budget.
+/// How many attempts, how long in all, how to back off, and the budget: what a
+/// [`RetryLayer`](super::RetryLayer) is configured with. Cheap to clone; clones share the budget.
 ///
 /// | outcome | retry |
 /// |---|---|
@@ -32,7 +32,7 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
 /// Attempts count calls that reached the upstream; waiting for a key or a circuit does not use
 /// one up.
 #[derive(Clone, Debug)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     pub(super) max_attempts: u32,
     pub(super) deadline: Duration,
     pub(super) backoff: Backoff,
@@ -52,12 +52,12 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// 3 retries (4 attempts), 120 s deadline, default backoff and budget.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Attempts for a pool: `min(retries + 1, 2 × keys)` with 3 retries.
-    pub fn for_pool(pool: &KeyPool) -> Self {
+    pub(crate) fn for_pool(pool: &KeyPool) -> Self {
         RetryPolicy {
             max_attempts: attempts_for(DEFAULT_RETRIES, pool.len()),
             ..Self::default()
@@ -65,37 +65,37 @@ impl RetryPolicy {
     }
 
     /// Total attempts (at least 1).
-    pub fn max_attempts(mut self, attempts: u32) -> Self {
+    pub(crate) fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.max(1);
         self
     }
 
     /// The overall deadline for attempts and waits together.
-    pub fn deadline(mut self, deadline: Duration) -> Self {
+    pub(crate) fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
     }
 
     /// The backoff for upstream and transport failures.
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
+    pub(crate) fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
     }
 
     /// The retry budget (shared by every clone of this policy).
-    pub fn budget(mut self, budget: RetryBudget) -> Self {
+    pub(crate) fn budget(mut self, budget: RetryBudget) -> Self {
         self.budget = Some(Arc::new(budget));
         self
     }
 
     /// No retry budget: only attempts and the deadline bound retries.
-    pub fn without_budget(mut self) -> Self {
+    pub(crate) fn without_budget(mut self) -> Self {
         self.budget = None;
         self
     }
 
     /// The configured number of attempts.
-    pub fn attempts(&self) -> u32 {
+    pub(crate) fn attempts(&self) -> u32 {
         self.max_attempts
     }
 
@@ -276,19 +276,22 @@ pub(super) enum Stop {
     Budget,
 }
 
-/// The same decisions as a [`tower::retry::Policy`], for users of tower's own `Retry`.
+/// An adapter for users of **tower's own** `tower::retry::Retry`: the decisions of a
+/// configured [`RetryLayer`](super::RetryLayer), as a [`tower::retry::Policy`]. Prefer
+/// `RetryLayer` itself; this is for stacks already built on tower's `Retry`.
 ///
 /// It reads the [`Classification`] that [`KeyRotation`](crate::KeyRotation) puts in the
 /// response extensions (or classifies from the status alone when there is none) and the crate
-/// [`Error`] in failures.
+/// [`Error`] in failures. Unlike `RetryLayer`, tower's `Retry` cannot bound the call as a whole
+/// (its deadline is checked between attempts only) nor read an error body.
 ///
 /// ```
 /// use tower::retry::RetryLayer as TowerRetryLayer;
-/// use tower_gemini::retry::{GeminiPolicy, RetryPolicy};
-/// use tower_gemini::KeyPool;
+/// use tower_gemini::retry::GeminiPolicy;
+/// use tower_gemini::{KeyPool, RetryLayer};
 ///
 /// let pool = KeyPool::from_keys(["test-key-0001", "test-key-0002"]).unwrap();
-/// let layer = TowerRetryLayer::new(GeminiPolicy::new(RetryPolicy::for_pool(&pool)));
+/// let layer = TowerRetryLayer::new(GeminiPolicy::new(&RetryLayer::for_pool(&pool)));
 /// # let _ = layer;
 /// ```
 #[derive(Clone, Debug)]
@@ -298,10 +301,10 @@ pub struct GeminiPolicy {
 }
 
 impl GeminiPolicy {
-    /// A tower policy making the decisions of `policy`.
-    pub fn new(policy: RetryPolicy) -> Self {
+    /// A tower policy making the decisions of `retry`.
+    pub fn new(retry: &super::RetryLayer) -> Self {
         GeminiPolicy {
-            policy,
+            policy: retry.policy.clone(),
             state: None,
         }
     }

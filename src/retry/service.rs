@@ -12,7 +12,8 @@ use crate::body::ResponseBody;
 use crate::error::{BoxError, Error};
 use crate::key_rotation::ErrorBodyLimits;
 
-/// Middleware that retries Gemini requests by error class. See the [module docs](super).
+/// Middleware that retries Gemini requests by error class, made by
+/// [`RetryLayer`](super::RetryLayer). See the [module docs](super).
 #[derive(Clone, Debug)]
 pub struct Retry<S> {
     inner: S,
@@ -21,30 +22,12 @@ pub struct Retry<S> {
 }
 
 impl<S> Retry<S> {
-    /// Wrap `inner` with `policy`.
-    pub fn new(inner: S, policy: RetryPolicy) -> Self {
+    pub(super) fn new(inner: S, policy: RetryPolicy, error_body: ErrorBodyLimits) -> Self {
         Retry {
             inner,
             policy,
-            error_body: ErrorBodyLimits::default(),
+            error_body,
         }
-    }
-
-    /// How much of an unclassified error body to read.
-    pub fn max_error_body(mut self, bytes: usize) -> Self {
-        self.error_body.bytes = bytes;
-        self
-    }
-
-    /// How long to read an unclassified error body at most.
-    pub fn error_body_timeout(mut self, timeout: std::time::Duration) -> Self {
-        self.error_body.time = timeout;
-        self
-    }
-
-    /// The policy.
-    pub fn policy(&self) -> &RetryPolicy {
-        &self.policy
     }
 
     /// A reference to the inner service.

@@ -129,29 +129,51 @@ impl KeyPoolBuilder {
 
     /// Build the pool.
     ///
-    /// Errors (never showing a key) if there are no keys, a key is malformed, or limits name a
-    /// project no key belongs to. A key listed twice is kept once, at its first position.
+    /// Errors (never showing a key) if there are no keys, a key is malformed, limits name a
+    /// project no key belongs to, or one key is listed twice with different settings (name,
+    /// project or priority): the error names both entries. A key listed twice with the same
+    /// settings is kept once, at its first position, with a warning.
     pub fn build(self) -> Result<KeyPool, Error> {
         if self.specs.is_empty() {
             return Err(Error::config(
                 "no API keys: add at least one with KeyPool::builder().key(..), GEMINI_API_KEY=k1,k2 or a TOML [[keys]] entry",
             ));
         }
-        let mut seen = HashSet::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
         let mut validated = Vec::with_capacity(self.specs.len());
         for (position, (spec, origin)) in self.specs.iter().enumerate() {
+            // A TOML entry by its place in the file, else by its place among the keys.
+            let entry = |position: usize, spec: &KeySpec, origin: &Option<String>| match origin {
+                Some(origin) => origin.clone(),
+                None => match &spec.name {
+                    Some(name) => format!("key #{} (name {name:?})", position + 1),
+                    None => format!("key #{}", position + 1),
+                },
+            };
             let key = ApiKey::new(spec.expose()).map_err(|e| {
-                let what = origin
-                    .clone()
-                    .or_else(|| spec.name.as_ref().map(|n| format!("name {n:?}")))
-                    .map(|o| format!(" ({o})"))
-                    .unwrap_or_default();
-                Error::config(format!("key #{}{what}: {}", position + 1, e.message()))
+                Error::config(format!(
+                    "{}: {}",
+                    entry(position, spec, origin),
+                    e.message()
+                ))
             })?;
-            if !seen.insert(key.expose().to_owned()) {
-                tracing::debug!(gemini.key = %key.fingerprint(), "duplicate key dropped");
+            if let Some(&first) = seen.get(key.expose()) {
+                let (first_spec, first_origin) = &self.specs[first];
+                let settings = |s: &KeySpec| (s.name.clone(), s.project.clone(), s.priority);
+                let (a, b) = (
+                    entry(first, first_spec, first_origin),
+                    entry(position, spec, origin),
+                );
+                if settings(first_spec) != settings(spec) {
+                    return Err(Error::config(format!(
+                        "key {} is listed twice with different settings: {a} and {b} (name, project or priority differ); keep one entry",
+                        key.fingerprint()
+                    )));
+                }
+                tracing::warn!(gemini.key = %key.fingerprint(), "key {} is listed twice ({a} and {b}); using it once", key.fingerprint());
                 continue;
             }
+            seen.insert(key.expose().to_owned(), position);
             validated.push((key, spec));
         }
 

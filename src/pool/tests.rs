@@ -203,6 +203,46 @@ rpd = 200
 rpm = 30
 "#;
 
+    #[test]
+    fn a_key_listed_twice_with_different_settings_is_an_error_naming_both() {
+        let text = r#"
+[[keys]]
+value = "test-key-dup-0001"
+name = "primary"
+project = "proj-a"
+
+[[keys]]
+value = "test-key-0002"
+
+[[keys]]
+value = "test-key-dup-0001"
+name = "backup"
+project = "proj-b"
+"#;
+        let err = KeyPool::from_toml_str(text).unwrap_err();
+        let message = err.to_string();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(message.contains("…0001 is listed twice"), "{message}");
+        assert!(message.contains(r#"keys[0] (name "primary")"#), "{message}");
+        assert!(message.contains(r#"keys[2] (name "backup")"#), "{message}");
+        assert!(!message.contains("test-key-dup"), "{message}");
+    }
+
+    #[test]
+    fn a_key_listed_twice_the_same_way_is_used_once() {
+        let text = r#"
+[[keys]]
+value = "test-key-0001"
+project = "proj-a"
+
+[[keys]]
+value = "test-key-0001"
+project = "proj-a"
+"#;
+        let pool = KeyPool::from_toml_str(text).unwrap();
+        assert_eq!(pool.len(), 1);
+    }
+
     fn lookup(name: &str) -> Option<String> {
         (name == "MY_GEMINI_KEY").then(|| "test-key-0002".to_owned())
     }

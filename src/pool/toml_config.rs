@@ -142,7 +142,7 @@ impl KeyPoolBuilder {
             spec.name = key.name;
             spec.project = key.project;
             spec.priority = key.priority;
-            self = self.key_with(spec);
+            self = self.key_from(spec, label);
         }
         for (model, limits) in file.models {
             self = self.model_limits(model, limits);

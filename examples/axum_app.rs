@@ -14,21 +14,19 @@ use bytes::Bytes;
 use http::{HeaderName, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
-use tower::{Layer, ServiceExt};
+use tower::ServiceExt;
 use tower_gemini::mock::{self, DEMO_MODEL};
-use tower_gemini::pool::ModelLimits;
-use tower_gemini::quota::{ClientKey, InboundQuotaLayer};
-use tower_gemini::retry::Attempt;
-use tower_gemini::{GeminiService, SelectedKey, stack};
-
-type Gemini = GeminiService<Client<HttpConnector, Full<Bytes>>>;
+use tower_gemini::quota::ClientKey;
+use tower_gemini::{
+    Attempt, BoxGemini, InboundQuotaLayer, ModelLimits, ResponseExt, SelectedKey, stack,
+};
 
 #[derive(Clone)]
 struct App {
-    gemini: Gemini,
+    /// The whole stack, boxed: one type to name, whatever the client.
+    gemini: BoxGemini,
     upstream: String,
 }
 
@@ -44,7 +42,8 @@ struct Answer {
     attempts: u32,
 }
 
-/// Errors become responses (429/503 with `Retry-After` and a JSON body), never a panic.
+/// Errors become responses (429/503/504 with `Retry-After` and a JSON body, or Google's own
+/// status when its last answer was an error), never a panic and never a 200 with an error inside.
 async fn ask(
     State(app): State<App>,
     Json(question): Json<Question>,
@@ -58,7 +57,7 @@ async fn ask(
     .map_err(|e| {
         tower_gemini::Error::new(tower_gemini::ErrorKind::Config, format!("bad request: {e}"))
     })?;
-    let response = app.gemini.oneshot(request).await?;
+    let response = app.gemini.oneshot(request).await?.error_for_status()?;
     let key = response
         .extensions()
         .get::<SelectedKey>()
@@ -68,19 +67,7 @@ async fn ask(
         .extensions()
         .get::<Attempt>()
         .map_or(1, |a| a.number);
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| {
-            tower_gemini::Error::new(
-                tower_gemini::ErrorKind::Transport,
-                "reading the answer failed",
-            )
-            .with_source(e)
-        })?
-        .to_bytes();
-    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let json: serde_json::Value = response.json().await?;
     let text = json["candidates"][0]["content"]["parts"][0]["text"]
         .as_str()
         .unwrap_or_default()
@@ -95,7 +82,7 @@ async fn ask(
 fn app(upstream: String, pool: &tower_gemini::KeyPool) -> Router {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let state = App {
-        gemini: stack(pool).layer(client),
+        gemini: stack(pool).boxed(client),
         upstream,
     };
     Router::new()
@@ -142,10 +129,11 @@ async fn main() -> Result<(), tower_gemini::BoxError> {
         let retry_after = response
             .headers()
             .get("retry-after")
-            .map(|v| v.to_str().unwrap_or("").to_owned());
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(|| "-".to_owned(), |v| format!("{v}s"));
         let body = response.into_body().collect().await?.to_bytes();
         println!(
-            "call {} ({token}): {status} retry-after={retry_after:?} {}",
+            "call {} ({token}): {status}, retry after {retry_after}: {}",
             i + 1,
             String::from_utf8_lossy(&body)
         );

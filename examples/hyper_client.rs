@@ -15,8 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{Layer, ServiceExt};
 use tower_gemini::mock::{self, DEMO_MODEL};
-use tower_gemini::retry::Attempt;
-use tower_gemini::{SelectedKey, stack};
+use tower_gemini::{Attempt, ResponseExt, SelectedKey, stack};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), tower_gemini::BoxError> {
@@ -32,16 +31,13 @@ async fn main() -> Result<(), tower_gemini::BoxError> {
     let served = response
         .extensions()
         .get::<SelectedKey>()
-        .map(|k| k.fingerprint());
+        .map_or_else(|| "-".to_owned(), |k| k.fingerprint().to_string());
     let attempts = response
         .extensions()
         .get::<Attempt>()
         .map_or(1, |a| a.number);
-    let text = response.into_body().collect().await?.to_bytes();
-    println!(
-        "generateContent: key {served:?}, {attempts} attempt(s)\n{}",
-        String::from_utf8_lossy(&text)
-    );
+    let text = response.error_for_status()?.text().await?;
+    println!("generateContent: key {served}, {attempts} attempt(s)\n{text}");
 
     let url = format!(
         "{}?alt=sse",

@@ -7,16 +7,35 @@
 //! project out of per-minute quota cools for the delay Google gave, a project out of daily quota
 //! cools until midnight Pacific.
 //!
-//! ```no_run
-//! use tower::ServiceBuilder;
-//! use tower_gemini::{KeyPool, KeyRotationLayer};
-//! # fn client() -> tower::util::BoxService<http::Request<String>, http::Response<String>, tower_gemini::BoxError> { unimplemented!() }
+//! The recommended stack is [`stack`]: Retry → CircuitBreaker → KeyRotation → Quota over
+//! any HTTP client. Here against the embedded mock Gemini (feature `mock`, on by default);
+//! in production, load the pool with [`KeyPool::from_env`] and send the request to
+//! `https://generativelanguage.googleapis.com` with [`client::https`] (feature `rustls`) or
+//! reqwest.
 //!
-//! let pool = KeyPool::from_env()?; // GEMINI_API_KEY=k1,k2,k3
-//! let service = ServiceBuilder::new()
-//!     .layer(KeyRotationLayer::new(&pool))
-//!     .service(client());
-//! # Ok::<(), tower_gemini::Error>(())
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use tower::{Layer, ServiceExt};
+//! use tower_gemini::{KeyPool, ResponseExt, SelectedKey, stack};
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), tower_gemini::BoxError> {
+//!     let google = tower_gemini::mock::demo().start().await?; // a local stand-in for Google
+//!     let pool = KeyPool::from_keys(["test-key-0003", "test-key-0004"])?;
+//!     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+//!     let gemini = stack(&pool).layer(client);
+//!
+//!     let request = http::Request::post(google.model_url("gemini-2.0-flash", "generateContent"))
+//!         .body(Full::new(Bytes::from(r#"{"contents":[{"parts":[{"text":"Hello"}]}]}"#)))?;
+//!     let response = gemini.oneshot(request).await?.error_for_status()?;
+//!     let key = response.extensions().get::<SelectedKey>().map(|k| k.fingerprint());
+//!     println!("answered with key {}", key.unwrap()); // "…0003": a fingerprint, never the key
+//!     println!("{}", response.text().await?);
+//!     Ok(())
+//! }
 //! ```
 //!
 //! | upstream answer | [`Class`](classify::Class) | what the pool does |

@@ -38,7 +38,7 @@
 //! }
 //! ```
 //!
-//! | upstream answer | [`Class`](classify::Class) | what the pool does |
+//! | upstream answer | [`Class`] | what the pool does |
 //! |---|---|---|
 //! | 2xx | `Success` | reset failures |
 //! | 400 `API_KEY_INVALID`, 401 | `KeyInvalid` | key disabled until reset |
@@ -82,6 +82,12 @@ mod telemetry;
 pub use circuit_breaker::CircuitBreakerLayer;
 pub use classify::{Class, Classification};
 pub use error::{BoxError, Error, ErrorKind};
+
+/// Every Rust block of README.md, compiled and run as a doc test, so the README never shows
+/// code that does not build.
+#[cfg(all(doctest, feature = "mock", feature = "reqwest", feature = "axum"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 pub use key_rotation::{KeyPlacement, KeyRotation, KeyRotationLayer};
 pub use model::Model;
 pub use pool::{ApiKey, Fingerprint, KeyPool, KeySpec, ModelLimits, SelectedKey};

@@ -192,6 +192,84 @@ mod with_axum {
     }
 }
 
+#[cfg(feature = "axum")]
+mod with_axum_boxed {
+    use super::*;
+    use axum::Router;
+    use axum::extract::State;
+    use axum::routing::post;
+    use bytes::Bytes;
+    use http::Request;
+    use http_body_util::Full;
+    use tower_gemini::mock::{Fault, MockGemini};
+    use tower_gemini::{BoxGemini, ErrorKind, ResponseExt, RetryLayer};
+
+    #[derive(Clone)]
+    struct App {
+        gemini: BoxGemini,
+        url: String,
+    }
+
+    async fn ask(
+        State(app): State<App>,
+        prompt: String,
+    ) -> Result<axum::Json<serde_json::Value>, tower_gemini::Error> {
+        let request = Request::post(&app.url)
+            .body(Full::new(Bytes::from(common::generate_body(&prompt))))
+            .unwrap();
+        let answer = app
+            .gemini
+            .oneshot(request)
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(axum::Json(answer))
+    }
+
+    /// When retries run out on Google's 503s, the handler answers 503 with Google's message —
+    /// not 200 with an error JSON as its text.
+    #[tokio::test(start_paused = true)]
+    async fn a_final_upstream_error_becomes_the_handlers_error_not_a_200() {
+        let upstream = MockGemini::builder()
+            .project("p", |p| p.key("test-key-0001"))
+            .fault(Fault::overloaded(1.0))
+            .start()
+            .await
+            .unwrap();
+        let pool = KeyPool::from_keys(["test-key-0001"]).unwrap();
+        let state = App {
+            gemini: stack(&pool)
+                .retry(RetryLayer::for_pool(&pool).without_budget())
+                .boxed(client()),
+            url: upstream.model_url(DEMO_MODEL, "generateContent"),
+        };
+        let app = Router::new().route("/ask", post(ask)).with_state(state);
+        let call = || {
+            Request::post("/ask")
+                .body(axum::body::Body::from("hi"))
+                .unwrap()
+        };
+        let response = app.clone().oneshot(call()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["error"]["reason"], ErrorKind::Upstream.as_str());
+        let message = json["error"]["message"].as_str().unwrap();
+        assert!(message.contains("overloaded"), "{message}");
+        assert!(!message.contains("test-key-0001"), "{message}");
+        assert_eq!(upstream.stats().total_requests(), 2, "retried first");
+
+        // Recovered: the same handler answers with Google's JSON.
+        upstream.set_faults([]);
+        let response = app.oneshot(call()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(json["candidates"].is_array(), "{json}");
+    }
+}
+
 #[cfg(feature = "metrics")]
 mod with_metrics {
     use super::*;

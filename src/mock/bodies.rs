@@ -269,6 +269,52 @@ pub(super) fn openai_response(model: &str, text: &str, prompt: u64, id: &str) ->
     })
 }
 
+/// The chunks of a streamed OpenAI-compatible answer (`chat.completion.chunk`), the last with
+/// the finish reason and usage.
+pub(super) fn openai_chunks(
+    model: &str,
+    text: &str,
+    prompt: u64,
+    id: &str,
+    chunks: usize,
+) -> Vec<Value> {
+    let words: Vec<&str> = text.split_inclusive(' ').collect();
+    let per = words.len().div_ceil(chunks.max(1)).max(1);
+    let out = tokens_for(text.chars().count());
+    let pieces: Vec<String> = words.chunks(per).map(|w| w.concat()).collect();
+    let last = pieces.len().saturating_sub(1);
+    pieces
+        .iter()
+        .enumerate()
+        .map(|(i, piece)| {
+            let mut chunk = json!({
+                "id": id,
+                "object": "chat.completion.chunk",
+                "created": 1_767_225_600u64,
+                "model": model,
+                "choices": [{
+                    "index": 0,
+                    "delta": { "role": "assistant", "content": piece },
+                    "finish_reason": if i == last { Value::from("stop") } else { Value::Null }
+                }]
+            });
+            if i == last {
+                chunk["usage"] = json!({ "prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out });
+            }
+            chunk
+        })
+        .collect()
+}
+
+/// `GET /v1beta/openai/models`.
+pub(super) fn openai_model_list(models: &[String]) -> Value {
+    let data: Vec<Value> = models
+        .iter()
+        .map(|m| json!({ "id": m, "object": "model", "created": 0, "owned_by": "google" }))
+        .collect();
+    json!({ "object": "list", "data": data })
+}
+
 pub(super) fn model_list(models: &[String]) -> Value {
     let models: Vec<Value> = models
         .iter()

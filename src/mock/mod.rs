@@ -237,6 +237,7 @@ pub struct MockGemini {
     seed: u64,
     clock: Option<Arc<dyn Clock>>,
     stream_chunks: Option<usize>,
+    chunk_delay: Duration,
 }
 
 impl MockGemini {
@@ -291,6 +292,13 @@ impl MockGemini {
         self
     }
 
+    /// Wait this long between the chunks of a streamed answer (default none): for tests that
+    /// a proxy passes chunks on as they come.
+    pub fn stream_chunk_delay(mut self, delay: Duration) -> Self {
+        self.chunk_delay = delay;
+        self
+    }
+
     /// Bind 127.0.0.1 on an ephemeral port and serve until the returned server is dropped.
     pub async fn start(self) -> std::io::Result<MockServer> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -316,6 +324,7 @@ impl MockGemini {
             usage: Mutex::new(HashMap::new()),
             stats: Stats::default(),
             stream_chunks: self.stream_chunks.unwrap_or(3),
+            chunk_delay: self.chunk_delay,
             next_id: AtomicU64::new(1),
         });
         let task = tokio::spawn(server::serve(listener, state.clone()));
@@ -334,6 +343,7 @@ pub(crate) struct MockState {
     usage: Mutex<HashMap<(usize, String), quota::Usage>>,
     stats: Stats,
     stream_chunks: usize,
+    chunk_delay: Duration,
     next_id: AtomicU64,
 }
 

@@ -168,7 +168,8 @@ fn error(
 async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8]) -> Outcome {
     let path = parts.uri.path();
     let openai = path == "/v1beta/openai/chat/completions";
-    let listing = path == "/v1beta/models" && parts.method == Method::GET;
+    let openai_models = path == "/v1beta/openai/models" && parts.method == Method::GET;
+    let listing = (path == "/v1beta/models" && parts.method == Method::GET) || openai_models;
     let native = path
         .strip_prefix("/v1beta/models/")
         .and_then(|rest| rest.split_once(':'));
@@ -192,12 +193,12 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
     };
     let project_name = Some(name.as_str());
     if listing {
-        return Outcome::Answer(json_response(
-            200,
-            &bodies::model_list(&state.models),
-            project_name,
-            Some(key),
-        ));
+        let list = if openai_models {
+            bodies::openai_model_list(&state.models)
+        } else {
+            bodies::model_list(&state.models)
+        };
+        return Outcome::Answer(json_response(200, &list, project_name, Some(key)));
     }
     if project.billing_exhausted {
         return error(
@@ -333,6 +334,15 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
         name
     );
     if openai {
+        if json.get("stream").and_then(Value::as_bool) == Some(true) {
+            let frames =
+                bodies::openai_chunks(&model, &text, prompt_tokens, &id, state.stream_chunks)
+                    .into_iter()
+                    .map(|data| Ok(Bytes::from(format!("data: {data}\n\n"))))
+                    .chain([Ok(Bytes::from_static(b"data: [DONE]\n\n"))])
+                    .collect();
+            return Outcome::Answer(streamed(state, frames, true, project_name, key));
+        }
         let answer = bodies::openai_response(&model, &text, prompt_tokens, &id);
         return Outcome::Answer(json_response(200, &answer, project_name, Some(key)));
     }
@@ -406,14 +416,32 @@ fn stream_response(
             format!(",\r\n{json}")
         })));
     }
-    let body = stream::unfold(frames.into_iter(), |mut frames| async move {
-        let next = frames.next()?;
-        if next.is_err() {
-            // Let the chunks before the break reach the client first.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        Some((next.map(Frame::data), frames))
-    });
+    streamed(state, frames, sse, project, key)
+}
+
+/// A streamed answer from its frames (SSE or a JSON array), a chunk delay apart.
+fn streamed(
+    state: &MockState,
+    frames: Vec<Result<Bytes, io::Error>>,
+    sse: bool,
+    project: Option<&str>,
+    key: &str,
+) -> Response<MockBody> {
+    let delay = state.chunk_delay;
+    let body = stream::unfold(
+        (frames.into_iter(), true),
+        move |(mut frames, first)| async move {
+            let next = frames.next()?;
+            if !first && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if next.is_err() {
+                // Let the chunks before the break reach the client first.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Some((next.map(Frame::data), (frames, false)))
+        },
+    );
     let mut response = Response::new(StreamBody::new(body).boxed());
     let content_type = if sse {
         "text/event-stream"

@@ -147,6 +147,15 @@ impl KeyPool {
         self.inner.keys.is_empty()
     }
 
+    /// The keys with their names and projects, in pool order (for `gemini-gateway check-keys`).
+    #[cfg(feature = "gateway")]
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&ApiKey, Option<&str>, &str)> + '_ {
+        self.inner.keys.iter().map(|k| {
+            let project = &*self.inner.projects[k.project].name;
+            (&k.key, k.name.as_deref(), project)
+        })
+    }
+
     /// The fingerprints of the keys, in pool order.
     pub fn fingerprints(&self) -> impl Iterator<Item = Fingerprint> + '_ {
         self.inner.keys.iter().map(|k| k.key.fingerprint())

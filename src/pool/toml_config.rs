@@ -43,6 +43,9 @@ use crate::quota::Tier;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    /// Read by `gemini-gateway` (its `[gateway]` table), not by the pool.
+    #[allow(dead_code)]
+    gateway: Option<toml::Value>,
     strategy: Option<String>,
     tier: Option<Tier>,
     #[serde(default)]

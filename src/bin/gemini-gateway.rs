@@ -1,0 +1,117 @@
+//! `gemini-gateway`: the key-pooling Gemini proxy. The app lives in `tower_gemini::gateway`;
+//! this is its command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tower_gemini::gateway::{self, Flags, GatewayConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "gemini-gateway",
+    version,
+    about = "A Gemini proxy that spreads calls over several API keys"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the proxy (OpenAI-compatible /v1 and native /v1beta routes).
+    Serve(Common),
+    /// Call every configured key once (countTokens) and print what Google said of it.
+    CheckKeys(Common),
+}
+
+/// Flags beat environment variables, which beat the file.
+#[derive(Args)]
+struct Common {
+    /// A TOML file: the key pool's format plus a [gateway] table.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where to listen [default: 127.0.0.1:8080; env GATEWAY_LISTEN].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The upstream base URL [default: Google's; env LLM_API_ENDPOINT].
+    #[arg(long)]
+    upstream: Option<String>,
+    /// The model of OpenAI-compatible requests without one [env LLM_MODEL].
+    #[arg(long)]
+    model: Option<String>,
+    /// How long a request may wait for a key when every project is busy [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    max_wait: Option<u64>,
+    /// Serve without client tokens (then on 127.0.0.1 only).
+    #[arg(long)]
+    allow_unauthenticated: bool,
+}
+
+impl Common {
+    fn config(self) -> Result<GatewayConfig, tower_gemini::Error> {
+        let flags = Flags {
+            config: self.config,
+            listen: self.listen,
+            upstream: self.upstream,
+            model: self.model,
+            max_wait: self.max_wait.map(Duration::from_secs),
+            allow_unauthenticated: self.allow_unauthenticated,
+        };
+        GatewayConfig::resolve(flags, |name| std::env::var(name).ok())
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: no new connections; letting requests in flight finish");
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .init();
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Serve(common) => match common.config() {
+            Ok(config) => gateway::serve(config, shutdown_signal()).await,
+            Err(error) => Err(error),
+        },
+        Command::CheckKeys(common) => match common.config() {
+            Ok(config) => {
+                let checks = gateway::check_keys(&config).await;
+                print!("{}", gateway::table(&checks));
+                Ok(())
+            }
+            Err(error) => Err(error),
+        },
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gemini-gateway: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

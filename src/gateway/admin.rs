@@ -1,0 +1,110 @@
+//! The status API and the admin routes, behind the admin token.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use http::{HeaderMap, StatusCode};
+
+use super::Shared;
+use super::auth::{accepted, presented};
+use super::reply::{self, Family};
+use crate::pool::KeyState;
+
+/// Check the admin token, from `Authorization: Bearer` or `x-admin-token`; the refusal to
+/// answer with if it is missing or wrong.
+fn refusal(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+    let Some(admin) = &shared.admin_token else {
+        return Some(reply::client_error(
+            Family::Native,
+            StatusCode::FORBIDDEN,
+            "the status and admin routes are closed: start the gateway with ADMIN_TOKEN set",
+        ));
+    };
+    let token = headers
+        .get("x-admin-token")
+        .map(|v| v.as_bytes())
+        .or_else(|| presented(headers, None));
+    match accepted(std::slice::from_ref(admin), token) {
+        Some(_) => None,
+        None => Some(reply::client_error(
+            Family::Native,
+            StatusCode::UNAUTHORIZED,
+            "the admin token is missing or wrong: send it as Authorization: Bearer <token> or x-admin-token",
+        )),
+    }
+}
+
+/// `GET /api/keys/status`: every key in the shape worker dashboards read
+/// (`{"success":true,"data":[{"id","name","status","consecutive_failures","total_calls",
+/// "success_calls","last_used_at","success_rate",…}]}`), plus project, per-model cool-downs,
+/// quota used and limits, and the breakers. Fingerprints only.
+pub(crate) async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refusal(&shared, &headers) {
+        return refused;
+    }
+    let snapshot = shared.pool.snapshot();
+    let data: Vec<serde_json::Value> = snapshot
+        .keys
+        .iter()
+        .map(|key| {
+            let status = match key.state {
+                KeyState::Active if !key.models.is_empty() => "cooling_for_some_models",
+                KeyState::Active => "active",
+                KeyState::Cooling => "cooling",
+                KeyState::Disabled => "disabled",
+            };
+            serde_json::json!({
+                "id": key.fingerprint,
+                "name": key.name,
+                "project": key.project,
+                "status": status,
+                "disabled_reason": key.reason,
+                "cooling_until": key.cooling_until,
+                "consecutive_failures": key.counters.consecutive_failures,
+                "total_calls": key.counters.total,
+                "success_calls": key.counters.successes,
+                "failures": key.counters.failures,
+                "in_flight": key.counters.in_flight,
+                "last_used_at": key.counters.last_used,
+                "success_rate": key.success_rate,
+                "latency_ms": key.counters.latency_ewma_ms,
+                "models": key.models,
+            })
+        })
+        .collect();
+    reply::json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "success": true,
+            "taken_at": snapshot.taken_at,
+            "data": data,
+            "quota": snapshot.quota,
+            "breakers": shared.breakers.snapshot(),
+        }),
+    )
+}
+
+/// `POST /api/keys/{id}/reset`: re-enable a key (by fingerprint, name or project) and clear
+/// its cool-downs.
+pub(crate) async fn reset(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = refusal(&shared, &headers) {
+        return refused;
+    }
+    let matched = shared.pool.reset(&id);
+    if matched == 0 {
+        return reply::client_error(
+            Family::Native,
+            StatusCode::NOT_FOUND,
+            "no key has that fingerprint, name or project",
+        );
+    }
+    reply::json(
+        StatusCode::OK,
+        &serde_json::json!({ "success": true, "reset": matched }),
+    )
+}

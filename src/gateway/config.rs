@@ -1,0 +1,273 @@
+//! The gateway's configuration: flags beat the environment, the environment beats the file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::auth::Token;
+use crate::error::Error;
+use crate::pool::{KeyPool, ModelLimits};
+
+/// Google's endpoint, the default upstream.
+pub const GOOGLE: &str = "https://generativelanguage.googleapis.com";
+/// The default model of OpenAI-compatible requests without one.
+pub const DEFAULT_MODEL: &str = "gemini-2.5-flash";
+/// Where the gateway listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// How long a request may wait for a key when every project is busy.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(60);
+/// The largest request body accepted.
+pub const DEFAULT_BODY_LIMIT: usize = 20 * 1024 * 1024;
+
+/// What the command line gave (each `None` when not given).
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    /// `--config`: a TOML file (the key pool's format plus a `[gateway]` table).
+    pub config: Option<PathBuf>,
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--upstream`.
+    pub upstream: Option<String>,
+    /// `--model`.
+    pub model: Option<String>,
+    /// `--max-wait` (seconds).
+    pub max_wait: Option<Duration>,
+    /// `--allow-unauthenticated`.
+    pub allow_unauthenticated: bool,
+}
+
+/// The `[gateway]` table of the configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGateway {
+    listen: Option<String>,
+    upstream: Option<String>,
+    model: Option<String>,
+    tokens: Option<Vec<String>>,
+    admin_token: Option<String>,
+    allowed_origins: Option<Vec<String>>,
+    max_wait_secs: Option<u64>,
+    body_limit_bytes: Option<usize>,
+    client_limits: Option<ModelLimits>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct FileTop {
+    #[serde(default)]
+    gateway: FileGateway,
+}
+
+/// The effective configuration.
+pub struct GatewayConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The upstream base URL, without a trailing slash (`https://generativelanguage.googleapis.com`).
+    pub upstream: String,
+    /// The model of OpenAI-compatible requests that name none.
+    pub model: String,
+    /// Client tokens; empty only with `allow_unauthenticated`.
+    pub tokens: Vec<Token>,
+    /// The admin token for the status and admin routes; without one they are closed.
+    pub admin_token: Option<Token>,
+    /// Origins allowed by CORS: exact (`https://app.example.com`) or a subdomain wildcard
+    /// (`https://*.example.com`).
+    pub allowed_origins: Vec<String>,
+    /// How long a request may wait for a key.
+    pub max_wait: Duration,
+    /// The largest request body, in bytes.
+    pub body_limit: usize,
+    /// Limits per client token, if any.
+    pub client_limits: Option<ModelLimits>,
+    /// No client token required (loopback only).
+    pub allow_unauthenticated: bool,
+    /// The keys.
+    pub pool: KeyPool,
+}
+
+fn comma_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+impl GatewayConfig {
+    /// Resolve the configuration from flags, environment variables (read through `env`) and
+    /// the file named by `--config`.
+    ///
+    /// Errors say what is wrong and how to fix it: no keys, no client token (unless
+    /// unauthenticated mode was asked for, which then listens on loopback only), a malformed
+    /// file or address.
+    pub fn resolve(flags: Flags, env: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let text = match &flags.config {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                Error::config(format!(
+                    "cannot read the configuration file {}: {e}",
+                    path.display()
+                ))
+            })?),
+            None => None,
+        };
+        let file = match &text {
+            Some(text) => {
+                toml::from_str::<FileTop>(text)
+                    .map_err(|e| {
+                        Error::config(format!(
+                            "configuration file {}: [gateway]: {}",
+                            flags
+                                .config
+                                .as_deref()
+                                .map(|p| p.display().to_string())
+                                .unwrap_or_default(),
+                            e.message()
+                        ))
+                    })?
+                    .gateway
+            }
+            None => FileGateway::default(),
+        };
+        let vars: Vec<(String, String)> = [
+            "GEMINI_API_KEY",
+            "GOOGLE_API_KEY",
+            "API_KEY_RANGE",
+            "API_KEY_TERM",
+        ]
+        .into_iter()
+        .filter_map(|name| env(name).map(|v| (name.to_owned(), v)))
+        .chain((1..=1000).filter_map(|n| {
+            let name = format!("GOOGLE_API_KEY_{n}");
+            env(&name).map(|v| (name, v))
+        }))
+        .collect();
+        let mut builder = KeyPool::builder();
+        if let Some(text) = &text {
+            builder = builder.toml_str(text)?;
+        }
+        if !vars.is_empty() {
+            builder = builder.keys_from_vars(vars)?;
+        }
+        let pool = builder.build().map_err(|e| {
+            e.context(
+                "no keys for the gateway: set GEMINI_API_KEY=k1,k2 or add [[keys]] to --config",
+            )
+        })?;
+
+        let listen = match (flags.listen, env("GATEWAY_LISTEN").or(file.listen)) {
+            (Some(addr), _) => addr,
+            (None, Some(text)) => text.parse().map_err(|_| {
+                Error::config(format!(
+                    "listen address {text:?} is not an address such as 127.0.0.1:8080"
+                ))
+            })?,
+            (None, None) => DEFAULT_LISTEN
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        };
+        let upstream = flags
+            .upstream
+            .or_else(|| env("LLM_API_ENDPOINT"))
+            .or(file.upstream)
+            .unwrap_or_else(|| GOOGLE.to_owned());
+        let upstream = upstream.trim().trim_end_matches('/').to_owned();
+        if !(upstream.starts_with("https://") || upstream.starts_with("http://")) {
+            return Err(Error::config(format!(
+                "upstream {upstream:?} must start with https:// (or http:// for a local mock)"
+            )));
+        }
+        let model = flags
+            .model
+            .or_else(|| env("LLM_MODEL"))
+            .or(file.model)
+            .unwrap_or_else(|| DEFAULT_MODEL.to_owned());
+        let tokens: Vec<String> = match env("GATEWAY_TOKENS").or_else(|| env("MY_API_TOKEN")) {
+            Some(list) => comma_list(&list),
+            None => file.tokens.unwrap_or_default(),
+        };
+        let tokens = tokens
+            .into_iter()
+            .map(Token::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        let admin_token = env("ADMIN_TOKEN")
+            .or(file.admin_token)
+            .filter(|t| !t.trim().is_empty())
+            .map(Token::new)
+            .transpose()?;
+        let allowed_origins = match env("ALLOWED_ORIGINS") {
+            Some(list) => comma_list(&list),
+            None => file.allowed_origins.unwrap_or_default(),
+        };
+        let max_wait = flags
+            .max_wait
+            .or_else(|| {
+                env("GATEWAY_MAX_WAIT_SECS")
+                    .and_then(|v| v.trim().parse().ok())
+                    .map(Duration::from_secs)
+            })
+            .or(file.max_wait_secs.map(Duration::from_secs))
+            .unwrap_or(DEFAULT_MAX_WAIT);
+        let body_limit = file.body_limit_bytes.unwrap_or(DEFAULT_BODY_LIMIT);
+
+        let mut listen = listen;
+        if tokens.is_empty() {
+            if !flags.allow_unauthenticated {
+                return Err(Error::config(
+                    "no client token: anyone who reaches the gateway could spend your keys. Set GATEWAY_TOKENS=token1,token2 (or tokens = [..] in [gateway]), or pass --allow-unauthenticated to listen on 127.0.0.1 only",
+                ));
+            }
+            if !listen.ip().is_loopback() {
+                tracing::warn!(
+                    "no client token: --allow-unauthenticated listens on loopback only, not {listen}"
+                );
+                listen.set_ip(std::net::IpAddr::from([127, 0, 0, 1]));
+            }
+        }
+        Ok(GatewayConfig {
+            listen,
+            upstream,
+            model,
+            tokens,
+            admin_token,
+            allowed_origins,
+            max_wait,
+            body_limit,
+            client_limits: file.client_limits,
+            allow_unauthenticated: flags.allow_unauthenticated,
+            pool,
+        })
+    }
+
+    /// The effective configuration, as printed at start: fingerprints only.
+    pub fn describe(&self) -> String {
+        let keys: Vec<String> = self.pool.fingerprints().map(|f| f.to_string()).collect();
+        let tokens: Vec<String> = self.tokens.iter().map(|t| t.fingerprint()).collect();
+        format!(
+            "listen {}\nupstream {}\ndefault model {}\nkeys ({}): {}\nclient tokens ({}): {}\nadmin token: {}\nallowed origins: {}\nmax wait for a key: {}s\nbody limit: {} bytes",
+            self.listen,
+            self.upstream,
+            self.model,
+            keys.len(),
+            keys.join(" "),
+            tokens.len(),
+            if tokens.is_empty() {
+                "none (unauthenticated, loopback only)".to_owned()
+            } else {
+                tokens.join(" ")
+            },
+            self.admin_token.as_ref().map_or_else(
+                || "none (status and admin routes closed)".to_owned(),
+                Token::fingerprint
+            ),
+            if self.allowed_origins.is_empty() {
+                "none".to_owned()
+            } else {
+                self.allowed_origins.join(" ")
+            },
+            self.max_wait.as_secs(),
+            self.body_limit,
+        )
+    }
+}

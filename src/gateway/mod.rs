@@ -1,0 +1,171 @@
+//! The `gemini-gateway` binary's app (feature `gateway`): an OpenAI-compatible and native
+//! Gemini proxy built from this crate's layers.
+//!
+//! Clients send requests with one of the gateway's tokens (`Authorization: Bearer`,
+//! `x-goog-api-key` or `?key=`, as the OpenAI and Google SDKs do); the gateway checks it in
+//! constant time, drops it, and sends the request upstream through [`stack`](fn@crate::stack) with
+//! a key of the pool — waiting for the earliest free slot when every project is busy, instead of
+//! failing. Routes:
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/chat/completions`, `POST /v1/embeddings`, `GET /v1/models` | OpenAI-compatible, to Google's `/v1beta/openai/...` (`model` defaults to the configured one) |
+//! | `POST /v1beta/models/{model}:{generateContent, streamGenerateContent, countTokens, embedContent, batchEmbedContents}`, `GET /v1beta/models` | native Gemini; SSE streams pass through chunk by chunk |
+//! | `GET /api/keys/status`, `POST /api/keys/{id}/reset` | status and admin, behind the admin token |
+//! | `GET /` | the dashboard page |
+//! | `GET /healthz` | liveness |
+//!
+//! ```no_run
+//! use tower_gemini::gateway::{Flags, GatewayConfig, serve};
+//!
+//! # async fn run() -> Result<(), tower_gemini::Error> {
+//! let config = GatewayConfig::resolve(Flags::default(), |name| std::env::var(name).ok())?;
+//! serve(config, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+
+mod admin;
+mod auth;
+mod check_keys;
+mod config;
+mod cors;
+mod dashboard;
+mod proxy;
+mod reply;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use http::StatusCode;
+
+pub use auth::Token;
+pub use check_keys::{KeyCheck, check_keys, table};
+pub use config::{
+    DEFAULT_BODY_LIMIT, DEFAULT_LISTEN, DEFAULT_MAX_WAIT, DEFAULT_MODEL, Flags, GOOGLE,
+    GatewayConfig,
+};
+
+use crate::circuit_breaker::{BreakerHandle, CircuitBreakerLayer};
+use crate::error::Error;
+use crate::pool::KeyPool;
+use crate::quota::{ClientKey, InboundQuotaLayer};
+use crate::{BoxGemini, client, stack};
+use reply::Family;
+
+/// What every route shares.
+pub(crate) struct Shared {
+    pub(crate) gemini: BoxGemini,
+    pub(crate) pool: KeyPool,
+    pub(crate) breakers: BreakerHandle,
+    pub(crate) upstream: String,
+    pub(crate) model: String,
+    pub(crate) tokens: Vec<Token>,
+    pub(crate) admin_token: Option<Token>,
+    pub(crate) body_limit: usize,
+}
+
+/// The gateway's router for `config`: every route, auth, CORS and per-client limits. Serve it
+/// with `axum::serve` (see [`serve`], which also handles shutdown).
+pub fn router(config: &GatewayConfig) -> Router {
+    let breaker = CircuitBreakerLayer::new();
+    let breakers = breaker.handle();
+    let layer = stack(&config.pool)
+        .circuit_breaker(breaker)
+        .wait_up_to(config.max_wait);
+    let shared = Arc::new(Shared {
+        gemini: layer.boxed(client::https()),
+        pool: config.pool.clone(),
+        breakers,
+        upstream: config.upstream.clone(),
+        model: config.model.clone(),
+        tokens: config.tokens.clone(),
+        admin_token: config.admin_token.clone(),
+        body_limit: config.body_limit,
+    });
+    let mut api = Router::new()
+        .route("/v1/chat/completions", post(proxy::chat_completions))
+        .route("/v1/embeddings", post(proxy::embeddings))
+        .route("/v1/models", get(proxy::models))
+        .route("/v1beta/{*rest}", get(proxy::native).post(proxy::native))
+        .route_layer(middleware::from_fn_with_state(shared.clone(), authenticate));
+    if let Some(limits) = config.client_limits {
+        let by_token = ClientKey::custom(|head| {
+            auth::presented(head.headers, head.uri.query())
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+        });
+        api = api.route_layer(InboundQuotaLayer::new(limits).client_key(by_token));
+    }
+    let router = Router::new()
+        .route("/", get(dashboard::page))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/api/keys/status", get(admin::status))
+        .route("/api/keys/{id}/reset", post(admin::reset))
+        .merge(api)
+        .with_state(shared);
+    match cors::layer(&config.allowed_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// Refuse requests without a client token (unless the gateway runs unauthenticated).
+async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    if shared.tokens.is_empty() {
+        return next.run(request).await;
+    }
+    let family = if request.uri().path().starts_with("/v1/") {
+        Family::OpenAi
+    } else {
+        Family::Native
+    };
+    let token = auth::presented(request.headers(), request.uri().query());
+    if auth::accepted(&shared.tokens, token).is_none() {
+        let message = if token.is_some() {
+            "the gateway token is not valid"
+        } else {
+            "a gateway token is required: send Authorization: Bearer <token>, x-goog-api-key: <token> or ?key=<token>"
+        };
+        return reply::client_error(family, StatusCode::UNAUTHORIZED, message);
+    }
+    next.run(request).await
+}
+
+/// Listen on `config.listen`, print the effective configuration, and serve until `shutdown`
+/// completes; then stop accepting and let requests in flight (streams included) finish.
+pub async fn serve(
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::config(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener.local_addr().unwrap_or(config.listen);
+    tracing::info!("gemini-gateway\n{}", config.describe());
+    serve_on(listener, &config, shutdown).await?;
+    tracing::info!("gemini-gateway on {addr} stopped");
+    Ok(())
+}
+
+/// Serve `config`'s router on a bound listener (tests and the demo bind port 0).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    config: &GatewayConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let app = router(config);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(|e| {
+        Error::new(crate::ErrorKind::Transport, "the gateway's server failed").with_source(e)
+    })
+}

@@ -1,0 +1,224 @@
+//! The proxied routes: native Gemini (`/v1beta/...`) and OpenAI-compatible (`/v1/...`).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, Method, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use tower::ServiceExt;
+
+use super::Shared;
+use super::reply::{self, Family};
+
+/// Request headers passed on to the upstream; everything else (the client's credentials,
+/// cookies, hop-by-hop headers, `accept-encoding` — usage is read from the body as it streams)
+/// stays here.
+const FORWARDED: &[&str] = &[
+    "content-type",
+    "accept",
+    "user-agent",
+    "x-goog-api-client",
+    "x-goog-request-params",
+];
+
+/// Response headers never passed back (hop-by-hop).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
+/// Native methods the gateway forwards on `/v1beta/models/{model}:{method}`.
+const NATIVE_METHODS: &[&str] = &[
+    "generateContent",
+    "streamGenerateContent",
+    "countTokens",
+    "embedContent",
+    "batchEmbedContents",
+];
+
+/// `/v1beta/...`: the model list, a model's methods, and Google's own OpenAI-compatible paths.
+pub(crate) async fn native(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let path = request.uri().path();
+    let allowed = match (request.method(), path) {
+        (&Method::GET, "/v1beta/models") => true,
+        (&Method::GET, p) if p.starts_with("/v1beta/models/") && !p.contains(':') => true,
+        (&Method::POST, p) => {
+            p.strip_prefix("/v1beta/models/")
+                .and_then(|rest| rest.split_once(':'))
+                .is_some_and(|(model, method)| {
+                    !model.is_empty() && NATIVE_METHODS.contains(&method)
+                })
+                || p.starts_with("/v1beta/openai/")
+        }
+        (&Method::GET, p) => p.starts_with("/v1beta/openai/"),
+        _ => false,
+    };
+    if !allowed {
+        return reply::client_error(
+            Family::Native,
+            StatusCode::NOT_FOUND,
+            &format!("the gateway does not serve {} {path}", request.method()),
+        );
+    }
+    let path = path.to_owned();
+    forward(&shared, Family::Native, request, path, None).await
+}
+
+/// `POST /v1/chat/completions` → Google's `/v1beta/openai/chat/completions`, the model
+/// defaulting to the gateway's.
+pub(crate) async fn chat_completions(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+) -> Response {
+    let model = shared.model.clone();
+    let fill_model = move |body: Bytes| -> Result<Bytes, String> {
+        let mut json: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| format!("the request body is not JSON: {e}"))?;
+        let object = json
+            .as_object_mut()
+            .ok_or("the request body must be a JSON object")?;
+        if !object
+            .get("model")
+            .is_some_and(serde_json::Value::is_string)
+        {
+            object.insert("model".to_owned(), serde_json::Value::String(model));
+            return Ok(Bytes::from(json.to_string()));
+        }
+        Ok(body)
+    };
+    forward(
+        &shared,
+        Family::OpenAi,
+        request,
+        "/v1beta/openai/chat/completions".to_owned(),
+        Some(Box::new(fill_model)),
+    )
+    .await
+}
+
+/// `POST /v1/embeddings` → `/v1beta/openai/embeddings`.
+pub(crate) async fn embeddings(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let path = "/v1beta/openai/embeddings".to_owned();
+    forward(&shared, Family::OpenAi, request, path, None).await
+}
+
+/// `GET /v1/models` → `/v1beta/openai/models`.
+pub(crate) async fn models(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let path = "/v1beta/openai/models".to_owned();
+    forward(&shared, Family::OpenAi, request, path, None).await
+}
+
+type Rewrite = Box<dyn FnOnce(Bytes) -> Result<Bytes, String> + Send>;
+
+/// The query without the client's `key=` (its gateway token).
+fn query_without_key(query: Option<&str>) -> String {
+    let kept: Vec<&str> = query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| !pair.is_empty() && *pair != "key" && !pair.starts_with("key="))
+        .collect();
+    if kept.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", kept.join("&"))
+    }
+}
+
+/// Buffer the body (bounded), send it upstream through the stack, stream the answer back.
+async fn forward(
+    shared: &Shared,
+    family: Family,
+    request: Request,
+    path: String,
+    rewrite: Option<Rewrite>,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let limit = shared.body_limit;
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            return reply::client_error(
+                family,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the request body is larger than the gateway's limit of {limit} bytes"),
+            );
+        }
+        Err(_) => {
+            return reply::client_error(
+                family,
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            );
+        }
+    };
+    let body = match rewrite {
+        Some(rewrite) => match rewrite(body) {
+            Ok(body) => body,
+            Err(message) => {
+                return reply::client_error(family, StatusCode::BAD_REQUEST, &message);
+            }
+        },
+        None => body,
+    };
+    let uri = format!(
+        "{}{path}{}",
+        shared.upstream,
+        query_without_key(parts.uri.query())
+    );
+    let mut upstream = http::Request::new(Full::new(body));
+    *upstream.method_mut() = parts.method;
+    *upstream.uri_mut() = match uri.parse() {
+        Ok(uri) => uri,
+        Err(_) => {
+            return reply::client_error(family, StatusCode::BAD_REQUEST, "malformed request path");
+        }
+    };
+    copy_headers(&parts.headers, upstream.headers_mut(), FORWARDED);
+    match shared.gemini.clone().oneshot(upstream).await {
+        Ok(response) => {
+            let (mut head, body) = response.into_parts();
+            for name in HOP_BY_HOP {
+                head.headers.remove(*name);
+            }
+            Response::from_parts(head, Body::new(body.map_err(axum::Error::new)))
+        }
+        Err(error) => {
+            tracing::info!(error = %error, "request not served");
+            reply::error(family, &error)
+        }
+    }
+}
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, names: &[&'static str]) {
+    for name in names {
+        let name = HeaderName::from_static(name);
+        for value in from.get_all(&name) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clients_key_never_goes_upstream_in_the_query() {
+        assert_eq!(
+            query_without_key(Some("alt=sse&key=client-token")),
+            "?alt=sse"
+        );
+        assert_eq!(query_without_key(Some("key=client-token")), "");
+        assert_eq!(query_without_key(Some("key")), "");
+        assert_eq!(query_without_key(None), "");
+        assert_eq!(query_without_key(Some("keys=1&alt=sse")), "?keys=1&alt=sse");
+    }
+}

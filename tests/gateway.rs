@@ -1,0 +1,469 @@
+//! gemini-gateway end to end, over real HTTP: client → gateway → mock.
+#![cfg(feature = "gateway")]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{client, drain, text};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tower_gemini::gateway::{Flags, GatewayConfig, serve_on};
+use tower_gemini::mock::{MockGemini, MockServer};
+use tower_gemini::pool::ModelLimits;
+
+const TOKEN: &str = "client-token-0001";
+const ADMIN: &str = "admin-token-0001";
+const KEYS: [&str; 2] = ["test-key-gw-0003", "test-key-gw-0004"];
+const MODEL: &str = "gemini-2.0-flash";
+
+struct Gateway {
+    base: String,
+    stop: Option<oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<()>,
+}
+
+fn mock_builder() -> MockGemini {
+    MockGemini::builder()
+        .project("proj-a", |p| p.key(KEYS[0]))
+        .project("proj-b", |p| p.key(KEYS[1]))
+}
+
+fn config(mock: &MockServer, extra: &[(&str, &str)]) -> GatewayConfig {
+    let mut vars = vec![
+        ("GEMINI_API_KEY".to_owned(), KEYS.join(",")),
+        ("GATEWAY_TOKENS".to_owned(), TOKEN.to_owned()),
+        ("ADMIN_TOKEN".to_owned(), ADMIN.to_owned()),
+        ("LLM_API_ENDPOINT".to_owned(), mock.url()),
+        ("LLM_MODEL".to_owned(), MODEL.to_owned()),
+    ];
+    vars.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    GatewayConfig::resolve(Flags::default(), |name| {
+        vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    })
+    .unwrap()
+}
+
+async fn start(config: GatewayConfig) -> Gateway {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(async move {
+        serve_on(listener, &config, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    Gateway {
+        base,
+        stop: Some(stop),
+        served,
+    }
+}
+
+fn generate(gateway: &Gateway, path_and_query: &str) -> http::request::Builder {
+    Request::post(format!("{}{path_and_query}", gateway.base))
+        .header("content-type", "application/json")
+}
+
+fn prompt() -> Full<Bytes> {
+    Full::new(Bytes::from(common::generate_body("hello there gateway")))
+}
+
+fn native_path() -> String {
+    format!("/v1beta/models/{MODEL}:generateContent")
+}
+
+/// Every raw key and token stays out of what the client sees.
+fn assert_no_secret(what: &str, text: &str) {
+    for secret in KEYS.iter().chain([&ADMIN]) {
+        assert!(!text.contains(secret), "{what} leaks a secret: {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_token_in_any_of_three_places_is_accepted_and_never_forwarded() {
+    let mock = mock_builder().start().await.unwrap();
+    let gateway = start(config(&mock, &[])).await;
+    let requests = [
+        generate(&gateway, &native_path()).header("authorization", format!("Bearer {TOKEN}")),
+        generate(&gateway, &native_path()).header("x-goog-api-key", TOKEN),
+        generate(&gateway, &format!("{}?key={TOKEN}", native_path())),
+    ];
+    for request in requests {
+        let response = client()
+            .request(request.body(prompt()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        // The mock saw a key of the pool, not the client's token.
+        let served = response.headers()["x-mock-key"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(served == "...0003" || served == "...0004", "{served}");
+        let body = text(response).await;
+        assert_no_secret("a response", &body);
+    }
+    assert_eq!(mock.stats().total_requests(), 3);
+    assert_eq!(
+        mock.stats().responses_with_status(400),
+        0,
+        "no client token reached Google"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_token_is_refused_in_each_apis_shape() {
+    let mock = mock_builder().start().await.unwrap();
+    let gateway = start(config(&mock, &[])).await;
+    let native = client()
+        .request(generate(&gateway, &native_path()).body(prompt()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(native.status(), StatusCode::UNAUTHORIZED);
+    let json: serde_json::Value = serde_json::from_str(&text(native).await).unwrap();
+    assert_eq!(json["error"]["status"], "UNAUTHENTICATED");
+    let openai = client()
+        .request(
+            generate(&gateway, "/v1/chat/completions")
+                .header("authorization", "Bearer wrong-token-9999")
+                .body(Full::new(Bytes::from(r#"{"messages":[]}"#)))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(openai.status(), StatusCode::UNAUTHORIZED);
+    let json: serde_json::Value = serde_json::from_str(&text(openai).await).unwrap();
+    assert_eq!(json["error"]["code"], "invalid_api_key");
+    assert_eq!(mock.stats().total_requests(), 0);
+}
+
+#[tokio::test]
+async fn cors_echoes_allowed_origins_and_wildcards_and_nothing_else() {
+    let mock = mock_builder().start().await.unwrap();
+    let gateway = start(config(
+        &mock,
+        &[(
+            "ALLOWED_ORIGINS",
+            "https://app.example.org, https://*.example.com",
+        )],
+    ))
+    .await;
+    let preflight = |origin: &str| {
+        Request::builder()
+            .method(Method::OPTIONS)
+            .uri(format!("{}/v1/chat/completions", gateway.base))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    for (origin, allowed) in [
+        ("https://app.example.org", true),
+        ("https://chat.example.com", true),
+        ("https://evil.example.net", false),
+        ("https://example.com.evil.net", false),
+    ] {
+        let response = client().request(preflight(origin)).await.unwrap();
+        let echoed = response
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_owned());
+        if allowed {
+            assert_eq!(echoed.as_deref(), Some(origin), "{origin}");
+            assert!(response.status().is_success());
+        } else {
+            assert_eq!(echoed, None, "{origin}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn openai_chat_gets_the_default_model_and_streams_as_sse() {
+    let mock = mock_builder().start().await.unwrap();
+    let gateway = start(config(&mock, &[])).await;
+    let chat = |stream: bool| {
+        let body = serde_json::json!({
+            "messages": [{ "role": "user", "content": "hi" }],
+            "stream": stream,
+        });
+        generate(&gateway, "/v1/chat/completions")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    };
+    let response = client().request(chat(false)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = text(response).await;
+    assert!(body.contains("chat.completion"), "{body}");
+    assert!(body.contains(MODEL), "the default model was used: {body}");
+    let response = client().request(chat(true)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let body = text(response).await;
+    assert!(body.contains("data: "), "{body}");
+    let models = client()
+        .request(
+            Request::get(format!("{}/v1/models", gateway.base))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(models.status(), StatusCode::OK, "{}", text(models).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_native_stream_reaches_the_client_chunk_by_chunk() {
+    let mock = mock_builder()
+        .stream_chunks(4)
+        .stream_chunk_delay(Duration::from_secs(1))
+        .start()
+        .await
+        .unwrap();
+    let gateway = start(config(&mock, &[])).await;
+    let request = generate(
+        &gateway,
+        &format!("/v1beta/models/{MODEL}:streamGenerateContent?alt=sse"),
+    )
+    .header("x-goog-api-key", TOKEN)
+    .body(Full::new(Bytes::from(common::generate_body(
+        "one two three four five six seven eight",
+    ))))
+    .unwrap();
+    let start = Instant::now();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(first.starts_with(b"data: "));
+    // The first chunk is here while the mock still has three to send, a second apart.
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    let (rest, error) = drain(body).await;
+    assert!(error.is_none());
+    assert_eq!(rest.matches("data: ").count(), 3);
+    assert!(start.elapsed() >= Duration::from_secs(3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn overload_is_queued_all_served_and_google_sees_no_429() {
+    let limits = ModelLimits {
+        rpm: Some(5),
+        ..Default::default()
+    };
+    let mock = MockGemini::builder()
+        .project("proj-a", |p| p.key(KEYS[0]).limits(MODEL, limits))
+        .project("proj-b", |p| p.key(KEYS[1]).limits(MODEL, limits))
+        .start()
+        .await
+        .unwrap();
+    // The file gives the pool the limits; the env the keys and tokens.
+    let dir = std::env::temp_dir().join(format!("gateway-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gateway.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[keys]]\nvalue = \"{}\"\nproject = \"proj-a\"\n\n[[keys]]\nvalue = \"{}\"\nproject = \"proj-b\"\n\n[models.\"{MODEL}\"]\nrpm = 5\n\n[gateway]\ntokens = [\"{TOKEN}\"]\nupstream = \"{}\"\nmax_wait_secs = 300\n",
+            KEYS[0],
+            KEYS[1],
+            mock.url()
+        ),
+    )
+    .unwrap();
+    let flags = Flags {
+        config: Some(file.clone()),
+        ..Flags::default()
+    };
+    let config = GatewayConfig::resolve(flags, |_| None).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let gateway = start(config).await;
+    // 30 requests for 10 slots a minute: all are answered, the last about two minutes later.
+    let tasks: Vec<_> = (0..30)
+        .map(|_| {
+            let request = generate(&gateway, &native_path())
+                .header("x-goog-api-key", TOKEN)
+                .body(prompt())
+                .unwrap();
+            tokio::spawn(async move { client().request(request).await.unwrap().status() })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(mock.stats().responses_with_status(429), 0);
+    assert_eq!(mock.stats().total_requests(), 30);
+}
+
+#[tokio::test]
+async fn the_status_api_needs_the_admin_token_and_shows_fingerprints_only() {
+    let mock = mock_builder().start().await.unwrap();
+    let gateway = start(config(&mock, &[])).await;
+    let served = client()
+        .request(
+            generate(&gateway, &native_path())
+                .header("x-goog-api-key", TOKEN)
+                .body(prompt())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    let status = |token: Option<&str>| {
+        let mut request = Request::get(format!("{}/api/keys/status", gateway.base));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        request.body(Full::new(Bytes::new())).unwrap()
+    };
+    for refused in [None, Some(TOKEN)] {
+        let response = client().request(status(refused)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{refused:?}");
+    }
+    let response = client().request(status(Some(ADMIN))).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = text(response).await;
+    assert_no_secret("the status API", &body);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["success"], true);
+    let data = json["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    for field in [
+        "id",
+        "name",
+        "status",
+        "consecutive_failures",
+        "total_calls",
+        "success_calls",
+        "last_used_at",
+        "success_rate",
+        "project",
+    ] {
+        assert!(data[0].get(field).is_some(), "{field} missing: {}", data[0]);
+    }
+    assert_eq!(data[0]["id"], "…0003");
+    let total: u64 = data
+        .iter()
+        .map(|k| k["total_calls"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 1);
+    // Reset needs the admin token too.
+    let reset = |token: &str| {
+        Request::post(format!("{}/api/keys/0003/reset", gateway.base))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let refused = client().request(reset(TOKEN)).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let done = client().request(reset(ADMIN)).await.unwrap();
+    assert_eq!(done.status(), StatusCode::OK);
+    // The dashboard page holds no token.
+    let page = client()
+        .request(
+            Request::get(format!("{}/", gateway.base))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = text(page).await;
+    assert!(html.contains("/api/keys/status"));
+    assert_no_secret("the dashboard", &html);
+    assert!(!html.contains(TOKEN));
+}
+
+#[tokio::test]
+async fn an_oversize_body_is_refused_before_anything_is_sent() {
+    let mock = mock_builder().start().await.unwrap();
+    let mut config = config(&mock, &[]);
+    config.body_limit = 1024;
+    let gateway = start(config).await;
+    let big = Full::new(Bytes::from(common::generate_body(&"x".repeat(4096))));
+    let response = client()
+        .request(
+            generate(&gateway, &native_path())
+                .header("x-goog-api-key", TOKEN)
+                .body(big)
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(mock.stats().total_requests(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_lets_a_stream_in_flight_finish() {
+    let mock = mock_builder()
+        .stream_chunks(4)
+        .stream_chunk_delay(Duration::from_secs(1))
+        .start()
+        .await
+        .unwrap();
+    let mut gateway = start(config(&mock, &[])).await;
+    let request = generate(
+        &gateway,
+        &format!("/v1beta/models/{MODEL}:streamGenerateContent?alt=sse"),
+    )
+    .header("x-goog-api-key", TOKEN)
+    .body(Full::new(Bytes::from(common::generate_body(
+        "one two three four five six seven eight",
+    ))))
+    .unwrap();
+    let response = client().request(request).await.unwrap();
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+    // Shut down with three chunks still to come.
+    gateway.stop.take().unwrap().send(()).unwrap();
+    let (rest, error) = drain(body).await;
+    assert!(error.is_none(), "the stream was cut");
+    assert_eq!(rest.matches("data: ").count(), 3);
+    tokio::time::timeout(Duration::from_secs(5), gateway.served)
+        .await
+        .expect("the server stops once the stream is done")
+        .unwrap();
+}
+
+#[test]
+fn without_a_client_token_the_gateway_refuses_to_start_or_binds_loopback_only() {
+    let vars = |name: &str| (name == "GEMINI_API_KEY").then(|| KEYS.join(","));
+    let error = GatewayConfig::resolve(Flags::default(), vars)
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("GATEWAY_TOKENS"), "{error}");
+    let open = Flags {
+        listen: Some("0.0.0.0:8080".parse().unwrap()),
+        allow_unauthenticated: true,
+        ..Flags::default()
+    };
+    let config = GatewayConfig::resolve(open, vars).unwrap();
+    assert!(config.listen.ip().is_loopback());
+    let described = config.describe();
+    assert_no_secret("the printed configuration", &described);
+    assert!(described.contains("…0003"), "{described}");
+}

@@ -18,6 +18,12 @@ use jiff::tz::TimeZone;
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// Milliseconds since the Unix epoch.
     fn now_millis(&self) -> u64;
+
+    /// How long to sleep (in tokio's time) for `elapsed` of this clock to pass. The same for
+    /// clocks that follow tokio's time; shorter for one that runs faster ([`ScaledClock`]).
+    fn real_duration(&self, elapsed: Duration) -> Duration {
+        elapsed
+    }
 }
 
 /// The default clock: the system's wall time when created, advanced by tokio's monotonic clock.
@@ -54,6 +60,47 @@ impl Clock for SystemClock {
     fn now_millis(&self) -> u64 {
         let elapsed = tokio::time::Instant::now().saturating_duration_since(self.anchor);
         self.anchor_millis + elapsed.as_millis() as u64
+    }
+}
+
+/// A clock that runs `factor` times faster than tokio's: minutes of quota windows in seconds,
+/// for demos (`gemini-gateway demo`). Give the same clock to the pool and to the mock.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_gemini::clock::{Clock, ScaledClock};
+///
+/// let clock = ScaledClock::new(12);
+/// assert_eq!(clock.real_duration(Duration::from_secs(60)), Duration::from_secs(5));
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct ScaledClock {
+    start: SystemClock,
+    anchor: tokio::time::Instant,
+    factor: u32,
+}
+
+impl ScaledClock {
+    /// A clock starting at the current wall time and running `factor` (at least 1) times
+    /// faster.
+    pub fn new(factor: u32) -> Self {
+        ScaledClock {
+            start: SystemClock::new(),
+            anchor: tokio::time::Instant::now(),
+            factor: factor.max(1),
+        }
+    }
+}
+
+impl Clock for ScaledClock {
+    fn now_millis(&self) -> u64 {
+        let elapsed = tokio::time::Instant::now().saturating_duration_since(self.anchor);
+        let scaled = elapsed.saturating_mul(self.factor);
+        self.start.anchor_millis + u64::try_from(scaled.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn real_duration(&self, elapsed: Duration) -> Duration {
+        elapsed / self.factor
     }
 }
 

@@ -467,3 +467,30 @@ fn without_a_client_token_the_gateway_refuses_to_start_or_binds_loopback_only() 
     assert_no_secret("the printed configuration", &described);
     assert!(described.contains("…0003"), "{described}");
 }
+
+/// The quick start's demo, in paused time: every client is served, the upstream's errors are
+/// absorbed, the invalid key and the daily-quota project are learned.
+#[tokio::test(start_paused = true)]
+async fn the_demo_serves_every_client() {
+    let options = tower_gemini::gateway::demo::DemoOptions {
+        seconds: 20,
+        clients: 8,
+        speed: 12,
+        chart: None,
+    };
+    let summary = tower_gemini::gateway::demo::run(&options).await.unwrap();
+    assert_eq!(summary.failures, 0, "{}", summary.report());
+    assert!(summary.successes > 100, "{}", summary.report());
+    assert_eq!(
+        summary.per_key["…0001"], 0,
+        "the invalid key serves nothing"
+    );
+    assert!(summary.per_key["…0002"] <= 10, "the daily quota holds");
+    let absorbed: u64 = summary
+        .upstream_statuses
+        .iter()
+        .filter(|(s, _)| *s != 200)
+        .map(|(_, n)| n)
+        .sum();
+    assert!(absorbed > 0, "{}", summary.report());
+}

@@ -26,6 +26,24 @@ enum Command {
     Serve(Common),
     /// Call every configured key once (countTokens) and print what Google said of it.
     CheckKeys(Common),
+    /// Run the gateway against the embedded mock with busy clients, and show what it does.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// How long the clients send, in seconds.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Closed-loop clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// How much faster than real time the quota clock runs.
+    #[arg(long, default_value_t = 12)]
+    speed: u32,
+    /// Where to write the SVG chart of each key's traffic.
+    #[arg(long, default_value = "gemini-gateway-demo.svg")]
+    chart: PathBuf,
 }
 
 /// Flags beat environment variables, which beat the file.
@@ -94,6 +112,28 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Demo(args) => {
+            let options = gateway::demo::DemoOptions {
+                seconds: args.seconds,
+                clients: args.clients,
+                speed: args.speed,
+                chart: Some(args.chart),
+            };
+            match gateway::demo::run(&options).await {
+                Ok(summary) => {
+                    println!("\n{}", summary.report());
+                    if summary.failures > 0 {
+                        eprintln!(
+                            "gemini-gateway demo: {} client-visible failures",
+                            summary.failures
+                        );
+                        return ExitCode::FAILURE;
+                    }
+                    Ok(())
+                }
+                Err(error) => Err(error),
+            }
+        }
         Command::Serve(common) => match common.config() {
             Ok(config) => gateway::serve(config, shutdown_signal()).await,
             Err(error) => Err(error),

@@ -30,6 +30,7 @@ mod check_keys;
 mod config;
 mod cors;
 mod dashboard;
+pub mod demo;
 mod proxy;
 mod reply;
 

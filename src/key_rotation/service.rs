@@ -113,6 +113,7 @@ where
         };
         if let Some(give_up) = give_up
             && error.retry_after().is_some_and(|after| {
+                let after = self.pool.clock().real_duration(after);
                 Instant::now()
                     .checked_add(after)
                     .is_some_and(|at| at <= give_up)

@@ -104,6 +104,8 @@ impl KeyPool {
                 let Some(after) = error.retry_after() else {
                     return Err(error);
                 };
+                // `after` is in the pool's clock; sleep the tokio time that takes.
+                let after = pool.clock().real_duration(after);
                 let wake = crate::clock::instant_after(now, after.max(Duration::from_millis(1)));
                 if wake > give_up {
                     let allowed = give_up.saturating_duration_since(started);

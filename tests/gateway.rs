@@ -45,8 +45,9 @@ fn config(mock: &MockServer, extra: &[(&str, &str)]) -> GatewayConfig {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
+    // The last setting of a name wins, so `extra` overrides the defaults.
     GatewayConfig::resolve(Flags::default(), |name| {
-        vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     })
     .unwrap()
 }
@@ -493,4 +494,31 @@ async fn the_demo_serves_every_client() {
         .map(|(_, n)| n)
         .sum();
     assert!(absorbed > 0, "{}", summary.report());
+}
+
+#[tokio::test]
+async fn per_client_limits_hold_per_token() {
+    let mock = mock_builder().start().await.unwrap();
+    let mut config = config(&mock, &[("GATEWAY_TOKENS", "client-token-0001,client-token-0002")]);
+    config.client_limits = Some(ModelLimits {
+        rpm: Some(1),
+        ..Default::default()
+    });
+    let gateway = start(config).await;
+    let send = |token: &'static str| {
+        let request = generate(&gateway, &native_path())
+            .header("x-goog-api-key", token)
+            .body(prompt())
+            .unwrap();
+        async move { client().request(request).await.unwrap() }
+    };
+    assert_eq!(send("client-token-0001").await.status(), StatusCode::OK);
+    let limited = send("client-token-0001").await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers().contains_key("retry-after"));
+    let body = text(limited).await;
+    assert!(!body.contains("client-token-0001"), "{body}");
+    // Another client's budget is its own.
+    assert_eq!(send("client-token-0002").await.status(), StatusCode::OK);
+    assert_eq!(mock.stats().total_requests(), 2);
 }

@@ -47,7 +47,10 @@ fn config(mock: &MockServer, extra: &[(&str, &str)]) -> GatewayConfig {
     );
     // The last setting of a name wins, so `extra` overrides the defaults.
     GatewayConfig::resolve(Flags::default(), |name| {
-        vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        vars.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
     })
     .unwrap()
 }
@@ -499,7 +502,10 @@ async fn the_demo_serves_every_client() {
 #[tokio::test]
 async fn per_client_limits_hold_per_token() {
     let mock = mock_builder().start().await.unwrap();
-    let mut config = config(&mock, &[("GATEWAY_TOKENS", "client-token-0001,client-token-0002")]);
+    let mut config = config(
+        &mock,
+        &[("GATEWAY_TOKENS", "client-token-0001,client-token-0002")],
+    );
     config.client_limits = Some(ModelLimits {
         rpm: Some(1),
         ..Default::default()
@@ -521,4 +527,59 @@ async fn per_client_limits_hold_per_token() {
     // Another client's budget is its own.
     assert_eq!(send("client-token-0002").await.status(), StatusCode::OK);
     assert_eq!(mock.stats().total_requests(), 2);
+}
+
+/// A key disabled by Google's answer is called again — at once through the admin route, and
+/// periodically — and re-enabled once it works.
+#[tokio::test(start_paused = true)]
+async fn disabled_keys_are_revalidated_and_re_enabled_when_they_work() {
+    let mock = MockGemini::builder()
+        .project("proj-a", |p| p.key(KEYS[0]).billing_exhausted())
+        .start()
+        .await
+        .unwrap();
+    let mut config = config(&mock, &[("GEMINI_API_KEY", KEYS[0])]);
+    config.revalidate_every = Duration::from_secs(600);
+    let pool = config.pool.clone();
+    let gateway = start(config).await;
+    let send = || {
+        let request = generate(&gateway, &native_path())
+            .header("x-goog-api-key", TOKEN)
+            .body(prompt())
+            .unwrap();
+        async move { client().request(request).await.unwrap() }
+    };
+    let refused = send().await;
+    assert_eq!(
+        refused.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "all keys disabled"
+    );
+    let revalidate = || {
+        Request::post(format!("{}/api/keys/revalidate", gateway.base))
+            .header("authorization", format!("Bearer {ADMIN}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    // Still out of credits: checked, not re-enabled.
+    let json: serde_json::Value =
+        serde_json::from_str(&text(client().request(revalidate()).await.unwrap()).await).unwrap();
+    assert_eq!(json["data"][0]["verdict"], "no credits");
+    assert_eq!(json["data"][0]["re_enabled"], false);
+    // Credits bought: the admin route re-enables it at once.
+    mock.set_billing_exhausted("proj-a", false);
+    let json: serde_json::Value =
+        serde_json::from_str(&text(client().request(revalidate()).await.unwrap()).await).unwrap();
+    assert_eq!(json["data"][0]["re_enabled"], true, "{json}");
+    assert_eq!(send().await.status(), StatusCode::OK);
+    // Out again, and back: the periodic check finds it without anyone asking.
+    mock.set_billing_exhausted("proj-a", true);
+    assert_eq!(send().await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(pool.select(Some(MODEL)).is_err());
+    mock.set_billing_exhausted("proj-a", false);
+    tokio::time::sleep(Duration::from_secs(601)).await;
+    assert!(
+        pool.select(Some(MODEL)).is_ok(),
+        "re-enabled by the periodic check"
+    );
 }

@@ -43,14 +43,18 @@ fn no_secret_in_any_log_line() {
             ("LLM_API_ENDPOINT", mock.url()),
         ];
         let config = GatewayConfig::resolve(Flags::default(), |name| {
-            vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
         })
         .unwrap();
         tracing::info!("{}", config.describe());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
-            serve_on(listener, &config, std::future::pending()).await.unwrap();
+            serve_on(listener, &config, std::future::pending())
+                .await
+                .unwrap();
         });
         let url = format!("{base}/v1beta/models/gemini-2.0-flash:generateContent");
         for token in [SECRETS[3], "wrong-token-logs-9999"] {
@@ -76,7 +80,10 @@ fn no_secret_in_any_log_line() {
     for secret in SECRETS {
         assert!(!logs.contains(secret), "a log line holds {secret}");
         for answer in &seen {
-            assert!(!answer.contains(secret), "an answer holds {secret}: {answer}");
+            assert!(
+                !answer.contains(secret),
+                "an answer holds {secret}: {answer}"
+            );
         }
     }
 }

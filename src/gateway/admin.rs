@@ -85,6 +85,32 @@ pub(crate) async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap
     )
 }
 
+/// `POST /api/keys/revalidate`: call every disabled key again now and re-enable those that
+/// work (also done periodically, hourly by default).
+pub(crate) async fn revalidate(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refusal(&shared, &headers) {
+        return refused;
+    }
+    let checks = super::check_keys::revalidate(&shared.pool, &shared.upstream, &shared.model).await;
+    let data: Vec<serde_json::Value> = checks
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "id": c.fingerprint,
+                "name": c.name,
+                "project": c.project,
+                "verdict": c.verdict,
+                "re_enabled": c.verdict == "valid",
+                "detail": c.detail,
+            })
+        })
+        .collect();
+    reply::json(
+        StatusCode::OK,
+        &serde_json::json!({ "success": true, "data": data }),
+    )
+}
+
 /// `POST /api/keys/{id}/reset`: re-enable a key (by fingerprint, name or project) and clear
 /// its cool-downs.
 pub(crate) async fn reset(

@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use super::GatewayConfig;
 use crate::classify::{Class, Classification};
 use crate::client;
+use crate::pool::{ApiKey, KeyPool, KeyState};
 
 /// One key's verdict.
 #[derive(Debug, Clone)]
@@ -41,47 +42,87 @@ fn verdict(class: Class) -> &'static str {
 
 /// Check every key of `config` against its upstream, one at a time.
 pub async fn check_keys(config: &GatewayConfig) -> Vec<KeyCheck> {
+    check_pool(&config.pool, &config.upstream, &config.model, |_| true).await
+}
+
+/// Check the keys of `pool` that `which` selects (by fingerprint).
+pub(crate) async fn check_pool(
+    pool: &KeyPool,
+    upstream: &str,
+    model: &str,
+    which: impl Fn(&str) -> bool,
+) -> Vec<KeyCheck> {
     let http = client::https::<Full<Bytes>>();
-    let url = format!(
-        "{}/v1beta/models/{}:countTokens",
-        config.upstream, config.model
-    );
+    let url = format!("{upstream}/v1beta/models/{model}:countTokens");
     let mut checks = Vec::new();
-    for (key, name, project) in config.pool.entries() {
-        let fingerprint = key.fingerprint();
-        let body = Bytes::from_static(br#"{"contents":[{"parts":[{"text":"ping"}]}]}"#);
-        let mut request = http::Request::post(&url)
-            .header("content-type", "application/json")
-            .body(Full::new(body))
-            .unwrap_or_default();
-        request
-            .headers_mut()
-            .insert("x-goog-api-key", key.header_value());
-        let answer = tokio::time::timeout(Duration::from_secs(20), http.request(request)).await;
-        let classification = match answer {
-            Ok(Ok(response)) => {
-                let status = response.status();
-                let body = Limited::new(response.into_body(), 64 * 1024)
-                    .collect()
-                    .await
-                    .map(|c| c.to_bytes())
-                    .unwrap_or_default();
-                Classification::from_response(status, &body)
-            }
-            Ok(Err(_)) | Err(_) => Classification::transport(),
-        };
-        let mut detail = classification.to_string();
-        detail = detail.replace(
-            crate::ExposeSecret::expose_secret(key),
-            &fingerprint.to_string(),
-        );
+    for (key, name, project) in pool.entries() {
+        let fingerprint = key.fingerprint().to_string();
+        if !which(&fingerprint) {
+            continue;
+        }
+        let classification = check_one(&http, &url, key).await;
+        let detail = classification
+            .to_string()
+            .replace(crate::ExposeSecret::expose_secret(key), &fingerprint);
         checks.push(KeyCheck {
-            fingerprint: fingerprint.to_string(),
+            fingerprint,
             name: name.map(str::to_owned),
             project: project.to_owned(),
             verdict: verdict(classification.class()),
             detail,
         });
+    }
+    checks
+}
+
+/// One `countTokens` call with `key`, classified.
+async fn check_one(
+    http: &client::HttpsClient<Full<Bytes>>,
+    url: &str,
+    key: &ApiKey,
+) -> Classification {
+    let body = Bytes::from_static(br#"{"contents":[{"parts":[{"text":"ping"}]}]}"#);
+    let Ok(mut request) = http::Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+    else {
+        return Classification::transport();
+    };
+    request
+        .headers_mut()
+        .insert("x-goog-api-key", key.header_value());
+    match tokio::time::timeout(Duration::from_secs(20), http.request(request)).await {
+        Ok(Ok(response)) => {
+            let status = response.status();
+            let body = Limited::new(response.into_body(), 64 * 1024)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            Classification::from_response(status, &body)
+        }
+        Ok(Err(_)) | Err(_) => Classification::transport(),
+    }
+}
+
+/// Call every disabled key of `pool` again; re-enable those that work now. The checks made.
+pub(crate) async fn revalidate(pool: &KeyPool, upstream: &str, model: &str) -> Vec<KeyCheck> {
+    let disabled: Vec<String> = pool
+        .snapshot()
+        .keys
+        .into_iter()
+        .filter(|k| k.state == KeyState::Disabled)
+        .map(|k| k.fingerprint.to_string())
+        .collect();
+    if disabled.is_empty() {
+        return Vec::new();
+    }
+    let checks = check_pool(pool, upstream, model, |f| disabled.iter().any(|d| d == f)).await;
+    for check in &checks {
+        if check.verdict == "valid" {
+            pool.reset(&check.fingerprint);
+            tracing::info!(gemini.key = %check.fingerprint, "key {} works again: re-enabled", check.fingerprint);
+        }
     }
     checks
 }

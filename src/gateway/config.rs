@@ -18,6 +18,8 @@ pub const DEFAULT_MODEL: &str = "gemini-2.5-flash";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// How long a request may wait for a key when every project is busy.
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(60);
+/// How often disabled keys are called again.
+pub const DEFAULT_REVALIDATE: Duration = Duration::from_secs(3600);
 /// The largest request body accepted.
 pub const DEFAULT_BODY_LIMIT: usize = 20 * 1024 * 1024;
 
@@ -51,6 +53,7 @@ struct FileGateway {
     max_wait_secs: Option<u64>,
     body_limit_bytes: Option<usize>,
     client_limits: Option<ModelLimits>,
+    revalidate_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +85,8 @@ pub struct GatewayConfig {
     pub client_limits: Option<ModelLimits>,
     /// No client token required (loopback only).
     pub allow_unauthenticated: bool,
+    /// How often disabled keys are called again (and re-enabled if they work).
+    pub revalidate_every: Duration,
     /// The keys.
     pub pool: KeyPool,
 }
@@ -236,6 +241,9 @@ impl GatewayConfig {
             body_limit,
             client_limits: file.client_limits,
             allow_unauthenticated: flags.allow_unauthenticated,
+            revalidate_every: file
+                .revalidate_secs
+                .map_or(DEFAULT_REVALIDATE, |s| Duration::from_secs(s.max(60))),
             pool,
         })
     }

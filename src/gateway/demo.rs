@@ -165,6 +165,7 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, Error> {
         body_limit: super::DEFAULT_BODY_LIMIT,
         client_limits: None,
         allow_unauthenticated: false,
+        revalidate_every: super::DEFAULT_REVALIDATE,
         pool: pool.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)

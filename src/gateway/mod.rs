@@ -48,8 +48,8 @@ use http::StatusCode;
 pub use auth::Token;
 pub use check_keys::{KeyCheck, check_keys, table};
 pub use config::{
-    DEFAULT_BODY_LIMIT, DEFAULT_LISTEN, DEFAULT_MAX_WAIT, DEFAULT_MODEL, Flags, GOOGLE,
-    GatewayConfig,
+    DEFAULT_BODY_LIMIT, DEFAULT_LISTEN, DEFAULT_MAX_WAIT, DEFAULT_MODEL, DEFAULT_REVALIDATE, Flags,
+    GOOGLE, GatewayConfig,
 };
 
 use crate::circuit_breaker::{BreakerHandle, CircuitBreakerLayer};
@@ -58,6 +58,15 @@ use crate::pool::KeyPool;
 use crate::quota::{ClientKey, InboundQuotaLayer};
 use crate::{BoxGemini, client, stack};
 use reply::Family;
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// What every route shares.
 pub(crate) struct Shared {
@@ -106,6 +115,7 @@ pub fn router(config: &GatewayConfig) -> Router {
         .route("/", get(dashboard::page))
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/keys/status", get(admin::status))
+        .route("/api/keys/revalidate", post(admin::revalidate))
         .route("/api/keys/{id}/reset", post(admin::reset))
         .merge(api)
         .with_state(shared);
@@ -160,6 +170,21 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let app = router(config);
+    // Disabled keys are called again periodically; those that work are re-enabled.
+    let every = config.revalidate_every;
+    let (pool, upstream, model) = (
+        config.pool.clone(),
+        config.upstream.clone(),
+        config.model.clone(),
+    );
+    let revalidating = tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tick.tick().await;
+            check_keys::revalidate(&pool, &upstream, &model).await;
+        }
+    });
+    let _stop_revalidating = AbortOnDrop(revalidating);
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

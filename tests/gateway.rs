@@ -583,3 +583,35 @@ async fn disabled_keys_are_revalidated_and_re_enabled_when_they_work() {
         "re-enabled by the periodic check"
     );
 }
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_with_fingerprints_only() {
+    let mock = mock_builder().start().await.unwrap();
+    let gateway = start(config(&mock, &[])).await;
+    let served = client()
+        .request(
+            generate(&gateway, &native_path())
+                .header("x-goog-api-key", TOKEN)
+                .body(prompt())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    let scrape = |token: &str| {
+        Request::get(format!("{}/metrics", gateway.base))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(
+        client().request(scrape(TOKEN)).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let response = client().request(scrape(ADMIN)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = text(response).await;
+    assert!(body.contains("gemini_requests_total{"), "{body}");
+    assert!(body.contains("key=\"…000"), "{body}");
+    assert_no_secret("/metrics", &body);
+}

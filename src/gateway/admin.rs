@@ -13,7 +13,7 @@ use crate::pool::KeyState;
 
 /// Check the admin token, from `Authorization: Bearer` or `x-admin-token`; the refusal to
 /// answer with if it is missing or wrong.
-fn refusal(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+pub(crate) fn refusal(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     let Some(admin) = &shared.admin_token else {
         return Some(reply::client_error(
             Family::Native,

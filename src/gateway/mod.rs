@@ -13,6 +13,7 @@
 //! | `POST /v1beta/models/{model}:{generateContent, streamGenerateContent, countTokens, embedContent, batchEmbedContents}`, `GET /v1beta/models` | native Gemini; SSE streams pass through chunk by chunk |
 //! | `GET /api/keys/status`, `POST /api/keys/{id}/reset` | status and admin, behind the admin token |
 //! | `GET /` | the dashboard page |
+//! | `GET /metrics` | Prometheus text, behind the admin token |
 //! | `GET /healthz` | liveness |
 //!
 //! ```no_run
@@ -31,6 +32,7 @@ mod config;
 mod cors;
 mod dashboard;
 pub mod demo;
+mod metrics;
 mod proxy;
 mod reply;
 
@@ -83,6 +85,7 @@ pub(crate) struct Shared {
 /// The gateway's router for `config`: every route, auth, CORS and per-client limits. Serve it
 /// with `axum::serve` (see [`serve`], which also handles shutdown).
 pub fn router(config: &GatewayConfig) -> Router {
+    metrics::handle();
     let breaker = CircuitBreakerLayer::new();
     let breakers = breaker.handle();
     let layer = stack(&config.pool)
@@ -114,6 +117,7 @@ pub fn router(config: &GatewayConfig) -> Router {
     let router = Router::new()
         .route("/", get(dashboard::page))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics::metrics))
         .route("/api/keys/status", get(admin::status))
         .route("/api/keys/revalidate", post(admin::revalidate))
         .route("/api/keys/{id}/reset", post(admin::reset))

@@ -615,3 +615,46 @@ async fn metrics_are_prometheus_text_with_fingerprints_only() {
     assert!(body.contains("key=\"…000"), "{body}");
     assert_no_secret("/metrics", &body);
 }
+
+/// Google's stable `/v1/models/...` (what the google-genai SDK calls with a custom base URL),
+/// and `GET /v1/models` in both APIs' shapes, told apart by how the client authenticates.
+#[tokio::test]
+async fn native_v1_paths_and_both_model_lists() {
+    let mock = mock_builder().start().await.unwrap();
+    let gateway = start(config(&mock, &[])).await;
+    let response = client()
+        .request(
+            generate(&gateway, &format!("/v1/models/{MODEL}:generateContent"))
+                .header("x-goog-api-key", TOKEN)
+                .body(prompt())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(text(response).await.contains("candidates"));
+    let list = |header: (&str, String)| {
+        Request::get(format!("{}/v1/models", gateway.base))
+            .header(header.0, header.1)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let google = text(
+        client()
+            .request(list(("x-goog-api-key", TOKEN.to_owned())))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let google: serde_json::Value = serde_json::from_str(&google).unwrap();
+    assert!(google["models"].is_array(), "{google}");
+    let openai = text(
+        client()
+            .request(list(("authorization", format!("Bearer {TOKEN}"))))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let openai: serde_json::Value = serde_json::from_str(&openai).unwrap();
+    assert_eq!(openai["object"], "list", "{openai}");
+}

@@ -67,19 +67,52 @@ struct Common {
     /// Serve without client tokens (then on 127.0.0.1 only).
     #[arg(long)]
     allow_unauthenticated: bool,
+    /// Serve against the embedded mock Gemini instead of Google, with its demo keys (no real
+    /// key needed): for trying the gateway and its clients.
+    #[arg(long)]
+    demo: bool,
 }
 
 impl Common {
-    fn config(self) -> Result<GatewayConfig, tower_gemini::Error> {
-        let flags = Flags {
-            config: self.config,
+    /// The configuration, and the mock it serves against with `--demo` (kept alive).
+    async fn config_or_demo(
+        self,
+    ) -> Result<(GatewayConfig, Option<tower_gemini::mock::MockServer>), tower_gemini::Error> {
+        if !self.demo {
+            return Ok((self.config()?, None));
+        }
+        let mock = tower_gemini::mock::demo().start().await.map_err(|e| {
+            tower_gemini::Error::new(
+                tower_gemini::ErrorKind::Config,
+                format!("cannot start the mock: {e}"),
+            )
+        })?;
+        let upstream = mock.url();
+        let demo = Common {
+            upstream: Some(upstream),
+            ..self
+        };
+        let config = GatewayConfig::resolve(demo.flags(), |name| match name {
+            "GEMINI_API_KEY" => Some("test-key-0003,test-key-0004".to_owned()),
+            "LLM_API_ENDPOINT" => None,
+            other => std::env::var(other).ok(),
+        })?;
+        Ok((config, Some(mock)))
+    }
+
+    fn flags(&self) -> Flags {
+        Flags {
+            config: self.config.clone(),
             listen: self.listen,
-            upstream: self.upstream,
-            model: self.model,
+            upstream: self.upstream.clone(),
+            model: self.model.clone(),
             max_wait: self.max_wait.map(Duration::from_secs),
             allow_unauthenticated: self.allow_unauthenticated,
-        };
-        GatewayConfig::resolve(flags, |name| std::env::var(name).ok())
+        }
+    }
+
+    fn config(self) -> Result<GatewayConfig, tower_gemini::Error> {
+        GatewayConfig::resolve(self.flags(), |name| std::env::var(name).ok())
     }
 }
 
@@ -134,8 +167,8 @@ async fn main() -> ExitCode {
                 Err(error) => Err(error),
             }
         }
-        Command::Serve(common) => match common.config() {
-            Ok(config) => gateway::serve(config, shutdown_signal()).await,
+        Command::Serve(common) => match common.config_or_demo().await {
+            Ok((config, _mock)) => gateway::serve(config, shutdown_signal()).await,
             Err(error) => Err(error),
         },
         Command::CheckKeys(common) => match common.config() {

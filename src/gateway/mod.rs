@@ -105,6 +105,7 @@ pub fn router(config: &GatewayConfig) -> Router {
         .route("/v1/chat/completions", post(proxy::chat_completions))
         .route("/v1/embeddings", post(proxy::embeddings))
         .route("/v1/models", get(proxy::models))
+        .route("/v1/models/{*rest}", get(proxy::native).post(proxy::native))
         .route("/v1beta/{*rest}", get(proxy::native).post(proxy::native))
         .route_layer(middleware::from_fn_with_state(shared.clone(), authenticate));
     if let Some(limits) = config.client_limits {
@@ -134,7 +135,8 @@ async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next:
     if shared.tokens.is_empty() {
         return next.run(request).await;
     }
-    let family = if request.uri().path().starts_with("/v1/") {
+    let path = request.uri().path();
+    let family = if path.starts_with("/v1/") && !path.starts_with("/v1/models/") {
         Family::OpenAi
     } else {
         Family::Native

@@ -44,21 +44,22 @@ const NATIVE_METHODS: &[&str] = &[
     "batchEmbedContents",
 ];
 
-/// `/v1beta/...`: the model list, a model's methods, and Google's own OpenAI-compatible paths.
+/// Native Gemini, `/v1beta/...` or the stable `/v1/models/...`: the model list, a model's
+/// methods, and (v1beta) Google's own OpenAI-compatible paths.
 pub(crate) async fn native(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let path = request.uri().path();
-    let allowed = match (request.method(), path) {
-        (&Method::GET, "/v1beta/models") => true,
-        (&Method::GET, p) if p.starts_with("/v1beta/models/") && !p.contains(':') => true,
-        (&Method::POST, p) => {
-            p.strip_prefix("/v1beta/models/")
-                .and_then(|rest| rest.split_once(':'))
-                .is_some_and(|(model, method)| {
-                    !model.is_empty() && NATIVE_METHODS.contains(&method)
-                })
-                || p.starts_with("/v1beta/openai/")
+    let models = path
+        .strip_prefix("/v1beta/models")
+        .or_else(|| path.strip_prefix("/v1/models"));
+    let allowed = match (request.method(), models) {
+        (&Method::GET, Some(rest)) => {
+            rest.is_empty() || (rest.starts_with('/') && !rest.contains(':'))
         }
-        (&Method::GET, p) => p.starts_with("/v1beta/openai/"),
+        (&Method::POST, Some(rest)) => rest
+            .strip_prefix('/')
+            .and_then(|rest| rest.split_once(':'))
+            .is_some_and(|(model, method)| !model.is_empty() && NATIVE_METHODS.contains(&method)),
+        (&Method::GET | &Method::POST, None) => path.starts_with("/v1beta/openai/"),
         _ => false,
     };
     if !allowed {
@@ -110,8 +111,27 @@ pub(crate) async fn embeddings(State(shared): State<Arc<Shared>>, request: Reque
     forward(&shared, Family::OpenAi, request, path, None).await
 }
 
-/// `GET /v1/models` → `/v1beta/openai/models`.
+/// `GET /v1/models`: both APIs have it. A client that authenticates the Google way
+/// (`x-goog-api-key` or `?key=`, as the google-genai SDK does) gets Google's list; one that
+/// sends `Authorization: Bearer` (the OpenAI SDK) gets OpenAI's, from `/v1beta/openai/models`.
 pub(crate) async fn models(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let headers = request.headers();
+    let google_style = !headers.contains_key(http::header::AUTHORIZATION)
+        && (headers.contains_key("x-goog-api-key")
+            || request
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p.starts_with("key="))));
+    if google_style {
+        return forward(
+            &shared,
+            Family::Native,
+            request,
+            "/v1/models".to_owned(),
+            None,
+        )
+        .await;
+    }
     let path = "/v1beta/openai/models".to_owned();
     forward(&shared, Family::OpenAi, request, path, None).await
 }

@@ -166,7 +166,13 @@ fn error(
 }
 
 async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8]) -> Outcome {
-    let path = parts.uri.path();
+    // Google serves the stable `/v1/models/...` beside `/v1beta/`; so does the mock.
+    let stable = parts
+        .uri
+        .path()
+        .strip_prefix("/v1/models")
+        .map(|rest| format!("/v1beta/models{rest}"));
+    let path = stable.as_deref().unwrap_or(parts.uri.path());
     let openai = path == "/v1beta/openai/chat/completions";
     let openai_models = path == "/v1beta/openai/models" && parts.method == Method::GET;
     let listing = (path == "/v1beta/models" && parts.method == Method::GET) || openai_models;

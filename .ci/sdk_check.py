@@ -1,0 +1,43 @@
+"""The official SDKs against a running gemini-gateway (started with `serve --demo`).
+
+usage: python3 sdk_check.py http://127.0.0.1:PORT CLIENT_TOKEN
+"""
+import sys
+
+import openai
+from google import genai
+from google.genai import types
+
+base, token = sys.argv[1], sys.argv[2]
+model = "gemini-2.0-flash"
+
+# OpenAI SDK: base_url at the gateway's /v1, the gateway token as the API key.
+oa = openai.OpenAI(base_url=f"{base}/v1", api_key=token)
+answer = oa.chat.completions.create(model=model, messages=[{"role": "user", "content": "hello"}])
+assert "Mock reply" in answer.choices[0].message.content, answer
+streamed = oa.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "hello there"}], stream=True
+)
+text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+assert "Mock reply" in text, text
+assert any(m.id == model for m in oa.models.list()), "model list"
+try:
+    openai.OpenAI(base_url=f"{base}/v1", api_key="wrong-token-0000").chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hello"}]
+    )
+    raise SystemExit("a wrong token was accepted")
+except openai.AuthenticationError:
+    pass
+print("openai SDK: chat, streamed chat, models, wrong token refused")
+
+# google-genai SDK: base URL at the gateway, the gateway token as the API key.
+g = genai.Client(api_key=token, http_options=types.HttpOptions(base_url=base))
+reply = g.models.generate_content(model=model, contents="hello")
+assert "Mock reply" in reply.text, reply
+text = "".join(chunk.text or "" for chunk in g.models.generate_content_stream(model=model, contents="hello there"))
+assert "Mock reply" in text, text
+assert g.models.count_tokens(model=model, contents="hello").total_tokens > 0
+assert any(m.name.endswith(model) for m in g.models.list()), "model list"
+beta = genai.Client(api_key=token, http_options=types.HttpOptions(base_url=base, api_version="v1beta"))
+assert "Mock reply" in beta.models.generate_content(model=model, contents="hello").text
+print("google-genai SDK: generate, stream, countTokens, models (v1 and v1beta)")

@@ -92,11 +92,24 @@ impl Common {
             upstream: Some(upstream),
             ..self
         };
-        let config = GatewayConfig::resolve(demo.flags(), |name| match name {
+        let mut config = GatewayConfig::resolve(demo.flags(), |name| match name {
             "GEMINI_API_KEY" => Some("test-key-0003,test-key-0004".to_owned()),
             "LLM_API_ENDPOINT" => None,
             other => std::env::var(other).ok(),
         })?;
+        // The mock's two good keys in their projects, the small one's limit known.
+        config.pool = tower_gemini::KeyPool::builder()
+            .key_with(tower_gemini::KeySpec::new("test-key-0003").project("proj-small"))
+            .key_with(tower_gemini::KeySpec::new("test-key-0004").project("proj-big"))
+            .project_model_limits(
+                "proj-small",
+                tower_gemini::mock::DEMO_MODEL,
+                tower_gemini::ModelLimits {
+                    rpm: Some(3),
+                    ..Default::default()
+                },
+            )
+            .build()?;
         Ok((config, Some(mock)))
     }
 

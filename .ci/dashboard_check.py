@@ -1,0 +1,56 @@
+"""The dashboard page in headless Chromium against a running gateway (`serve --demo`).
+
+usage: python3 dashboard_check.py http://127.0.0.1:PORT ADMIN_TOKEN SCREENSHOT.png CLIENT_TOKEN
+"""
+import sys
+import tempfile
+
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+base, admin, screenshot = sys.argv[1], sys.argv[2], sys.argv[3]
+options = Options()
+options.binary_location = "/usr/bin/chromium"
+for flag in [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    f"--user-data-dir={tempfile.mkdtemp()}", "--window-size=1200,800",
+]:
+    options.add_argument(flag)
+# Some traffic first, so the page has counts, quota and a circuit to show.
+import json
+import urllib.request
+
+for _ in range(4):
+    request = urllib.request.Request(
+        base + "/v1beta/models/gemini-2.0-flash:generateContent",
+        data=json.dumps({"contents": [{"parts": [{"text": "hello"}]}]}).encode(),
+        headers={"content-type": "application/json", "x-goog-api-key": sys.argv[4]},
+    )
+    urllib.request.urlopen(request, timeout=10).read()
+
+driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+try:
+    driver.get(base + "/")
+    assert "gemini-gateway" in driver.title
+    driver.find_element(By.ID, "token").send_keys(admin)
+    driver.find_element(By.CSS_SELECTOR, "#login button").click()
+    WebDriverWait(driver, 10).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#keys tbody tr")) >= 2
+    )
+    rows = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#keys tbody tr")]
+    assert any("…0003" in r for r in rows) and any("…0004" in r for r in rows), rows
+    WebDriverWait(driver, 10).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#quota tbody tr")) >= 1
+    )
+    quota = driver.find_element(By.CSS_SELECTOR, "#quota tbody").text
+    assert "proj-small" in quota and "rpm" in quota, quota
+    assert admin not in driver.page_source, "the admin token was written into the page"
+    assert driver.find_element(By.ID, "token").get_attribute("value") == "", "token kept in the field"
+    driver.save_screenshot(screenshot)
+    print(f"dashboard: {len(rows)} keys shown; screenshot {screenshot}")
+finally:
+    driver.quit()

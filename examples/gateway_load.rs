@@ -94,20 +94,12 @@ async fn main() -> Result<(), tower_gemini::BoxError> {
         })
         .start()
         .await?;
-    let config = GatewayConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        upstream: mock.url(),
-        model: MODEL.to_owned(),
-        tokens: vec![Token::new("load-client-token-0001".to_owned())?],
-        admin_token: None,
-        allowed_origins: Vec::new(),
-        max_wait: Duration::from_secs(60),
-        body_limit: tower_gemini::gateway::DEFAULT_BODY_LIMIT,
-        client_limits: None,
-        allow_unauthenticated: false,
-        revalidate_every: tower_gemini::gateway::DEFAULT_REVALIDATE,
-        pool: KeyPool::from_keys(keys.clone())?,
-    };
+    let token = || Token::new("load-client-token-0001".to_owned());
+    let config = GatewayConfig::new(
+        KeyPool::from_keys(keys.clone())?,
+        mock.url(),
+        vec![token()?],
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let gateway = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { serve_on(listener, &config, std::future::pending()).await });
@@ -159,20 +151,11 @@ async fn main() -> Result<(), tower_gemini::BoxError> {
     let before = rss_kib().unwrap_or(0);
     let many: Vec<String> = (0..1000).map(|i| format!("load-test-key-{i:06}")).collect();
     let big = KeyPool::from_keys(many)?;
-    let router = tower_gemini::gateway::router(&GatewayConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        upstream: "http://127.0.0.1:9".to_owned(),
-        model: MODEL.to_owned(),
-        tokens: vec![Token::new("load-client-token-0001".to_owned())?],
-        admin_token: None,
-        allowed_origins: Vec::new(),
-        max_wait: Duration::from_secs(60),
-        body_limit: tower_gemini::gateway::DEFAULT_BODY_LIMIT,
-        client_limits: None,
-        allow_unauthenticated: false,
-        revalidate_every: tower_gemini::gateway::DEFAULT_REVALIDATE,
-        pool: big,
-    });
+    let router = tower_gemini::gateway::router(&GatewayConfig::new(
+        big,
+        "http://127.0.0.1:9",
+        vec![token()?],
+    ));
     let after = rss_kib().unwrap_or(0);
     println!(
         "process RSS: {:.1} MiB in all after the load; a second gateway with 1,000 keys added {:.1} MiB",

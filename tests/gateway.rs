@@ -86,6 +86,15 @@ fn native_path() -> String {
     format!("/v1beta/models/{MODEL}:generateContent")
 }
 
+/// One native generateContent through the gateway with `token`.
+async fn ask(gateway: &Gateway, token: &str) -> http::Response<hyper::body::Incoming> {
+    let request = generate(gateway, &native_path())
+        .header("x-goog-api-key", token)
+        .body(prompt())
+        .unwrap();
+    client().request(request).await.unwrap()
+}
+
 /// Every raw key and token stays out of what the client sees.
 fn assert_no_secret(what: &str, text: &str) {
     for secret in KEYS.iter().chain([&ADMIN]) {
@@ -326,16 +335,7 @@ async fn overload_is_queued_all_served_and_google_sees_no_429() {
 async fn the_status_api_needs_the_admin_token_and_shows_fingerprints_only() {
     let mock = mock_builder().start().await.unwrap();
     let gateway = start(config(&mock, &[])).await;
-    let served = client()
-        .request(
-            generate(&gateway, &native_path())
-                .header("x-goog-api-key", TOKEN)
-                .body(prompt())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(served.status(), StatusCode::OK);
+    assert_eq!(ask(&gateway, TOKEN).await.status(), StatusCode::OK);
     let status = |token: Option<&str>| {
         let mut request = Request::get(format!("{}/api/keys/status", gateway.base));
         if let Some(token) = token {
@@ -511,21 +511,20 @@ async fn per_client_limits_hold_per_token() {
         ..Default::default()
     });
     let gateway = start(config).await;
-    let send = |token: &'static str| {
-        let request = generate(&gateway, &native_path())
-            .header("x-goog-api-key", token)
-            .body(prompt())
-            .unwrap();
-        async move { client().request(request).await.unwrap() }
-    };
-    assert_eq!(send("client-token-0001").await.status(), StatusCode::OK);
-    let limited = send("client-token-0001").await;
+    assert_eq!(
+        ask(&gateway, "client-token-0001").await.status(),
+        StatusCode::OK
+    );
+    let limited = ask(&gateway, "client-token-0001").await;
     assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(limited.headers().contains_key("retry-after"));
     let body = text(limited).await;
     assert!(!body.contains("client-token-0001"), "{body}");
     // Another client's budget is its own.
-    assert_eq!(send("client-token-0002").await.status(), StatusCode::OK);
+    assert_eq!(
+        ask(&gateway, "client-token-0002").await.status(),
+        StatusCode::OK
+    );
     assert_eq!(mock.stats().total_requests(), 2);
 }
 
@@ -542,14 +541,7 @@ async fn disabled_keys_are_revalidated_and_re_enabled_when_they_work() {
     config.revalidate_every = Duration::from_secs(600);
     let pool = config.pool.clone();
     let gateway = start(config).await;
-    let send = || {
-        let request = generate(&gateway, &native_path())
-            .header("x-goog-api-key", TOKEN)
-            .body(prompt())
-            .unwrap();
-        async move { client().request(request).await.unwrap() }
-    };
-    let refused = send().await;
+    let refused = ask(&gateway, TOKEN).await;
     assert_eq!(
         refused.status(),
         StatusCode::SERVICE_UNAVAILABLE,
@@ -571,10 +563,13 @@ async fn disabled_keys_are_revalidated_and_re_enabled_when_they_work() {
     let json: serde_json::Value =
         serde_json::from_str(&text(client().request(revalidate()).await.unwrap()).await).unwrap();
     assert_eq!(json["data"][0]["re_enabled"], true, "{json}");
-    assert_eq!(send().await.status(), StatusCode::OK);
+    assert_eq!(ask(&gateway, TOKEN).await.status(), StatusCode::OK);
     // Out again, and back: the periodic check finds it without anyone asking.
     mock.set_billing_exhausted("proj-a", true);
-    assert_eq!(send().await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        ask(&gateway, TOKEN).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     assert!(pool.select(Some(MODEL)).is_err());
     mock.set_billing_exhausted("proj-a", false);
     tokio::time::sleep(Duration::from_secs(601)).await;
@@ -588,16 +583,7 @@ async fn disabled_keys_are_revalidated_and_re_enabled_when_they_work() {
 async fn metrics_are_prometheus_text_with_fingerprints_only() {
     let mock = mock_builder().start().await.unwrap();
     let gateway = start(config(&mock, &[])).await;
-    let served = client()
-        .request(
-            generate(&gateway, &native_path())
-                .header("x-goog-api-key", TOKEN)
-                .body(prompt())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(served.status(), StatusCode::OK);
+    assert_eq!(ask(&gateway, TOKEN).await.status(), StatusCode::OK);
     let scrape = |token: &str| {
         Request::get(format!("{}/metrics", gateway.base))
             .header("authorization", format!("Bearer {token}"))

@@ -101,6 +101,26 @@ fn comma_list(value: &str) -> Vec<String> {
 }
 
 impl GatewayConfig {
+    /// A configuration made in code: `pool` served to clients holding one of `tokens`, sent to
+    /// `upstream`, every other setting at its default (listen 127.0.0.1:0 for [`serve_on`](super::serve_on)
+    /// with a listener you bind, no admin token, no CORS origin).
+    pub fn new(pool: KeyPool, upstream: impl Into<String>, tokens: Vec<Token>) -> Self {
+        GatewayConfig {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            upstream: upstream.into().trim_end_matches('/').to_owned(),
+            model: DEFAULT_MODEL.to_owned(),
+            tokens,
+            admin_token: None,
+            allowed_origins: Vec::new(),
+            max_wait: DEFAULT_MAX_WAIT,
+            body_limit: DEFAULT_BODY_LIMIT,
+            client_limits: None,
+            allow_unauthenticated: false,
+            revalidate_every: DEFAULT_REVALIDATE,
+            pool,
+        }
+    }
+
     /// Resolve the configuration from flags, environment variables (read through `env`) and
     /// the file named by `--config`.
     ///

@@ -154,20 +154,12 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, Error> {
         .project_model_limits("proj-b", MODEL, per_minute)
         .clock(clock)
         .build()?;
-    let config = GatewayConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        upstream: mock.url(),
-        model: MODEL.to_owned(),
-        tokens: vec![Token::new(TOKEN.to_owned())?],
-        admin_token: None,
-        allowed_origins: Vec::new(),
-        max_wait: Duration::from_secs(60),
-        body_limit: super::DEFAULT_BODY_LIMIT,
-        client_limits: None,
-        allow_unauthenticated: false,
-        revalidate_every: super::DEFAULT_REVALIDATE,
-        pool: pool.clone(),
-    };
+    let mut config = GatewayConfig::new(
+        pool.clone(),
+        mock.url(),
+        vec![Token::new(TOKEN.to_owned())?],
+    );
+    config.model = MODEL.to_owned();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::config(format!("cannot listen on 127.0.0.1: {e}")))?;

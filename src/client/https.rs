@@ -29,10 +29,14 @@ where
     B: Body + Send,
     B::Data: Send,
 {
+    // No Nagle: a request's head and body go out at once (small writes are the norm here).
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
         .enable_http1()
-        .build();
+        .wrap_connector(http);
     Client::builder(TokioExecutor::new()).build(connector)
 }

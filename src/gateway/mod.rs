@@ -45,6 +45,7 @@ use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use http::StatusCode;
 
 pub use auth::Token;
@@ -191,6 +192,10 @@ pub async fn serve_on(
         }
     });
     let _stop_revalidating = AbortOnDrop(revalidating);
+    // No Nagle on accepted connections either: answers and stream chunks go out as they come.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -644,3 +644,38 @@ async fn native_v1_paths_and_both_model_lists() {
     let openai: serde_json::Value = serde_json::from_str(&openai).unwrap();
     assert_eq!(openai["object"], "list", "{openai}");
 }
+
+/// A client that trickles its body gets 408 after the read bound; nothing is sent upstream.
+#[tokio::test(start_paused = true)]
+async fn a_trickling_request_body_times_out() {
+    use std::convert::Infallible;
+
+    let mock = mock_builder().start().await.unwrap();
+    let gateway = start(config(&mock, &[])).await;
+    let body = futures_util::stream::unfold(0u32, |sent| async move {
+        if sent > 0 {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        (sent < 100).then(|| {
+            (
+                Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(b" "))),
+                sent + 1,
+            )
+        })
+    });
+    let request = generate(&gateway, &native_path())
+        .header("x-goog-api-key", TOKEN)
+        .body(http_body_util::StreamBody::new(Box::pin(body)))
+        .unwrap();
+    let slow = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let start = Instant::now();
+    let response = slow.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    assert!(
+        start.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(mock.stats().total_requests(), 0);
+}

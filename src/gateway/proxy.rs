@@ -35,6 +35,9 @@ const HOP_BY_HOP: &[&str] = &[
     "trailer",
 ];
 
+/// How long a client may take to send its request body.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Native methods the gateway forwards on `/v1beta/models/{model}:{method}`.
 const NATIVE_METHODS: &[&str] = &[
     "generateContent",
@@ -162,7 +165,19 @@ async fn forward(
 ) -> Response {
     let (parts, body) = request.into_parts();
     let limit = shared.body_limit;
-    let body = match Limited::new(body, limit).collect().await {
+    // Bounded in size and in time: a client trickling its body holds nothing for long.
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect()).await;
+    let Ok(read) = read else {
+        return reply::client_error(
+            family,
+            StatusCode::REQUEST_TIMEOUT,
+            &format!(
+                "the request body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        );
+    };
+    let body = match read {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             return reply::client_error(

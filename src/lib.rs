@@ -80,6 +80,7 @@ mod random;
 mod response;
 pub mod retry;
 mod stack;
+pub mod state;
 mod telemetry;
 
 pub use circuit_breaker::CircuitBreakerLayer;

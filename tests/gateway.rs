@@ -679,3 +679,123 @@ async fn a_trickling_request_body_times_out() {
     );
     assert_eq!(mock.stats().total_requests(), 0);
 }
+
+/// Keys added and removed at runtime through the admin API; what the pool knew of the other
+/// keys is kept; the key itself never comes back in an answer.
+#[tokio::test]
+async fn keys_are_added_and_removed_at_runtime() {
+    let mock = mock_builder().start().await.unwrap();
+    let gateway = start(config(&mock, &[("GEMINI_API_KEY", KEYS[0])])).await;
+    for _ in 0..2 {
+        assert_eq!(
+            ask(&gateway, TOKEN).await.headers()["x-mock-key"],
+            "...0003"
+        );
+    }
+    let admin = |method: Method, path: &str, body: &str, token: &str| {
+        Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", gateway.base))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap()
+    };
+    let add = format!(r#"{{"key":"{}","project":"proj-b"}}"#, KEYS[1]);
+    let refused = client()
+        .request(admin(Method::POST, "/api/keys", &add, TOKEN))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let added = client()
+        .request(admin(Method::POST, "/api/keys", &add, ADMIN))
+        .await
+        .unwrap();
+    assert_eq!(added.status(), StatusCode::OK);
+    let body = text(added).await;
+    assert_no_secret("the add answer", &body);
+    assert!(body.contains("…0004"), "{body}");
+    let bad = client()
+        .request(admin(
+            Method::POST,
+            "/api/keys",
+            r#"{"key":"short"}"#,
+            ADMIN,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    // Both keys serve now; the first kept its counters.
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let response = ask(&gateway, TOKEN).await;
+        served.insert(
+            response.headers()["x-mock-key"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(served.len(), 2, "{served:?}");
+    let status: serde_json::Value = serde_json::from_str(
+        &text(
+            client()
+                .request(admin(Method::GET, "/api/keys/status", "", ADMIN))
+                .await
+                .unwrap(),
+        )
+        .await,
+    )
+    .unwrap();
+    let total: u64 = status["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["total_calls"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 6, "no count lost in the swap: {status}");
+    // Remove the first; the last cannot go.
+    let removed = client()
+        .request(admin(Method::DELETE, "/api/keys/0003", "", ADMIN))
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), StatusCode::OK);
+    for _ in 0..3 {
+        assert_eq!(
+            ask(&gateway, TOKEN).await.headers()["x-mock-key"],
+            "...0004"
+        );
+    }
+    let last = client()
+        .request(admin(Method::DELETE, "/api/keys/0004", "", ADMIN))
+        .await
+        .unwrap();
+    assert_eq!(last.status(), StatusCode::BAD_REQUEST);
+}
+
+/// `--state-file`: a restarted gateway remembers its keys' counts and states.
+#[tokio::test]
+async fn the_state_file_carries_a_restart() {
+    let mock = mock_builder().start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("gateway-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let file = dir.join("state.json");
+    let mut first = config(&mock, &[]);
+    first.state_file = Some(file.clone());
+    let mut gateway = start(first).await;
+    for _ in 0..3 {
+        assert_eq!(ask(&gateway, TOKEN).await.status(), StatusCode::OK);
+    }
+    gateway.stop.take().unwrap().send(()).unwrap();
+    gateway.served.await.unwrap();
+    assert!(file.exists(), "saved at shutdown");
+
+    let mut second = config(&mock, &[]);
+    second.state_file = Some(file.clone());
+    let pool = second.pool.clone();
+    let _gateway = start(second).await;
+    // The restore runs before the first request is served.
+    assert_eq!(ask(&_gateway, TOKEN).await.status(), StatusCode::OK);
+    let total: u64 = pool.snapshot().keys.iter().map(|k| k.counters.total).sum();
+    assert_eq!(total, 4, "three from before the restart, one after");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -67,6 +67,10 @@ struct Common {
     /// Serve without client tokens (then on 127.0.0.1 only).
     #[arg(long)]
     allow_unauthenticated: bool,
+    /// Keep the pool's state (daily usage, disabled keys, cool-downs, learned limits) in this
+    /// file across restarts [env GATEWAY_STATE_FILE].
+    #[arg(long, value_name = "FILE")]
+    state_file: Option<PathBuf>,
     /// Serve against the embedded mock Gemini instead of Google, with its demo keys (no real
     /// key needed): for trying the gateway and its clients.
     #[arg(long)]
@@ -121,6 +125,7 @@ impl Common {
             model: self.model.clone(),
             max_wait: self.max_wait.map(Duration::from_secs),
             allow_unauthenticated: self.allow_unauthenticated,
+            state_file: self.state_file.clone(),
         }
     }
 

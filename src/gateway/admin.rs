@@ -10,6 +10,7 @@ use super::Shared;
 use super::auth::{accepted, presented};
 use super::reply::{self, Family};
 use crate::pool::KeyState;
+use secrecy::ExposeSecret;
 
 /// Check the admin token, from `Authorization: Bearer` or `x-admin-token`; the refusal to
 /// answer with if it is missing or wrong.
@@ -43,7 +44,7 @@ pub(crate) async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap
     if let Some(refused) = refusal(&shared, &headers) {
         return refused;
     }
-    let snapshot = shared.pool.snapshot();
+    let snapshot = shared.live().pool.snapshot();
     let data: Vec<serde_json::Value> = snapshot
         .keys
         .iter()
@@ -91,7 +92,8 @@ pub(crate) async fn revalidate(State(shared): State<Arc<Shared>>, headers: Heade
     if let Some(refused) = refusal(&shared, &headers) {
         return refused;
     }
-    let checks = super::check_keys::revalidate(&shared.pool, &shared.upstream, &shared.model).await;
+    let pool = shared.live().pool.clone();
+    let checks = super::check_keys::revalidate(&pool, &shared.upstream, &shared.model).await;
     let data: Vec<serde_json::Value> = checks
         .iter()
         .map(|c| {
@@ -121,7 +123,7 @@ pub(crate) async fn reset(
     if let Some(refused) = refusal(&shared, &headers) {
         return refused;
     }
-    let matched = shared.pool.reset(&id);
+    let matched = shared.live().pool.reset(&id);
     if matched == 0 {
         return reply::client_error(
             Family::Native,
@@ -133,4 +135,109 @@ pub(crate) async fn reset(
         StatusCode::OK,
         &serde_json::json!({ "success": true, "reset": matched }),
     )
+}
+
+/// The body of `POST /api/keys`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    key: String,
+    name: Option<String>,
+    project: Option<String>,
+    priority: Option<u32>,
+}
+
+/// `POST /api/keys` with `{"key": "...", "name": "...", "project": "...", "priority": 50}`:
+/// serve with one more key from now on. What the pool knows of the other keys is kept; the
+/// answer names the new key by its fingerprint only.
+pub(crate) async fn add(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
+    if let Some(refused) = refusal(&shared, &headers) {
+        return refused;
+    }
+    let new: NewKey = match serde_json::from_slice(&body) {
+        Ok(new) => new,
+        Err(_) => {
+            return reply::client_error(
+                Family::Native,
+                StatusCode::BAD_REQUEST,
+                r#"send {"key": "<the key>", "name": "..." (optional), "project": "..." (optional), "priority": 50 (optional)}"#,
+            );
+        }
+    };
+    let fingerprint = match crate::ApiKey::new(new.key.clone()) {
+        Ok(key) => key.fingerprint(),
+        Err(error) => {
+            return reply::client_error(Family::Native, StatusCode::BAD_REQUEST, error.message());
+        }
+    };
+    let mut spec = crate::KeySpec::new(new.key);
+    spec.name = new.name;
+    spec.project = new.project;
+    spec.priority = new.priority;
+    let pool = shared.live().pool.clone();
+    let specs = pool.specs().into_iter().chain([spec]);
+    match pool.with_keys(specs) {
+        Ok(grown) => {
+            let keys = grown.len();
+            shared.swap(grown);
+            tracing::info!(gemini.key = %fingerprint, "key {fingerprint} added; {keys} keys");
+            reply::json(
+                StatusCode::OK,
+                &serde_json::json!({ "success": true, "id": fingerprint, "keys": keys }),
+            )
+        }
+        Err(error) => {
+            reply::client_error(Family::Native, StatusCode::BAD_REQUEST, &error.to_string())
+        }
+    }
+}
+
+/// `DELETE /api/keys/{id}`: stop using the keys with that fingerprint (`…a1b2` or `a1b2`) or
+/// name. The last key cannot be removed.
+pub(crate) async fn remove(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = refusal(&shared, &headers) {
+        return refused;
+    }
+    let pool = shared.live().pool.clone();
+    let (gone, kept): (Vec<_>, Vec<_>) = pool.specs().into_iter().partition(|spec| {
+        spec.name.as_deref() == Some(id.as_str())
+            || crate::ApiKey::new(spec.secret.expose_secret().to_owned())
+                .is_ok_and(|k| k.fingerprint().matches(&id))
+    });
+    if gone.is_empty() {
+        return reply::client_error(
+            Family::Native,
+            StatusCode::NOT_FOUND,
+            "no key has that fingerprint or name",
+        );
+    }
+    if kept.is_empty() {
+        return reply::client_error(
+            Family::Native,
+            StatusCode::BAD_REQUEST,
+            "that would remove the last key; add another first",
+        );
+    }
+    match pool.with_keys(kept) {
+        Ok(smaller) => {
+            let keys = smaller.len();
+            shared.swap(smaller);
+            tracing::info!("{} key(s) removed ({id}); {keys} keys", gone.len());
+            reply::json(
+                StatusCode::OK,
+                &serde_json::json!({ "success": true, "removed": gone.len(), "keys": keys }),
+            )
+        }
+        Err(error) => {
+            reply::client_error(Family::Native, StatusCode::BAD_REQUEST, &error.to_string())
+        }
+    }
 }

@@ -38,6 +38,8 @@ pub struct Flags {
     pub max_wait: Option<Duration>,
     /// `--allow-unauthenticated`.
     pub allow_unauthenticated: bool,
+    /// `--state-file`: where the pool's state is kept across restarts.
+    pub state_file: Option<PathBuf>,
 }
 
 /// The `[gateway]` table of the configuration file.
@@ -54,6 +56,7 @@ struct FileGateway {
     body_limit_bytes: Option<usize>,
     client_limits: Option<ModelLimits>,
     revalidate_secs: Option<u64>,
+    state_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +90,9 @@ pub struct GatewayConfig {
     pub allow_unauthenticated: bool,
     /// How often disabled keys are called again (and re-enabled if they work).
     pub revalidate_every: Duration,
+    /// Where the pool's state is kept across restarts (read at start, written every 30 s and
+    /// at shutdown), if anywhere.
+    pub state_file: Option<PathBuf>,
     /// The keys.
     pub pool: KeyPool,
 }
@@ -117,6 +123,7 @@ impl GatewayConfig {
             client_limits: None,
             allow_unauthenticated: false,
             revalidate_every: DEFAULT_REVALIDATE,
+            state_file: None,
             pool,
         }
     }
@@ -264,6 +271,10 @@ impl GatewayConfig {
             revalidate_every: file
                 .revalidate_secs
                 .map_or(DEFAULT_REVALIDATE, |s| Duration::from_secs(s.max(60))),
+            state_file: flags
+                .state_file
+                .or_else(|| env("GATEWAY_STATE_FILE").map(PathBuf::from))
+                .or(file.state_file),
             pool,
         })
     }
@@ -273,7 +284,10 @@ impl GatewayConfig {
         let keys: Vec<String> = self.pool.fingerprints().map(|f| f.to_string()).collect();
         let tokens: Vec<String> = self.tokens.iter().map(|t| t.fingerprint()).collect();
         format!(
-            "listen {}\nupstream {}\ndefault model {}\nkeys ({}): {}\nclient tokens ({}): {}\nadmin token: {}\nallowed origins: {}\nmax wait for a key: {}s\nbody limit: {} bytes",
+            "state file: {}\nlisten {}\nupstream {}\ndefault model {}\nkeys ({}): {}\nclient tokens ({}): {}\nadmin token: {}\nallowed origins: {}\nmax wait for a key: {}s\nbody limit: {} bytes",
+            self.state_file
+                .as_deref()
+                .map_or_else(|| "none".to_owned(), |p| p.display().to_string()),
             self.listen,
             self.upstream,
             self.model,

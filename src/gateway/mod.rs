@@ -59,6 +59,7 @@ use crate::circuit_breaker::{BreakerHandle, CircuitBreakerLayer};
 use crate::error::Error;
 use crate::pool::KeyPool;
 use crate::quota::{ClientKey, InboundQuotaLayer};
+use crate::state::StateFile;
 use crate::{BoxGemini, client, stack};
 use reply::Family;
 
@@ -71,10 +72,20 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// What every route shares.
-pub(crate) struct Shared {
+/// The pool and the stack over it: swapped whole when a key is added or removed; requests in
+/// flight finish on the one they started with.
+pub(crate) struct Live {
     pub(crate) gemini: BoxGemini,
     pub(crate) pool: KeyPool,
+}
+
+/// What every route shares.
+pub(crate) struct Shared {
+    live: std::sync::RwLock<Arc<Live>>,
+    /// Kept to build the stack over a new pool: the same circuits, the same connections.
+    breaker: CircuitBreakerLayer,
+    http: client::HttpsClient<http_body_util::Full<bytes::Bytes>>,
+    max_wait: std::time::Duration,
     pub(crate) breakers: BreakerHandle,
     pub(crate) upstream: String,
     pub(crate) model: String,
@@ -86,15 +97,47 @@ pub(crate) struct Shared {
 /// The gateway's router for `config`: every route, auth, CORS and per-client limits. Serve it
 /// with `axum::serve` (see [`serve`], which also handles shutdown).
 pub fn router(config: &GatewayConfig) -> Router {
+    router_with_state(config).0
+}
+
+impl Shared {
+    /// The current pool and stack.
+    pub(crate) fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn build(&self, pool: KeyPool) -> Live {
+        let gemini = stack(&pool)
+            .circuit_breaker(self.breaker.clone())
+            .wait_up_to(self.max_wait)
+            .boxed(self.http.clone());
+        Live { gemini, pool }
+    }
+
+    /// Serve with `pool` from now on.
+    pub(crate) fn swap(&self, pool: KeyPool) {
+        let live = Arc::new(self.build(pool));
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = live;
+    }
+}
+
+fn router_with_state(config: &GatewayConfig) -> (Router, Arc<Shared>) {
     metrics::handle();
     let breaker = CircuitBreakerLayer::new();
     let breakers = breaker.handle();
-    let layer = stack(&config.pool)
-        .circuit_breaker(breaker)
-        .wait_up_to(config.max_wait);
-    let shared = Arc::new(Shared {
-        gemini: layer.boxed(client::https()),
+    let http = client::https();
+    let first = Live {
+        gemini: stack(&config.pool)
+            .circuit_breaker(breaker.clone())
+            .wait_up_to(config.max_wait)
+            .boxed(http.clone()),
         pool: config.pool.clone(),
+    };
+    let shared = Arc::new(Shared {
+        live: std::sync::RwLock::new(Arc::new(first)),
+        breaker,
+        http,
+        max_wait: config.max_wait,
         breakers,
         upstream: config.upstream.clone(),
         model: config.model.clone(),
@@ -121,14 +164,17 @@ pub fn router(config: &GatewayConfig) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics::metrics))
         .route("/api/keys/status", get(admin::status))
+        .route("/api/keys", post(admin::add))
+        .route("/api/keys/{id}", axum::routing::delete(admin::remove))
         .route("/api/keys/revalidate", post(admin::revalidate))
         .route("/api/keys/{id}/reset", post(admin::reset))
         .merge(api)
-        .with_state(shared);
-    match cors::layer(&config.allowed_origins) {
+        .with_state(shared.clone());
+    let router = match cors::layer(&config.allowed_origins) {
         Some(cors) => router.layer(cors),
         None => router,
-    }
+    };
+    (router, shared)
 }
 
 /// Refuse requests without a client token (unless the gateway runs unauthenticated).
@@ -176,27 +222,46 @@ pub async fn serve_on(
     config: &GatewayConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let app = router(config);
+    // What the last run knew, before the first request.
+    let state_file = config.state_file.clone().map(StateFile::new);
+    if let Some(file) = &state_file
+        && let Err(error) = file.restore(&config.pool)
+    {
+        tracing::error!("{error}");
+    }
+    let (app, shared) = router_with_state(config);
     // Disabled keys are called again periodically; those that work are re-enabled.
     let every = config.revalidate_every;
-    let (pool, upstream, model) = (
-        config.pool.clone(),
-        config.upstream.clone(),
-        config.model.clone(),
-    );
+    let (upstream, model) = (config.upstream.clone(), config.model.clone());
+    let revalidated = shared.clone();
     let revalidating = tokio::spawn(async move {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tick.tick().await;
+            let pool = revalidated.live().pool.clone();
             check_keys::revalidate(&pool, &upstream, &model).await;
         }
     });
     let _stop_revalidating = AbortOnDrop(revalidating);
+    // The state is written every 30 s, and once more after the last request.
+    let saving = state_file.clone().map(|file| {
+        let saved = shared.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            let every = std::time::Duration::from_secs(30);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                if let Err(error) = file.save(&saved.live().pool) {
+                    tracing::warn!("{error}");
+                }
+            }
+        }))
+    });
     // No Nagle on accepted connections either: answers and stream chunks go out as they come.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(
+    let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
@@ -204,5 +269,11 @@ pub async fn serve_on(
     .await
     .map_err(|e| {
         Error::new(crate::ErrorKind::Transport, "the gateway's server failed").with_source(e)
-    })
+    });
+    drop(saving);
+    if let Some(file) = &state_file {
+        file.save(&shared.live().pool)?;
+        tracing::info!("state saved to {}", file.path().display());
+    }
+    served
 }

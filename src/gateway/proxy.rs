@@ -217,7 +217,8 @@ async fn forward(
         }
     };
     copy_headers(&parts.headers, upstream.headers_mut(), FORWARDED);
-    match shared.gemini.clone().oneshot(upstream).await {
+    let gemini = shared.live().gemini.clone();
+    match gemini.oneshot(upstream).await {
         Ok(response) => {
             let (mut head, body) = response.into_parts();
             for name in HOP_BY_HOP {

@@ -30,13 +30,26 @@ use crate::quota::{BytesPerToken, Tier, TokenEstimator};
 #[derive(Default)]
 pub struct KeyPoolBuilder {
     specs: Vec<(KeySpec, Option<String>)>,
-    strategy: Option<Box<dyn Strategy>>,
+    strategy: Option<Arc<dyn Strategy>>,
     clock: Option<Arc<dyn Clock>>,
     limits: Limits,
-    estimator: Option<Box<dyn TokenEstimator>>,
+    estimator: Option<Arc<dyn TokenEstimator>>,
 }
 
 impl KeyPoolBuilder {
+    /// A builder with `pool`'s configuration (strategy — shared, with its cursor —, clock,
+    /// limits, token estimator) and no keys.
+    pub(crate) fn configured_like(pool: &super::KeyPool) -> Self {
+        let inner = &*pool.inner;
+        KeyPoolBuilder {
+            specs: Vec::new(),
+            strategy: Some(inner.strategy.clone()),
+            clock: Some(inner.clock.clone()),
+            limits: inner.models.limits().clone(),
+            estimator: Some(inner.estimator.clone()),
+        }
+    }
+
     /// An empty builder.
     pub fn new() -> Self {
         Self::default()
@@ -69,13 +82,13 @@ impl KeyPoolBuilder {
 
     /// The selection strategy (default [`RoundRobin`]).
     pub fn strategy(mut self, strategy: impl Strategy) -> Self {
-        self.strategy = Some(Box::new(strategy));
+        self.strategy = Some(Arc::new(strategy));
         self
     }
 
     #[cfg(feature = "toml")]
     pub(crate) fn boxed_strategy(mut self, strategy: Box<dyn Strategy>) -> Self {
-        self.strategy = Some(strategy);
+        self.strategy = Some(Arc::from(strategy));
         self
     }
 
@@ -123,7 +136,7 @@ impl KeyPoolBuilder {
 
     /// How requests' tokens are estimated before sending (default [`BytesPerToken`]).
     pub fn token_estimator(mut self, estimator: impl TokenEstimator) -> Self {
-        self.estimator = Some(Box::new(estimator));
+        self.estimator = Some(Arc::new(estimator));
         self
     }
 
@@ -244,10 +257,10 @@ impl KeyPoolBuilder {
             models: ModelTable::new(names, self.limits),
             estimator: self
                 .estimator
-                .unwrap_or_else(|| Box::new(BytesPerToken::default())),
+                .unwrap_or_else(|| Arc::new(BytesPerToken::default())),
             keys: keys.into_boxed_slice(),
             projects: projects.into_boxed_slice(),
-            strategy: self.strategy.unwrap_or_else(|| Box::new(RoundRobin::new())),
+            strategy: self.strategy.unwrap_or_else(|| Arc::new(RoundRobin::new())),
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
         };
         Ok(KeyPool {

@@ -12,7 +12,7 @@ use crate::classify::Class;
 use crate::quota::Meters;
 
 /// Why a key, a project or a project+model is disabled until [`KeyPool::reset`](crate::KeyPool::reset).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum DisabledReason {
@@ -101,6 +101,14 @@ pub(crate) struct KeyHealth {
 const EWMA_ALPHA: f64 = 0.3;
 
 impl KeyHealth {
+    pub(crate) fn latency_ewma_bits(&self) -> u64 {
+        self.latency_ewma_us.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_latency_ewma_bits(&self, bits: u64) {
+        self.latency_ewma_us.store(bits, Ordering::Relaxed);
+    }
+
     pub(crate) fn latency_ewma(&self) -> Option<Duration> {
         let bits = self.latency_ewma_us.load(Ordering::Relaxed);
         (bits != 0).then(|| Duration::from_secs_f64(f64::from_bits(bits) / 1e6))

@@ -63,31 +63,31 @@ pub const RATE_LIMIT_MAX_COOLDOWN: Duration = Duration::from_secs(60);
 /// A shared set of Gemini API keys with their health, projects and selection strategy.
 #[derive(Clone)]
 pub struct KeyPool {
-    inner: Arc<PoolInner>,
+    pub(crate) inner: Arc<PoolInner>,
 }
 
 pub(crate) struct PoolInner {
-    keys: Box<[KeyEntry]>,
-    projects: Box<[ProjectEntry]>,
-    models: ModelTable,
-    strategy: Box<dyn Strategy>,
-    clock: Arc<dyn Clock>,
-    estimator: Box<dyn TokenEstimator>,
+    pub(crate) keys: Box<[KeyEntry]>,
+    pub(crate) projects: Box<[ProjectEntry]>,
+    pub(crate) models: ModelTable,
+    pub(crate) strategy: Arc<dyn Strategy>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) estimator: Arc<dyn TokenEstimator>,
     /// Any limit configured or learned: requests need a token estimate.
-    has_limits: AtomicBool,
+    pub(crate) has_limits: AtomicBool,
 }
 
 pub(crate) struct KeyEntry {
-    key: ApiKey,
-    name: Option<Arc<str>>,
-    project: usize,
-    priority: u32,
-    health: KeyHealth,
+    pub(crate) key: ApiKey,
+    pub(crate) name: Option<Arc<str>>,
+    pub(crate) project: usize,
+    pub(crate) priority: u32,
+    pub(crate) health: KeyHealth,
 }
 
 pub(crate) struct ProjectEntry {
-    name: Arc<str>,
-    health: ProjectHealth,
+    pub(crate) name: Arc<str>,
+    pub(crate) health: ProjectHealth,
 }
 
 impl KeyPool {
@@ -154,6 +154,47 @@ impl KeyPool {
             let project = &*self.inner.projects[k.project].name;
             (&k.key, k.name.as_deref(), project)
         })
+    }
+
+    /// A new pool with this pool's configuration (limits, tiers, strategy, clock, estimator)
+    /// and these keys, carrying over what this pool knows of the keys it keeps (health,
+    /// counters, cool-downs, daily usage, learned limits; see [`restore`](Self::restore)). For
+    /// adding or removing a key while serving: swap the new pool in; requests in flight finish
+    /// on the old one.
+    ///
+    /// ```
+    /// use tower_gemini::{KeyPool, KeySpec};
+    ///
+    /// let pool = KeyPool::from_keys(["test-key-0001", "test-key-0002"])?;
+    /// let grown = pool.with_keys(pool.specs().into_iter().chain([KeySpec::new("test-key-0003")]))?;
+    /// assert_eq!(grown.len(), 3);
+    /// # Ok::<(), tower_gemini::Error>(())
+    /// ```
+    pub fn with_keys(&self, keys: impl IntoIterator<Item = KeySpec>) -> Result<KeyPool, Error> {
+        let pool = keys
+            .into_iter()
+            .fold(KeyPoolBuilder::configured_like(self), |b, spec| {
+                b.key_with(spec)
+            })
+            .build()?;
+        pool.restore(&self.save());
+        Ok(pool)
+    }
+
+    /// The keys as they were configured (secret, name, project, priority), for
+    /// [`with_keys`](Self::with_keys). `KeySpec`'s `Debug` shows fingerprints only.
+    pub fn specs(&self) -> Vec<KeySpec> {
+        let inner = &*self.inner;
+        inner
+            .keys
+            .iter()
+            .map(|entry| {
+                let mut spec = KeySpec::new(entry.key.expose()).priority(entry.priority);
+                spec.name = entry.name.as_deref().map(str::to_owned);
+                spec.project = Some(inner.projects[entry.project].name.to_string());
+                spec
+            })
+            .collect()
     }
 
     /// The fingerprints of the keys, in pool order.

@@ -127,6 +127,8 @@ impl Log {
 #[derive(Debug, Default)]
 struct State {
     limits: ModelLimits,
+    /// The dimensions whose limit came from Google (a 429's `quotaValue`), not configuration.
+    learned: ModelLimits,
     requests: Log,
     tokens: Log,
     images: Log,
@@ -239,6 +241,23 @@ pub(crate) struct Meters {
     state: Mutex<State>,
 }
 
+/// A ledger's state for a snapshot (see [`Meters::export`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct MeterState {
+    /// Limits learned from Google.
+    pub(crate) learned: ModelLimits,
+    /// The last minute's `(time, requests)`.
+    pub(crate) requests: Vec<(u64, u64)>,
+    /// The last minute's `(time, tokens)`.
+    pub(crate) tokens: Vec<(u64, u64)>,
+    /// The last minute's `(time, images)`.
+    pub(crate) images: Vec<(u64, u64)>,
+    /// The end of the Pacific day `day_count` counts.
+    pub(crate) day_end: u64,
+    /// Requests admitted that day.
+    pub(crate) day_count: u64,
+}
+
 /// What was sent before a limit was learned, so that the ledger starts where Google's count is.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct History<'a> {
@@ -337,12 +356,89 @@ impl Meters {
         if !changed {
             return false;
         }
+        match dimension {
+            Dimension::RequestsPerMinute => state.learned.rpm = limits.rpm,
+            Dimension::TokensPerMinute => state.learned.tpm = limits.tpm,
+            Dimension::RequestsPerDay => state.learned.rpd = limits.rpd,
+            Dimension::ImagesPerMinute => state.learned.ipm = limits.ipm,
+        }
         state.limits = limits;
         self.limited.store(true, Ordering::Release);
         if !was_limited {
             state.backfill(dimension, value, history);
         }
         true
+    }
+
+    /// What this ledger holds, to be kept across a restart: learned limits, the last minute's
+    /// entries and today's count.
+    pub(crate) fn export(&self, now: u64) -> MeterState {
+        let mut state = self.lock();
+        state.expire(now);
+        let entries = |log: &Log| {
+            log.entries
+                .iter()
+                .copied()
+                .filter(|&(_, n)| n > 0)
+                .collect()
+        };
+        MeterState {
+            learned: state.learned,
+            requests: entries(&state.requests),
+            tokens: entries(&state.tokens),
+            images: entries(&state.images),
+            day_end: state.day_end,
+            day_count: state.day_count,
+        }
+    }
+
+    /// Take back what [`export`](Self::export) gave: limits learned are applied (narrowing
+    /// only, so a raised configured limit is not undone by an old learned one — unless Google
+    /// said so again), entries still inside the minute and the day's count if it is the same
+    /// Pacific day. Only worth doing on a ledger that has not been used yet.
+    pub(crate) fn import(&self, saved: &MeterState, now: u64) {
+        let history = History {
+            now,
+            sent: &[],
+            retry_after: None,
+        };
+        let learned = saved.learned;
+        let dimensions = [
+            (Dimension::RequestsPerMinute, learned.rpm.map(u64::from)),
+            (Dimension::TokensPerMinute, learned.tpm),
+            (Dimension::RequestsPerDay, learned.rpd.map(u64::from)),
+            (Dimension::ImagesPerMinute, learned.ipm.map(u64::from)),
+        ];
+        for (dimension, value) in dimensions {
+            let Some(value) = value.filter(|&v| v > 0) else {
+                continue;
+            };
+            // Limited first, so that `learn` does not back-fill: the saved entries are the
+            // history. (`learn` only narrows: a configured limit already lower stays.)
+            self.limited.store(true, Ordering::Release);
+            self.learn(dimension, value, history);
+        }
+        let mut state = self.lock();
+        state.expire(now);
+        let keep = |entries: &[(u64, u64)]| -> Vec<(u64, u64)> {
+            entries
+                .iter()
+                .copied()
+                .filter(|&(at, _)| at <= now && at + MINUTE_MS > now)
+                .collect()
+        };
+        for (at, n) in keep(&saved.requests) {
+            state.requests.push(at, n);
+        }
+        for (at, n) in keep(&saved.tokens) {
+            state.tokens.push(at, n);
+        }
+        for (at, n) in keep(&saved.images) {
+            state.images.push(at, n);
+        }
+        if saved.day_end == state.day_end {
+            state.day_count = state.day_count.max(saved.day_count);
+        }
     }
 
     /// Would `demand` fit now? `Ok` or the refusal, spending nothing.

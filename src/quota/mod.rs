@@ -62,7 +62,7 @@ pub use estimate::{BytesPerToken, TokenEstimator};
 pub use inbound::{ClientKey, InboundFuture, InboundQuota, InboundQuotaLayer};
 pub(crate) use meter::Refusal;
 pub use meter::{Demand, Dimension, MeterSnapshot, Usage};
-pub(crate) use meter::{History, Meters, Ticket};
+pub(crate) use meter::{History, MeterState, Meters, Ticket};
 pub use presets::Tier;
 pub use service::{Quota, QuotaLayer, ResponseFuture};
 pub use usage::UsageBody;

@@ -1,0 +1,271 @@
+//! What a pool remembers, saved and restored: across a restart (a state file), or into a pool
+//! rebuilt with other keys (the gateway adding or removing a key at runtime).
+//!
+//! Keys are matched by fingerprint and project, never by the secret: a key no longer in the
+//! pool is dropped, a new key starts clean, and two keys sharing both (their last 4 characters
+//! and their project) are left clean rather than guessed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use crate::classify::Class;
+use crate::pool::{DisabledReason, KeyPool};
+use crate::quota::MeterState;
+
+/// The format's version; a snapshot of another version is not read.
+pub const VERSION: u32 = 1;
+
+/// A pool's state, serialisable (JSON in the state file). Holds fingerprints, never keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedState {
+    /// [`VERSION`].
+    pub version: u32,
+    /// When it was taken (Unix ms, the pool's clock).
+    pub saved_at: u64,
+    keys: Vec<SavedKey>,
+    projects: Vec<SavedProject>,
+    slots: Vec<SavedSlot>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SavedKey {
+    fingerprint: String,
+    project: String,
+    disabled: Option<DisabledReason>,
+    cool_until: u64,
+    rate_limit_streak: u32,
+    consecutive_failures: u32,
+    total: u64,
+    successes: u64,
+    by_class: BTreeMap<String, u64>,
+    last_used: u64,
+    last_success: u64,
+    last_failure: u64,
+    latency_ewma_bits: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SavedProject {
+    name: String,
+    disabled: Option<DisabledReason>,
+}
+
+/// One project's state for one model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SavedSlot {
+    project: String,
+    model: String,
+    cool_until: u64,
+    cool_class: String,
+    not_on_tier: bool,
+    meter: MeterState,
+}
+
+/// What [`KeyPool::restore`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Keys found in the snapshot and restored.
+    pub keys_restored: usize,
+    /// Keys of the pool the snapshot did not know (they start clean).
+    pub keys_new: usize,
+    /// Keys of the snapshot no longer in the pool (dropped).
+    pub keys_dropped: usize,
+    /// Project+model entries restored (cool-downs, daily usage, learned limits).
+    pub slots_restored: usize,
+}
+
+fn class_named(name: &str) -> Option<Class> {
+    Class::ALL.into_iter().find(|c| c.as_str() == name)
+}
+
+impl KeyPool {
+    /// What the pool remembers now: per key its health, disabled reason and counters; per
+    /// project its billing state; per project and model its cool-down, tier block, learned
+    /// limits, the last minute's ledger and the day's count.
+    pub fn save(&self) -> SavedState {
+        let inner = &*self.inner;
+        let now = inner.clock.now_millis();
+        let keys = inner
+            .keys
+            .iter()
+            .map(|entry| {
+                let h = &entry.health;
+                SavedKey {
+                    fingerprint: entry.key.fingerprint().tail().to_owned(),
+                    project: inner.projects[entry.project].name.to_string(),
+                    disabled: h.disabled.get(),
+                    cool_until: h.cool_until.load(Ordering::Acquire),
+                    rate_limit_streak: h.rate_limit_streak.load(Ordering::Relaxed),
+                    consecutive_failures: h.consecutive_failures.load(Ordering::Relaxed),
+                    total: h.total.load(Ordering::Relaxed),
+                    successes: h.successes.load(Ordering::Relaxed),
+                    by_class: Class::ALL
+                        .iter()
+                        .map(|c| {
+                            (
+                                c.as_str().to_owned(),
+                                h.by_class[c.index()].load(Ordering::Relaxed),
+                            )
+                        })
+                        .filter(|(_, n)| *n > 0)
+                        .collect(),
+                    last_used: h.last_used.load(Ordering::Relaxed),
+                    last_success: h.last_success.load(Ordering::Relaxed),
+                    last_failure: h.last_failure.load(Ordering::Relaxed),
+                    latency_ewma_bits: h.latency_ewma_bits(),
+                }
+            })
+            .collect();
+        let projects = inner
+            .projects
+            .iter()
+            .map(|p| SavedProject {
+                name: p.name.to_string(),
+                disabled: p.health.disabled.get(),
+            })
+            .collect();
+        let mut slots = Vec::new();
+        for model in inner.models.all() {
+            if model.is_unknown() {
+                continue;
+            }
+            for (p, slot) in model.projects.iter().enumerate() {
+                let meter = slot.quota.export(now);
+                let cool_until = slot.cool_until.load(Ordering::Acquire);
+                let not_on_tier = slot.not_on_tier.load(Ordering::Acquire);
+                let cooling = cool_until > now;
+                if !cooling && !not_on_tier && meter == MeterState::default() {
+                    continue;
+                }
+                slots.push(SavedSlot {
+                    project: inner.projects[p].name.to_string(),
+                    model: model.name.to_string(),
+                    cool_until,
+                    cool_class: slot.cool_class().as_str().to_owned(),
+                    not_on_tier,
+                    meter,
+                });
+            }
+        }
+        SavedState {
+            version: VERSION,
+            saved_at: now,
+            keys,
+            projects,
+            slots,
+        }
+    }
+
+    /// Take back a [`save`](Self::save)d state into this pool (best before it serves
+    /// requests). Keys are matched by fingerprint and project, never by the secret: a key no
+    /// longer in the pool is dropped, a new key starts clean, and two keys sharing both their
+    /// last 4 characters and their project are left clean rather than guessed.
+    pub fn restore(&self, saved: &SavedState) -> RestoreReport {
+        let inner = &*self.inner;
+        let now = inner.clock.now_millis();
+        let mut report = RestoreReport::default();
+        let mut by_id: HashMap<(&str, &str), Vec<&SavedKey>> = HashMap::new();
+        for key in &saved.keys {
+            by_id
+                .entry((key.fingerprint.as_str(), key.project.as_str()))
+                .or_default()
+                .push(key);
+        }
+        let mut ours: HashMap<(String, String), usize> = HashMap::new();
+        for entry in inner.keys.iter() {
+            let id = (
+                entry.key.fingerprint().tail().to_owned(),
+                inner.projects[entry.project].name.to_string(),
+            );
+            *ours.entry(id).or_default() += 1;
+        }
+        for entry in inner.keys.iter() {
+            let fingerprint = entry.key.fingerprint();
+            let project = &*inner.projects[entry.project].name;
+            let id = (fingerprint.tail(), project);
+            let saved_keys = by_id.get(&id).map(Vec::as_slice).unwrap_or_default();
+            let ambiguous = ours
+                .get(&(id.0.to_owned(), id.1.to_owned()))
+                .is_some_and(|&n| n > 1)
+                || saved_keys.len() > 1;
+            let [saved] = saved_keys else {
+                report.keys_new += 1;
+                continue;
+            };
+            if ambiguous {
+                tracing::warn!(gemini.key = %fingerprint, "two keys of project {project} end in the same 4 characters: their state is not restored");
+                report.keys_new += 1;
+                continue;
+            }
+            let h = &entry.health;
+            if let Some(reason) = saved.disabled {
+                h.disabled.disable(reason);
+            }
+            h.cool_until.fetch_max(saved.cool_until, Ordering::AcqRel);
+            h.rate_limit_streak
+                .store(saved.rate_limit_streak, Ordering::Relaxed);
+            h.consecutive_failures
+                .store(saved.consecutive_failures, Ordering::Relaxed);
+            h.total.fetch_add(saved.total, Ordering::Relaxed);
+            h.successes.fetch_add(saved.successes, Ordering::Relaxed);
+            for (name, n) in &saved.by_class {
+                if let Some(class) = class_named(name) {
+                    h.by_class[class.index()].fetch_add(*n, Ordering::Relaxed);
+                }
+            }
+            h.last_used.fetch_max(saved.last_used, Ordering::Relaxed);
+            h.last_success
+                .fetch_max(saved.last_success, Ordering::Relaxed);
+            h.last_failure
+                .fetch_max(saved.last_failure, Ordering::Relaxed);
+            if h.latency_ewma_bits() == 0 {
+                h.set_latency_ewma_bits(saved.latency_ewma_bits);
+            }
+            report.keys_restored += 1;
+        }
+        report.keys_dropped = saved
+            .keys
+            .iter()
+            .filter(|k| {
+                !inner.keys.iter().any(|e| {
+                    e.key.fingerprint().tail() == k.fingerprint
+                        && *inner.projects[e.project].name == *k.project
+                })
+            })
+            .count();
+        for project in &saved.projects {
+            if let (Some(reason), Some(ours)) = (
+                project.disabled,
+                inner.projects.iter().find(|p| *p.name == *project.name),
+            ) {
+                ours.health.disabled.disable(reason);
+            }
+        }
+        for slot in &saved.slots {
+            let Some(p) = inner.projects.iter().position(|p| *p.name == *slot.project) else {
+                continue;
+            };
+            let model = inner.models.get(&slot.model);
+            if model.is_unknown() {
+                continue;
+            }
+            model.pin();
+            let ours = &model.projects[p];
+            if slot.cool_until > now {
+                let class = class_named(&slot.cool_class).unwrap_or(Class::QuotaMinute);
+                ours.cool(slot.cool_until, class);
+            }
+            if slot.not_on_tier {
+                ours.not_on_tier.store(true, Ordering::Release);
+            }
+            ours.quota.import(&slot.meter, now);
+            if slot.meter.learned != crate::pool::ModelLimits::default() {
+                inner.has_limits.store(true, Ordering::Release);
+            }
+            report.slots_restored += 1;
+        }
+        report
+    }
+}

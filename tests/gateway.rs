@@ -369,6 +369,9 @@ async fn the_status_api_needs_the_admin_token_and_shows_fingerprints_only() {
         assert!(data[0].get(field).is_some(), "{field} missing: {}", data[0]);
     }
     assert_eq!(data[0]["id"], "…0003");
+    let recent = json["recent"].as_array().unwrap();
+    assert_eq!(recent.len(), 1, "the call log: {json}");
+    assert_eq!(recent[0]["class"], "success");
     let total: u64 = data
         .iter()
         .map(|k| k["total_calls"].as_u64().unwrap())

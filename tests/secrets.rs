@@ -142,6 +142,13 @@ fn raw_keys_never_appear_in_logs_errors_or_debug_output() {
 
         printed += &serde_json::to_string_pretty(&pool.snapshot()).unwrap();
         printed += &format!("{:?}\n", pool.snapshot());
+        let calls = pool.recent_calls();
+        assert!(
+            calls.iter().any(|c| c.detail.is_some()),
+            "failures were logged"
+        );
+        printed += &serde_json::to_string_pretty(&calls).unwrap();
+        printed += &serde_json::to_string(&pool.save()).unwrap();
         match pool.select(Some("gemini-2.0-flash")) {
             Ok(lease) => printed += &format!("{lease:?} {:?}\n", lease.selected()),
             Err(error) => printed += &format!("{error:?}\n"),

@@ -44,7 +44,10 @@ pub(crate) async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap
     if let Some(refused) = refusal(&shared, &headers) {
         return refused;
     }
-    let snapshot = shared.live().pool.snapshot();
+    let live = shared.live();
+    let snapshot = live.pool.snapshot();
+    let mut recent = live.pool.recent_calls();
+    recent.truncate(50);
     let data: Vec<serde_json::Value> = snapshot
         .keys
         .iter()
@@ -82,6 +85,7 @@ pub(crate) async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap
             "data": data,
             "quota": snapshot.quota,
             "breakers": shared.breakers.snapshot(),
+            "recent": recent,
         }),
     )
 }

@@ -254,6 +254,7 @@ impl KeyPoolBuilder {
         let names: Box<[Arc<str>]> = projects.iter().map(|p| p.name.clone()).collect();
         let inner = PoolInner {
             has_limits: std::sync::atomic::AtomicBool::new(!self.limits.is_empty()),
+            calls: super::calls::CallLog::default(),
             models: ModelTable::new(names, self.limits),
             estimator: self
                 .estimator

@@ -12,6 +12,7 @@
 //! ```
 
 mod builder;
+mod calls;
 mod env;
 mod health;
 mod key;
@@ -30,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use builder::KeyPoolBuilder;
+pub use calls::{CALL_LOG_SIZE, CallRecord};
 pub use health::DisabledReason;
 pub(crate) use key::masked;
 pub use key::{ApiKey, DEFAULT_PRIORITY, Fingerprint, KeySpec};
@@ -73,6 +75,8 @@ pub(crate) struct PoolInner {
     pub(crate) strategy: Arc<dyn Strategy>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) estimator: Arc<dyn TokenEstimator>,
+    /// The last answers, for status pages.
+    pub(crate) calls: calls::CallLog,
     /// Any limit configured or learned: requests need a token estimate.
     pub(crate) has_limits: AtomicBool,
 }
@@ -366,6 +370,12 @@ impl KeyPool {
         })
     }
 
+    /// The last answers (at most [`CALL_LOG_SIZE`]), newest first: time, key fingerprint,
+    /// project, model, status, class, latency, and what Google said for failures.
+    pub fn recent_calls(&self) -> Vec<CallRecord> {
+        self.inner.calls.recent()
+    }
+
     /// Used and limit per dimension for every project and model with a limit.
     pub fn quota_snapshot(&self) -> Vec<QuotaSnapshot> {
         snapshot::quota(&self.inner)
@@ -437,6 +447,14 @@ impl PoolInner {
         let health = &entry.health;
         let now = inner.clock.now_millis();
         let class = outcome.class();
+        inner.calls.record(
+            now,
+            entry.key.fingerprint(),
+            &inner.projects[entry.project].name,
+            (!slots.is_unknown()).then_some(&slots.name),
+            outcome,
+            latency,
+        );
         health.total.fetch_add(1, Ordering::Relaxed);
         health.by_class[class.index()].fetch_add(1, Ordering::Relaxed);
         match class {

@@ -923,3 +923,39 @@ fn round_robin_does_not_double_up_after_a_gap() {
         ["0003", "0004", "0003", "0004", "0003", "0004"]
     );
 }
+
+#[test]
+fn the_call_log_is_bounded_and_newest_first() {
+    let pool = KeyPool::from_keys(["test-key-0001"]).unwrap();
+    for i in 0..(CALL_LOG_SIZE + 10) {
+        let outcome = if i % 2 == 0 {
+            answer(200, "{}")
+        } else {
+            answer(400, INVALID)
+        };
+        // Reset so the invalid answers do not stop selection.
+        pool.reset_all();
+        pool.select(Some("m"))
+            .unwrap()
+            .report(&outcome, Duration::from_millis(i as u64));
+    }
+    let calls = pool.recent_calls();
+    assert_eq!(calls.len(), CALL_LOG_SIZE);
+    assert_eq!(
+        calls[0].latency_ms,
+        (CALL_LOG_SIZE + 9) as f64,
+        "newest first"
+    );
+    assert_eq!(calls[0].class, Class::KeyInvalid);
+    assert!(
+        calls[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("API key not valid")
+    );
+    assert_eq!(calls[1].class, Class::Success);
+    assert!(calls[1].detail.is_none());
+    assert_eq!(calls[0].model.as_deref(), Some("m"));
+    assert_eq!(calls[0].key.to_string(), "…0001");
+}

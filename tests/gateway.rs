@@ -802,3 +802,31 @@ async fn the_state_file_carries_a_restart() {
     assert_eq!(total, 4, "three from before the restart, one after");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A client that sends its request head a byte at a time (slowloris) is cut off after the
+/// header read bound; it holds no connection for ever.
+#[tokio::test(start_paused = true)]
+async fn a_trickling_request_head_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mock = mock_builder().start().await.unwrap();
+    let gateway = start(config(&mock, &[])).await;
+    let addr = gateway.base.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(b"POST /v1beta/models/gemini-2.0-flash:generateContent HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut buffer = Vec::new();
+    // The server closes the connection (after a 408, or without a word).
+    tokio::time::timeout(Duration::from_secs(120), tcp.read_to_end(&mut buffer))
+        .await
+        .expect("the connection was closed")
+        .unwrap();
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(29) && waited <= Duration::from_secs(31),
+        "{waited:?}"
+    );
+    assert_eq!(mock.stats().total_requests(), 0);
+}

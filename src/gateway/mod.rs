@@ -37,7 +37,6 @@ mod proxy;
 mod reply;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -45,7 +44,6 @@ use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use http::StatusCode;
 
 pub use auth::Token;
@@ -62,6 +60,61 @@ use crate::quota::{ClientKey, InboundQuotaLayer};
 use crate::state::StateFile;
 use crate::{BoxGemini, client, stack};
 use reply::Family;
+
+/// How long a client may take to send a request's head. Without it, a client sending its
+/// headers a byte at a time would hold a connection for ever.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Accept connections until `shutdown`, serving each over HTTP/1.1 with a bound on the time
+/// to read a request head; then stop accepting and wait for the connections in flight (streams
+/// included) to finish.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt;
+
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, say: wait a little rather than spin.
+                    tracing::warn!("accept failed: {error}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // No Nagle: answers and stream chunks go out as they come.
+        let _ = tcp.set_nodelay(true);
+        let service =
+            app.clone()
+                .map_request(move |mut request: Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    request
+                });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
 
 /// Aborts a background task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -257,23 +310,11 @@ pub async fn serve_on(
             }
         }))
     });
-    // No Nagle on accepted connections either: answers and stream chunks go out as they come.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .map_err(|e| {
-        Error::new(crate::ErrorKind::Transport, "the gateway's server failed").with_source(e)
-    });
+    accept(listener, app, shutdown).await;
     drop(saving);
     if let Some(file) = &state_file {
         file.save(&shared.live().pool)?;
         tracing::info!("state saved to {}", file.path().display());
     }
-    served
+    Ok(())
 }

@@ -97,6 +97,35 @@ pub struct GatewayConfig {
     pub pool: KeyPool,
 }
 
+/// The upstream must be `https://`, or `http://` on this machine only (a local mock): the keys
+/// travel in its requests, and over plain HTTP anyone on the path would read them.
+fn check_upstream(upstream: &str) -> Result<(), Error> {
+    if upstream.starts_with("https://") {
+        return Ok(());
+    }
+    let Some(rest) = upstream.strip_prefix("http://") else {
+        return Err(Error::config(format!(
+            "upstream {upstream:?} must start with https:// (or http:// for a mock on this machine)"
+        )));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "upstream {upstream:?} is plain HTTP to another machine: the API keys would cross the network readable; use https://, or http:// only for a mock on 127.0.0.1"
+        )))
+    }
+}
+
 fn comma_list(value: &str) -> Vec<String> {
     value
         .split(',')
@@ -205,11 +234,7 @@ impl GatewayConfig {
             .or(file.upstream)
             .unwrap_or_else(|| GOOGLE.to_owned());
         let upstream = upstream.trim().trim_end_matches('/').to_owned();
-        if !(upstream.starts_with("https://") || upstream.starts_with("http://")) {
-            return Err(Error::config(format!(
-                "upstream {upstream:?} must start with https:// (or http:// for a local mock)"
-            )));
-        }
+        check_upstream(&upstream)?;
         let model = flags
             .model
             .or_else(|| env("LLM_MODEL"))
@@ -311,5 +336,32 @@ impl GatewayConfig {
             self.max_wait.as_secs(),
             self.body_limit,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_upstream;
+
+    #[test]
+    fn plain_http_only_to_this_machine() {
+        for ok in [
+            "https://generativelanguage.googleapis.com",
+            "http://127.0.0.1:8081",
+            "http://localhost:9000/base",
+            "http://[::1]:8080",
+        ] {
+            assert!(check_upstream(ok).is_ok(), "{ok}");
+        }
+        for refused in [
+            "http://generativelanguage.googleapis.com",
+            "http://10.0.0.5:8080",
+            "http://127.0.0.1.evil.example:80",
+            "ftp://example.com",
+            "generativelanguage.googleapis.com",
+        ] {
+            let error = check_upstream(refused).unwrap_err();
+            assert!(error.to_string().contains("https://"), "{refused}: {error}");
+        }
     }
 }

@@ -830,3 +830,13 @@ async fn a_trickling_request_head_is_cut_off() {
     );
     assert_eq!(mock.stats().total_requests(), 0);
 }
+
+#[tokio::test]
+async fn a_plain_http_upstream_elsewhere_is_refused_however_configured() {
+    let pool = tower_gemini::KeyPool::from_keys(KEYS).unwrap();
+    let token = tower_gemini::gateway::Token::new(TOKEN.to_owned()).unwrap();
+    let config = GatewayConfig::new(pool, "http://gemini.example.net", vec![token]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let error = serve_on(listener, &config, async {}).await.unwrap_err();
+    assert!(error.to_string().contains("plain HTTP"), "{error}");
+}

@@ -99,7 +99,7 @@ pub struct GatewayConfig {
 
 /// The upstream must be `https://`, or `http://` on this machine only (a local mock): the keys
 /// travel in its requests, and over plain HTTP anyone on the path would read them.
-fn check_upstream(upstream: &str) -> Result<(), Error> {
+pub(crate) fn check_upstream(upstream: &str) -> Result<(), Error> {
     if upstream.starts_with("https://") {
         return Ok(());
     }

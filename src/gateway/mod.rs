@@ -275,6 +275,8 @@ pub async fn serve_on(
     config: &GatewayConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    // However the configuration was made, the keys go over https or stay on this machine.
+    config::check_upstream(&config.upstream)?;
     // What the last run knew, before the first request.
     let state_file = config.state_file.clone().map(StateFile::new);
     if let Some(file) = &state_file

@@ -188,7 +188,7 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, Error> {
     let successes = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
-    let end = Instant::now() + Duration::from_secs(options.seconds);
+    let end = crate::clock::instant_after(Instant::now(), Duration::from_secs(options.seconds));
     let url = format!("{gateway}/v1beta/models/{MODEL}:generateContent");
     let clients: Vec<_> = (0..options.clients)
         .map(|i| {

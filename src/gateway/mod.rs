@@ -285,12 +285,16 @@ pub async fn serve_on(
         tracing::error!("{error}");
     }
     let (app, shared) = router_with_state(config);
-    // Disabled keys are called again periodically; those that work are re-enabled.
-    let every = config.revalidate_every;
+    // Disabled keys are called again periodically; those that work are re-enabled. (At least a
+    // minute apart, whatever a configuration made in code says.)
+    let every = config
+        .revalidate_every
+        .max(std::time::Duration::from_secs(60));
     let (upstream, model) = (config.upstream.clone(), config.model.clone());
     let revalidated = shared.clone();
     let revalidating = tokio::spawn(async move {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let first = crate::clock::instant_after(tokio::time::Instant::now(), every);
+        let mut tick = tokio::time::interval_at(first, every);
         loop {
             tick.tick().await;
             let pool = revalidated.live().pool.clone();

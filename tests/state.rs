@@ -225,3 +225,24 @@ fn a_corrupt_state_file_is_reported_and_set_aside() {
             .is_none()
     );
 }
+
+#[test]
+fn the_rotation_goes_on_where_it_stood() {
+    let keys = ["test-key-0001", "test-key-0002", "test-key-0003"];
+    let first = KeyPool::from_keys(keys).unwrap();
+    let order = |pool: &KeyPool, n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                pool.select(Some(FLASH))
+                    .unwrap()
+                    .selected()
+                    .fingerprint()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(order(&first, 2), ["…0001", "…0002"]);
+    let restarted = KeyPool::from_keys(keys).unwrap();
+    restarted.restore(&first.save());
+    assert_eq!(order(&restarted, 2), ["…0003", "…0001"], "not …0001 again");
+}

@@ -35,6 +35,30 @@ use crate::random::UnitRng;
 pub trait Strategy: Send + Sync + fmt::Debug + 'static {
     /// The index of the chosen key, or `None` if no candidate is available.
     fn choose(&self, keys: &Candidates<'_>) -> Option<usize>;
+
+    /// Where a rotating strategy stands, to be kept across a restart
+    /// ([`KeyPool::save`](crate::KeyPool::save)); `None` for one without a position.
+    fn cursor(&self) -> Option<usize> {
+        None
+    }
+
+    /// Stand at `cursor` (from a saved state).
+    fn set_cursor(&self, cursor: usize) {
+        let _ = cursor;
+    }
+}
+
+/// The `cursor`/`set_cursor` of a strategy rotating with an `AtomicUsize`.
+macro_rules! rotating {
+    () => {
+        fn cursor(&self) -> Option<usize> {
+            Some(self.cursor.load(Ordering::Relaxed))
+        }
+
+        fn set_cursor(&self, cursor: usize) {
+            self.cursor.store(cursor, Ordering::Relaxed);
+        }
+    };
 }
 
 /// The keys a strategy chooses among, for one request's model, at one instant.
@@ -228,6 +252,8 @@ impl RoundRobin {
 }
 
 impl Strategy for RoundRobin {
+    rotating!();
+
     fn choose(&self, keys: &Candidates<'_>) -> Option<usize> {
         let n = keys.len();
         if n == 0 {
@@ -334,6 +360,8 @@ impl LeastInFlight {
 }
 
 impl Strategy for LeastInFlight {
+    rotating!();
+
     fn choose(&self, keys: &Candidates<'_>) -> Option<usize> {
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         keys.min_from(start, |i| {
@@ -357,6 +385,8 @@ impl LowestLatency {
 }
 
 impl Strategy for LowestLatency {
+    rotating!();
+
     fn choose(&self, keys: &Candidates<'_>) -> Option<usize> {
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         keys.min_from(start, |i| {
@@ -381,6 +411,8 @@ impl MostHeadroom {
 }
 
 impl Strategy for MostHeadroom {
+    rotating!();
+
     fn choose(&self, keys: &Candidates<'_>) -> Option<usize> {
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         // Most headroom = least "fullness".

@@ -27,6 +27,9 @@ pub struct SavedState {
     keys: Vec<SavedKey>,
     projects: Vec<SavedProject>,
     slots: Vec<SavedSlot>,
+    /// Where the strategy stood (round robin's cursor), if it rotates.
+    #[serde(default)]
+    cursor: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,6 +158,7 @@ impl KeyPool {
             keys,
             projects,
             slots,
+            cursor: inner.strategy.cursor(),
         }
     }
 
@@ -235,6 +239,9 @@ impl KeyPool {
                 })
             })
             .count();
+        if let Some(cursor) = saved.cursor {
+            inner.strategy.set_cursor(cursor);
+        }
         for project in &saved.projects {
             if let (Some(reason), Some(ours)) = (
                 project.disabled,

@@ -514,6 +514,13 @@ async fn per_client_limits_hold_per_token() {
         ..Default::default()
     });
     let gateway = start(config).await;
+    // Refused requests (no valid token) are not metered: 401 each time, never a 429.
+    for _ in 0..3 {
+        assert_eq!(
+            ask(&gateway, "wrong-token-0001").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
     assert_eq!(
         ask(&gateway, "client-token-0001").await.status(),
         StatusCode::OK

@@ -203,8 +203,9 @@ fn router_with_state(config: &GatewayConfig) -> (Router, Arc<Shared>) {
         .route("/v1/embeddings", post(proxy::embeddings))
         .route("/v1/models", get(proxy::models))
         .route("/v1/models/{*rest}", get(proxy::native).post(proxy::native))
-        .route("/v1beta/{*rest}", get(proxy::native).post(proxy::native))
-        .route_layer(middleware::from_fn_with_state(shared.clone(), authenticate));
+        .route("/v1beta/{*rest}", get(proxy::native).post(proxy::native));
+    // Layers added later run first: authentication outermost, so that a request without a
+    // valid token is refused before it is metered against any client's limit.
     if let Some(limits) = config.client_limits {
         let by_token = ClientKey::custom(|head| {
             auth::presented(head.headers, head.uri.query())
@@ -212,6 +213,7 @@ fn router_with_state(config: &GatewayConfig) -> (Router, Arc<Shared>) {
         });
         api = api.route_layer(InboundQuotaLayer::new(limits).client_key(by_token));
     }
+    let api = api.route_layer(middleware::from_fn_with_state(shared.clone(), authenticate));
     let router = Router::new()
         .route("/", get(dashboard::page))
         .route("/healthz", get(|| async { "ok" }))

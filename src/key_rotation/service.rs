@@ -102,7 +102,7 @@ where
             }
         });
         if let Some(give_up) = give_up
-            && KeyPool::has_waiters(&slots)
+            && slots.has_waiters()
         {
             // Willing to wait, and others already are: behind them, first come first served.
             return self.queue(request, slots, demand, give_up);

@@ -43,13 +43,15 @@ impl Drop for InLine {
     }
 }
 
-impl KeyPool {
+impl ModelSlots {
     /// Are requests already waiting for a key for this model? (Then a newcomer willing to wait
     /// queues behind them.)
-    pub(crate) fn has_waiters(slots: &ModelSlots) -> bool {
-        slots.waiting.load(Ordering::Acquire) > 0
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0
     }
+}
 
+impl KeyPool {
     /// Wait in line until a key can take the request, at most until `give_up`.
     ///
     /// Fails at once with the selection error if no key can ever serve it (all disabled, or the

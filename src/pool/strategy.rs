@@ -99,7 +99,8 @@ impl Candidates<'_> {
 
     /// Can key `index` serve this request now?
     pub fn is_available(&self, index: usize) -> bool {
-        self.available_at(index).is_some_and(|at| at <= self.now)
+        // An index past the keys (a custom strategy's mistake) is not available.
+        index < self.keys.len() && self.blocker(index).is_none()
     }
 
     /// Indices of the available keys, in pool order.
@@ -146,36 +147,8 @@ impl Candidates<'_> {
         self.demand
     }
 
-    /// When key `index` can serve this model: `None` if disabled (key, project or
-    /// project+model) or the request can never fit its quota, else the end of its longest
-    /// cool-down or quota wait (≤ now when available).
-    pub(crate) fn available_at(&self, index: usize) -> Option<u64> {
-        let entry = self.keys.get(index)?;
-        if entry.health.disabled.get().is_some() {
-            return None;
-        }
-        if self.projects[entry.project].health.disabled.get().is_some() {
-            return None;
-        }
-        let slot = &self.slots.projects[entry.project];
-        if slot.not_on_tier.load(Ordering::Acquire) {
-            return None;
-        }
-        let key_cool = entry.health.cool_until.load(Ordering::Acquire);
-        let model_cool = slot.cool_until.load(Ordering::Acquire);
-        let cooled = key_cool.max(model_cool);
-        if cooled > self.now {
-            return Some(cooled);
-        }
-        match slot.quota.check(self.demand, self.now) {
-            Ok(()) => Some(cooled),
-            Err(refusal) => refusal
-                .retry_after
-                .map(|wait| self.now + wait.as_millis().max(1) as u64),
-        }
-    }
-
-    /// Why key `index` cannot serve this request now; `None` if it can.
+    /// Why key `index` cannot serve this request now; `None` if it can (or if there is no such
+    /// key: see [`is_available`](Self::is_available)).
     pub(crate) fn blocker(&self, index: usize) -> Option<Blocker> {
         let entry = self.keys.get(index)?;
         if let Some(reason) = entry.health.disabled.get() {

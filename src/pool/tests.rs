@@ -959,3 +959,48 @@ fn the_call_log_is_bounded_and_newest_first() {
     assert_eq!(calls[0].model.as_deref(), Some("m"));
     assert_eq!(calls[0].key.to_string(), "…0001");
 }
+
+/// A strategy that names a key that does not exist, or one that cannot serve, is overruled,
+/// never trusted (and never a panic).
+#[test]
+fn a_strategy_naming_a_bad_key_is_overruled() {
+    #[derive(Debug)]
+    struct Wrong(usize);
+    impl Strategy for Wrong {
+        fn choose(&self, _: &Candidates<'_>) -> Option<usize> {
+            Some(self.0)
+        }
+    }
+    let past_the_end = KeyPool::builder()
+        .keys(["test-key-0001", "test-key-0002"])
+        .strategy(Wrong(usize::MAX))
+        .build()
+        .unwrap();
+    assert_eq!(
+        past_the_end
+            .select(Some("m"))
+            .unwrap()
+            .selected()
+            .fingerprint()
+            .to_string(),
+        "…0001"
+    );
+    let disabled = KeyPool::builder()
+        .keys(["test-key-0001", "test-key-0002"])
+        .strategy(Wrong(0))
+        .build()
+        .unwrap();
+    disabled
+        .select(Some("m"))
+        .unwrap()
+        .report(&answer(400, INVALID), Duration::ZERO);
+    assert_eq!(
+        disabled
+            .select(Some("m"))
+            .unwrap()
+            .selected()
+            .fingerprint()
+            .to_string(),
+        "…0002"
+    );
+}

@@ -1,6 +1,6 @@
 //! The call log: the last answers the pool was told about, in a bounded ring.
 
-use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,15 +46,24 @@ struct Entry {
     detail: Option<Box<str>>,
 }
 
-/// The ring. A success costs a lock and a push (no allocation once full); a failure also
-/// keeps its one-line description.
-#[derive(Default)]
+/// The ring: one slot per entry, each behind its own lock, and a shared counter choosing the
+/// next slot. Recording costs one `fetch_add` and a lock nobody else is likely to hold (no
+/// process-wide lock on the request path, no allocation for a success).
 pub(crate) struct CallLog {
-    ring: Mutex<VecDeque<Entry>>,
+    slots: Box<[Mutex<Option<Entry>>]>,
+    next: AtomicUsize,
+}
+
+impl Default for CallLog {
+    fn default() -> Self {
+        CallLog {
+            slots: (0..CALL_LOG_SIZE).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl CallLog {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn record(
         &self,
         at: u64,
@@ -75,28 +84,35 @@ impl CallLog {
             latency,
             detail: (!class.is_success()).then(|| outcome.to_string().into_boxed_str()),
         };
-        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        if ring.len() == CALL_LOG_SIZE {
-            ring.pop_front();
-        }
-        ring.push_back(entry);
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % CALL_LOG_SIZE;
+        *self.slots[slot].lock().unwrap_or_else(|e| e.into_inner()) = Some(entry);
     }
 
     /// Newest first.
     pub(crate) fn recent(&self) -> Vec<CallRecord> {
-        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        ring.iter()
-            .rev()
-            .map(|e| CallRecord {
-                at: to_timestamp(e.at),
-                key: e.key,
-                project: e.project.to_string(),
-                model: e.model.as_deref().map(str::to_owned),
-                status: e.status,
-                class: e.class,
-                latency_ms: e.latency.as_secs_f64() * 1000.0,
-                detail: e.detail.as_deref().map(str::to_owned),
+        let next = self.next.load(Ordering::Relaxed);
+        let mut records: Vec<CallRecord> = (1..=CALL_LOG_SIZE)
+            .filter_map(|back| {
+                let slot = (next % CALL_LOG_SIZE + CALL_LOG_SIZE - back) % CALL_LOG_SIZE;
+                let guard = self.slots[slot].lock().unwrap_or_else(|e| e.into_inner());
+                guard.as_ref().map(record)
             })
-            .collect()
+            .collect();
+        // Writers racing the read may leave a slot out of order: order by time, newest first.
+        records.sort_by(|a, b| b.at.cmp(&a.at));
+        records
+    }
+}
+
+fn record(e: &Entry) -> CallRecord {
+    CallRecord {
+        at: to_timestamp(e.at),
+        key: e.key,
+        project: e.project.to_string(),
+        model: e.model.as_deref().map(str::to_owned),
+        status: e.status,
+        class: e.class,
+        latency_ms: e.latency.as_secs_f64() * 1000.0,
+        detail: e.detail.as_deref().map(str::to_owned),
     }
 }

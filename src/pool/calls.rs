@@ -99,7 +99,7 @@ impl CallLog {
             })
             .collect();
         // Writers racing the read may leave a slot out of order: order by time, newest first.
-        records.sort_by(|a, b| b.at.cmp(&a.at));
+        records.sort_by_key(|r| std::cmp::Reverse(r.at));
         records
     }
 }

@@ -847,3 +847,32 @@ async fn a_plain_http_upstream_elsewhere_is_refused_however_configured() {
     let error = serve_on(listener, &config, async {}).await.unwrap_err();
     assert!(error.to_string().contains("plain HTTP"), "{error}");
 }
+
+/// Key changes made at the same moment are all kept (one at a time, each on the last). On
+/// several threads, as the binary runs: there handlers really do run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_key_additions_are_all_kept() {
+    let mock = mock_builder().start().await.unwrap();
+    let gateway = start(config(&mock, &[("GEMINI_API_KEY", KEYS[0])])).await;
+    let adds: Vec<_> = (0..32)
+        .map(|i| {
+            let request = Request::post(format!("{}/api/keys", gateway.base))
+                .header("authorization", format!("Bearer {ADMIN}"))
+                .body(Full::new(Bytes::from(format!(
+                    r#"{{"key":"test-key-extra-{i:04}"}}"#
+                ))))
+                .unwrap();
+            tokio::spawn(async move { client().request(request).await.unwrap().status() })
+        })
+        .collect();
+    for add in adds {
+        assert_eq!(add.await.unwrap(), StatusCode::OK);
+    }
+    let status = Request::get(format!("{}/api/keys/status", gateway.base))
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&text(client().request(status).await.unwrap()).await).unwrap();
+    assert_eq!(json["data"].as_array().unwrap().len(), 33, "{json}");
+}

@@ -182,22 +182,40 @@ pub(crate) async fn add(
     spec.name = new.name;
     spec.project = new.project;
     spec.priority = new.priority;
-    let pool = shared.live().pool.clone();
-    let specs = pool.specs().into_iter().chain([spec]);
-    match pool.with_keys(specs) {
-        Ok(grown) => {
-            let keys = grown.len();
-            shared.swap(grown);
+    let changed = change_keys(&shared, |keys| Ok(keys.into_iter().chain([spec]).collect())).await;
+    match changed {
+        Ok(keys) => {
             tracing::info!(gemini.key = %fingerprint, "key {fingerprint} added; {keys} keys");
             reply::json(
                 StatusCode::OK,
                 &serde_json::json!({ "success": true, "id": fingerprint, "keys": keys }),
             )
         }
-        Err(error) => {
-            reply::client_error(Family::Native, StatusCode::BAD_REQUEST, &error.to_string())
-        }
+        Err(refused) => *refused,
     }
+}
+
+/// Serve with the keys `change` makes of the current ones, from now on: one change at a time;
+/// the kept keys keep their state, the removed ones are retired in the old pool too. The number
+/// of keys, or the refusal to answer with.
+async fn change_keys(
+    shared: &Shared,
+    change: impl FnOnce(Vec<crate::KeySpec>) -> Result<Vec<crate::KeySpec>, Box<Response>>,
+) -> Result<usize, Box<Response>> {
+    let _one_at_a_time = shared.changing.lock().await;
+    let old = shared.live().pool.clone();
+    let keys = change(old.specs())?;
+    let new = old.with_keys(keys).map_err(|error| {
+        Box::new(reply::client_error(
+            Family::Native,
+            StatusCode::BAD_REQUEST,
+            &error.to_string(),
+        ))
+    })?;
+    old.retire_keys_not_in(&new);
+    let count = new.len();
+    shared.swap(new);
+    Ok(count)
 }
 
 /// `DELETE /api/keys/{id}`: stop using the keys with that fingerprint (`…a1b2` or `a1b2`) or
@@ -210,38 +228,38 @@ pub(crate) async fn remove(
     if let Some(refused) = refusal(&shared, &headers) {
         return refused;
     }
-    let pool = shared.live().pool.clone();
-    let (gone, kept): (Vec<_>, Vec<_>) = pool.specs().into_iter().partition(|spec| {
-        spec.name.as_deref() == Some(id.as_str())
-            || crate::ApiKey::new(spec.secret.expose_secret().to_owned())
-                .is_ok_and(|k| k.fingerprint().matches(&id))
-    });
-    if gone.is_empty() {
-        return reply::client_error(
-            Family::Native,
-            StatusCode::NOT_FOUND,
-            "no key has that fingerprint or name",
-        );
-    }
-    if kept.is_empty() {
-        return reply::client_error(
-            Family::Native,
-            StatusCode::BAD_REQUEST,
-            "that would remove the last key; add another first",
-        );
-    }
-    match pool.with_keys(kept) {
-        Ok(smaller) => {
-            let keys = smaller.len();
-            shared.swap(smaller);
-            tracing::info!("{} key(s) removed ({id}); {keys} keys", gone.len());
+    let mut removed = 0;
+    let changed = change_keys(&shared, |keys| {
+        let (gone, kept): (Vec<_>, Vec<_>) = keys.into_iter().partition(|spec| {
+            spec.name.as_deref() == Some(id.as_str())
+                || crate::Fingerprint::of(spec.secret.expose_secret()).matches(&id)
+        });
+        removed = gone.len();
+        if gone.is_empty() {
+            return Err(Box::new(reply::client_error(
+                Family::Native,
+                StatusCode::NOT_FOUND,
+                "no key has that fingerprint or name",
+            )));
+        }
+        if kept.is_empty() {
+            return Err(Box::new(reply::client_error(
+                Family::Native,
+                StatusCode::BAD_REQUEST,
+                "that would remove the last key; add another first",
+            )));
+        }
+        Ok(kept)
+    })
+    .await;
+    match changed {
+        Ok(keys) => {
+            tracing::info!("{removed} key(s) removed ({id}); {keys} keys");
             reply::json(
                 StatusCode::OK,
-                &serde_json::json!({ "success": true, "removed": gone.len(), "keys": keys }),
+                &serde_json::json!({ "success": true, "removed": removed, "keys": keys }),
             )
         }
-        Err(error) => {
-            reply::client_error(Family::Native, StatusCode::BAD_REQUEST, &error.to_string())
-        }
+        Err(refused) => *refused,
     }
 }

@@ -139,6 +139,8 @@ pub(crate) struct Shared {
     breaker: CircuitBreakerLayer,
     http: client::HttpsClient<http_body_util::Full<bytes::Bytes>>,
     max_wait: std::time::Duration,
+    /// Key changes happen one at a time (each reads the live pool and swaps a new one in).
+    pub(crate) changing: tokio::sync::Mutex<()>,
     pub(crate) breakers: BreakerHandle,
     pub(crate) upstream: String,
     pub(crate) model: String,
@@ -191,6 +193,7 @@ fn router_with_state(config: &GatewayConfig) -> (Router, Arc<Shared>) {
         breaker,
         http,
         max_wait: config.max_wait,
+        changing: tokio::sync::Mutex::new(()),
         breakers,
         upstream: config.upstream.clone(),
         model: config.model.clone(),

@@ -24,6 +24,9 @@ pub enum DisabledReason {
     BillingExhausted,
     /// The model has a quota of zero on the project's tier.
     ModelNotOnTier,
+    /// Taken out of service by an operator (the pool was rebuilt without it; see
+    /// [`KeyPool::with_keys`](crate::KeyPool::with_keys)).
+    Removed,
 }
 
 impl DisabledReason {
@@ -33,6 +36,7 @@ impl DisabledReason {
             DisabledReason::KeyForbidden => 2,
             DisabledReason::BillingExhausted => 3,
             DisabledReason::ModelNotOnTier => 4,
+            DisabledReason::Removed => 5,
         }
     }
 
@@ -42,6 +46,7 @@ impl DisabledReason {
             2 => Some(DisabledReason::KeyForbidden),
             3 => Some(DisabledReason::BillingExhausted),
             4 => Some(DisabledReason::ModelNotOnTier),
+            5 => Some(DisabledReason::Removed),
             _ => None,
         }
     }
@@ -53,6 +58,7 @@ impl DisabledReason {
             DisabledReason::KeyForbidden => "key_forbidden",
             DisabledReason::BillingExhausted => "billing_exhausted",
             DisabledReason::ModelNotOnTier => "model_not_on_tier",
+            DisabledReason::Removed => "removed",
         }
     }
 }

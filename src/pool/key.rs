@@ -17,7 +17,7 @@ pub(crate) const MIN_KEY_LEN: usize = 8;
 pub struct Fingerprint([u8; 4]);
 
 impl Fingerprint {
-    fn of(secret: &str) -> Fingerprint {
+    pub(crate) fn of(secret: &str) -> Fingerprint {
         let bytes = secret.as_bytes();
         let mut tail = [b'?'; 4];
         let start = bytes.len().saturating_sub(4);

@@ -185,6 +185,22 @@ impl KeyPool {
         Ok(pool)
     }
 
+    /// Stop handing out the keys that `successor` (a pool rebuilt with
+    /// [`with_keys`](Self::with_keys)) does not have: requests still waiting in line on this
+    /// pool must not get a key an operator removed.
+    pub(crate) fn retire_keys_not_in(&self, successor: &KeyPool) {
+        for entry in self.inner.keys.iter() {
+            let kept = successor
+                .inner
+                .keys
+                .iter()
+                .any(|other| other.key.expose() == entry.key.expose());
+            if !kept {
+                entry.health.disabled.disable(DisabledReason::Removed);
+            }
+        }
+    }
+
     /// The keys as they were configured (secret, name, project, priority), for
     /// [`with_keys`](Self::with_keys). `KeySpec`'s `Debug` shows fingerprints only.
     pub fn specs(&self) -> Vec<KeySpec> {

@@ -7,6 +7,7 @@ use http::StatusCode;
 use super::*;
 use crate::ErrorKind;
 use crate::clock::ManualClock;
+use secrecy::ExposeSecret;
 
 fn ts(s: &str) -> jiff::Timestamp {
     s.parse().unwrap()
@@ -1003,4 +1004,24 @@ fn a_strategy_naming_a_bad_key_is_overruled() {
             .to_string(),
         "…0002"
     );
+}
+
+/// After a rebuild without a key, the old pool (where requests may still wait in line) no
+/// longer hands it out.
+#[test]
+fn a_key_removed_by_a_rebuild_is_retired_in_the_old_pool() {
+    let old = KeyPool::from_keys(["test-key-0001", "test-key-0002"]).unwrap();
+    let kept: Vec<KeySpec> = old
+        .specs()
+        .into_iter()
+        .filter(|s| s.secret.expose_secret() == "test-key-0002")
+        .collect();
+    let new = old.with_keys(kept).unwrap();
+    old.retire_keys_not_in(&new);
+    for _ in 0..4 {
+        let lease = old.select(Some("m")).unwrap();
+        assert_eq!(lease.selected().fingerprint().to_string(), "…0002");
+    }
+    assert_eq!(old.snapshot().keys[0].reason, Some(DisabledReason::Removed));
+    assert_eq!(new.len(), 1);
 }

@@ -134,6 +134,7 @@ struct Disabled {
     forbidden: usize,
     billing: usize,
     not_on_tier: usize,
+    removed: usize,
 }
 
 impl Disabled {
@@ -143,11 +144,12 @@ impl Disabled {
             DisabledReason::KeyForbidden => self.forbidden += 1,
             DisabledReason::BillingExhausted => self.billing += 1,
             DisabledReason::ModelNotOnTier => self.not_on_tier += 1,
+            DisabledReason::Removed => self.removed += 1,
         }
     }
 
     fn total(&self) -> usize {
-        self.invalid + self.forbidden + self.billing + self.not_on_tier
+        self.invalid + self.forbidden + self.billing + self.not_on_tier + self.removed
     }
 
     fn describe(&self) -> String {
@@ -156,6 +158,7 @@ impl Disabled {
             (self.forbidden, "forbidden or leaked"),
             (self.billing, "out of prepaid credits"),
             (self.not_on_tier, "model not on the project's tier"),
+            (self.removed, "removed"),
         ]
         .into_iter()
         .filter(|(n, _)| *n > 0)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::classify::Classification;
 use crate::pool::Fingerprint;
-use crate::quota::Dimension;
+use crate::state::Dimension;
 
 /// A type-erased error, as used throughout the tower ecosystem.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -42,6 +42,10 @@ pub enum ErrorKind {
     Config,
     /// A request body is larger than the limit it was buffered with.
     BodyTooLarge,
+    /// The shared state store (Redis) cannot be reached and is set to refuse requests rather
+    /// than fall back to this process's own state
+    /// ([`WhenUnreachable::Refuse`](crate::state::WhenUnreachable)).
+    StateUnavailable,
     /// Google answered with an error the stack could not mend (its last answer after retries),
     /// made an error by [`ResponseExt::error_for_status`](crate::ResponseExt::error_for_status);
     /// or an answer's body was not what was expected. [`Error::status_code`] is Google's status.
@@ -62,6 +66,7 @@ impl ErrorKind {
             ErrorKind::Transport => "transport",
             ErrorKind::Config => "config",
             ErrorKind::BodyTooLarge => "body_too_large",
+            ErrorKind::StateUnavailable => "state_unavailable",
             ErrorKind::Upstream => "upstream",
         }
     }
@@ -235,6 +240,7 @@ impl Error {
             | ErrorKind::CircuitOpen
             | ErrorKind::RetriesExhausted
             | ErrorKind::BudgetExhausted
+            | ErrorKind::StateUnavailable
             | ErrorKind::Transport => http::StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -13,7 +13,7 @@ use super::inject::{KeyPlacement, replace_key};
 use crate::error::{BoxError, Error};
 use crate::model::model_of;
 use crate::pool::{KeyLease, KeyPool};
-use crate::quota::Demand;
+use crate::state::Demand;
 use crate::retry::Attempt;
 
 /// Middleware that picks a key from a [`KeyPool`] for every request, made by

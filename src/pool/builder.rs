@@ -4,14 +4,14 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use super::health::{KeyHealth, ModelTable, ProjectHealth, normalize_model};
+use crate::state::{KeyHealth, ModelTable, ProjectHealth, normalize_model};
 use super::key::{ApiKey, DEFAULT_PRIORITY, KeySpec};
-use super::limits::{Limits, ModelLimits};
+use crate::state::{Limits, ModelLimits};
 use super::strategy::{RoundRobin, Strategy};
 use super::{KeyEntry, KeyPool, PoolInner, ProjectEntry};
 use crate::clock::{Clock, SystemClock};
 use crate::error::Error;
-use crate::quota::{BytesPerToken, Tier, TokenEstimator};
+use crate::state::{BytesPerToken, MemoryStore, Store, Tier, TokenEstimator};
 
 /// Builds a [`KeyPool`].
 ///
@@ -34,6 +34,7 @@ pub struct KeyPoolBuilder {
     clock: Option<Arc<dyn Clock>>,
     limits: Limits,
     estimator: Option<Arc<dyn TokenEstimator>>,
+    store: Option<Arc<dyn Store>>,
 }
 
 impl KeyPoolBuilder {
@@ -47,6 +48,7 @@ impl KeyPoolBuilder {
             clock: Some(inner.clock.clone()),
             limits: inner.models.limits().clone(),
             estimator: Some(inner.estimator.clone()),
+            store: Some(inner.store.clone()),
         }
     }
 
@@ -137,6 +139,15 @@ impl KeyPoolBuilder {
     /// How requests' tokens are estimated before sending (default [`BytesPerToken`]).
     pub fn token_estimator(mut self, estimator: impl TokenEstimator) -> Self {
         self.estimator = Some(Arc::new(estimator));
+        self
+    }
+
+    /// Where the pool's state is shared (default [`MemoryStore`]: nowhere, the process's
+    /// memory is the truth). With a [`RedisStore`](crate::state::RedisStore) (feature `redis`),
+    /// several processes using the same keys share their quota ledgers, cool-downs, disabled
+    /// keys and learned limits. See [`state`](crate::state).
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
         self
     }
 
@@ -263,6 +274,7 @@ impl KeyPoolBuilder {
             projects: projects.into_boxed_slice(),
             strategy: self.strategy.unwrap_or_else(|| Arc::new(RoundRobin::new())),
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
+            store: self.store.unwrap_or_else(|| Arc::new(MemoryStore)),
         };
         Ok(KeyPool {
             inner: Arc::new(inner),
@@ -279,6 +291,7 @@ impl fmt::Debug for KeyPoolBuilder {
             )
             .field("strategy", &self.strategy)
             .field("clock", &self.clock)
+            .field("store", &self.store)
             .finish()
     }
 }

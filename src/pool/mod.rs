@@ -14,11 +14,9 @@
 mod builder;
 mod calls;
 mod env;
-mod health;
 mod key;
-mod limits;
 mod queue;
-mod reservation;
+mod saved;
 mod snapshot;
 mod strategy;
 #[cfg(feature = "toml")]
@@ -32,12 +30,9 @@ use std::time::Duration;
 
 pub use builder::KeyPoolBuilder;
 pub use calls::{CALL_LOG_SIZE, CallRecord};
-pub use health::DisabledReason;
 pub(crate) use key::masked;
 pub use key::{ApiKey, DEFAULT_PRIORITY, Fingerprint, KeySpec};
-pub use limits::ModelLimits;
 pub(crate) use queue::KeyWait;
-pub(crate) use reservation::{MeterRef, Reservation};
 pub use snapshot::{
     KeyCounters, KeySnapshot, KeyState, ModelHealthSnapshot, PoolSnapshot, QuotaSnapshot,
 };
@@ -47,20 +42,17 @@ pub use strategy::{
 };
 
 use crate::classify::{Class, Classification};
-use crate::clock::{Clock, next_pacific_midnight};
+use crate::clock::Clock;
 use crate::error::Error;
-use crate::quota::{Demand, Dimension, History, TokenEstimator};
-pub(crate) use health::ModelSlots;
-use health::{KeyHealth, ModelTable, ProjectHealth};
-
-/// Default cool-down of a project+model after a per-minute 429 without `retryDelay`.
-pub const DEFAULT_MINUTE_COOLDOWN: Duration = Duration::from_secs(60);
-/// Longest cool-down taken from a per-minute 429's `retryDelay`.
-pub const MAX_MINUTE_COOLDOWN: Duration = Duration::from_secs(3600);
-/// First cool-down of a key after a bare 429; doubles while it repeats.
-pub const RATE_LIMIT_BASE_COOLDOWN: Duration = Duration::from_secs(5);
-/// Longest cool-down of a key after repeated bare 429s.
-pub const RATE_LIMIT_MAX_COOLDOWN: Duration = Duration::from_secs(60);
+pub use crate::state::{
+    DEFAULT_MINUTE_COOLDOWN, DisabledReason, MAX_MINUTE_COOLDOWN, ModelLimits,
+    RATE_LIMIT_BASE_COOLDOWN, RATE_LIMIT_MAX_COOLDOWN,
+};
+pub(crate) use crate::state::{MeterRef, ModelSlots, Reservation};
+use crate::state::{
+    Demand, Dimension, Effect, History, KeyHealth, ModelTable, ProjectHealth, Scope,
+    SharedRefusal, Store, TokenEstimator,
+};
 
 /// A shared set of Gemini API keys with their health, projects and selection strategy.
 #[derive(Clone)]
@@ -79,6 +71,8 @@ pub(crate) struct PoolInner {
     pub(crate) calls: calls::CallLog,
     /// Any limit configured or learned: requests need a token estimate.
     pub(crate) has_limits: AtomicBool,
+    /// Where the state is shared ([`MemoryStore`](crate::state::MemoryStore): nowhere).
+    pub(crate) store: Arc<dyn Store>,
 }
 
 pub(crate) struct KeyEntry {
@@ -421,6 +415,18 @@ impl KeyPool {
                 slots.projects[p].reset();
             }
         }
+        if inner.store.is_shared() && matched > 0 {
+            let keys: Vec<Scope> = (0..inner.keys.len())
+                .filter(|&i| {
+                    let entry = &inner.keys[i];
+                    entry.name.as_deref() == Some(id)
+                        || entry.key.fingerprint().matches(id)
+                        || &*inner.projects[entry.project].name == id
+                })
+                .map(|i| inner.scope(i, &inner.models.unknown()))
+                .collect();
+            self.reset_shared(&keys, &projects);
+        }
         if matched > 0 {
             tracing::info!(matched, "key pool reset");
         }
@@ -441,6 +447,32 @@ impl KeyPool {
                 slot.reset();
             }
         }
+        if inner.store.is_shared() {
+            let unknown = inner.models.unknown();
+            let keys: Vec<Scope> = (0..inner.keys.len())
+                .map(|i| inner.scope(i, &unknown))
+                .collect();
+            self.reset_shared(&keys, &vec![true; inner.projects.len()]);
+        }
+    }
+
+    /// Clear what the shared store holds of these keys and projects (every model known).
+    fn reset_shared(&self, keys: &[Scope], projects: &[bool]) {
+        let inner = &*self.inner;
+        let names: Vec<Arc<str>> = projects
+            .iter()
+            .enumerate()
+            .filter(|(_, hit)| **hit)
+            .map(|(p, _)| inner.projects[p].name.clone())
+            .collect();
+        let models: Vec<Arc<str>> = inner
+            .models
+            .all()
+            .iter()
+            .filter(|m| !m.is_unknown())
+            .map(|m| m.name.clone())
+            .collect();
+        inner.store.reset(keys, &names, &models);
     }
 
     /// A serialisable view of every key: state, cool-downs per model, counters.
@@ -458,52 +490,82 @@ impl PoolInner {
         outcome: &Classification,
         latency: Duration,
     ) {
-        let inner = self;
-        let entry = &inner.keys[index];
+        let entry = &self.keys[index];
         let health = &entry.health;
-        let now = inner.clock.now_millis();
+        let now = self.clock.now_millis();
         let class = outcome.class();
-        inner.calls.record(
+        self.calls.record(
             now,
             entry.key.fingerprint(),
-            &inner.projects[entry.project].name,
+            &self.projects[entry.project].name,
             (!slots.is_unknown()).then_some(&slots.name),
             outcome,
             latency,
         );
         health.total.fetch_add(1, Ordering::Relaxed);
         health.by_class[class.index()].fetch_add(1, Ordering::Relaxed);
-        match class {
-            Class::Success => {
-                health.successes.fetch_add(1, Ordering::Relaxed);
-                health.consecutive_failures.store(0, Ordering::Relaxed);
-                health.rate_limit_streak.store(0, Ordering::Relaxed);
-                health.last_success.store(now, Ordering::Relaxed);
-                health.record_latency(latency);
-                return;
-            }
-            Class::Caller => return,
-            _ => {
-                health.consecutive_failures.fetch_add(1, Ordering::Relaxed);
-                health.last_failure.store(now, Ordering::Relaxed);
-            }
+        if class == Class::Success {
+            // The hot path: no effect to compute beyond this.
+            health.successes.fetch_add(1, Ordering::Relaxed);
+            health.consecutive_failures.store(0, Ordering::Relaxed);
+            health.rate_limit_streak.store(0, Ordering::Relaxed);
+            health.last_success.store(now, Ordering::Relaxed);
+            health.record_latency(latency);
+            return;
         }
-        let fingerprint = entry.key.fingerprint();
-        let project = &inner.projects[entry.project];
-        if class.is_quota() {
-            // Google refused it: it is not among the requests Google counts.
-            slots.projects[entry.project].sent.forget(selected_at);
+        if class == Class::Caller {
+            return;
         }
+        let streak = if class == Class::RateLimited {
+            health.rate_limit_streak.fetch_add(1, Ordering::Relaxed)
+        } else {
+            0
+        };
+        let effect = Effect::of(outcome, now, streak);
         // Quota answers name the model; prefer the request's, fall back on the answer's.
         let learned;
         let slots = match outcome.model() {
             Some(model) if slots.is_unknown() => {
-                learned = inner.models.get(model);
+                learned = self.models.get(model);
                 &*learned
             }
             _ => slots,
         };
+        if class.is_quota() {
+            // Google refused it: it is not among the requests Google counts.
+            slots.projects[entry.project].sent.forget(selected_at);
+        }
+        self.apply(index, slots, &effect, outcome);
+        if self.store.is_shared() {
+            let scope = self.scope(index, slots);
+            self.store.apply(&scope, &effect);
+        }
+    }
+
+    /// What a store calls key `index` with `slots`' model.
+    pub(crate) fn scope(&self, index: usize, slots: &ModelSlots) -> Scope {
+        let entry = &self.keys[index];
+        Scope {
+            key: entry.key.fingerprint().tail().into(),
+            project: self.projects[entry.project].name.clone(),
+            model: (!slots.is_unknown()).then(|| slots.name.clone()),
+        }
+    }
+
+    /// Apply an answer's [`Effect`] to the working copy, with a log line for each change.
+    fn apply(&self, index: usize, slots: &ModelSlots, effect: &Effect, outcome: &Classification) {
+        let entry = &self.keys[index];
+        let health = &entry.health;
+        let now = self.clock.now_millis();
+        let class = effect.class;
+        let fingerprint = entry.key.fingerprint();
+        let project = &self.projects[entry.project];
         let model = &*slots.name;
+        let slot = &slots.projects[entry.project];
+        if effect.failure {
+            health.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+            health.last_failure.store(now, Ordering::Relaxed);
+        }
         if matches!(
             class,
             Class::QuotaDaily | Class::QuotaMinute | Class::ModelNotOnTier
@@ -511,74 +573,67 @@ impl PoolInner {
             // Google said something about this model: keep its entry whatever callers send.
             slots.pin();
         }
+        if let Some(reason) = effect.disable_key
+            && health.disabled.disable(reason)
+        {
+            tracing::warn!(gemini.key = %fingerprint, gemini.class = %class, "key disabled until reset: {outcome}");
+        }
+        if let Some(reason) = effect.disable_project
+            && project.health.disabled.disable(reason)
+        {
+            tracing::warn!(gemini.key = %fingerprint, gemini.project = %project.name, "project disabled until reset: {}", reason.as_str());
+        }
+        if effect.disable_model {
+            slot.not_on_tier.store(true, Ordering::Release);
+            tracing::warn!(gemini.key = %fingerprint, gemini.project = %project.name, gemini.model = model,
+                "model has a quota of 0 on this project's tier; disabled for this project until reset");
+        }
+        if let Some((dimension, value)) = effect.learn {
+            self.learn(slots, entry.project, dimension, value, outcome.retry_after());
+        }
+        if let Some(until) = effect.cool_model_until {
+            slot.cool(until, class);
+            let secs = until.saturating_sub(now) as f64 / 1000.0;
+            if class == Class::QuotaDaily {
+                tracing::info!(gemini.key = %fingerprint, gemini.project = %project.name, gemini.model = model,
+                    "daily quota exhausted; project cools until midnight Pacific ({secs:.0}s)");
+            } else {
+                tracing::info!(gemini.key = %fingerprint, gemini.project = %project.name, gemini.model = model,
+                    "per-minute quota exhausted; project cools for {secs:.1}s");
+            }
+        }
+        if let Some(until) = effect.cool_key_until {
+            health.cool_until.fetch_max(until, Ordering::AcqRel);
+            tracing::info!(gemini.key = %fingerprint, "rate limited; key cools for {}s", until.saturating_sub(now) / 1000);
+        }
+        if matches!(class, Class::Upstream | Class::Transport) {
+            tracing::debug!(gemini.key = %fingerprint, gemini.class = %class, gemini.model = model, "upstream failure counted; key stays healthy");
+        }
+    }
 
-        match class {
-            Class::KeyInvalid | Class::KeyForbidden => {
-                let reason = if class == Class::KeyInvalid {
-                    DisabledReason::KeyInvalid
-                } else {
-                    DisabledReason::KeyForbidden
-                };
-                if health.disabled.disable(reason) {
-                    tracing::warn!(gemini.key = %fingerprint, gemini.class = %class, "key disabled until reset: {outcome}");
-                }
+    /// Mirror what a shared store refused into the working copy, so that selection skips it
+    /// until then, as if this process had seen it itself.
+    pub(crate) fn mirror(&self, index: usize, slots: &ModelSlots, refusal: &SharedRefusal) {
+        let entry = &self.keys[index];
+        let slot = &slots.projects[entry.project];
+        match refusal {
+            SharedRefusal::Quota {
+                dimension,
+                limit,
+                until,
+            } => slot.shared_full(*dimension, *limit, until.unwrap_or(u64::MAX)),
+            SharedRefusal::ModelCooling(until) => slot.cool(*until, Class::QuotaMinute),
+            SharedRefusal::KeyCooling(until) => {
+                entry.health.cool_until.fetch_max(*until, Ordering::AcqRel);
             }
-            Class::BillingExhausted => {
-                if project
-                    .health
-                    .disabled
-                    .disable(DisabledReason::BillingExhausted)
-                {
-                    tracing::warn!(gemini.key = %fingerprint, gemini.project = %project.name, "project disabled until reset: prepaid credits depleted");
-                }
+            SharedRefusal::KeyDisabled(reason) => {
+                entry.health.disabled.disable(*reason);
             }
-            Class::QuotaDaily => {
-                self.learn(slots, entry.project, Dimension::RequestsPerDay, outcome);
-                let until = next_pacific_midnight(now);
-                slots.projects[entry.project].cool(until, class);
-                tracing::info!(gemini.key = %fingerprint, gemini.project = %project.name, gemini.model = model,
-                    "daily quota exhausted; project cools until midnight Pacific ({}s)", until.saturating_sub(now) / 1000);
+            SharedRefusal::ProjectDisabled(reason) => {
+                self.projects[entry.project].health.disabled.disable(*reason);
             }
-            Class::QuotaMinute => {
-                let dimension = if outcome.is_token_quota() {
-                    Dimension::TokensPerMinute
-                } else {
-                    Dimension::RequestsPerMinute
-                };
-                self.learn(slots, entry.project, dimension, outcome);
-                // A per-minute quota frees within minutes; a larger delay is a malformed answer.
-                let delay = outcome
-                    .retry_after()
-                    .unwrap_or(DEFAULT_MINUTE_COOLDOWN)
-                    .min(MAX_MINUTE_COOLDOWN);
-                slots.projects[entry.project].cool(crate::clock::add(now, delay), class);
-                tracing::info!(gemini.key = %fingerprint, gemini.project = %project.name, gemini.model = model,
-                    "per-minute quota exhausted; project cools for {:.1}s", delay.as_secs_f64());
-            }
-            Class::ModelNotOnTier => {
-                slots.projects[entry.project]
-                    .not_on_tier
-                    .store(true, Ordering::Release);
-                tracing::warn!(gemini.key = %fingerprint, gemini.project = %project.name, gemini.model = model,
-                    "model has a quota of 0 on this project's tier; disabled for this project until reset");
-            }
-            Class::RateLimited => {
-                let streak = health
-                    .rate_limit_streak
-                    .fetch_add(1, Ordering::Relaxed)
-                    .min(16);
-                let delay = RATE_LIMIT_BASE_COOLDOWN
-                    .saturating_mul(1 << streak)
-                    .min(RATE_LIMIT_MAX_COOLDOWN);
-                health
-                    .cool_until
-                    .fetch_max(crate::clock::add(now, delay), Ordering::AcqRel);
-                tracing::info!(gemini.key = %fingerprint, "rate limited; key cools for {}s", delay.as_secs());
-            }
-            Class::Upstream | Class::Transport => {
-                tracing::debug!(gemini.key = %fingerprint, gemini.class = %class, gemini.model = model, "upstream failure counted; key stays healthy");
-            }
-            Class::Success | Class::Caller => {}
+            SharedRefusal::ModelDisabled => slot.not_on_tier.store(true, Ordering::Release),
+            SharedRefusal::Unreachable(_) => {}
         }
     }
 }
@@ -591,18 +646,16 @@ impl PoolInner {
         slots: &ModelSlots,
         project: usize,
         dimension: Dimension,
-        outcome: &Classification,
+        value: u64,
+        retry_after: Option<Duration>,
     ) {
-        let Some(value) = outcome.quota_value().filter(|&v| v > 0) else {
-            return;
-        };
         let slot = &slots.projects[project];
         let now = self.clock.now_millis();
         let sent = slot.sent.last_minute(now);
         let history = History {
             now,
             sent: &sent,
-            retry_after: outcome.retry_after(),
+            retry_after,
         };
         if slot.quota.learn(dimension, value, history) {
             self.has_limits.store(true, Ordering::Release);

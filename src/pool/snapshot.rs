@@ -7,11 +7,11 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use super::PoolInner;
-use super::health::DisabledReason;
+use crate::state::DisabledReason;
 use super::key::Fingerprint;
 use crate::classify::Class;
 use crate::clock::to_timestamp;
-use crate::quota::MeterSnapshot;
+use crate::state::MeterSnapshot;
 
 /// Every key's state at one instant. Holds fingerprints, never keys.
 #[derive(Debug, Clone, Serialize)]

@@ -8,10 +8,10 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::health::{DisabledReason, ModelSlots};
+use crate::state::{DisabledReason, ModelSlots};
 use super::{KeyEntry, ProjectEntry};
-use crate::quota::Demand;
-use crate::quota::Refusal;
+use crate::state::Demand;
+use crate::state::Refusal;
 use crate::random::UnitRng;
 
 /// Picks one key among the candidates for a request.
@@ -168,6 +168,9 @@ impl Candidates<'_> {
             .max(slot.cool_until.load(Ordering::Acquire));
         if cooled > self.now {
             return Some(Blocker::Cooling(cooled));
+        }
+        if let Some((refusal, until)) = slot.shared_refusal(self.now) {
+            return Some(Blocker::Quota(refusal, (until != u64::MAX).then_some(until)));
         }
         slot.quota
             .check(self.demand, self.now)

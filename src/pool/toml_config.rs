@@ -33,12 +33,12 @@ use serde::Deserialize;
 
 use super::builder::KeyPoolBuilder;
 use super::key::KeySpec;
-use super::limits::ModelLimits;
+use crate::state::ModelLimits;
 use super::strategy::{
     LeastInFlight, LowestLatency, MostHeadroom, RoundRobin, Strategy, WeightedRandom,
 };
 use crate::error::Error;
-use crate::quota::Tier;
+use crate::state::Tier;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

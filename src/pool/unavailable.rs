@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::DisabledReason;
 use super::strategy::{Blocker, Candidates};
 use crate::error::{Error, ErrorKind};
-use crate::quota::Refusal;
+use crate::state::Refusal;
 
 /// The error for a selection that found no available key.
 ///

@@ -18,11 +18,11 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::estimate::{BytesPerToken, TokenEstimator};
-use super::meter::{Demand, Meters, Refusal};
+use crate::state::{BytesPerToken, TokenEstimator};
+use crate::state::{Demand, Meters, Refusal};
 use crate::circuit_breaker::RequestHead;
 use crate::clock::{Clock, SystemClock};
-use crate::pool::ModelLimits;
+use crate::state::ModelLimits;
 
 type Extract = Arc<dyn Fn(&RequestHead<'_>) -> Option<String> + Send + Sync>;
 

@@ -51,18 +51,13 @@
 //! # Ok::<(), tower_gemini::Error>(())
 //! ```
 
-mod estimate;
 mod inbound;
-mod meter;
-mod presets;
 mod service;
 mod usage;
 
-pub use estimate::{BytesPerToken, TokenEstimator};
+pub use crate::state::{
+    BytesPerToken, Demand, Dimension, MeterSnapshot, Tier, TokenEstimator, Usage,
+};
 pub use inbound::{ClientKey, InboundFuture, InboundQuota, InboundQuotaLayer};
-pub(crate) use meter::Refusal;
-pub use meter::{Demand, Dimension, MeterSnapshot, Usage};
-pub(crate) use meter::{History, MeterState, Meters, Ticket};
-pub use presets::Tier;
 pub use service::{Quota, QuotaLayer, ResponseFuture};
 pub use usage::UsageBody;

@@ -2,18 +2,22 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::meter::{Refusal, Ticket};
 use super::usage::UsageBody;
 use crate::error::{BoxError, Error, ErrorKind};
-use crate::pool::{Fingerprint, KeyPool, MeterRef, Reservation, SelectedKey};
+use crate::pool::{Fingerprint, KeyPool, SelectedKey};
+use crate::state::{
+    Admission, Effect, MeterRef, ModelSlots, Refusal, Reservation, SharedRefusal, SharedTicket,
+    Store, StoreFuture, Ticket,
+};
 use crate::telemetry;
 
 /// Applies [`Quota`]: local RPM/TPM/RPD/IPM limits per project and model, so that a request
@@ -116,7 +120,7 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         // The slot the pool reserved when it chose the key: nothing to admit again.
-        if let Some(reservation) = request.extensions_mut().remove::<Reservation>()
+        let local = if let Some(reservation) = request.extensions_mut().remove::<Reservation>()
             && let Some(selected) = request.extensions().get::<SelectedKey>()
             && let Some(metered) = reservation.take(selected.index())
         {
@@ -126,12 +130,153 @@ where
                 selected.model().unwrap_or("unknown"),
                 || meters.snapshot(self.pool.clock().now_millis()),
             );
-            return ResponseFuture::calling(self.inner.call(request), Some(metered));
+            Some(metered)
+        } else {
+            match self.admit(&request) {
+                Ok(metered) => metered,
+                Err(error) => return ResponseFuture::refused(error),
+            }
+        };
+        let store = &self.pool.inner.store;
+        if store.is_shared()
+            && let Some(selected) = request.extensions().get::<SelectedKey>()
+        {
+            let slots = self.pool.model_slots(selected.model());
+            let demand = request
+                .extensions()
+                .get::<crate::state::Demand>()
+                .copied()
+                .unwrap_or_else(|| self.pool.demand_of(&request));
+            let limits = self
+                .pool
+                .meter(selected.index(), selected.model())
+                .map(|m| m.meters().limits())
+                .unwrap_or_default();
+            let admission = Admission {
+                scope: self.pool.inner.scope(selected.index(), &slots),
+                demand,
+                limits,
+                now: self.pool.clock().now_millis(),
+            };
+            let shared = Shared {
+                pool: self.pool.clone(),
+                store: store.clone(),
+                slots,
+                selected: selected.clone(),
+            };
+            // The service polled ready is the one to call; a clone takes its place.
+            let ready = self.inner.clone();
+            let inner = std::mem::replace(&mut self.inner, ready);
+            return ResponseFuture {
+                state: State::Admitting {
+                    admit: store.admit(admission),
+                    pending: Some(Pending {
+                        request,
+                        inner,
+                        local,
+                        shared,
+                    }),
+                },
+            };
         }
-        match self.admit(&request) {
-            Ok(metered) => ResponseFuture::calling(self.inner.call(request), metered),
-            Err(error) => ResponseFuture::refused(error),
-        }
+        ResponseFuture::calling(self.inner.call(request), local, None)
+    }
+}
+
+/// What a request waiting for a shared admission carries.
+struct Pending<S, B> {
+    request: Request<B>,
+    inner: S,
+    local: Option<(MeterRef, Ticket)>,
+    shared: Shared,
+}
+
+struct Shared {
+    pool: KeyPool,
+    store: Arc<dyn Store>,
+    slots: Arc<ModelSlots>,
+    selected: SelectedKey,
+}
+
+impl Shared {
+    /// The shared store refused: mirror it into the pool and say why, naming the key so that
+    /// the retry layer chooses again at once (selection now skips it).
+    fn refused(&self, refusal: &SharedRefusal) -> Error {
+        let selected = &self.selected;
+        self.pool
+            .inner
+            .mirror(selected.index(), &self.slots, refusal);
+        let now = self.pool.clock().now_millis();
+        let what = describe(selected);
+        let (message, retry_after) = match refusal {
+            SharedRefusal::Quota {
+                dimension,
+                limit,
+                until,
+            } => {
+                telemetry::quota_refused(
+                    selected.project(),
+                    selected.model().unwrap_or("unknown"),
+                    *dimension,
+                );
+                let refusal = Refusal {
+                    dimension: *dimension,
+                    limit: *limit,
+                    retry_after: until
+                        .map(|at| std::time::Duration::from_millis(at.saturating_sub(now))),
+                };
+                let error = refusal_error(&refusal, Some(selected.fingerprint()), &what);
+                return Error::new(
+                    ErrorKind::QuotaExhausted,
+                    format!("{error} (shared by every process using the store)"),
+                )
+                .with_retry_after(refusal.retry_after)
+                .with_dimension(refusal.dimension)
+                .with_key(selected.fingerprint());
+            }
+            SharedRefusal::ModelCooling(until) => (
+                format!("shared state: {what} cools after Google's 429 seen by another process"),
+                Some(*until),
+            ),
+            SharedRefusal::KeyCooling(until) => (
+                format!(
+                    "shared state: key {} cools after Google's 429 seen by another process",
+                    selected.fingerprint()
+                ),
+                Some(*until),
+            ),
+            SharedRefusal::KeyDisabled(reason) => (
+                format!(
+                    "shared state: key {} was disabled by another process ({})",
+                    selected.fingerprint(),
+                    reason.as_str()
+                ),
+                None,
+            ),
+            SharedRefusal::ProjectDisabled(reason) => (
+                format!(
+                    "shared state: project {} was disabled by another process ({})",
+                    selected.project(),
+                    reason.as_str()
+                ),
+                None,
+            ),
+            SharedRefusal::ModelDisabled => (
+                format!("shared state: {what} is not on the project's tier"),
+                None,
+            ),
+            SharedRefusal::Unreachable(why) => {
+                return Error::new(
+                    ErrorKind::StateUnavailable,
+                    format!("the shared state store cannot be reached ({why}); refusing rather than overrunning the shared quota"),
+                );
+            }
+        };
+        Error::new(ErrorKind::QuotaExhausted, message)
+            .with_retry_after(
+                retry_after.map(|at| std::time::Duration::from_millis(at.saturating_sub(now))),
+            )
+            .with_key(selected.fingerprint())
     }
 }
 
@@ -151,7 +296,7 @@ impl<S> Quota<S> {
         }
         let demand = request
             .extensions()
-            .get::<super::Demand>()
+            .get::<crate::state::Demand>()
             .copied()
             .unwrap_or_else(|| self.pool.demand_of(request));
         let model = selected.model().unwrap_or("unknown");
@@ -184,6 +329,8 @@ pin_project! {
     }
 }
 
+type SharedPlace = Option<(Arc<dyn Store>, SharedTicket)>;
+
 pin_project! {
     #[project = StateProj]
     enum State<S, B>
@@ -191,7 +338,15 @@ pin_project! {
         S: Service<Request<B>>,
     {
         Refused { error: Option<Error> },
-        Calling { #[pin] future: S::Future, meter: Option<(MeterRef, Ticket)> },
+        Admitting {
+            admit: StoreFuture<Result<Option<SharedTicket>, SharedRefusal>>,
+            pending: Option<Pending<S, B>>,
+        },
+        Calling {
+            #[pin] future: S::Future,
+            meter: Option<(MeterRef, Ticket)>,
+            shared: SharedPlace,
+        },
     }
 }
 
@@ -202,16 +357,15 @@ impl<S: Service<Request<B>>, B> ResponseFuture<S, B> {
         }
     }
 
-    fn calling(future: S::Future, meter: Option<(MeterRef, Ticket)>) -> Self {
+    fn calling(future: S::Future, meter: Option<(MeterRef, Ticket)>, shared: SharedPlace) -> Self {
         ResponseFuture {
-            state: State::Calling { future, meter },
+            state: State::Calling {
+                future,
+                meter,
+                shared,
+            },
         }
     }
-}
-
-/// Did the upstream refuse the request before using any quota?
-fn refused_upstream(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 400 | 401 | 403 | 429)
 }
 
 impl<S, B, ResB> Future for ResponseFuture<S, B>
@@ -222,28 +376,64 @@ where
 {
     type Output = Result<Response<UsageBody<ResB>>, Error>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Refused { error } => Poll::Ready(Err(error
-                .take()
-                .unwrap_or_else(Error::polled_after_completion))),
-            StateProj::Calling { future, meter } => {
-                let result = ready!(future.poll(cx));
-                let meter = meter.take();
-                Poll::Ready(match result {
-                    Ok(response) => {
-                        let meter = match meter {
-                            Some((m, t)) if refused_upstream(response.status()) => {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project().state.project() {
+                StateProj::Refused { error } => {
+                    return Poll::Ready(Err(error
+                        .take()
+                        .unwrap_or_else(Error::polled_after_completion)));
+                }
+                StateProj::Admitting { admit, pending } => {
+                    let verdict = ready!(admit.as_mut().poll(cx));
+                    let Some(mut pending) = pending.take() else {
+                        return Poll::Ready(Err(Error::polled_after_completion()));
+                    };
+                    match verdict {
+                        Ok(ticket) => {
+                            let future = pending.inner.call(pending.request);
+                            let shared = ticket.map(|t| (pending.shared.store.clone(), t));
+                            self.set(ResponseFuture::calling(future, pending.local, shared));
+                        }
+                        Err(refusal) => {
+                            if let Some((m, t)) = pending.local.take() {
                                 m.meters().refund(&t);
-                                None
                             }
-                            Some((m, t)) if response.status().is_success() => Some((m, t)),
-                            _ => None,
-                        };
-                        Ok(response.map(|body| UsageBody::new(body, meter)))
+                            let error = pending.shared.refused(&refusal);
+                            self.set(ResponseFuture::refused(error));
+                        }
                     }
-                    Err(error) => Err(Error::from_inner(error)),
-                })
+                }
+                StateProj::Calling {
+                    future,
+                    meter,
+                    shared,
+                } => {
+                    let result = ready!(future.poll(cx));
+                    let meter = meter.take();
+                    let shared = shared.take();
+                    return Poll::Ready(match result {
+                        Ok(response) => {
+                            let status = response.status();
+                            let (meter, shared) = if !Effect::counted_by_google(status) {
+                                // Google refused it before counting: give the places back.
+                                if let Some((m, t)) = meter {
+                                    m.meters().refund(&t);
+                                }
+                                if let Some((store, ticket)) = shared {
+                                    store.refund(ticket);
+                                }
+                                (None, None)
+                            } else if status.is_success() {
+                                (meter, shared)
+                            } else {
+                                (None, None)
+                            };
+                            Ok(response.map(|body| UsageBody::new(body, meter, shared)))
+                        }
+                        Err(error) => Err(Error::from_inner(error)),
+                    });
+                }
             }
         }
     }

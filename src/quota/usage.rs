@@ -2,14 +2,14 @@
 //! ledger as it passes, without buffering the body or delaying any chunk.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::meter::Ticket;
-use crate::pool::MeterRef;
+use crate::state::{MeterRef, SharedTicket, Store, Ticket};
 
 const KEYS: [&[u8]; 2] = [b"\"promptTokenCount\"", b"\"prompt_tokens\""];
 /// Bytes kept between chunks so a key or number split across chunks is still found.
@@ -90,21 +90,44 @@ pin_project! {
 }
 
 struct Tap {
-    meter: MeterRef,
-    ticket: Ticket,
+    local: Option<(MeterRef, Ticket)>,
+    /// The request's place in a shared store's ledger, corrected once when the body ends (or
+    /// is dropped) with the last count seen: one write, not one per chunk.
+    shared: Option<(Arc<dyn Store>, SharedTicket)>,
+    last: Option<u64>,
     scanner: PromptTokens,
 }
 
-impl<B> UsageBody<B> {
-    pub(crate) fn new(inner: B, meter: Option<(MeterRef, Ticket)>) -> Self {
-        UsageBody {
-            inner,
-            tap: meter.map(|(meter, ticket)| Tap {
-                meter,
-                ticket,
-                scanner: PromptTokens::default(),
-            }),
+impl Tap {
+    fn found(&mut self, tokens: u64) {
+        if let Some((meter, ticket)) = &self.local {
+            meter.meters().correct_tokens(ticket, tokens);
         }
+        self.last = Some(tokens);
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        if let (Some((store, ticket)), Some(tokens)) = (&self.shared, self.last) {
+            store.correct(ticket, tokens);
+        }
+    }
+}
+
+impl<B> UsageBody<B> {
+    pub(crate) fn new(
+        inner: B,
+        local: Option<(MeterRef, Ticket)>,
+        shared: Option<(Arc<dyn Store>, SharedTicket)>,
+    ) -> Self {
+        let tap = (local.is_some() || shared.is_some()).then(|| Tap {
+            local,
+            shared,
+            last: None,
+            scanner: PromptTokens::default(),
+        });
+        UsageBody { inner, tap }
     }
 }
 
@@ -131,7 +154,7 @@ impl<B: Body> Body for UsageBody<B> {
                 if let (Some(tap), Some(data)) = (this.tap.as_mut(), frame.data_ref())
                     && let Some(tokens) = tap.scanner.scan(data)
                 {
-                    tap.meter.meters().correct_tokens(&tap.ticket, tokens);
+                    tap.found(tokens);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

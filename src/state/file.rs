@@ -2,9 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::snapshot::{SavedState, VERSION};
+use super::saved::{Remember, RestoreReport, SavedState, VERSION};
 use crate::error::Error;
-use crate::pool::KeyPool;
 
 /// Where a pool's state is kept across restarts.
 ///
@@ -40,7 +39,7 @@ impl StateFile {
 
     /// Write the pool's state: to a temporary file beside it, then renamed over it, so a crash
     /// mid-write never leaves a torn file.
-    pub fn save(&self, pool: &KeyPool) -> Result<(), Error> {
+    pub fn save(&self, pool: &impl Remember) -> Result<(), Error> {
         let state = pool.save();
         let text = serde_json::to_vec(&state)
             .map_err(|e| Error::config(format!("cannot serialise the pool's state: {e}")))?;
@@ -66,7 +65,7 @@ impl StateFile {
     /// Read the file into `pool`. `Ok(None)` if there is none yet. A file that cannot be
     /// read as a state (corrupt, another version) is renamed aside (`….corrupt-<ms>`) and
     /// reported as an error; the pool then starts fresh.
-    pub fn restore(&self, pool: &KeyPool) -> Result<Option<super::RestoreReport>, Error> {
+    pub fn restore(&self, pool: &impl Remember) -> Result<Option<RestoreReport>, Error> {
         let bytes = match std::fs::read(&self.path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -105,7 +104,7 @@ impl StateFile {
             Err(why) => {
                 let aside = self
                     .path
-                    .with_extension(format!("corrupt-{}", pool.clock().now_millis()));
+                    .with_extension(format!("corrupt-{}", jiff::Timestamp::now().as_millisecond()));
                 let moved = std::fs::rename(&self.path, &aside).is_ok();
                 let message = format!(
                     "the state file {} is not a state this build can read ({why}); {}; starting fresh",

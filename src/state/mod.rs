@@ -1,13 +1,66 @@
-//! What the pool remembers, beyond one process's memory (the start of the `state` module the
-//! design plans: the `Store` boundary, Redis and the class → state table come next).
+//! Everything the pool and the layers remember, and where it is kept.
 //!
+//! This module is the one boundary for state. [`pool`](crate::pool) keeps the keys, their
+//! configuration and the selection strategies, and reads and writes state only through the types
+//! here; [`quota`](crate::quota) meters requests through them too. Neither imports the other's
+//! state, and this module imports neither.
+//!
+//! | what | where | type |
+//! |---|---|---|
+//! | per key: health, counters, disabled reason, cool-down | this process | `KeyHealth` |
+//! | per project: billing exhausted | this process | `ProjectHealth` |
+//! | per project and model: limits (configured, [`Tier`] preset, learned), the ledger's meters (RPM/TPM/RPD/IPM), cool-down, tier block, requests sent in the last minute | this process | `ProjectModelHealth`, `Meters` |
+//! | how each answer's [`Class`](crate::Class) changes all of the above | one table | [`effects`](self::Effect) |
+//! | the same, shared by several processes | Redis (feature `redis`) | [`RedisStore`] |
+//! | the same, across a restart | a JSON file | [`StateFile`], [`SavedState`] |
+//!
+//! The process's own memory is always the working copy: selection reads it with atomics and
+//! never waits on a network. A [`Store`] is where that copy is shared. The default,
+//! [`MemoryStore`], shares nothing (the working copy is the truth, at no cost). A `RedisStore`
+//! makes Redis the truth for what replicas must agree on: each request is admitted by one atomic
+//! script over every dimension of its project and model; cool-downs, disabled keys and learned
+//! limits are written there for every replica to see, and what a replica learns from Redis is
+//! mirrored into its working copy so its selection skips what the others found exhausted.
+//!
+//! - [`Effect`]: the class → state-change table, in one place ([`effects`](Effect::of)).
 //! - [`SavedState`]: a pool's state, saved with [`KeyPool::save`](crate::KeyPool::save) and taken
 //!   back with [`KeyPool::restore`](crate::KeyPool::restore), matched by fingerprint.
 //! - [`StateFile`]: that state in a file, written atomically, read at start; a corrupt file is
 //!   reported and set aside, never fatal.
 
+mod effects;
+mod estimate;
 mod file;
-mod snapshot;
+pub(crate) mod health;
+mod limits;
+mod meter;
+mod presets;
+#[cfg(feature = "redis")]
+mod redis;
+mod reservation;
+pub(crate) mod saved;
+mod store;
 
+pub use effects::{
+    DEFAULT_MINUTE_COOLDOWN, Effect, MAX_MINUTE_COOLDOWN, RATE_LIMIT_BASE_COOLDOWN,
+    RATE_LIMIT_MAX_COOLDOWN,
+};
+pub use estimate::{BytesPerToken, TokenEstimator};
 pub use file::StateFile;
-pub use snapshot::{RestoreReport, SavedState, VERSION};
+pub use health::DisabledReason;
+pub(crate) use health::{
+    KeyHealth, ModelSlots, ModelTable, ProjectHealth, normalize_model,
+};
+pub(crate) use limits::Limits;
+pub use limits::ModelLimits;
+pub(crate) use meter::{History, MeterState, Meters, Refusal, Ticket};
+pub use meter::{Demand, Dimension, MeterSnapshot, Usage};
+pub use presets::Tier;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::{RedisOptions, RedisStore, WhenUnreachable};
+pub(crate) use reservation::{MeterRef, Reservation};
+pub use saved::{Remember, RestoreReport, SavedState, VERSION};
+pub use store::{
+    Admission, MemoryStore, Scope, SharedRefusal, SharedTicket, Store, StoreFuture,
+};

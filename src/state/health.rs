@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::limits::{Limits, ModelLimits};
 use crate::classify::Class;
-use crate::quota::Meters;
+use super::meter::{Dimension, Meters, Refusal};
 
 /// Why a key, a project or a project+model is disabled until [`KeyPool::reset`](crate::KeyPool::reset).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -162,6 +162,12 @@ pub(crate) struct ProjectModelHealth {
     /// Requests sent in the last minute, counted even without a limit: when Google's first
     /// 429 teaches the limit, the ledger starts from what Google has already counted.
     pub(crate) sent: SentLog,
+    /// A shared store's ledger had no room until this time (Unix ms; 0 = none): the mirror of
+    /// what another process used, so that selection skips the project until then.
+    pub(crate) shared_until: AtomicU64,
+    /// The dimension (`Dimension::index`) and limit of that refusal.
+    shared_dimension: AtomicU8,
+    shared_limit: AtomicU64,
 }
 
 /// Seconds kept by a [`SentLog`].
@@ -250,6 +256,34 @@ impl ProjectModelHealth {
     pub(crate) fn reset(&self) {
         self.cool_until.store(0, Ordering::Release);
         self.not_on_tier.store(false, Ordering::Release);
+        self.shared_until.store(0, Ordering::Release);
+    }
+
+    /// Mirror a shared ledger's refusal: no room in `dimension` (limit `limit`) until `until`.
+    pub(crate) fn shared_full(&self, dimension: Dimension, limit: u64, until: u64) {
+        self.shared_dimension
+            .store(dimension.index() as u8, Ordering::Relaxed);
+        self.shared_limit.store(limit, Ordering::Relaxed);
+        self.shared_until.store(until, Ordering::Release);
+    }
+
+    /// The shared ledger's last refusal, if it still holds at `now`: the refusal and when
+    /// it ends.
+    pub(crate) fn shared_refusal(&self, now: u64) -> Option<(Refusal, u64)> {
+        let until = self.shared_until.load(Ordering::Acquire);
+        if until <= now {
+            return None;
+        }
+        let dimension = Dimension::ALL
+            .get(usize::from(self.shared_dimension.load(Ordering::Relaxed)))
+            .copied()
+            .unwrap_or(Dimension::RequestsPerMinute);
+        let refusal = Refusal {
+            dimension,
+            limit: self.shared_limit.load(Ordering::Relaxed),
+            retry_after: (until != u64::MAX).then(|| Duration::from_millis(until - now)),
+        };
+        Some((refusal, until))
     }
 }
 

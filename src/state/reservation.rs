@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::health::ModelSlots;
-use crate::quota::{Meters, Ticket};
+use super::meter::{Meters, Ticket};
 
 /// A handle on one project's quota ledger for one model.
 #[derive(Clone)]
 pub(crate) struct MeterRef {
-    pub(super) slots: Arc<ModelSlots>,
-    pub(super) project: usize,
+    pub(crate) slots: Arc<ModelSlots>,
+    pub(crate) project: usize,
 }
 
 impl MeterRef {
@@ -36,7 +36,7 @@ struct Held {
 }
 
 impl Reservation {
-    pub(super) fn new(meter: MeterRef, ticket: Ticket, key_index: usize) -> Self {
+    pub(crate) fn new(meter: MeterRef, ticket: Ticket, key_index: usize) -> Self {
         Reservation(Arc::new(Held {
             meter,
             ticket,

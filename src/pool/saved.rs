@@ -1,87 +1,12 @@
-//! What a pool remembers, saved and restored: across a restart (a state file), or into a pool
-//! rebuilt with other keys (the gateway adding or removing a key at runtime).
-//!
-//! Keys are matched by fingerprint and project, never by the secret: a key no longer in the
-//! pool is dropped, a new key starts clean, and two keys sharing both (their last 4 characters
-//! and their project) are left clean rather than guessed.
+//! Saving and restoring a pool's state ([`SavedState`]), matched by fingerprint and project.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-use serde::{Deserialize, Serialize};
-
+use super::KeyPool;
 use crate::classify::Class;
-use crate::pool::{DisabledReason, KeyPool};
-use crate::quota::MeterState;
-
-/// The format's version; a snapshot of another version is not read.
-pub const VERSION: u32 = 1;
-
-/// A pool's state, serialisable (JSON in the state file). Holds fingerprints, never keys.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SavedState {
-    /// [`VERSION`].
-    pub version: u32,
-    /// When it was taken (Unix ms, the pool's clock).
-    pub saved_at: u64,
-    keys: Vec<SavedKey>,
-    projects: Vec<SavedProject>,
-    slots: Vec<SavedSlot>,
-    /// Where the strategy stood (round robin's cursor), if it rotates.
-    #[serde(default)]
-    cursor: Option<usize>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct SavedKey {
-    fingerprint: String,
-    project: String,
-    disabled: Option<DisabledReason>,
-    cool_until: u64,
-    rate_limit_streak: u32,
-    consecutive_failures: u32,
-    total: u64,
-    successes: u64,
-    by_class: BTreeMap<String, u64>,
-    last_used: u64,
-    last_success: u64,
-    last_failure: u64,
-    latency_ewma_bits: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct SavedProject {
-    name: String,
-    disabled: Option<DisabledReason>,
-}
-
-/// One project's state for one model.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct SavedSlot {
-    project: String,
-    model: String,
-    cool_until: u64,
-    cool_class: String,
-    not_on_tier: bool,
-    meter: MeterState,
-}
-
-/// What [`KeyPool::restore`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RestoreReport {
-    /// Keys found in the snapshot and restored.
-    pub keys_restored: usize,
-    /// Keys of the pool the snapshot did not know (they start clean).
-    pub keys_new: usize,
-    /// Keys of the snapshot no longer in the pool (dropped).
-    pub keys_dropped: usize,
-    /// Project+model entries restored (cool-downs, daily usage, learned limits).
-    pub slots_restored: usize,
-}
-
-fn class_named(name: &str) -> Option<Class> {
-    Class::ALL.into_iter().find(|c| c.as_str() == name)
-}
+use crate::state::saved::{SavedKey, SavedProject, SavedSlot, class_named};
+use crate::state::{MeterState, ModelLimits, RestoreReport, SavedState, VERSION};
 
 impl KeyPool {
     /// What the pool remembers now: per key its health, disabled reason and counters; per
@@ -268,11 +193,21 @@ impl KeyPool {
                 ours.not_on_tier.store(true, Ordering::Release);
             }
             ours.quota.import(&slot.meter, now);
-            if slot.meter.learned != crate::pool::ModelLimits::default() {
+            if slot.meter.learned != ModelLimits::default() {
                 inner.has_limits.store(true, Ordering::Release);
             }
             report.slots_restored += 1;
         }
         report
+    }
+}
+
+impl crate::state::Remember for KeyPool {
+    fn save(&self) -> SavedState {
+        KeyPool::save(self)
+    }
+
+    fn restore(&self, saved: &SavedState) -> RestoreReport {
+        KeyPool::restore(self, saved)
     }
 }

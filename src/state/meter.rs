@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::clock::next_pacific_midnight;
-use crate::pool::ModelLimits;
+use super::limits::ModelLimits;
 
 /// Length of the per-minute windows.
 pub(crate) const MINUTE_MS: u64 = 60_000;
@@ -30,6 +30,24 @@ pub enum Dimension {
 }
 
 impl Dimension {
+    /// Every dimension, in declaration order.
+    pub const ALL: [Dimension; 4] = [
+        Dimension::RequestsPerMinute,
+        Dimension::TokensPerMinute,
+        Dimension::RequestsPerDay,
+        Dimension::ImagesPerMinute,
+    ];
+
+    /// Its position in [`ALL`](Self::ALL).
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The dimension named `"rpm"`, `"tpm"`, `"rpd"` or `"ipm"`.
+    pub fn from_name(name: &str) -> Option<Dimension> {
+        Dimension::ALL.into_iter().find(|d| d.as_str() == name)
+    }
+
     /// `"rpm"`, `"tpm"`, `"rpd"` or `"ipm"`.
     pub fn as_str(self) -> &'static str {
         match self {

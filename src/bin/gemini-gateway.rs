@@ -71,6 +71,11 @@ struct Common {
     /// file across restarts [env GATEWAY_STATE_FILE].
     #[arg(long, value_name = "FILE")]
     state_file: Option<PathBuf>,
+    /// Share the pool's state (quota ledgers, cool-downs, disabled keys, learned limits) with
+    /// the other gateways using these keys through this Redis, e.g. redis://127.0.0.1:6379
+    /// [env REDIS_URL].
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
     /// Serve against the embedded mock Gemini instead of Google, with its demo keys (no real
     /// key needed): for trying the gateway and its clients.
     #[arg(long)]
@@ -126,6 +131,7 @@ impl Common {
             max_wait: self.max_wait.map(Duration::from_secs),
             allow_unauthenticated: self.allow_unauthenticated,
             state_file: self.state_file.clone(),
+            redis_url: self.redis_url.clone(),
         }
     }
 

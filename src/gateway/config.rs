@@ -40,6 +40,8 @@ pub struct Flags {
     pub allow_unauthenticated: bool,
     /// `--state-file`: where the pool's state is kept across restarts.
     pub state_file: Option<PathBuf>,
+    /// `--redis-url`: share the pool's state with other gateways through this Redis.
+    pub redis_url: Option<String>,
 }
 
 /// The `[gateway]` table of the configuration file.
@@ -57,6 +59,8 @@ struct FileGateway {
     client_limits: Option<ModelLimits>,
     revalidate_secs: Option<u64>,
     state_file: Option<PathBuf>,
+    redis_url: Option<String>,
+    redis_when_unreachable: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,6 +70,7 @@ struct FileTop {
 }
 
 /// The effective configuration.
+#[derive(Clone)]
 pub struct GatewayConfig {
     /// Where to listen.
     pub listen: SocketAddr,
@@ -93,6 +98,12 @@ pub struct GatewayConfig {
     /// Where the pool's state is kept across restarts (read at start, written every 30 s and
     /// at shutdown), if anywhere.
     pub state_file: Option<PathBuf>,
+    /// The Redis shared with the other gateways using these keys, if any
+    /// (`redis://host:port`): one quota ledger, cool-downs and disabled keys for all.
+    pub redis_url: Option<String>,
+    /// While that Redis is unreachable: fall back to this gateway's own state (default), or
+    /// refuse requests.
+    pub redis_when_unreachable: crate::state::WhenUnreachable,
     /// The keys.
     pub pool: KeyPool,
 }
@@ -153,6 +164,8 @@ impl GatewayConfig {
             allow_unauthenticated: false,
             revalidate_every: DEFAULT_REVALIDATE,
             state_file: None,
+            redis_url: None,
+            redis_when_unreachable: crate::state::WhenUnreachable::FallBack,
             pool,
         }
     }
@@ -282,7 +295,24 @@ impl GatewayConfig {
                 listen.set_ip(std::net::IpAddr::from([127, 0, 0, 1]));
             }
         }
+        let redis_url = flags
+            .redis_url
+            .or_else(|| env("REDIS_URL"))
+            .or(file.redis_url)
+            .map(|url| url.trim().to_owned())
+            .filter(|url| !url.is_empty());
+        let redis_when_unreachable = match file.redis_when_unreachable.as_deref() {
+            None | Some("fall_back") => crate::state::WhenUnreachable::FallBack,
+            Some("refuse") => crate::state::WhenUnreachable::Refuse,
+            Some(other) => {
+                return Err(Error::config(format!(
+                    "[gateway] redis_when_unreachable = {other:?}: expected \"fall_back\" (serve with this gateway's own state) or \"refuse\""
+                )));
+            }
+        };
         Ok(GatewayConfig {
+            redis_url,
+            redis_when_unreachable,
             listen,
             upstream,
             model,
@@ -309,7 +339,11 @@ impl GatewayConfig {
         let keys: Vec<String> = self.pool.fingerprints().map(|f| f.to_string()).collect();
         let tokens: Vec<String> = self.tokens.iter().map(|t| t.fingerprint()).collect();
         format!(
-            "state file: {}\nlisten {}\nupstream {}\ndefault model {}\nkeys ({}): {}\nclient tokens ({}): {}\nadmin token: {}\nallowed origins: {}\nmax wait for a key: {}s\nbody limit: {} bytes",
+            "shared state: {}\nstate file: {}\nlisten {}\nupstream {}\ndefault model {}\nkeys ({}): {}\nclient tokens ({}): {}\nadmin token: {}\nallowed origins: {}\nmax wait for a key: {}s\nbody limit: {} bytes",
+            self.redis_url.as_deref().map_or_else(
+                || "none (this process only)".to_owned(),
+                |url| format!("Redis at {}", crate::state::redact_url(url))
+            ),
             self.state_file
                 .as_deref()
                 .map_or_else(|| "none".to_owned(), |p| p.display().to_string()),

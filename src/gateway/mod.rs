@@ -282,6 +282,23 @@ pub async fn serve_on(
 ) -> Result<(), Error> {
     // However the configuration was made, the keys go over https or stay on this machine.
     config::check_upstream(&config.upstream)?;
+    // Shared state: the same pool, over the Redis every replica uses.
+    let shared_config;
+    let config = match &config.redis_url {
+        Some(url) if !config.pool.is_shared() => {
+            let options = crate::state::RedisOptions {
+                when_unreachable: config.redis_when_unreachable,
+                ..Default::default()
+            };
+            let store = crate::state::RedisStore::connect_with(url, options).await?;
+            shared_config = GatewayConfig {
+                pool: config.pool.with_store(store)?,
+                ..config.clone()
+            };
+            &shared_config
+        }
+        _ => config,
+    };
     // What the last run knew, before the first request.
     let state_file = config.state_file.clone().map(StateFile::new);
     if let Some(file) = &state_file

@@ -13,8 +13,8 @@ use super::inject::{KeyPlacement, replace_key};
 use crate::error::{BoxError, Error};
 use crate::model::model_of;
 use crate::pool::{KeyLease, KeyPool};
-use crate::state::Demand;
 use crate::retry::Attempt;
+use crate::state::Demand;
 
 /// Middleware that picks a key from a [`KeyPool`] for every request, made by
 /// [`KeyRotationLayer`](super::KeyRotationLayer). See the [module docs](super).

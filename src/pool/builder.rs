@@ -4,14 +4,14 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use crate::state::{KeyHealth, ModelTable, ProjectHealth, normalize_model};
 use super::key::{ApiKey, DEFAULT_PRIORITY, KeySpec};
-use crate::state::{Limits, ModelLimits};
 use super::strategy::{RoundRobin, Strategy};
 use super::{KeyEntry, KeyPool, PoolInner, ProjectEntry};
 use crate::clock::{Clock, SystemClock};
 use crate::error::Error;
 use crate::state::{BytesPerToken, MemoryStore, Store, Tier, TokenEstimator};
+use crate::state::{KeyHealth, ModelTable, ProjectHealth, normalize_model};
+use crate::state::{Limits, ModelLimits};
 
 /// Builds a [`KeyPool`].
 ///

@@ -48,11 +48,11 @@ pub use crate::state::{
     DEFAULT_MINUTE_COOLDOWN, DisabledReason, MAX_MINUTE_COOLDOWN, ModelLimits,
     RATE_LIMIT_BASE_COOLDOWN, RATE_LIMIT_MAX_COOLDOWN,
 };
-pub(crate) use crate::state::{MeterRef, ModelSlots, Reservation};
 use crate::state::{
-    Demand, Dimension, Effect, History, KeyHealth, ModelTable, ProjectHealth, Scope,
-    SharedRefusal, Store, TokenEstimator,
+    Demand, Dimension, Effect, History, KeyHealth, ModelTable, ProjectHealth, Scope, SharedRefusal,
+    Store, TokenEstimator,
 };
+pub(crate) use crate::state::{MeterRef, ModelSlots, Reservation};
 
 /// A shared set of Gemini API keys with their health, projects and selection strategy.
 #[derive(Clone)]
@@ -177,6 +177,26 @@ impl KeyPool {
             .build()?;
         pool.restore(&self.save());
         Ok(pool)
+    }
+
+    /// This pool's keys and configuration with its state shared through `store` (see
+    /// [`KeyPoolBuilder::store`]), carrying over what this pool knows.
+    pub fn with_store(&self, store: impl Store) -> Result<KeyPool, Error> {
+        let pool = self
+            .specs()
+            .into_iter()
+            .fold(
+                KeyPoolBuilder::configured_like(self).store(store),
+                |b, spec| b.key_with(spec),
+            )
+            .build()?;
+        pool.restore(&self.save());
+        Ok(pool)
+    }
+
+    /// Is the pool's state shared with other processes (a store such as Redis)?
+    pub fn is_shared(&self) -> bool {
+        self.inner.store.is_shared()
     }
 
     /// Stop handing out the keys that `successor` (a pool rebuilt with
@@ -589,7 +609,13 @@ impl PoolInner {
                 "model has a quota of 0 on this project's tier; disabled for this project until reset");
         }
         if let Some((dimension, value)) = effect.learn {
-            self.learn(slots, entry.project, dimension, value, outcome.retry_after());
+            self.learn(
+                slots,
+                entry.project,
+                dimension,
+                value,
+                outcome.retry_after(),
+            );
         }
         if let Some(until) = effect.cool_model_until {
             slot.cool(until, class);
@@ -630,7 +656,10 @@ impl PoolInner {
                 entry.health.disabled.disable(*reason);
             }
             SharedRefusal::ProjectDisabled(reason) => {
-                self.projects[entry.project].health.disabled.disable(*reason);
+                self.projects[entry.project]
+                    .health
+                    .disabled
+                    .disable(*reason);
             }
             SharedRefusal::ModelDisabled => slot.not_on_tier.store(true, Ordering::Release),
             SharedRefusal::Unreachable(_) => {}

@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::state::ModelSlots;
 use super::{KeyLease, KeyPool};
 use crate::error::Error;
 use crate::state::Demand;
+use crate::state::ModelSlots;
 
 /// The longest single sleep of the head of the line: it looks again at least this often, so a
 /// refund or a [`KeyPool::reset`] that frees a slot early is noticed.

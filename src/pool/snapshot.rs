@@ -7,10 +7,10 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use super::PoolInner;
-use crate::state::DisabledReason;
 use super::key::Fingerprint;
 use crate::classify::Class;
 use crate::clock::to_timestamp;
+use crate::state::DisabledReason;
 use crate::state::MeterSnapshot;
 
 /// Every key's state at one instant. Holds fingerprints, never keys.

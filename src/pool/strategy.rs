@@ -8,11 +8,11 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::state::{DisabledReason, ModelSlots};
 use super::{KeyEntry, ProjectEntry};
+use crate::random::UnitRng;
 use crate::state::Demand;
 use crate::state::Refusal;
-use crate::random::UnitRng;
+use crate::state::{DisabledReason, ModelSlots};
 
 /// Picks one key among the candidates for a request.
 ///
@@ -170,7 +170,10 @@ impl Candidates<'_> {
             return Some(Blocker::Cooling(cooled));
         }
         if let Some((refusal, until)) = slot.shared_refusal(self.now) {
-            return Some(Blocker::Quota(refusal, (until != u64::MAX).then_some(until)));
+            return Some(Blocker::Quota(
+                refusal,
+                (until != u64::MAX).then_some(until),
+            ));
         }
         slot.quota
             .check(self.demand, self.now)

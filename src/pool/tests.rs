@@ -7,6 +7,7 @@ use http::StatusCode;
 use super::*;
 use crate::ErrorKind;
 use crate::clock::ManualClock;
+use crate::state::health;
 use secrecy::ExposeSecret;
 
 fn ts(s: &str) -> jiff::Timestamp {

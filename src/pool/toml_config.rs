@@ -33,11 +33,11 @@ use serde::Deserialize;
 
 use super::builder::KeyPoolBuilder;
 use super::key::KeySpec;
-use crate::state::ModelLimits;
 use super::strategy::{
     LeastInFlight, LowestLatency, MostHeadroom, RoundRobin, Strategy, WeightedRandom,
 };
 use crate::error::Error;
+use crate::state::ModelLimits;
 use crate::state::Tier;
 
 #[derive(Deserialize)]

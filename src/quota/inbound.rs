@@ -18,11 +18,11 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::state::{BytesPerToken, TokenEstimator};
-use crate::state::{Demand, Meters, Refusal};
 use crate::circuit_breaker::RequestHead;
 use crate::clock::{Clock, SystemClock};
 use crate::state::ModelLimits;
+use crate::state::{BytesPerToken, TokenEstimator};
+use crate::state::{Demand, Meters, Refusal};
 
 type Extract = Arc<dyn Fn(&RequestHead<'_>) -> Option<String> + Send + Sync>;
 

@@ -268,7 +268,9 @@ impl Shared {
             SharedRefusal::Unreachable(why) => {
                 return Error::new(
                     ErrorKind::StateUnavailable,
-                    format!("the shared state store cannot be reached ({why}); refusing rather than overrunning the shared quota"),
+                    format!(
+                        "the shared state store cannot be reached ({why}); refusing rather than overrunning the shared quota"
+                    ),
                 );
             }
         };

@@ -90,7 +90,12 @@ impl Effect {
                 .status()
                 .is_some_and(|status| !Effect::counted_by_google(status)),
         };
-        let learned = |dimension| outcome.quota_value().filter(|&v| v > 0).map(|v| (dimension, v));
+        let learned = |dimension| {
+            outcome
+                .quota_value()
+                .filter(|&v| v > 0)
+                .map(|v| (dimension, v))
+        };
         match class {
             Class::KeyInvalid => effect.disable_key = Some(DisabledReason::KeyInvalid),
             Class::KeyForbidden => effect.disable_key = Some(DisabledReason::KeyForbidden),
@@ -145,10 +150,8 @@ mod tests {
     #[test]
     fn every_class_has_the_effect_the_table_gives() {
         let now = 1_700_000_000_000;
-        let minute = Classification::from_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            MINUTE_17S.as_bytes(),
-        );
+        let minute =
+            Classification::from_response(StatusCode::TOO_MANY_REQUESTS, MINUTE_17S.as_bytes());
         let effect = Effect::of(&minute, now, 0);
         assert_eq!(effect.cool_model_until, Some(now + 17_000));
         assert_eq!(effect.learn, Some((Dimension::RequestsPerMinute, 15)));
@@ -157,11 +160,18 @@ mod tests {
         let bare = Classification::from_response(StatusCode::TOO_MANY_REQUESTS, b"");
         assert_eq!(Effect::of(&bare, now, 0).cool_key_until, Some(now + 5_000));
         assert_eq!(Effect::of(&bare, now, 2).cool_key_until, Some(now + 20_000));
-        assert_eq!(Effect::of(&bare, now, 30).cool_key_until, Some(now + 60_000));
+        assert_eq!(
+            Effect::of(&bare, now, 30).cool_key_until,
+            Some(now + 60_000)
+        );
 
         let ok = Effect::of(&Classification::success(StatusCode::OK), now, 0);
         assert!(ok.success && !ok.failure && !ok.refund);
-        let caller = Effect::of(&Classification::from_response(StatusCode::NOT_FOUND, b""), now, 0);
+        let caller = Effect::of(
+            &Classification::from_response(StatusCode::NOT_FOUND, b""),
+            now,
+            0,
+        );
         assert!(!caller.success && !caller.failure && !caller.refund);
         let down = Effect::of(
             &Classification::from_response(StatusCode::SERVICE_UNAVAILABLE, b""),

@@ -102,9 +102,10 @@ impl StateFile {
                 Ok(Some(report))
             }
             Err(why) => {
-                let aside = self
-                    .path
-                    .with_extension(format!("corrupt-{}", jiff::Timestamp::now().as_millisecond()));
+                let aside = self.path.with_extension(format!(
+                    "corrupt-{}",
+                    jiff::Timestamp::now().as_millisecond()
+                ));
                 let moved = std::fs::rename(&self.path, &aside).is_ok();
                 let message = format!(
                     "the state file {} is not a state this build can read ({why}); {}; starting fresh",

@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::limits::{Limits, ModelLimits};
-use crate::classify::Class;
 use super::meter::{Dimension, Meters, Refusal};
+use crate::classify::Class;
 
 /// Why a key, a project or a project+model is disabled until [`KeyPool::reset`](crate::KeyPool::reset).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::clock::next_pacific_midnight;
 use super::limits::ModelLimits;
+use crate::clock::next_pacific_midnight;
 
 /// Length of the per-minute windows.
 pub(crate) const MINUTE_MS: u64 = 60_000;

@@ -48,19 +48,17 @@ pub use effects::{
 pub use estimate::{BytesPerToken, TokenEstimator};
 pub use file::StateFile;
 pub use health::DisabledReason;
-pub(crate) use health::{
-    KeyHealth, ModelSlots, ModelTable, ProjectHealth, normalize_model,
-};
+pub(crate) use health::{KeyHealth, ModelSlots, ModelTable, ProjectHealth, normalize_model};
 pub(crate) use limits::Limits;
 pub use limits::ModelLimits;
-pub(crate) use meter::{History, MeterState, Meters, Refusal, Ticket};
 pub use meter::{Demand, Dimension, MeterSnapshot, Usage};
+pub(crate) use meter::{History, MeterState, Meters, Refusal, Ticket};
 pub use presets::Tier;
+#[cfg(feature = "redis")]
+pub(crate) use redis::redact as redact_url;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{RedisOptions, RedisStore, WhenUnreachable};
 pub(crate) use reservation::{MeterRef, Reservation};
 pub use saved::{Remember, RestoreReport, SavedState, VERSION};
-pub use store::{
-    Admission, MemoryStore, Scope, SharedRefusal, SharedTicket, Store, StoreFuture,
-};
+pub use store::{Admission, MemoryStore, Scope, SharedRefusal, SharedTicket, Store, StoreFuture};

@@ -1,1 +1,744 @@
-//! placeholder
+//! [`RedisStore`]: the pool's state shared by every process through one Redis.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Script};
+use sha2::{Digest, Sha256};
+
+use super::effects::Effect;
+use super::health::DisabledReason;
+use super::meter::Dimension;
+use super::store::{Admission, Scope, SharedRefusal, SharedTicket, Store, StoreFuture};
+use crate::clock::{next_pacific_midnight, pacific_day_start};
+use crate::error::Error;
+
+/// What a [`RedisStore`] does while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WhenUnreachable {
+    /// Go on with this process's own state (its ledger still applies every limit to its own
+    /// requests, so replicas together may overrun the shared quota by their number), with a
+    /// warning; shared admission resumes by itself when Redis answers again. The default:
+    /// an outage of Redis is not an outage of the service.
+    #[default]
+    FallBack,
+    /// Refuse every request with
+    /// [`ErrorKind::StateUnavailable`](crate::ErrorKind::StateUnavailable) (503) until Redis
+    /// answers again: never risk a 429 from Google, at the price of availability.
+    Refuse,
+}
+
+/// Settings of a [`RedisStore`].
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// Every Redis key starts with this (default `"tower-gemini"`): one Redis can hold several
+    /// independent pools, and the names are hashed with it.
+    pub prefix: String,
+    /// What to do while Redis cannot be reached (default [`WhenUnreachable::FallBack`]).
+    pub when_unreachable: WhenUnreachable,
+    /// The longest a request waits for Redis (connect or answer) before Redis counts as
+    /// unreachable (default 250 ms).
+    pub timeout: Duration,
+    /// How often an unreachable Redis is tried again (default 1 s).
+    pub retry_every: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            prefix: "tower-gemini".to_owned(),
+            when_unreachable: WhenUnreachable::FallBack,
+            timeout: Duration::from_millis(250),
+            retry_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A [`Store`] in Redis: several processes using the same keys share one quota ledger per
+/// project and model, the cool-downs Google's 429s set, the keys and projects found disabled,
+/// and the limits learned from Google.
+///
+/// - Admission is one atomic Lua script per request, over every dimension at once: exact
+///   sliding 60-second logs for RPM/TPM/IPM (never more than the limit in any 60 s window,
+///   across all processes), the Pacific day's request count (its key expires at the next
+///   midnight in Los Angeles), the project+model's cool-down and tier block, the key's and the
+///   project's disabled state. One round trip.
+/// - Answers write their [`Effect`] (cool-downs, disabled keys, learned limits) for the others
+///   to see; a refused request is refunded; the real token count corrects the estimate.
+/// - Redis keys are named by a hash of the prefix with the project, model and key fingerprint
+///   (`tower-gemini:pm:5f0c…`), never by a key; values hold no key either.
+/// - While Redis is unreachable the store [falls back](WhenUnreachable) to the process's own
+///   state or refuses, says so once, tries again every [`retry_every`](RedisOptions::retry_every)
+///   in the background and says so when it is back.
+///
+/// ```no_run
+/// use tower_gemini::KeyPool;
+/// use tower_gemini::state::RedisStore;
+///
+/// # async fn run() -> Result<(), tower_gemini::Error> {
+/// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+/// let pool = KeyPool::builder()
+///     .keys(["test-key-0001", "test-key-0002"])
+///     .store(store)
+///     .build()?;
+/// # let _ = pool; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connection: ConnectionManager,
+    options: RedisOptions,
+    /// Where Redis was reachable at the last try.
+    reachable: AtomicBool,
+    /// A task is trying Redis again.
+    retrying: AtomicBool,
+    /// Makes ledger members unique across processes.
+    nonce: u64,
+    sequence: AtomicU64,
+    admit: Script,
+    refund: Script,
+    correct: Script,
+    apply: Script,
+    /// A redacted form of the URL, for logs (no password).
+    shown: String,
+}
+
+/// Days a key's or project's recorded state lives without being written again.
+const STATE_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+
+const ADMIT: &str = r#"
+-- KEYS: 1 window (zset), 2 sums (hash), 3 day count, 4 project+model state (hash),
+--       5 key state (hash), 6 project state (hash)
+-- ARGV: 1 now, 2 member, 3 tokens, 4 images, 5 rpm, 6 tpm, 7 rpd, 8 ipm (0: no limit),
+--       9 end of the Pacific day
+local now = tonumber(ARGV[1])
+-- Numbers go back to Redis as integers ('-0' or '1e+12' are not integers to Redis).
+local function ms(x)
+  if x == 0 then return '0' end
+  return string.format('%.0f', x)
+end
+local key = redis.call('HMGET', KEYS[5], 'disabled', 'cool_until')
+if key[1] then return {'key_disabled', key[1]} end
+local project = redis.call('HGET', KEYS[6], 'disabled')
+if project then return {'project_disabled', project} end
+if key[2] and tonumber(key[2]) > now then return {'key_cooling', key[2]} end
+local st = redis.call('HMGET', KEYS[4], 'cool_until', 'cool_class', 'not_on_tier', 'rpm', 'tpm', 'rpd', 'ipm')
+if st[3] then return {'model_disabled'} end
+if st[1] and tonumber(st[1]) > now then return {'model_cooling', st[1]} end
+local function limit(configured, learned)
+  local c = tonumber(configured) or 0
+  local l = tonumber(learned or '0') or 0
+  if c == 0 then return l end
+  if l == 0 then return c end
+  return math.min(c, l)
+end
+local rpm, tpm = limit(ARGV[5], st[4]), limit(ARGV[6], st[5])
+local rpd, ipm = limit(ARGV[7], st[6]), limit(ARGV[8], st[7])
+local tokens, images = tonumber(ARGV[3]), tonumber(ARGV[4])
+-- Entries leave the window 60 s after they were admitted.
+local edge = now - 60000
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', edge)
+if #old > 0 then
+  local t, i = 0, 0
+  for _, m in ipairs(old) do
+    local a, b = string.match(m, ':(%d+):(%d+)$')
+    t = t + tonumber(a); i = i + tonumber(b)
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', edge)
+  redis.call('HINCRBY', KEYS[2], 'tokens', ms(-t))
+  redis.call('HINCRBY', KEYS[2], 'images', ms(-i))
+end
+local count = redis.call('ZCARD', KEYS[1])
+local sums = redis.call('HMGET', KEYS[2], 'tokens', 'images')
+local used_tokens, used_images = tonumber(sums[1] or '0'), tonumber(sums[2] or '0')
+local day = tonumber(redis.call('GET', KEYS[3]) or '0')
+if rpd > 0 and day >= rpd then return {'quota', 'rpd', ms(rpd), ARGV[9]} end
+if rpm > 0 and count >= rpm then
+  local first = redis.call('ZRANGE', KEYS[1], count - rpm, count - rpm, 'WITHSCORES')
+  return {'quota', 'rpm', ms(rpm), ms(tonumber(first[2]) + 60000)}
+end
+-- When enough of the oldest entries have left for `amount` more to fit under `cap`.
+local function frees(field, amount, used, cap)
+  if amount > cap then return '0' end
+  local all = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+  local freed = 0
+  for j = 1, #all, 2 do
+    local a, b = string.match(all[j], ':(%d+):(%d+)$')
+    if field == 'tokens' then freed = freed + tonumber(a) else freed = freed + tonumber(b) end
+    if used - freed + amount <= cap then return ms(tonumber(all[j + 1]) + 60000) end
+  end
+  return ms(now + 60000)
+end
+if tpm > 0 and tokens > 0 and used_tokens + tokens > tpm then
+  return {'quota', 'tpm', ms(tpm), frees('tokens', tokens, used_tokens, tpm)}
+end
+if ipm > 0 and images > 0 and used_images + images > ipm then
+  return {'quota', 'ipm', ms(ipm), frees('images', images, used_images, ipm)}
+end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[2], 'tokens', ARGV[3])
+redis.call('HINCRBY', KEYS[2], 'images', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], 61000)
+redis.call('PEXPIRE', KEYS[2], 61000)
+redis.call('INCR', KEYS[3])
+redis.call('PEXPIREAT', KEYS[3], ms(tonumber(ARGV[9]) + 60000))
+return {'ok'}
+"#;
+
+const REFUND: &str = r#"
+-- KEYS: 1 window, 2 sums, 3 day count. ARGV: 1 member, 2 tokens, 3 images
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[2], 'tokens', '-' .. ARGV[2]) end
+  if ARGV[3] ~= '0' then redis.call('HINCRBY', KEYS[2], 'images', '-' .. ARGV[3]) end
+end
+if tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then redis.call('DECR', KEYS[3]) end
+return 1
+"#;
+
+const CORRECT: &str = r#"
+-- KEYS: 1 window, 2 sums. ARGV: 1 old member, 2 new member, 3 admitted at, 4 token delta
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+  redis.call('HINCRBY', KEYS[2], 'tokens', ARGV[4])
+end
+return 1
+"#;
+
+const APPLY: &str = r#"
+-- KEYS: 1 key state, 2 project state, 3 project+model state
+-- ARGV: 1 key disabled reason, 2 project disabled reason, 3 model not on tier ('1'),
+--       4 project+model cool-down end, 5 its class, 6 key cool-down end,
+--       7 learned dimension, 8 learned value, 9 state TTL (ms)
+local ttl = tonumber(ARGV[9])
+if ARGV[1] ~= '' then
+  redis.call('HSETNX', KEYS[1], 'disabled', ARGV[1]); redis.call('PEXPIRE', KEYS[1], ttl)
+end
+if ARGV[2] ~= '' then
+  redis.call('HSETNX', KEYS[2], 'disabled', ARGV[2]); redis.call('PEXPIRE', KEYS[2], ttl)
+end
+if ARGV[3] == '1' then redis.call('HSET', KEYS[3], 'not_on_tier', '1') end
+local cool = tonumber(ARGV[4])
+if cool > 0 and cool > tonumber(redis.call('HGET', KEYS[3], 'cool_until') or '0') then
+  redis.call('HSET', KEYS[3], 'cool_until', ARGV[4], 'cool_class', ARGV[5])
+end
+local key_cool = tonumber(ARGV[6])
+if key_cool > 0 and key_cool > tonumber(redis.call('HGET', KEYS[1], 'cool_until') or '0') then
+  redis.call('HSET', KEYS[1], 'cool_until', ARGV[6]); redis.call('PEXPIRE', KEYS[1], ttl)
+end
+if ARGV[7] ~= '' then
+  local old = tonumber(redis.call('HGET', KEYS[3], ARGV[7]) or '0')
+  local value = tonumber(ARGV[8])
+  if old == 0 or value < old then redis.call('HSET', KEYS[3], ARGV[7], ARGV[8]) end
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], ttl) end
+return 1
+"#;
+
+impl RedisStore {
+    /// Connect with default [`RedisOptions`]. See [`connect_with`](Self::connect_with).
+    pub async fn connect(url: &str) -> Result<RedisStore, Error> {
+        RedisStore::connect_with(url, RedisOptions::default()).await
+    }
+
+    /// Connect to the Redis at `url` (`redis://[:password@]host:port[/db]`).
+    ///
+    /// A malformed URL is an error. A Redis that does not answer now is not: the store starts
+    /// unreachable (falling back or refusing, by
+    /// [`when_unreachable`](RedisOptions::when_unreachable)), logs it, and connects when Redis
+    /// comes up.
+    pub async fn connect_with(url: &str, options: RedisOptions) -> Result<RedisStore, Error> {
+        let shown = redact(url);
+        let client = Client::open(url).map_err(|e| {
+            Error::config(format!(
+                "the Redis URL {shown} is malformed ({e}); expected redis://host:port or redis://:password@host:port/db"
+            ))
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.timeout))
+            .set_response_timeout(Some(options.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(options.retry_every);
+        let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
+            Error::config(format!(
+                "cannot set up a connection to Redis at {shown}: {e}"
+            ))
+        })?;
+        let store = RedisStore {
+            inner: Arc::new(Inner {
+                connection,
+                reachable: AtomicBool::new(true),
+                retrying: AtomicBool::new(false),
+                nonce: rand::random(),
+                sequence: AtomicU64::new(0),
+                admit: Script::new(ADMIT),
+                refund: Script::new(REFUND),
+                correct: Script::new(CORRECT),
+                apply: Script::new(APPLY),
+                shown,
+                options,
+            }),
+        };
+        match store.ping().await {
+            Ok(()) => tracing::info!("shared state in Redis at {}", store.inner.shown),
+            Err(why) => store.inner.unreachable(&why),
+        }
+        Ok(store)
+    }
+
+    /// Is Redis reachable (as of the last request or retry)?
+    pub fn is_connected(&self) -> bool {
+        self.inner.reachable.load(Ordering::Acquire)
+    }
+
+    /// The store's settings.
+    pub fn options(&self) -> &RedisOptions {
+        &self.inner.options
+    }
+
+    async fn ping(&self) -> Result<(), String> {
+        let mut connection = self.inner.connection.clone();
+        let command = redis::cmd("PING");
+        let ping = command.query_async::<String>(&mut connection);
+        match tokio::time::timeout(self.inner.options.timeout, ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "no answer within {} ms",
+                self.inner.options.timeout.as_millis()
+            )),
+        }
+    }
+}
+
+/// Did Redis fail to answer (rather than answer with an error)?
+fn unanswered(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
+        || error.is_unrecoverable_error()
+}
+
+impl Inner {
+    /// A command failed: Redis is unreachable, or it answered with an error (logged; the
+    /// store stays in use).
+    fn failed(self: &Arc<Self>, error: &redis::RedisError) {
+        if unanswered(error) {
+            self.unreachable(&error.to_string());
+        } else {
+            tracing::error!("Redis at {} refused a command: {error}", self.shown);
+        }
+    }
+
+    /// Redis did not answer: say so once, and try again in the background until it does.
+    fn unreachable(self: &Arc<Self>, why: &str) {
+        if self.reachable.swap(false, Ordering::AcqRel) {
+            match self.options.when_unreachable {
+                WhenUnreachable::FallBack => tracing::warn!(
+                    "Redis at {} is unreachable ({why}): falling back to this process's own state; shared admission resumes when it answers",
+                    self.shown
+                ),
+                WhenUnreachable::Refuse => tracing::error!(
+                    "Redis at {} is unreachable ({why}): refusing requests until it answers",
+                    self.shown
+                ),
+            }
+        }
+        if self.retrying.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.retrying.store(false, Ordering::Release);
+            return;
+        };
+        let weak: Weak<Inner> = Arc::downgrade(self);
+        let every = self.options.retry_every;
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let store = RedisStore { inner };
+                let answer = store.ping().await;
+                if let Err(why) = &answer {
+                    tracing::debug!("Redis at {} still unreachable: {why}", store.inner.shown);
+                }
+                if answer.is_ok() {
+                    store.inner.retrying.store(false, Ordering::Release);
+                    store.inner.reachable.store(true, Ordering::Release);
+                    tracing::info!(
+                        "Redis at {} answers again: shared admission resumes",
+                        store.inner.shown
+                    );
+                    return;
+                }
+            }
+        });
+    }
+
+    fn fallback(&self) -> Result<Option<SharedTicket>, SharedRefusal> {
+        match self.options.when_unreachable {
+            WhenUnreachable::FallBack => Ok(None),
+            WhenUnreachable::Refuse => Err(SharedRefusal::Unreachable(format!(
+                "Redis at {}",
+                self.shown
+            ))),
+        }
+    }
+
+    /// `prefix:kind:hash(prefix, parts)`: a stable name that holds no key and no secret.
+    fn name(&self, kind: &str, parts: &[&str]) -> String {
+        let mut hash = Sha256::new();
+        hash.update(self.options.prefix.as_bytes());
+        for part in parts {
+            hash.update([0]);
+            hash.update(part.as_bytes());
+        }
+        let digest = hash.finalize();
+        let hex: String = digest[..10].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}:{kind}:{hex}", self.options.prefix)
+    }
+
+    fn project_model(&self, scope: &Scope) -> String {
+        self.name(
+            "pm",
+            &[&scope.project, scope.model.as_deref().unwrap_or("")],
+        )
+    }
+
+    fn key_state(&self, scope: &Scope) -> String {
+        self.name("k", &[&scope.key, &scope.project])
+    }
+
+    fn project_state(&self, project: &str) -> String {
+        self.name("p", &[project])
+    }
+
+    /// Run a write in the background (answers do not wait for Redis); a failure makes the
+    /// store unreachable like a failed admission.
+    fn spawn_write(self: &Arc<Self>, write: Write, keys: Vec<String>, args: Vec<String>) {
+        if !self.reachable.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let inner = self.clone();
+        runtime.spawn(async move {
+            let script = match write {
+                Write::Refund => &inner.refund,
+                Write::Correct => &inner.correct,
+                Write::Apply => &inner.apply,
+            };
+            let mut invocation = script.prepare_invoke();
+            for key in keys {
+                invocation.key(key);
+            }
+            for arg in args {
+                invocation.arg(arg);
+            }
+            let mut connection = inner.connection.clone();
+            let write = invocation.invoke_async::<i64>(&mut connection);
+            match tokio::time::timeout(inner.options.timeout, write).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => inner.failed(&e),
+                Err(_) => inner.unreachable("no answer in time"),
+            }
+        });
+    }
+}
+
+/// The scripts run in the background.
+#[derive(Clone, Copy)]
+enum Write {
+    Refund,
+    Correct,
+    Apply,
+}
+
+/// `redis://:secret@host` → `redis://***@host`.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn reason_named(name: &str) -> DisabledReason {
+    [
+        DisabledReason::KeyInvalid,
+        DisabledReason::KeyForbidden,
+        DisabledReason::BillingExhausted,
+        DisabledReason::ModelNotOnTier,
+        DisabledReason::Removed,
+    ]
+    .into_iter()
+    .find(|r| r.as_str() == name)
+    .unwrap_or(DisabledReason::KeyInvalid)
+}
+
+/// The script's answer as a refusal (`None`: admitted).
+fn verdict(answer: &[String]) -> Result<(), SharedRefusal> {
+    let number = |i: usize| answer.get(i).and_then(|v| v.parse::<u64>().ok());
+    match answer.first().map(String::as_str) {
+        Some("ok") | None => Ok(()),
+        Some("quota") => Err(SharedRefusal::Quota {
+            dimension: answer
+                .get(1)
+                .and_then(|d| Dimension::from_name(d))
+                .unwrap_or(Dimension::RequestsPerMinute),
+            limit: number(2).unwrap_or(0),
+            until: number(3).filter(|&at| at > 0),
+        }),
+        Some("model_cooling") => Err(SharedRefusal::ModelCooling(number(1).unwrap_or(0))),
+        Some("key_cooling") => Err(SharedRefusal::KeyCooling(number(1).unwrap_or(0))),
+        Some("key_disabled") => Err(SharedRefusal::KeyDisabled(reason_named(
+            answer.get(1).map_or("", String::as_str),
+        ))),
+        Some("project_disabled") => Err(SharedRefusal::ProjectDisabled(reason_named(
+            answer.get(1).map_or("", String::as_str),
+        ))),
+        Some("model_disabled") => Err(SharedRefusal::ModelDisabled),
+        Some(_) => Ok(()),
+    }
+}
+
+impl Store for RedisStore {
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn admit(
+        &self,
+        admission: Admission,
+    ) -> StoreFuture<Result<Option<SharedTicket>, SharedRefusal>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            if !inner.reachable.load(Ordering::Acquire) {
+                return inner.fallback();
+            }
+            let scope = &admission.scope;
+            let base: Arc<str> = inner.project_model(scope).into();
+            let day_start = pacific_day_start(admission.now);
+            let day: Arc<str> = format!("{base}:d:{day_start}").into();
+            let demand = admission.demand;
+            let member = format!(
+                "{:016x}-{}:{}:{}",
+                inner.nonce,
+                inner.sequence.fetch_add(1, Ordering::Relaxed),
+                demand.tokens,
+                demand.images
+            );
+            let limits = admission.limits;
+            let mut invocation = inner.admit.prepare_invoke();
+            invocation
+                .key(format!("{base}:w"))
+                .key(format!("{base}:s"))
+                .key(&*day)
+                .key(format!("{base}:st"))
+                .key(inner.key_state(scope))
+                .key(inner.project_state(&scope.project))
+                .arg(admission.now)
+                .arg(&member)
+                .arg(demand.tokens)
+                .arg(demand.images)
+                .arg(limits.rpm.unwrap_or(0))
+                .arg(limits.tpm.unwrap_or(0))
+                .arg(limits.rpd.unwrap_or(0))
+                .arg(limits.ipm.unwrap_or(0))
+                .arg(next_pacific_midnight(admission.now));
+            let mut connection = inner.connection.clone();
+            let call = invocation.invoke_async::<Vec<String>>(&mut connection);
+            let answer = match tokio::time::timeout(inner.options.timeout, call).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(e)) => {
+                    inner.failed(&e);
+                    return inner.fallback();
+                }
+                Err(_) => {
+                    inner.unreachable(&format!(
+                        "no answer within {} ms",
+                        inner.options.timeout.as_millis()
+                    ));
+                    return inner.fallback();
+                }
+            };
+            verdict(&answer)?;
+            Ok(Some(SharedTicket {
+                member,
+                base,
+                day,
+                at: admission.now,
+                tokens: demand.tokens,
+                images: demand.images,
+            }))
+        })
+    }
+
+    fn refund(&self, ticket: SharedTicket) {
+        let keys = vec![
+            format!("{}:w", ticket.base),
+            format!("{}:s", ticket.base),
+            ticket.day.to_string(),
+        ];
+        let args = vec![
+            ticket.member,
+            ticket.tokens.to_string(),
+            ticket.images.to_string(),
+        ];
+        self.inner.spawn_write(Write::Refund, keys, args);
+    }
+
+    fn correct(&self, ticket: &SharedTicket, tokens: u64) {
+        if tokens == ticket.tokens {
+            return;
+        }
+        let renamed = match ticket.member.rsplit_once(':') {
+            Some((head, images)) => match head.rsplit_once(':') {
+                Some((id, _)) => format!("{id}:{tokens}:{images}"),
+                None => return,
+            },
+            None => return,
+        };
+        let delta = i128::from(tokens) - i128::from(ticket.tokens);
+        let delta = i64::try_from(delta).unwrap_or(0);
+        let keys = vec![format!("{}:w", ticket.base), format!("{}:s", ticket.base)];
+        let args = vec![
+            ticket.member.clone(),
+            renamed,
+            ticket.at.to_string(),
+            delta.to_string(),
+        ];
+        self.inner.spawn_write(Write::Correct, keys, args);
+    }
+
+    fn apply(&self, scope: &Scope, effect: &Effect) {
+        let writes = effect.disable_key.is_some()
+            || effect.disable_project.is_some()
+            || effect.disable_model
+            || effect.cool_model_until.is_some()
+            || effect.cool_key_until.is_some()
+            || effect.learn.is_some();
+        if !writes {
+            return;
+        }
+        let inner = &self.inner;
+        let keys = vec![
+            inner.key_state(scope),
+            inner.project_state(&scope.project),
+            format!("{}:st", inner.project_model(scope)),
+        ];
+        let args = vec![
+            effect
+                .disable_key
+                .map_or("", DisabledReason::as_str)
+                .to_owned(),
+            effect
+                .disable_project
+                .map_or("", DisabledReason::as_str)
+                .to_owned(),
+            if effect.disable_model { "1" } else { "" }.to_owned(),
+            effect.cool_model_until.unwrap_or(0).to_string(),
+            effect.class.as_str().to_owned(),
+            effect.cool_key_until.unwrap_or(0).to_string(),
+            effect.learn.map_or("", |(d, _)| d.as_str()).to_owned(),
+            effect.learn.map_or(0, |(_, v)| v).to_string(),
+            STATE_TTL_MS.to_string(),
+        ];
+        inner.spawn_write(Write::Apply, keys, args);
+    }
+
+    fn reset(&self, keys: &[Scope], projects: &[Arc<str>], models: &[Arc<str>]) {
+        let inner = self.inner.clone();
+        if !inner.reachable.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut pipe = redis::pipe();
+        for scope in keys {
+            pipe.del(inner.key_state(scope)).ignore();
+        }
+        for project in projects {
+            pipe.del(inner.project_state(project)).ignore();
+            for model in models.iter().map(Some).chain([None]) {
+                let scope = Scope {
+                    key: "".into(),
+                    project: project.clone(),
+                    model: model.cloned(),
+                };
+                pipe.hdel(
+                    format!("{}:st", inner.project_model(&scope)),
+                    &["cool_until", "cool_class", "not_on_tier"],
+                )
+                .ignore();
+            }
+        }
+        runtime.spawn(async move {
+            let mut connection = inner.connection.clone();
+            let run = pipe.query_async::<()>(&mut connection);
+            if let Ok(Err(e)) = tokio::time::timeout(inner.options.timeout, run).await {
+                tracing::warn!("could not reset the shared state in Redis: {e}");
+            }
+        });
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.inner.shown)
+            .field("prefix", &self.inner.options.prefix)
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            redact("redis://:hunter2@127.0.0.1:6379/0"),
+            "redis://***@127.0.0.1:6379/0"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn answers_become_refusals() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(verdict(&s(&["ok"])), Ok(()));
+        assert_eq!(
+            verdict(&s(&["quota", "rpm", "30", "1700000060000"])),
+            Err(SharedRefusal::Quota {
+                dimension: Dimension::RequestsPerMinute,
+                limit: 30,
+                until: Some(1_700_000_060_000)
+            })
+        );
+        assert_eq!(
+            verdict(&s(&["quota", "tpm", "100", "0"])),
+            Err(SharedRefusal::Quota {
+                dimension: Dimension::TokensPerMinute,
+                limit: 100,
+                until: None
+            })
+        );
+        assert_eq!(
+            verdict(&s(&["key_disabled", "key_invalid"])),
+            Err(SharedRefusal::KeyDisabled(DisabledReason::KeyInvalid))
+        );
+    }
+}

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::classify::Class;
 use super::health::DisabledReason;
 use super::meter::MeterState;
+use crate::classify::Class;
 
 /// The format's version; a snapshot of another version is not read.
 pub const VERSION: u32 = 1;

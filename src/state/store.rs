@@ -92,7 +92,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Take a place for the request in its project+model's ledger, all or nothing across
     /// dimensions. `Ok(None)`: admitted without a place to give back (no shared ledger now,
     /// e.g. falling back to local state).
-    fn admit(&self, admission: Admission) -> StoreFuture<Result<Option<SharedTicket>, SharedRefusal>>;
+    fn admit(
+        &self,
+        admission: Admission,
+    ) -> StoreFuture<Result<Option<SharedTicket>, SharedRefusal>>;
 
     /// Give a place back: Google refused the request before counting it, or it was never sent.
     fn refund(&self, ticket: SharedTicket);

@@ -16,6 +16,9 @@ use tower_gemini::mock::{Fault, MockGemini, MockServer};
 use tower_gemini::pool::ModelLimits;
 use tower_gemini::{KeyPool, KeySpec};
 
+#[cfg(feature = "redis")]
+pub mod redis;
+
 const FLASH: &str = "gemini-2.0-flash";
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;

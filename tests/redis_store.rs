@@ -1,0 +1,311 @@
+//! Shared state through Redis: several pools (as several processes would) share one ledger,
+//! one set of cool-downs, disabled keys and learned limits; Redis going away mid-run is
+//! survived and its return noticed. Over real HTTP to the mock.
+//!
+//! Needs a Redis: `REDIS_URL`, or a `redis-server` binary (each test then starts its own);
+//! without either, each test prints that it was skipped and how to run it.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::Redis;
+use common::{Capture, client, generate};
+use http::StatusCode;
+use redis::AsyncCommands;
+use tower::{Layer, ServiceExt};
+use tower_gemini::clock::ManualClock;
+use tower_gemini::mock::{MockGemini, MockServer};
+use tower_gemini::pool::ModelLimits;
+use tower_gemini::quota::Dimension;
+use tower_gemini::state::{RedisOptions, RedisStore, WhenUnreachable};
+use tower_gemini::{ErrorKind, KeyPool, KeySpec, stack};
+
+const FLASH: &str = "gemini-2.0-flash";
+
+fn rpm(limit: u32) -> ModelLimits {
+    ModelLimits {
+        rpm: Some(limit),
+        ..Default::default()
+    }
+}
+
+/// A clock at the real time (the day counters expire at the real Pacific midnight).
+fn clock() -> ManualClock {
+    ManualClock::at(jiff::Timestamp::now())
+}
+
+async fn store(redis: &Redis, prefix: &str, options: RedisOptions) -> RedisStore {
+    let options = RedisOptions {
+        prefix: prefix.to_owned(),
+        ..options
+    };
+    RedisStore::connect_with(&redis.url, options).await.unwrap()
+}
+
+/// One "process": its own pool over the shared store.
+fn pool(
+    clock: &ManualClock,
+    store: &RedisStore,
+    keys: &[&str],
+    limits: Option<ModelLimits>,
+) -> KeyPool {
+    let builder = keys.iter().fold(KeyPool::builder(), |b, k| {
+        b.key_with(KeySpec::new(*k).project("proj-a"))
+    });
+    let builder = match limits {
+        Some(limits) => builder.model_limits(FLASH, limits),
+        None => builder,
+    };
+    builder
+        .clock(clock.clone())
+        .store(store.clone())
+        .build()
+        .unwrap()
+}
+
+async fn send(pool: &KeyPool, mock: &MockServer) -> Result<StatusCode, tower_gemini::Error> {
+    stack(pool)
+        .layer(client())
+        .oneshot(generate(mock, FLASH, "hello"))
+        .await
+        .map(|response| response.status())
+}
+
+/// Wait (bounded) until `done`: the store's writes run in the background.
+async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{what}: not within 5 s");
+}
+
+#[tokio::test]
+async fn two_processes_share_one_ledger() {
+    let Some(redis) = Redis::any("two_processes_share_one_ledger") else {
+        return;
+    };
+    let clock = clock();
+    let mock = MockGemini::builder()
+        .project("proj-a", |p| p.key("test-key-0001").limits(FLASH, rpm(5)))
+        .clock(clock.clone())
+        .start()
+        .await
+        .unwrap();
+    let prefix = Redis::prefix("ledger");
+    let one = pool(
+        &clock,
+        &store(&redis, &prefix, RedisOptions::default()).await,
+        &["test-key-0001"],
+        Some(rpm(5)),
+    );
+    let two = pool(
+        &clock,
+        &store(&redis, &prefix, RedisOptions::default()).await,
+        &["test-key-0001"],
+        Some(rpm(5)),
+    );
+
+    // Each alone would admit 5; together they admit 5, then both refuse before sending.
+    let mut sent = 0;
+    let mut refusals = Vec::new();
+    for i in 0..10 {
+        let pool = if i % 2 == 0 { &one } else { &two };
+        match send(pool, &mock).await {
+            Ok(status) => {
+                assert_eq!(status, StatusCode::OK);
+                sent += 1;
+            }
+            Err(error) => refusals.push(error),
+        }
+    }
+    assert_eq!(sent, 5);
+    assert_eq!(refusals.len(), 5);
+    for error in &refusals {
+        assert_eq!(error.kind(), ErrorKind::QuotaExhausted, "{error}");
+        assert_eq!(
+            error.dimension(),
+            Some(Dimension::RequestsPerMinute),
+            "{error}"
+        );
+    }
+    assert_eq!(mock.stats().responses_with_status(429), 0);
+    assert_eq!(mock.stats().total_requests(), 5);
+
+    // A minute later the window has room again, for either.
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(send(&two, &mock).await.unwrap(), StatusCode::OK);
+    assert_eq!(send(&one, &mock).await.unwrap(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn what_one_process_learns_the_others_know() {
+    let Some(redis) = Redis::any("what_one_process_learns_the_others_know") else {
+        return;
+    };
+    let logs = Capture::default();
+    let _guard = logs.install(tracing::Level::INFO);
+    let clock = clock();
+    // test-key-9999 is unknown to the mock (invalid); proj-a allows 3 RPM, unknown to the pools.
+    let mock = MockGemini::builder()
+        .project("proj-a", |p| p.key("test-key-0001").limits(FLASH, rpm(3)))
+        .clock(clock.clone())
+        .start()
+        .await
+        .unwrap();
+    let prefix = Redis::prefix("learn");
+    let keys = ["test-key-9999", "test-key-0001"];
+    let one = pool(
+        &clock,
+        &store(&redis, &prefix, RedisOptions::default()).await,
+        &keys,
+        None,
+    );
+    let two = pool(
+        &clock,
+        &store(&redis, &prefix, RedisOptions::default()).await,
+        &keys,
+        None,
+    );
+
+    // One finds the invalid key (and moves on to the good one).
+    assert_eq!(send(&one, &mock).await.unwrap(), StatusCode::OK);
+    assert_eq!(mock.stats().requests_for("test-key-9999"), 1);
+    let mut look = redis.connection().await;
+    eventually("the disabled key is written", async || {
+        let names: Vec<String> = look.keys(format!("{prefix}:k:*")).await.unwrap();
+        !names.is_empty()
+    })
+    .await;
+    // Two never sends it: Redis says it is disabled, and two's own pool now knows.
+    assert_eq!(send(&two, &mock).await.unwrap(), StatusCode::OK);
+    assert_eq!(mock.stats().requests_for("test-key-9999"), 1);
+    assert_eq!(
+        two.snapshot().keys[0].reason,
+        Some(tower_gemini::pool::DisabledReason::KeyInvalid)
+    );
+
+    // One spends the rest of the minute and meets Google's 429 (it had no limit configured):
+    // it learns the limit of 3 and the cool-down; two learns both from Redis, sending nothing.
+    assert_eq!(send(&one, &mock).await.unwrap(), StatusCode::OK);
+    let error = send(&one, &mock).await.unwrap_err();
+    assert_eq!(mock.stats().responses_with_status(429), 1, "{error}");
+    eventually("the cool-down is written", async || {
+        let names: Vec<String> = look.keys(format!("{prefix}:pm:*:st")).await.unwrap();
+        !names.is_empty()
+    })
+    .await;
+    let before = mock.stats().total_requests();
+    let error = send(&two, &mock).await.unwrap_err();
+    // Its own pool now has the project cooling, as if two had seen the 429 itself.
+    assert_eq!(error.kind(), ErrorKind::NoKeyAvailable, "{error}");
+    assert!(
+        error.retry_after().unwrap() > Duration::from_secs(50),
+        "{error}"
+    );
+    assert_eq!(
+        mock.stats().total_requests(),
+        before,
+        "two sent nothing: {error}"
+    );
+    // And after the cool-down, the limit one learned holds for two as well: Redis has it.
+    clock.advance(Duration::from_secs(61));
+    mock.reset_usage();
+    for _ in 0..3 {
+        assert_eq!(send(&two, &mock).await.unwrap(), StatusCode::OK);
+    }
+    let error = send(&two, &mock).await.unwrap_err();
+    assert_eq!(
+        error.kind(),
+        ErrorKind::QuotaExhausted,
+        "{error}\n{}",
+        logs.text()
+    );
+    assert_eq!(
+        error.dimension(),
+        Some(Dimension::RequestsPerMinute),
+        "{error}"
+    );
+    assert_eq!(
+        mock.stats().responses_with_status(429),
+        1,
+        "only one's first: {error}"
+    );
+    let text = logs.text();
+    assert!(
+        !text.contains("unreachable") && !text.contains("refused a command"),
+        "{text}"
+    );
+
+    // Nothing in Redis names a key.
+    let names: Vec<String> = look.keys(format!("{prefix}:*")).await.unwrap();
+    assert!(!names.is_empty());
+    for name in names {
+        assert!(!name.contains("test-key"), "{name}");
+        let kind: String = redis::cmd("TYPE")
+            .arg(&name)
+            .query_async(&mut look)
+            .await
+            .unwrap();
+        let values: Vec<String> = match kind.as_str() {
+            "hash" => look.hgetall::<_, Vec<String>>(&name).await.unwrap(),
+            "zset" => look.zrange(&name, 0, -1).await.unwrap(),
+            "string" => vec![look.get(&name).await.unwrap()],
+            other => panic!("unexpected {other}"),
+        };
+        for value in values {
+            assert!(
+                !value.contains("test-key") && !value.contains("9999"),
+                "{name}: {value}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn set_to_refuse_it_refuses_while_redis_is_away() {
+    let Some(mut redis) = Redis::own("set_to_refuse_it_refuses_while_redis_is_away") else {
+        return;
+    };
+    let clock = clock();
+    let mock = MockGemini::builder()
+        .project("proj-a", |p| p.key("test-key-0001"))
+        .clock(clock.clone())
+        .start()
+        .await
+        .unwrap();
+    let options = RedisOptions {
+        when_unreachable: WhenUnreachable::Refuse,
+        timeout: Duration::from_millis(300),
+        retry_every: Duration::from_millis(100),
+        ..RedisOptions::default()
+    };
+    let store = store(&redis, &Redis::prefix("refuse"), options).await;
+    let pool = pool(&clock, &store, &["test-key-0001"], None);
+    assert_eq!(send(&pool, &mock).await.unwrap(), StatusCode::OK);
+    redis.stop();
+    let error = send(&pool, &mock).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::StateUnavailable, "{error}");
+    assert_eq!(error.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(mock.stats().total_requests(), 1);
+    redis.start();
+    eventually("the store reconnects", async || store.is_connected()).await;
+    assert_eq!(send(&pool, &mock).await.unwrap(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_malformed_url_is_a_clear_error_without_the_password() {
+    let error = RedisStore::connect("redis://:hunter2@127.0.0.1:notaport")
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert_eq!(error.kind(), ErrorKind::Config);
+    assert!(
+        text.contains("malformed") && !text.contains("hunter2"),
+        "{text}"
+    );
+}

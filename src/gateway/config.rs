@@ -60,6 +60,7 @@ struct FileGateway {
     revalidate_secs: Option<u64>,
     state_file: Option<PathBuf>,
     redis_url: Option<String>,
+    redis_prefix: Option<String>,
     redis_when_unreachable: Option<String>,
 }
 
@@ -104,6 +105,9 @@ pub struct GatewayConfig {
     /// While that Redis is unreachable: fall back to this gateway's own state (default), or
     /// refuse requests.
     pub redis_when_unreachable: crate::state::WhenUnreachable,
+    /// The prefix of the gateway's Redis keys (default `tower-gemini`): gateways sharing one
+    /// pool use the same; independent pools in one Redis use different ones.
+    pub redis_prefix: Option<String>,
     /// The keys.
     pub pool: KeyPool,
 }
@@ -166,6 +170,7 @@ impl GatewayConfig {
             state_file: None,
             redis_url: None,
             redis_when_unreachable: crate::state::WhenUnreachable::FallBack,
+            redis_prefix: None,
             pool,
         }
     }
@@ -311,6 +316,7 @@ impl GatewayConfig {
             }
         };
         Ok(GatewayConfig {
+            redis_prefix: env("REDIS_PREFIX").or(file.redis_prefix),
             redis_url,
             redis_when_unreachable,
             listen,

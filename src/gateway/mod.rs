@@ -286,9 +286,14 @@ pub async fn serve_on(
     let shared_config;
     let config = match &config.redis_url {
         Some(url) if !config.pool.is_shared() => {
+            let defaults = crate::state::RedisOptions::default();
             let options = crate::state::RedisOptions {
                 when_unreachable: config.redis_when_unreachable,
-                ..Default::default()
+                prefix: config
+                    .redis_prefix
+                    .clone()
+                    .unwrap_or(defaults.prefix.clone()),
+                ..defaults
             };
             let store = crate::state::RedisStore::connect_with(url, options).await?;
             shared_config = GatewayConfig {

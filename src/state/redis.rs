@@ -45,6 +45,12 @@ pub struct RedisOptions {
     pub timeout: Duration,
     /// How often an unreachable Redis is tried again (default 1 s).
     pub retry_every: Duration,
+    /// How much longer than a minute a request stays in the per-minute windows (default
+    /// 500 ms): each process stamps admissions with its own clock, and Google counts a request
+    /// when it arrives, a few milliseconds later for one request than for another. Without
+    /// it, a slot freed at exactly 60 s could reach Google a moment before the request it
+    /// replaces left Google's window. Costs under 1 % of the per-minute quota.
+    pub margin: Duration,
 }
 
 impl Default for RedisOptions {
@@ -54,6 +60,7 @@ impl Default for RedisOptions {
             when_unreachable: WhenUnreachable::FallBack,
             timeout: Duration::from_millis(250),
             retry_every: Duration::from_secs(1),
+            margin: Duration::from_millis(500),
         }
     }
 }
@@ -64,7 +71,7 @@ impl Default for RedisOptions {
 ///
 /// - Admission is one atomic Lua script per request, over every dimension at once: exact
 ///   sliding 60-second logs for RPM/TPM/IPM (never more than the limit in any 60 s window,
-///   across all processes), the Pacific day's request count (its key expires at the next
+///   across all processes; a request stays in them a [margin](RedisOptions::margin) longer), the Pacific day's request count (its key expires at the next
 ///   midnight in Los Angeles), the project+model's cool-down and tier block, the key's and the
 ///   project's disabled state. One round trip.
 /// - Answers write their [`Effect`] (cool-downs, disabled keys, learned limits) for the others
@@ -117,8 +124,9 @@ const ADMIT: &str = r#"
 -- KEYS: 1 window (zset), 2 sums (hash), 3 day count, 4 project+model state (hash),
 --       5 key state (hash), 6 project state (hash)
 -- ARGV: 1 now, 2 member, 3 tokens, 4 images, 5 rpm, 6 tpm, 7 rpd, 8 ipm (0: no limit),
---       9 end of the Pacific day
+--       9 end of the Pacific day, 10 window length (ms)
 local now = tonumber(ARGV[1])
+local win = tonumber(ARGV[10])
 -- Numbers go back to Redis as integers ('-0' or '1e+12' are not integers to Redis).
 local function ms(x)
   if x == 0 then return '0' end
@@ -142,8 +150,8 @@ end
 local rpm, tpm = limit(ARGV[5], st[4]), limit(ARGV[6], st[5])
 local rpd, ipm = limit(ARGV[7], st[6]), limit(ARGV[8], st[7])
 local tokens, images = tonumber(ARGV[3]), tonumber(ARGV[4])
--- Entries leave the window 60 s after they were admitted.
-local edge = now - 60000
+-- Entries leave the window a minute (and the margin) after they were admitted.
+local edge = now - win
 local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', edge)
 if #old > 0 then
   local t, i = 0, 0
@@ -162,7 +170,7 @@ local day = tonumber(redis.call('GET', KEYS[3]) or '0')
 if rpd > 0 and day >= rpd then return {'quota', 'rpd', ms(rpd), ARGV[9]} end
 if rpm > 0 and count >= rpm then
   local first = redis.call('ZRANGE', KEYS[1], count - rpm, count - rpm, 'WITHSCORES')
-  return {'quota', 'rpm', ms(rpm), ms(tonumber(first[2]) + 60000)}
+  return {'quota', 'rpm', ms(rpm), ms(tonumber(first[2]) + win)}
 end
 -- When enough of the oldest entries have left for `amount` more to fit under `cap`.
 local function frees(field, amount, used, cap)
@@ -172,9 +180,9 @@ local function frees(field, amount, used, cap)
   for j = 1, #all, 2 do
     local a, b = string.match(all[j], ':(%d+):(%d+)$')
     if field == 'tokens' then freed = freed + tonumber(a) else freed = freed + tonumber(b) end
-    if used - freed + amount <= cap then return ms(tonumber(all[j + 1]) + 60000) end
+    if used - freed + amount <= cap then return ms(tonumber(all[j + 1]) + win) end
   end
-  return ms(now + 60000)
+  return ms(now + win)
 end
 if tpm > 0 and tokens > 0 and used_tokens + tokens > tpm then
   return {'quota', 'tpm', ms(tpm), frees('tokens', tokens, used_tokens, tpm)}
@@ -185,8 +193,8 @@ end
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[2], 'tokens', ARGV[3])
 redis.call('HINCRBY', KEYS[2], 'images', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], 61000)
-redis.call('PEXPIRE', KEYS[2], 61000)
+redis.call('PEXPIRE', KEYS[1], win + 1000)
+redis.call('PEXPIRE', KEYS[2], win + 1000)
 redis.call('INCR', KEYS[3])
 redis.call('PEXPIREAT', KEYS[3], ms(tonumber(ARGV[9]) + 60000))
 return {'ok'}
@@ -454,6 +462,10 @@ impl Inner {
     }
 }
 
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)
+}
+
 /// The scripts run in the background.
 #[derive(Clone, Copy)]
 enum Write {
@@ -554,7 +566,8 @@ impl Store for RedisStore {
                 .arg(limits.tpm.unwrap_or(0))
                 .arg(limits.rpd.unwrap_or(0))
                 .arg(limits.ipm.unwrap_or(0))
-                .arg(next_pacific_midnight(admission.now));
+                .arg(next_pacific_midnight(admission.now))
+                .arg(60_000 + duration_ms(inner.options.margin));
             let mut connection = inner.connection.clone();
             let call = invocation.invoke_async::<Vec<String>>(&mut connection);
             let answer = match tokio::time::timeout(inner.options.timeout, call).await {

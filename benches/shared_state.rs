@@ -30,11 +30,13 @@ fn request() -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+type Answer = Result<Response<Full<Bytes>>, Infallible>;
+
 fn client() -> impl tower::Service<
     Request<Full<Bytes>>,
     Response = Response<Full<Bytes>>,
     Error = Infallible,
-    Future = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>,
+    Future = std::future::Ready<Answer>,
 > + Clone {
     service_fn(|_: Request<Full<Bytes>>| {
         std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"{}")))))

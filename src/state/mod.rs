@@ -54,7 +54,7 @@ pub use limits::ModelLimits;
 pub use meter::{Demand, Dimension, MeterSnapshot, Usage};
 pub(crate) use meter::{History, MeterState, Meters, Refusal, Ticket};
 pub use presets::Tier;
-#[cfg(feature = "redis")]
+#[cfg(feature = "gateway")]
 pub(crate) use redis::redact as redact_url;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

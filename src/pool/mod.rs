@@ -202,6 +202,7 @@ impl KeyPool {
     /// Stop handing out the keys that `successor` (a pool rebuilt with
     /// [`with_keys`](Self::with_keys)) does not have: requests still waiting in line on this
     /// pool must not get a key an operator removed.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     pub(crate) fn retire_keys_not_in(&self, successor: &KeyPool) {
         for entry in self.inner.keys.iter() {
             let kept = successor

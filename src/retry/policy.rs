@@ -107,6 +107,7 @@ impl RetryPolicy {
         CallState {
             attempts: 0,
             local_retries: 0,
+            frees_at: None,
             backoffs: 0,
             rate_limited_once: false,
             deadline: crate::clock::instant_after(started, self.deadline),
@@ -158,7 +159,23 @@ impl RetryPolicy {
             }
         } else if matches!(wait, Wait::Now) {
             // Local refusals use no attempt; those retried at once cannot loop for ever.
-            // (Timed waits are bounded by the deadline.)
+            // (Timed waits are bounded by the deadline.) A run of them is a loop only while
+            // no slot they named has freed: once one has (selection waited for it and another
+            // caller, here or in another process sharing the store, took it first), the run
+            // starts over. Each new run needs time to pass, so this never spins.
+            let now = Instant::now();
+            if state.frees_at.is_some_and(|at| now >= at) {
+                state.local_retries = 0;
+                state.frees_at = None;
+            }
+            if let Some(after) = outcome.retry_after {
+                // A little early (the pool's clock counts whole milliseconds), never at once.
+                let after = after
+                    .saturating_sub(FREES_SLACK)
+                    .max(Duration::from_millis(1));
+                let at = crate::clock::instant_after(now, after);
+                state.frees_at = Some(state.frees_at.map_or(at, |t| t.min(at)));
+            }
             state.local_retries += 1;
             if state.local_retries > self.max_attempts {
                 return Decision::Stop(Stop::Final);
@@ -193,6 +210,9 @@ impl RetryPolicy {
     }
 }
 
+/// How much earlier than a refusal's `retry_after` its slot counts as freed (clock rounding).
+const FREES_SLACK: Duration = Duration::from_millis(2);
+
 pub(super) fn attempts_for(retries: u32, keys: usize) -> u32 {
     let by_keys = u32::try_from(keys.saturating_mul(2)).unwrap_or(u32::MAX);
     retries.saturating_add(1).min(by_keys).max(1)
@@ -218,6 +238,8 @@ impl Wait {
 pub(super) struct CallState {
     pub(super) attempts: u32,
     local_retries: u32,
+    /// When the first slot named by the current run of local refusals frees.
+    frees_at: Option<Instant>,
     backoffs: u32,
     rate_limited_once: bool,
     /// When the whole call must be over: attempts, backoffs and waits together.
@@ -560,6 +582,36 @@ mod tests {
         let decisions = run(&p, &[quota, quota, quota]);
         assert_eq!(decisions[..2], [Decision::Retry(Duration::ZERO); 2]);
         assert_eq!(decisions[2], Decision::Stop(Stop::Final));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn losing_the_race_for_a_freed_slot_again_and_again_is_not_a_loop() {
+        // Replicas sharing a store: a refusal names when its slot frees; selection waits until
+        // then, and another process may take that slot first. Each such loss starts a new run.
+        let p = policy().max_attempts(2);
+        let lost = local(
+            ErrorKind::QuotaExhausted,
+            Some(Duration::from_secs(3)),
+            true,
+        );
+        let mut state = p.start();
+        for round in 0..10 {
+            assert_eq!(
+                p.decide(&mut state, &lost),
+                Decision::Retry(Duration::ZERO),
+                "round {round}"
+            );
+            tokio::time::advance(Duration::from_secs(3)).await;
+        }
+        // Without time passing, the bound holds as before.
+        let decisions = run(&p, &[lost, lost, lost]);
+        assert_eq!(decisions[2], Decision::Stop(Stop::Final));
+        // And a refusal that names no time, or a moment already past, earns no new run.
+        let mut state = p.start();
+        let now = local(ErrorKind::QuotaExhausted, Some(Duration::ZERO), true);
+        assert_eq!(p.decide(&mut state, &now), Decision::Retry(Duration::ZERO));
+        assert_eq!(p.decide(&mut state, &now), Decision::Retry(Duration::ZERO));
+        assert_eq!(p.decide(&mut state, &now), Decision::Stop(Stop::Final));
     }
 
     #[test]

@@ -1,100 +1,330 @@
-//! What the middleware costs per call, against a baseline measured in the same run.
+//! What the middleware costs per call, beside its nearest peers, against a baseline measured in
+//! the same run.
 //!
 //! ```text
 //! cargo bench --bench overhead
 //! ```
 //!
 //! The "client" is an in-memory service that answers at once, so the numbers are the layers'
-//! own cost: no network, no mock.
+//! own cost: no network, no mock. Groups:
+//!
+//! - `call`: the bare client; each of our layers alone; the peers (`tower::retry` with a trivial
+//!   policy, tower-resilience's circuit breaker and rate limiter, a governor check, and those
+//!   three stacked); the whole stack with 1, 10 and 1,000 keys, without and with limits.
+//! - `threads`: the bare client and the stack driven by one and by two OS threads sharing one
+//!   service; the time per call is wall time over all calls, so two threads that scale perfectly
+//!   show half the time of one.
+//! - `select`, `classify`: the pool's selection and the classifier alone.
 
-use std::convert::Infallible;
+mod support;
+
+use std::future::Future;
 use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use tower::{Layer, ServiceExt, service_fn};
+use support::{MODEL, client, keys, limits, request};
+use tower::{Layer, Service, ServiceExt};
+use tower_gemini::circuit_breaker::CircuitBreakerLayer;
 use tower_gemini::classify::Classification;
-use tower_gemini::pool::ModelLimits;
-use tower_gemini::{KeyPool, KeyRotationLayer, stack};
+use tower_gemini::retry::RetryLayer;
+use tower_gemini::{KeyPool, KeyRotationLayer, QuotaLayer, stack};
 
-const URL: &str = "http://127.0.0.1/v1beta/models/gemini-2.0-flash:generateContent";
-const BODY: &str = r#"{"contents":[{"role":"user","parts":[{"text":"Explain tower middleware in one paragraph."}]}]}"#;
-
-fn request() -> Request<Full<Bytes>> {
-    Request::post(URL)
-        .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .unwrap()
 }
 
-type Answer = Result<Response<Full<Bytes>>, Infallible>;
-
-fn client() -> impl tower::Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = std::future::Ready<Answer>,
-> + Clone {
-    service_fn(|_: Request<Full<Bytes>>| {
-        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"{}")))))
-    })
+fn limited_pool(n: usize) -> KeyPool {
+    KeyPool::builder()
+        .keys(keys(n))
+        .model_limits(MODEL, limits())
+        .build()
+        .unwrap()
 }
 
-fn keys(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("test-key-{i:04}")).collect()
+/// One call through a clone of `service`, as `oneshot` does it.
+macro_rules! bench_call {
+    ($group:expr, $runtime:expr, $name:expr, $service:expr) => {{
+        let service = $service;
+        $group.bench_function($name, |b| {
+            b.to_async(&$runtime)
+                .iter(|| async { black_box(service.clone().oneshot(request()).await.unwrap()) })
+        });
+    }};
+}
+
+/// The retry policy a hand-written stack uses: up to 3 retries of a 429 or 5xx, at once.
+#[derive(Clone)]
+struct TrivialPolicy(u32);
+
+impl<B: Clone, E> tower::retry::Policy<Request<B>, Response<Full<Bytes>>, E> for TrivialPolicy {
+    type Future = std::future::Ready<()>;
+
+    fn retry(
+        &mut self,
+        _request: &mut Request<B>,
+        result: &mut Result<Response<Full<Bytes>>, E>,
+    ) -> Option<Self::Future> {
+        let again = match result {
+            Ok(response) => {
+                response.status() == StatusCode::TOO_MANY_REQUESTS
+                    || response.status().is_server_error()
+            }
+            Err(_) => true,
+        };
+        (again && self.0 > 0).then(|| {
+            self.0 -= 1;
+            std::future::ready(())
+        })
+    }
+
+    fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
+        Some(request.clone())
+    }
+}
+
+type Governor = governor::DefaultDirectRateLimiter;
+
+/// governor as a tower layer the way users write it: check, refuse when over the rate.
+#[derive(Clone)]
+struct GovernorLimit<S> {
+    inner: S,
+    limiter: Arc<Governor>,
+}
+
+#[derive(Debug)]
+struct Limited;
+
+impl std::fmt::Display for Limited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("rate limited")
+    }
+}
+
+impl std::error::Error for Limited {}
+
+impl<S, R> Service<R> for GovernorLimit<S>
+where
+    S: Service<R>,
+    S::Future: Unpin,
+    S::Error: Into<tower::BoxError>,
+{
+    type Response = S::Response;
+    type Error = tower::BoxError;
+    type Future = GovernorFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        match self.limiter.check() {
+            Ok(()) => GovernorFuture(Some(self.inner.call(request))),
+            Err(_) => GovernorFuture(None),
+        }
+    }
+}
+
+struct GovernorFuture<F>(Option<F>);
+
+impl<F, T, E> Future for GovernorFuture<F>
+where
+    F: Future<Output = Result<T, E>> + Unpin,
+    E: Into<tower::BoxError>,
+{
+    type Output = Result<T, tower::BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.0.as_mut() {
+            Some(future) => Pin::new(future).poll(cx).map_err(Into::into),
+            None => Poll::Ready(Err(Box::new(Limited))),
+        }
+    }
+}
+
+fn governor() -> Arc<Governor> {
+    let quota = governor::Quota::per_second(NonZeroU32::new(u32::MAX).unwrap());
+    Arc::new(governor::RateLimiter::direct(quota))
+}
+
+fn resilience_breaker() -> tower_resilience::circuitbreaker::CircuitBreakerLayer {
+    tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .sliding_window_size(100)
+        .build()
+        .unwrap()
+}
+
+fn resilience_limiter() -> tower_resilience::ratelimiter::RateLimiterLayer {
+    tower_resilience::ratelimiter::RateLimiterLayer::builder()
+        .limit_for_period(u32::MAX as usize)
+        .refresh_period(Duration::from_secs(60))
+        .timeout_duration(Duration::ZERO)
+        .build()
+        .unwrap()
 }
 
 fn calls(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let pool = KeyPool::from_keys(keys(10)).unwrap();
-    let limited = KeyPool::builder()
-        .keys(keys(10))
-        .model_limits(
-            "gemini-2.0-flash",
-            ModelLimits {
-                rpm: Some(u32::MAX),
-                tpm: Some(u64::MAX / 2),
-                rpd: Some(u32::MAX),
-                ipm: None,
-            },
-        )
-        .build()
-        .unwrap();
+    let limited = limited_pool(10);
 
     let mut group = c.benchmark_group("call");
+    bench_call!(group, runtime, "baseline: client alone", client());
+
+    // Ours, one layer at a time.
+    bench_call!(
+        group,
+        runtime,
+        "RetryLayer alone",
+        RetryLayer::for_pool(&pool).layer(client())
+    );
+    bench_call!(
+        group,
+        runtime,
+        "CircuitBreakerLayer alone",
+        CircuitBreakerLayer::new().layer(client())
+    );
+    bench_call!(
+        group,
+        runtime,
+        "KeyRotationLayer alone",
+        KeyRotationLayer::new(&pool).layer(client())
+    );
+    bench_call!(
+        group,
+        runtime,
+        "KeyRotationLayer + QuotaLayer, limits",
+        KeyRotationLayer::new(&limited).layer(QuotaLayer::new(&limited).layer(client()))
+    );
+
+    // The peers, in the same run.
+    bench_call!(
+        group,
+        runtime,
+        "peer: tower::retry (trivial policy)",
+        tower::retry::RetryLayer::new(TrivialPolicy(3)).layer(client())
+    );
+    bench_call!(
+        group,
+        runtime,
+        "peer: tower-resilience circuit breaker",
+        resilience_breaker().layer(client())
+    );
+    bench_call!(
+        group,
+        runtime,
+        "peer: tower-resilience rate limiter",
+        resilience_limiter().layer(client())
+    );
+    bench_call!(
+        group,
+        runtime,
+        "peer: governor check",
+        GovernorLimit {
+            inner: client(),
+            limiter: governor(),
+        }
+    );
+    bench_call!(
+        group,
+        runtime,
+        "peer: retry + breaker + rate limiter",
+        tower::retry::RetryLayer::new(TrivialPolicy(3))
+            .layer(resilience_breaker().layer(resilience_limiter().layer(client())))
+    );
+
+    // The whole stack.
+    for n in [1, 10, 1000] {
+        let pool = KeyPool::from_keys(keys(n)).unwrap();
+        bench_call!(
+            group,
+            runtime,
+            format!("stack, {n} keys, no limits"),
+            stack(&pool).layer(client())
+        );
+    }
+    bench_call!(
+        group,
+        runtime,
+        "stack, 10 keys, RPM/TPM/RPD limits",
+        stack(&limited).layer(client())
+    );
+    group.finish();
+}
+
+/// `iters` calls split over `threads` OS threads, each with its own single-threaded runtime,
+/// all through clones of one service: the wall time for them all.
+fn spread<S>(service: &S, threads: u64, iters: u64) -> Duration
+where
+    S: Service<Request<Full<Bytes>>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug,
+{
+    let barrier = Arc::new(std::sync::Barrier::new(threads as usize + 1));
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let service = service.clone();
+            let barrier = barrier.clone();
+            let share = iters / threads + u64::from(t < iters % threads);
+            std::thread::spawn(move || {
+                let runtime = runtime();
+                barrier.wait();
+                runtime.block_on(async {
+                    for _ in 0..share {
+                        black_box(service.clone().oneshot(request()).await.unwrap());
+                    }
+                });
+            })
+        })
+        .collect();
+    barrier.wait();
+    let started = Instant::now();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    started.elapsed()
+}
+
+fn threads(c: &mut Criterion) {
+    let pool = KeyPool::from_keys(keys(10)).unwrap();
+    let limited = limited_pool(10);
     let bare = client();
-    group.bench_function("baseline: client alone", |b| {
-        b.to_async(&runtime)
-            .iter(|| async { black_box(bare.clone().oneshot(request()).await.unwrap()) })
-    });
-    let rotation = KeyRotationLayer::new(&pool).layer(client());
-    group.bench_function("KeyRotation", |b| {
-        b.to_async(&runtime)
-            .iter(|| async { black_box(rotation.clone().oneshot(request()).await.unwrap()) })
-    });
     let full = stack(&pool).layer(client());
-    group.bench_function("stack (no limits)", |b| {
-        b.to_async(&runtime)
-            .iter(|| async { black_box(full.clone().oneshot(request()).await.unwrap()) })
-    });
     let metered = stack(&limited).layer(client());
-    group.bench_function("stack (with quota limits)", |b| {
-        b.to_async(&runtime)
-            .iter(|| async { black_box(metered.clone().oneshot(request()).await.unwrap()) })
-    });
+    let mut group = c.benchmark_group("threads");
+    for n in [1, 2] {
+        group.bench_with_input(
+            BenchmarkId::new("baseline: client alone", n),
+            &n,
+            |b, &n| b.iter_custom(|iters| spread(&bare, n, iters)),
+        );
+        group.bench_with_input(BenchmarkId::new("stack, no limits", n), &n, |b, &n| {
+            b.iter_custom(|iters| spread(&full, n, iters))
+        });
+        group.bench_with_input(BenchmarkId::new("stack, limits", n), &n, |b, &n| {
+            b.iter_custom(|iters| spread(&metered, n, iters))
+        });
+    }
     group.finish();
 }
 
 fn selection(c: &mut Criterion) {
     let mut group = c.benchmark_group("select");
-    for n in [1, 10, 100] {
+    for n in [1, 10, 1000] {
         let pool = KeyPool::from_keys(keys(n)).unwrap();
         group.bench_with_input(BenchmarkId::new("round robin", n), &pool, |b, pool| {
-            b.iter(|| black_box(pool.select(Some("gemini-2.0-flash")).unwrap()))
+            b.iter(|| black_box(pool.select(Some(MODEL)).unwrap()))
         });
     }
     group.finish();
@@ -117,5 +347,5 @@ fn classification(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, calls, selection, classification);
+criterion_group!(benches, calls, threads, selection, classification);
 criterion_main!(benches);

@@ -9,54 +9,20 @@
 //! The client answers at once from memory, so the difference is the store: one Lua script round
 //! trip per call to a Redis on loopback. Without a reachable Redis the bench says so and stops.
 
-use std::convert::Infallible;
+mod support;
+
 use std::hint::black_box;
 
-use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::{Request, Response};
-use http_body_util::Full;
-use tower::{Layer, ServiceExt, service_fn};
-use tower_gemini::pool::ModelLimits;
+use support::{client, keys, limits, request};
+use tower::{Layer, ServiceExt};
 use tower_gemini::state::{RedisOptions, RedisStore};
 use tower_gemini::{KeyPool, stack};
 
-const URL: &str = "http://127.0.0.1/v1beta/models/gemini-2.0-flash:generateContent";
-const BODY: &str = r#"{"contents":[{"role":"user","parts":[{"text":"Explain tower middleware in one paragraph."}]}]}"#;
-
-fn request() -> Request<Full<Bytes>> {
-    Request::post(URL)
-        .body(Full::new(Bytes::from_static(BODY.as_bytes())))
-        .unwrap()
-}
-
-type Answer = Result<Response<Full<Bytes>>, Infallible>;
-
-fn client() -> impl tower::Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = std::future::Ready<Answer>,
-> + Clone {
-    service_fn(|_: Request<Full<Bytes>>| {
-        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"{}")))))
-    })
-}
-
-fn limits() -> ModelLimits {
-    // Limits far above what the bench sends: every call is admitted, and counted.
-    ModelLimits {
-        rpm: Some(u32::MAX),
-        tpm: Some(u64::MAX / 2),
-        rpd: Some(u32::MAX),
-        ipm: None,
-    }
-}
-
 fn pool() -> tower_gemini::pool::KeyPoolBuilder {
     KeyPool::builder()
-        .keys((0..10).map(|i| format!("test-key-{i:04}")))
-        .model_limits("gemini-2.0-flash", limits())
+        .keys(keys(10))
+        .model_limits(support::MODEL, limits())
 }
 
 fn shared_state(c: &mut Criterion) {

@@ -194,7 +194,8 @@ impl Drop for Permit {
 /// it makes and every handle taken from it, whatever setters are called in between.
 pub(crate) struct Registry {
     epoch: Instant,
-    circuits: RwLock<HashMap<Arc<str>, Arc<Circuit>>>,
+    // Looked up on every call: foldhash, not SipHash (scopes are few and bounded by MAX_SCOPES).
+    circuits: RwLock<HashMap<Arc<str>, Arc<Circuit>, foldhash::fast::RandomState>>,
     overflow: std::sync::OnceLock<Arc<Circuit>>,
 }
 
@@ -205,7 +206,7 @@ impl Registry {
     pub(crate) fn new() -> Registry {
         Registry {
             epoch: Instant::now(),
-            circuits: RwLock::new(HashMap::new()),
+            circuits: RwLock::new(HashMap::default()),
             overflow: std::sync::OnceLock::new(),
         }
     }
@@ -327,15 +328,16 @@ impl Circuit {
 
     /// Let a call through, as a counted call or a probe, or refuse it.
     pub(crate) fn admit(self: &Arc<Self>, breakers: &Breakers) -> Admission {
-        let now = breakers.now_ms();
         loop {
             match self.state.load(Ordering::Acquire) {
+                // Closed: no clock read, nothing written.
                 CLOSED => {
                     return Admission::Closed {
                         generation: self.generation.load(Ordering::Acquire),
                     };
                 }
                 OPEN => {
+                    let now = breakers.now_ms();
                     let until = self.open_until.load(Ordering::Acquire);
                     if now < until {
                         return Admission::Rejected(self.rejection(breakers, Some(until - now)));

@@ -31,7 +31,8 @@ struct Call {
     breakers: Arc<Breakers>,
     circuit: Arc<Circuit>,
     kind: CallKind,
-    start: Instant,
+    /// Read only when a slow-call threshold makes latency matter.
+    start: Option<Instant>,
 }
 
 enum CallKind {
@@ -71,10 +72,10 @@ impl<F> ResponseFuture<F> {
             inner: Some(future),
             error: None,
             call: Some(Call {
-                breakers,
                 circuit,
+                start: breakers.config.slow_call.map(|_| Instant::now()),
                 kind,
-                start: Instant::now(),
+                breakers,
             }),
         }
     }
@@ -85,7 +86,12 @@ impl Call {
     fn finish(self, class: Option<Class>, waited: Duration) {
         let config = &self.breakers.config;
         let verdict = match class {
-            Some(class) => config.verdict(class, self.start.elapsed().saturating_sub(waited)),
+            Some(class) => {
+                let latency = self.start.map_or(Duration::ZERO, |start| {
+                    start.elapsed().saturating_sub(waited)
+                });
+                config.verdict(class, latency)
+            }
             None => Verdict::Ignored,
         };
         match self.kind {

@@ -170,12 +170,12 @@ where
             return ResponseFuture {
                 state: State::Admitting {
                     admit: store.admit(admission),
-                    pending: Some(Pending {
+                    pending: Some(Box::new(Pending {
                         request,
                         inner,
                         local,
                         shared,
-                    }),
+                    })),
                 },
             };
         }
@@ -285,6 +285,9 @@ impl Shared {
 impl<S> Quota<S> {
     /// Admit a request whose key came without a reservation; the refusal if it does not fit.
     fn admit<B: 'static>(&self, request: &Request<B>) -> Result<Option<(MeterRef, Ticket)>, Error> {
+        if !self.pool.has_limits() {
+            return Ok(None);
+        }
         let Some(selected) = request.extensions().get::<SelectedKey>() else {
             // No key chosen (no KeyRotationLayer outside): nothing to meter against.
             return Ok(None);
@@ -342,7 +345,8 @@ pin_project! {
         Refused { error: Option<Error> },
         Admitting {
             admit: StoreFuture<Result<Option<SharedTicket>, SharedRefusal>>,
-            pending: Option<Pending<S, B>>,
+            // Boxed: only a shared store takes this path; the common one stays small.
+            pending: Option<Box<Pending<S, B>>>,
         },
         Calling {
             #[pin] future: S::Future,
@@ -388,9 +392,10 @@ where
                 }
                 StateProj::Admitting { admit, pending } => {
                     let verdict = ready!(admit.as_mut().poll(cx));
-                    let Some(mut pending) = pending.take() else {
+                    let Some(pending) = pending.take() else {
                         return Poll::Ready(Err(Error::polled_after_completion()));
                     };
+                    let mut pending = *pending;
                     match verdict {
                         Ok(ticket) => {
                             let future = pending.inner.call(pending.request);

@@ -31,9 +31,9 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future, ResB>,
-        // Armed the first time the call has to wait for anything: the retry deadline.
-        #[pin]
-        deadline: Option<Sleep>,
+        // Armed the first time the call has to wait for anything: the retry deadline. Boxed:
+        // a call answered at once never needs it.
+        deadline: Option<Pin<Box<Sleep>>>,
         service: S,
         request: Option<Request<B>>,
         policy: RetryPolicy,
@@ -49,7 +49,8 @@ pin_project! {
     #[project = StateProj]
     enum State<F, ResB: Body> {
         Calling { #[pin] future: F },
-        Reading { parts: Option<Parts>, prefix: Option<Prefix<ResB>> },
+        // Boxed: only an error answer without a classification is read here.
+        Reading { read: Option<Box<(Parts, Prefix<ResB>)>> },
         Sleeping { #[pin] sleep: Sleep },
         Readying,
         Done,
@@ -68,7 +69,7 @@ where
         policy: RetryPolicy,
         error_body: ErrorBodyLimits,
     ) -> Self {
-        let call = policy.start();
+        let (call, started) = policy.start();
         let span = tracing::info_span!("gemini.request", gemini.model = Empty, attempts = Empty);
         let attempt_span = attempt_span(&span, 1, policy.attempts());
         let first = with_attempt(request.clone(), 1, policy.attempts(), call.deadline);
@@ -83,7 +84,7 @@ where
             error_body,
             span,
             attempt_span,
-            attempt_started: Instant::now(),
+            attempt_started: started,
         }
     }
 }
@@ -172,12 +173,14 @@ where
                         Err(error) => {
                             let error = Error::from_inner(error);
                             let outcome = Outcome::error(&error);
-                            this.attempt_span
-                                .record("gemini.class", tracing::field::display(error.kind()));
-                            this.attempt_span.record(
-                                "latency_ms",
-                                this.attempt_started.elapsed().as_millis() as u64,
-                            );
+                            if !this.attempt_span.is_disabled() {
+                                this.attempt_span
+                                    .record("gemini.class", tracing::field::display(error.kind()));
+                                this.attempt_span.record(
+                                    "latency_ms",
+                                    this.attempt_started.elapsed().as_millis() as u64,
+                                );
+                            }
                             let _entered = this.attempt_span.enter();
                             let decision = this.policy.decide(this.call, &outcome);
                             let line = describe(error.key(), error.classification());
@@ -208,8 +211,7 @@ where
                             let limits = *this.error_body;
                             let prefix = Prefix::new(body, limits.bytes, limits.time);
                             this.state.set(State::Reading {
-                                parts: Some(parts),
-                                prefix: Some(prefix),
+                                read: Some(Box::new((parts, prefix))),
                             });
                             continue;
                         }
@@ -228,18 +230,19 @@ where
                         return Poll::Ready(Ok(response));
                     }
                 }
-                StateProj::Reading { parts, prefix } => {
-                    let (Some(head), Some(reading)) = (parts.as_mut(), prefix.as_mut()) else {
+                StateProj::Reading { read } => {
+                    let Some(reading) = read.as_mut() else {
                         this.state.set(State::Done);
                         return Poll::Ready(Err(Error::polled_after_completion()));
                     };
-                    if reading.poll_read(cx).is_pending() {
+                    if reading.1.poll_read(cx).is_pending() {
                         break;
                     }
-                    let classification = Classification::from_response(head.status, reading.seen());
-                    let (Some(mut head), Some(reading)) = (parts.take(), prefix.take()) else {
+                    let Some(reading) = read.take() else {
                         return Poll::Ready(Err(Error::polled_after_completion()));
                     };
+                    let (mut head, reading) = *reading;
+                    let classification = Classification::from_response(head.status, reading.seen());
                     head.extensions.insert(classification.clone());
                     let response = Response::from_parts(head, reading.into_body());
                     let settled = settle(
@@ -265,23 +268,18 @@ where
             }
         }
         // Waiting for something: the deadline bounds the whole call, whatever it waits for.
-        if this.deadline.as_mut().as_pin_mut().is_none() {
-            this.deadline
-                .set(Some(tokio::time::sleep_until(this.call.deadline)));
-        }
-        let Some(deadline) = this.deadline.as_mut().as_pin_mut() else {
-            return Poll::Pending;
-        };
-        if deadline.poll(cx).is_pending() {
+        let deadline = this
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(this.call.deadline)));
+        if deadline.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
         if let StateProj::Reading {
-            prefix: Some(reading),
-            ..
+            read: Some(reading),
         } = this.state.as_mut().project()
         {
             // An error answer is here: classify what arrived of its body and return it.
-            reading.give_up();
+            reading.1.give_up();
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
@@ -330,11 +328,13 @@ fn settle<R>(
     // KeyRotation records the key and model into the attempt span when it picks the key.
     let selected = response.extensions().get::<SelectedKey>();
     let key = selected.map(SelectedKey::fingerprint);
-    attempt_span.record(
-        "gemini.class",
-        tracing::field::display(classification.class()),
-    );
-    attempt_span.record("latency_ms", attempt_started.elapsed().as_millis() as u64);
+    if !attempt_span.is_disabled() {
+        attempt_span.record(
+            "gemini.class",
+            tracing::field::display(classification.class()),
+        );
+        attempt_span.record("latency_ms", attempt_started.elapsed().as_millis() as u64);
+    }
     let _entered = attempt_span.enter();
     let outcome = Outcome::response(classification);
     match policy.decide(call, &outcome) {

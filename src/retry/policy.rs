@@ -99,19 +99,22 @@ impl RetryPolicy {
         self.max_attempts
     }
 
-    pub(super) fn start(&self) -> CallState {
+    /// The per-call state, and the instant the call started (read once, for the deadline and
+    /// the first attempt's latency).
+    pub(super) fn start(&self) -> (CallState, Instant) {
         if let Some(budget) = &self.budget {
             budget.deposit();
         }
         let started = Instant::now();
-        CallState {
+        let state = CallState {
             attempts: 0,
             local_retries: 0,
             frees_at: None,
             backoffs: 0,
             rate_limited_once: false,
             deadline: crate::clock::instant_after(started, self.deadline),
-        }
+        };
+        (state, started)
     }
 
     /// Count the outcome's attempt and decide what comes next.
@@ -332,7 +335,7 @@ impl GeminiPolicy {
     }
 
     fn retry_with(&mut self, outcome: Outcome) -> Option<tokio::time::Sleep> {
-        let state = self.state.get_or_insert_with(|| self.policy.start());
+        let state = self.state.get_or_insert_with(|| self.policy.start().0);
         match self.policy.decide(state, &outcome) {
             Decision::Retry(delay) => Some(tokio::time::sleep(delay)),
             Decision::Stop(_) => None,
@@ -341,7 +344,7 @@ impl GeminiPolicy {
 
     fn clone_for<B: Clone>(&mut self, request: &Request<B>) -> Option<Request<B>> {
         if self.state.is_none() {
-            self.state = Some(self.policy.start());
+            self.state = Some(self.policy.start().0);
         }
         Some(request.clone())
     }
@@ -436,7 +439,7 @@ mod tests {
     }
 
     fn run(policy: &RetryPolicy, outcomes: &[Outcome]) -> Vec<Decision> {
-        let mut state = policy.start();
+        let mut state = policy.start().0;
         outcomes
             .iter()
             .map(|o| policy.decide(&mut state, o))
@@ -594,7 +597,7 @@ mod tests {
             Some(Duration::from_secs(3)),
             true,
         );
-        let mut state = p.start();
+        let mut state = p.start().0;
         for round in 0..10 {
             assert_eq!(
                 p.decide(&mut state, &lost),
@@ -607,7 +610,7 @@ mod tests {
         let decisions = run(&p, &[lost, lost, lost]);
         assert_eq!(decisions[2], Decision::Stop(Stop::Final));
         // And a refusal that names no time, or a moment already past, earns no new run.
-        let mut state = p.start();
+        let mut state = p.start().0;
         let now = local(ErrorKind::QuotaExhausted, Some(Duration::ZERO), true);
         assert_eq!(p.decide(&mut state, &now), Decision::Retry(Duration::ZERO));
         assert_eq!(p.decide(&mut state, &now), Decision::Retry(Duration::ZERO));

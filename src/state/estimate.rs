@@ -1,9 +1,10 @@
 //! Estimating a request's input tokens and images before it is sent.
 
-use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 
 use super::meter::Demand;
 
@@ -130,19 +131,55 @@ impl<'de> Visitor<'de> for Walk<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match &*key {
-                "inlineData" | "inline_data" | "image_url" | "fileData" | "file_data" => {
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Image => {
                     self.counts.images += 1;
                     map.next_value::<IgnoredAny>()?;
                 }
-                _ => map.next_value_seed(Walk {
+                Key::Text | Key::Other => map.next_value_seed(Walk {
                     counts: &mut *self.counts,
-                    text: matches!(&*key, "text" | "content"),
+                    text: key == Key::Text,
                 })?,
             }
         }
         Ok(())
+    }
+}
+
+/// What a JSON object's key says of its value, read without allocating the key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Key {
+    /// Prompt text: `text`, `content`.
+    Text,
+    /// An image or file part.
+    Image,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Key, D::Error> {
+        struct KeyVisitor;
+
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+
+            fn visit_str<E>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "inlineData" | "inline_data" | "image_url" | "fileData" | "file_data" => {
+                        Key::Image
+                    }
+                    "text" | "content" => Key::Text,
+                    _ => Key::Other,
+                })
+            }
+        }
+
+        deserializer.deserialize_str(KeyVisitor)
     }
 }
 

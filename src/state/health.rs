@@ -350,12 +350,16 @@ const MAX_MODEL_NAME: usize = 128;
 
 /// Model name → per-project health. Read-locked once per selection (never across it); written
 /// only the first time a model is seen.
+/// Model name → slots. Looked up on every call, so hashed with foldhash (seeded per process)
+/// rather than SipHash: the names are few, short, and bounded by [`MAX_MODELS`].
+type ModelMap = HashMap<Arc<str>, Arc<ModelSlots>, foldhash::fast::RandomState>;
+
 pub(crate) struct ModelTable {
     /// Project names, by index, for looking up configured limits.
     projects: Box<[Arc<str>]>,
     limits: Limits,
     unknown: Arc<ModelSlots>,
-    models: RwLock<HashMap<Arc<str>, Arc<ModelSlots>>>,
+    models: RwLock<ModelMap>,
 }
 
 impl ModelTable {
@@ -369,7 +373,7 @@ impl ModelTable {
             )),
             projects,
             limits,
-            models: RwLock::new(HashMap::new()),
+            models: RwLock::new(ModelMap::default()),
         }
     }
 
@@ -436,7 +440,7 @@ impl ModelTable {
 }
 
 /// Make room for one more entry that is not pinned: true if there is (or now is) room.
-fn make_room(models: &mut HashMap<Arc<str>, Arc<ModelSlots>>) -> bool {
+fn make_room(models: &mut ModelMap) -> bool {
     let unpinned = models.values().filter(|s| !s.is_pinned()).count();
     if unpinned < MAX_MODELS {
         return true;

@@ -358,19 +358,16 @@ pub(crate) struct ModelTable {
     /// Project names, by index, for looking up configured limits.
     projects: Box<[Arc<str>]>,
     limits: Limits,
-    unknown: Arc<ModelSlots>,
+    /// Made on first use: most pools never see a request without a model (a row of
+    /// [`ProjectModelHealth`] per project, ~800 bytes each, saved).
+    unknown: std::sync::OnceLock<Arc<ModelSlots>>,
     models: RwLock<ModelMap>,
 }
 
 impl ModelTable {
     pub(crate) fn new(projects: Box<[Arc<str>]>, limits: Limits) -> ModelTable {
         ModelTable {
-            unknown: Arc::new(ModelSlots::new(
-                Arc::from(""),
-                projects.len(),
-                |_| ModelLimits::default(),
-                true,
-            )),
+            unknown: std::sync::OnceLock::new(),
             projects,
             limits,
             models: RwLock::new(ModelMap::default()),
@@ -382,7 +379,16 @@ impl ModelTable {
     }
 
     pub(crate) fn unknown(&self) -> Arc<ModelSlots> {
-        self.unknown.clone()
+        self.unknown
+            .get_or_init(|| {
+                Arc::new(ModelSlots::new(
+                    Arc::from(""),
+                    self.projects.len(),
+                    |_| ModelLimits::default(),
+                    true,
+                ))
+            })
+            .clone()
     }
 
     /// The slots for `model` (normalised: a leading `models/` is dropped), created on first use.
@@ -428,10 +434,14 @@ impl ModelTable {
         slots
     }
 
-    /// Every tracked model, the unknown slot first.
+    /// Every tracked model, the unknown slot first (if it was ever used).
     pub(crate) fn all(&self) -> Vec<Arc<ModelSlots>> {
         let models = self.models.read().unwrap_or_else(|e| e.into_inner());
-        let mut all: Vec<_> = std::iter::once(self.unknown())
+        let mut all: Vec<_> = self
+            .unknown
+            .get()
+            .cloned()
+            .into_iter()
             .chain(models.values().cloned())
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));

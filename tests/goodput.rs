@@ -1,0 +1,62 @@
+//! Keeps the goodput scenario honest at small scale (the full one is `cargo bench --bench
+//! goodput`): 3 projects × 10 RPM for 2 simulated minutes, callers above capacity. Waiting for
+//! a slot, the stack delivers at least 99 % of the capacity with no upstream 429 and no caller
+//! error; failing fast, it still sends nothing that is sure to be refused. Counts, not timings.
+
+#[path = "../benches/support/goodput.rs"]
+mod goodput;
+
+use std::time::Duration;
+
+use goodput::{Scenario, Sender, run};
+
+fn scenario(faults: f64) -> Scenario {
+    Scenario {
+        projects: 3,
+        rpm: 10,
+        faults,
+        callers: 12,
+        duration: Duration::from_secs(120),
+        seed: 11,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_delivers_the_capacity_without_a_429_or_a_failure() {
+    let report = run(scenario(0.0), Sender::Wait).await;
+    eprintln!("{report:?}");
+    assert_eq!(report.upstream_429, 0, "{report:?}");
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(report.delivered_share() >= 0.99, "{report:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_fast_sends_nothing_sure_to_be_refused() {
+    let report = run(scenario(0.0), Sender::FailFast).await;
+    eprintln!("{report:?}");
+    assert_eq!(report.upstream_429, 0, "{report:?}");
+    // Callers retry a second after each refusal, so every slot is found soon after it frees.
+    assert!(report.delivered_share() >= 0.99, "{report:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_faults_the_capacity_they_leave_is_delivered() {
+    let report = run(scenario(0.05), Sender::Wait).await;
+    eprintln!("{report:?}");
+    assert!(
+        report.upstream_503 > 0,
+        "the scenario injected no fault: {report:?}"
+    );
+    assert_eq!(report.upstream_429, 0, "{report:?}");
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(report.of_capacity_left() >= 0.99, "{report:?}");
+}
+
+/// The baseline the bench compares against does overrun the quota: the scenario can tell the
+/// difference.
+#[tokio::test(start_paused = true)]
+async fn the_naive_baseline_meets_429s() {
+    let report = run(scenario(0.0), Sender::Naive).await;
+    eprintln!("{report:?}");
+    assert!(report.upstream_429 > 0, "{report:?}");
+}

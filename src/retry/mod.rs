@@ -21,7 +21,10 @@
 //! The deadline bounds the whole call — attempts in flight, backoffs and waits together: when it
 //! passes, the call ends with [`ErrorKind::Timeout`](crate::ErrorKind::Timeout). The budget is
 //! spent only by retries after an answer from upstream; going again after a local refusal
-//! (an open circuit, a lost race for a quota slot) sent nothing and costs nothing.
+//! (an open circuit, a lost race for a quota slot) sent nothing and costs nothing. Lost races
+//! retried at once are bounded by the attempts in a row; a run starts over once the slot a
+//! refusal named has freed (the caller waited for it and another, perhaps a replica sharing the
+//! store, took it first), so under contention a call waits on rather than failing.
 //! When it stops, the caller gets the last upstream response as it was; only a local last
 //! outcome (no key, circuit open, budget) becomes an [`Error`](crate::Error) with `retry_after`.
 //! A successful response is returned as soon as its head arrives and is never retried after that.

@@ -77,6 +77,7 @@ mod peek;
 pub mod pool;
 pub mod quota;
 mod random;
+mod read_mostly;
 mod response;
 pub mod retry;
 mod stack;

@@ -1,9 +1,8 @@
 //! One circuit's state machine, and the registry of circuits by scope.
 
-use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -12,6 +11,7 @@ use tokio::time::Instant;
 use super::window::{Window, WindowKind};
 use crate::classify::Class;
 use crate::error::{Error, ErrorKind};
+use crate::read_mostly::ReadMostly;
 
 /// The state of one circuit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -194,8 +194,8 @@ impl Drop for Permit {
 /// it makes and every handle taken from it, whatever setters are called in between.
 pub(crate) struct Registry {
     epoch: Instant,
-    // Looked up on every call: foldhash, not SipHash (scopes are few and bounded by MAX_SCOPES).
-    circuits: RwLock<HashMap<Arc<str>, Arc<Circuit>, foldhash::fast::RandomState>>,
+    // Looked up on every call without a lock (scopes are few and bounded by MAX_SCOPES).
+    circuits: ReadMostly<Circuit>,
     overflow: std::sync::OnceLock<Arc<Circuit>>,
 }
 
@@ -206,7 +206,7 @@ impl Registry {
     pub(crate) fn new() -> Registry {
         Registry {
             epoch: Instant::now(),
-            circuits: RwLock::new(HashMap::default()),
+            circuits: ReadMostly::default(),
             overflow: std::sync::OnceLock::new(),
         }
     }
@@ -216,13 +216,11 @@ impl Registry {
     }
 
     pub(crate) fn get(&self, scope: &str) -> Option<Arc<Circuit>> {
-        let circuits = self.circuits.read().unwrap_or_else(|e| e.into_inner());
-        circuits.get(scope).cloned()
+        self.circuits.get(scope)
     }
 
     pub(crate) fn all(&self) -> Vec<Arc<Circuit>> {
-        let circuits = self.circuits.read().unwrap_or_else(|e| e.into_inner());
-        let mut all: Vec<_> = circuits.values().cloned().collect();
+        let mut all = self.circuits.values();
         all.sort_by(|a, b| a.scope.cmp(&b.scope));
         all
     }
@@ -248,25 +246,26 @@ impl Breakers {
         if let Some(circuit) = registry.get(scope) {
             return circuit;
         }
-        let mut circuits = registry.circuits.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(circuit) = circuits.get(scope) {
-            return circuit.clone();
-        }
-        if circuits.len() >= MAX_SCOPES {
-            return registry
-                .overflow
-                .get_or_init(|| {
-                    Arc::new(Circuit::new(
-                        Arc::from("(other scopes)"),
-                        self.config.window,
-                    ))
-                })
-                .clone();
-        }
-        let name: Arc<str> = Arc::from(scope);
-        let circuit = Arc::new(Circuit::new(name.clone(), self.config.window));
-        circuits.insert(name, circuit.clone());
-        circuit
+        registry.circuits.update(|circuits| {
+            if let Some(circuit) = circuits.get(scope) {
+                return circuit.clone();
+            }
+            if circuits.len() >= MAX_SCOPES {
+                return registry
+                    .overflow
+                    .get_or_init(|| {
+                        Arc::new(Circuit::new(
+                            Arc::from("(other scopes)"),
+                            self.config.window,
+                        ))
+                    })
+                    .clone();
+            }
+            let name: Arc<str> = Arc::from(scope);
+            let circuit = Arc::new(Circuit::new(name.clone(), self.config.window));
+            circuits.to_mut().insert(name, circuit.clone());
+            circuit
+        })
     }
 
     fn emit(

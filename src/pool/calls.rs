@@ -38,7 +38,8 @@ pub struct CallRecord {
 struct Entry {
     at: u64,
     key: Fingerprint,
-    project: Arc<str>,
+    /// The project's index in the pool: no shared reference count touched per call.
+    project: usize,
     model: Option<Arc<str>>,
     status: Option<u16>,
     class: Class,
@@ -50,14 +51,20 @@ struct Entry {
 /// next slot. Recording costs one `fetch_add` and a lock nobody else is likely to hold (no
 /// process-wide lock on the request path, no allocation for a success).
 pub(crate) struct CallLog {
-    slots: Box<[Mutex<Option<Entry>>]>,
+    slots: Box<[Slot]>,
     next: AtomicUsize,
 }
+
+/// One entry on a cache line of its own (two, for the adjacent-line prefetcher): threads
+/// recording at once write consecutive slots, which must not share a line.
+#[repr(align(128))]
+#[derive(Default)]
+struct Slot(Mutex<Option<Entry>>);
 
 impl Default for CallLog {
     fn default() -> Self {
         CallLog {
-            slots: (0..CALL_LOG_SIZE).map(|_| Mutex::new(None)).collect(),
+            slots: (0..CALL_LOG_SIZE).map(|_| Slot::default()).collect(),
             next: AtomicUsize::new(0),
         }
     }
@@ -68,7 +75,7 @@ impl CallLog {
         &self,
         at: u64,
         key: Fingerprint,
-        project: &Arc<str>,
+        project: usize,
         model: Option<&Arc<str>>,
         outcome: &Classification,
         latency: Duration,
@@ -77,7 +84,7 @@ impl CallLog {
         let entry = Entry {
             at,
             key,
-            project: project.clone(),
+            project,
             model: model.cloned(),
             status: outcome.status().map(|s| s.as_u16()),
             class,
@@ -85,17 +92,22 @@ impl CallLog {
             detail: (!class.is_success()).then(|| outcome.to_string().into_boxed_str()),
         };
         let slot = self.next.fetch_add(1, Ordering::Relaxed) % CALL_LOG_SIZE;
-        *self.slots[slot].lock().unwrap_or_else(|e| e.into_inner()) = Some(entry);
+        let previous = self.slots[slot]
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(entry);
+        drop(previous);
     }
 
-    /// Newest first.
-    pub(crate) fn recent(&self) -> Vec<CallRecord> {
+    /// Newest first; `project` names a project by its index.
+    pub(crate) fn recent<'a>(&self, project: impl Fn(usize) -> &'a str) -> Vec<CallRecord> {
         let next = self.next.load(Ordering::Relaxed);
         let mut records: Vec<CallRecord> = (1..=CALL_LOG_SIZE)
             .filter_map(|back| {
                 let slot = (next % CALL_LOG_SIZE + CALL_LOG_SIZE - back) % CALL_LOG_SIZE;
-                let guard = self.slots[slot].lock().unwrap_or_else(|e| e.into_inner());
-                guard.as_ref().map(record)
+                let guard = self.slots[slot].0.lock().unwrap_or_else(|e| e.into_inner());
+                guard.as_ref().map(|e| record(e, project(e.project)))
             })
             .collect();
         // Writers racing the read may leave a slot out of order: order by time, newest first.
@@ -104,11 +116,11 @@ impl CallLog {
     }
 }
 
-fn record(e: &Entry) -> CallRecord {
+fn record(e: &Entry, project: &str) -> CallRecord {
     CallRecord {
         at: to_timestamp(e.at),
         key: e.key,
-        project: e.project.to_string(),
+        project: project.to_owned(),
         model: e.model.as_deref().map(str::to_owned),
         status: e.status,
         class: e.class,

@@ -23,6 +23,7 @@ mod strategy;
 mod toml_config;
 mod unavailable;
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -309,6 +310,7 @@ impl KeyPool {
                 slots,
                 now,
                 demand,
+                last_checked: Cell::new(None),
             };
             let chosen = inner
                 .strategy
@@ -359,6 +361,7 @@ impl KeyPool {
             slots,
             now: inner.clock.now_millis(),
             demand,
+            last_checked: Cell::new(None),
         })
     }
 
@@ -404,7 +407,8 @@ impl KeyPool {
     /// The last answers (at most [`CALL_LOG_SIZE`]), newest first: time, key fingerprint,
     /// project, model, status, class, latency, and what Google said for failures.
     pub fn recent_calls(&self) -> Vec<CallRecord> {
-        self.inner.calls.recent()
+        let projects = &self.inner.projects;
+        self.inner.calls.recent(|p| &*projects[p].name)
     }
 
     /// Used and limit per dimension for every project and model with a limit.
@@ -518,16 +522,15 @@ impl PoolInner {
         self.calls.record(
             now,
             entry.key.fingerprint(),
-            &self.projects[entry.project].name,
+            entry.project,
             (!slots.is_unknown()).then_some(&slots.name),
             outcome,
             latency,
         );
-        health.total.fetch_add(1, Ordering::Relaxed);
+        // One counter per class; totals and successes are read from them.
         health.by_class[class.index()].fetch_add(1, Ordering::Relaxed);
         if class == Class::Success {
             // The hot path: no effect to compute beyond this.
-            health.successes.fetch_add(1, Ordering::Relaxed);
             health.consecutive_failures.store(0, Ordering::Relaxed);
             health.rate_limit_streak.store(0, Ordering::Relaxed);
             health.last_success.store(now, Ordering::Relaxed);

@@ -27,8 +27,8 @@ impl KeyPool {
                     cool_until: h.cool_until.load(Ordering::Acquire),
                     rate_limit_streak: h.rate_limit_streak.load(Ordering::Relaxed),
                     consecutive_failures: h.consecutive_failures.load(Ordering::Relaxed),
-                    total: h.total.load(Ordering::Relaxed),
-                    successes: h.successes.load(Ordering::Relaxed),
+                    total: h.total(),
+                    successes: h.successes(),
                     by_class: Class::ALL
                         .iter()
                         .map(|c| {
@@ -137,8 +137,7 @@ impl KeyPool {
                 .store(saved.rate_limit_streak, Ordering::Relaxed);
             h.consecutive_failures
                 .store(saved.consecutive_failures, Ordering::Relaxed);
-            h.total.fetch_add(saved.total, Ordering::Relaxed);
-            h.successes.fetch_add(saved.successes, Ordering::Relaxed);
+            // `total` and `successes` are sums of `by_class`, restored below.
             for (name, n) in &saved.by_class {
                 if let Some(class) = class_named(name) {
                     h.by_class[class.index()].fetch_add(*n, Ordering::Relaxed);

@@ -157,8 +157,8 @@ pub(super) fn take(inner: &PoolInner) -> PoolSnapshot {
                     })
                 })
                 .collect();
-            let total = health.total.load(Ordering::Relaxed);
-            let successes = health.successes.load(Ordering::Relaxed);
+            let total = health.total();
+            let successes = health.successes();
             let failures = Class::ALL
                 .iter()
                 .filter(|c| !c.is_success())

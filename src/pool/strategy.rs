@@ -4,6 +4,7 @@
 //! The pool hands a strategy the [`Candidates`] for one request; every strategy must pick an
 //! available key (`is_available`): not disabled, not cooling down for the request's model.
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -68,6 +69,10 @@ pub struct Candidates<'a> {
     pub(super) slots: &'a ModelSlots,
     pub(super) now: u64,
     pub(super) demand: Demand,
+    /// The last key [`is_available`](Self::is_available) answered for, and its answer: the
+    /// pool checks the strategy's choice again, and a strategy has usually just checked it
+    /// (with quota limits, a check takes the project's ledger lock).
+    pub(super) last_checked: Cell<Option<(usize, bool)>>,
 }
 
 /// A key's numbers, as a strategy sees them.
@@ -99,8 +104,15 @@ impl Candidates<'_> {
 
     /// Can key `index` serve this request now?
     pub fn is_available(&self, index: usize) -> bool {
+        if let Some((checked, available)) = self.last_checked.get()
+            && checked == index
+        {
+            return available;
+        }
         // An index past the keys (a custom strategy's mistake) is not available.
-        index < self.keys.len() && self.blocker(index).is_none()
+        let available = index < self.keys.len() && self.blocker(index).is_none();
+        self.last_checked.set(Some((index, available)));
+        available
     }
 
     /// Indices of the available keys, in pool order.

@@ -1,8 +1,8 @@
 //! Per-key and per-(project, model) health, all in atomics.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::limits::{Limits, ModelLimits};
 use super::meter::{Dimension, Meters, Refusal};
 use crate::classify::Class;
+use crate::read_mostly::{NameMap, ReadMostly};
 
 /// Why a key, a project or a project+model is disabled until [`KeyPool::reset`](crate::KeyPool::reset).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -93,8 +94,7 @@ pub(crate) struct KeyHealth {
     pub(crate) rate_limit_streak: AtomicU32,
     pub(crate) consecutive_failures: AtomicU32,
     pub(crate) in_flight: AtomicU32,
-    pub(crate) total: AtomicU64,
-    pub(crate) successes: AtomicU64,
+    /// Answers by class: one counter written per answer; totals and successes are sums.
     pub(crate) by_class: [AtomicU64; Class::ALL.len()],
     pub(crate) last_used: AtomicU64,
     pub(crate) last_success: AtomicU64,
@@ -107,6 +107,19 @@ pub(crate) struct KeyHealth {
 const EWMA_ALPHA: f64 = 0.3;
 
 impl KeyHealth {
+    /// Answers seen, of every class.
+    pub(crate) fn total(&self) -> u64 {
+        self.by_class
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Answers judged a success.
+    pub(crate) fn successes(&self) -> u64 {
+        self.by_class[Class::Success.index()].load(Ordering::Relaxed)
+    }
+
     pub(crate) fn latency_ewma_bits(&self) -> u64 {
         self.latency_ewma_us.load(Ordering::Relaxed)
     }
@@ -120,19 +133,20 @@ impl KeyHealth {
         (bits != 0).then(|| Duration::from_secs_f64(f64::from_bits(bits) / 1e6))
     }
 
+    /// Fold a sample into the average. A load and a store, not a compare-and-swap loop: two
+    /// answers for one key landing at the same instant may lose one sample, which an average
+    /// of many does not miss, and the common case writes no contended line twice.
     pub(crate) fn record_latency(&self, latency: Duration) {
         let sample = (latency.as_secs_f64() * 1e6).max(1.0);
-        let _ = self
-            .latency_ewma_us
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                let next = if bits == 0 {
-                    sample
-                } else {
-                    let old = f64::from_bits(bits);
-                    old + EWMA_ALPHA * (sample - old)
-                };
-                Some(next.to_bits())
-            });
+        let bits = self.latency_ewma_us.load(Ordering::Relaxed);
+        let next = if bits == 0 {
+            sample
+        } else {
+            let old = f64::from_bits(bits);
+            old + EWMA_ALPHA * (sample - old)
+        };
+        self.latency_ewma_us
+            .store(next.to_bits(), Ordering::Relaxed);
     }
 
     /// Clear disabled state and cool-downs (not counters).
@@ -348,11 +362,9 @@ pub(crate) const MAX_MODELS: usize = 256;
 /// Longest model name given its own entry.
 const MAX_MODEL_NAME: usize = 128;
 
-/// Model name → per-project health. Read-locked once per selection (never across it); written
-/// only the first time a model is seen.
-/// Model name → slots. Looked up on every call, so hashed with foldhash (seeded per process)
-/// rather than SipHash: the names are few, short, and bounded by [`MAX_MODELS`].
-type ModelMap = HashMap<Arc<str>, Arc<ModelSlots>, foldhash::fast::RandomState>;
+/// Model name → per-project health: looked up on every call without a lock, written (a copy
+/// published) only the first time a model is seen. Bounded by [`MAX_MODELS`].
+type ModelMap = NameMap<ModelSlots>;
 
 pub(crate) struct ModelTable {
     /// Project names, by index, for looking up configured limits.
@@ -361,7 +373,7 @@ pub(crate) struct ModelTable {
     /// Made on first use: most pools never see a request without a model (a row of
     /// [`ProjectModelHealth`] per project, ~800 bytes each, saved).
     unknown: std::sync::OnceLock<Arc<ModelSlots>>,
-    models: RwLock<ModelMap>,
+    models: ReadMostly<ModelSlots>,
 }
 
 impl ModelTable {
@@ -370,7 +382,7 @@ impl ModelTable {
             unknown: std::sync::OnceLock::new(),
             projects,
             limits,
-            models: RwLock::new(ModelMap::default()),
+            models: ReadMostly::default(),
         }
     }
 
@@ -398,51 +410,48 @@ impl ModelTable {
         if model.is_empty() || model.len() > MAX_MODEL_NAME {
             return self.unknown();
         }
-        {
-            let models = self.models.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(slots) = models.get(model) {
-                return slots.clone();
-            }
+        if let Some(slots) = self.models.get(model) {
+            return slots;
         }
         let configured = self
             .projects
             .iter()
             .any(|p| self.limits.for_model(p, model).is_some());
-        let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(slots) = models.get(model) {
-            return slots.clone();
-        }
-        if !configured && !make_room(&mut models) {
-            tracing::warn!(
-                gemini.model = model,
-                "more than {MAX_MODELS} model names without configuration in use at once; tracking this one as unknown"
-            );
-            return self.unknown();
-        }
-        let name: Arc<str> = Arc::from(model);
-        let slots = Arc::new(ModelSlots::new(
-            name.clone(),
-            self.projects.len(),
-            |p| {
-                self.limits
-                    .for_model(&self.projects[p], model)
-                    .unwrap_or_default()
-            },
-            configured,
-        ));
-        models.insert(name, slots.clone());
-        slots
+        self.models.update(|models| {
+            if let Some(slots) = models.get(model) {
+                return slots.clone();
+            }
+            if !configured && !make_room(models) {
+                tracing::warn!(
+                    gemini.model = model,
+                    "more than {MAX_MODELS} model names without configuration in use at once; tracking this one as unknown"
+                );
+                return self.unknown();
+            }
+            let name: Arc<str> = Arc::from(model);
+            let slots = Arc::new(ModelSlots::new(
+                name.clone(),
+                self.projects.len(),
+                |p| {
+                    self.limits
+                        .for_model(&self.projects[p], model)
+                        .unwrap_or_default()
+                },
+                configured,
+            ));
+            models.to_mut().insert(name, slots.clone());
+            slots
+        })
     }
 
     /// Every tracked model, the unknown slot first (if it was ever used).
     pub(crate) fn all(&self) -> Vec<Arc<ModelSlots>> {
-        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
         let mut all: Vec<_> = self
             .unknown
             .get()
             .cloned()
             .into_iter()
-            .chain(models.values().cloned())
+            .chain(self.models.values())
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
@@ -450,19 +459,20 @@ impl ModelTable {
 }
 
 /// Make room for one more entry that is not pinned: true if there is (or now is) room.
-fn make_room(models: &mut ModelMap) -> bool {
+fn make_room(models: &mut Cow<'_, ModelMap>) -> bool {
     let unpinned = models.values().filter(|s| !s.is_pinned()).count();
     if unpinned < MAX_MODELS {
         return true;
     }
-    // Idle (no lease holds it) and nothing learned: forgetting it loses nothing.
+    // Idle (no lease holds it) and nothing learned: forgetting it loses nothing. A reader may
+    // still hold the published map for an instant; then the count is 2, and this name waits.
     let evict = models
         .iter()
         .find(|(_, s)| !s.is_pinned() && Arc::strong_count(s) == 1)
         .map(|(name, _)| name.clone());
     match evict {
         Some(name) => {
-            models.remove(&name);
+            models.to_mut().remove(&name);
             true
         }
         None => false,

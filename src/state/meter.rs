@@ -132,7 +132,7 @@ impl Log {
 
     /// Set entry `seq`'s amount (if it is still in the window).
     fn correct(&mut self, seq: u64, amount: u64) {
-        if seq < self.front_seq {
+        if seq == NO_ENTRY || seq < self.front_seq {
             return;
         }
         if let Some(entry) = self.entries.get_mut((seq - self.front_seq) as usize) {
@@ -141,6 +141,9 @@ impl Log {
         }
     }
 }
+
+/// The sequence number of an entry never pushed.
+const NO_ENTRY: u64 = u64::MAX;
 
 #[derive(Debug, Default)]
 struct State {
@@ -479,7 +482,13 @@ impl Meters {
         state.check(demand, now)?;
         let request_seq = state.requests.push(now, 1);
         let token_seq = state.tokens.push(now, demand.tokens);
-        let image_seq = state.images.push(now, demand.images);
+        // A request without images adds nothing to the images log (most requests): its
+        // ticket names no entry, and correcting it changes nothing.
+        let image_seq = if demand.images > 0 {
+            state.images.push(now, demand.images)
+        } else {
+            NO_ENTRY
+        };
         state.day_count += 1;
         Ok(Some(Ticket {
             request_seq,

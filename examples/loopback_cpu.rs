@@ -3,8 +3,12 @@
 //! process on 127.0.0.1 (so the mock's own work is not counted), in one run.
 //!
 //! ```text
-//! cargo run --release --example loopback_cpu -- [requests per round] [rounds]
+//! cargo run --release --example loopback_cpu -- [requests per round] [rounds] [tracing]
 //! ```
+//!
+//! With `tracing` as the third argument, a `tracing-subscriber` fmt subscriber at INFO is
+//! installed (writing to a sink), as a service that logs would have: the stack's spans are
+//! then recorded, and cost what they cost.
 //!
 //! Each round sends the requests once directly and once through the stack; the CPU time of
 //! this process (user + system, from `/proc/self/stat`, Linux) is divided by the requests. The
@@ -62,7 +66,8 @@ fn cpu_time() -> Duration {
     let fields: Vec<&str> = stat[stat.rfind(')').expect("a stat line") + 2..]
         .split(' ')
         .collect();
-    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
     Duration::from_millis(ticks * 10)
 }
 
@@ -113,6 +118,13 @@ fn main() {
     }
     let requests: usize = first.and_then(|n| n.parse().ok()).unwrap_or(20_000);
     let rounds: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(3);
+    let tracing = args.next().as_deref() == Some("tracing");
+    if tracing {
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(std::io::sink)
+            .init();
+    }
 
     let mut child = Command::new(std::env::current_exe().expect("this example's path"))
         .arg("mock")
@@ -148,8 +160,13 @@ fn main() {
     let _ = child.wait();
 
     let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let subscriber = if tracing {
+        "an INFO subscriber"
+    } else {
+        "no subscriber"
+    };
     println!(
-        "{requests} requests × {rounds} rounds, {CALLERS} callers, {KEYS} keys, CPU of the calling process per request (lowest round):"
+        "{requests} requests × {rounds} rounds, {CALLERS} callers, {KEYS} keys, {subscriber}; CPU of the calling process per request (lowest round):"
     );
     println!("  hyper client alone      {:>7.1} µs", us(direct));
     println!("  through stack(&pool)    {:>7.1} µs", us(layered));

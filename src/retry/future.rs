@@ -70,7 +70,7 @@ where
         error_body: ErrorBodyLimits,
     ) -> Self {
         let (call, started) = policy.start();
-        let span = tracing::info_span!("gemini.request", gemini.model = Empty, attempts = Empty);
+        let span = tracing::debug_span!("gemini.request", gemini.model = Empty, attempts = Empty);
         let attempt_span = attempt_span(&span, 1, policy.attempts());
         let first = with_attempt(request.clone(), 1, policy.attempts(), call.deadline);
         let future = attempt_span.in_scope(|| service.call(first));
@@ -90,7 +90,7 @@ where
 }
 
 fn attempt_span(parent: &Span, number: u32, max: u32) -> Span {
-    tracing::info_span!(parent: parent, "gemini.attempt", attempt = number, max_attempts = max,
+    tracing::debug_span!(parent: parent, "gemini.attempt", attempt = number, max_attempts = max,
         gemini.key = Empty, gemini.model = Empty, gemini.class = Empty, latency_ms = Empty)
 }
 

@@ -7,26 +7,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::redis::Redis;
-use common::{Capture, client, generate};
+use common::Capture;
+use common::redis::{Redis, eventually, send};
 use http::StatusCode;
 use redis::AsyncCommands;
-use tower::{Layer, ServiceExt};
 use tower_gemini::clock::ManualClock;
-use tower_gemini::mock::{MockGemini, MockServer};
+use tower_gemini::mock::MockGemini;
 use tower_gemini::pool::ModelLimits;
 use tower_gemini::state::{RedisOptions, RedisStore};
-use tower_gemini::{KeyPool, KeySpec, stack};
+use tower_gemini::{KeyPool, KeySpec};
 
 const FLASH: &str = "gemini-2.0-flash";
-
-async fn send(pool: &KeyPool, mock: &MockServer) -> Result<StatusCode, tower_gemini::Error> {
-    stack(pool)
-        .layer(client())
-        .oneshot(generate(mock, FLASH, "hello"))
-        .await
-        .map(|response| response.status())
-}
 
 #[tokio::test]
 async fn redis_stopped_mid_run_falls_back_then_shared_admission_resumes() {
@@ -82,13 +73,7 @@ async fn redis_stopped_mid_run_falls_back_then_shared_admission_resumes() {
     assert!(logs.text().contains("falling back"), "{}", logs.text());
 
     redis.start();
-    for _ in 0..200 {
-        if store.is_connected() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(store.is_connected(), "not reconnected within 5 s");
+    eventually("reconnected", async || store.is_connected()).await;
     assert!(logs.text().contains("answers again"), "{}", logs.text());
     // Shared admission resumed: the next request is in Redis's ledger.
     assert_eq!(send(&pool, &mock).await.unwrap(), StatusCode::OK);

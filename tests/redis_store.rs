@@ -10,17 +10,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::redis::Redis;
-use common::{Capture, client, generate};
+use common::Capture;
+use common::redis::{Redis, eventually, send};
 use http::StatusCode;
 use redis::AsyncCommands;
-use tower::{Layer, ServiceExt};
 use tower_gemini::clock::ManualClock;
-use tower_gemini::mock::{MockGemini, MockServer};
+use tower_gemini::mock::MockGemini;
 use tower_gemini::pool::ModelLimits;
 use tower_gemini::quota::Dimension;
 use tower_gemini::state::{RedisOptions, RedisStore, WhenUnreachable};
-use tower_gemini::{ErrorKind, KeyPool, KeySpec, stack};
+use tower_gemini::{ErrorKind, KeyPool, KeySpec};
 
 const FLASH: &str = "gemini-2.0-flash";
 
@@ -63,25 +62,6 @@ fn pool(
         .store(store.clone())
         .build()
         .unwrap()
-}
-
-async fn send(pool: &KeyPool, mock: &MockServer) -> Result<StatusCode, tower_gemini::Error> {
-    stack(pool)
-        .layer(client())
-        .oneshot(generate(mock, FLASH, "hello"))
-        .await
-        .map(|response| response.status())
-}
-
-/// Wait (bounded) until `done`: the store's writes run in the background.
-async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{what}: not within 5 s");
 }
 
 #[tokio::test]

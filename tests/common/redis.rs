@@ -112,3 +112,28 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+/// One `generateContent` call for `gemini-2.0-flash` through `stack(pool)` to `mock`: its status.
+pub async fn send(
+    pool: &tower_gemini::KeyPool,
+    mock: &tower_gemini::mock::MockServer,
+) -> Result<http::StatusCode, tower_gemini::Error> {
+    use tower::{Layer, ServiceExt};
+    tower_gemini::stack(pool)
+        .layer(super::client())
+        .oneshot(super::generate(mock, super::FLASH, "hello"))
+        .await
+        .map(|response| response.status())
+}
+
+/// Wait (bounded: 200 polls 25 ms apart) until `done`: the store's writes and reconnections run
+/// in the background.
+pub async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{what}: not within 5 s");
+}

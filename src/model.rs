@@ -37,6 +37,37 @@ impl Model {
     }
 }
 
+/// Longest model name a gateway forwards (Google's are under 64 characters).
+pub(crate) const MAX_NAME: usize = 128;
+
+/// Is `model` spelled as Google spells model names: an ASCII letter or digit, then letters,
+/// digits, `-`, `.` and `_`, at most [`MAX_NAME`] long? The error says what to send instead.
+pub(crate) fn check_name(model: &str) -> Result<(), String> {
+    let bytes = model.as_bytes();
+    let plausible = bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.len() <= MAX_NAME
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if plausible {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} is not a model name: use ASCII letters, digits, '-', '.' and '_' (at most {MAX_NAME}, starting with a letter or digit), as in gemini-2.0-flash",
+            shorten(model)
+        ))
+    }
+}
+
+/// The first 64 characters of what a caller sent, for an error message.
+pub(crate) fn shorten(text: &str) -> String {
+    const SHOWN: usize = 64;
+    match text.char_indices().nth(SHOWN) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
 /// Is this a request to the OpenAI-compatible endpoint (`/v1beta/openai/...`)?
 pub(crate) fn is_openai_path(path: &str) -> bool {
     path.contains("/openai/")

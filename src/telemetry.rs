@@ -11,6 +11,9 @@
 //! | `gemini_quota_used` | gauge | `project`, `model`, `dimension` |
 //! | `gemini_quota_limit` | gauge | `project`, `model`, `dimension` |
 //! | `gemini_quota_refusals_total` | counter | `project`, `model`, `dimension` |
+//!
+//! `model` and `scope` take at most [`MAX_NAME_LABELS`] distinct values (the first seen);
+//! later names are reported as `other`, so made-up model names cannot grow the exporter.
 
 #![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 
@@ -21,6 +24,43 @@ use crate::classify::Class;
 use crate::pool::Fingerprint;
 use crate::quota::{Dimension, MeterSnapshot};
 
+/// Distinct values a name label (`model`, `scope`) takes at most; later names are reported as
+/// `other`. Model names come from callers (a gateway client can make them up), and an exporter
+/// keeps every label set it has seen for the life of the process.
+pub(crate) const MAX_NAME_LABELS: usize = 64;
+
+/// `name` as a label value: itself if it is one of the first [`MAX_NAME_LABELS`] names seen,
+/// else `other`.
+#[cfg(feature = "metrics")]
+fn name_label(name: &str) -> String {
+    use std::sync::OnceLock;
+
+    use crate::read_mostly::ReadMostly;
+
+    static SEEN: OnceLock<ReadMostly<()>> = OnceLock::new();
+    let seen = SEEN.get_or_init(ReadMostly::default);
+    if seen.get(name).is_some() {
+        return name.to_owned();
+    }
+    let admitted = seen.update(|names| {
+        if names.contains_key(name) {
+            return true;
+        }
+        if names.len() >= MAX_NAME_LABELS {
+            return false;
+        }
+        names
+            .to_mut()
+            .insert(std::sync::Arc::from(name), std::sync::Arc::new(()));
+        true
+    });
+    if admitted {
+        name.to_owned()
+    } else {
+        "other".to_owned()
+    }
+}
+
 /// One answer (or transport failure) of the upstream.
 #[inline]
 pub(crate) fn request(key: Fingerprint, model: Option<&str>, class: Class, latency: Duration) {
@@ -28,7 +68,10 @@ pub(crate) fn request(key: Fingerprint, model: Option<&str>, class: Class, laten
     {
         let labels = [
             ("key", key.to_string()),
-            ("model", model.unwrap_or("unknown").to_owned()),
+            (
+                "model",
+                model.map_or_else(|| "unknown".to_owned(), name_label),
+            ),
             ("class", class.as_str().to_owned()),
         ];
         metrics::counter!("gemini_requests_total", &labels).increment(1);
@@ -55,7 +98,7 @@ pub(crate) fn circuit_state(scope: &str, state: CircuitState) {
             CircuitState::Open => 1.0,
             CircuitState::HalfOpen => 2.0,
         };
-        metrics::gauge!("gemini_circuit_state", "scope" => scope.to_owned()).set(value);
+        metrics::gauge!("gemini_circuit_state", "scope" => name_label(scope)).set(value);
     }
 }
 
@@ -63,7 +106,7 @@ pub(crate) fn circuit_state(scope: &str, state: CircuitState) {
 #[inline]
 pub(crate) fn circuit_rejected(scope: &str) {
     #[cfg(feature = "metrics")]
-    metrics::counter!("gemini_circuit_rejections_total", "scope" => scope.to_owned()).increment(1);
+    metrics::counter!("gemini_circuit_rejections_total", "scope" => name_label(scope)).increment(1);
 }
 
 /// Quota use after an admission.
@@ -82,7 +125,7 @@ pub(crate) fn quota(project: &str, model: &str, snapshot: impl FnOnce() -> Meter
             if let Some(usage) = usage {
                 let labels = [
                     ("project", project.to_owned()),
-                    ("model", model.to_owned()),
+                    ("model", name_label(model)),
                     ("dimension", dimension.as_str().to_owned()),
                 ];
                 metrics::gauge!("gemini_quota_used", &labels).set(usage.used as f64);
@@ -99,7 +142,7 @@ pub(crate) fn quota_refused(project: &str, model: &str, dimension: Dimension) {
     metrics::counter!(
         "gemini_quota_refusals_total",
         "project" => project.to_owned(),
-        "model" => model.to_owned(),
+        "model" => name_label(model),
         "dimension" => dimension.as_str()
     )
     .increment(1);

@@ -6,10 +6,10 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::gateway::{Gateway, config_from, start};
 use common::{client, drain, text};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tower_gemini::gateway::{Flags, GatewayConfig, serve_on};
 use tower_gemini::mock::{MockGemini, MockServer};
@@ -19,12 +19,6 @@ const TOKEN: &str = "client-token-0001";
 const ADMIN: &str = "admin-token-0001";
 const KEYS: [&str; 2] = ["test-key-gw-0003", "test-key-gw-0004"];
 const MODEL: &str = "gemini-2.0-flash";
-
-struct Gateway {
-    base: String,
-    stop: Option<oneshot::Sender<()>>,
-    served: tokio::task::JoinHandle<()>,
-}
 
 fn mock_builder() -> MockGemini {
     MockGemini::builder()
@@ -45,32 +39,8 @@ fn config(mock: &MockServer, extra: &[(&str, &str)]) -> GatewayConfig {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
-    // The last setting of a name wins, so `extra` overrides the defaults.
-    GatewayConfig::resolve(Flags::default(), |name| {
-        vars.iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    })
-    .unwrap()
-}
-
-async fn start(config: GatewayConfig) -> Gateway {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let served = tokio::spawn(async move {
-        serve_on(listener, &config, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    Gateway {
-        base,
-        stop: Some(stop),
-        served,
-    }
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    config_from(&vars)
 }
 
 fn generate(gateway: &Gateway, path_and_query: &str) -> http::request::Builder {

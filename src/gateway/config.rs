@@ -258,6 +258,10 @@ impl GatewayConfig {
             .or_else(|| env("LLM_MODEL"))
             .or(file.model)
             .unwrap_or_else(|| DEFAULT_MODEL.to_owned());
+        let model = model.trim().to_owned();
+        crate::model::check_name(&model).map_err(|problem| {
+            Error::config(format!("the default model (LLM_MODEL): {problem}"))
+        })?;
         let tokens: Vec<String> = match env("GATEWAY_TOKENS").or_else(|| env("MY_API_TOKEN")) {
             Some(list) => comma_list(&list),
             None => file.tokens.unwrap_or_default(),
@@ -277,11 +281,17 @@ impl GatewayConfig {
         };
         let max_wait = flags
             .max_wait
+            .map(Ok)
             .or_else(|| {
-                env("GATEWAY_MAX_WAIT_SECS")
-                    .and_then(|v| v.trim().parse().ok())
-                    .map(Duration::from_secs)
+                env("GATEWAY_MAX_WAIT_SECS").map(|v| {
+                    v.trim().parse().map(Duration::from_secs).map_err(|_| {
+                        Error::config(format!(
+                            "GATEWAY_MAX_WAIT_SECS={v:?} is not a whole number of seconds, such as 60"
+                        ))
+                    })
+                })
             })
+            .transpose()?
             .or(file.max_wait_secs.map(Duration::from_secs))
             .unwrap_or(DEFAULT_MAX_WAIT);
         let body_limit = file.body_limit_bytes.unwrap_or(DEFAULT_BODY_LIMIT);

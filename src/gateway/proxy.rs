@@ -51,6 +51,9 @@ const NATIVE_METHODS: &[&str] = &[
 /// methods, and (v1beta) Google's own OpenAI-compatible paths.
 pub(crate) async fn native(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let path = request.uri().path();
+    if let Err(problem) = check_path(path) {
+        return reply::client_error(Family::Native, StatusCode::BAD_REQUEST, &problem);
+    }
     let models = path
         .strip_prefix("/v1beta/models")
         .or_else(|| path.strip_prefix("/v1/models"));
@@ -89,14 +92,16 @@ pub(crate) async fn chat_completions(
         let object = json
             .as_object_mut()
             .ok_or("the request body must be a JSON object")?;
-        if !object
-            .get("model")
-            .is_some_and(serde_json::Value::is_string)
-        {
-            object.insert("model".to_owned(), serde_json::Value::String(model));
-            return Ok(Bytes::from(json.to_string()));
+        match object.get("model") {
+            Some(serde_json::Value::String(given)) => {
+                crate::model::check_name(given.strip_prefix("models/").unwrap_or(given))?;
+                Ok(body)
+            }
+            _ => {
+                object.insert("model".to_owned(), serde_json::Value::String(model));
+                Ok(Bytes::from(json.to_string()))
+            }
         }
-        Ok(body)
     };
     forward(
         &shared,
@@ -111,7 +116,22 @@ pub(crate) async fn chat_completions(
 /// `POST /v1/embeddings` → `/v1beta/openai/embeddings`.
 pub(crate) async fn embeddings(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let path = "/v1beta/openai/embeddings".to_owned();
-    forward(&shared, Family::OpenAi, request, path, None).await
+    let check = |body: Bytes| -> Result<Bytes, String> {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+            .map_err(|e| format!("the request body is not JSON: {e}"))?;
+        if let Some(model) = crate::model::model_in_json(&body) {
+            crate::model::check_name(&model)?;
+        }
+        Ok(body)
+    };
+    forward(
+        &shared,
+        Family::OpenAi,
+        request,
+        path,
+        Some(Box::new(check)),
+    )
+    .await
 }
 
 /// `GET /v1/models`: both APIs have it. A client that authenticates the Google way
@@ -140,6 +160,32 @@ pub(crate) async fn models(State(shared): State<Arc<Shared>>, request: Request) 
 }
 
 type Rewrite = Box<dyn FnOnce(Bytes) -> Result<Bytes, String> + Send>;
+
+/// A path the gateway may put after the upstream's base: no dot segments, empty segments,
+/// percent-escapes or backslashes, so the route checked here is the route Google serves (a
+/// `/v1beta/models/../files` would otherwise reach another API with the gateway's key), and
+/// every model segment a plausible model name.
+fn check_path(path: &str) -> Result<(), String> {
+    let segments = path.strip_prefix('/').unwrap_or(path);
+    for segment in segments.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err(format!(
+                "the path {:?} has an empty or dot segment; send the route as documented",
+                crate::model::shorten(path)
+            ));
+        }
+        if segment.contains(['%', '\\']) {
+            return Err(format!(
+                "the path {:?} has a percent-escape or backslash; model names and routes are plain ASCII",
+                crate::model::shorten(path)
+            ));
+        }
+    }
+    if let Some(model) = crate::model::model_in_path(path) {
+        crate::model::check_name(model)?;
+    }
+    Ok(())
+}
 
 /// The query without the client's `key=` (its gateway token).
 fn query_without_key(query: Option<&str>) -> String {
@@ -201,6 +247,18 @@ async fn forward(
                 return reply::client_error(family, StatusCode::BAD_REQUEST, &message);
             }
         },
+        // What Google would refuse with a 400 is refused here, before a key and a slot of
+        // quota are spent on it.
+        None if parts.method == Method::POST => {
+            if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+                return reply::client_error(
+                    family,
+                    StatusCode::BAD_REQUEST,
+                    &format!("the request body is not JSON: {error}"),
+                );
+            }
+            body
+        }
         None => body,
     };
     let uri = format!(

@@ -16,6 +16,8 @@ use tower_gemini::mock::{Fault, MockGemini, MockServer};
 use tower_gemini::pool::ModelLimits;
 use tower_gemini::{KeyPool, KeySpec};
 
+#[cfg(feature = "gateway")]
+pub mod gateway;
 #[cfg(feature = "redis")]
 pub mod redis;
 

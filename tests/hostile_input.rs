@@ -1,0 +1,433 @@
+//! Hostile input through the gateway, over real HTTP: path tricks, made-up models in bulk,
+//! invalid and oversize bodies and headers, very long URLs, a flood of one-off tokens, broken
+//! configuration. Each gets a clear error before a key is used; memory and metric labels stay
+//! bounded; the key only ever goes to the configured upstream.
+#![cfg(feature = "gateway")]
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use common::gateway::{Gateway, config_from, start};
+use common::{client, text};
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use tower_gemini::gateway::{Flags, GatewayConfig};
+use tower_gemini::mock::{MockGemini, MockServer};
+
+const TOKEN: &str = "client-token-hostile-01";
+const ADMIN: &str = "admin-token-hostile-01";
+const KEYS: [&str; 2] = ["test-key-hostile-0001", "test-key-hostile-0002"];
+const MODEL: &str = "gemini-2.0-flash";
+
+async fn mock() -> MockServer {
+    MockGemini::builder()
+        .project("proj-a", |p| p.key(KEYS[0]))
+        .project("proj-b", |p| p.key(KEYS[1]))
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn gateway(mock: &MockServer) -> Gateway {
+    let keys = KEYS.join(",");
+    let url = mock.url();
+    start(config_from(&[
+        ("GEMINI_API_KEY", &keys),
+        ("GATEWAY_TOKENS", TOKEN),
+        ("ADMIN_TOKEN", ADMIN),
+        ("LLM_API_ENDPOINT", &url),
+        ("LLM_MODEL", MODEL),
+    ]))
+    .await
+}
+
+fn body(text: &str) -> Full<Bytes> {
+    Full::new(Bytes::from(text.to_owned()))
+}
+
+/// Send `method path` with the client token and `body`; the status and the body's text.
+async fn send(
+    gateway: &Gateway,
+    method: Method,
+    path: &str,
+    payload: &str,
+) -> (StatusCode, String) {
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", gateway.base))
+        .header("content-type", "application/json")
+        .header("x-goog-api-key", TOKEN)
+        .body(body(payload))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    let status = response.status();
+    (status, text(response).await)
+}
+
+/// Write `bytes` to the gateway on a fresh connection and read what comes back (at most
+/// 64 KiB, for at most 10 s); empty if the gateway closed the connection without an answer.
+async fn raw_exchange(gateway: &Gateway, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = gateway.base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may answer and close before all of it is written.
+    let _ = tcp.write_all(bytes).await;
+    let mut answer = vec![0; 64 * 1024];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut answer))
+        .await
+        .expect("the gateway answers or closes");
+    let n = read.unwrap_or(0);
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+fn prompt() -> String {
+    common::generate_body("hello")
+}
+
+#[tokio::test]
+async fn path_tricks_and_implausible_model_names_are_refused_before_a_key_is_used() {
+    let mock = mock().await;
+    let gateway = gateway(&mock).await;
+    let long = "g".repeat(5_000);
+    let cases: Vec<(Method, String, &str)> = vec![
+        // Dot segments would reach other APIs of the project (files, cached contents) once
+        // Google's front end normalises the path.
+        (Method::GET, "/v1beta/models/../files".into(), "dot segment"),
+        (
+            Method::POST,
+            "/v1beta/models/../cachedContents:generateContent".into(),
+            "dot segment",
+        ),
+        (Method::GET, "/v1beta/openai/../files".into(), "dot segment"),
+        (
+            Method::POST,
+            "/v1beta//models/gemini-2.0-flash:generateContent".into(),
+            "empty",
+        ),
+        // Percent-escapes of '/', '.', ':' and non-ASCII names.
+        (
+            Method::POST,
+            "/v1beta/models/..%2F..%2Ffiles:generateContent".into(),
+            "percent-escape",
+        ),
+        (
+            Method::POST,
+            "/v1beta/models/%2e%2e:generateContent".into(),
+            "percent-escape",
+        ),
+        (
+            Method::POST,
+            "/v1beta/models/gemini-2.0-flash%3AgenerateContent".into(),
+            "percent-escape",
+        ),
+        (
+            Method::POST,
+            "/v1beta/models/g%C3%A9mini:generateContent".into(),
+            "percent-escape",
+        ),
+        (
+            Method::POST,
+            "/v1beta/models/.:generateContent".into(),
+            "not a model name",
+        ),
+        (
+            Method::POST,
+            "/v1beta/models/-rf:generateContent".into(),
+            "not a model name",
+        ),
+        (
+            Method::POST,
+            "/v1beta/models/a+b:generateContent".into(),
+            "not a model name",
+        ),
+        (
+            Method::POST,
+            format!("/v1beta/models/{long}:generateContent"),
+            "not a model name",
+        ),
+    ];
+    for (method, path, why) in cases {
+        let (status, answer) = send(&gateway, method.clone(), &path, &prompt()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}: {answer}");
+        assert!(answer.contains(why), "{method} {path}: {answer}");
+        assert!(answer.len() < 1_000, "the error echoes at most a prefix");
+    }
+    // The same in an OpenAI body.
+    for model in ["../../files", "gemini 2.0", "models/../x", ""] {
+        let chat =
+            format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+        let (status, answer) = send(&gateway, Method::POST, "/v1/chat/completions", &chat).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{model:?}: {answer}");
+        assert!(answer.contains("not a model name"), "{answer}");
+    }
+    assert_eq!(
+        mock.stats().total_requests(),
+        0,
+        "nothing reached the upstream"
+    );
+    // A plausible name still goes through.
+    let path = format!("/v1beta/models/{MODEL}:generateContent");
+    let (status, answer) = send(&gateway, Method::POST, &path, &prompt()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}
+
+#[tokio::test]
+async fn invalid_json_bodies_are_refused_locally_with_the_parse_error() {
+    let mock = mock().await;
+    let gateway = gateway(&mock).await;
+    let native = format!("/v1beta/models/{MODEL}:generateContent");
+    let cases = [
+        (native.as_str(), "not json at all", "not JSON"),
+        (native.as_str(), "{\"contents\": [", "not JSON"),
+        (native.as_str(), "", "not JSON"),
+        ("/v1/chat/completions", "[1, 2]", "must be a JSON object"),
+        ("/v1/chat/completions", "{\"messages\": ", "not JSON"),
+        ("/v1/embeddings", "{", "not JSON"),
+    ];
+    for (path, payload, why) in cases {
+        let (status, answer) = send(&gateway, Method::POST, path, payload).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{path} {payload:?}: {answer}"
+        );
+        assert!(answer.contains(why), "{path} {payload:?}: {answer}");
+        let json: serde_json::Value = serde_json::from_str(&answer).expect("errors are JSON");
+        assert!(json["error"]["message"].is_string(), "{answer}");
+    }
+    assert_eq!(mock.stats().total_requests(), 0);
+}
+
+/// Distinct `model` label values in the Prometheus text.
+fn model_labels(metrics: &str) -> BTreeSet<String> {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let at = line.find("model=\"")? + "model=\"".len();
+            let end = line[at..].find('"')?;
+            Some(line[at..at + end].to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn made_up_models_in_bulk_keep_metric_labels_bounded() {
+    let mock = mock().await;
+    let gateway = gateway(&mock).await;
+    for n in 0..300 {
+        let path = format!("/v1beta/models/made-up-model-{n}:generateContent");
+        let (status, _) = send(&gateway, Method::POST, &path, &prompt()).await;
+        // Whatever the upstream says of a model it does not have, the gateway answers.
+        assert!(status.is_client_error() || status.is_success(), "{status}");
+    }
+    let request = Request::get(format!("{}/metrics", gateway.base))
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let metrics = text(client().request(request).await.unwrap()).await;
+    let labels = model_labels(&metrics);
+    assert!(
+        labels.iter().any(|l| l.starts_with("made-up-model-")),
+        "{labels:?}"
+    );
+    assert!(
+        labels.contains("other"),
+        "later names are folded: {labels:?}"
+    );
+    // 64 names, plus `other` and `unknown`: 300 made-up names do not make 300 label sets.
+    assert!(labels.len() <= 66, "{} labels: {labels:?}", labels.len());
+}
+
+#[tokio::test]
+async fn oversize_and_odd_headers_and_long_urls_get_clear_answers() {
+    let mock = mock().await;
+    let gateway = gateway(&mock).await;
+    let path = format!("/v1beta/models/{MODEL}:generateContent");
+
+    // A 1 MiB header: refused by the server before any handler runs.
+    let request = Request::post(format!("{}{path}", gateway.base))
+        .header("x-goog-api-key", TOKEN)
+        .header("x-padding", "p".repeat(1 << 20))
+        .body(body(&prompt()))
+        .unwrap();
+    let status = match client().request(request).await {
+        Ok(response) => response.status(),
+        // hyper may close the connection after its 431.
+        Err(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    };
+    assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+
+    // A 1 MiB request line (more than a client library would send): written raw.
+    let line = format!(
+        "POST {path}?q={} HTTP/1.1\r\nhost: gw\r\nx-goog-api-key: {TOKEN}\r\ncontent-length: 0\r\n\r\n",
+        "q".repeat(1 << 20)
+    );
+    let answer = raw_exchange(&gateway, line.as_bytes()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431")
+            || answer.starts_with("HTTP/1.1 414")
+            || answer.is_empty(),
+        "{answer:.200}"
+    );
+    // A 60 KiB query (what http's URI type still takes): forwarded without it? No: answered.
+    let request = Request::post(format!("{}{path}?q={}", gateway.base, "q".repeat(60_000)))
+        .header("x-goog-api-key", TOKEN)
+        .body(body(&prompt()))
+        .unwrap();
+    let status = client().request(request).await.unwrap().status();
+    assert_eq!(status, StatusCode::OK);
+
+    // Non-ASCII bytes in a forwarded header and in the token header: no panic, clear answers.
+    let request = Request::post(format!("{}{path}", gateway.base))
+        .header("x-goog-api-key", TOKEN)
+        .header(
+            "user-agent",
+            http::HeaderValue::from_bytes("ünïcödé agent".as_bytes()).unwrap(),
+        )
+        .body(body(&prompt()))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let request = Request::post(format!("{}{path}", gateway.base))
+        .header(
+            "x-goog-api-key",
+            http::HeaderValue::from_bytes("tökén-ü-token".as_bytes()).unwrap(),
+        )
+        .body(body(&prompt()))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(text(response).await.contains("not valid"));
+    assert_eq!(
+        mock.stats().total_requests(),
+        2,
+        "only the valid calls went up"
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_one_off_tokens_is_refused_and_never_reaches_the_upstream() {
+    let mock = mock().await;
+    let gateway = gateway(&mock).await;
+    let path = format!("/v1beta/models/{MODEL}:generateContent");
+    let tasks: Vec<_> = (0..2_000)
+        .map(|n| {
+            let request = Request::post(format!("{}{path}", gateway.base))
+                .header("authorization", format!("Bearer one-off-token-{n:06}"))
+                .body(body(&prompt()))
+                .unwrap();
+            tokio::spawn(async move { client().request(request).await.unwrap().status() })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(mock.stats().total_requests(), 0);
+    // The admin routes refuse every one of them too, and the client token.
+    for token in ["one-off-token-000001", TOKEN] {
+        let request = Request::get(format!("{}/api/keys/status", gateway.base))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client().request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{token}");
+    }
+}
+
+/// The configuration error for these variables (and no file), as text.
+fn config_error(vars: &[(&str, &str)]) -> String {
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    match GatewayConfig::resolve(Flags::default(), |name| {
+        vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }) {
+        Ok(_) => panic!("{vars:?} was accepted"),
+        Err(error) => error.to_string(),
+    }
+}
+
+#[test]
+fn broken_environment_and_toml_get_errors_that_say_what_to_fix() {
+    let base = [
+        ("GEMINI_API_KEY", "test-key-hostile-0001"),
+        ("GATEWAY_TOKENS", TOKEN),
+    ];
+    let with = |extra: (&'static str, &'static str)| {
+        let mut vars = base.to_vec();
+        vars.retain(|(k, _)| *k != extra.0);
+        vars.push(extra);
+        vars
+    };
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (
+            with(("GEMINI_API_KEY", "test-key-hostile-0001,test\u{7}key-0002")),
+            "control",
+        ),
+        (
+            with(("GEMINI_API_KEY", "test-key-hostile-0001,test key 0002")),
+            "space",
+        ),
+        (with(("GEMINI_API_KEY", " , ,")), "no keys"),
+        (with(("GATEWAY_TOKENS", "short")), "at least 8"),
+        (with(("GATEWAY_TOKENS", "token with spaces")), "at least 8"),
+        (
+            with(("GATEWAY_MAX_WAIT_SECS", "sixty")),
+            "whole number of seconds",
+        ),
+        (
+            with(("GATEWAY_LISTEN", "localhost:eighty")),
+            "not an address",
+        ),
+        (with(("LLM_MODEL", "../../files")), "not a model name"),
+        (with(("LLM_API_ENDPOINT", "ftp://example.com")), "https://"),
+        (
+            with(("LLM_API_ENDPOINT", "http://example.com")),
+            "plain HTTP",
+        ),
+        (with(("API_KEY_RANGE", "9-2x")), "API_KEY_RANGE"),
+    ];
+    for (vars, expected) in cases {
+        let error = config_error(&vars);
+        assert!(error.contains(expected), "{vars:?}: {error}");
+        for (_, value) in &vars {
+            if value.starts_with("test") && value.len() > 12 && !value.contains(',') {
+                assert!(!error.contains(value), "the error shows a key: {error}");
+            }
+        }
+    }
+
+    let dir = std::env::temp_dir().join(format!("hostile-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = [
+        ("[gateway\nlisten = 1", "configuration file"),
+        ("[gateway]\nlisten = 8080", "configuration file"),
+        ("[gateway]\nunknown_setting = true", "unknown"),
+        ("[gateway]\nredis_when_unreachable = \"maybe\"", "fall_back"),
+        ("[gateway]\nmax_wait_secs = -1", "configuration file"),
+        ("[[keys]]\nvalue = \"test\\u0000key-0001\"", "control"),
+        ("\u{0}\u{1}\u{2}binary junk", "configuration file"),
+    ];
+    for (n, (text, expected)) in files.iter().enumerate() {
+        let path = dir.join(format!("broken-{n}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let flags = Flags {
+            config: Some(path),
+            ..Flags::default()
+        };
+        let error = match GatewayConfig::resolve(flags, |name| {
+            base.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }) {
+            Ok(_) => panic!("{text:?} was accepted"),
+            Err(error) => error.to_string(),
+        };
+        assert!(error.contains(expected), "{text:?}: {error}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -27,6 +27,7 @@ use crate::quota::{Dimension, MeterSnapshot};
 /// Distinct values a name label (`model`, `scope`) takes at most; later names are reported as
 /// `other`. Model names come from callers (a gateway client can make them up), and an exporter
 /// keeps every label set it has seen for the life of the process.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 pub(crate) const MAX_NAME_LABELS: usize = 64;
 
 /// `name` as a label value: itself if it is one of the first [`MAX_NAME_LABELS`] names seen,

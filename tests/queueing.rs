@@ -151,7 +151,8 @@ async fn waiters_are_served_in_arrival_order_one_slot_at_a_time() {
         task.await.unwrap();
     }
     let order = order.lock().unwrap().clone();
-    assert_eq!(order, [(0, 0), (1, 60), (2, 120), (3, 180), (4, 240)]);
+    // A slot frees a minute and the skew margin (0.5 s) after it was taken.
+    assert_eq!(order, [(0, 0), (1, 60), (2, 121), (3, 181), (4, 242)]);
     assert_eq!(mock.stats().responses_with_status(429), 0);
 }
 
@@ -183,7 +184,7 @@ async fn without_a_wait_bound_the_stack_fails_fast_with_the_dimension() {
         error.dimension(),
         Some(tower_gemini::quota::Dimension::RequestsPerMinute)
     );
-    assert_eq!(error.retry_after(), Some(Duration::from_secs(60)));
+    assert_eq!(error.retry_after(), Some(Duration::from_millis(60_500)));
     assert_eq!(error.status_code(), StatusCode::TOO_MANY_REQUESTS);
     assert!(error.to_string().contains("rpm limit"), "{error}");
     assert_eq!(mock.stats().total_requests(), 2);
@@ -286,7 +287,7 @@ async fn a_learned_limit_accounts_for_what_google_already_counted() {
     let start = Instant::now();
     let response = send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(start.elapsed(), Duration::from_secs(25));
+    assert_eq!(start.elapsed(), Duration::from_millis(25_500));
     // At 60 s two slots freed and one is used; the next frees only at 90 s.
     assert_eq!(send().await.unwrap().status(), StatusCode::OK);
     let start = Instant::now();

@@ -74,7 +74,8 @@ async fn eleventh_request_in_a_minute_is_refused_locally_and_never_sent() {
         "the pool's selection consults the ledger, and says so"
     );
     assert_eq!(error.dimension(), Some(Dimension::RequestsPerMinute));
-    assert_eq!(error.retry_after(), Some(Duration::from_secs(45)));
+    // The first request's slot frees a minute and the 0.5 s skew margin after it was taken.
+    assert_eq!(error.retry_after(), Some(Duration::from_millis(45_500)));
     assert!(error.to_string().contains("rpm limit"), "{error}");
     assert!(!error.to_string().contains("cooling"), "{error}");
     assert_eq!(mock.stats().total_requests(), 10);
@@ -105,7 +106,7 @@ async fn eleventh_request_in_a_minute_is_refused_locally_and_never_sent() {
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::QuotaExhausted);
     assert_eq!(error.dimension(), Some(Dimension::RequestsPerMinute));
-    assert_eq!(error.retry_after(), Some(Duration::from_secs(45)));
+    assert_eq!(error.retry_after(), Some(Duration::from_millis(45_500)));
     assert_eq!(error.key().unwrap().to_string(), "…0001");
     assert!(error.to_string().contains("rpm limit of 10"), "{error}");
     assert_eq!(mock.stats().total_requests(), 10);

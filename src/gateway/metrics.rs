@@ -12,13 +12,38 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use super::Shared;
 use super::admin::refusal;
 
+/// How often the recorder's histograms are drained into their summaries.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The name of the thread that does the recorder's upkeep.
+pub(crate) const UPKEEP_THREAD: &str = "gemini-metrics";
+
 /// The process's Prometheus recorder, installed once (the first gateway to start installs
 /// it; if the application set another global recorder first, `/metrics` renders nothing).
+///
+/// A recorder installed this way keeps every histogram sample until upkeep drains it; without
+/// upkeep a gateway nobody scrapes would grow by every request's latency for ever. So a thread
+/// of its own runs the upkeep every [`UPKEEP_EVERY`] (a thread, not a task: the recorder
+/// outlives any one runtime).
 pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(handle) => Some(handle),
+            Ok(handle) => {
+                let upkeep = handle.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(UPKEEP_THREAD.to_owned())
+                    .spawn(move || {
+                        loop {
+                            std::thread::sleep(UPKEEP_EVERY);
+                            upkeep.run_upkeep();
+                        }
+                    });
+                if let Err(error) = spawned {
+                    tracing::warn!("metrics: no upkeep thread ({error}); histograms grow until /metrics is read");
+                }
+                Some(handle)
+            }
             Err(error) => {
                 tracing::warn!(
                     "metrics: another recorder is installed ({error}); /metrics stays empty"
@@ -36,4 +61,23 @@ pub(crate) async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMa
     }
     let text = handle().map(PrometheusHandle::render).unwrap_or_default();
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without upkeep the recorder keeps every histogram sample until a scrape.
+    #[test]
+    fn the_recorder_comes_with_an_upkeep_thread() {
+        if handle().is_none() {
+            return; // another recorder was installed first in this process
+        }
+        let threads = std::fs::read_dir("/proc/self/task").unwrap();
+        let names: Vec<String> = threads
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .collect();
+        assert!(names.iter().any(|n| n == UPKEEP_THREAD), "{names:?}");
+    }
 }

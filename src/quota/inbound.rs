@@ -137,7 +137,7 @@ impl Ledger {
             .entry(id)
             .or_insert_with(|| {
                 Arc::new(Client {
-                    meters: Meters::new(self.limits),
+                    meters: Meters::exact(self.limits),
                     last_seen: AtomicU64::new(now),
                 })
             })
@@ -198,7 +198,7 @@ impl InboundQuotaLayer {
                 hasher: RandomState::new(),
                 clients: RwLock::new(HashMap::new()),
                 overflow: Arc::new(Client {
-                    meters: Meters::new(limits),
+                    meters: Meters::exact(limits),
                     last_seen: AtomicU64::new(0),
                 }),
                 new_clients: AtomicU64::new(0),

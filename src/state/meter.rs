@@ -15,6 +15,17 @@ use crate::clock::next_pacific_midnight;
 /// Length of the per-minute windows.
 pub(crate) const MINUTE_MS: u64 = 60_000;
 
+/// How much longer than a minute an admission holds its slot of a per-minute limit: a request
+/// reaches Google some milliseconds after it is admitted, and a slot freed the instant the
+/// request a minute older left our window could let a fresh request land in Google's window
+/// while that older one (delayed on its way) is still counted there. The Redis store keeps
+/// entries the same margin longer ([`RedisOptions::margin`](crate::state::RedisOptions)).
+pub(crate) const SKEW_MARGIN_MS: u64 = 500;
+
+/// How long an admission stays in an outbound per-minute window.
+#[cfg(test)]
+const HOLD_MS: u64 = MINUTE_MS + SKEW_MARGIN_MS;
+
 /// A quota dimension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -95,9 +106,10 @@ struct Log {
 }
 
 impl Log {
-    fn expire(&mut self, now: u64) {
+    /// Drop the entries admitted `hold` ms or longer ago.
+    fn expire(&mut self, now: u64, hold: u64) {
         while let Some(&(at, amount)) = self.entries.front() {
-            if at + MINUTE_MS > now {
+            if at + hold > now {
                 break;
             }
             self.entries.pop_front();
@@ -106,8 +118,9 @@ impl Log {
         }
     }
 
-    /// `Ok` if `amount` fits under `limit` now, else the time (ms) it will fit, `None` if never.
-    fn room(&self, amount: u64, limit: u64) -> Result<(), Option<u64>> {
+    /// `Ok` if `amount` fits under `limit` now, else the time (ms) it will fit, `None` if never
+    /// (entries leave `hold` ms after they were admitted).
+    fn room(&self, amount: u64, limit: u64, hold: u64) -> Result<(), Option<u64>> {
         if self.sum.saturating_add(amount) <= limit {
             return Ok(());
         }
@@ -118,7 +131,7 @@ impl Log {
         for &(at, n) in &self.entries {
             freed += n;
             if (self.sum - freed).saturating_add(amount) <= limit {
-                return Err(Some(at + MINUTE_MS));
+                return Err(Some(at + hold));
             }
         }
         Err(None)
@@ -155,9 +168,20 @@ struct State {
     images: Log,
     day_end: u64,
     day_count: u64,
+    /// Counted where it is enforced (an inbound client's limit): no skew margin.
+    exact: bool,
 }
 
 impl State {
+    /// How long an admission holds its slot of a per-minute limit.
+    fn hold(&self) -> u64 {
+        if self.exact {
+            MINUTE_MS
+        } else {
+            MINUTE_MS + SKEW_MARGIN_MS
+        }
+    }
+
     /// Start an empty ledger from what Google has counted (see [`Meters::learn`]).
     fn backfill(&mut self, dimension: Dimension, value: u64, history: History<'_>) {
         let now = history.now;
@@ -203,9 +227,10 @@ impl State {
     }
 
     fn expire(&mut self, now: u64) {
-        self.requests.expire(now);
-        self.tokens.expire(now);
-        self.images.expire(now);
+        let hold = self.hold();
+        self.requests.expire(now, hold);
+        self.tokens.expire(now, hold);
+        self.images.expire(now, hold);
         if now >= self.day_end {
             self.day_end = next_pacific_midnight(now);
             self.day_count = 0;
@@ -224,21 +249,22 @@ impl State {
             let at = (rpd > 0).then_some(self.day_end);
             return Err(refuse(Dimension::RequestsPerDay, rpd, at));
         }
+        let hold = self.hold();
         if let Some(rpm) = self.limits.rpm.map(u64::from) {
             self.requests
-                .room(1, rpm)
+                .room(1, rpm, hold)
                 .map_err(|at| refuse(Dimension::RequestsPerMinute, rpm, at))?;
         }
         if let Some(tpm) = self.limits.tpm {
             self.tokens
-                .room(demand.tokens, tpm)
+                .room(demand.tokens, tpm, hold)
                 .map_err(|at| refuse(Dimension::TokensPerMinute, tpm, at))?;
         }
         if let Some(ipm) = self.limits.ipm.map(u64::from)
             && demand.images > 0
         {
             self.images
-                .room(demand.images, ipm)
+                .room(demand.images, ipm, hold)
                 .map_err(|at| refuse(Dimension::ImagesPerMinute, ipm, at))?;
         }
         Ok(())
@@ -312,9 +338,17 @@ pub struct MeterSnapshot {
 }
 
 impl Meters {
+    /// Meters for requests sent upstream: a slot is held [`SKEW_MARGIN_MS`] past the minute.
     pub(crate) fn new(limits: ModelLimits) -> Meters {
         let meters = Meters::default();
         meters.set_limits(limits);
+        meters
+    }
+
+    /// Meters counted where they are enforced (an inbound client's limit): exact minutes.
+    pub(crate) fn exact(limits: ModelLimits) -> Meters {
+        let meters = Meters::new(limits);
+        meters.lock().exact = true;
         meters
     }
 
@@ -441,11 +475,12 @@ impl Meters {
         }
         let mut state = self.lock();
         state.expire(now);
+        let hold = state.hold();
         let keep = |entries: &[(u64, u64)]| -> Vec<(u64, u64)> {
             entries
                 .iter()
                 .copied()
-                .filter(|&(at, _)| at <= now && at + MINUTE_MS > now)
+                .filter(|&(at, _)| at <= now && at + hold > now)
                 .collect()
         };
         for (at, n) in keep(&saved.requests) {
@@ -594,9 +629,10 @@ mod tests {
         }
         let refusal = meters.admit(Demand::default(), T0 + 15_000).unwrap_err();
         assert_eq!(refusal.dimension, Dimension::RequestsPerMinute);
-        assert_eq!(refusal.retry_after, Some(Duration::from_secs(45)));
-        assert!(meters.admit(Demand::default(), T0 + 59_999).is_err());
-        assert!(meters.admit(Demand::default(), T0 + 60_000).is_ok());
+        // The first leaves a minute and the skew margin after it was admitted.
+        assert_eq!(refusal.retry_after, Some(Duration::from_millis(45_500)));
+        assert!(meters.admit(Demand::default(), T0 + 60_499).is_err());
+        assert!(meters.admit(Demand::default(), T0 + 60_500).is_ok());
     }
 
     #[test]
@@ -740,15 +776,15 @@ mod tests {
         assert!(meters.learn(Dimension::RequestsPerMinute, 10, history));
         let one = Demand::default();
         let refusal = meters.admit(one, now).unwrap_err();
-        assert_eq!(refusal.retry_after, Some(Duration::from_millis(21_999)));
-        // The first five leave the window together, the next five 29 s later: never more than
-        // ten in any minute, as Google counts them.
-        let first_free = T0 + 61_999;
+        assert_eq!(refusal.retry_after, Some(Duration::from_millis(22_499)));
+        // The first five leave the window together (with the skew margin), the next five 29 s
+        // later: never more than ten in any minute, as Google counts them.
+        let first_free = T0 + 62_499;
         for _ in 0..5 {
             assert!(meters.admit(one, first_free).is_ok());
         }
         assert!(meters.admit(one, first_free).is_err());
-        assert!(meters.admit(one, T0 + 90_999).is_ok());
+        assert!(meters.admit(one, T0 + 91_499).is_ok());
     }
 
     #[test]
@@ -766,9 +802,9 @@ mod tests {
         };
         // Google counts 600 tokens spread over the last 30 s: the first 100 free in 30 s.
         let refusal = meters.admit(some, T0).unwrap_err();
-        assert_eq!(refusal.retry_after, Some(Duration::from_secs(30)));
-        assert!(meters.admit(some, T0 + 30_000).is_ok());
-        assert!(meters.admit(some, T0 + 30_000).is_err());
+        assert_eq!(refusal.retry_after, Some(Duration::from_millis(30_500)));
+        assert!(meters.admit(some, T0 + 30_500).is_ok());
+        assert!(meters.admit(some, T0 + 30_500).is_err());
     }
 
     #[test]
@@ -883,11 +919,12 @@ mod properties {
             }
         }
 
-        /// Under steady load just under the limit's pace, the full limit passes.
+        /// Under steady load at the limit's pace (a minute and the skew margin per `rpm`
+        /// requests: under 1 % less than a minute), every request passes.
         #[test]
         fn steady_load_gets_the_full_limit(rpm in 1u32..60) {
             let meters = Meters::new(ModelLimits { rpm: Some(rpm), ..Default::default() });
-            let pace = MINUTE_MS.div_ceil(u64::from(rpm));
+            let pace = HOLD_MS.div_ceil(u64::from(rpm));
             let start = 1_790_000_000_000;
             for i in 0..u64::from(rpm) * 5 {
                 prop_assert!(meters.admit(Demand::default(), start + i * pace).is_ok(), "request {i} refused");

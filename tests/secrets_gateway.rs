@@ -1,0 +1,262 @@
+//! No raw key or client token anywhere the gateway shows or keeps anything: every log line at
+//! TRACE, every answer's body and headers (successes, refusals, upstream errors, streams,
+//! OpenAI and native shapes), the status API, the dashboard, `/metrics`, the admin API's
+//! answers (a key added through it included), the state file and the Redis keyspace. The run is
+//! full of failures on purpose: an invalid key, a leaked one, a rate-limited one, overloaded
+//! and reset answers. (Its own binary: tracing's callsite cache is shared by the threads of one
+//! process.)
+#![cfg(feature = "gateway")]
+
+mod common;
+
+use bytes::Bytes;
+use common::gateway::{config_from, start};
+use common::{Capture, client};
+use http::Request;
+use http_body_util::Full;
+use tower_gemini::mock::{Fault, MockGemini};
+use tower_gemini::pool::ModelLimits;
+
+const KEYS: [&str; 4] = [
+    "test-key-logs-0001", // unknown to the mock: invalid
+    "test-key-logs-0002", // leaked
+    "test-key-logs-0003", // fine
+    "test-key-logs-0004", // one request a minute
+];
+const ADDED: &str = "test-key-logs-added-0005";
+const TOKEN: &str = "client-token-logs-0001";
+const ADMIN: &str = "admin-token-logs-0001";
+const WRONG: &str = "wrong-token-logs-9999";
+
+fn secrets() -> Vec<&'static str> {
+    KEYS.iter()
+        .copied()
+        .chain([ADDED, TOKEN, ADMIN, WRONG])
+        .collect()
+}
+
+/// Everything printable about one answer: status, headers, body.
+async fn shown(response: http::Response<hyper::body::Incoming>) -> String {
+    let head = format!("{} {:?}", response.status(), response.headers());
+    // A broken stream is read up to the break.
+    let (body, _) = common::drain(response.into_body()).await;
+    format!("{head}\n{body}")
+}
+
+#[test]
+fn no_secret_in_any_log_line_answer_page_metric_file_or_redis_key() {
+    let capture = Capture::default();
+    let _guard = capture.install(tracing::Level::TRACE);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("secrets-gateway-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state_file = dir.join("state.json");
+    #[cfg(feature = "redis")]
+    let redis = common::redis::Redis::any("no_secret_in_..._redis_key");
+    let mut seen: Vec<(String, String)> = Vec::new();
+    runtime.block_on(async {
+        let mock = MockGemini::builder()
+            .project("proj-leaked", |p| p.leaked_key(KEYS[1]))
+            .project("proj-good", |p| p.key(KEYS[2]).key(ADDED))
+            .project("proj-limited", |p| {
+                p.key(KEYS[3]).default_limits(ModelLimits {
+                    rpm: Some(1),
+                    ..Default::default()
+                })
+            })
+            .fault(Fault::overloaded(1.0).for_model("gemini-2.5-pro"))
+            .fault(Fault::connection_reset(1.0).for_model("gemini-2.5-flash-lite"))
+            .fault(Fault::mid_stream_error(1.0).for_model("gemini-2.5-flash"))
+            .start()
+            .await
+            .unwrap();
+        let keys = KEYS.join(",");
+        let url = mock.url();
+        let state = state_file.display().to_string();
+        let mut vars = vec![
+            ("GEMINI_API_KEY", keys.as_str()),
+            ("GATEWAY_TOKENS", TOKEN),
+            ("ADMIN_TOKEN", ADMIN),
+            ("LLM_API_ENDPOINT", url.as_str()),
+            ("GATEWAY_STATE_FILE", state.as_str()),
+            // Fail rather than wait for a slot: the run is about what is shown, not served.
+            ("GATEWAY_MAX_WAIT_SECS", "0"),
+        ];
+        #[cfg(feature = "redis")]
+        let prefix = common::redis::Redis::prefix("secrets-gateway");
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &redis {
+            vars.push(("REDIS_URL", redis.url.as_str()));
+            vars.push(("REDIS_PREFIX", prefix.as_str()));
+        }
+        let config = config_from(&vars);
+        tracing::info!("{}", config.describe());
+        seen.push((
+            "the configuration's Debug".into(),
+            format!("{:?}", config.pool),
+        ));
+        let mut gateway = start(config).await;
+        let base = gateway.base.clone();
+        let mut ask = async |what: &str, request: Request<Full<Bytes>>| {
+            let response = client().request(request).await.unwrap();
+            seen.push((what.to_owned(), shown(response).await));
+        };
+        let generate = |model: &str, token: &str, how: &str| {
+            let builder = Request::post(format!(
+                "{base}/v1beta/models/{model}:generateContent{}",
+                if how == "query" {
+                    format!("?key={token}")
+                } else {
+                    String::new()
+                }
+            ));
+            let builder = match how {
+                "bearer" => builder.header("authorization", format!("Bearer {token}")),
+                "header" => builder.header("x-goog-api-key", token),
+                _ => builder,
+            };
+            builder
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(common::generate_body("hi"))))
+                .unwrap()
+        };
+        for _ in 0..3 {
+            for how in ["bearer", "header", "query"] {
+                ask("a native call", generate("gemini-2.0-flash", TOKEN, how)).await;
+            }
+        }
+        // One call each (more would open the model's circuit, and a caller then waits for
+        // its half-open probe).
+        ask(
+            "an overloaded call",
+            generate("gemini-2.5-pro", TOKEN, "query"),
+        )
+        .await;
+        ask(
+            "a reset call",
+            generate("gemini-2.5-flash-lite", TOKEN, "bearer"),
+        )
+        .await;
+        for how in ["bearer", "header", "query"] {
+            ask("a refused token", generate("gemini-2.0-flash", WRONG, how)).await;
+        }
+        ask(
+            "a stream broken by an error",
+            Request::post(format!(
+                "{base}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse&key={TOKEN}"
+            ))
+            .body(Full::new(Bytes::from(common::generate_body(
+                "one two three",
+            ))))
+            .unwrap(),
+        )
+        .await;
+        ask(
+            "an OpenAI chat",
+            Request::post(format!("{base}/v1/chat/completions"))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Full::new(Bytes::from(
+                    r#"{"messages":[{"role":"user","content":"hi"}]}"#,
+                )))
+                .unwrap(),
+        )
+        .await;
+        let admin = |method: http::Method, path: &str, body: &str| {
+            Request::builder()
+                .method(method)
+                .uri(format!("{base}{path}"))
+                .header("authorization", format!("Bearer {ADMIN}"))
+                .body(Full::new(Bytes::from(body.to_owned())))
+                .unwrap()
+        };
+        ask(
+            "a key added through the admin API",
+            admin(
+                http::Method::POST,
+                "/api/keys",
+                &format!(r#"{{"key":"{ADDED}","project":"proj-good"}}"#),
+            ),
+        )
+        .await;
+        ask(
+            "a malformed key added through the admin API",
+            admin(
+                http::Method::POST,
+                "/api/keys",
+                &format!(r#"{{"key":"{ADDED} with spaces"}}"#),
+            ),
+        )
+        .await;
+        ask(
+            "a call on the new key",
+            generate("gemini-2.0-flash", TOKEN, "header"),
+        )
+        .await;
+        ask(
+            "the status API",
+            admin(http::Method::GET, "/api/keys/status", ""),
+        )
+        .await;
+        ask("the metrics", admin(http::Method::GET, "/metrics", "")).await;
+        ask("the dashboard", admin(http::Method::GET, "/", "")).await;
+        ask(
+            "a reset",
+            admin(http::Method::POST, "/api/keys/0003/reset", ""),
+        )
+        .await;
+        ask(
+            "the status API with the client token",
+            Request::get(format!("{base}/api/keys/status"))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        // Stop: the state file is written.
+        gateway.stop.take().unwrap().send(()).unwrap();
+        gateway.served.await.unwrap();
+        let file = std::fs::read_to_string(&state_file).unwrap();
+        assert!(
+            file.contains("0003"),
+            "the state file holds the keys' state"
+        );
+        seen.push(("the state file".into(), file));
+
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &redis {
+            let mut connection = redis.connection().await;
+            let names: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}*"))
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+            assert!(!names.is_empty(), "the gateway used Redis");
+            let mut keyspace = names.join("\n");
+            for name in &names {
+                let dump: Vec<u8> = redis::cmd("DUMP")
+                    .arg(name)
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap_or_default();
+                keyspace.push_str(&String::from_utf8_lossy(&dump));
+            }
+            seen.push(("the Redis keyspace".into(), keyspace));
+        }
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+    let logs = capture.text();
+    assert!(logs.contains("…0003"), "the run was logged");
+    assert!(
+        logs.contains("…0005"),
+        "the added key was logged by fingerprint"
+    );
+    seen.push(("the log".into(), logs));
+    for (what, text) in &seen {
+        for secret in secrets() {
+            assert!(!text.contains(secret), "{what} holds {secret}:\n{text}");
+        }
+    }
+}

@@ -94,9 +94,29 @@ pub(crate) struct Scrubber {
     held: Option<Option<Frame<Bytes>>>,
 }
 
+/// Could `replacement`, put where `needle` was, make a new `needle` with the bytes beside
+/// it: does it hold the needle, or does its end begin the needle or its start end it?
+fn could_join(needle: &[u8], replacement: &[u8]) -> bool {
+    let overlap = 1..=replacement.len().min(needle.len());
+    overlap.into_iter().any(|k| {
+        needle.starts_with(&replacement[replacement.len() - k..])
+            || needle.ends_with(&replacement[..k])
+    }) || (!needle.is_empty() && replacement.windows(needle.len()).any(|w| w == needle))
+}
+
 impl Scrubber {
     /// `None` for an empty needle (nothing to scrub).
+    ///
+    /// A replacement that could join the bytes around it into the needle is not used: a key
+    /// whose last four characters also begin it (`abcdXabcd`, shown as `…abcd`) followed in the
+    /// body by the rest of itself (`Xabcd`) would come out whole. Then the key is shown as `…`
+    /// alone, which a key (visible ASCII) can never run into.
     pub(crate) fn new(needle: &[u8], replacement: &[u8]) -> Option<Box<Scrubber>> {
+        let replacement = if could_join(needle, replacement) {
+            "…".as_bytes()
+        } else {
+            replacement
+        };
         (!needle.is_empty()).then(|| {
             Box::new(Scrubber {
                 needle: needle.into(),
@@ -108,7 +128,7 @@ impl Scrubber {
     }
 
     /// The scrubbed bytes of `data` that can go out now.
-    fn push(&mut self, data: &[u8]) -> Bytes {
+    pub(crate) fn push(&mut self, data: &[u8]) -> Bytes {
         let mut buffer = std::mem::take(&mut self.carry);
         buffer.extend_from_slice(data);
         let needle = &*self.needle;
@@ -126,7 +146,7 @@ impl Scrubber {
     }
 
     /// What is still held back (the body ended or trailers come next).
-    fn flush(&mut self) -> Option<Bytes> {
+    pub(crate) fn flush(&mut self) -> Option<Bytes> {
         (!self.carry.is_empty()).then(|| Bytes::from(std::mem::take(&mut self.carry)))
     }
 }
@@ -415,5 +435,45 @@ impl<B: Body> Prefix<B> {
     pub(crate) fn into_scrubbed_body(self, scrub: Option<Box<Scrubber>>) -> ResponseBody<B> {
         let rest = (!self.ended && self.error.is_none()).then_some(self.body);
         ResponseBody::replay(self.frames, self.error, rest, scrub)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrubbed(needle: &str, shown: &str, chunks: &[&str]) -> String {
+        let mut scrubber = Scrubber::new(needle.as_bytes(), shown.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            out.extend_from_slice(&scrubber.push(chunk.as_bytes()));
+        }
+        out.extend_from_slice(&scrubber.flush().unwrap_or_default());
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_copy_cut_across_frames_is_replaced() {
+        let out = scrubbed(
+            "test-key-0001",
+            "…0001",
+            &["say test-k", "ey-0", "001 twice: test-key-0001"],
+        );
+        assert_eq!(out, "say …0001 twice: …0001");
+    }
+
+    /// Found by the `scrub` fuzz target: the fingerprint of a key that begins with its own last
+    /// four characters, followed by the rest of the key, made the key again.
+    #[test]
+    fn a_replacement_never_joins_what_follows_into_the_key() {
+        let key = "abcdXabcd";
+        let out = scrubbed(key, "…abcd", &["abcdXabcdXabcd"]);
+        assert!(!out.contains(key), "{out}");
+        assert_eq!(out, "…Xabcd");
+        // An ordinary key keeps its fingerprint.
+        assert_eq!(
+            scrubbed("test-key-0001", "…0001", &["test-key-0001"]),
+            "…0001"
+        );
     }
 }

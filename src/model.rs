@@ -38,12 +38,12 @@ impl Model {
 }
 
 /// Longest model name a gateway forwards (Google's are under 64 characters).
-#[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "gateway", fuzzing)), allow(dead_code))]
 pub(crate) const MAX_NAME: usize = 128;
 
 /// Is `model` spelled as Google spells model names: an ASCII letter or digit, then letters,
 /// digits, `-`, `.` and `_`, at most [`MAX_NAME`] long? The error says what to send instead.
-#[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "gateway", fuzzing)), allow(dead_code))]
 pub(crate) fn check_name(model: &str) -> Result<(), String> {
     let bytes = model.as_bytes();
     let plausible = bytes.first().is_some_and(u8::is_ascii_alphanumeric)
@@ -62,7 +62,7 @@ pub(crate) fn check_name(model: &str) -> Result<(), String> {
 }
 
 /// The first 64 characters of what a caller sent, for an error message.
-#[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "gateway", fuzzing)), allow(dead_code))]
 pub(crate) fn shorten(text: &str) -> String {
     const SHOWN: usize = 64;
     match text.char_indices().nth(SHOWN) {

@@ -60,4 +60,6 @@ pub use crate::state::{
 };
 pub use inbound::{ClientKey, InboundFuture, InboundQuota, InboundQuotaLayer};
 pub use service::{Quota, QuotaLayer, ResponseFuture};
+#[cfg(fuzzing)]
+pub(crate) use usage::PromptTokens;
 pub use usage::UsageBody;

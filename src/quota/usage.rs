@@ -32,21 +32,28 @@ impl PromptTokens {
             joined = std::mem::take(&mut self.carry);
             &joined
         };
-        let mut found = None;
+        // The count that comes last in the text, whichever key names it (found by the fuzz
+        // target `usage`: with both keys in one body, the answer depended on how it was cut).
+        let mut found: Option<(usize, u64)> = None;
         for key in KEYS {
             let mut from = 0;
             while let Some(at) = find(&text[from..], key) {
                 let start = from + at + key.len();
                 match number_after(&text[start..]) {
-                    Some(n) => found = Some(n),
-                    None => break,
+                    Some(n) if found.is_none_or(|(seen, _)| start > seen) => {
+                        found = Some((start, n));
+                    }
+                    // Not a number, or cut by the end of the text (the carry brings it
+                    // back): either way, look further.
+                    _ => {}
                 }
-                from = start;
+                // One byte on, not past the key: a closing quote may open the next key.
+                from += at + 1;
             }
         }
         let keep = text.len().min(CARRY);
         self.carry = text[text.len() - keep..].to_vec();
-        found
+        found.map(|(_, n)| n)
     }
 }
 
@@ -195,6 +202,22 @@ mod tests {
             s.scan(br#"{"usage":{"prompt_tokens":41,"completion_tokens":2}}"#),
             Some(41)
         );
+    }
+
+    /// Found by the `usage` fuzz target: with both keys in one body the last count wins, and a
+    /// key followed by no number does not hide a later count, as when the body comes in pieces.
+    #[test]
+    fn the_last_count_wins_whichever_key_names_it() {
+        let text = br#"{"promptTokenCount": x} {"usageMetadata":{"promptTokenCount":12}}"#;
+        assert_eq!(PromptTokens::default().scan(text), Some(12));
+        let text = br#"{"prompt_tokens"prompt_tokens":4}"#;
+        assert_eq!(PromptTokens::default().scan(text), Some(4));
+        let text = br#"{"usage":{"prompt_tokens":3}} {"usageMetadata":{"promptTokenCount":12}}"#;
+        assert_eq!(PromptTokens::default().scan(text), Some(12));
+        let mut s = PromptTokens::default();
+        let (first, second) = text.split_at(30);
+        assert_eq!(s.scan(first), Some(3));
+        assert_eq!(s.scan(second), Some(12));
     }
 
     #[test]

@@ -1,0 +1,46 @@
+//! Entry points for the fuzz targets in `fuzz/` (compiled only with `--cfg fuzzing`, which
+//! `cargo fuzz` sets): the crate-private parsers that read what the network and callers send.
+
+use bytes::Bytes;
+
+/// The usage scanner over `chunks` as they would arrive: the last prompt token count found.
+pub fn prompt_tokens(chunks: &[&[u8]]) -> Option<u64> {
+    let mut scanner = crate::quota::PromptTokens::default();
+    let mut found = None;
+    for chunk in chunks {
+        if let Some(n) = scanner.scan(chunk) {
+            found = Some(n);
+        }
+    }
+    found
+}
+
+/// The model named in a native path.
+pub fn model_in_path(path: &str) -> Option<&str> {
+    crate::model::model_in_path(path)
+}
+
+/// The model named in an OpenAI JSON body.
+pub fn model_in_json(body: &[u8]) -> Option<String> {
+    crate::model::model_in_json(body)
+}
+
+/// Does the gateway accept `model` as a model name?
+pub fn model_name_ok(model: &str) -> bool {
+    crate::model::check_name(model).is_ok()
+}
+
+/// `body` cut into `chunks` and run through the key scrubber: what a caller would read.
+pub fn scrub(secret: &[u8], shown: &[u8], chunks: &[&[u8]]) -> Vec<u8> {
+    let Some(mut scrubber) = crate::body::Scrubber::new(secret, shown) else {
+        return chunks.concat();
+    };
+    let mut out = Vec::new();
+    for chunk in chunks {
+        out.extend_from_slice(&scrubber.push(&Bytes::copy_from_slice(chunk)));
+    }
+    if let Some(rest) = scrubber.flush() {
+        out.extend_from_slice(&rest);
+    }
+    out
+}

@@ -289,3 +289,40 @@ async fn a_malformed_url_is_a_clear_error_without_the_password() {
         "{text}"
     );
 }
+
+/// A caller that gives up while Redis decides (a client disconnecting, a timeout around the
+/// call) takes no slot: neither the shared one the script may have taken nor the local one.
+#[tokio::test]
+async fn a_caller_giving_up_during_the_shared_admission_takes_no_slot() {
+    use futures_util::FutureExt;
+    use tower::{Layer, ServiceExt};
+
+    let Some(redis) = Redis::any("a_caller_giving_up_during_the_shared_admission_takes_no_slot")
+    else {
+        return;
+    };
+    let clock = clock();
+    let mock = MockGemini::builder()
+        .project("proj-a", |p| p.key("test-key-0001"))
+        .clock(clock.clone())
+        .start()
+        .await
+        .unwrap();
+    let store = store(&redis, &Redis::prefix("give-up"), RedisOptions::default()).await;
+    let pool = pool(&clock, &store, &["test-key-0001"], Some(rpm(1)));
+    for _ in 0..3 {
+        let call = tower_gemini::stack(&pool)
+            .layer(common::client())
+            .oneshot(common::generate(&mock, FLASH, "hello"));
+        let mut call = Box::pin(call);
+        // One poll: the key is chosen, the local slot reserved, the admission sent to Redis.
+        assert!((&mut call).now_or_never().is_none());
+        drop(call);
+    }
+    // Three callers gave up; the one slot of the minute is still there for a real request.
+    eventually("the given-up admissions are given back", async || {
+        send(&pool, &mock).await.is_ok()
+    })
+    .await;
+    assert_eq!(mock.stats().total_requests(), 1);
+}

@@ -173,7 +173,7 @@ where
                     pending: Some(Box::new(Pending {
                         request,
                         inner,
-                        local,
+                        local: Unsent(local),
                         shared,
                     })),
                 },
@@ -187,8 +187,27 @@ where
 struct Pending<S, B> {
     request: Request<B>,
     inner: S,
-    local: Option<(MeterRef, Ticket)>,
+    local: Unsent,
     shared: Shared,
+}
+
+/// A local admission whose request has not been sent: given back when dropped (the caller gave
+/// up during the shared admission, or the shared store refused), unless [`send`](Unsent::send)
+/// took it.
+struct Unsent(Option<(MeterRef, Ticket)>);
+
+impl Unsent {
+    fn send(mut self) -> Option<(MeterRef, Ticket)> {
+        self.0.take()
+    }
+}
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        if let Some((meter, ticket)) = self.0.take() {
+            meter.meters().refund(&ticket);
+        }
+    }
 }
 
 struct Shared {
@@ -400,12 +419,12 @@ where
                         Ok(ticket) => {
                             let future = pending.inner.call(pending.request);
                             let shared = ticket.map(|t| (pending.shared.store.clone(), t));
-                            self.set(ResponseFuture::calling(future, pending.local, shared));
+                            let local = pending.local.send();
+                            self.set(ResponseFuture::calling(future, local, shared));
                         }
                         Err(refusal) => {
-                            if let Some((m, t)) = pending.local.take() {
-                                m.meters().refund(&t);
-                            }
+                            // Dropping `pending` gives the local admission back.
+                            drop(pending.local);
                             let error = pending.shared.refused(&refusal);
                             self.set(ResponseFuture::refused(error));
                         }

@@ -120,6 +120,20 @@ struct Inner {
 /// Days a key's or project's recorded state lives without being written again.
 const STATE_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
 
+/// An admission sent to Redis whose answer has not been read: given back when dropped armed.
+struct Unconfirmed<'a> {
+    inner: &'a Arc<Inner>,
+    ticket: Option<SharedTicket>,
+}
+
+impl Drop for Unconfirmed<'_> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.inner.give_back(ticket);
+        }
+    }
+}
+
 const ADMIT: &str = r#"
 -- KEYS: 1 window (zset), 2 sums (hash), 3 day count, 4 project+model state (hash),
 --       5 key state (hash), 6 project state (hash)
@@ -202,11 +216,14 @@ return {'ok'}
 
 const REFUND: &str = r#"
 -- KEYS: 1 window, 2 sums, 3 day count. ARGV: 1 member, 2 tokens, 3 images
+-- Only an admitted member is given back: a refund of an admission that never ran (its caller
+-- gave up before the answer) changes nothing. One still admitted but out of the window (older
+-- than a minute) keeps its day count: at worst a day slot too few.
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
   if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[2], 'tokens', '-' .. ARGV[2]) end
   if ARGV[3] ~= '0' then redis.call('HINCRBY', KEYS[2], 'images', '-' .. ARGV[3]) end
+  if tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then redis.call('DECR', KEYS[3]) end
 end
-if tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then redis.call('DECR', KEYS[3]) end
 return 1
 "#;
 
@@ -428,6 +445,21 @@ impl Inner {
         self.name("p", &[project])
     }
 
+    /// Give an admission back (in the background).
+    fn give_back(self: &Arc<Self>, ticket: SharedTicket) {
+        let keys = vec![
+            format!("{}:w", ticket.base),
+            format!("{}:s", ticket.base),
+            ticket.day.to_string(),
+        ];
+        let args = vec![
+            ticket.member,
+            ticket.tokens.to_string(),
+            ticket.images.to_string(),
+        ];
+        self.spawn_write(Write::Refund, keys, args);
+    }
+
     /// Run a write in the background (answers do not wait for Redis); a failure makes the
     /// store unreachable like a failed admission.
     fn spawn_write(self: &Arc<Self>, write: Write, keys: Vec<String>, args: Vec<String>) {
@@ -568,6 +600,20 @@ impl Store for RedisStore {
                 .arg(limits.ipm.unwrap_or(0))
                 .arg(next_pacific_midnight(admission.now))
                 .arg(60_000 + duration_ms(inner.options.margin));
+            // From here the script may run, whether or not its answer is awaited: if the
+            // caller gives up (drops this future), or the answer is late or lost, the admission
+            // is given back (a no-op if it never ran).
+            let mut unconfirmed = Unconfirmed {
+                inner: &inner,
+                ticket: Some(SharedTicket {
+                    member: member.clone(),
+                    base: base.clone(),
+                    day: day.clone(),
+                    at: admission.now,
+                    tokens: demand.tokens,
+                    images: demand.images,
+                }),
+            };
             let mut connection = inner.connection.clone();
             let call = invocation.invoke_async::<Vec<String>>(&mut connection);
             let answer = match tokio::time::timeout(inner.options.timeout, call).await {
@@ -584,30 +630,17 @@ impl Store for RedisStore {
                     return inner.fallback();
                 }
             };
-            verdict(&answer)?;
-            Ok(Some(SharedTicket {
-                member,
-                base,
-                day,
-                at: admission.now,
-                tokens: demand.tokens,
-                images: demand.images,
-            }))
+            if let Err(refused) = verdict(&answer) {
+                // Refused: nothing was admitted, nothing to give back.
+                unconfirmed.ticket = None;
+                return Err(refused);
+            }
+            Ok(unconfirmed.ticket.take())
         })
     }
 
     fn refund(&self, ticket: SharedTicket) {
-        let keys = vec![
-            format!("{}:w", ticket.base),
-            format!("{}:s", ticket.base),
-            ticket.day.to_string(),
-        ];
-        let args = vec![
-            ticket.member,
-            ticket.tokens.to_string(),
-            ticket.images.to_string(),
-        ];
-        self.inner.spawn_write(Write::Refund, keys, args);
+        self.inner.give_back(ticket);
     }
 
     fn correct(&self, ticket: &SharedTicket, tokens: u64) {

@@ -459,18 +459,32 @@ async fn redis_killed_and_restarted_mid_run_costs_no_request_and_loses_no_count(
         }
         sent.set(sent.get() + n);
     };
-    burst(20).await;
-    redis.stop();
-    burst(20).await;
-    redis.start();
-    burst(20).await;
-    let status = || async {
+    let status_api = || async {
         let request = Request::get(format!("{}/api/keys/status", gateway.base))
             .header("authorization", format!("Bearer {ADMIN}"))
             .body(Full::new(Bytes::new()))
             .unwrap();
         let body = text(client().request(request).await.unwrap()).await;
-        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    burst(20).await;
+    let store = status_api().await["store"].clone();
+    assert_eq!(
+        store,
+        serde_json::json!({"shared": true, "reachable": true})
+    );
+    redis.stop();
+    burst(20).await;
+    // The status API says the gateway is on its own.
+    assert_eq!(status_api().await["store"]["reachable"], false);
+    redis.start();
+    burst(20).await;
+    eventually("the status API sees Redis back", async || {
+        status_api().await["store"]["reachable"] == true
+    })
+    .await;
+    let status = || async {
+        let json = status_api().await;
         json["data"]
             .as_array()
             .unwrap()

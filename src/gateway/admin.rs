@@ -82,6 +82,10 @@ pub(crate) async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap
         &serde_json::json!({
             "success": true,
             "taken_at": snapshot.taken_at,
+            "store": {
+                "shared": live.pool.is_shared(),
+                "reachable": live.pool.is_store_reachable(),
+            },
             "data": data,
             "quota": snapshot.quota,
             "breakers": shared.breakers.snapshot(),

@@ -200,6 +200,13 @@ impl KeyPool {
         self.inner.store.is_shared()
     }
 
+    /// Can the pool's store be reached now? Always `true` for the in-memory store; for Redis,
+    /// `false` while requests are admitted by this process's own ledger (or refused, with
+    /// `WhenUnreachable::Refuse`).
+    pub fn is_store_reachable(&self) -> bool {
+        self.inner.store.is_reachable()
+    }
+
     /// Stop handing out the keys that `successor` (a pool rebuilt with
     /// [`with_keys`](Self::with_keys)) does not have: requests still waiting in line on this
     /// pool must not get a key an operator removed.

@@ -560,6 +560,10 @@ impl Store for RedisStore {
         true
     }
 
+    fn is_reachable(&self) -> bool {
+        self.is_connected()
+    }
+
     fn admit(
         &self,
         admission: Admission,

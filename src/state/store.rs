@@ -91,6 +91,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// and nothing else is called.
     fn is_shared(&self) -> bool;
 
+    /// Can the store be reached now (as of its last call)? For status pages; a store that is
+    /// not shared is always reachable.
+    fn is_reachable(&self) -> bool {
+        true
+    }
+
     /// Take a place for the request in its project+model's ledger, all or nothing across
     /// dimensions. `Ok(None)`: admitted without a place to give back (no shared ledger now,
     /// e.g. falling back to local state).

@@ -7,12 +7,12 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::alloc::{Counting, live_blocks, live_bytes};
 use common::text;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -22,35 +22,6 @@ use tower_gemini::KeyPool;
 use tower_gemini::gateway::{GatewayConfig, Token, serve_on};
 use tower_gemini::mock::MockGemini;
 use tower_gemini::pool::{KeySpec, ModelLimits};
-
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-/// Live allocations (count): buffers of varying size come and go with connections, so a
-/// per-request leak shows in the count before it shows in the bytes.
-static BLOCKS: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        BLOCKS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        BLOCKS.fetch_sub(1, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -75,7 +46,7 @@ type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Ful
 
 /// `count` requests, at most `concurrency` at a time; every status.
 async fn run(http: &HttpClient, url: &str, count: usize, concurrency: usize) -> Vec<StatusCode> {
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
             let (http, url, next) = (http.clone(), url.to_owned(), next.clone());
@@ -154,7 +125,7 @@ fn ten_thousand_requests_at_500_concurrent_all_served_within_quota_and_memory_re
         let warm = run(&http, &url, CONCURRENCY, CONCURRENCY).await;
         assert!(warm.iter().all(|s| *s == StatusCode::OK));
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let baseline = LIVE.load(Ordering::Relaxed);
+        let baseline = live_bytes();
         eprintln!(
             "baseline fds {}",
             std::fs::read_dir("/proc/self/fd").unwrap().count()
@@ -206,12 +177,12 @@ fn ten_thousand_requests_at_500_concurrent_all_served_within_quota_and_memory_re
         let settle = run(&http, &url, 5_000, CONCURRENCY).await;
         assert!(settle.iter().all(|s| *s == StatusCode::OK));
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let (bytes_before, blocks_before) = (LIVE.load(Ordering::Relaxed), BLOCKS.load(Ordering::Relaxed));
+        let (bytes_before, blocks_before) = (live_bytes(), live_blocks());
         let again = run(&http, &url, 5_000, CONCURRENCY).await;
         assert!(again.iter().all(|s| *s == StatusCode::OK));
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let bytes = LIVE.load(Ordering::Relaxed) - bytes_before;
-        let blocks = BLOCKS.load(Ordering::Relaxed) - blocks_before;
+        let bytes = live_bytes() - bytes_before;
+        let blocks = live_blocks() - blocks_before;
         eprintln!(
             "live heap {} B before the 10,000 (after warm-up), {bytes_before} B before the last 5,000; those 5,000 changed it by {bytes:+} B and {blocks:+} allocations",
             baseline

@@ -1,35 +1,11 @@
 //! What a key costs in memory: at most 2 KiB each, with a model in use and quota limits set,
 //! measured by counting the allocator's live bytes around building and using a pool.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
+mod common;
 
+use common::alloc::{Counting, live_bytes};
 use tower_gemini::pool::ModelLimits;
 use tower_gemini::{KeyPool, KeySpec};
-
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -37,7 +13,7 @@ static ALLOCATOR: Counting = Counting;
 /// Live bytes held by a pool of `keys` keys, one project each, after one selection per key for
 /// a limited model (so every project's slots and ledger for it exist).
 fn bytes_for(keys: usize) -> isize {
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live_bytes();
     let pool = (0..keys)
         .fold(KeyPool::builder(), |builder, i| {
             builder.key_with(KeySpec::new(format!("test-key-{i:06}")).project(format!("proj-{i}")))
@@ -56,7 +32,7 @@ fn bytes_for(keys: usize) -> isize {
     for _ in 0..keys {
         drop(pool.select(Some("gemini-2.0-flash")).unwrap());
     }
-    let held = LIVE.load(Ordering::Relaxed) - before;
+    let held = live_bytes() - before;
     drop(pool);
     held
 }

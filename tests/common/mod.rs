@@ -16,6 +16,7 @@ use tower_gemini::mock::{Fault, MockGemini, MockServer};
 use tower_gemini::pool::ModelLimits;
 use tower_gemini::{KeyPool, KeySpec};
 
+pub mod alloc;
 #[cfg(feature = "gateway")]
 pub mod gateway;
 #[cfg(feature = "redis")]

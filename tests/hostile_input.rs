@@ -198,6 +198,18 @@ async fn invalid_json_bodies_are_refused_locally_with_the_parse_error() {
         assert!(json["error"]["message"].is_string(), "{answer}");
     }
     assert_eq!(mock.stats().total_requests(), 0);
+    // A body that says it is something else (a multipart upload) is not judged as JSON.
+    let request = Request::post(format!(
+        "{}/v1beta/openai/audio/transcriptions",
+        gateway.base
+    ))
+    .header("content-type", "multipart/form-data; boundary=x")
+    .header("x-goog-api-key", TOKEN)
+    .body(body("--x\r\n\r\n--x--"))
+    .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_ne!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(mock.stats().total_requests(), 1, "forwarded");
 }
 
 /// Distinct `model` label values in the Prometheus text.

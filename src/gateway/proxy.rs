@@ -248,8 +248,9 @@ async fn forward(
             }
         },
         // What Google would refuse with a 400 is refused here, before a key and a slot of
-        // quota are spent on it.
-        None if parts.method == Method::POST => {
+        // quota are spent on it: a body that says (or leaves to be assumed) it is JSON and is
+        // not. Other content types (a multipart upload) pass as they are.
+        None if parts.method == Method::POST && says_json(&parts.headers) => {
             if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
                 return reply::client_error(
                     family,
@@ -289,6 +290,16 @@ async fn forward(
             reply::error(family, &error)
         }
     }
+}
+
+/// Is the body JSON by its `content-type` (or, with none, by Gemini's convention)?
+fn says_json(headers: &HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_TYPE).is_none_or(|value| {
+        value
+            .as_bytes()
+            .windows(4)
+            .any(|w| w.eq_ignore_ascii_case(b"json"))
+    })
 }
 
 fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, names: &[&'static str]) {

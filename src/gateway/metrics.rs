@@ -73,11 +73,21 @@ mod tests {
         if handle().is_none() {
             return; // another recorder was installed first in this process
         }
-        let threads = std::fs::read_dir("/proc/self/task").unwrap();
-        let names: Vec<String> = threads
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .map(|name| name.trim().to_owned())
-            .collect();
-        assert!(names.iter().any(|n| n == UPKEEP_THREAD), "{names:?}");
+        let names = || -> Vec<String> {
+            let threads = std::fs::read_dir("/proc/self/task").unwrap();
+            threads
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|name| name.trim().to_owned())
+                .collect()
+        };
+        // A new thread names itself when it starts running: until then it shows its parent's
+        // name. Wait for that (bounded), not for any length of time.
+        for _ in 0..200 {
+            if names().iter().any(|n| n == UPKEEP_THREAD) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("no {UPKEEP_THREAD} thread: {:?}", names());
     }
 }

@@ -1,0 +1,167 @@
+//! Which requests are cacheable, and their cache key.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use http::request::Parts;
+use http::{HeaderMap, Method};
+use serde_json::Value;
+
+use super::{CACHE_HEADER, NAMESPACE_HEADER};
+
+/// A cacheable request's key: namespace, model and canonical body.
+pub(crate) struct Keyed {
+    pub(crate) key: Arc<str>,
+    pub(crate) model: String,
+}
+
+/// What the caller asked of the cache in its headers.
+fn asked(headers: &HeaderMap) -> Option<bool> {
+    if headers
+        .get(http::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("no-store"))
+    {
+        return Some(false);
+    }
+    match headers
+        .get(CACHE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("no" | "off" | "false" | "0") => Some(false),
+        Some("yes" | "on" | "true" | "1") => Some(true),
+        _ => None,
+    }
+}
+
+/// The key of a request, if it may be served from (and stored in) the cache.
+pub(crate) fn of(parts: &Parts, body: &[u8], cache_sampled: bool) -> Option<Keyed> {
+    if parts.method != Method::POST {
+        return None;
+    }
+    let asked = asked(&parts.headers);
+    if asked == Some(false) {
+        return None;
+    }
+    let path = parts.uri.path();
+    let json: Value = serde_json::from_slice(body).ok()?;
+    let model = if path.ends_with(":generateContent") {
+        crate::model::model_in_path(path)?.to_owned()
+    } else if path.ends_with("/chat/completions") {
+        if json.get("stream").and_then(Value::as_bool) == Some(true) {
+            return None;
+        }
+        crate::model::model_in_json(body)?
+    } else {
+        return None;
+    };
+    let temperature = json
+        .get("generationConfig")
+        .and_then(|c| c.get("temperature"))
+        .or_else(|| json.get("temperature"))
+        .and_then(Value::as_f64);
+    let deterministic = temperature == Some(0.0);
+    if !deterministic && !cache_sampled && asked != Some(true) {
+        return None;
+    }
+    let namespace = parts
+        .headers
+        .get(NAMESPACE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mut key = String::with_capacity(body.len() + 64);
+    // Lengths first, so no namespace or model can run into the next field.
+    let _ = writeln!(
+        key,
+        "{}:{namespace}{}:{model}{path}",
+        namespace.len(),
+        model.len()
+    );
+    canonical(&json, &mut key);
+    Some(Keyed {
+        key: Arc::from(key),
+        model,
+    })
+}
+
+/// `value` as JSON with object keys sorted and no whitespace: the same request however its
+/// client spelled it.
+fn canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (name, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(name.clone()).to_string());
+                out.push(':');
+                canonical(value, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(path: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut builder = http::Request::post(format!("http://h{path}"));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    const PATH: &str = "/v1beta/models/gemini-2.0-flash:generateContent";
+
+    #[test]
+    fn the_same_request_spelled_differently_has_one_key() {
+        let a = br#"{"contents":[{"parts":[{"text":"hi"}]}],"generationConfig":{"temperature":0}}"#;
+        let b = br#"{ "generationConfig": {"temperature": 0.0},
+                      "contents": [ {"parts": [{"text": "hi"}]} ] }"#;
+        let ka = of(&parts(PATH, &[]), a, false).unwrap();
+        let kb = of(&parts(PATH, &[]), b, false).unwrap();
+        assert_eq!(ka.key, kb.key);
+        assert_eq!(ka.model, "gemini-2.0-flash");
+        // Another namespace, another key.
+        let kc = of(&parts(PATH, &[(NAMESPACE_HEADER, "tenant-b")]), a, false).unwrap();
+        assert_ne!(ka.key, kc.key);
+    }
+
+    #[test]
+    fn sampled_streamed_opted_out_and_other_methods_are_not_cached() {
+        let sampled = br#"{"contents":[{"parts":[{"text":"hi"}]}]}"#;
+        assert!(of(&parts(PATH, &[]), sampled, false).is_none());
+        assert!(of(&parts(PATH, &[(CACHE_HEADER, "yes")]), sampled, false).is_some());
+        assert!(of(&parts(PATH, &[]), sampled, true).is_some());
+        let fixed = br#"{"contents":[],"generationConfig":{"temperature":0}}"#;
+        assert!(of(&parts(PATH, &[(CACHE_HEADER, "no")]), fixed, true).is_none());
+        assert!(of(&parts(PATH, &[("cache-control", "no-store")]), fixed, true).is_none());
+        let stream = "/v1beta/models/gemini-2.0-flash:streamGenerateContent";
+        assert!(of(&parts(stream, &[]), fixed, true).is_none());
+        let chat = br#"{"model":"gemini-2.0-flash","temperature":0,"stream":true,"messages":[]}"#;
+        assert!(of(&parts("/v1beta/openai/chat/completions", &[]), chat, true).is_none());
+        let chat = br#"{"model":"gemini-2.0-flash","temperature":0,"messages":[]}"#;
+        let keyed = of(&parts("/v1beta/openai/chat/completions", &[]), chat, false).unwrap();
+        assert_eq!(keyed.model, "gemini-2.0-flash");
+        assert!(of(&parts(PATH, &[]), b"not json", true).is_none());
+    }
+}

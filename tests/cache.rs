@@ -1,0 +1,181 @@
+//! `CacheLayer` over real HTTP to the mock: a repeated prompt is served once upstream, identical
+//! misses are coalesced, errors and sampled answers are not cached, entries expire and the size
+//! bound holds.
+#![cfg(feature = "cache")]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::client;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::{Layer, ServiceExt};
+use tower_gemini::cache::{CACHE_HEADER, CacheLayer, CacheStatus};
+use tower_gemini::mock::{Fault, MockGemini, MockServer};
+use tower_gemini::{KeyPool, KeyRotationLayer};
+
+const MODEL: &str = "gemini-2.0-flash";
+const KEY: &str = "test-key-cache-0001";
+
+async fn mock(faults: &[Fault]) -> MockServer {
+    let mut mock = MockGemini::builder().project("proj-a", |p| p.key(KEY));
+    for fault in faults {
+        mock = mock.fault(fault.clone());
+    }
+    mock.start().await.unwrap()
+}
+
+fn prompt(mock: &MockServer, text: &str, temperature: &str) -> Request<Full<Bytes>> {
+    let body = format!(
+        r#"{{"contents":[{{"parts":[{{"text":"{text}"}}]}}],"generationConfig":{{"temperature":{temperature}}}}}"#
+    );
+    Request::post(mock.model_url(MODEL, "generateContent"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+/// Status, cache header and body of one call through `layer` to `mock`.
+async fn ask(
+    layer: &CacheLayer,
+    pool: &KeyPool,
+    request: Request<Full<Bytes>>,
+) -> (StatusCode, String, String) {
+    let service = layer.layer(KeyRotationLayer::new(pool).layer(client()));
+    let response = service.oneshot(request).await.unwrap();
+    let status = response.status();
+    let cache = response.headers()[CACHE_HEADER]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let hit = response.extensions().get::<CacheStatus>().copied();
+    assert_eq!(hit == Some(CacheStatus::Hit), cache == "hit");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, cache, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn a_repeated_prompt_is_served_once_upstream() {
+    let mock = mock(&[]).await;
+    let pool = KeyPool::from_keys([KEY]).unwrap();
+    let cache = CacheLayer::new();
+    let first = ask(&cache, &pool, prompt(&mock, "hello", "0")).await;
+    assert_eq!((first.0, first.1.as_str()), (StatusCode::OK, "miss"));
+    for _ in 0..5 {
+        let again = ask(&cache, &pool, prompt(&mock, "hello", "0")).await;
+        assert_eq!((again.0, again.1.as_str()), (StatusCode::OK, "hit"));
+        assert_eq!(again.2, first.2, "the same answer");
+    }
+    assert_eq!(mock.stats().total_requests(), 1);
+    // Another prompt is another entry.
+    let other = ask(&cache, &pool, prompt(&mock, "good bye", "0")).await;
+    assert_eq!(other.1, "miss");
+    assert_eq!(mock.stats().total_requests(), 2);
+}
+
+#[tokio::test]
+async fn identical_misses_at_once_make_one_upstream_call() {
+    let mock = MockGemini::builder()
+        .project("proj-a", |p| p.key(KEY))
+        .fault(Fault::latency(Duration::from_millis(100)))
+        .start()
+        .await
+        .unwrap();
+    let pool = KeyPool::from_keys([KEY]).unwrap();
+    let cache = CacheLayer::new();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (cache, pool, request) = (cache.clone(), pool.clone(), prompt(&mock, "same", "0"));
+            tokio::spawn(async move { ask(&cache, &pool, request).await })
+        })
+        .collect();
+    let mut bodies = std::collections::BTreeSet::new();
+    for task in tasks {
+        let (status, _, body) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        bodies.insert(body);
+    }
+    assert_eq!(bodies.len(), 1, "every waiter got the one answer");
+    assert_eq!(mock.stats().total_requests(), 1);
+}
+
+#[tokio::test]
+async fn errors_sampled_answers_and_opt_outs_are_not_cached() {
+    let mock = mock(&[Fault::overloaded(1.0)]).await;
+    let pool = KeyPool::from_keys([KEY]).unwrap();
+    let cache = CacheLayer::new();
+    for _ in 0..2 {
+        let (status, cache_header, _) = ask(&cache, &pool, prompt(&mock, "hi", "0")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(cache_header, "miss");
+    }
+    assert_eq!(
+        mock.stats().total_requests(),
+        2,
+        "an error is not served again"
+    );
+
+    let mock = mock_ok().await;
+    for _ in 0..2 {
+        let response = cache
+            .layer(KeyRotationLayer::new(&pool).layer(client()))
+            .oneshot(prompt(&mock, "sampled", "0.7"))
+            .await
+            .unwrap();
+        assert!(!response.headers().contains_key(CACHE_HEADER));
+    }
+    for _ in 0..2 {
+        let mut request = prompt(&mock, "fixed", "0");
+        request
+            .headers_mut()
+            .insert(CACHE_HEADER, "no".parse().unwrap());
+        let response = cache
+            .layer(KeyRotationLayer::new(&pool).layer(client()))
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(mock.stats().total_requests(), 4);
+    // A caller can opt in for a sampled prompt.
+    for expected in ["miss", "hit"] {
+        let mut request = prompt(&mock, "sampled", "0.7");
+        request
+            .headers_mut()
+            .insert(CACHE_HEADER, "yes".parse().unwrap());
+        assert_eq!(ask(&cache, &pool, request).await.1, expected);
+    }
+}
+
+async fn mock_ok() -> MockServer {
+    mock(&[]).await
+}
+
+#[tokio::test]
+async fn entries_expire_after_their_models_ttl() {
+    let mock = mock_ok().await;
+    let pool = KeyPool::from_keys([KEY]).unwrap();
+    let cache = CacheLayer::new().ttl(MODEL, Duration::from_millis(100));
+    assert_eq!(ask(&cache, &pool, prompt(&mock, "x", "0")).await.1, "miss");
+    assert_eq!(ask(&cache, &pool, prompt(&mock, "x", "0")).await.1, "hit");
+    // moka's clock is its own: a short real wait.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(ask(&cache, &pool, prompt(&mock, "x", "0")).await.1, "miss");
+    assert_eq!(mock.stats().total_requests(), 2);
+}
+
+#[tokio::test]
+async fn the_size_bound_holds() {
+    let mock = mock_ok().await;
+    let pool = KeyPool::from_keys([KEY]).unwrap();
+    let cache = CacheLayer::new().max_bytes(8 * 1024);
+    for n in 0..60 {
+        let text = format!("prompt number {n} {}", "padding ".repeat(20));
+        ask(&cache, &pool, prompt(&mock, &text, "0")).await;
+    }
+    let (entries, bytes) = cache.usage().await;
+    assert!(bytes <= 8 * 1024, "{bytes} bytes in {entries} entries");
+    assert!(entries > 0 && entries < 60, "{entries}");
+}

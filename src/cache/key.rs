@@ -114,6 +114,13 @@ fn canonical(value: &Value, out: &mut String) {
             }
             out.push(']');
         }
+        // `0`, `0.0` and `0e0` are one number.
+        Value::Number(number) => match number.as_f64() {
+            Some(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => {
+                let _ = write!(out, "{}", x as i64);
+            }
+            _ => out.push_str(&number.to_string()),
+        },
         other => out.push_str(&other.to_string()),
     }
 }

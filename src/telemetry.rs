@@ -11,6 +11,7 @@
 //! | `gemini_quota_used` | gauge | `project`, `model`, `dimension` |
 //! | `gemini_quota_limit` | gauge | `project`, `model`, `dimension` |
 //! | `gemini_quota_refusals_total` | counter | `project`, `model`, `dimension` |
+//! | `gemini_cache_hits_total` | counter | (feature `cache`) |
 //!
 //! `model` and `scope` take at most [`MAX_NAME_LABELS`] distinct values (the first seen);
 //! later names are reported as `other`, so made-up model names cannot grow the exporter.
@@ -134,6 +135,14 @@ pub(crate) fn quota(project: &str, model: &str, snapshot: impl FnOnce() -> Meter
             }
         }
     }
+}
+
+/// An answer served from the cache.
+#[cfg(feature = "cache")]
+#[inline]
+pub(crate) fn cache_hit() {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("gemini_cache_hits_total").increment(1);
 }
 
 /// A request refused by the local quota.

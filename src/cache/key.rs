@@ -36,26 +36,30 @@ fn asked(headers: &HeaderMap) -> Option<bool> {
     }
 }
 
+/// Could a request with this head be cached at all? Checked before its body is read, so that
+/// streams, other routes and opted-out calls pass without being buffered.
+pub(crate) fn candidate(method: &Method, path: &str, headers: &HeaderMap) -> bool {
+    method == Method::POST
+        && (path.ends_with(":generateContent") || path.ends_with("/chat/completions"))
+        && asked(headers) != Some(false)
+}
+
 /// The key of a request, if it may be served from (and stored in) the cache.
 pub(crate) fn of(parts: &Parts, body: &[u8], cache_sampled: bool) -> Option<Keyed> {
-    if parts.method != Method::POST {
+    let path = parts.uri.path();
+    if !candidate(&parts.method, path, &parts.headers) {
         return None;
     }
     let asked = asked(&parts.headers);
-    if asked == Some(false) {
-        return None;
-    }
-    let path = parts.uri.path();
     let json: Value = serde_json::from_slice(body).ok()?;
     let model = if path.ends_with(":generateContent") {
         crate::model::model_in_path(path)?.to_owned()
-    } else if path.ends_with("/chat/completions") {
+    } else {
+        // `/chat/completions`, as `candidate` checked.
         if json.get("stream").and_then(Value::as_bool) == Some(true) {
             return None;
         }
         crate::model::model_in_json(body)?
-    } else {
-        return None;
     };
     let temperature = json
         .get("generationConfig")

@@ -49,6 +49,9 @@ pub const CACHE_HEADER: &str = "x-gemini-cache";
 /// The header naming the caller's namespace (a tenant): entries are shared only within one.
 pub const NAMESPACE_HEADER: &str = "x-gemini-cache-namespace";
 
+/// The longest an entry is kept, whatever TTL is asked for.
+pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// The largest answer body cached; larger ones pass through uncached.
 pub const MAX_ENTRY_BYTES: usize = 4 * 1024 * 1024;
 
@@ -93,7 +96,11 @@ pub(crate) struct Settings {
 
 impl Settings {
     pub(crate) fn ttl(&self, model: &str) -> Duration {
-        self.ttls.get(model).copied().unwrap_or(self.default_ttl)
+        self.ttls
+            .get(model)
+            .copied()
+            .unwrap_or(self.default_ttl)
+            .min(MAX_TTL)
     }
 }
 
@@ -158,7 +165,8 @@ impl CacheLayer {
         self.rebuild(|_, max| *max = bytes)
     }
 
-    /// How long an answer for `model` is kept. Starts a new, empty cache.
+    /// How long an answer for `model` is kept (at most [`MAX_TTL`]). Starts a new, empty
+    /// cache.
     pub fn ttl(self, model: impl Into<String>, ttl: Duration) -> Self {
         let model = model.into();
         self.rebuild(|settings, _| {
@@ -201,5 +209,21 @@ impl std::fmt::Debug for CacheLayer {
             .field("default_ttl", &self.settings.default_ttl)
             .field("cache_sampled", &self.settings.cache_sampled)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ttl_is_capped() {
+        let settings = Settings {
+            default_ttl: Duration::MAX,
+            ttls: HashMap::from([("m".to_owned(), Duration::from_secs(60))]),
+            cache_sampled: false,
+        };
+        assert_eq!(settings.ttl("m"), Duration::from_secs(60));
+        assert_eq!(settings.ttl("other"), MAX_TTL);
     }
 }

@@ -103,6 +103,14 @@ where
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let (store, settings) = (self.store.clone(), self.settings.clone());
+        if !key::candidate(request.method(), request.uri().path(), request.headers()) {
+            // Not cacheable whatever its body says: passed on as it is, not read.
+            let call = inner.call(request);
+            return Box::pin(async move {
+                let response = call.await.map_err(Error::from_inner)?;
+                Ok(response.map(ResponseBody::Right))
+            });
+        }
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             let body = Limited::new(body, MAX_BUFFERED)
@@ -122,7 +130,7 @@ where
                 return Ok(response.map(ResponseBody::Right));
             };
             if let Some(entry) = store.get(&key).await {
-                telemetry_hit();
+                crate::telemetry::cache_hit();
                 return Ok(respond(&entry, CacheStatus::Hit).map(ResponseBody::Left));
             }
             let ttl = settings.ttl(&model);
@@ -168,10 +176,4 @@ where
             }
         })
     }
-}
-
-/// A hit, for the metrics.
-fn telemetry_hit() {
-    #[cfg(feature = "metrics")]
-    metrics::counter!("gemini_cache_hits_total").increment(1);
 }

@@ -68,6 +68,7 @@ pub mod classify;
 pub mod client;
 pub mod clock;
 mod error;
+pub mod fallback;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -56,6 +56,25 @@ pub(crate) fn body_bytes<B: 'static>(body: &B) -> Option<Peeked<'_>> {
     None
 }
 
+/// A body of type `B` holding `bytes`, if `B` is one of the in-memory types.
+pub(crate) fn body_from<B: 'static>(bytes: Bytes) -> Option<B> {
+    fn put<B: 'static, T: 'static>(slot: &mut Option<B>, value: impl FnOnce() -> T) -> bool {
+        match (slot as &mut dyn Any).downcast_mut::<Option<T>>() {
+            Some(typed) => {
+                *typed = Some(value());
+                true
+            }
+            None => false,
+        }
+    }
+    let mut slot: Option<B> = None;
+    let _ = put(&mut slot, || Full::new(bytes.clone()))
+        || put(&mut slot, || bytes.clone())
+        || put(&mut slot, || bytes.to_vec())
+        || put(&mut slot, || String::from_utf8_lossy(&bytes).into_owned());
+    slot
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +89,19 @@ mod tests {
         assert_eq!(&*body_bytes(&Full::new(Bytes::new())).unwrap(), b"");
         assert_eq!(&*body_bytes(&Bytes::from_static(b"q")).unwrap(), b"q");
         assert!(body_bytes(&http_body_util::Empty::<Bytes>::new()).is_none());
+    }
+
+    #[test]
+    fn in_memory_bodies_are_made_from_bytes() {
+        let bytes = Bytes::from_static(b"{\"model\":\"m\"}");
+        let full: Full<Bytes> = body_from(bytes.clone()).unwrap();
+        assert_eq!(&*body_bytes(&full).unwrap(), &bytes[..]);
+        assert_eq!(body_from::<Bytes>(bytes.clone()).unwrap(), bytes);
+        assert_eq!(body_from::<Vec<u8>>(bytes.clone()).unwrap(), bytes.to_vec());
+        assert_eq!(
+            body_from::<String>(bytes.clone()).unwrap(),
+            "{\"model\":\"m\"}"
+        );
+        assert!(body_from::<http_body_util::Empty<Bytes>>(bytes).is_none());
     }
 }

@@ -15,13 +15,14 @@ use tower_layer::Layer;
 
 use crate::circuit_breaker::{BreakerHandle, CircuitBreaker, CircuitBreakerLayer};
 use crate::error::{BoxError, Error};
+use crate::fallback::{Fallback, FallbackLayer};
 use crate::key_rotation::{KeyRotation, KeyRotationLayer};
 use crate::pool::KeyPool;
 use crate::quota::{Quota, QuotaLayer};
 use crate::retry::{Retry, RetryLayer};
 
 /// The service [`GeminiLayer`] builds around a client `S`.
-pub type GeminiService<S> = Retry<CircuitBreaker<KeyRotation<Quota<S>>>>;
+pub type GeminiService<S> = Fallback<Retry<CircuitBreaker<KeyRotation<Quota<S>>>>>;
 
 /// A response body of [`BoxGemini`]: any body, boxed.
 pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
@@ -36,7 +37,8 @@ pub type BoxGemini<ReqB = Full<Bytes>> =
 pub type GeminiBody<B> =
     crate::body::ResponseBody<crate::body::ResponseBody<crate::quota::UsageBody<B>>>;
 
-/// Retry → CircuitBreaker → KeyRotation → Quota over one [`KeyPool`], in that order:
+/// Retry → CircuitBreaker → KeyRotation → Quota over one [`KeyPool`], in that order
+/// (behind an optional [`FallbackLayer`], see [`GeminiLayer::fallback`]):
 ///
 /// 1. [`RetryLayer`] outermost, so that every attempt goes through the breaker and picks a key
 ///    afresh, and a local refusal (no key, circuit open) can be waited out;
@@ -67,6 +69,7 @@ pub struct GeminiLayer {
     breaker: CircuitBreakerLayer,
     rotation: KeyRotationLayer,
     quota: QuotaLayer,
+    fallback: FallbackLayer,
     wait: Option<Duration>,
 }
 
@@ -77,6 +80,7 @@ pub fn stack(pool: &KeyPool) -> GeminiLayer {
         breaker: CircuitBreakerLayer::new(),
         rotation: KeyRotationLayer::new(pool),
         quota: QuotaLayer::new(pool),
+        fallback: FallbackLayer::new(),
         wait: None,
     }
 }
@@ -104,6 +108,25 @@ impl GeminiLayer {
     /// ```
     pub fn wait_up_to(mut self, bound: Duration) -> Self {
         self.wait = Some(bound);
+        self
+    }
+
+    /// Fall back to other models when no project can serve the requested one: the stack is
+    /// tried again, whole, for the next model of the request's chain. See
+    /// [`fallback`](crate::fallback). Without chains (the default) requests pass as they are.
+    ///
+    /// ```
+    /// use tower_gemini::fallback::FallbackLayer;
+    /// use tower_gemini::{KeyPool, stack};
+    ///
+    /// let pool = KeyPool::from_keys(["test-key-0001", "test-key-0002"])?;
+    /// let fallback = FallbackLayer::new().chain("gemini-2.5-pro", ["gemini-2.5-flash"])?;
+    /// let layer = stack(&pool).fallback(fallback);
+    /// # let _ = layer;
+    /// # Ok::<(), tower_gemini::Error>(())
+    /// ```
+    pub fn fallback(mut self, fallback: FallbackLayer) -> Self {
+        self.fallback = fallback;
         self
     }
 
@@ -188,7 +211,8 @@ impl<S> Layer<S> for GeminiLayer {
             ),
             None => (self.retry.clone(), self.rotation.clone()),
         };
-        retry.layer(self.breaker.layer(rotation.layer(self.quota.layer(client))))
+        let stack = retry.layer(self.breaker.layer(rotation.layer(self.quota.layer(client))));
+        self.fallback.layer(stack)
     }
 }
 

@@ -12,6 +12,7 @@
 //! | `gemini_quota_limit` | gauge | `project`, `model`, `dimension` |
 //! | `gemini_quota_refusals_total` | counter | `project`, `model`, `dimension` |
 //! | `gemini_cache_hits_total` | counter | (feature `cache`) |
+//! | `gemini_fallbacks_total` | counter | `from`, `to`, `reason` |
 //!
 //! `model` and `scope` take at most [`MAX_NAME_LABELS`] distinct values (the first seen);
 //! later names are reported as `other`, so made-up model names cannot grow the exporter.
@@ -143,6 +144,19 @@ pub(crate) fn quota(project: &str, model: &str, snapshot: impl FnOnce() -> Meter
 pub(crate) fn cache_hit() {
     #[cfg(feature = "metrics")]
     metrics::counter!("gemini_cache_hits_total").increment(1);
+}
+
+/// A request sent to a fallback model (the names are the operator's chain, a bounded set).
+#[inline]
+pub(crate) fn fallback(from: &str, to: &str, reason: crate::fallback::FallbackReason) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(
+        "gemini_fallbacks_total",
+        "from" => from.to_owned(),
+        "to" => to.to_owned(),
+        "reason" => reason.as_str()
+    )
+    .increment(1);
 }
 
 /// A request refused by the local quota.

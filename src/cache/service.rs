@@ -156,8 +156,10 @@ where
                     body: bytes,
                     ttl,
                 };
-                let storable =
-                    head.status == StatusCode::OK && entry.body.len() <= super::MAX_ENTRY_BYTES;
+                // An answer from a fallback model is not what the key's model would say.
+                let storable = head.status == StatusCode::OK
+                    && entry.body.len() <= super::MAX_ENTRY_BYTES
+                    && !head.headers.contains_key(crate::fallback::FALLBACK_HEADER);
                 if storable {
                     Ok(entry)
                 } else {

@@ -353,6 +353,20 @@ pub struct Stats {
     total: AtomicU64,
     per_key: Mutex<HashMap<String, KeyCount>>,
     by_status: Mutex<HashMap<u16, u64>>,
+    per_model: Mutex<HashMap<String, Served>>,
+}
+
+/// What the mock answered successfully for one model: answers and the tokens its
+/// `usageMetadata` (or OpenAI `usage`) reported — what Google would bill.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Served {
+    /// Successful answers (a stream counts when it was sent whole).
+    pub answers: u64,
+    /// Prompt (input) tokens reported.
+    pub prompt_tokens: u64,
+    /// Output (candidate) tokens reported.
+    pub output_tokens: u64,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -383,6 +397,20 @@ impl Stats {
     pub fn responses_with_status(&self, status: u16) -> u64 {
         let map = self.by_status.lock().unwrap_or_else(|e| e.into_inner());
         map.get(&status).copied().unwrap_or(0)
+    }
+
+    /// What was answered successfully for `model`, and the tokens reported.
+    pub fn served(&self, model: &str) -> Served {
+        let map = self.per_model.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(model).copied().unwrap_or_default()
+    }
+
+    pub(crate) fn record_served(&self, model: &str, prompt_tokens: u64, output_tokens: u64) {
+        let mut map = self.per_model.lock().unwrap_or_else(|e| e.into_inner());
+        let served = map.entry(model.to_owned()).or_default();
+        served.answers += 1;
+        served.prompt_tokens += prompt_tokens;
+        served.output_tokens += output_tokens;
     }
 
     /// Every status answered, with counts, sorted.

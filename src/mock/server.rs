@@ -347,13 +347,19 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
                     .map(|data| Ok(Bytes::from(format!("data: {data}\n\n"))))
                     .chain([Ok(Bytes::from_static(b"data: [DONE]\n\n"))])
                     .collect();
+            let out = bodies::tokens_for(text.chars().count());
+            state.stats.record_served(&model, prompt_tokens, out);
             return Outcome::Answer(streamed(state, frames, true, project_name, key));
         }
         let answer = bodies::openai_response(&model, &text, prompt_tokens, &id);
+        let out = bodies::tokens_for(text.chars().count());
+        state.stats.record_served(&model, prompt_tokens, out);
         return Outcome::Answer(json_response(200, &answer, project_name, Some(key)));
     }
     if method == "generateContent" {
         let answer = bodies::generate_response(&model, &text, prompt_tokens, &id);
+        let out = bodies::tokens_for(text.chars().count());
+        state.stats.record_served(&model, prompt_tokens, out);
         return Outcome::Answer(json_response(200, &answer, project_name, Some(key)));
     }
     let sse = parts
@@ -421,6 +427,9 @@ fn stream_response(
         } else {
             format!(",\r\n{json}")
         })));
+    }
+    if !mid_stream {
+        state.stats.record_served(model, prompt, so_far);
     }
     streamed(state, frames, sse, project, key)
 }

@@ -46,6 +46,9 @@ pub enum ErrorKind {
     /// than fall back to this process's own state
     /// ([`WhenUnreachable::Refuse`](crate::state::WhenUnreachable)).
     StateUnavailable,
+    /// A daily spending budget ([`Budget`](crate::cost::Budget)) set to refuse past 100 % is
+    /// spent: 429 with `Retry-After` to midnight Pacific, when it resets.
+    BudgetSpent,
     /// Google answered with an error the stack could not mend (its last answer after retries),
     /// made an error by [`ResponseExt::error_for_status`](crate::ResponseExt::error_for_status);
     /// or an answer's body was not what was expected. [`Error::status_code`] is Google's status.
@@ -67,6 +70,7 @@ impl ErrorKind {
             ErrorKind::Config => "config",
             ErrorKind::BodyTooLarge => "body_too_large",
             ErrorKind::StateUnavailable => "state_unavailable",
+            ErrorKind::BudgetSpent => "budget_spent",
             ErrorKind::Upstream => "upstream",
         }
     }
@@ -219,7 +223,8 @@ impl Error {
         &self.inner.message
     }
 
-    /// The HTTP status a server should answer with: 429 for no key or local quota, 413 for a
+    /// The HTTP status a server should answer with: 429 for no key, local quota or a spent
+    /// budget, 413 for a
     /// body too large, 500 for configuration, 504 for the deadline, Google's own status for an
     /// [`Upstream`](ErrorKind::Upstream) answer (502 if it had none), 503 otherwise (every key
     /// disabled, circuit open, retries or budget spent, upstream unreachable).
@@ -230,7 +235,7 @@ impl Error {
                 .upstream_status
                 .filter(|s| s.is_client_error() || s.is_server_error())
                 .unwrap_or(http::StatusCode::BAD_GATEWAY),
-            ErrorKind::NoKeyAvailable | ErrorKind::QuotaExhausted => {
+            ErrorKind::NoKeyAvailable | ErrorKind::QuotaExhausted | ErrorKind::BudgetSpent => {
                 http::StatusCode::TOO_MANY_REQUESTS
             }
             ErrorKind::BodyTooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,

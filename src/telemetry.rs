@@ -13,6 +13,7 @@
 //! | `gemini_quota_refusals_total` | counter | `project`, `model`, `dimension` |
 //! | `gemini_cache_hits_total` | counter | (feature `cache`) |
 //! | `gemini_fallbacks_total` | counter | `from`, `to`, `reason` |
+//! | `gemini_cost_nano_usd_total` | counter | `model`, `project` |
 //!
 //! `model` and `scope` take at most [`MAX_NAME_LABELS`] distinct values (the first seen);
 //! later names are reported as `other`, so made-up model names cannot grow the exporter.
@@ -157,6 +158,18 @@ pub(crate) fn fallback(from: &str, to: &str, reason: crate::fallback::FallbackRe
         "reason" => reason.as_str()
     )
     .increment(1);
+}
+
+/// A priced call: its cost in billionths of a dollar.
+#[inline]
+pub(crate) fn cost(model: &str, project: Option<&str>, nano_usd: u64) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(
+        "gemini_cost_nano_usd_total",
+        "model" => name_label(model),
+        "project" => project.unwrap_or("unknown").to_owned()
+    )
+    .increment(nano_usd);
 }
 
 /// A request refused by the local quota.

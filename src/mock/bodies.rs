@@ -218,20 +218,34 @@ pub(super) fn candidate(text: &str, finish: bool) -> Value {
     c
 }
 
-pub(super) fn usage(prompt: u64, candidates: u64) -> Value {
-    json!({
+/// Thinking tokens a model reports (and Google bills as output): the 2.5 and 3 families think.
+pub(super) fn thoughts_for(model: &str) -> u64 {
+    if model.starts_with("gemini-2.5") || model.starts_with("gemini-3") {
+        8
+    } else {
+        0
+    }
+}
+
+pub(super) fn usage(model: &str, prompt: u64, candidates: u64) -> Value {
+    let thoughts = thoughts_for(model);
+    let mut usage = json!({
         "promptTokenCount": prompt,
         "candidatesTokenCount": candidates,
-        "totalTokenCount": prompt + candidates,
+        "totalTokenCount": prompt + candidates + thoughts,
         "promptTokensDetails": [{ "modality": "TEXT", "tokenCount": prompt }]
-    })
+    });
+    if thoughts > 0 {
+        usage["thoughtsTokenCount"] = thoughts.into();
+    }
+    usage
 }
 
 pub(super) fn generate_response(model: &str, text: &str, prompt: u64, response_id: &str) -> Value {
     let out = tokens_for(text.chars().count());
     json!({
         "candidates": [candidate(text, true)],
-        "usageMetadata": usage(prompt, out),
+        "usageMetadata": usage(model, prompt, out),
         "modelVersion": model,
         "responseId": response_id
     })
@@ -247,7 +261,7 @@ pub(super) fn stream_chunk(
 ) -> Value {
     json!({
         "candidates": [candidate(piece, last)],
-        "usageMetadata": usage(prompt, so_far),
+        "usageMetadata": usage(model, prompt, so_far),
         "modelVersion": model,
         "responseId": response_id
     })

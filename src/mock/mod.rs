@@ -365,7 +365,7 @@ pub struct Served {
     pub answers: u64,
     /// Prompt (input) tokens reported.
     pub prompt_tokens: u64,
-    /// Output (candidate) tokens reported.
+    /// Output tokens reported: candidates and, for thinking models (2.5, 3), thoughts.
     pub output_tokens: u64,
 }
 

@@ -358,7 +358,7 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
     }
     if method == "generateContent" {
         let answer = bodies::generate_response(&model, &text, prompt_tokens, &id);
-        let out = bodies::tokens_for(text.chars().count());
+        let out = bodies::tokens_for(text.chars().count()) + bodies::thoughts_for(&model);
         state.stats.record_served(&model, prompt_tokens, out);
         return Outcome::Answer(json_response(200, &answer, project_name, Some(key)));
     }
@@ -429,7 +429,8 @@ fn stream_response(
         })));
     }
     if !mid_stream {
-        state.stats.record_served(model, prompt, so_far);
+        let thoughts = bodies::thoughts_for(model);
+        state.stats.record_served(model, prompt, so_far + thoughts);
     }
     streamed(state, frames, sse, project, key)
 }

@@ -60,6 +60,7 @@ pub use crate::state::{
 };
 pub use inbound::{ClientKey, InboundFuture, InboundQuota, InboundQuotaLayer};
 pub use service::{Quota, QuotaLayer, ResponseFuture};
+pub(crate) use usage::LastCounts;
 #[cfg(fuzzing)]
 pub(crate) use usage::PromptTokens;
 pub use usage::UsageBody;

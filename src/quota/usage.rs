@@ -12,18 +12,33 @@ use pin_project_lite::pin_project;
 use crate::state::{MeterRef, SharedTicket, Store, Ticket};
 
 const KEYS: [&[u8]; 2] = [b"\"promptTokenCount\"", b"\"prompt_tokens\""];
-/// Bytes kept between chunks so a key or number split across chunks is still found.
-const CARRY: usize = 48;
+/// Bytes kept between chunks so a key or number split across chunks is still found (the
+/// longest key read, `"cachedContentTokenCount"`, and a 20-digit number fit).
+const CARRY: usize = 64;
 
 /// Finds the last `"promptTokenCount": N` (or OpenAI's `"prompt_tokens": N`) in a byte stream.
 #[derive(Debug, Default)]
 pub(crate) struct PromptTokens {
-    carry: Vec<u8>,
+    counts: LastCounts<1>,
 }
 
 impl PromptTokens {
     /// Scan the next chunk; the last complete count in it, if any.
     pub(crate) fn scan(&mut self, chunk: &[u8]) -> Option<u64> {
+        self.counts.scan(chunk, &[&KEYS])[0]
+    }
+}
+
+/// Finds, for each of `N` fields, the last count named by any of the field's keys, in a byte
+/// stream cut anywhere.
+#[derive(Debug, Default)]
+pub(crate) struct LastCounts<const N: usize> {
+    carry: Vec<u8>,
+}
+
+impl<const N: usize> LastCounts<N> {
+    /// Scan the next chunk; for each field, the last complete count in it, if any.
+    pub(crate) fn scan(&mut self, chunk: &[u8], fields: &[&[&[u8]]; N]) -> [Option<u64>; N] {
         let joined;
         let text: &[u8] = if self.carry.is_empty() {
             chunk
@@ -32,29 +47,34 @@ impl PromptTokens {
             joined = std::mem::take(&mut self.carry);
             &joined
         };
-        // The count that comes last in the text, whichever key names it (found by the fuzz
-        // target `usage`: with both keys in one body, the answer depended on how it was cut).
-        let mut found: Option<(usize, u64)> = None;
-        for key in KEYS {
-            let mut from = 0;
-            while let Some(at) = find(&text[from..], key) {
-                let start = from + at + key.len();
-                match number_after(&text[start..]) {
-                    Some(n) if found.is_none_or(|(seen, _)| start > seen) => {
-                        found = Some((start, n));
-                    }
-                    // Not a number, or cut by the end of the text (the carry brings it
-                    // back): either way, look further.
-                    _ => {}
-                }
-                // One byte on, not past the key: a closing quote may open the next key.
-                from += at + 1;
-            }
-        }
+        let found = fields.map(|keys| last_count(text, keys));
         let keep = text.len().min(CARRY);
         self.carry = text[text.len() - keep..].to_vec();
-        found.map(|(_, n)| n)
+        found
     }
+}
+
+/// The count that comes last in `text`, whichever of `keys` names it (found by the fuzz target
+/// `usage`: with two keys in one body, the answer depended on how it was cut).
+fn last_count(text: &[u8], keys: &[&[u8]]) -> Option<u64> {
+    let mut found: Option<(usize, u64)> = None;
+    for key in keys {
+        let mut from = 0;
+        while let Some(at) = find(&text[from..], key) {
+            let start = from + at + key.len();
+            match number_after(&text[start..]) {
+                Some(n) if found.is_none_or(|(seen, _)| start > seen) => {
+                    found = Some((start, n));
+                }
+                // Not a number, or cut by the end of the text (the carry brings it back):
+                // either way, look further.
+                _ => {}
+            }
+            // One byte on, not past the key: a closing quote may open the next key.
+            from += at + 1;
+        }
+    }
+    found.map(|(_, n)| n)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -1,0 +1,564 @@
+//! Daily budgets and what was spent today: [`Budget`], [`Spend`], [`BudgetAlert`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock, next_pacific_midnight, pacific_day_start};
+use crate::error::{Error, ErrorKind};
+
+/// Accounts (gateway clients) tracked one by one; later ones count only in the pool's total.
+pub const MAX_ACCOUNTS: usize = 10_000;
+
+/// What a budget is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// Everything the pool spends.
+    Pool,
+    /// One Google Cloud project (the keys' `project`).
+    Project(String),
+    /// One caller: a gateway client, or whatever an [`Account`](super::Account) extension
+    /// names.
+    Account(String),
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Pool => f.write_str("pool"),
+            Scope::Project(name) => write!(f, "project {name}"),
+            Scope::Account(name) => write!(f, "client {name}"),
+        }
+    }
+}
+
+/// A budget threshold crossed today, given to the [`Budget::on_alert`] hook (once per
+/// threshold, scope and Pacific day) and logged.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct BudgetAlert {
+    /// Whose budget.
+    pub scope: Scope,
+    /// The fraction of the budget crossed, e.g. `0.8`.
+    pub threshold: f64,
+    /// Spent today, US dollars.
+    pub spent_usd: f64,
+    /// The day's budget, US dollars.
+    pub budget_usd: f64,
+    /// The Pacific day the spending belongs to: its start, Unix milliseconds.
+    pub day_start_ms: u64,
+}
+
+type Hook = Arc<dyn Fn(&BudgetAlert) + Send + Sync>;
+
+/// Daily spending budgets — for the pool, each project, each caller — that reset at midnight
+/// Pacific, as Google's daily quotas do, with alert thresholds (default 80 % and 100 %) and,
+/// optionally, refusal past 100 %.
+///
+/// ```
+/// use tower_gemini::cost::Budget;
+///
+/// let budget = Budget::new()
+///     .daily_usd(50.0)?
+///     .per_project_usd(20.0)?
+///     .per_account_usd(5.0)?
+///     .account_usd("batch-jobs", 30.0)?
+///     .refuse_when_spent(true)
+///     .on_alert(|alert| eprintln!("{} crossed {:.0} % of its budget", alert.scope, alert.threshold * 100.0));
+/// # let _ = budget;
+/// # Ok::<(), tower_gemini::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Budget {
+    pool: Option<u64>,
+    per_project: Option<u64>,
+    projects: HashMap<String, u64>,
+    per_account: Option<u64>,
+    accounts: HashMap<String, u64>,
+    thresholds: Vec<f64>,
+    refuse: bool,
+    hook: Option<Hook>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            pool: None,
+            per_project: None,
+            projects: HashMap::new(),
+            per_account: None,
+            accounts: HashMap::new(),
+            thresholds: vec![0.8, 1.0],
+            refuse: false,
+            hook: None,
+            clock: Arc::new(SystemClock::new()),
+        }
+    }
+}
+
+fn nanos(what: &str, usd: f64) -> Result<u64, Error> {
+    if !usd.is_finite() || usd <= 0.0 || usd > 1e9 {
+        return Err(Error::config(format!(
+            "{what}: a daily budget is US dollars, more than 0 and at most 1,000,000,000; got {usd}"
+        )));
+    }
+    Ok((usd * 1e9).round() as u64)
+}
+
+impl Budget {
+    /// No budgets: spending is counted, nothing alerts or is refused.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The pool's daily budget, US dollars.
+    pub fn daily_usd(mut self, usd: f64) -> Result<Self, Error> {
+        self.pool = Some(nanos("pool budget", usd)?);
+        Ok(self)
+    }
+
+    /// Every project's daily budget, US dollars (unless set by [`project_usd`](Self::project_usd)).
+    pub fn per_project_usd(mut self, usd: f64) -> Result<Self, Error> {
+        self.per_project = Some(nanos("per-project budget", usd)?);
+        Ok(self)
+    }
+
+    /// One project's daily budget, US dollars.
+    pub fn project_usd(mut self, project: impl Into<String>, usd: f64) -> Result<Self, Error> {
+        let project = project.into();
+        let budget = nanos(&format!("budget of project {project}"), usd)?;
+        self.projects.insert(project, budget);
+        Ok(self)
+    }
+
+    /// Every caller's daily budget, US dollars (unless set by [`account_usd`](Self::account_usd)).
+    pub fn per_account_usd(mut self, usd: f64) -> Result<Self, Error> {
+        self.per_account = Some(nanos("per-client budget", usd)?);
+        Ok(self)
+    }
+
+    /// One caller's daily budget, US dollars.
+    pub fn account_usd(mut self, account: impl Into<String>, usd: f64) -> Result<Self, Error> {
+        let account = account.into();
+        let budget = nanos(&format!("budget of client {account}"), usd)?;
+        self.accounts.insert(account, budget);
+        Ok(self)
+    }
+
+    /// The fractions of a budget that alert when crossed (default `[0.8, 1.0]`), each in
+    /// `(0, 10]`.
+    pub fn thresholds(mut self, thresholds: impl IntoIterator<Item = f64>) -> Result<Self, Error> {
+        let mut all: Vec<f64> = thresholds.into_iter().collect();
+        if let Some(bad) = all
+            .iter()
+            .find(|t| !t.is_finite() || **t <= 0.0 || **t > 10.0)
+        {
+            return Err(Error::config(format!(
+                "budget threshold {bad}: give fractions of the budget, more than 0 and at most 10 (0.8 is 80 %)"
+            )));
+        }
+        all.sort_by(f64::total_cmp);
+        all.dedup();
+        self.thresholds = all;
+        Ok(self)
+    }
+
+    /// Refuse requests (with [`ErrorKind::BudgetSpent`], 429 until midnight Pacific) once the
+    /// pool's or the caller's budget is spent. Project budgets alert but do not refuse. Off by
+    /// default.
+    pub fn refuse_when_spent(mut self, refuse: bool) -> Self {
+        self.refuse = refuse;
+        self
+    }
+
+    /// Called at each threshold crossing (once per threshold, scope and day), on the task that
+    /// finished the answer: keep it quick (send to a channel to do more).
+    pub fn on_alert(mut self, hook: impl Fn(&BudgetAlert) + Send + Sync + 'static) -> Self {
+        self.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// The clock that says when the Pacific day ends (default: the system's).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    fn limit(&self, scope: &Scope) -> Option<u64> {
+        match scope {
+            Scope::Pool => self.pool,
+            Scope::Project(name) => self.projects.get(name).copied().or(self.per_project),
+            Scope::Account(name) => self.accounts.get(name).copied().or(self.per_account),
+        }
+    }
+}
+
+impl fmt::Debug for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Budget")
+            .field("pool_nano_usd", &self.pool)
+            .field("per_project_nano_usd", &self.per_project)
+            .field("per_account_nano_usd", &self.per_account)
+            .field("thresholds", &self.thresholds)
+            .field("refuse", &self.refuse)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Spent {
+    nanos: u64,
+    calls: u64,
+    /// How many of the (sorted) thresholds have alerted today.
+    crossed: usize,
+}
+
+struct Day {
+    start: u64,
+    end: u64,
+    spent: HashMap<Scope, Spent>,
+}
+
+/// What was spent today, per scope, against the [`Budget`]: shared by every clone of a
+/// [`CostLayer`](super::CostLayer) (see [`CostLayer::spend`](super::CostLayer::spend)).
+#[derive(Clone)]
+pub struct Spend {
+    budget: Arc<Budget>,
+    day: Arc<Mutex<Day>>,
+}
+
+/// One scope's spending today.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ScopeSpend {
+    /// Whose.
+    pub scope: Scope,
+    /// Spent today, US dollars.
+    pub spent_usd: f64,
+    /// Priced calls today.
+    pub calls: u64,
+    /// The day's budget, if one is set, US dollars.
+    pub budget_usd: Option<f64>,
+}
+
+fn usd(nanos: u64) -> f64 {
+    nanos as f64 / 1e9
+}
+
+impl Spend {
+    pub(crate) fn new(budget: Budget) -> Spend {
+        let now = budget.clock.now_millis();
+        let day = Day {
+            start: pacific_day_start(now),
+            end: next_pacific_midnight(now),
+            spent: HashMap::new(),
+        };
+        Spend {
+            budget: Arc::new(budget),
+            day: Arc::new(Mutex::new(day)),
+        }
+    }
+
+    /// The budget.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    fn today(&self) -> std::sync::MutexGuard<'_, Day> {
+        let now = self.budget.clock.now_millis();
+        let mut day = self.day.lock().unwrap_or_else(|e| e.into_inner());
+        if now >= day.end {
+            day.start = pacific_day_start(now);
+            day.end = next_pacific_midnight(now);
+            day.spent.clear();
+        }
+        day
+    }
+
+    /// Count `nanos` spent for `project` by `account`; alerts for thresholds crossed.
+    pub(crate) fn record(&self, project: Option<&str>, account: Option<&str>, nanos: u64) {
+        let mut alerts = Vec::new();
+        {
+            let mut day = self.today();
+            let day_start = day.start;
+            let accounts = day.spent.len();
+            let mut scopes = vec![Scope::Pool];
+            if let Some(project) = project {
+                scopes.push(Scope::Project(project.to_owned()));
+            }
+            if let Some(account) = account {
+                let scope = Scope::Account(account.to_owned());
+                if accounts < MAX_ACCOUNTS || day.spent.contains_key(&scope) {
+                    scopes.push(scope);
+                }
+            }
+            for scope in scopes {
+                let limit = self.budget.limit(&scope);
+                let spent = day.spent.entry(scope.clone()).or_default();
+                spent.nanos = spent.nanos.saturating_add(nanos);
+                spent.calls += 1;
+                let Some(limit) = limit else {
+                    continue;
+                };
+                let crossed = self
+                    .budget
+                    .thresholds
+                    .iter()
+                    .take_while(|t| spent.nanos as f64 >= **t * limit as f64)
+                    .count();
+                for threshold in &self.budget.thresholds[spent.crossed.min(crossed)..crossed] {
+                    alerts.push(BudgetAlert {
+                        scope: scope.clone(),
+                        threshold: *threshold,
+                        spent_usd: usd(spent.nanos),
+                        budget_usd: usd(limit),
+                        day_start_ms: day_start,
+                    });
+                }
+                spent.crossed = spent.crossed.max(crossed);
+            }
+        }
+        for alert in alerts {
+            tracing::warn!(
+                scope = %alert.scope,
+                threshold = alert.threshold,
+                spent_usd = alert.spent_usd,
+                budget_usd = alert.budget_usd,
+                "{} has spent {:.0} % of its daily budget (${:.4} of ${:.2})",
+                alert.scope,
+                alert.threshold * 100.0,
+                alert.spent_usd,
+                alert.budget_usd
+            );
+            if let Some(hook) = &self.budget.hook {
+                hook(&alert);
+            }
+        }
+    }
+
+    /// The refusal for a request by `account` when budgets refuse and the pool's or its
+    /// budget is spent.
+    pub(crate) fn refusal(&self, account: Option<&str>) -> Option<Error> {
+        if !self.budget.refuse {
+            return None;
+        }
+        let now = self.budget.clock.now_millis();
+        let day = self.today();
+        let mut scopes = vec![Scope::Pool];
+        if let Some(account) = account {
+            scopes.push(Scope::Account(account.to_owned()));
+        }
+        for scope in scopes {
+            let (Some(limit), Some(spent)) = (self.budget.limit(&scope), day.spent.get(&scope))
+            else {
+                continue;
+            };
+            if spent.nanos >= limit {
+                let wait = Duration::from_millis(day.end.saturating_sub(now));
+                return Some(
+                    Error::new(
+                        ErrorKind::BudgetSpent,
+                        format!(
+                            "the daily budget of {scope} is spent (${:.4} of ${:.2}); it resets at midnight Pacific, in {}s",
+                            usd(spent.nanos),
+                            usd(limit),
+                            wait.as_secs()
+                        ),
+                    )
+                    .with_retry_after(Some(wait)),
+                );
+            }
+        }
+        None
+    }
+
+    /// Every scope that spent today or has a budget, pool first, then projects and accounts
+    /// by name.
+    pub fn today_by_scope(&self) -> Vec<ScopeSpend> {
+        let day = self.today();
+        let mut scopes: Vec<Scope> = day.spent.keys().cloned().collect();
+        scopes.push(Scope::Pool);
+        scopes.extend(self.budget.projects.keys().cloned().map(Scope::Project));
+        scopes.extend(self.budget.accounts.keys().cloned().map(Scope::Account));
+        scopes.sort();
+        scopes.dedup();
+        scopes
+            .into_iter()
+            .map(|scope| {
+                let spent = day.spent.get(&scope).copied().unwrap_or_default();
+                ScopeSpend {
+                    budget_usd: self.budget.limit(&scope).map(usd),
+                    spent_usd: usd(spent.nanos),
+                    calls: spent.calls,
+                    scope,
+                }
+            })
+            .collect()
+    }
+
+    /// What `scope` spent today, US dollars.
+    pub fn today_usd(&self, scope: &Scope) -> f64 {
+        usd(self.today().spent.get(scope).map_or(0, |s| s.nanos))
+    }
+}
+
+impl fmt::Debug for Spend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Spend")
+            .field("pool_usd_today", &self.today_usd(&Scope::Pool))
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    const DOLLAR: u64 = 1_000_000_000;
+
+    fn ms(s: &str) -> u64 {
+        s.parse::<jiff::Timestamp>().unwrap().as_millisecond() as u64
+    }
+
+    fn at(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn collecting(budget: Budget) -> (Spend, Arc<Mutex<Vec<BudgetAlert>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let spend = Spend::new(budget.on_alert(move |a| sink.lock().unwrap().push(a.clone())));
+        (spend, seen)
+    }
+
+    #[test]
+    fn alerts_fire_once_per_crossing_and_reset_at_pacific_midnight() {
+        // 23:00 PST on 2026-11-22 is 07:00 UTC on the 23rd.
+        let clock = ManualClock::at(at("2026-11-23T07:00:00Z"));
+        let budget = Budget::new().daily_usd(10.0).unwrap().clock(clock.clone());
+        let (spend, seen) = collecting(budget);
+        spend.record(Some("proj-a"), None, 7 * DOLLAR);
+        assert!(seen.lock().unwrap().is_empty());
+        spend.record(Some("proj-a"), None, DOLLAR);
+        spend.record(Some("proj-a"), None, DOLLAR / 2);
+        let alerts: Vec<_> = seen.lock().unwrap().iter().map(|a| a.threshold).collect();
+        assert_eq!(alerts, [0.8], "80 % once, not again at 85 %");
+        // One call past both thresholds at once is two alerts.
+        spend.record(None, None, 5 * DOLLAR);
+        let alerts: Vec<_> = seen.lock().unwrap().iter().map(|a| a.threshold).collect();
+        assert_eq!(alerts, [0.8, 1.0]);
+        spend.record(None, None, 5 * DOLLAR);
+        assert_eq!(seen.lock().unwrap().len(), 2, "no alert twice a day");
+        let first = seen.lock().unwrap()[0].clone();
+        assert_eq!(first.scope, Scope::Pool);
+        assert_eq!(first.budget_usd, 10.0);
+        assert_eq!(first.day_start_ms, ms("2026-11-22T08:00:00Z"));
+
+        // One minute before midnight Pacific the day's spending is still there …
+        clock.set(at("2026-11-23T07:59:00Z"));
+        assert_eq!(spend.today_usd(&Scope::Pool), 18.5);
+        // … and at midnight it is gone, and the thresholds alert again.
+        clock.set(at("2026-11-23T08:00:00Z"));
+        assert_eq!(spend.today_usd(&Scope::Pool), 0.0);
+        spend.record(None, None, 9 * DOLLAR);
+        let last = seen.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(
+            (last.threshold, last.day_start_ms),
+            (0.8, ms("2026-11-23T08:00:00Z"))
+        );
+        assert_eq!(seen.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn projects_and_accounts_have_their_own_budgets() {
+        let clock = ManualClock::at(at("2026-11-23T12:00:00Z"));
+        let budget = Budget::new()
+            .per_project_usd(2.0)
+            .unwrap()
+            .project_usd("big", 100.0)
+            .unwrap()
+            .per_account_usd(1.0)
+            .unwrap()
+            .clock(clock);
+        let (spend, seen) = collecting(budget);
+        spend.record(Some("small"), Some("alice"), 2 * DOLLAR);
+        spend.record(Some("big"), Some("bob"), 2 * DOLLAR);
+        let mut scopes: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| format!("{} {}", a.scope, a.threshold))
+            .collect();
+        scopes.sort();
+        assert_eq!(
+            scopes,
+            [
+                "client alice 0.8",
+                "client alice 1",
+                "client bob 0.8",
+                "client bob 1",
+                "project small 0.8",
+                "project small 1"
+            ]
+        );
+        let report = spend.today_by_scope();
+        assert_eq!(report[0].scope, Scope::Pool);
+        assert_eq!(report[0].spent_usd, 4.0);
+        assert_eq!(report[0].budget_usd, None);
+        let big = report
+            .iter()
+            .find(|s| s.scope == Scope::Project("big".into()))
+            .unwrap();
+        assert_eq!(
+            (big.spent_usd, big.budget_usd, big.calls),
+            (2.0, Some(100.0), 1)
+        );
+    }
+
+    #[test]
+    fn spent_budgets_refuse_only_when_asked_to() {
+        let clock = ManualClock::at(at("2026-11-23T12:00:00Z"));
+        let budget = Budget::new()
+            .daily_usd(1.0)
+            .unwrap()
+            .per_account_usd(0.5)
+            .unwrap()
+            .clock(clock.clone());
+        let spend = Spend::new(budget.clone());
+        spend.record(None, Some("alice"), DOLLAR);
+        assert!(spend.refusal(Some("alice")).is_none(), "refusing is opt-in");
+
+        let spend = Spend::new(budget.refuse_when_spent(true));
+        spend.record(None, Some("alice"), DOLLAR / 2);
+        assert!(spend.refusal(Some("bob")).is_none());
+        let err = spend.refusal(Some("alice")).unwrap();
+        assert_eq!(err.kind(), ErrorKind::BudgetSpent);
+        assert_eq!(err.status_code(), http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(err.to_string().contains("client alice"), "{err}");
+        // Midnight Pacific is 08:00 UTC the next day: 20 hours away.
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(20 * 3600)));
+        spend.record(None, Some("bob"), DOLLAR / 2);
+        let err = spend.refusal(Some("carol")).unwrap();
+        assert!(err.to_string().contains("of pool is spent"), "{err}");
+        clock.set(at("2026-11-24T08:00:00Z"));
+        assert!(spend.refusal(Some("alice")).is_none(), "a new day");
+    }
+
+    #[test]
+    fn bad_budgets_are_refused_with_what_to_give() {
+        for bad in [0.0, -1.0, f64::NAN] {
+            let err = Budget::new().daily_usd(bad).unwrap_err();
+            assert!(err.to_string().contains("US dollars"), "{err}");
+        }
+        let err = Budget::new().thresholds([0.5, 0.0]).unwrap_err();
+        assert!(err.to_string().contains("fractions"), "{err}");
+        let thresholds = Budget::new()
+            .thresholds([1.0, 0.5, 1.0])
+            .unwrap()
+            .thresholds;
+        assert_eq!(thresholds, [0.5, 1.0]);
+    }
+}

@@ -1,0 +1,304 @@
+//! The [`Cost`] service and [`CostBody`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use tower_service::Service;
+
+use super::{Account, CallCost, CostReport, Price, Prices, Spend};
+use crate::error::{BoxError, Error};
+use crate::fallback::ModelFallback;
+use crate::model::{self, Model};
+use crate::pool::SelectedKey;
+use crate::quota::LastCounts;
+
+/// The usage fields read from an answer, each under its native and OpenAI-compatible name.
+const PROMPT: usize = 0;
+const OUTPUT: usize = 1;
+const THOUGHTS: usize = 2;
+const CACHED: usize = 3;
+const FIELDS: [&[&[u8]]; 4] = [
+    &[b"\"promptTokenCount\"", b"\"prompt_tokens\""],
+    &[b"\"candidatesTokenCount\"", b"\"completion_tokens\""],
+    &[b"\"thoughtsTokenCount\""],
+    &[b"\"cachedContentTokenCount\"", b"\"cached_tokens\""],
+];
+
+/// Prices every call, made by [`CostLayer`](super::CostLayer). See the [module docs](super).
+#[derive(Clone, Debug)]
+pub struct Cost<S> {
+    inner: S,
+    prices: Arc<Prices>,
+    spend: Spend,
+}
+
+impl<S> Cost<S> {
+    pub(crate) fn new(inner: S, prices: Arc<Prices>, spend: Spend) -> Self {
+        Cost {
+            inner,
+            prices,
+            spend,
+        }
+    }
+
+    /// A reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// What the request said, kept for its answer.
+struct Asked {
+    model: Option<Model>,
+    account: Option<Account>,
+    prices: Arc<Prices>,
+    spend: Spend,
+}
+
+impl<S, B, ResB> Service<Request<B>> for Cost<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    B: 'static,
+{
+    type Response = Response<CostBody<ResB>>;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Error::from_inner)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let account = request.extensions().get::<Account>().cloned();
+        if let Some(refusal) = self.spend.refusal(account.as_ref().map(Account::as_str)) {
+            return ResponseFuture {
+                future: None,
+                asked: None,
+                refusal: Some(refusal),
+            };
+        }
+        let asked = Asked {
+            model: model::model_of(&request).map(|m| Model::new(&*m)),
+            account,
+            prices: self.prices.clone(),
+            spend: self.spend.clone(),
+        };
+        ResponseFuture {
+            future: Some(self.inner.call(request)),
+            asked: Some(asked),
+            refusal: None,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Cost`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        future: Option<F>,
+        asked: Option<Asked>,
+        refusal: Option<Error>,
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<CostBody<ResB>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Some(future) = this.future.as_pin_mut() else {
+            return Poll::Ready(Err(this
+                .refusal
+                .take()
+                .unwrap_or_else(Error::polled_after_completion)));
+        };
+        let response = match std::task::ready!(future.poll(cx)) {
+            Ok(response) => response,
+            Err(error) => return Poll::Ready(Err(Error::from_inner(error))),
+        };
+        let Some(asked) = this.asked.take() else {
+            return Poll::Ready(Err(Error::polled_after_completion()));
+        };
+        let (mut head, body) = response.into_parts();
+        if !head.status.is_success() {
+            // Errors report no usage and are not billed.
+            return Poll::Ready(Ok(Response::from_parts(head, CostBody::passthrough(body))));
+        }
+        let model = head
+            .extensions
+            .get::<ModelFallback>()
+            .map(|fallback| fallback.served.clone())
+            .or(asked.model);
+        let project = head
+            .extensions
+            .get::<SelectedKey>()
+            .map(|key| key.project().to_owned());
+        let report = CostReport::default();
+        head.extensions.insert(report.clone());
+        let tap = Tap {
+            price: model
+                .as_ref()
+                .and_then(|m| asked.prices.get(m.as_str()).copied()),
+            model,
+            project,
+            account: asked.account,
+            spend: asked.spend,
+            report,
+            scanner: LastCounts::default(),
+            counts: [None; 4],
+        };
+        Poll::Ready(Ok(Response::from_parts(head, CostBody::tapped(body, tap))))
+    }
+}
+
+struct Tap {
+    price: Option<Price>,
+    model: Option<Model>,
+    project: Option<String>,
+    account: Option<Account>,
+    spend: Spend,
+    report: CostReport,
+    scanner: LastCounts<4>,
+    counts: [Option<u64>; 4],
+}
+
+impl Tap {
+    fn scan(&mut self, data: &[u8]) {
+        for (count, found) in self.counts.iter_mut().zip(self.scanner.scan(data, &FIELDS)) {
+            if found.is_some() {
+                *count = found;
+            }
+        }
+    }
+}
+
+impl Drop for Tap {
+    /// The body ended or was dropped: the last counts seen are the call's.
+    fn drop(&mut self) {
+        if self.counts[PROMPT].is_none() && self.counts[OUTPUT].is_none() {
+            return;
+        }
+        let prompt = self.counts[PROMPT].unwrap_or(0);
+        let cached = self.counts[CACHED].unwrap_or(0);
+        let output = self.counts[OUTPUT]
+            .unwrap_or(0)
+            .saturating_add(self.counts[THOUGHTS].unwrap_or(0));
+        let nano_usd = self
+            .price
+            .map_or(0, |price| price.nano_usd(prompt, cached, output));
+        let model = self.model.as_ref().map(Model::as_str);
+        let account = self.account.as_ref().map(Account::as_str);
+        self.spend
+            .record(self.project.as_deref(), account, nano_usd);
+        crate::telemetry::cost(
+            model.unwrap_or("unknown"),
+            self.project.as_deref(),
+            nano_usd,
+        );
+        tracing::debug!(
+            target: "tower_gemini::cost",
+            model,
+            project = self.project.as_deref(),
+            account,
+            prompt_tokens = prompt,
+            cached_tokens = cached,
+            output_tokens = output,
+            usd = nano_usd as f64 / 1e9,
+            priced = self.price.is_some(),
+            "call cost"
+        );
+        let _ = self.report.0.set(CallCost {
+            model: self.model.take(),
+            project: self.project.take(),
+            account: account.map(str::to_owned),
+            prompt_tokens: prompt,
+            cached_tokens: cached,
+            output_tokens: output,
+            nano_usd,
+            priced: self.price.is_some(),
+        });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that reads the answer's usage as it streams through, unchanged and
+    /// undelayed, and prices the call when it ends.
+    pub struct CostBody<B> {
+        #[pin]
+        inner: B,
+        tap: Option<Box<Tap>>,
+    }
+}
+
+impl<B> CostBody<B> {
+    fn passthrough(inner: B) -> Self {
+        CostBody { inner, tap: None }
+    }
+
+    fn tapped(inner: B, tap: Tap) -> Self {
+        CostBody {
+            inner,
+            tap: Some(Box::new(tap)),
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for CostBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CostBody")
+            .field("priced", &self.tap.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> Body for CostBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let frame = crate::body::to_bytes(frame);
+                if let (Some(tap), Some(data)) = (this.tap.as_mut(), frame.data_ref()) {
+                    tap.scan(data);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                // Priced now, not when the body is dropped: the report is ready as the
+                // caller sees the end.
+                *this.tap = None;
+                Poll::Ready(None)
+            }
+            other => other.map(|frame| frame.map(|r| r.map(crate::body::to_bytes))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -565,3 +565,63 @@ async fn quota_layer_without_a_selected_key_passes_through() {
         assert_eq!(response.status(), StatusCode::OK);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_quota_alert_fires_once_per_crossing_of_ninety_percent() {
+    use std::sync::{Arc, Mutex};
+    use tower_gemini::quota::QuotaAlert;
+
+    let mock = one_project_mock(rpm(100)).await;
+    let pool = KeyPool::builder()
+        .key_with(KeySpec::new("test-key-0001").project("proj-a"))
+        .model_limits(FLASH, rpm(10))
+        .build()
+        .unwrap();
+    let seen: Arc<Mutex<Vec<QuotaAlert>>> = Arc::default();
+    let sink = seen.clone();
+    let quota =
+        QuotaLayer::new(&pool).on_alert(move |alert| sink.lock().unwrap().push(alert.clone()));
+    let gemini = tower_gemini::stack(&pool).quota(quota).layer(client());
+    let send = |n: usize| {
+        let gemini = gemini.clone();
+        let request = generate(&mock, FLASH, "x");
+        async move {
+            for _ in 0..n {
+                let response = gemini.clone().oneshot(request.clone()).await.unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+                let _ = text(response).await;
+            }
+        }
+    };
+    send(8).await;
+    assert!(seen.lock().unwrap().is_empty(), "80 % is below the alert");
+    send(1).await;
+    {
+        let alerts = seen.lock().unwrap();
+        assert_eq!(alerts.len(), 1);
+        let alert = &alerts[0];
+        assert_eq!(
+            (
+                alert.project.as_str(),
+                alert.model.as_str(),
+                alert.dimension
+            ),
+            ("proj-a", FLASH, Dimension::RequestsPerMinute)
+        );
+        assert_eq!((alert.used, alert.limit, alert.threshold), (9, 10, 0.9));
+    }
+    send(1).await;
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "still above: no second alert"
+    );
+    // The minute moves on: use falls below, and rising through 90 % again alerts again.
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    send(8).await;
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    send(1).await;
+    assert_eq!(seen.lock().unwrap().len(), 2);
+
+    assert!(QuotaLayer::new(&pool).alert_at(1.5).is_err());
+}

@@ -51,6 +51,7 @@
 //! # Ok::<(), tower_gemini::Error>(())
 //! ```
 
+mod alerts;
 mod inbound;
 mod service;
 mod usage;
@@ -58,6 +59,7 @@ mod usage;
 pub use crate::state::{
     BytesPerToken, Demand, Dimension, MeterSnapshot, Tier, TokenEstimator, Usage,
 };
+pub use alerts::{DEFAULT_QUOTA_ALERT, QuotaAlert};
 pub use inbound::{ClientKey, InboundFuture, InboundQuota, InboundQuotaLayer};
 pub use service::{Quota, QuotaLayer, ResponseFuture};
 pub(crate) use usage::LastCounts;

@@ -11,6 +11,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::alerts::{Alerts, QuotaAlert};
 use super::usage::UsageBody;
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::pool::{Fingerprint, KeyPool, SelectedKey};
@@ -31,13 +32,45 @@ use crate::telemetry;
 #[derive(Clone, Debug)]
 pub struct QuotaLayer {
     pool: KeyPool,
+    alerts: Alerts,
 }
 
 impl QuotaLayer {
     /// Meter against `pool`'s ledger (the one its selection consults). Sits inside
     /// [`KeyRotationLayer`](crate::KeyRotationLayer), which records the chosen key.
     pub fn new(pool: &KeyPool) -> Self {
-        QuotaLayer { pool: pool.clone() }
+        QuotaLayer {
+            pool: pool.clone(),
+            alerts: Alerts::default(),
+        }
+    }
+
+    /// Call `hook` (and log a warning) when a project's use of one of its limits (RPM, TPM,
+    /// RPD, IPM) for a model rises through the alert threshold (default 90 %,
+    /// [`alert_at`](Self::alert_at)): operators hear of exhaustion before callers do. Once per
+    /// crossing: again only after use fell below. Keep the hook quick; it runs on the
+    /// request's task.
+    ///
+    /// ```
+    /// use tower_gemini::{KeyPool, QuotaLayer, stack};
+    ///
+    /// let pool = KeyPool::from_keys(["test-key-0001"])?;
+    /// let quota = QuotaLayer::new(&pool).alert_at(0.8)?.on_alert(|alert| {
+    ///     eprintln!("{} at {}/{} {}", alert.project, alert.used, alert.limit, alert.dimension);
+    /// });
+    /// let layer = stack(&pool).quota(quota);
+    /// # let _ = layer;
+    /// # Ok::<(), tower_gemini::Error>(())
+    /// ```
+    pub fn on_alert(mut self, hook: impl Fn(&QuotaAlert) + Send + Sync + 'static) -> Self {
+        self.alerts.set_hook(Arc::new(hook));
+        self
+    }
+
+    /// The fraction of a limit at which [`on_alert`](Self::on_alert) fires, in `(0, 1]`.
+    pub fn alert_at(mut self, threshold: f64) -> Result<Self, Error> {
+        self.alerts.set_threshold(threshold)?;
+        Ok(self)
     }
 }
 
@@ -48,6 +81,7 @@ impl<S> Layer<S> for QuotaLayer {
         Quota {
             inner,
             pool: self.pool.clone(),
+            alerts: self.alerts.clone(),
         }
     }
 }
@@ -57,6 +91,7 @@ impl<S> Layer<S> for QuotaLayer {
 pub struct Quota<S> {
     inner: S,
     pool: KeyPool,
+    alerts: Alerts,
 }
 
 impl<S> Quota<S> {
@@ -125,11 +160,13 @@ where
             && let Some(metered) = reservation.take(selected.index())
         {
             let meters = metered.0.meters();
-            telemetry::quota(
-                selected.project(),
-                selected.model().unwrap_or("unknown"),
-                || meters.snapshot(self.pool.clock().now_millis()),
-            );
+            let model = selected.model().unwrap_or("unknown");
+            let now = || self.pool.clock().now_millis();
+            telemetry::quota(selected.project(), model, || meters.snapshot(now()));
+            if self.alerts.enabled() {
+                self.alerts
+                    .observe(selected.project(), model, &meters.snapshot(now()));
+            }
             Some(metered)
         } else {
             match self.admit(&request) {
@@ -328,6 +365,10 @@ impl<S> Quota<S> {
         match meters.admit(demand, now) {
             Ok(ticket) => {
                 telemetry::quota(selected.project(), model, || meters.snapshot(now));
+                if self.alerts.enabled() {
+                    self.alerts
+                        .observe(selected.project(), model, &meters.snapshot(now));
+                }
                 Ok(ticket.map(|t| (meter.clone(), t)))
             }
             Err(refusal) => {

@@ -32,13 +32,15 @@ pub struct QuotaAlert {
 }
 
 type Hook = Arc<dyn Fn(&QuotaAlert) + Send + Sync>;
+/// Project, model and limit → is its use above the threshold now?
+type Above = HashMap<(Arc<str>, Arc<str>, Dimension), bool>;
 
 /// The hook, the threshold, and which limits are above it now.
 #[derive(Clone)]
 pub(crate) struct Alerts {
     threshold: f64,
     hook: Option<Hook>,
-    above: Arc<Mutex<HashMap<(Arc<str>, Arc<str>, Dimension), bool>>>,
+    above: Arc<Mutex<Above>>,
 }
 
 impl Default for Alerts {

@@ -12,6 +12,8 @@
 //! | `gemini_quota_limit` | gauge | `project`, `model`, `dimension` |
 //! | `gemini_quota_refusals_total` | counter | `project`, `model`, `dimension` |
 //! | `gemini_cache_hits_total` | counter | (feature `cache`) |
+//! | `gemini_cache_misses_total` | counter | (feature `cache`) |
+//! | `gemini_cache_hit_bytes_total` | counter | (feature `cache`): answer bytes served from memory |
 //! | `gemini_fallbacks_total` | counter | `from`, `to`, `reason` |
 //! | `gemini_cost_nano_usd_total` | counter | `model`, `project` |
 //!
@@ -142,9 +144,20 @@ pub(crate) fn quota(project: &str, model: &str, snapshot: impl FnOnce() -> Meter
 /// An answer served from the cache.
 #[cfg(feature = "cache")]
 #[inline]
-pub(crate) fn cache_hit() {
+pub(crate) fn cache_hit(bytes: usize) {
     #[cfg(feature = "metrics")]
-    metrics::counter!("gemini_cache_hits_total").increment(1);
+    {
+        metrics::counter!("gemini_cache_hits_total").increment(1);
+        metrics::counter!("gemini_cache_hit_bytes_total").increment(bytes as u64);
+    }
+}
+
+/// A cacheable request sent upstream.
+#[cfg(feature = "cache")]
+#[inline]
+pub(crate) fn cache_miss() {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("gemini_cache_misses_total").increment(1);
 }
 
 /// A request sent to a fallback model (the names are the operator's chain, a bounded set).

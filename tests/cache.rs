@@ -73,6 +73,10 @@ async fn a_repeated_prompt_is_served_once_upstream() {
     let other = ask(&cache, &pool, prompt(&mock, "good bye", "0")).await;
     assert_eq!(other.1, "miss");
     assert_eq!(mock.stats().total_requests(), 2);
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses), (5, 2));
+    assert!((stats.hit_rate() - 5.0 / 7.0).abs() < 1e-9);
+    assert_eq!(cache.usage().await.0, 2);
 }
 
 #[tokio::test]

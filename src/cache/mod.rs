@@ -34,6 +34,7 @@ mod service;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -64,6 +65,34 @@ pub enum CacheStatus {
     Miss,
 }
 
+/// What a cache has done: see [`CacheLayer::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Answers served from the cache.
+    pub hits: u64,
+    /// Cacheable requests sent upstream (identical ones coalesced count each).
+    pub misses: u64,
+    /// Entries held.
+    pub entries: u64,
+    /// Their weighed size, bytes.
+    pub bytes: u64,
+    /// The bound, bytes.
+    pub max_bytes: u64,
+}
+
+impl CacheStats {
+    /// Hits over cacheable requests, 0 to 1 (0 before any).
+    pub fn hit_rate(&self) -> f64 {
+        let all = self.hits + self.misses;
+        if all == 0 {
+            0.0
+        } else {
+            self.hits as f64 / all as f64
+        }
+    }
+}
+
 /// A stored answer.
 #[derive(Clone)]
 pub(crate) struct Entry {
@@ -92,6 +121,8 @@ pub(crate) struct Settings {
     pub(crate) default_ttl: Duration,
     pub(crate) ttls: HashMap<String, Duration>,
     pub(crate) cache_sampled: bool,
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
 }
 
 impl Settings {
@@ -128,6 +159,8 @@ impl CacheLayer {
                 default_ttl: Duration::from_secs(3600),
                 ttls: HashMap::new(),
                 cache_sampled: false,
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
             },
         )
     }
@@ -153,6 +186,8 @@ impl CacheLayer {
             default_ttl: self.settings.default_ttl,
             ttls: self.settings.ttls.clone(),
             cache_sampled: self.settings.cache_sampled,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         };
         let mut max_bytes = self.max_bytes;
         change(&mut settings, &mut max_bytes);
@@ -192,6 +227,18 @@ impl CacheLayer {
         self.store.run_pending_tasks().await;
         (self.store.entry_count(), self.store.weighted_size())
     }
+
+    /// Hits and misses since the cache was made, and its size (approximate: evictions are
+    /// applied lazily; [`usage`](Self::usage) applies them first).
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.settings.hits.load(Ordering::Relaxed),
+            misses: self.settings.misses.load(Ordering::Relaxed),
+            entries: self.store.entry_count(),
+            bytes: self.store.weighted_size(),
+            max_bytes: self.max_bytes,
+        }
+    }
 }
 
 impl<S> Layer<S> for CacheLayer {
@@ -222,6 +269,8 @@ mod tests {
             default_ttl: Duration::MAX,
             ttls: HashMap::from([("m".to_owned(), Duration::from_secs(60))]),
             cache_sampled: false,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         };
         assert_eq!(settings.ttl("m"), Duration::from_secs(60));
         assert_eq!(settings.ttl("other"), MAX_TTL);

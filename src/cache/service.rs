@@ -1,6 +1,7 @@
 //! The [`Cache`] service.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -130,9 +131,12 @@ where
                 return Ok(response.map(ResponseBody::Right));
             };
             if let Some(entry) = store.get(&key).await {
-                crate::telemetry::cache_hit();
+                settings.hits.fetch_add(1, Ordering::Relaxed);
+                crate::telemetry::cache_hit(entry.body.len());
                 return Ok(respond(&entry, CacheStatus::Hit).map(ResponseBody::Left));
             }
+            settings.misses.fetch_add(1, Ordering::Relaxed);
+            crate::telemetry::cache_miss();
             let ttl = settings.ttl(&model);
             let fetch = async move {
                 let response = inner.call(request).await.map_err(|e| {

@@ -846,3 +846,201 @@ async fn concurrent_key_additions_are_all_kept() {
         serde_json::from_str(&text(client().request(status).await.unwrap()).await).unwrap();
     assert_eq!(json["data"].as_array().unwrap().len(), 33, "{json}");
 }
+
+/// A gateway configured from a TOML file beside the usual environment.
+fn config_with_file(mock: &MockServer, toml: &str) -> Result<GatewayConfig, tower_gemini::Error> {
+    let dir = std::env::temp_dir().join(format!(
+        "gateway-saving-{}-{}",
+        std::process::id(),
+        toml.len()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gateway.toml");
+    std::fs::write(&file, toml).unwrap();
+    let flags = Flags {
+        config: Some(file),
+        ..Flags::default()
+    };
+    let vars = [
+        ("GEMINI_API_KEY", KEYS.join(",")),
+        ("GATEWAY_TOKENS", format!("{TOKEN},client-token-0002")),
+        ("ADMIN_TOKEN", ADMIN.to_owned()),
+        ("LLM_API_ENDPOINT", mock.url()),
+    ];
+    let resolved = GatewayConfig::resolve(flags, |name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+    resolved
+}
+
+#[tokio::test]
+async fn the_gateway_caches_falls_back_and_counts_spending_per_client() {
+    // Pro is not on these projects' tier: Google answers 429 with limit 0.
+    let off_tier = ModelLimits {
+        rpd: Some(0),
+        ..Default::default()
+    };
+    let mock = MockGemini::builder()
+        .project("proj-a", |p| {
+            p.key(KEYS[0]).limits("gemini-2.5-pro", off_tier)
+        })
+        .project("proj-b", |p| {
+            p.key(KEYS[1]).limits("gemini-2.5-pro", off_tier)
+        })
+        .start()
+        .await
+        .unwrap();
+    let toml = r#"
+[gateway]
+quota_alert = 0.5
+
+[gateway.cache]
+max_mb = 8
+
+[gateway.fallback]
+"gemini-2.5-pro" = ["gemini-2.5-flash"]
+
+[gateway.budget]
+daily_usd = 1.0
+per_client_usd = 0.25
+
+[gateway.prices."gemini-2.0-flash"]
+input = 0.10
+output = 0.40
+"#;
+    let gateway = start(config_with_file(&mock, toml).unwrap()).await;
+    let deterministic = Full::new(Bytes::from(
+        r#"{"contents":[{"parts":[{"text":"the same question"}]}],"generationConfig":{"temperature":0}}"#,
+    ));
+    // The same deterministic prompt twice: the second is answered by the gateway's cache.
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let request = generate(&gateway, &native_path())
+            .header("x-goog-api-key", TOKEN)
+            .header("x-gemini-cache-namespace", "tenant-1")
+            .body(deterministic.clone())
+            .unwrap();
+        let response = client().request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        seen.push(
+            response.headers()["x-gemini-cache"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+        let _ = text(response).await;
+    }
+    assert_eq!(seen, ["miss", "hit"]);
+    assert_eq!(mock.stats().total_requests(), 1);
+
+    // Pro falls back to flash, natively and on the OpenAI route, and says so.
+    let request = generate(&gateway, "/v1beta/models/gemini-2.5-pro:generateContent")
+        .header("x-goog-api-key", "client-token-0002")
+        .body(prompt())
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-gemini-model"], "gemini-2.5-flash");
+    assert_eq!(
+        response.headers()["x-gemini-fallback"],
+        "gemini-2.5-pro; reason=model_unavailable"
+    );
+    let _ = text(response).await;
+    let chat = serde_json::json!({
+        "model": "gemini-2.5-pro",
+        "messages": [{ "role": "user", "content": "hi" }]
+    });
+    let request = Request::post(format!("{}/v1/chat/completions", gateway.base))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(chat.to_string())))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-gemini-model"], "gemini-2.5-flash");
+    let body = text(response).await;
+    assert!(body.contains("\"model\""), "{body}");
+    // A caller who forbids it gets the refusal.
+    let request = generate(&gateway, "/v1beta/models/gemini-2.5-pro:generateContent")
+        .header("x-goog-api-key", TOKEN)
+        .header("x-gemini-fallback", "no")
+        .body(prompt())
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_ne!(response.status(), StatusCode::OK);
+    let _ = text(response).await;
+
+    // The status API: hit rate, chains and what fell back, spending per project and client.
+    let request = Request::get(format!("{}/api/keys/status", gateway.base))
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&text(client().request(request).await.unwrap()).await).unwrap();
+    let saving = &status["saving"];
+    assert_eq!(saving["cache"]["hits"], 1);
+    assert_eq!(saving["cache"]["misses"], 1);
+    assert_eq!(
+        saving["fallback"]["chains"]["gemini-2.5-pro"][0],
+        "gemini-2.5-flash"
+    );
+    let served = &saving["fallback"]["served"][0];
+    assert_eq!(
+        (&served["requested"], &served["served"], &served["count"]),
+        (
+            &serde_json::json!("gemini-2.5-pro"),
+            &serde_json::json!("gemini-2.5-flash"),
+            &serde_json::json!(2)
+        )
+    );
+    let today = saving["cost"]["today"].as_array().unwrap();
+    let find = |scope: &str, name: Option<&str>| {
+        today
+            .iter()
+            .find(|s| s["scope"] == scope && s["name"].as_str() == name)
+            .unwrap_or_else(|| panic!("no {scope} {name:?} in {today:?}"))
+            .clone()
+    };
+    let pool = find("pool", None);
+    assert_eq!(
+        pool["calls"], 3,
+        "the miss and two fallbacks; the hit cost nothing"
+    );
+    assert!(pool["spent_usd"].as_f64().unwrap() > 0.0);
+    assert_eq!(pool["budget_usd"], 1.0);
+    // Clients are named by their token's fingerprint, never the token.
+    let first = find("client", Some("…0001"));
+    assert_eq!(first["calls"], 2);
+    assert_eq!(first["budget_usd"], 0.25);
+    assert_eq!(find("client", Some("…0002"))["calls"], 1);
+    let text = status.to_string();
+    assert!(!text.contains(TOKEN) && !text.contains("client-token-0002"));
+    assert_no_secret("status", &text);
+}
+
+#[tokio::test]
+async fn broken_saving_tables_say_what_to_fix() {
+    let mock = mock_builder().start().await.unwrap();
+    for (toml, says) in [
+        (
+            "[gateway.fallback]\n\"gemini-2.5-pro\" = []\n",
+            "[gateway.fallback]",
+        ),
+        ("[gateway.budget]\ndaily_usd = -3\n", "US dollars"),
+        ("[gateway.budget]\nthresholds = [80]\n", "fractions"),
+        (
+            "[gateway.prices.\"gemini-x\"]\ninput = -1\noutput = 1\n",
+            "[gateway.prices.\"gemini-x\"]",
+        ),
+        ("[gateway.cache]\nsize = 3\n", "unknown field"),
+        ("[gateway]\nquota_alert = 90\n", "quota_alert"),
+    ] {
+        let err = config_with_file(&mock, toml)
+            .err()
+            .unwrap_or_else(|| panic!("{toml} accepted"));
+        assert!(err.to_string().contains(says), "{toml}: {err}");
+    }
+}

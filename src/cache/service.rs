@@ -13,7 +13,7 @@ use moka::future::Cache as Moka;
 use tower_service::Service;
 
 use super::key::{self, Keyed};
-use super::{CACHE_HEADER, CacheStatus, Entry, Settings};
+use super::{CACHE_HEADER, CacheStatus, Entry, NAMESPACE_HEADER, Settings};
 use crate::error::{BoxError, Error, ErrorKind};
 
 /// The largest request or answer body the cache reads into memory.
@@ -99,12 +99,16 @@ where
         self.inner.poll_ready(cx).map_err(Error::from_inner)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         // The service polled ready is the one to call; a clone takes its place.
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let (store, settings) = (self.store.clone(), self.settings.clone());
         if !key::candidate(request.method(), request.uri().path(), request.headers()) {
+            // What the caller told the cache is not Google's business (a namespace names a
+            // tenant).
+            request.headers_mut().remove(NAMESPACE_HEADER);
+            request.headers_mut().remove(CACHE_HEADER);
             // Not cacheable whatever its body says: passed on as it is, not read.
             let call = inner.call(request);
             return Box::pin(async move {
@@ -113,7 +117,7 @@ where
             });
         }
         Box::pin(async move {
-            let (parts, body) = request.into_parts();
+            let (mut parts, body) = request.into_parts();
             let body = Limited::new(body, MAX_BUFFERED)
                 .collect()
                 .await
@@ -125,6 +129,9 @@ where
                 })?
                 .to_bytes();
             let keyed = key::of(&parts, &body, settings.cache_sampled);
+            // The key read the caller's cache headers; the request goes on without them.
+            parts.headers.remove(NAMESPACE_HEADER);
+            parts.headers.remove(CACHE_HEADER);
             let request = Request::from_parts(parts, B::from(body));
             let Some(Keyed { key, model }) = keyed else {
                 let response = inner.call(request).await.map_err(Error::from_inner)?;

@@ -90,6 +90,7 @@ pub(crate) async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap
             "quota": snapshot.quota,
             "breakers": shared.breakers.snapshot(),
             "recent": recent,
+            "saving": shared.savings.status(),
         }),
     )
 }

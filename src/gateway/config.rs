@@ -62,6 +62,11 @@ struct FileGateway {
     redis_url: Option<String>,
     redis_prefix: Option<String>,
     redis_when_unreachable: Option<String>,
+    cache: Option<super::saving::FileCache>,
+    fallback: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    budget: Option<super::saving::FileBudget>,
+    prices: Option<std::collections::BTreeMap<String, super::saving::FilePrice>>,
+    quota_alert: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +113,8 @@ pub struct GatewayConfig {
     /// The prefix of the gateway's Redis keys (default `tower-gemini`): gateways sharing one
     /// pool use the same; independent pools in one Redis use different ones.
     pub redis_prefix: Option<String>,
+    /// The response cache, model fallback, prices, budgets and quota alerts.
+    pub saving: super::saving::Saving,
     /// The keys.
     pub pool: KeyPool,
 }
@@ -171,6 +178,7 @@ impl GatewayConfig {
             redis_url: None,
             redis_when_unreachable: crate::state::WhenUnreachable::FallBack,
             redis_prefix: None,
+            saving: super::saving::Saving::default(),
             pool,
         }
     }
@@ -325,7 +333,16 @@ impl GatewayConfig {
                 )));
             }
         };
+        let saving = super::saving::FileSaving {
+            cache: file.cache,
+            fallback: file.fallback,
+            budget: file.budget,
+            prices: file.prices,
+            quota_alert: file.quota_alert,
+        }
+        .resolve()?;
         Ok(GatewayConfig {
+            saving,
             redis_prefix: env("REDIS_PREFIX").or(file.redis_prefix),
             redis_url,
             redis_when_unreachable,
@@ -355,7 +372,7 @@ impl GatewayConfig {
         let keys: Vec<String> = self.pool.fingerprints().map(|f| f.to_string()).collect();
         let tokens: Vec<String> = self.tokens.iter().map(|t| t.fingerprint()).collect();
         format!(
-            "shared state: {}\nstate file: {}\nlisten {}\nupstream {}\ndefault model {}\nkeys ({}): {}\nclient tokens ({}): {}\nadmin token: {}\nallowed origins: {}\nmax wait for a key: {}s\nbody limit: {} bytes",
+            "shared state: {}\nstate file: {}\nlisten {}\nupstream {}\ndefault model {}\nkeys ({}): {}\nclient tokens ({}): {}\nadmin token: {}\nallowed origins: {}\nmax wait for a key: {}s\nbody limit: {} bytes\n{}",
             self.redis_url.as_deref().map_or_else(
                 || "none (this process only)".to_owned(),
                 |url| format!("Redis at {}", crate::state::redact_url(url))
@@ -385,6 +402,7 @@ impl GatewayConfig {
             },
             self.max_wait.as_secs(),
             self.body_limit,
+            self.saving.describe(),
         )
     }
 }

@@ -35,6 +35,7 @@ pub mod demo;
 mod metrics;
 mod proxy;
 mod reply;
+mod saving;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -52,6 +53,7 @@ pub use config::{
     DEFAULT_BODY_LIMIT, DEFAULT_LISTEN, DEFAULT_MAX_WAIT, DEFAULT_MODEL, DEFAULT_REVALIDATE, Flags,
     GOOGLE, GatewayConfig,
 };
+pub use saving::Saving;
 
 use crate::circuit_breaker::{BreakerHandle, CircuitBreakerLayer};
 use crate::error::Error;
@@ -147,6 +149,8 @@ pub(crate) struct Shared {
     pub(crate) tokens: Vec<Token>,
     pub(crate) admin_token: Option<Token>,
     pub(crate) body_limit: usize,
+    /// Cache, fallback, cost and alerts: the same across key changes.
+    pub(crate) savings: saving::Savings,
 }
 
 /// The gateway's router for `config`: every route, auth, CORS and per-client limits. Serve it
@@ -162,10 +166,13 @@ impl Shared {
     }
 
     fn build(&self, pool: KeyPool) -> Live {
-        let gemini = stack(&pool)
-            .circuit_breaker(self.breaker.clone())
-            .wait_up_to(self.max_wait)
-            .boxed(self.http.clone());
+        let gemini = compose(
+            &pool,
+            &self.breaker,
+            self.max_wait,
+            &self.savings,
+            self.http.clone(),
+        );
         Live { gemini, pool }
     }
 
@@ -176,16 +183,38 @@ impl Shared {
     }
 }
 
+/// Cache → Cost → Fallback → Retry → CircuitBreaker → KeyRotation → Quota over `pool`.
+fn compose(
+    pool: &KeyPool,
+    breaker: &CircuitBreakerLayer,
+    max_wait: std::time::Duration,
+    savings: &saving::Savings,
+    http: client::HttpsClient<http_body_util::Full<bytes::Bytes>>,
+) -> BoxGemini {
+    use tower_layer::Layer;
+    let gemini = stack(pool)
+        .circuit_breaker(breaker.clone())
+        .wait_up_to(max_wait)
+        .fallback(savings.fallback())
+        .quota(savings.quota(pool))
+        .layer(http);
+    savings.compose(gemini)
+}
+
 fn router_with_state(config: &GatewayConfig) -> (Router, Arc<Shared>) {
     metrics::handle();
     let breaker = CircuitBreakerLayer::new();
     let breakers = breaker.handle();
     let http = client::https();
+    let savings = saving::Savings::new(&config.saving);
     let first = Live {
-        gemini: stack(&config.pool)
-            .circuit_breaker(breaker.clone())
-            .wait_up_to(config.max_wait)
-            .boxed(http.clone()),
+        gemini: compose(
+            &config.pool,
+            &breaker,
+            config.max_wait,
+            &savings,
+            http.clone(),
+        ),
         pool: config.pool.clone(),
     };
     let shared = Arc::new(Shared {
@@ -200,6 +229,7 @@ fn router_with_state(config: &GatewayConfig) -> (Router, Arc<Shared>) {
         tokens: config.tokens.clone(),
         admin_token: config.admin_token.clone(),
         body_limit: config.body_limit,
+        savings,
     });
     let mut api = Router::new()
         .route("/v1/chat/completions", post(proxy::chat_completions))
@@ -247,14 +277,19 @@ async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next:
         Family::Native
     };
     let token = auth::presented(request.headers(), request.uri().query());
-    if auth::accepted(&shared.tokens, token).is_none() {
+    let Some(client) = auth::accepted(&shared.tokens, token) else {
         let message = if token.is_some() {
             "the gateway token is not valid"
         } else {
             "a gateway token is required: send Authorization: Bearer <token>, x-goog-api-key: <token> or ?key=<token>"
         };
         return reply::client_error(family, StatusCode::UNAUTHORIZED, message);
-    }
+    };
+    // Spending per client is counted under its token's fingerprint.
+    let mut request = request;
+    request.extensions_mut().insert(crate::cost::Account::new(
+        shared.tokens[client].fingerprint(),
+    ));
     next.run(request).await
 }
 

@@ -22,6 +22,11 @@ const FORWARDED: &[&str] = &[
     "user-agent",
     "x-goog-api-client",
     "x-goog-request-params",
+    // Read by the cache and fallback layers (and not sent on by them).
+    "cache-control",
+    "x-gemini-cache",
+    "x-gemini-cache-namespace",
+    "x-gemini-fallback",
 ];
 
 /// Response headers never passed back (hop-by-hop).
@@ -276,9 +281,18 @@ async fn forward(
         }
     };
     copy_headers(&parts.headers, upstream.headers_mut(), FORWARDED);
+    if let Some(account) = parts.extensions.get::<crate::cost::Account>() {
+        upstream.extensions_mut().insert(account.clone());
+    }
     let gemini = shared.live().gemini.clone();
     match gemini.oneshot(upstream).await {
         Ok(response) => {
+            if let Some(fallback) = response
+                .extensions()
+                .get::<crate::fallback::ModelFallback>()
+            {
+                shared.savings.fell_back(fallback);
+            }
             let (mut head, body) = response.into_parts();
             for name in HOP_BY_HOP {
                 head.headers.remove(*name);

@@ -48,6 +48,12 @@ try:
     )
     quota = driver.find_element(By.CSS_SELECTOR, "#quota tbody").text
     assert "proj-small" in quota and "rpm" in quota, quota
+    WebDriverWait(driver, 10).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#spend tbody tr")) >= 1
+    )
+    spend = driver.find_element(By.CSS_SELECTOR, "#spend tbody").text
+    assert "pool" in spend, spend
+    assert driver.find_element(By.ID, "cache").text.startswith("cache:"), driver.find_element(By.ID, "cache").text
     assert admin not in driver.page_source, "the admin token was written into the page"
     assert driver.find_element(By.ID, "token").get_attribute("value") == "", "token kept in the field"
     driver.save_screenshot(screenshot)

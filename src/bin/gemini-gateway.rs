@@ -119,6 +119,15 @@ impl Common {
                 },
             )
             .build()?;
+        // Show what saves quota too, unless the configuration file says otherwise: the cache
+        // and a fallback chain.
+        if config.saving.cache.is_none() {
+            config.saving.cache = Some(tower_gemini::cache::CacheLayer::new());
+        }
+        if config.saving.fallback.is_empty() {
+            config.saving.fallback = tower_gemini::fallback::FallbackLayer::new()
+                .chain("gemini-2.5-pro", [tower_gemini::mock::DEMO_MODEL])?;
+        }
         Ok((config, Some(mock)))
     }
 
@@ -183,6 +192,13 @@ async fn main() -> ExitCode {
                         eprintln!(
                             "gemini-gateway demo: {} client-visible failures",
                             summary.failures
+                        );
+                        return ExitCode::FAILURE;
+                    }
+                    if summary.cache_hits == 0 || summary.fallbacks == 0 {
+                        eprintln!(
+                            "gemini-gateway demo: expected cache hits and fallbacks, saw {} and {}",
+                            summary.cache_hits, summary.fallbacks
                         );
                         return ExitCode::FAILURE;
                     }

@@ -27,7 +27,16 @@ use crate::mock::{Fault, MockGemini};
 use crate::pool::{KeyPool, KeySpec, ModelLimits};
 
 const MODEL: &str = "gemini-2.0-flash";
+/// The scarce model some clients ask for: a few requests a day, then it falls back to MODEL.
+const SCARCE: &str = "gemini-2.5-pro";
 const TOKEN: &str = "demo-client-token-0001";
+/// Deterministic prompts the clients repeat (about 30 % of what they send): the cache answers.
+const REPEATED: [&str; 4] = [
+    "What is the capital of France?",
+    "Summarise the plot of Hamlet in one line.",
+    "Translate 'good morning' into Italian.",
+    "List three prime numbers.",
+];
 
 /// How the demo runs.
 #[derive(Debug, Clone)]
@@ -68,6 +77,12 @@ pub struct DemoSummary {
     pub upstream_statuses: Vec<(u16, u64)>,
     /// Successful answers per key fingerprint.
     pub per_key: BTreeMap<String, u64>,
+    /// Answers from the gateway's cache (`x-gemini-cache: hit`).
+    pub cache_hits: u64,
+    /// Requests for the scarce model served by its fallback (`x-gemini-model`).
+    pub fallbacks: u64,
+    /// Requests for the scarce model.
+    pub scarce_requests: u64,
     /// Client-seen latency, milliseconds: median and 99th percentile.
     pub p50_ms: f64,
     /// See `p50_ms`.
@@ -106,6 +121,16 @@ impl DemoSummary {
             "latency seen by clients: p50 {:.0} ms, p99 {:.0} ms (waits for quota included)",
             self.p50_ms, self.p99_ms
         );
+        let _ = writeln!(
+            out,
+            "answers from the gateway's cache (repeated prompts, no key or quota spent): {}",
+            self.cache_hits
+        );
+        let _ = writeln!(
+            out,
+            "requests for {SCARCE}: {}, of which {} served by {MODEL} once its daily quota was spent (fallback)",
+            self.scarce_requests, self.fallbacks
+        );
         let _ = writeln!(out, "answers per key:");
         for (key, n) in &self.per_key {
             let _ = writeln!(out, "  {key}  {n}");
@@ -119,6 +144,11 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, Error> {
     let clock = ScaledClock::new(options.speed);
     let per_minute = ModelLimits {
         rpm: Some(60),
+        ..ModelLimits::default()
+    };
+    // Three requests of the scarce model per project per day, known to the pool.
+    let scarce = ModelLimits {
+        rpd: Some(3),
         ..ModelLimits::default()
     };
     let mock = MockGemini::builder()
@@ -152,6 +182,7 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, Error> {
         .key_with(KeySpec::new("demo-key-0004").project("proj-b"))
         .project_model_limits("proj-a", MODEL, per_minute)
         .project_model_limits("proj-b", MODEL, per_minute)
+        .model_limits(SCARCE, scarce)
         .clock(clock)
         .build()?;
     let mut config = GatewayConfig::new(
@@ -160,6 +191,8 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, Error> {
         vec![Token::new(TOKEN.to_owned())?],
     );
     config.model = MODEL.to_owned();
+    config.saving.cache = Some(crate::cache::CacheLayer::new());
+    config.saving.fallback = crate::fallback::FallbackLayer::new().chain(SCARCE, [MODEL])?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::config(format!("cannot listen on 127.0.0.1: {e}")))?;
@@ -188,26 +221,56 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, Error> {
     let successes = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
+    let cache_hits = Arc::new(AtomicU64::new(0));
+    let fallbacks = Arc::new(AtomicU64::new(0));
+    let scarce_requests = Arc::new(AtomicU64::new(0));
     let end = crate::clock::instant_after(Instant::now(), Duration::from_secs(options.seconds));
     let url = format!("{gateway}/v1beta/models/{MODEL}:generateContent");
+    let scarce_url = format!("{gateway}/v1beta/models/{SCARCE}:generateContent");
     let clients: Vec<_> = (0..options.clients)
         .map(|i| {
-            let (requests, successes, failures, latencies, url) = (
+            let (requests, successes, failures, latencies, url, scarce_url) = (
                 requests.clone(),
                 successes.clone(),
                 failures.clone(),
                 latencies.clone(),
                 url.clone(),
+                scarce_url.clone(),
             );
+            let (cache_hits, fallbacks, scarce_requests) =
+                (cache_hits.clone(), fallbacks.clone(), scarce_requests.clone());
             tokio::spawn(async move {
                 let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
                 let mut n = 0u64;
                 while Instant::now() < end {
                     n += 1;
-                    let body = format!(
-                        r#"{{"contents":[{{"parts":[{{"text":"client {i} question {n}"}}]}}]}}"#
-                    );
-                    let Ok(request) = http::Request::post(&url)
+                    // About 3 in 10 requests repeat a deterministic prompt; 1 in 10 asks for
+                    // the scarce model; the rest are new questions.
+                    let (body, url) = match (n + i as u64) % 10 {
+                        0..=2 => (
+                            format!(
+                                r#"{{"contents":[{{"parts":[{{"text":"{}"}}]}}],"generationConfig":{{"temperature":0}}}}"#,
+                                REPEATED[(n as usize + i) % REPEATED.len()]
+                            ),
+                            &url,
+                        ),
+                        3 => {
+                            scarce_requests.fetch_add(1, Ordering::Relaxed);
+                            (
+                                format!(
+                                    r#"{{"contents":[{{"parts":[{{"text":"client {i} hard question {n}"}}]}}]}}"#
+                                ),
+                                &scarce_url,
+                            )
+                        }
+                        _ => (
+                            format!(
+                                r#"{{"contents":[{{"parts":[{{"text":"client {i} question {n}"}}]}}]}}"#
+                            ),
+                            &url,
+                        ),
+                    };
+                    let Ok(request) = http::Request::post(url)
                         .header("content-type", "application/json")
                         .header("x-goog-api-key", TOKEN)
                         .body(Full::new(Bytes::from(body)))
@@ -219,6 +282,13 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, Error> {
                     let ok = match http.request(request).await {
                         Ok(response) => {
                             let ok = response.status().is_success();
+                            let headers = response.headers();
+                            if headers.get("x-gemini-cache").is_some_and(|v| v == "hit") {
+                                cache_hits.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if headers.contains_key("x-gemini-fallback") {
+                                fallbacks.fetch_add(1, Ordering::Relaxed);
+                            }
                             ok && response.into_body().collect().await.is_ok()
                         }
                         Err(_) => false,
@@ -285,6 +355,9 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, Error> {
             .collect(),
         p50_ms: pick(0.5),
         p99_ms: pick(0.99),
+        cache_hits: cache_hits.load(Ordering::Relaxed),
+        fallbacks: fallbacks.load(Ordering::Relaxed),
+        scarce_requests: scarce_requests.load(Ordering::Relaxed),
     };
     if let Some(path) = &options.chart {
         let per_second = 2.0 * 60.0 * f64::from(options.speed) / 60.0;

@@ -1,13 +1,15 @@
 //! Goodput: how much of the quota each way of sending turns into answers, in simulated time.
 //!
 //! ```text
-//! cargo bench --bench goodput
+//! cargo bench --bench goodput --features cache
 //! ```
 //!
 //! The mock with 5 projects × 60 RPM and 2 % of requests answered 503; 30 closed-loop callers
 //! (well above capacity) for 5 simulated minutes; through the stack failing fast, the stack
 //! waiting for a slot, and the common hand-written approach (see `support/goodput.rs`).
-//! Prints one table; the figures are counts, not timings, so they hold on any machine.
+//! Then the same with 30 % of calls repeating one of 5 deterministic prompts, through the
+//! waiting stack with and without `CacheLayer` (feature `cache`). Prints two tables; the figures
+//! are counts, not timings, so they hold on any machine.
 
 #[path = "support/goodput.rs"]
 mod goodput;
@@ -28,6 +30,7 @@ fn main() {
         callers: 30,
         duration: Duration::from_secs(300),
         seed: 7,
+        repeats: 0.0,
     };
     println!(
         "goodput: {} projects × {} RPM, {:.0} % 503s, {} closed-loop callers, {} simulated s\n",
@@ -62,5 +65,41 @@ fn main() {
             report.p50.as_secs_f64(),
             report.p99.as_secs_f64(),
         );
+    }
+    #[cfg(feature = "cache")]
+    {
+        let repeating = Scenario {
+            repeats: 0.3,
+            faults: 0.0,
+            ..scenario
+        };
+        println!(
+            "\nwith {:.0} % of calls repeating one of 5 deterministic prompts (no 503s):\n",
+            repeating.repeats * 100.0
+        );
+        println!(
+            "| sender | delivered / capacity | upstream requests | upstream 429 | client failures | p50 wait | p99 wait |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for sender in [Sender::Wait, Sender::WaitCached] {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let report = runtime.block_on(run(repeating, sender));
+            println!(
+                "| {} | {} / {} = {:.1} % | {} | {} | {} | {:.1} s | {:.1} s |",
+                sender.name(),
+                report.delivered,
+                report.capacity,
+                report.delivered_share() * 100.0,
+                report.upstream,
+                report.upstream_429,
+                report.failed,
+                report.p50.as_secs_f64(),
+                report.p99.as_secs_f64(),
+            );
+        }
     }
 }

@@ -18,6 +18,7 @@ fn scenario(faults: f64) -> Scenario {
         callers: 12,
         duration: Duration::from_secs(120),
         seed: 11,
+        repeats: 0.0,
     }
 }
 
@@ -59,4 +60,29 @@ async fn the_naive_baseline_meets_429s() {
     let report = run(scenario(0.0), Sender::Naive).await;
     eprintln!("{report:?}");
     assert!(report.upstream_429 > 0, "{report:?}");
+}
+
+/// With 30 % of calls repeating deterministic prompts, the cache answers them from memory: the
+/// callers get about 1 / 0.7 of what the quota alone delivers, still with no 429 and no failure.
+#[cfg(feature = "cache")]
+#[tokio::test(start_paused = true)]
+async fn a_cache_turns_repeated_prompts_into_more_delivered_answers() {
+    let repeating = Scenario {
+        repeats: 0.3,
+        ..scenario(0.0)
+    };
+    let plain = run(repeating, Sender::Wait).await;
+    let cached = run(repeating, Sender::WaitCached).await;
+    eprintln!("{plain:?}\n{cached:?}");
+    assert_eq!((cached.upstream_429, cached.failed), (0, 0), "{cached:?}");
+    assert!(
+        plain.delivered_share() >= 0.99 && plain.delivered_share() <= 1.0,
+        "{plain:?}"
+    );
+    assert!(
+        cached.delivered as f64 >= 1.3 * plain.delivered as f64,
+        "{cached:?} vs {plain:?}"
+    );
+    // Upstream, the cache sends no more than the quota takes.
+    assert!(cached.upstream <= plain.upstream, "{cached:?} vs {plain:?}");
 }

@@ -40,6 +40,9 @@ pub struct Scenario {
     pub callers: usize,
     pub duration: Duration,
     pub seed: u64,
+    /// Share of calls that repeat one of a few deterministic prompts (temperature 0); the rest
+    /// are new questions. 0: every call sends the same sampled prompt (nothing cacheable).
+    pub repeats: f64,
 }
 
 /// Who sends.
@@ -52,6 +55,9 @@ pub enum Sender {
     /// The common hand-written approach: round robin, on 429 or 503 the next key after a fixed
     /// 1 s, at most `min(retries + 1, 2 × keys)` attempts; no local quota, no classification.
     Naive,
+    /// `CacheLayer` before `Wait`: repeated deterministic prompts are answered from memory.
+    #[cfg(feature = "cache")]
+    WaitCached,
 }
 
 impl Sender {
@@ -60,6 +66,8 @@ impl Sender {
             Sender::FailFast => "stack, fail fast",
             Sender::Wait => "stack, wait up to 2 min",
             Sender::Naive => "naive round robin + 1 s failover",
+            #[cfg(feature = "cache")]
+            Sender::WaitCached => "cache + stack, wait up to 2 min",
         }
     }
 }
@@ -149,6 +157,46 @@ fn request(mock: &MockServer) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// Repeated prompts: a small set, as an app's common questions are (the first asking of each is
+/// a miss).
+const REPEATED: usize = 5;
+
+/// The request of `caller`'s `n`th call: the fixed template, or (with repeats) a repeated
+/// deterministic prompt or a new question, drawn from the seed.
+fn request_for(
+    scenario: &Scenario,
+    template: &Request<Full<Bytes>>,
+    caller: usize,
+    n: u64,
+) -> Request<Full<Bytes>> {
+    if scenario.repeats <= 0.0 {
+        return template.clone();
+    }
+    // SplitMix64 of (seed, caller, n): the same draw in every run and for every sender.
+    let mut z = scenario
+        .seed
+        .wrapping_add((caller as u64) << 32)
+        .wrapping_add(n)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let draw = (z >> 11) as f64 / (1u64 << 53) as f64;
+    let body = if draw < scenario.repeats {
+        format!(
+            r#"{{"contents":[{{"role":"user","parts":[{{"text":"common question {}"}}]}}],"generationConfig":{{"temperature":0}}}}"#,
+            z % REPEATED as u64
+        )
+    } else {
+        format!(
+            r#"{{"contents":[{{"role":"user","parts":[{{"text":"caller {caller} question {n}"}}]}}]}}"#
+        )
+    };
+    let mut request = template.clone();
+    *request.body_mut() = Full::new(Bytes::from(body));
+    request
+}
+
 /// The naive sender's one call.
 async fn naive_call(
     client: &HttpClient,
@@ -179,6 +227,13 @@ async fn naive_call(
     false
 }
 
+#[cfg(feature = "cache")]
+type Cached = tower::util::BoxCloneSyncService<
+    Request<Full<Bytes>>,
+    Response<tower_gemini::cache::ResponseBody<tower_gemini::BoxBody>>,
+    tower_gemini::Error,
+>;
+
 async fn read<B: http_body::Body>(response: Response<B>) -> bool {
     let ok = response.status() == StatusCode::OK;
     let read = response.into_body().collect().await.is_ok();
@@ -199,17 +254,27 @@ pub async fn run(scenario: Scenario, sender: Sender) -> Report {
         .collect();
     let cursor = Arc::new(AtomicUsize::new(0));
     let template = request(&mock);
+    #[cfg(feature = "cache")]
+    let cached = {
+        use tower::Layer;
+        Cached::new(tower_gemini::cache::CacheLayer::new().layer(waiting.clone()))
+    };
 
     let started = Instant::now();
     let end = started + scenario.duration;
     let tasks: Vec<_> = (0..scenario.callers)
-        .map(|_| {
+        .map(|caller| {
             let (failfast, waiting, client) = (failfast.clone(), waiting.clone(), client.clone());
             let (keys, cursor, template) = (keys.clone(), cursor.clone(), template.clone());
+            #[cfg(feature = "cache")]
+            let cached = cached.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut failed = 0u64;
+                let mut n = 0u64;
                 while Instant::now() < end {
+                    n += 1;
+                    let template = request_for(&scenario, &template, caller, n);
                     let sent = Instant::now();
                     let ok = match sender {
                         Sender::Naive => naive_call(&client, &keys, &cursor, &template).await,
@@ -220,6 +285,11 @@ pub async fn run(scenario: Scenario, sender: Sender) -> Report {
                             }
                         }
                         Sender::Wait => match waiting.clone().oneshot(template.clone()).await {
+                            Ok(response) => read(response).await,
+                            Err(_) => false,
+                        },
+                        #[cfg(feature = "cache")]
+                        Sender::WaitCached => match cached.clone().oneshot(template).await {
                             Ok(response) => read(response).await,
                             Err(_) => false,
                         },

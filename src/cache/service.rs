@@ -19,8 +19,77 @@ use crate::error::{BoxError, Error, ErrorKind};
 /// The largest request or answer body the cache reads into memory.
 const MAX_BUFFERED: usize = 32 * 1024 * 1024;
 
-/// An answer: from memory (cached, or read whole to be cached) or passed through.
-pub type ResponseBody<B> = http_body_util::Either<Full<Bytes>, B>;
+pin_project_lite::pin_project! {
+    /// An answer: from memory (cached, or read whole to be cached) or passed through. Its error
+    /// is the upstream body's (one from memory cannot fail).
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Cached { body: Full<Bytes> },
+        Passed { #[pin] body: B },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    fn cached(body: Full<Bytes>) -> Self {
+        ResponseBody {
+            kind: Kind::Cached { body },
+        }
+    }
+
+    fn passed(body: B) -> Self {
+        ResponseBody {
+            kind: Kind::Passed { body },
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Cached { body } => std::pin::Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|r| r.map_err(|never| match never {}))),
+            KindProj::Passed { body } => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Cached { body } => body.is_end_stream(),
+            Kind::Passed { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match &self.kind {
+            Kind::Cached { body } => body.size_hint(),
+            Kind::Passed { body } => body.size_hint(),
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let from = match &self.kind {
+            Kind::Cached { .. } => "memory",
+            Kind::Passed { .. } => "upstream",
+        };
+        f.debug_struct("ResponseBody").field("from", &from).finish()
+    }
+}
 
 /// Serves repeated prompts from memory. See [`CacheLayer`](super::CacheLayer).
 #[derive(Clone)]
@@ -113,7 +182,7 @@ where
             let call = inner.call(request);
             return Box::pin(async move {
                 let response = call.await.map_err(Error::from_inner)?;
-                Ok(response.map(ResponseBody::Right))
+                Ok(response.map(ResponseBody::passed))
             });
         }
         Box::pin(async move {
@@ -135,12 +204,12 @@ where
             let request = Request::from_parts(parts, B::from(body));
             let Some(Keyed { key, model }) = keyed else {
                 let response = inner.call(request).await.map_err(Error::from_inner)?;
-                return Ok(response.map(ResponseBody::Right));
+                return Ok(response.map(ResponseBody::passed));
             };
             if let Some(entry) = store.get(&key).await {
                 settings.hits.fetch_add(1, Ordering::Relaxed);
                 crate::telemetry::cache_hit(entry.body.len());
-                return Ok(respond(&entry, CacheStatus::Hit).map(ResponseBody::Left));
+                return Ok(respond(&entry, CacheStatus::Hit).map(ResponseBody::cached));
             }
             settings.misses.fetch_add(1, Ordering::Relaxed);
             crate::telemetry::cache_miss();
@@ -179,10 +248,10 @@ where
             };
             // Identical misses wait for one fetch; only a storable answer is stored.
             match store.try_get_with(key, fetch).await {
-                Ok(entry) => Ok(respond(&entry, CacheStatus::Miss).map(ResponseBody::Left)),
+                Ok(entry) => Ok(respond(&entry, CacheStatus::Miss).map(ResponseBody::cached)),
                 Err(uncached) => match &*uncached {
                     Uncached::Answer(entry) => {
-                        Ok(respond(entry, CacheStatus::Miss).map(ResponseBody::Left))
+                        Ok(respond(entry, CacheStatus::Miss).map(ResponseBody::cached))
                     }
                     Uncached::Failed(kind, message) => Err(Error::new(*kind, message.clone())),
                 },

@@ -446,7 +446,8 @@ fn without_a_client_token_the_gateway_refuses_to_start_or_binds_loopback_only() 
 }
 
 /// The quick start's demo, in paused time: every client is served, the upstream's errors are
-/// absorbed, the invalid key and the daily-quota project are learned.
+/// absorbed, the invalid key and the daily-quota project are learned, repeated prompts are
+/// answered by the cache and the scarce model falls back.
 #[tokio::test(start_paused = true)]
 async fn the_demo_serves_every_client() {
     let options = tower_gemini::gateway::demo::DemoOptions {
@@ -462,7 +463,10 @@ async fn the_demo_serves_every_client() {
         summary.per_key["…0001"], 0,
         "the invalid key serves nothing"
     );
-    assert!(summary.per_key["…0002"] <= 10, "the daily quota holds");
+    // 10 flash requests a day, and 3 of the scarce model.
+    assert!(summary.per_key["…0002"] <= 10 + 3, "the daily quota holds");
+    assert!(summary.cache_hits > 0, "{}", summary.report());
+    assert!(summary.fallbacks > 0, "{}", summary.report());
     let absorbed: u64 = summary
         .upstream_statuses
         .iter()

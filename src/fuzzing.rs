@@ -15,6 +15,23 @@ pub fn prompt_tokens(chunks: &[&[u8]]) -> Option<u64> {
     found
 }
 
+/// The cost layer's scanner over `chunks`: the last prompt, output, thoughts and cached counts.
+pub fn usage_counts(chunks: &[&[u8]]) -> [Option<u64>; 4] {
+    let mut scanner = crate::quota::LastCounts::<4>::default();
+    let mut found = [None; 4];
+    for chunk in chunks {
+        for (slot, count) in found
+            .iter_mut()
+            .zip(scanner.scan(chunk, &crate::cost::USAGE_FIELDS))
+        {
+            if count.is_some() {
+                *slot = count;
+            }
+        }
+    }
+    found
+}
+
 /// The model named in a native path.
 pub fn model_in_path(path: &str) -> Option<&str> {
     crate::model::model_in_path(path)

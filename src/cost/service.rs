@@ -22,7 +22,7 @@ const PROMPT: usize = 0;
 const OUTPUT: usize = 1;
 const THOUGHTS: usize = 2;
 const CACHED: usize = 3;
-const FIELDS: [&[&[u8]]; 4] = [
+pub(crate) const FIELDS: [&[&[u8]]; 4] = [
     &[b"\"promptTokenCount\"", b"\"prompt_tokens\""],
     &[b"\"candidatesTokenCount\"", b"\"completion_tokens\""],
     &[b"\"thoughtsTokenCount\""],

@@ -183,3 +183,134 @@ async fn the_size_bound_holds() {
     assert!(bytes <= 8 * 1024, "{bytes} bytes in {entries} entries");
     assert!(entries > 0 && entries < 60, "{entries}");
 }
+
+fn stream_prompt(mock: &MockServer, text: &str, sse: bool) -> Request<Full<Bytes>> {
+    let body = format!(
+        r#"{{"contents":[{{"parts":[{{"text":"{text}"}}]}}],"generationConfig":{{"temperature":0}}}}"#
+    );
+    let url = mock.model_url(MODEL, "streamGenerateContent");
+    let url = if sse { format!("{url}?alt=sse") } else { url };
+    Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+/// Read a streamed answer chunk by chunk: the cache header, the bytes and whether it broke.
+async fn read_stream(
+    layer: &CacheLayer,
+    pool: &KeyPool,
+    request: Request<Full<Bytes>>,
+) -> (String, String, Option<String>, bool) {
+    let service = layer.layer(KeyRotationLayer::new(pool).layer(client()));
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let cache = response.headers()[CACHE_HEADER]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let mut body = response.into_body();
+    let mut seen = Vec::new();
+    let mut broken = false;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => seen.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..])),
+            Err(_) => {
+                broken = true;
+                break;
+            }
+        }
+    }
+    (
+        cache,
+        String::from_utf8_lossy(&seen).into_owned(),
+        content_type,
+        broken,
+    )
+}
+
+#[tokio::test]
+async fn a_completed_stream_is_replayed_as_the_same_stream() {
+    let mock = MockGemini::builder()
+        .project("proj-a", |p| p.key(KEY))
+        .stream_chunks(4)
+        .start()
+        .await
+        .unwrap();
+    let pool = KeyPool::from_keys([KEY]).unwrap();
+    let cache = CacheLayer::new();
+    let (first, streamed, kind, broken) =
+        read_stream(&cache, &pool, stream_prompt(&mock, "tell me a story", true)).await;
+    assert_eq!((first.as_str(), broken), ("miss", false));
+    assert!(streamed.matches("data: ").count() >= 2, "{streamed}");
+    // Stored by a task when the stream ended: give it its turn.
+    for _ in 0..100 {
+        if cache.usage().await.0 == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let (again, replayed, replayed_kind, _) =
+        read_stream(&cache, &pool, stream_prompt(&mock, "tell me a story", true)).await;
+    assert_eq!(again, "hit");
+    assert_eq!(replayed, streamed, "the same SSE bytes");
+    assert_eq!(replayed_kind, kind);
+    assert_eq!(kind.as_deref(), Some("text/event-stream"));
+    assert_eq!(mock.stats().total_requests(), 1);
+    // The JSON-array form of the same prompt is another entry.
+    let (array, _, _, _) = read_stream(
+        &cache,
+        &pool,
+        stream_prompt(&mock, "tell me a story", false),
+    )
+    .await;
+    assert_eq!(array, "miss");
+    assert_eq!(mock.stats().total_requests(), 2);
+}
+
+#[tokio::test]
+async fn a_broken_or_abandoned_stream_is_never_kept() {
+    let mock = mock(&[Fault::mid_stream_error(1.0)]).await;
+    let pool = KeyPool::from_keys([KEY]).unwrap();
+    let cache = CacheLayer::new();
+    for round in 1..=2u64 {
+        let (status, _, _, broken) =
+            read_stream(&cache, &pool, stream_prompt(&mock, "break", true)).await;
+        assert_eq!(status, "miss", "round {round}");
+        assert!(broken, "the mock breaks every stream");
+        assert_eq!(mock.stats().total_requests(), round);
+    }
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(cache.usage().await.0, 0);
+
+    // A caller that stops reading half-way: nothing is kept either.
+    let mock = MockGemini::builder()
+        .project("proj-a", |p| p.key(KEY))
+        .stream_chunks(4)
+        .start()
+        .await
+        .unwrap();
+    let service = cache.layer(KeyRotationLayer::new(&pool).layer(client()));
+    let response = service
+        .clone()
+        .oneshot(stream_prompt(&mock, "abandoned", true))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let _first = body.frame().await;
+    drop(body);
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(cache.usage().await.0, 0);
+    let (status, _, _, _) =
+        read_stream(&cache, &pool, stream_prompt(&mock, "abandoned", true)).await;
+    assert_eq!(status, "miss");
+    assert_eq!(mock.stats().total_requests(), 2);
+}

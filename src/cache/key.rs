@@ -13,6 +13,9 @@ use super::{CACHE_HEADER, NAMESPACE_HEADER};
 pub(crate) struct Keyed {
     pub(crate) key: Arc<str>,
     pub(crate) model: String,
+    /// A streamed answer (`streamGenerateContent`, or an OpenAI chat with `"stream": true`):
+    /// recorded as it passes and stored only once it has ended whole.
+    pub(crate) stream: bool,
 }
 
 /// What the caller asked of the cache in its headers.
@@ -37,10 +40,12 @@ fn asked(headers: &HeaderMap) -> Option<bool> {
 }
 
 /// Could a request with this head be cached at all? Checked before its body is read, so that
-/// streams, other routes and opted-out calls pass without being buffered.
+/// other routes and opted-out calls pass without being buffered.
 pub(crate) fn candidate(method: &Method, path: &str, headers: &HeaderMap) -> bool {
     method == Method::POST
-        && (path.ends_with(":generateContent") || path.ends_with("/chat/completions"))
+        && (path.ends_with(":generateContent")
+            || path.ends_with(":streamGenerateContent")
+            || path.ends_with("/chat/completions"))
         && asked(headers) != Some(false)
 }
 
@@ -52,14 +57,14 @@ pub(crate) fn of(parts: &Parts, body: &[u8], cache_sampled: bool) -> Option<Keye
     }
     let asked = asked(&parts.headers);
     let json: Value = serde_json::from_slice(body).ok()?;
-    let model = if path.ends_with(":generateContent") {
-        crate::model::model_in_path(path)?.to_owned()
+    let (model, stream) = if path.ends_with(":generateContent") {
+        (crate::model::model_in_path(path)?.to_owned(), false)
+    } else if path.ends_with(":streamGenerateContent") {
+        (crate::model::model_in_path(path)?.to_owned(), true)
     } else {
         // `/chat/completions`, as `candidate` checked.
-        if json.get("stream").and_then(Value::as_bool) == Some(true) {
-            return None;
-        }
-        crate::model::model_in_json(body)?
+        let stream = json.get("stream").and_then(Value::as_bool) == Some(true);
+        (crate::model::model_in_json(body)?, stream)
     };
     let temperature = json
         .get("generationConfig")
@@ -76,10 +81,12 @@ pub(crate) fn of(parts: &Parts, body: &[u8], cache_sampled: bool) -> Option<Keye
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let mut key = String::with_capacity(body.len() + 64);
-    // Lengths first, so no namespace or model can run into the next field.
+    // Lengths first, so no namespace or model can run into the next field. The query is
+    // part of it: `alt=sse` and a JSON array are two forms of one stream.
+    let query = parts.uri.query().unwrap_or("");
     let _ = writeln!(
         key,
-        "{}:{namespace}{}:{model}{path}",
+        "{}:{namespace}{}:{model}{path}?{query}",
         namespace.len(),
         model.len()
     );
@@ -87,6 +94,7 @@ pub(crate) fn of(parts: &Parts, body: &[u8], cache_sampled: bool) -> Option<Keye
     Some(Keyed {
         key: Arc::from(key),
         model,
+        stream,
     })
 }
 
@@ -158,7 +166,7 @@ mod tests {
     }
 
     #[test]
-    fn sampled_streamed_opted_out_and_other_methods_are_not_cached() {
+    fn sampled_opted_out_and_malformed_requests_are_not_cached() {
         let sampled = br#"{"contents":[{"parts":[{"text":"hi"}]}]}"#;
         assert!(of(&parts(PATH, &[]), sampled, false).is_none());
         assert!(of(&parts(PATH, &[(CACHE_HEADER, "yes")]), sampled, false).is_some());
@@ -166,13 +174,25 @@ mod tests {
         let fixed = br#"{"contents":[],"generationConfig":{"temperature":0}}"#;
         assert!(of(&parts(PATH, &[(CACHE_HEADER, "no")]), fixed, true).is_none());
         assert!(of(&parts(PATH, &[("cache-control", "no-store")]), fixed, true).is_none());
-        let stream = "/v1beta/models/gemini-2.0-flash:streamGenerateContent";
-        assert!(of(&parts(stream, &[]), fixed, true).is_none());
-        let chat = br#"{"model":"gemini-2.0-flash","temperature":0,"stream":true,"messages":[]}"#;
-        assert!(of(&parts("/v1beta/openai/chat/completions", &[]), chat, true).is_none());
         let chat = br#"{"model":"gemini-2.0-flash","temperature":0,"messages":[]}"#;
         let keyed = of(&parts("/v1beta/openai/chat/completions", &[]), chat, false).unwrap();
         assert_eq!(keyed.model, "gemini-2.0-flash");
+        assert!(!keyed.stream);
         assert!(of(&parts(PATH, &[]), b"not json", true).is_none());
+    }
+
+    #[test]
+    fn streams_are_keyed_apart_by_form() {
+        let fixed = br#"{"contents":[],"generationConfig":{"temperature":0}}"#;
+        let stream = "/v1beta/models/gemini-2.0-flash:streamGenerateContent";
+        let sse = of(&parts(&format!("{stream}?alt=sse"), &[]), fixed, false).unwrap();
+        let array = of(&parts(stream, &[]), fixed, false).unwrap();
+        let whole = of(&parts(PATH, &[]), fixed, false).unwrap();
+        assert!(sse.stream && array.stream && !whole.stream);
+        assert_ne!(sse.key, array.key);
+        assert_ne!(sse.key, whole.key);
+        let chat = br#"{"model":"gemini-2.0-flash","temperature":0,"stream":true,"messages":[]}"#;
+        let keyed = of(&parts("/v1beta/openai/chat/completions", &[]), chat, false).unwrap();
+        assert!(keyed.stream);
     }
 }

@@ -1,8 +1,8 @@
 //! [`CacheLayer`] (feature `cache`): answers to repeated prompts served from memory, before a
 //! key or a slot of quota is spent on them.
 //!
-//! A request is cached when it is a non-streamed `generateContent` (or an OpenAI chat
-//! completion without `"stream": true`), its answer is a success, the caller did not opt out
+//! A request is cached when it is a `generateContent` or `streamGenerateContent` (or an OpenAI
+//! chat completion), its answer is a success, the caller did not opt out
 //! (`x-gemini-cache: no` or `cache-control: no-store`), and its generation is deterministic
 //! (`temperature` 0) — or the caller opts in for sampled answers (`x-gemini-cache: yes`, or
 //! [`CacheLayer::cache_sampled`]). The key is the model, the request body in a canonical form
@@ -11,7 +11,11 @@
 //! [`max_bytes`](CacheLayer::max_bytes), evicting the least recently used.
 //!
 //! Identical misses arriving together are coalesced: one call upstream, every waiter gets its
-//! answer. Answers carry `x-gemini-cache: hit` or `miss` and a [`CacheStatus`] extension.
+//! answer. A streamed answer (SSE, a JSON array, or OpenAI chunks) goes to its caller as it
+//! comes and is recorded on the way; it is kept only if it ended whole (a last chunk with a
+//! `finishReason`, or `[DONE]`, and no error in it) and replayed as the same bytes; a broken,
+//! cut-short or dropped stream is never kept, and identical stream misses are not coalesced.
+//! Answers carry `x-gemini-cache: hit` or `miss` and a [`CacheStatus`] extension.
 //!
 //! ```
 //! use std::time::Duration;

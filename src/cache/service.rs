@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -33,7 +34,60 @@ pin_project_lite::pin_project! {
     enum Kind<B> {
         Cached { body: Full<Bytes> },
         Passed { #[pin] body: B },
+        Recording { #[pin] body: B, recorder: Option<Box<Recorder>> },
     }
+}
+
+/// A streamed answer being recorded as it passes: stored when it ends whole.
+struct Recorder {
+    key: Arc<str>,
+    store: Moka<Arc<str>, Entry>,
+    status: StatusCode,
+    headers: HeaderMap,
+    ttl: Duration,
+    seen: Vec<u8>,
+}
+
+impl Recorder {
+    /// Keep `data`; past [`MAX_ENTRY_BYTES`](super::MAX_ENTRY_BYTES) the stream is too long
+    /// to keep, and recording stops.
+    fn keep(recorder: &mut Option<Box<Recorder>>, data: &[u8]) {
+        if let Some(r) = recorder {
+            if r.seen.len() + data.len() > super::MAX_ENTRY_BYTES {
+                *recorder = None;
+            } else {
+                r.seen.extend_from_slice(data);
+            }
+        }
+    }
+
+    /// The stream ended without an error: store it if it is whole.
+    fn finish(self) {
+        if !whole_stream(&self.seen) {
+            return;
+        }
+        // Stored from a task: the body is polled where no `.await` can be written. Without a
+        // runtime (a body read by another executor) the answer is simply not kept.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let entry = Entry {
+            status: self.status,
+            headers: self.headers,
+            body: Bytes::from(self.seen),
+            ttl: self.ttl,
+        };
+        let (store, key) = (self.store, self.key);
+        runtime.spawn(async move { store.insert(key, entry).await });
+    }
+}
+
+/// Did a stream end as Gemini ends one — a last chunk with a `finishReason`, or OpenAI's
+/// `[DONE]` — with no error object in it? (A stream cut short, or one that carried an error,
+/// is not kept.)
+fn whole_stream(seen: &[u8]) -> bool {
+    let has = |needle: &[u8]| seen.windows(needle.len()).any(|w| w == needle);
+    (has(b"\"finishReason\"") || has(b"data: [DONE]")) && !has(b"\"error\"")
 }
 
 impl<B> ResponseBody<B> {
@@ -46,6 +100,15 @@ impl<B> ResponseBody<B> {
     fn passed(body: B) -> Self {
         ResponseBody {
             kind: Kind::Passed { body },
+        }
+    }
+
+    fn recording(body: B, recorder: Recorder) -> Self {
+        ResponseBody {
+            kind: Kind::Recording {
+                body,
+                recorder: Some(Box::new(recorder)),
+            },
         }
     }
 }
@@ -63,6 +126,25 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
                 .poll_frame(cx)
                 .map(|frame| frame.map(|r| r.map_err(|never| match never {}))),
             KindProj::Passed { body } => body.poll_frame(cx),
+            KindProj::Recording { body, recorder } => {
+                let polled = body.poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            Recorder::keep(recorder, data);
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        if let Some(whole) = recorder.take() {
+                            whole.finish();
+                        }
+                    }
+                    // A broken stream is never kept.
+                    Poll::Ready(Some(Err(_))) => *recorder = None,
+                    Poll::Pending => {}
+                }
+                polled
+            }
         }
     }
 
@@ -70,13 +152,15 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
         match &self.kind {
             Kind::Cached { body } => body.is_end_stream(),
             Kind::Passed { body } => body.is_end_stream(),
+            // Not ended until the recorder has seen the end.
+            Kind::Recording { .. } => false,
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         match &self.kind {
             Kind::Cached { body } => body.size_hint(),
-            Kind::Passed { body } => body.size_hint(),
+            Kind::Passed { body } | Kind::Recording { body, .. } => body.size_hint(),
         }
     }
 }
@@ -86,6 +170,7 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
         let from = match &self.kind {
             Kind::Cached { .. } => "memory",
             Kind::Passed { .. } => "upstream",
+            Kind::Recording { .. } => "upstream, recorded",
         };
         f.debug_struct("ResponseBody").field("from", &from).finish()
     }
@@ -202,7 +287,7 @@ where
             parts.headers.remove(NAMESPACE_HEADER);
             parts.headers.remove(CACHE_HEADER);
             let request = Request::from_parts(parts, B::from(body));
-            let Some(Keyed { key, model }) = keyed else {
+            let Some(Keyed { key, model, stream }) = keyed else {
                 let response = inner.call(request).await.map_err(Error::from_inner)?;
                 return Ok(response.map(ResponseBody::passed));
             };
@@ -214,6 +299,32 @@ where
             settings.misses.fetch_add(1, Ordering::Relaxed);
             crate::telemetry::cache_miss();
             let ttl = settings.ttl(&model);
+            if stream {
+                // A stream goes to its caller as it comes (not coalesced: each identical miss
+                // streams its own), recorded on the way, and is kept once it has ended whole.
+                let response = inner.call(request).await.map_err(Error::from_inner)?;
+                let (mut head, body) = response.into_parts();
+                head.headers
+                    .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
+                head.extensions.insert(CacheStatus::Miss);
+                let storable = head.status == StatusCode::OK
+                    && !head.headers.contains_key(crate::fallback::FALLBACK_HEADER);
+                if !storable {
+                    return Ok(Response::from_parts(head, ResponseBody::passed(body)));
+                }
+                let recorder = Recorder {
+                    key,
+                    store,
+                    status: head.status,
+                    headers: kept(&head.headers),
+                    ttl,
+                    seen: Vec::new(),
+                };
+                return Ok(Response::from_parts(
+                    head,
+                    ResponseBody::recording(body, recorder),
+                ));
+            }
             let fetch = async move {
                 let response = inner.call(request).await.map_err(|e| {
                     let e = Error::from_inner(e);
@@ -257,5 +368,30 @@ where
                 },
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_stream;
+
+    #[test]
+    fn only_streams_that_ended_whole_are_kept() {
+        assert!(whole_stream(
+            b"data: {\"candidates\":[{\"finishReason\":\"STOP\"}]}\r\n\r\n"
+        ));
+        assert!(whole_stream(b"data: {\"choices\":[]}\n\ndata: [DONE]\n\n"));
+        // Cut short: no last chunk.
+        assert!(!whole_stream(
+            b"data: {\"candidates\":[{\"content\":{}}]}\r\n\r\n"
+        ));
+        // An error inside the stream, even one that then ended.
+        assert!(!whole_stream(
+            b"data: {\"error\":{\"code\":500}}\n\ndata: [DONE]\n\n"
+        ));
+        // A model's text quoting the word is not an error object.
+        assert!(whole_stream(
+            b"data: {\"text\":\"say \\\"error\\\"\",\"finishReason\":\"STOP\"}\n\n"
+        ));
     }
 }

@@ -326,3 +326,83 @@ async fn a_caller_giving_up_during_the_shared_admission_takes_no_slot() {
     .await;
     assert_eq!(mock.stats().total_requests(), 1);
 }
+
+/// The cache's Redis second level: an answer one process stored is served to another without
+/// an upstream call; a Redis that is gone leaves each process its own cache.
+#[cfg(feature = "cache")]
+#[tokio::test]
+async fn cached_answers_are_shared_through_redis() {
+    use tower::{Layer, ServiceExt};
+    use tower_gemini::KeyRotationLayer;
+    use tower_gemini::cache::{CACHE_HEADER, CacheLayer};
+
+    let Some(redis) = Redis::any("cached_answers_are_shared_through_redis") else {
+        return;
+    };
+    let prefix = Redis::prefix("cache-l2");
+    let mock = MockGemini::builder()
+        .project("proj-a", |p| p.key("test-key-l2-0001"))
+        .start()
+        .await
+        .unwrap();
+    let pool = KeyPool::from_keys(["test-key-l2-0001"]).unwrap();
+    let ask = |cache: CacheLayer, text: &'static str| {
+        let pool = pool.clone();
+        let url = mock.model_url(FLASH, "generateContent");
+        async move {
+            let body = format!(
+                r#"{{"contents":[{{"parts":[{{"text":"{text}"}}]}}],"generationConfig":{{"temperature":0}}}}"#
+            );
+            let request = http::Request::post(url)
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap();
+            let service = cache.layer(KeyRotationLayer::new(&pool).layer(common::client()));
+            let response = service.oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let said = response.headers()[CACHE_HEADER]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            (said, common::text(response).await)
+        }
+    };
+    // Two processes: each its own local cache, one Redis.
+    let first =
+        CacheLayer::new().second_level(store(&redis, &prefix, RedisOptions::default()).await);
+    let second =
+        CacheLayer::new().second_level(store(&redis, &prefix, RedisOptions::default()).await);
+    let (said, answer) = ask(first.clone(), "shared question").await;
+    assert_eq!(said, "miss");
+    // Written to Redis in the background.
+    let mut connection = redis.connection().await;
+    eventually("the entry in Redis", async || {
+        let names: Vec<String> = connection.keys(format!("{prefix}:cache:*")).await.unwrap();
+        names.len() == 1
+    })
+    .await;
+    let (said, again) = ask(second.clone(), "shared question").await;
+    assert_eq!((said.as_str(), again.as_str()), ("hit", answer.as_str()));
+    assert_eq!(mock.stats().total_requests(), 1);
+    // Now in the second process's memory too.
+    assert_eq!(second.usage().await.0, 1);
+    // The entry lives its TTL in Redis, and holds no key.
+    let names: Vec<String> = connection.keys(format!("{prefix}:cache:*")).await.unwrap();
+    let ttl: i64 = connection.pttl(&names[0]).await.unwrap();
+    assert!(ttl > 3_500_000 && ttl <= 3_600_000, "{ttl}");
+    let stored: Vec<u8> = connection.get(&names[0]).await.unwrap();
+    assert!(!String::from_utf8_lossy(&stored).contains("test-key-l2-0001"));
+
+    // Redis gone: a store that cannot reach it; the cache still works locally.
+    let nowhere = RedisOptions {
+        timeout: Duration::from_millis(100),
+        ..RedisOptions::default()
+    };
+    let unreachable = RedisStore::connect_with("redis://127.0.0.1:1", nowhere)
+        .await
+        .unwrap();
+    let alone = CacheLayer::new().second_level(unreachable);
+    assert_eq!(ask(alone.clone(), "alone").await.0, "miss");
+    assert_eq!(ask(alone, "alone").await.0, "hit");
+    assert_eq!(mock.stats().total_requests(), 2);
+}

@@ -34,6 +34,7 @@
 //! ```
 
 mod key;
+mod second;
 mod service;
 
 use std::collections::HashMap;
@@ -127,6 +128,7 @@ pub(crate) struct Settings {
     pub(crate) cache_sampled: bool,
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
+    pub(crate) second: Option<second::Second>,
 }
 
 impl Settings {
@@ -165,6 +167,7 @@ impl CacheLayer {
                 cache_sampled: false,
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
+                second: None,
             },
         )
     }
@@ -192,6 +195,7 @@ impl CacheLayer {
             cache_sampled: self.settings.cache_sampled,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            second: self.settings.second.clone(),
         };
         let mut max_bytes = self.max_bytes;
         change(&mut settings, &mut max_bytes);
@@ -230,6 +234,26 @@ impl CacheLayer {
     pub async fn usage(&self) -> (u64, u64) {
         self.store.run_pending_tasks().await;
         (self.store.entry_count(), self.store.weighted_size())
+    }
+
+    /// Share entries with every process using `store`'s Redis (feature `redis`): a local miss
+    /// asks Redis (within the store's timeout) before calling upstream, and what is stored here
+    /// is written there too, with its TTL. Use the store the pool shares its state through (the
+    /// same connection). While Redis is unreachable the cache works locally. Starts a new,
+    /// empty local cache.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), tower_gemini::Error> {
+    /// use tower_gemini::cache::CacheLayer;
+    /// use tower_gemini::state::RedisStore;
+    ///
+    /// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+    /// let cache = CacheLayer::new().second_level(store.clone());
+    /// # let _ = cache; Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn second_level(self, store: crate::state::RedisStore) -> Self {
+        self.rebuild(|settings, _| settings.second = Some(store))
     }
 
     /// Hits and misses since the cache was made, and its size (approximate: evictions are
@@ -275,6 +299,7 @@ mod tests {
             cache_sampled: false,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            second: None,
         };
         assert_eq!(settings.ttl("m"), Duration::from_secs(60));
         assert_eq!(settings.ttl("other"), MAX_TTL);

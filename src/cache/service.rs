@@ -42,6 +42,7 @@ pin_project_lite::pin_project! {
 struct Recorder {
     key: Arc<str>,
     store: Moka<Arc<str>, Entry>,
+    settings: Arc<Settings>,
     status: StatusCode,
     headers: HeaderMap,
     ttl: Duration,
@@ -77,6 +78,7 @@ impl Recorder {
             body: Bytes::from(self.seen),
             ttl: self.ttl,
         };
+        super::second::keep(self.settings.second.as_ref(), &self.key, &entry);
         let (store, key) = (self.store, self.key);
         runtime.spawn(async move { store.insert(key, entry).await });
     }
@@ -296,9 +298,18 @@ where
                 crate::telemetry::cache_hit(entry.body.len());
                 return Ok(respond(&entry, CacheStatus::Hit).map(ResponseBody::cached));
             }
+            // Another process may have stored it (the Redis second level).
+            if let Some(entry) = super::second::find(settings.second.as_ref(), &key).await {
+                settings.hits.fetch_add(1, Ordering::Relaxed);
+                crate::telemetry::cache_hit(entry.body.len());
+                let response = respond(&entry, CacheStatus::Hit).map(ResponseBody::cached);
+                store.insert(key, entry).await;
+                return Ok(response);
+            }
             settings.misses.fetch_add(1, Ordering::Relaxed);
             crate::telemetry::cache_miss();
             let ttl = settings.ttl(&model);
+            let (shared, shared_key) = (settings.clone(), key.clone());
             if stream {
                 // A stream goes to its caller as it comes (not coalesced: each identical miss
                 // streams its own), recorded on the way, and is kept once it has ended whole.
@@ -315,6 +326,7 @@ where
                 let recorder = Recorder {
                     key,
                     store,
+                    settings: settings.clone(),
                     status: head.status,
                     headers: kept(&head.headers),
                     ttl,
@@ -352,6 +364,7 @@ where
                     && entry.body.len() <= super::MAX_ENTRY_BYTES
                     && !head.headers.contains_key(crate::fallback::FALLBACK_HEADER);
                 if storable {
+                    super::second::keep(shared.second.as_ref(), &shared_key, &entry);
                     Ok(entry)
                 } else {
                     Err(Uncached::Answer(entry))

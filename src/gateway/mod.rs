@@ -331,8 +331,12 @@ pub async fn serve_on(
                 ..defaults
             };
             let store = crate::state::RedisStore::connect_with(url, options).await?;
+            // The cache shares its entries through the same Redis (its second level).
+            let mut saving = config.saving.clone();
+            saving.cache = saving.cache.map(|cache| cache.second_level(store.clone()));
             shared_config = GatewayConfig {
                 pool: config.pool.with_store(store)?,
+                saving,
                 ..config.clone()
             };
             &shared_config

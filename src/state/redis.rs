@@ -327,6 +327,58 @@ impl RedisStore {
         &self.inner.options
     }
 
+    /// The Redis name of a cache entry: `prefix:cache:sha256(prefix, key)`, the whole digest
+    /// (a collision would serve one prompt's answer to another).
+    #[cfg(feature = "cache")]
+    fn cache_name(&self, key: &str) -> String {
+        let mut hash = Sha256::new();
+        hash.update(self.inner.options.prefix.as_bytes());
+        hash.update([0]);
+        hash.update(key.as_bytes());
+        let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}:cache:{hex}", self.inner.options.prefix)
+    }
+
+    /// A cached answer another process stored, and how long it has left; `None` when there is
+    /// none, Redis is unreachable, or it does not answer within the store's timeout.
+    #[cfg(feature = "cache")]
+    pub(crate) async fn cache_get(&self, key: &str) -> Option<(Vec<u8>, std::time::Duration)> {
+        if !self.is_connected() {
+            return None;
+        }
+        let name = self.cache_name(key);
+        let mut connection = self.inner.connection.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&name).cmd("PTTL").arg(&name);
+        let query = pipe.query_async::<(Option<Vec<u8>>, i64)>(&mut connection);
+        match tokio::time::timeout(self.inner.options.timeout, query).await {
+            Ok(Ok((Some(value), ttl))) if ttl > 0 => {
+                Some((value, std::time::Duration::from_millis(ttl as u64)))
+            }
+            _ => None,
+        }
+    }
+
+    /// Store a cached answer for the other processes, in the background (`SET … PX`).
+    #[cfg(feature = "cache")]
+    pub(crate) fn cache_put(&self, key: &str, value: Vec<u8>, ttl: std::time::Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !self.is_connected() || ttl.is_zero() {
+            return;
+        }
+        let name = self.cache_name(key);
+        let mut connection = self.inner.connection.clone();
+        let timeout = self.inner.options.timeout;
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        runtime.spawn(async move {
+            let mut set = redis::cmd("SET");
+            set.arg(&name).arg(value).arg("PX").arg(millis);
+            let _ = tokio::time::timeout(timeout, set.query_async::<()>(&mut connection)).await;
+        });
+    }
+
     async fn ping(&self) -> Result<(), String> {
         let mut connection = self.inner.connection.clone();
         let command = redis::cmd("PING");

@@ -36,6 +36,10 @@ fn encode(entry: &Entry) -> Vec<u8> {
 fn decode(bytes: Vec<u8>, ttl: Duration) -> Option<Entry> {
     let status =
         StatusCode::from_u16(u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?])).ok()?;
+    // Only successes are stored.
+    if status != StatusCode::OK {
+        return None;
+    }
     let length = usize::from(u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?]));
     let content_type = bytes.get(4..4 + length)?;
     let mut headers = HeaderMap::new();

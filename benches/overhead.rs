@@ -14,6 +14,9 @@
 //! - `threads`: the bare client and the stack driven by one and by two OS threads sharing one
 //!   service; the time per call is wall time over all calls, so two threads that scale perfectly
 //!   show half the time of one.
+//! - `saving` (with `--features cache` for the cache rows): a realistic answer read to its end,
+//!   through the stack alone, with a fallback chain that is not needed, behind `CostLayer`, and
+//!   behind `CacheLayer` (a request that passes, and a hit).
 //! - `select`, `classify`: the pool's selection and the classifier alone.
 
 mod support;
@@ -61,6 +64,33 @@ macro_rules! bench_call {
                 .iter(|| async { black_box(service.clone().oneshot(request()).await.unwrap()) })
         });
     }};
+}
+
+/// One call through a clone of `service` with its answer's body read to the end (what prices
+/// a call, or records a stream, happens as the body is read).
+macro_rules! bench_read {
+    ($group:expr, $runtime:expr, $name:expr, $request:expr, $service:expr) => {{
+        let service = $service;
+        $group.bench_function($name, |b| {
+            b.to_async(&$runtime).iter(|| async {
+                let response = service.clone().oneshot($request).await.unwrap();
+                black_box(
+                    http_body_util::BodyExt::collect(response.into_body())
+                        .await
+                        .unwrap(),
+                )
+            })
+        });
+    }};
+}
+
+/// The request of `support::request` with `temperature` 0: a cacheable one.
+fn deterministic() -> Request<Full<Bytes>> {
+    Request::post(support::URL)
+        .body(Full::new(Bytes::from_static(
+            br#"{"contents":[{"role":"user","parts":[{"text":"Explain tower middleware in one paragraph."}]}],"generationConfig":{"temperature":0}}"#,
+        )))
+        .unwrap()
 }
 
 /// The retry policy a hand-written stack uses: up to 3 retries of a 429 or 5xx, at once.
@@ -260,6 +290,61 @@ fn calls(c: &mut Criterion) {
         "stack, 10 keys, RPM/TPM/RPD limits",
         stack(&limited).layer(client())
     );
+    group.finish();
+
+    // What saves quota and money, with a realistic answer whose body is read.
+    let mut group = c.benchmark_group("saving");
+    bench_read!(
+        group,
+        runtime,
+        "baseline: client alone, body read",
+        request(),
+        support::answering_client()
+    );
+    bench_read!(
+        group,
+        runtime,
+        "stack, 10 keys, body read",
+        request(),
+        stack(&pool).layer(support::answering_client())
+    );
+    let fallback = tower_gemini::fallback::FallbackLayer::new()
+        .chain(MODEL, ["gemini-2.5-flash"])
+        .unwrap();
+    bench_read!(
+        group,
+        runtime,
+        "stack + fallback chain (not needed), body read",
+        request(),
+        stack(&pool)
+            .fallback(fallback)
+            .layer(support::answering_client())
+    );
+    bench_read!(
+        group,
+        runtime,
+        "CostLayer + stack, body read",
+        request(),
+        tower_gemini::cost::CostLayer::new().layer(stack(&pool).layer(support::answering_client()))
+    );
+    #[cfg(feature = "cache")]
+    {
+        let cache = tower_gemini::cache::CacheLayer::new();
+        bench_read!(
+            group,
+            runtime,
+            "CacheLayer + stack, sampled request (passes), body read",
+            request(),
+            cache.layer(stack(&pool).layer(support::answering_client()))
+        );
+        bench_read!(
+            group,
+            runtime,
+            "CacheLayer + stack, hit",
+            deterministic(),
+            cache.layer(stack(&pool).layer(support::answering_client()))
+        );
+    }
     group.finish();
 }
 

@@ -38,6 +38,26 @@ pub fn client() -> impl tower::Service<
     })
 }
 
+/// A Gemini answer as Google shapes it, with its `usageMetadata` (about 700 bytes).
+pub const ANSWER: &str = r#"{"candidates":[{"content":{"parts":[{"text":"Tower middleware wraps a service in layers: each layer is a service that takes a request, may change it, calls the inner service and may change its answer. Retries, timeouts, rate limits and key rotation are written once and composed around any client."}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":52,"totalTokenCount":93,"promptTokensDetails":[{"modality":"TEXT","tokenCount":9}],"thoughtsTokenCount":32},"modelVersion":"gemini-2.0-flash","responseId":"bench-0001"}"#;
+
+/// The client answering [`ANSWER`].
+pub fn answering_client() -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = std::future::Ready<Answer>,
+> + Clone
++ Send
++ Sync
++ 'static {
+    service_fn(|_: Request<Full<Bytes>>| {
+        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(
+            ANSWER.as_bytes(),
+        )))))
+    })
+}
+
 /// `n` obviously fake keys.
 pub fn keys(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("test-key-{i:04}")).collect()

@@ -8,7 +8,8 @@ use std::time::Duration;
 use crate::clock::{Clock, SystemClock, next_pacific_midnight, pacific_day_start};
 use crate::error::{Error, ErrorKind};
 
-/// Accounts (gateway clients) tracked one by one; later ones count only in the pool's total.
+/// Accounts (gateway clients), and projects, tracked one by one per day; later ones count only
+/// in the pool's total.
 pub const MAX_ACCOUNTS: usize = 10_000;
 
 /// What a budget is for.
@@ -189,9 +190,17 @@ impl Budget {
     fn limit(&self, scope: &Scope) -> Option<u64> {
         match scope {
             Scope::Pool => self.pool,
-            Scope::Project(name) => self.projects.get(name).copied().or(self.per_project),
-            Scope::Account(name) => self.accounts.get(name).copied().or(self.per_account),
+            Scope::Project(name) => self.project_limit(name),
+            Scope::Account(name) => self.account_limit(name),
         }
+    }
+
+    fn project_limit(&self, name: &str) -> Option<u64> {
+        self.projects.get(name).copied().or(self.per_project)
+    }
+
+    fn account_limit(&self, name: &str) -> Option<u64> {
+        self.accounts.get(name).copied().or(self.per_account)
     }
 }
 
@@ -215,10 +224,41 @@ struct Spent {
     crossed: usize,
 }
 
+/// Today's spending: the pool's, and per project and per account by name (looked up by `&str`:
+/// no allocation per call once a name has been seen).
 struct Day {
     start: u64,
     end: u64,
-    spent: HashMap<Scope, Spent>,
+    pool: Spent,
+    projects: HashMap<String, Spent>,
+    accounts: HashMap<String, Spent>,
+}
+
+impl Day {
+    fn get(&self, scope: &Scope) -> Option<&Spent> {
+        match scope {
+            Scope::Pool => Some(&self.pool),
+            Scope::Project(name) => self.projects.get(name),
+            Scope::Account(name) => self.accounts.get(name),
+        }
+    }
+
+    fn scopes(&self) -> impl Iterator<Item = Scope> + '_ {
+        let projects = self.projects.keys().cloned().map(Scope::Project);
+        let accounts = self.accounts.keys().cloned().map(Scope::Account);
+        std::iter::once(Scope::Pool).chain(projects).chain(accounts)
+    }
+}
+
+/// `name`'s entry, made if there is room for one more name.
+fn slot<'a>(map: &'a mut HashMap<String, Spent>, name: &str) -> Option<&'a mut Spent> {
+    if !map.contains_key(name) {
+        if map.len() >= MAX_ACCOUNTS {
+            return None;
+        }
+        map.insert(name.to_owned(), Spent::default());
+    }
+    map.get_mut(name)
 }
 
 /// What was spent today, per scope, against the [`Budget`]: shared by every clone of a
@@ -253,7 +293,9 @@ impl Spend {
         let day = Day {
             start: pacific_day_start(now),
             end: next_pacific_midnight(now),
-            spent: HashMap::new(),
+            pool: Spent::default(),
+            projects: HashMap::new(),
+            accounts: HashMap::new(),
         };
         Spend {
             budget: Arc::new(budget),
@@ -272,7 +314,9 @@ impl Spend {
         if now >= day.end {
             day.start = pacific_day_start(now);
             day.end = next_pacific_midnight(now);
-            day.spent.clear();
+            day.pool = Spent::default();
+            day.projects.clear();
+            day.accounts.clear();
         }
         day
     }
@@ -283,34 +327,21 @@ impl Spend {
         {
             let mut day = self.today();
             let day_start = day.start;
-            let accounts = day.spent.len();
-            let mut scopes = vec![Scope::Pool];
-            if let Some(project) = project {
-                scopes.push(Scope::Project(project.to_owned()));
-            }
-            if let Some(account) = account {
-                let scope = Scope::Account(account.to_owned());
-                if accounts < MAX_ACCOUNTS || day.spent.contains_key(&scope) {
-                    scopes.push(scope);
-                }
-            }
-            for scope in scopes {
-                let limit = self.budget.limit(&scope);
-                let spent = day.spent.entry(scope.clone()).or_default();
+            let budget = &*self.budget;
+            let mut add = |spent: &mut Spent, limit: Option<u64>, scope: &dyn Fn() -> Scope| {
                 spent.nanos = spent.nanos.saturating_add(nanos);
                 spent.calls += 1;
                 let Some(limit) = limit else {
-                    continue;
+                    return;
                 };
-                let crossed = self
-                    .budget
+                let crossed = budget
                     .thresholds
                     .iter()
                     .take_while(|t| spent.nanos as f64 >= **t * limit as f64)
                     .count();
-                for threshold in &self.budget.thresholds[spent.crossed.min(crossed)..crossed] {
+                for threshold in &budget.thresholds[spent.crossed.min(crossed)..crossed] {
                     alerts.push(BudgetAlert {
-                        scope: scope.clone(),
+                        scope: scope(),
                         threshold: *threshold,
                         spent_usd: usd(spent.nanos),
                         budget_usd: usd(limit),
@@ -318,6 +349,21 @@ impl Spend {
                     });
                 }
                 spent.crossed = spent.crossed.max(crossed);
+            };
+            add(&mut day.pool, budget.pool, &|| Scope::Pool);
+            if let Some(name) = project
+                && let Some(spent) = slot(&mut day.projects, name)
+            {
+                add(spent, budget.project_limit(name), &|| {
+                    Scope::Project(name.to_owned())
+                });
+            }
+            if let Some(name) = account
+                && let Some(spent) = slot(&mut day.accounts, name)
+            {
+                add(spent, budget.account_limit(name), &|| {
+                    Scope::Account(name.to_owned())
+                });
             }
         }
         for alert in alerts {
@@ -346,40 +392,41 @@ impl Spend {
         }
         let now = self.budget.clock.now_millis();
         let day = self.today();
-        let mut scopes = vec![Scope::Pool];
-        if let Some(account) = account {
-            scopes.push(Scope::Account(account.to_owned()));
-        }
-        for scope in scopes {
-            let (Some(limit), Some(spent)) = (self.budget.limit(&scope), day.spent.get(&scope))
-            else {
-                continue;
-            };
-            if spent.nanos >= limit {
-                let wait = Duration::from_millis(day.end.saturating_sub(now));
-                return Some(
-                    Error::new(
-                        ErrorKind::BudgetSpent,
-                        format!(
-                            "the daily budget of {scope} is spent (${:.4} of ${:.2}); it resets at midnight Pacific, in {}s",
-                            usd(spent.nanos),
-                            usd(limit),
-                            wait.as_secs()
-                        ),
-                    )
-                    .with_retry_after(Some(wait)),
-                );
-            }
-        }
-        None
+        let spent_out = |spent: Option<&Spent>, limit: Option<u64>| match (spent, limit) {
+            (Some(spent), Some(limit)) if spent.nanos >= limit => Some((spent.nanos, limit)),
+            _ => None,
+        };
+        let (scope, (spent, limit)) = if let Some(out) =
+            spent_out(Some(&day.pool), self.budget.pool)
+        {
+            (Scope::Pool, out)
+        } else if let Some(name) = account
+            && let Some(out) = spent_out(day.accounts.get(name), self.budget.account_limit(name))
+        {
+            (Scope::Account(name.to_owned()), out)
+        } else {
+            return None;
+        };
+        let wait = Duration::from_millis(day.end.saturating_sub(now));
+        Some(
+            Error::new(
+                ErrorKind::BudgetSpent,
+                format!(
+                    "the daily budget of {scope} is spent (${:.4} of ${:.2}); it resets at midnight Pacific, in {}s",
+                    usd(spent),
+                    usd(limit),
+                    wait.as_secs()
+                ),
+            )
+            .with_retry_after(Some(wait)),
+        )
     }
 
     /// Every scope that spent today or has a budget, pool first, then projects and accounts
     /// by name.
     pub fn today_by_scope(&self) -> Vec<ScopeSpend> {
         let day = self.today();
-        let mut scopes: Vec<Scope> = day.spent.keys().cloned().collect();
-        scopes.push(Scope::Pool);
+        let mut scopes: Vec<Scope> = day.scopes().collect();
         scopes.extend(self.budget.projects.keys().cloned().map(Scope::Project));
         scopes.extend(self.budget.accounts.keys().cloned().map(Scope::Account));
         scopes.sort();
@@ -387,7 +434,7 @@ impl Spend {
         scopes
             .into_iter()
             .map(|scope| {
-                let spent = day.spent.get(&scope).copied().unwrap_or_default();
+                let spent = day.get(&scope).copied().unwrap_or_default();
                 ScopeSpend {
                     budget_usd: self.budget.limit(&scope).map(usd),
                     spent_usd: usd(spent.nanos),
@@ -400,7 +447,7 @@ impl Spend {
 
     /// What `scope` spent today, US dollars.
     pub fn today_usd(&self, scope: &Scope) -> f64 {
-        usd(self.today().spent.get(scope).map_or(0, |s| s.nanos))
+        usd(self.today().get(scope).map_or(0, |s| s.nanos))
     }
 }
 
@@ -545,6 +592,21 @@ mod tests {
         assert!(err.to_string().contains("of pool is spent"), "{err}");
         clock.set(at("2026-11-24T08:00:00Z"));
         assert!(spend.refusal(Some("alice")).is_none(), "a new day");
+    }
+
+    #[test]
+    fn callers_past_the_bound_count_only_in_the_pool() {
+        let spend = Spend::new(Budget::new());
+        for i in 0..MAX_ACCOUNTS + 5 {
+            spend.record(Some("proj-a"), Some(&format!("client-{i}")), 1);
+        }
+        let today = spend.today_by_scope();
+        let accounts = today
+            .iter()
+            .filter(|s| matches!(s.scope, Scope::Account(_)))
+            .count();
+        assert_eq!(accounts, MAX_ACCOUNTS);
+        assert_eq!(today[0].calls, (MAX_ACCOUNTS + 5) as u64);
     }
 
     #[test]

@@ -314,3 +314,61 @@ async fn a_broken_or_abandoned_stream_is_never_kept() {
     assert_eq!(status, "miss");
     assert_eq!(mock.stats().total_requests(), 2);
 }
+
+/// At the seam with the stack: the caller whose miss went upstream keeps what the layers
+/// below said (the key that served, Google's error with its `Retry-After`); a hit has no key.
+#[tokio::test]
+async fn a_miss_keeps_what_the_stack_below_said() {
+    let mock = mock(&[]).await;
+    let pool = KeyPool::from_keys([KEY]).unwrap();
+    let cache = CacheLayer::new();
+    let service = cache.layer(tower_gemini::stack(&pool).layer(client()));
+    let miss = service
+        .clone()
+        .oneshot(prompt(&mock, "which key", "0"))
+        .await
+        .unwrap();
+    assert_eq!(miss.headers()[CACHE_HEADER], "miss");
+    assert!(
+        miss.extensions()
+            .get::<tower_gemini::SelectedKey>()
+            .is_some()
+    );
+    let hit = service
+        .clone()
+        .oneshot(prompt(&mock, "which key", "0"))
+        .await
+        .unwrap();
+    assert_eq!(hit.headers()[CACHE_HEADER], "hit");
+    assert!(
+        hit.extensions()
+            .get::<tower_gemini::SelectedKey>()
+            .is_none()
+    );
+
+    // A local refusal keeps its retry time through the cache.
+    let spent = KeyPool::builder()
+        .key(KEY)
+        .model_limits(
+            MODEL,
+            tower_gemini::ModelLimits {
+                rpd: Some(1),
+                ..Default::default()
+            },
+        )
+        .build()
+        .unwrap();
+    let service = cache.layer(tower_gemini::stack(&spent).layer(client()));
+    let first = service
+        .clone()
+        .oneshot(prompt(&mock, "the day's one", "0"))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let err = service
+        .oneshot(prompt(&mock, "refused", "0"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), tower_gemini::ErrorKind::QuotaExhausted);
+    assert!(err.retry_after().is_some(), "{err}");
+}

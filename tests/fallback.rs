@@ -307,3 +307,34 @@ async fn the_fallback_header_is_not_sent_upstream_and_chains_pass_through_when_e
     let response = chain().layer(seen).oneshot(request).await.unwrap();
     assert_eq!(text(response).await, "false");
 }
+
+/// Behind a cache, an answer from a fallback model still says so, and is not kept for the
+/// requested model.
+#[cfg(feature = "cache")]
+#[tokio::test(start_paused = true)]
+async fn a_cache_in_front_keeps_the_fallback_headers_and_stores_nothing() {
+    use tower_gemini::cache::{CACHE_HEADER, CacheLayer};
+
+    let mock = mock(|p| p).await;
+    let pool = KeyPool::builder()
+        .keys(KEYS)
+        .model_limits(PRO, per_day(0))
+        .build()
+        .unwrap();
+    let cache = CacheLayer::new();
+    let gemini = cache.layer(service(&pool, chain()));
+    for _ in 0..2 {
+        let request = Request::post(mock.model_url(PRO, "generateContent"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(
+                br#"{"contents":[{"parts":[{"text":"hi"}]}],"generationConfig":{"temperature":0}}"#,
+            )))
+            .unwrap();
+        let response = gemini.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.headers()[CACHE_HEADER], "miss");
+        assert_eq!(response.headers()[MODEL_HEADER], FLASH);
+        assert!(response.extensions().get::<ModelFallback>().is_some());
+        assert_eq!(answered_by(&text(response).await), FLASH);
+    }
+    assert_eq!(mock.stats().served(FLASH).answers, 2);
+}

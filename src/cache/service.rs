@@ -207,7 +207,16 @@ impl<S> std::fmt::Debug for Cache<S> {
 /// An answer the leader of a coalesced miss got and did not store: every waiter gets it.
 enum Uncached {
     Answer(Entry),
-    Failed(ErrorKind, String),
+    Failed(ErrorKind, String, Option<Duration>),
+}
+
+/// What the caller that made the upstream call of a coalesced miss keeps for itself: the
+/// answer's extensions (the key that served it, its classification, its cost report, a
+/// fallback) or the whole error. Waiters get the shared answer or a copy of the error without
+/// them: they made no call.
+enum Leader {
+    Answered(http::Extensions),
+    Failed(Error),
 }
 
 fn respond(entry: &Entry, status: CacheStatus) -> Response<Full<Bytes>> {
@@ -226,11 +235,16 @@ fn respond(entry: &Entry, status: CacheStatus) -> Response<Full<Bytes>> {
 }
 
 /// Headers worth keeping with a stored answer (not hop-by-hop, not per-call).
+/// (An answer a fallback model served keeps the headers saying so; it is never stored.)
 fn kept(headers: &HeaderMap) -> HeaderMap {
     let mut kept = HeaderMap::new();
-    for name in [http::header::CONTENT_TYPE] {
-        if let Some(value) = headers.get(&name) {
-            kept.insert(name, value.clone());
+    for name in [
+        "content-type",
+        crate::fallback::MODEL_HEADER,
+        crate::fallback::FALLBACK_HEADER,
+    ] {
+        if let Some(value) = headers.get(name) {
+            kept.insert(http::HeaderName::from_static(name), value.clone());
         }
     }
     kept
@@ -337,11 +351,21 @@ where
                     ResponseBody::recording(body, recorder),
                 ));
             }
+            let leader: Arc<std::sync::Mutex<Option<Leader>>> = Arc::default();
+            let mine = leader.clone();
             let fetch = async move {
-                let response = inner.call(request).await.map_err(|e| {
-                    let e = Error::from_inner(e);
-                    Uncached::Failed(e.kind(), e.to_string())
-                })?;
+                let keep = |kept: Leader| {
+                    *mine.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
+                };
+                let response = match inner.call(request).await {
+                    Ok(response) => response,
+                    Err(e) => {
+                        let e = Error::from_inner(e);
+                        let failed = Uncached::Failed(e.kind(), e.to_string(), e.retry_after());
+                        keep(Leader::Failed(e));
+                        return Err(failed);
+                    }
+                };
                 let (head, body) = response.into_parts();
                 let bytes = Limited::new(body, MAX_BUFFERED)
                     .collect()
@@ -350,6 +374,7 @@ where
                         Uncached::Failed(
                             ErrorKind::Transport,
                             format!("the answer could not be read whole (at most {MAX_BUFFERED} bytes): {e}"),
+                            None,
                         )
                     })?
                     .to_bytes();
@@ -359,6 +384,7 @@ where
                     body: bytes,
                     ttl,
                 };
+                keep(Leader::Answered(head.extensions));
                 // An answer from a fallback model is not what the key's model would say.
                 let storable = head.status == StatusCode::OK
                     && entry.body.len() <= super::MAX_ENTRY_BYTES
@@ -371,15 +397,28 @@ where
                 }
             };
             // Identical misses wait for one fetch; only a storable answer is stored.
-            match store.try_get_with(key, fetch).await {
-                Ok(entry) => Ok(respond(&entry, CacheStatus::Miss).map(ResponseBody::cached)),
-                Err(uncached) => match &*uncached {
-                    Uncached::Answer(entry) => {
-                        Ok(respond(entry, CacheStatus::Miss).map(ResponseBody::cached))
+            let shared = store.try_get_with(key, fetch).await;
+            let extensions = match leader.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                Some(Leader::Failed(error)) => return Err(error),
+                Some(Leader::Answered(extensions)) => Some(extensions),
+                None => None,
+            };
+            let entry = match &shared {
+                Ok(entry) => entry,
+                Err(uncached) => match &**uncached {
+                    Uncached::Answer(entry) => entry,
+                    Uncached::Failed(kind, message, retry_after) => {
+                        return Err(
+                            Error::new(*kind, message.clone()).with_retry_after(*retry_after)
+                        );
                     }
-                    Uncached::Failed(kind, message) => Err(Error::new(*kind, message.clone())),
                 },
+            };
+            let mut response = respond(entry, CacheStatus::Miss);
+            if let Some(extensions) = extensions {
+                response.extensions_mut().extend(extensions);
             }
+            Ok(response.map(ResponseBody::cached))
         })
     }
 }

@@ -133,12 +133,9 @@ impl FileSaving {
             }
             budget = budget.refuse_when_spent(file.refuse.unwrap_or(false));
         }
-        let quota_alert = self.quota_alert.unwrap_or(DEFAULT_QUOTA_ALERT);
-        if !quota_alert.is_finite() || quota_alert <= 0.0 || quota_alert > 1.0 {
-            return Err(Error::config(format!(
-                "[gateway] quota_alert = {quota_alert}: give a fraction of a project's limit, more than 0 and at most 1 (0.9 is 90 %)"
-            )));
-        }
+        let quota_alert =
+            crate::quota::check_alert_threshold(self.quota_alert.unwrap_or(DEFAULT_QUOTA_ALERT))
+                .map_err(|e| e.context("[gateway] quota_alert"))?;
         Ok(Saving {
             cache,
             fallback,
@@ -269,10 +266,7 @@ impl Savings {
             );
         });
         // The threshold was checked when the configuration was read.
-        match layer.clone().alert_at(self.quota_alert) {
-            Ok(layer) => layer,
-            Err(_) => layer,
-        }
+        layer.clone().alert_at(self.quota_alert).unwrap_or(layer)
     }
 
     /// Fallback chains for the stack.

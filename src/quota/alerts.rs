@@ -32,8 +32,30 @@ pub struct QuotaAlert {
 }
 
 type Hook = Arc<dyn Fn(&QuotaAlert) + Send + Sync>;
-/// Project, model and limit → is its use above the threshold now?
-type Above = HashMap<(Arc<str>, Arc<str>, Dimension), bool>;
+/// Project → model → which of its limits (in [`DIMENSIONS`] order) are above the threshold
+/// now. Looked up by `&str`: nothing is allocated per request once a pair has been seen.
+type Above = HashMap<Arc<str>, HashMap<Arc<str>, [bool; 4]>>;
+
+/// Project and model pairs tracked at most; past it, a new pair's crossings are not reported
+/// (model names can come from callers).
+pub(crate) const MAX_TRACKED: usize = 4096;
+
+const DIMENSIONS: [Dimension; 4] = [
+    Dimension::RequestsPerMinute,
+    Dimension::TokensPerMinute,
+    Dimension::RequestsPerDay,
+    Dimension::ImagesPerMinute,
+];
+
+/// `threshold` if it is a fraction of a limit, more than 0 and at most 1.
+pub(crate) fn check_threshold(threshold: f64) -> Result<f64, Error> {
+    if !threshold.is_finite() || threshold <= 0.0 || threshold > 1.0 {
+        return Err(Error::config(format!(
+            "quota alert threshold {threshold}: give a fraction of the limit, more than 0 and at most 1 (0.9 is 90 %)"
+        )));
+    }
+    Ok(threshold)
+}
 
 /// The hook, the threshold, and which limits are above it now.
 #[derive(Clone)]
@@ -64,12 +86,7 @@ impl fmt::Debug for Alerts {
 
 impl Alerts {
     pub(crate) fn set_threshold(&mut self, threshold: f64) -> Result<(), Error> {
-        if !threshold.is_finite() || threshold <= 0.0 || threshold > 1.0 {
-            return Err(Error::config(format!(
-                "quota alert threshold {threshold}: give a fraction of the limit, more than 0 and at most 1 (0.9 is 90 %)"
-            )));
-        }
-        self.threshold = threshold;
+        self.threshold = check_threshold(threshold)?;
         Ok(())
     }
 
@@ -89,36 +106,47 @@ impl Alerts {
         let Some(hook) = &self.hook else {
             return;
         };
-        let dimensions = [
-            (Dimension::RequestsPerMinute, snapshot.rpm),
-            (Dimension::TokensPerMinute, snapshot.tpm),
-            (Dimension::RequestsPerDay, snapshot.rpd),
-            (Dimension::ImagesPerMinute, snapshot.ipm),
-        ];
+        let usage = [snapshot.rpm, snapshot.tpm, snapshot.rpd, snapshot.ipm];
+        let now_above = usage.map(|usage| {
+            usage.is_some_and(|u| u.limit > 0 && u.used as f64 >= self.threshold * u.limit as f64)
+        });
         let mut fired = Vec::new();
         {
             let mut above = self.above.lock().unwrap_or_else(|e| e.into_inner());
-            for (dimension, usage) in dimensions {
-                let Some(usage) = usage.filter(|u| u.limit > 0) else {
-                    continue;
-                };
-                let now_above = usage.used as f64 >= self.threshold * usage.limit as f64;
-                let key = (Arc::from(project), Arc::from(model), dimension);
-                let was_above = above.get(&key).copied().unwrap_or(false);
-                if now_above != was_above {
-                    above.insert(key, now_above);
+            let known = above.get(project).is_some_and(|m| m.contains_key(model));
+            if !known {
+                // Nothing above and nothing remembered: the common case, nothing to do.
+                if !now_above.contains(&true) {
+                    return;
                 }
-                if now_above && !was_above {
+                let tracked: usize = above.values().map(HashMap::len).sum();
+                if tracked >= MAX_TRACKED {
+                    return;
+                }
+                above
+                    .entry(Arc::from(project))
+                    .or_default()
+                    .insert(Arc::from(model), [false; 4]);
+            }
+            let Some(was_above) = above.get_mut(project).and_then(|m| m.get_mut(model)) else {
+                return;
+            };
+            for (i, usage) in usage.iter().enumerate() {
+                if now_above[i]
+                    && !was_above[i]
+                    && let Some(usage) = usage
+                {
                     fired.push(QuotaAlert {
                         project: project.to_owned(),
                         model: model.to_owned(),
-                        dimension,
+                        dimension: DIMENSIONS[i],
                         used: usage.used,
                         limit: usage.limit,
                         threshold: self.threshold,
                     });
                 }
             }
+            *was_above = now_above;
         }
         for alert in fired {
             tracing::warn!(
@@ -137,5 +165,48 @@ impl Alerts {
             );
             hook(&alert);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Usage;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn rpm(used: u64) -> MeterSnapshot {
+        MeterSnapshot {
+            rpm: Some(Usage { used, limit: 10 }),
+            ..MeterSnapshot::default()
+        }
+    }
+
+    #[test]
+    fn pairs_are_bounded_and_only_crossings_alert() {
+        let fired = Arc::new(AtomicUsize::new(0));
+        let count = fired.clone();
+        let mut alerts = Alerts::default();
+        alerts.set_hook(Arc::new(move |_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        }));
+        // Below the threshold nothing is remembered.
+        alerts.observe("p", "m", &rpm(5));
+        assert!(alerts.above.lock().unwrap().is_empty());
+        for i in 0..MAX_TRACKED + 10 {
+            alerts.observe("p", &format!("made-up-{i}"), &rpm(10));
+        }
+        assert_eq!(fired.load(Ordering::Relaxed), MAX_TRACKED);
+        let tracked: usize = alerts
+            .above
+            .lock()
+            .unwrap()
+            .values()
+            .map(HashMap::len)
+            .sum();
+        assert_eq!(tracked, MAX_TRACKED);
+        // Down and up again: one more alert for that pair.
+        alerts.observe("p", "made-up-0", &rpm(1));
+        alerts.observe("p", "made-up-0", &rpm(9));
+        assert_eq!(fired.load(Ordering::Relaxed), MAX_TRACKED + 1);
     }
 }

@@ -59,6 +59,8 @@ mod usage;
 pub use crate::state::{
     BytesPerToken, Demand, Dimension, MeterSnapshot, Tier, TokenEstimator, Usage,
 };
+#[cfg(feature = "gateway")]
+pub(crate) use alerts::check_threshold as check_alert_threshold;
 pub use alerts::{DEFAULT_QUOTA_ALERT, QuotaAlert};
 pub use inbound::{ClientKey, InboundFuture, InboundQuota, InboundQuotaLayer};
 pub use service::{Quota, QuotaLayer, ResponseFuture};

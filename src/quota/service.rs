@@ -16,8 +16,8 @@ use super::usage::UsageBody;
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::pool::{Fingerprint, KeyPool, SelectedKey};
 use crate::state::{
-    Admission, Effect, MeterRef, ModelSlots, Refusal, Reservation, SharedRefusal, SharedTicket,
-    Store, StoreFuture, Ticket,
+    Admission, Effect, MeterRef, Meters, ModelSlots, Refusal, Reservation, SharedRefusal,
+    SharedTicket, Store, StoreFuture, Ticket,
 };
 use crate::telemetry;
 
@@ -159,14 +159,9 @@ where
             && let Some(selected) = request.extensions().get::<SelectedKey>()
             && let Some(metered) = reservation.take(selected.index())
         {
-            let meters = metered.0.meters();
             let model = selected.model().unwrap_or("unknown");
-            let now = || self.pool.clock().now_millis();
-            telemetry::quota(selected.project(), model, || meters.snapshot(now()));
-            if self.alerts.enabled() {
-                self.alerts
-                    .observe(selected.project(), model, &meters.snapshot(now()));
-            }
+            let now = self.pool.clock().now_millis();
+            self.observe(selected.project(), model, metered.0.meters(), now);
             Some(metered)
         } else {
             match self.admit(&request) {
@@ -339,6 +334,18 @@ impl Shared {
 }
 
 impl<S> Quota<S> {
+    /// After an admission: the usage gauges and the quota alerts, from one snapshot (taken only
+    /// if one of them wants it).
+    fn observe(&self, project: &str, model: &str, meters: &Meters, now: u64) {
+        if self.alerts.enabled() {
+            let snapshot = meters.snapshot(now);
+            telemetry::quota(project, model, || snapshot.clone());
+            self.alerts.observe(project, model, &snapshot);
+        } else {
+            telemetry::quota(project, model, || meters.snapshot(now));
+        }
+    }
+
     /// Admit a request whose key came without a reservation; the refusal if it does not fit.
     fn admit<B: 'static>(&self, request: &Request<B>) -> Result<Option<(MeterRef, Ticket)>, Error> {
         if !self.pool.has_limits() {
@@ -364,11 +371,7 @@ impl<S> Quota<S> {
         let now = self.pool.clock().now_millis();
         match meters.admit(demand, now) {
             Ok(ticket) => {
-                telemetry::quota(selected.project(), model, || meters.snapshot(now));
-                if self.alerts.enabled() {
-                    self.alerts
-                        .observe(selected.project(), model, &meters.snapshot(now));
-                }
+                self.observe(selected.project(), model, meters, now);
                 Ok(ticket.map(|t| (meter.clone(), t)))
             }
             Err(refusal) => {

@@ -151,12 +151,17 @@ pub struct ModelFallback {
 /// The configured chains: for each model, the models to try after it, in order.
 #[derive(Default)]
 pub(crate) struct Chains {
-    next: std::collections::HashMap<Box<str>, Box<[Model]>, foldhash::fast::RandomState>,
+    next: std::collections::HashMap<Box<str>, Arc<[Model]>, foldhash::fast::RandomState>,
 }
 
 impl Chains {
     pub(crate) fn after(&self, model: &str) -> Option<&[Model]> {
         self.next.get(model).map(|models| &models[..])
+    }
+
+    /// The chain after `model`, shared (a request that follows it holds it without a copy).
+    pub(crate) fn shared_after(&self, model: &str) -> Option<Arc<[Model]>> {
+        self.next.get(model).cloned()
     }
 }
 

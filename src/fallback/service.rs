@@ -122,8 +122,8 @@ where
         let chain = match model::model_of(&request) {
             Some(requested) if !opted_out => self
                 .chains
-                .after(&requested)
-                .map(|then| (Model::new(&*requested), then.to_vec())),
+                .shared_after(&requested)
+                .map(|then| (Model::new(&*requested), then)),
             _ => None,
         };
         let Some((requested, then)) = chain else {
@@ -148,7 +148,7 @@ async fn follow<S, B, ResB>(
     inner: S,
     template: Request<B>,
     requested: Model,
-    then: Vec<Model>,
+    then: Arc<[Model]>,
 ) -> Result<Response<ResB>, Error>
 where
     S: Service<Request<B>, Response = Response<ResB>> + Clone,
@@ -158,7 +158,7 @@ where
     let mut result = first.await.map_err(Error::from_inner);
     let mut first_reason = None;
     let mut last = &requested;
-    for next in &then {
+    for next in then.iter() {
         let reason = match &result {
             Ok(response) => FallbackReason::of_response(response),
             Err(error) => FallbackReason::of_error(error),

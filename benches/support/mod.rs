@@ -33,8 +33,23 @@ pub fn client() -> impl tower::Service<
 + Send
 + Sync
 + 'static {
-    service_fn(|_: Request<Full<Bytes>>| {
-        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"{}")))))
+    answering(b"{}")
+}
+
+/// An in-memory client that answers 200 with `body` at once.
+fn answering(
+    body: &'static [u8],
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = std::future::Ready<Answer>,
+> + Clone
++ Send
++ Sync
++ 'static {
+    service_fn(move |_: Request<Full<Bytes>>| {
+        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(body)))))
     })
 }
 
@@ -51,11 +66,7 @@ pub fn answering_client() -> impl tower::Service<
 + Send
 + Sync
 + 'static {
-    service_fn(|_: Request<Full<Bytes>>| {
-        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(
-            ANSWER.as_bytes(),
-        )))))
-    })
+    answering(ANSWER.as_bytes())
 }
 
 /// `n` obviously fake keys.

@@ -17,6 +17,7 @@ pub(crate) type Second = crate::state::RedisStore;
 pub(crate) enum Second {}
 
 /// `status (2 bytes) · content-type length (2) · content-type · body`.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 fn encode(entry: &Entry) -> Vec<u8> {
     let content_type = entry
         .headers
@@ -33,6 +34,7 @@ fn encode(entry: &Entry) -> Vec<u8> {
 
 /// An entry read back; `None` if the bytes are not one (another program's value, a truncated
 /// one): treated as a miss.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 fn decode(bytes: Vec<u8>, ttl: Duration) -> Option<Entry> {
     let status =
         StatusCode::from_u16(u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?])).ok()?;
@@ -63,28 +65,32 @@ fn decode(bytes: Vec<u8>, ttl: Duration) -> Option<Entry> {
 }
 
 /// The entry another process stored for `key`, if any (bounded by the store's timeout).
-#[cfg_attr(not(feature = "redis"), allow(clippy::unused_async))]
+#[cfg(feature = "redis")]
 pub(crate) async fn find(second: Option<&Second>, key: &str) -> Option<Entry> {
-    #[cfg(feature = "redis")]
-    {
-        let (bytes, ttl) = second?.cache_get(key).await?;
-        decode(bytes, ttl)
-    }
-    #[cfg(not(feature = "redis"))]
-    {
-        let _ = (key, decode as fn(Vec<u8>, Duration) -> Option<Entry>);
-        second.and(None)
-    }
+    let (bytes, ttl) = second?.cache_get(key).await?;
+    decode(bytes, ttl)
 }
 
 /// Store `entry` for the other processes (in the background).
+#[cfg(feature = "redis")]
 pub(crate) fn keep(second: Option<&Second>, key: &str, entry: &Entry) {
-    #[cfg(feature = "redis")]
     if let Some(second) = second {
         second.cache_put(key, encode(entry), entry.ttl);
     }
-    #[cfg(not(feature = "redis"))]
-    let _ = (second, key, encode(entry));
+}
+
+/// Without feature `redis` there is no second level.
+#[cfg(not(feature = "redis"))]
+pub(crate) async fn find(second: Option<&Second>, _key: &str) -> Option<Entry> {
+    match *second? {}
+}
+
+/// Without feature `redis` there is no second level.
+#[cfg(not(feature = "redis"))]
+pub(crate) fn keep(second: Option<&Second>, _key: &str, _entry: &Entry) {
+    if let Some(never) = second {
+        match *never {}
+    }
 }
 
 #[cfg(test)]

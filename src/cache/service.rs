@@ -56,15 +56,22 @@ impl Recorder {
         if let Some(r) = recorder {
             if r.seen.len() + data.len() > super::MAX_ENTRY_BYTES {
                 *recorder = None;
-            } else {
-                r.seen.extend_from_slice(data);
+                return;
+            }
+            // Looked for as the chunks come (with the bytes a split needle may start in), not
+            // once over the whole stream at its end.
+            let from = r.seen.len().saturating_sub(ERROR.len() - 1);
+            r.seen.extend_from_slice(data);
+            if holds(&r.seen[from..], ERROR) {
+                // A stream that carried an error is never kept: stop recording it.
+                *recorder = None;
             }
         }
     }
 
     /// The stream ended without an error: store it if it is whole.
     fn finish(self) {
-        if !whole_stream(&self.seen) {
+        if !ended(&self.seen) {
             return;
         }
         // Stored from a task: the body is polled where no `.await` can be written. Without a
@@ -84,12 +91,27 @@ impl Recorder {
     }
 }
 
+/// An error object in a stream.
+const ERROR: &[u8] = b"\"error\"";
+
+/// The part of a stream its end is looked for in: its last chunk is within it.
+const TAIL: usize = 16 * 1024;
+
+fn holds(text: &[u8], needle: &[u8]) -> bool {
+    text.windows(needle.len()).any(|w| w == needle)
+}
+
 /// Did a stream end as Gemini ends one — a last chunk with a `finishReason`, or OpenAI's
-/// `[DONE]` — with no error object in it? (A stream cut short, or one that carried an error,
-/// is not kept.)
+/// `[DONE]`? (A stream cut short is not kept; one that carried an error was dropped as it came.)
+fn ended(seen: &[u8]) -> bool {
+    let tail = &seen[seen.len().saturating_sub(TAIL)..];
+    holds(tail, b"\"finishReason\"") || holds(tail, b"data: [DONE]")
+}
+
+/// Whole and without an error: what a recorded stream must be to be kept.
+#[cfg(test)]
 fn whole_stream(seen: &[u8]) -> bool {
-    let has = |needle: &[u8]| seen.windows(needle.len()).any(|w| w == needle);
-    (has(b"\"finishReason\"") || has(b"data: [DONE]")) && !has(b"\"error\"")
+    ended(seen) && !holds(seen, ERROR)
 }
 
 impl<B> ResponseBody<B> {

@@ -338,3 +338,88 @@ async fn a_cache_in_front_keeps_the_fallback_headers_and_stores_nothing() {
     }
     assert_eq!(mock.stats().served(FLASH).answers, 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_overloaded_model_falls_back_and_its_open_circuit_is_not_waited_for() {
+    use std::time::Duration;
+    use tower_gemini::CircuitBreakerLayer;
+    use tower_gemini::circuit_breaker::CircuitState;
+    use tower_gemini::mock::Fault;
+
+    let mock = MockGemini::builder()
+        .project("proj-a", |p| p.key(KEYS[0]))
+        .project("proj-b", |p| p.key(KEYS[1]))
+        .fault(Fault::overloaded(1.0).for_model(PRO))
+        .start()
+        .await
+        .unwrap();
+    let pool = KeyPool::from_keys(KEYS).unwrap();
+    let breaker = CircuitBreakerLayer::new()
+        .minimum_calls(4)
+        .open_duration(Duration::from_secs(30));
+    let handle = breaker.handle();
+    let gemini = stack(&pool)
+        .circuit_breaker(breaker)
+        .fallback(FallbackLayer::new().chain(PRO, [FLASH]).unwrap())
+        .layer(client());
+
+    // Google fails pro on every attempt: after the retries, flash serves it.
+    let response = gemini
+        .clone()
+        .oneshot(generate(&mock, PRO, "hello"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[FALLBACK_HEADER],
+        "gemini-2.5-pro; reason=overloaded"
+    );
+    assert_eq!(answered_by(&text(response).await), FLASH);
+
+    // Until pro's circuit opens.
+    for _ in 0..10 {
+        if handle.state(PRO) == Some(CircuitState::Open) {
+            break;
+        }
+        let response = gemini
+            .clone()
+            .oneshot(generate(&mock, PRO, "hello"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let _ = text(response).await;
+    }
+    assert_eq!(handle.state(PRO), Some(CircuitState::Open));
+
+    // While it is open, a pro request is served by flash at once: nothing is sent for pro,
+    // and nobody waits the 30 s for its half-open probe.
+    let sent_for_pro = mock.stats().total_requests() - mock.stats().served(FLASH).answers;
+    let started = tokio::time::Instant::now();
+    let response = gemini
+        .clone()
+        .oneshot(generate(&mock, PRO, "hello"))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        response.headers()[FALLBACK_HEADER],
+        "gemini-2.5-pro; reason=circuit_open"
+    );
+    assert_eq!(answered_by(&text(response).await), FLASH);
+    assert_eq!(
+        mock.stats().total_requests() - mock.stats().served(FLASH).answers,
+        sent_for_pro
+    );
+
+    // A caller who forbids the fallback gets the circuit's refusal.
+    let mut forbid = generate(&mock, PRO, "hello");
+    forbid
+        .headers_mut()
+        .insert(FALLBACK_HEADER, "no".parse().unwrap());
+    let err = gemini.clone().oneshot(forbid).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::CircuitOpen);
+}

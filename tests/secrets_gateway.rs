@@ -14,6 +14,10 @@ use common::gateway::{config_from, start};
 use common::{Capture, client};
 use http::Request;
 use http_body_util::Full;
+use tower_gemini::cache::CacheLayer;
+use tower_gemini::cost::Budget;
+use tower_gemini::fallback::FallbackLayer;
+use tower_gemini::gateway::Saving;
 use tower_gemini::mock::{Fault, MockGemini};
 use tower_gemini::pool::ModelLimits;
 
@@ -25,13 +29,15 @@ const KEYS: [&str; 4] = [
 ];
 const ADDED: &str = "test-key-logs-added-0005";
 const TOKEN: &str = "client-token-logs-0001";
+/// A client with a tiny daily budget: it is alerted, then refused.
+const SPENDER: &str = "client-token-logs-spender-0002";
 const ADMIN: &str = "admin-token-logs-0001";
 const WRONG: &str = "wrong-token-logs-9999";
 
 fn secrets() -> Vec<&'static str> {
     KEYS.iter()
         .copied()
-        .chain([ADDED, TOKEN, ADMIN, WRONG])
+        .chain([ADDED, TOKEN, SPENDER, ADMIN, WRONG])
         .collect()
 }
 
@@ -74,11 +80,12 @@ fn no_secret_in_any_log_line_answer_page_metric_file_or_redis_key() {
             .await
             .unwrap();
         let keys = KEYS.join(",");
+        let tokens = format!("{TOKEN},{SPENDER}");
         let url = mock.url();
         let state = state_file.display().to_string();
         let mut vars = vec![
             ("GEMINI_API_KEY", keys.as_str()),
-            ("GATEWAY_TOKENS", TOKEN),
+            ("GATEWAY_TOKENS", tokens.as_str()),
             ("ADMIN_TOKEN", ADMIN),
             ("LLM_API_ENDPOINT", url.as_str()),
             ("GATEWAY_STATE_FILE", state.as_str()),
@@ -92,7 +99,20 @@ fn no_secret_in_any_log_line_answer_page_metric_file_or_redis_key() {
             vars.push(("REDIS_URL", redis.url.as_str()));
             vars.push(("REDIS_PREFIX", prefix.as_str()));
         }
-        let config = config_from(&vars);
+        let mut config = config_from(&vars);
+        // The layers that save quota and money, on: a cache (shared through Redis when there
+        // is one), a fallback chain, and budgets small enough to alert and refuse per client.
+        config.saving = Saving {
+            cache: Some(CacheLayer::new()),
+            fallback: FallbackLayer::new()
+                .chain("gemini-2.5-pro", ["gemini-2.0-flash"])
+                .unwrap(),
+            budget: Budget::new()
+                .account_usd("…0002", 0.000_01)
+                .unwrap()
+                .refuse_when_spent(true),
+            ..Saving::default()
+        };
         tracing::info!("{}", config.describe());
         seen.push((
             "the configuration's Debug".into(),
@@ -128,11 +148,34 @@ fn no_secret_in_any_log_line_answer_page_metric_file_or_redis_key() {
                 ask("a native call", generate("gemini-2.0-flash", TOKEN, how)).await;
             }
         }
+        // A client with a tiny budget: alerted, then refused.
+        for _ in 0..4 {
+            ask("a spender's call", generate("gemini-2.0-flash", SPENDER, "header")).await;
+        }
+        // A deterministic prompt twice: stored, then answered from the cache.
+        for _ in 0..2 {
+            ask(
+                "a cached call",
+                Request::post(format!(
+                    "{base}/v1beta/models/gemini-2.0-flash:generateContent?key={TOKEN}"
+                ))
+                .body(Full::new(Bytes::from(
+                    r#"{"contents":[{"parts":[{"text":"the same"}]}],"generationConfig":{"temperature":0}}"#,
+                )))
+                .unwrap(),
+            )
+            .await;
+        }
         // One call each (more would open the model's circuit, and a caller then waits for
         // its half-open probe).
         ask(
             "an overloaded call",
             generate("gemini-2.5-pro", TOKEN, "query"),
+        )
+        .await;
+        ask(
+            "a call that fell back",
+            generate("gemini-2.5-pro", TOKEN, "bearer"),
         )
         .await;
         ask(
@@ -234,6 +277,10 @@ fn no_secret_in_any_log_line_answer_page_metric_file_or_redis_key() {
                 .await
                 .unwrap();
             assert!(!names.is_empty(), "the gateway used Redis");
+            assert!(
+                names.iter().any(|n| n.contains(":cache:")),
+                "the cache's second level used Redis: {names:?}"
+            );
             let mut keyspace = names.join("\n");
             for name in &names {
                 let dump: Vec<u8> = redis::cmd("DUMP")
@@ -252,6 +299,33 @@ fn no_secret_in_any_log_line_answer_page_metric_file_or_redis_key() {
     assert!(
         logs.contains("…0005"),
         "the added key was logged by fingerprint"
+    );
+    // The saving layers acted: a hit, a fallback, a budget alert and a refusal.
+    let answers = |what: &str| -> Vec<&String> {
+        seen.iter()
+            .filter(|(w, _)| w == what)
+            .map(|(_, t)| t)
+            .collect()
+    };
+    assert!(
+        answers("a cached call")[1].contains("\"x-gemini-cache\": \"hit\""),
+        "{:?}",
+        answers("a cached call")
+    );
+    assert!(
+        answers("a call that fell back")[0]
+            .contains("\"x-gemini-fallback\": \"gemini-2.5-pro; reason="),
+        "{:?}",
+        answers("a call that fell back")
+    );
+    assert!(
+        logs.contains("of its daily budget"),
+        "a budget alert was logged"
+    );
+    assert!(
+        seen.iter()
+            .any(|(_, t)| t.starts_with("429") && t.contains("budget")),
+        "a spent budget refused a call"
     );
     seen.push(("the log".into(), logs));
     for (what, text) in &seen {

@@ -287,6 +287,25 @@ fn usd(nanos: u64) -> f64 {
     nanos as f64 / 1e9
 }
 
+/// US dollars as a person reads them: cents, or three significant digits for less than a
+/// cent (a budget of $0.00006 is not "$0.00").
+struct Dollars(f64);
+
+impl fmt::Display for Dollars {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let value = self.0;
+        if !value.is_finite() || value.abs() >= 0.01 || value.abs() < 5e-10 {
+            return write!(f, "${value:.2}");
+        }
+        // Three significant digits, at most nano-dollars, trailing zeros dropped.
+        let magnitude = value.abs().log10().floor() as i32;
+        let decimals = (2 - magnitude).clamp(2, 9) as usize;
+        let text = format!("{value:.decimals$}");
+        let text = text.trim_end_matches('0');
+        write!(f, "${text}")
+    }
+}
+
 impl Spend {
     pub(crate) fn new(budget: Budget) -> Spend {
         let now = budget.clock.now_millis();
@@ -372,11 +391,11 @@ impl Spend {
                 threshold = alert.threshold,
                 spent_usd = alert.spent_usd,
                 budget_usd = alert.budget_usd,
-                "{} has spent {:.0} % of its daily budget (${:.4} of ${:.2})",
+                "{} has spent {:.0} % of its daily budget ({} of {})",
                 alert.scope,
                 alert.threshold * 100.0,
-                alert.spent_usd,
-                alert.budget_usd
+                Dollars(alert.spent_usd),
+                Dollars(alert.budget_usd)
             );
             if let Some(hook) = &self.budget.hook {
                 hook(&alert);
@@ -412,9 +431,9 @@ impl Spend {
             Error::new(
                 ErrorKind::BudgetSpent,
                 format!(
-                    "the daily budget of {scope} is spent (${:.4} of ${:.2}); it resets at midnight Pacific, in {}s",
-                    usd(spent),
-                    usd(limit),
+                    "the daily budget of {scope} is spent ({} of {}); it resets at midnight Pacific, in {}s",
+                    Dollars(usd(spent)),
+                    Dollars(usd(limit)),
                     wait.as_secs()
                 ),
             )
@@ -472,6 +491,19 @@ mod tests {
 
     fn at(s: &str) -> jiff::Timestamp {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn dollars_below_a_cent_keep_three_significant_digits() {
+        let shown = |v: f64| Dollars(v).to_string();
+        assert_eq!(shown(0.0), "$0.00");
+        assert_eq!(shown(12.5), "$12.50");
+        assert_eq!(shown(0.25), "$0.25");
+        assert_eq!(shown(0.00006), "$0.00006");
+        assert_eq!(shown(0.000_123_456), "$0.000123");
+        assert_eq!(shown(0.0049), "$0.0049");
+        assert_eq!(shown(0.000_000_001), "$0.000000001");
+        assert_eq!(shown(1e-12), "$0.00");
     }
 
     fn collecting(budget: Budget) -> (Spend, Arc<Mutex<Vec<BudgetAlert>>>) {

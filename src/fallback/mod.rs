@@ -6,9 +6,10 @@
 //! local quota ([`ErrorKind::QuotaExhausted`]), every key cooling down after Google's 429s
 //! ([`ErrorKind::NoKeyAvailable`]), every key disabled for the model, e.g. not on the project's
 //! tier ([`ErrorKind::AllKeysDisabled`]), the model's circuit open
-//! ([`ErrorKind::CircuitOpen`]) — or when its final answer is Google's quota refusal (429) or
-//! "model not on tier". Never on a caller error (400, 403, 404 of a bad request) nor on a
-//! success. The request is rewritten for the next model (the path's model, the `model` field
+//! ([`ErrorKind::CircuitOpen`]; the retry layer does not wait for it to half-open when a model
+//! comes after) — or when its final answer, after the retries, is Google's quota refusal
+//! (429), "model not on tier", or Google failing the model (503 "model is overloaded", 500).
+//! Never on a caller error (400, 403, 404 of a bad request) nor on a success. The request is rewritten for the next model (the path's model, the `model` field
 //! of an OpenAI-compatible body, a [`Model`] extension) and sent through the stack again;
 //! local refusals cost nothing upstream, so the whole chain is tried in microseconds.
 //!
@@ -74,6 +75,9 @@ pub enum FallbackReason {
     ModelUnavailable,
     /// The circuit breaker is open for the model: Google has been failing it.
     CircuitOpen,
+    /// Google failed the model's last attempt after the retries (503 "model is overloaded",
+    /// 500): another model is served rather than the error.
+    Overloaded,
 }
 
 impl FallbackReason {
@@ -84,6 +88,7 @@ impl FallbackReason {
             FallbackReason::NoKeyAvailable => "no_key_available",
             FallbackReason::ModelUnavailable => "model_unavailable",
             FallbackReason::CircuitOpen => "circuit_open",
+            FallbackReason::Overloaded => "overloaded",
         }
     }
 
@@ -118,6 +123,7 @@ impl FallbackReason {
                 Some(FallbackReason::QuotaExhausted)
             }
             Class::ModelNotOnTier => Some(FallbackReason::ModelUnavailable),
+            Class::Upstream => Some(FallbackReason::Overloaded),
             _ => None,
         }
     }
@@ -147,6 +153,12 @@ pub struct ModelFallback {
     /// Why the requested model (and any fallback before the one that served) was passed over.
     pub reason: FallbackReason,
 }
+
+/// A request extension the fallback layer puts on every attempt that has a model after it:
+/// the retry layer below then does not wait for the model's open circuit (the next model is
+/// served at once instead).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NextModelWaits;
 
 /// The configured chains: for each model, the models to try after it, in order.
 #[derive(Default)]

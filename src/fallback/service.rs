@@ -10,7 +10,9 @@ use http::{HeaderValue, Request, Response};
 use tower::ServiceExt;
 use tower_service::Service;
 
-use super::{Chains, FALLBACK_HEADER, FallbackReason, MODEL_HEADER, ModelFallback, rewrite};
+use super::{
+    Chains, FALLBACK_HEADER, FallbackReason, MODEL_HEADER, ModelFallback, NextModelWaits, rewrite,
+};
 use crate::error::{BoxError, Error};
 use crate::model::{self, Model};
 
@@ -130,6 +132,8 @@ where
             return ResponseFuture::direct(self.inner.call(request));
         };
         let template = request.clone();
+        // Another model waits: the retry layer does not wait for this one's open circuit.
+        request.extensions_mut().insert(NextModelWaits);
         // The ready service makes the first attempt; clones make the chain's.
         let first = self.inner.call(request);
         let inner = self.inner.clone();
@@ -158,7 +162,7 @@ where
     let mut result = first.await.map_err(Error::from_inner);
     let mut first_reason = None;
     let mut last = &requested;
-    for next in then.iter() {
+    for (index, next) in then.iter().enumerate() {
         let reason = match &result {
             Ok(response) => FallbackReason::of_response(response),
             Err(error) => FallbackReason::of_error(error),
@@ -166,9 +170,12 @@ where
         let Some(reason) = reason else {
             break;
         };
-        let Some(rewritten) = rewrite::for_model(&template, next) else {
+        let Some(mut rewritten) = rewrite::for_model(&template, next) else {
             break;
         };
+        if index + 1 < then.len() {
+            rewritten.extensions_mut().insert(NextModelWaits);
+        }
         tracing::info!(
             from = last.as_str(),
             to = next.as_str(),

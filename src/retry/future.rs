@@ -69,7 +69,11 @@ where
         policy: RetryPolicy,
         error_body: ErrorBodyLimits,
     ) -> Self {
-        let (call, started) = policy.start();
+        let (mut call, started) = policy.start();
+        call.model_after = request
+            .extensions()
+            .get::<crate::fallback::NextModelWaits>()
+            .is_some();
         let span = tracing::debug_span!("gemini.request", gemini.model = Empty, attempts = Empty);
         let attempt_span = attempt_span(&span, 1, policy.attempts());
         let first = with_attempt(request.clone(), 1, policy.attempts(), call.deadline);

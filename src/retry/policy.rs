@@ -112,6 +112,7 @@ impl RetryPolicy {
             frees_at: None,
             backoffs: 0,
             rate_limited_once: false,
+            model_after: false,
             deadline: crate::clock::instant_after(started, self.deadline),
         };
         (state, started)
@@ -128,8 +129,8 @@ impl RetryPolicy {
             // set; when it gives up (or was told not to wait), so does the call.
             (Some(ErrorKind::NoKeyAvailable), _) => return Decision::Stop(Stop::Final),
             (Some(ErrorKind::CircuitOpen), _) => match outcome.retry_after {
-                Some(wait) => Wait::Given(self.backoff.spread(wait)),
-                None => return Decision::Stop(Stop::Final),
+                Some(wait) if !state.model_after => Wait::Given(self.backoff.spread(wait)),
+                _ => return Decision::Stop(Stop::Final),
             },
             // The quota layer refused the key selection had just chosen (another request took
             // the last slot in between): choose again at once. A refusal without a key comes
@@ -245,6 +246,9 @@ pub(super) struct CallState {
     frees_at: Option<Instant>,
     backoffs: u32,
     rate_limited_once: bool,
+    /// A fallback layer above has another model for this call: an open circuit is not waited
+    /// out.
+    pub(super) model_after: bool,
     /// When the whole call must be over: attempts, backoffs and waits together.
     pub(super) deadline: Instant,
 }

@@ -372,3 +372,100 @@ async fn a_miss_keeps_what_the_stack_below_said() {
     assert_eq!(err.kind(), tower_gemini::ErrorKind::QuotaExhausted);
     assert!(err.retry_after().is_some(), "{err}");
 }
+
+/// An upstream whose answer depends on the prompt: `refused` is a 429 with headers of its own
+/// and a body that never ends, `slow-refused` a small 429 after 100 ms, `large` a 200 larger
+/// than an entry may be. Counts its calls.
+#[cfg(feature = "axum")]
+async fn odd_upstream(calls: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> String {
+    use axum::body::Body;
+    use axum::response::IntoResponse;
+    use std::sync::atomic::Ordering;
+
+    let route = axum::routing::post(move |body: String| {
+        let calls = calls.clone();
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let refused = [("retry-after", "7"), ("x-upstream", "own header")];
+            if body.contains("slow-refused") {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                (StatusCode::TOO_MANY_REQUESTS, refused, "{}").into_response()
+            } else if body.contains("refused") {
+                let junk = futures_util::stream::repeat_with(|| {
+                    Ok::<_, std::convert::Infallible>(Bytes::from(vec![b'x'; 64 * 1024]))
+                });
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    refused,
+                    Body::from_stream(junk),
+                )
+                    .into_response()
+            } else {
+                let large = vec![b' '; tower_gemini::cache::MAX_ENTRY_BYTES + (1 << 20)];
+                (StatusCode::OK, large).into_response()
+            }
+        }
+    });
+    common::serve(axum::Router::new().route("/v1beta/models/{model}", route)).await
+}
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn answers_that_are_not_kept_pass_as_they_come_with_their_headers() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let base = odd_upstream(calls.clone()).await;
+    let cache = CacheLayer::new();
+    let ask = |text: &str| {
+        let body = format!(
+            r#"{{"contents":[{{"parts":[{{"text":"{text}"}}]}}],"generationConfig":{{"temperature":0}}}}"#
+        );
+        let request = Request::post(format!("{base}/v1beta/models/{MODEL}:generateContent"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        cache.layer(client()).oneshot(request)
+    };
+
+    // A refusal whose body never ends: its head and headers come at once, the body as it
+    // comes (it could not have been read whole first).
+    let response = tokio::time::timeout(Duration::from_secs(30), ask("refused"))
+        .await
+        .expect("the head arrives")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "7");
+    assert_eq!(response.headers()["x-upstream"], "own header");
+    assert_eq!(response.headers()[CACHE_HEADER], "miss");
+    let mut body = response.into_body();
+    let mut read = 0;
+    while read < 4 << 20 {
+        let frame = body.frame().await.unwrap().unwrap();
+        read += frame.data_ref().map_or(0, Bytes::len);
+    }
+    drop(body);
+
+    // An answer larger than an entry: passed whole, byte for byte, and not kept.
+    for _ in 0..2 {
+        let response = ask("large").await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), tower_gemini::cache::MAX_ENTRY_BYTES + (1 << 20));
+        assert!(body.iter().all(|b| *b == b' '));
+    }
+    assert_eq!(cache.stats().entries, 0);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    // Identical callers waiting on a refusal that is not kept each get an answer of their
+    // own, with its headers (the refusal was for the first caller's attempt, not theirs).
+    let waiting: Vec<_> = (0..5).map(|_| ask("slow-refused")).collect();
+    for response in futures_util::future::join_all(waiting).await {
+        let response = response.unwrap();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()["x-upstream"], "own header");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3 + 5);
+    assert_eq!(cache.stats().entries, 0);
+}

@@ -20,6 +20,7 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
+use tower_gemini::cache::CacheLayer;
 use tower_gemini::mock::{Fault, MockGemini};
 
 const TOKEN: &str = "client-token-faults-01";
@@ -32,8 +33,9 @@ const KEYS: [&str; 3] = [
 const MODEL: &str = "gemini-2.0-flash";
 const ROUTE: &str = "/v1beta/models/{model_and_method}";
 
-/// A gateway over `upstream` with the three keys, each its own project.
-async fn gateway_over(upstream: &str, extra: &[(&str, &str)]) -> Gateway {
+/// A gateway over `upstream` with the three keys, each its own project, and a response cache
+/// (it caches the requests that ask for it with `x-gemini-cache: yes`: see [`cached`]).
+async fn gateway_over(upstream: &str, extra: &[(&str, &str)]) -> (Gateway, CacheLayer) {
     let keys = KEYS.join(",");
     let mut vars = vec![
         ("GEMINI_API_KEY", keys.as_str()),
@@ -43,7 +45,24 @@ async fn gateway_over(upstream: &str, extra: &[(&str, &str)]) -> Gateway {
         ("LLM_MODEL", MODEL),
     ];
     vars.extend_from_slice(extra);
-    start(config_from(&vars)).await
+    let mut config = config_from(&vars);
+    let cache = CacheLayer::new();
+    config.saving.cache = Some(cache.clone());
+    (start(config).await, cache)
+}
+
+/// `request`, asking the gateway's cache to keep its answer if it ends whole.
+fn cached(mut request: Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    request
+        .headers_mut()
+        .insert("x-gemini-cache", "yes".parse().unwrap());
+    request
+}
+
+/// The cache was asked (one miss) and kept nothing: a broken answer is never served again.
+fn kept_nothing(cache: &CacheLayer) {
+    let stats = cache.stats();
+    assert_eq!((stats.misses, stats.entries), (1, 0), "{stats:?}");
 }
 
 fn mock_builder() -> MockGemini {
@@ -96,7 +115,7 @@ async fn a_503_storm_opens_the_circuit_then_the_gateway_recovers() {
         .start()
         .await
         .unwrap();
-    let gateway = gateway_over(&mock.url(), &[]).await;
+    let (gateway, _) = gateway_over(&mock.url(), &[]).await;
     // The first calls retry on other keys and fail; after 10 failed calls the model's circuit
     // opens.
     let mut opened = false;
@@ -147,7 +166,7 @@ async fn connection_refused_is_a_clear_502_and_nothing_hangs() {
         .local_addr()
         .unwrap()
         .port();
-    let gateway = gateway_over(&format!("http://127.0.0.1:{port}"), &[]).await;
+    let (gateway, _) = gateway_over(&format!("http://127.0.0.1:{port}"), &[]).await;
     let started = std::time::Instant::now();
     let response = client().request(generate(&gateway)).await.unwrap();
     let status = response.status();
@@ -219,7 +238,7 @@ async fn a_reset_mid_response_reaches_the_client_as_an_error_not_a_short_answer(
         drop(tcp);
     })
     .await;
-    let gateway = gateway_over(&upstream, &[]).await;
+    let (gateway, cache) = gateway_over(&upstream, &[]).await;
     let response = client().request(generate(&gateway)).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK, "the head had arrived");
     let (received, error) = drain(response.into_body()).await;
@@ -228,6 +247,13 @@ async fn a_reset_mid_response_reaches_the_client_as_an_error_not_a_short_answer(
         "a cut answer must not look complete: {received:?}"
     );
     assert!(received.len() < 4000);
+    // A request the cache would keep is read whole before anything goes to the client: a cut
+    // answer is then a clear error, and nothing is kept.
+    let response = client().request(cached(generate(&gateway))).await.unwrap();
+    assert!(response.status().is_server_error(), "{}", response.status());
+    let said = message(&text(response).await);
+    assert!(said.contains("cut short"), "{said}");
+    kept_nothing(&cache);
     // The gateway is still fine for the next caller.
     let health = client()
         .request(
@@ -248,7 +274,7 @@ async fn resets_before_the_answer_are_retried_on_other_keys() {
         .start()
         .await
         .unwrap();
-    let gateway = gateway_over(&mock.url(), &[]).await;
+    let (gateway, _) = gateway_over(&mock.url(), &[]).await;
     for _ in 0..30 {
         let response = client().request(generate(&gateway)).await.unwrap();
         let status = response.status();
@@ -271,7 +297,7 @@ async fn an_upstream_that_never_answers_is_a_504_at_the_deadline() {
         }),
     ))
     .await;
-    let gateway = gateway_over(&upstream, &[]).await;
+    let (gateway, _) = gateway_over(&upstream, &[]).await;
     let started = Instant::now();
     let response = client().request(generate(&gateway)).await.unwrap();
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
@@ -315,12 +341,12 @@ async fn ten_mib_and_endless_junk_429_bodies_are_streamed_never_buffered() {
             }),
         ))
         .await;
-        let gateway = gateway_over(&upstream, &[]).await;
+        let (gateway, cache) = gateway_over(&upstream, &[]).await;
         // The answer's head comes back though the body never ends (an endless body cannot
         // have been buffered), and the client can stop reading whenever it likes.
         let response = tokio::time::timeout(
             Duration::from_secs(60),
-            client().request(generate(&gateway)),
+            client().request(cached(generate(&gateway))),
         )
         .await
         .expect("the head arrives")
@@ -336,6 +362,7 @@ async fn ten_mib_and_endless_junk_429_bodies_are_streamed_never_buffered() {
         }
         assert!(read >= 1 << 20, "the junk is passed on as it comes");
         drop(body);
+        kept_nothing(&cache);
     }
 }
 
@@ -352,7 +379,7 @@ async fn a_trickling_error_body_is_classified_from_what_arrived_and_answered() {
         }),
     ))
     .await;
-    let gateway = gateway_over(&upstream, &[]).await;
+    let (gateway, _) = gateway_over(&upstream, &[]).await;
     let started = Instant::now();
     let response = client().request(generate(&gateway)).await.unwrap();
     // Each attempt's error is read for at most 5 s; the client has its answer long before the
@@ -382,10 +409,11 @@ async fn a_json_error_inside_an_sse_stream_reaches_the_client_once_and_ends_it()
         .start()
         .await
         .unwrap();
-    let gateway = gateway_over(&mock.url(), &[]).await;
-    let response = client().request(stream(&gateway)).await.unwrap();
+    let (gateway, cache) = gateway_over(&mock.url(), &[]).await;
+    let response = client().request(cached(stream(&gateway))).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let (received, _) = drain(response.into_body()).await;
+    kept_nothing(&cache);
     let events = events(&received);
     let errors = events.iter().filter(|e| e.contains("\"error\"")).count();
     assert_eq!(errors, 1, "{received}");
@@ -414,10 +442,11 @@ async fn a_truncated_sse_stream_ends_in_an_error_with_no_chunk_repeated() {
         drop(tcp);
     })
     .await;
-    let gateway = gateway_over(&upstream, &[]).await;
-    let response = client().request(stream(&gateway)).await.unwrap();
+    let (gateway, cache) = gateway_over(&upstream, &[]).await;
+    let response = client().request(cached(stream(&gateway))).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let (received, error) = drain(response.into_body()).await;
+    kept_nothing(&cache);
     assert!(
         error.is_some(),
         "a cut stream must not end cleanly: {received:?}"
@@ -438,7 +467,7 @@ async fn redis_killed_and_restarted_mid_run_costs_no_request_and_loses_no_count(
     };
     let mock = mock_builder().start().await.unwrap();
     let prefix = Redis::prefix("faults-gateway");
-    let gateway = gateway_over(
+    let (gateway, _) = gateway_over(
         &mock.url(),
         &[
             ("REDIS_URL", redis.url.as_str()),

@@ -34,6 +34,8 @@ pin_project_lite::pin_project! {
     enum Kind<B> {
         Cached { body: Full<Bytes> },
         Passed { #[pin] body: B },
+        // An answer too large to keep: what was read to find that out, then the rest.
+        Prefixed { prefix: Option<Bytes>, body: std::pin::Pin<Box<B>> },
         Recording { #[pin] body: B, recorder: Option<Box<Recorder>> },
     }
 }
@@ -127,6 +129,15 @@ impl<B> ResponseBody<B> {
         }
     }
 
+    fn prefixed(prefix: Bytes, body: std::pin::Pin<Box<B>>) -> Self {
+        ResponseBody {
+            kind: Kind::Prefixed {
+                prefix: (!prefix.is_empty()).then_some(prefix),
+                body,
+            },
+        }
+    }
+
     fn recording(body: B, recorder: Recorder) -> Self {
         ResponseBody {
             kind: Kind::Recording {
@@ -150,6 +161,10 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
                 .poll_frame(cx)
                 .map(|frame| frame.map(|r| r.map_err(|never| match never {}))),
             KindProj::Passed { body } => body.poll_frame(cx),
+            KindProj::Prefixed { prefix, body } => match prefix.take() {
+                Some(prefix) => Poll::Ready(Some(Ok(http_body::Frame::data(prefix)))),
+                None => body.as_mut().poll_frame(cx),
+            },
             KindProj::Recording { body, recorder } => {
                 let polled = body.poll_frame(cx);
                 match &polled {
@@ -176,6 +191,7 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
         match &self.kind {
             Kind::Cached { body } => body.is_end_stream(),
             Kind::Passed { body } => body.is_end_stream(),
+            Kind::Prefixed { prefix, body } => prefix.is_none() && body.is_end_stream(),
             // Not ended until the recorder has seen the end.
             Kind::Recording { .. } => false,
         }
@@ -185,6 +201,16 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
         match &self.kind {
             Kind::Cached { body } => body.size_hint(),
             Kind::Passed { body } | Kind::Recording { body, .. } => body.size_hint(),
+            Kind::Prefixed { prefix, body } => {
+                let before = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let rest = body.size_hint();
+                let mut hint = http_body::SizeHint::new();
+                hint.set_lower(rest.lower().saturating_add(before));
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper.saturating_add(before));
+                }
+                hint
+            }
         }
     }
 }
@@ -193,7 +219,7 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let from = match &self.kind {
             Kind::Cached { .. } => "memory",
-            Kind::Passed { .. } => "upstream",
+            Kind::Passed { .. } | Kind::Prefixed { .. } => "upstream",
             Kind::Recording { .. } => "upstream, recorded",
         };
         f.debug_struct("ResponseBody").field("from", &from).finish()
@@ -226,19 +252,49 @@ impl<S> std::fmt::Debug for Cache<S> {
     }
 }
 
-/// An answer the leader of a coalesced miss got and did not store: every waiter gets it.
+/// Why a coalesced miss stored nothing, as its waiters learn it.
 enum Uncached {
-    Answer(Entry),
+    /// Not to be kept (an error status, an answer from a fallback model, one too large): the
+    /// caller who fetched it gets it as it comes; the callers who waited make their own call.
+    Passed,
+    /// The call failed: every waiter gets a copy of the error.
     Failed(ErrorKind, String, Option<Duration>),
 }
 
 /// What the caller that made the upstream call of a coalesced miss keeps for itself: the
 /// answer's extensions (the key that served it, its classification, its cost report, a
-/// fallback) or the whole error. Waiters get the shared answer or a copy of the error without
-/// them: they made no call.
-enum Leader {
+/// fallback), the answer itself when it is not kept, or the whole error. Waiters get the
+/// shared answer or a copy of the error without them: they made no call.
+enum Leader<B> {
     Answered(http::Extensions),
+    Passed(Response<ResponseBody<B>>),
     Failed(Error),
+}
+
+/// A 200 answer's body, read to keep it.
+enum Read<B> {
+    Whole(Bytes),
+    /// Longer than an entry may be: what was read, and the rest to pass on.
+    TooLarge(Bytes, B),
+}
+
+/// Read `body` whole if it ends within `limit` bytes.
+async fn read_up_to<B>(mut body: B, limit: usize) -> Result<Read<B>, B::Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut seen = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            // Trailers: Gemini sends none; what came before is the answer.
+            continue;
+        };
+        seen.extend_from_slice(&data);
+        if seen.len() > limit {
+            return Ok(Read::TooLarge(seen.freeze(), body));
+        }
+    }
+    Ok(Read::Whole(seen.freeze()))
 }
 
 fn respond(entry: &Entry, status: CacheStatus) -> Response<Full<Bytes>> {
@@ -324,6 +380,7 @@ where
             // The key read the caller's cache headers; the request goes on without them.
             parts.headers.remove(NAMESPACE_HEADER);
             parts.headers.remove(CACHE_HEADER);
+            let again = (parts.clone(), body.clone());
             let request = Request::from_parts(parts, B::from(body));
             let Some(Keyed { key, model, stream }) = keyed else {
                 let response = inner.call(request).await.map_err(Error::from_inner)?;
@@ -373,10 +430,12 @@ where
                     ResponseBody::recording(body, recorder),
                 ));
             }
-            let leader: Arc<std::sync::Mutex<Option<Leader>>> = Arc::default();
+            // For a call of its own if this caller waits on another's fetch that is not kept.
+            let again = (inner.clone(), again);
+            let leader: Arc<std::sync::Mutex<Option<Leader<ResB>>>> = Arc::default();
             let mine = leader.clone();
             let fetch = async move {
-                let keep = |kept: Leader| {
+                let keep = |kept: Leader<ResB>| {
                     *mine.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
                 };
                 let response = match inner.call(request).await {
@@ -388,18 +447,42 @@ where
                         return Err(failed);
                     }
                 };
-                let (head, body) = response.into_parts();
-                let bytes = Limited::new(body, MAX_BUFFERED)
-                    .collect()
-                    .await
-                    .map_err(|e| {
-                        Uncached::Failed(
+                let (mut head, body) = response.into_parts();
+                head.headers
+                    .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
+                head.extensions.insert(CacheStatus::Miss);
+                // Only a 200 of the requested model is kept: anything else goes to its caller
+                // as it comes (an error body may be large, or never end) with all its headers.
+                if head.status != StatusCode::OK
+                    || head.headers.contains_key(crate::fallback::FALLBACK_HEADER)
+                {
+                    keep(Leader::Passed(Response::from_parts(
+                        head,
+                        ResponseBody::passed(body),
+                    )));
+                    return Err(Uncached::Passed);
+                }
+                let bytes = match read_up_to(Box::pin(body), super::MAX_ENTRY_BYTES).await {
+                    Ok(Read::Whole(bytes)) => bytes,
+                    Ok(Read::TooLarge(prefix, rest)) => {
+                        keep(Leader::Passed(Response::from_parts(
+                            head,
+                            ResponseBody::prefixed(prefix, rest),
+                        )));
+                        return Err(Uncached::Passed);
+                    }
+                    Err(e) => {
+                        // Cut short: nothing has gone to the caller yet, so it gets a clear
+                        // error rather than half an answer.
+                        let e = Error::new(
                             ErrorKind::Transport,
-                            format!("the answer could not be read whole (at most {MAX_BUFFERED} bytes): {e}"),
-                            None,
-                        )
-                    })?
-                    .to_bytes();
+                            format!("the answer was cut short upstream: {}", e.into()),
+                        );
+                        let failed = Uncached::Failed(e.kind(), e.to_string(), None);
+                        keep(Leader::Failed(e));
+                        return Err(failed);
+                    }
+                };
                 let entry = Entry {
                     status: head.status,
                     headers: kept(&head.headers),
@@ -407,28 +490,27 @@ where
                     ttl,
                 };
                 keep(Leader::Answered(head.extensions));
-                // An answer from a fallback model is not what the key's model would say.
-                let storable = head.status == StatusCode::OK
-                    && entry.body.len() <= super::MAX_ENTRY_BYTES
-                    && !head.headers.contains_key(crate::fallback::FALLBACK_HEADER);
-                if storable {
-                    super::second::keep(shared.second.as_ref(), &shared_key, &entry);
-                    Ok(entry)
-                } else {
-                    Err(Uncached::Answer(entry))
-                }
+                super::second::keep(shared.second.as_ref(), &shared_key, &entry);
+                Ok(entry)
             };
             // Identical misses wait for one fetch; only a storable answer is stored.
             let shared = store.try_get_with(key, fetch).await;
             let extensions = match leader.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 Some(Leader::Failed(error)) => return Err(error),
+                Some(Leader::Passed(response)) => return Ok(response),
                 Some(Leader::Answered(extensions)) => Some(extensions),
                 None => None,
             };
             let entry = match &shared {
                 Ok(entry) => entry,
                 Err(uncached) => match &**uncached {
-                    Uncached::Answer(entry) => entry,
+                    Uncached::Passed => {
+                        // Another caller's answer was not kept: this one makes its own call.
+                        let (mut inner, (parts, body)) = again;
+                        let request = Request::from_parts(parts, B::from(body));
+                        let response = inner.call(request).await.map_err(Error::from_inner)?;
+                        return Ok(response.map(ResponseBody::passed));
+                    }
                     Uncached::Failed(kind, message, retry_after) => {
                         return Err(
                             Error::new(*kind, message.clone()).with_retry_after(*retry_after)

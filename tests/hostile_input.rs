@@ -402,6 +402,15 @@ fn broken_environment_and_toml_get_errors_that_say_what_to_fix() {
             "plain HTTP",
         ),
         (with(("API_KEY_RANGE", "9-2x")), "API_KEY_RANGE"),
+        (
+            with(("GATEWAY_MAX_CONNECTIONS", "lots")),
+            "GATEWAY_MAX_CONNECTIONS=\"lots\" is not a whole number",
+        ),
+        (with(("GATEWAY_MAX_CONNECTIONS", "0")), "serve nobody"),
+        (
+            with(("GATEWAY_BODY_MEMORY_MB", "1")),
+            "less than one body may be",
+        ),
     ];
     for (vars, expected) in cases {
         let error = config_error(&vars);
@@ -421,6 +430,11 @@ fn broken_environment_and_toml_get_errors_that_say_what_to_fix() {
         ("[gateway]\nunknown_setting = true", "unknown"),
         ("[gateway]\nredis_when_unreachable = \"maybe\"", "fall_back"),
         ("[gateway]\nmax_wait_secs = -1", "configuration file"),
+        (
+            "[gateway]\nbody_limit_bytes = 0",
+            "refuse every request body",
+        ),
+        ("[gateway]\nmax_connections = 0", "serve nobody"),
         ("[[keys]]\nvalue = \"test\\u0000key-0001\"", "control"),
         ("\u{0}\u{1}\u{2}binary junk", "configuration file"),
     ];
@@ -442,4 +456,168 @@ fn broken_environment_and_toml_get_errors_that_say_what_to_fix() {
         assert!(error.contains(expected), "{text:?}: {error}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A gateway over `mock` with `max_connections` and room for `body_memory` bytes of request
+/// bodies at once (each at most that large).
+async fn gateway_with_limits(
+    mock: &MockServer,
+    max_connections: usize,
+    body_memory: usize,
+) -> Gateway {
+    let keys = KEYS.join(",");
+    let url = mock.url();
+    let mut config = config_from(&[
+        ("GEMINI_API_KEY", &keys),
+        ("GATEWAY_TOKENS", TOKEN),
+        ("LLM_API_ENDPOINT", &url),
+        ("LLM_MODEL", MODEL),
+    ]);
+    config.max_connections = max_connections;
+    config.body_memory = body_memory;
+    config.body_limit = body_memory;
+    start(config).await
+}
+
+/// A connection to the gateway, with a request written (the head and `body`).
+async fn open(gateway: &Gateway, content_length: usize, body: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = gateway.base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1beta/models/{MODEL}:generateContent HTTP/1.1\r\nhost: gateway\r\nx-goog-api-key: {TOKEN}\r\ncontent-type: application/json\r\ncontent-length: {content_length}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body).await.unwrap();
+    tcp
+}
+
+/// The status line of the answer on `tcp`, if one comes within `wait`.
+async fn status_within(
+    tcp: &mut tokio::net::TcpStream,
+    wait: std::time::Duration,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut answer = vec![0; 16 * 1024];
+    match tokio::time::timeout(wait, tcp.read(&mut answer)).await {
+        Ok(Ok(n)) if n > 0 => Some(
+            String::from_utf8_lossy(&answer[..n])
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        _ => None,
+    }
+}
+
+/// A JSON prompt padded with spaces to exactly `length` bytes.
+fn padded_prompt(length: usize) -> Vec<u8> {
+    let mut body = prompt().into_bytes();
+    assert!(body.len() <= length);
+    body.resize(length, b' ');
+    body
+}
+
+#[tokio::test]
+async fn a_flood_of_connections_waits_in_the_backlog_beyond_the_limit() {
+    let mock = mock().await;
+    let gateway = gateway_with_limits(&mock, 4, 1 << 20).await;
+    // Four connections that send nothing hold the four places.
+    let addr = gateway.base.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // A fifth is connected by the kernel but not served while they are open…
+    let length = prompt().len();
+    let mut fifth = open(&gateway, length, prompt().as_bytes()).await;
+    let waited = std::time::Duration::from_millis(300);
+    assert_eq!(status_within(&mut fifth, waited).await, None);
+    // …and is served as soon as one closes.
+    drop(idle.pop());
+    let status = status_within(&mut fifth, std::time::Duration::from_secs(10)).await;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"));
+    assert_eq!(mock.stats().total_requests(), 1);
+}
+
+#[tokio::test]
+async fn request_bodies_beyond_the_memory_for_them_wait_and_oversize_ones_are_refused_unread() {
+    let mock = mock().await;
+    let gateway = gateway_with_limits(&mock, 64, 64 * 1024).await;
+    // A body that says it is larger than the limit is refused before it is read.
+    let mut large = open(&gateway, 10 << 20, b"").await;
+    let status = status_within(&mut large, std::time::Duration::from_secs(10)).await;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 413 Payload Too Large"));
+
+    // One client reserves 60 KiB of the 64 and sends its body slowly.
+    let body = padded_prompt(60 * 1024);
+    let mut slow = open(&gateway, body.len(), &body[..1024]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // A second body of 10 KiB does not fit beside it: it waits rather than fill memory.
+    let second = padded_prompt(10 * 1024);
+    let mut waiting = open(&gateway, second.len(), &second).await;
+    let waited = std::time::Duration::from_millis(300);
+    assert_eq!(status_within(&mut waiting, waited).await, None);
+    assert_eq!(mock.stats().total_requests(), 0);
+    // The first body arrives; both are answered.
+    {
+        use tokio::io::AsyncWriteExt;
+        slow.write_all(&body[1024..]).await.unwrap();
+    }
+    let ten = std::time::Duration::from_secs(10);
+    assert_eq!(
+        status_within(&mut slow, ten).await.as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+    assert_eq!(
+        status_within(&mut waiting, ten).await.as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+    assert_eq!(mock.stats().total_requests(), 2);
+}
+
+#[tokio::test]
+async fn a_body_of_unknown_length_gives_back_what_it_did_not_use_once_read() {
+    use tokio::io::AsyncWriteExt;
+    const SLOW: &str = "gemini-2.5-pro";
+    let mock = MockGemini::builder()
+        .project("proj-a", |p| p.key(KEYS[0]))
+        .project("proj-b", |p| p.key(KEYS[1]))
+        .fault(
+            tower_gemini::mock::Fault::latency(std::time::Duration::from_secs(60)).for_model(SLOW),
+        )
+        .start()
+        .await
+        .unwrap();
+    let gateway = gateway_with_limits(&mock, 64, 64 * 1024).await;
+    // A chunked body reserves the largest a body may be (all 64 KiB), then keeps what it
+    // took; its upstream call does not end during the test.
+    let addr = gateway.base.trim_start_matches("http://");
+    let mut chunked = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = prompt();
+    let head = format!(
+        "POST /v1beta/models/{SLOW}:generateContent HTTP/1.1\r\nhost: gateway\r\nx-goog-api-key: {TOKEN}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    chunked.write_all(head.as_bytes()).await.unwrap();
+    // Once it is upstream, a 10 KiB body fits in what it gave back (else it would wait for
+    // that answer, or be refused after the body read timeout).
+    let ten = std::time::Duration::from_secs(10);
+    for _ in 0..100 {
+        if mock.stats().total_requests() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let second = padded_prompt(10 * 1024);
+    let mut beside = open(&gateway, second.len(), &second).await;
+    assert_eq!(
+        status_within(&mut beside, ten).await.as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+    assert_eq!(
+        status_within(&mut chunked, std::time::Duration::ZERO).await,
+        None
+    );
 }

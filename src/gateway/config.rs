@@ -22,6 +22,11 @@ pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(60);
 pub const DEFAULT_REVALIDATE: Duration = Duration::from_secs(3600);
 /// The largest request body accepted.
 pub const DEFAULT_BODY_LIMIT: usize = 20 * 1024 * 1024;
+/// Connections served at once; more wait in the listen backlog.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Request bodies held at once, bytes: a request whose body would pass it waits for others to
+/// be answered.
+pub const DEFAULT_BODY_MEMORY: usize = 512 * 1024 * 1024;
 
 /// What the command line gave (each `None` when not given).
 #[derive(Debug, Default, Clone)]
@@ -56,6 +61,8 @@ struct FileGateway {
     allowed_origins: Option<Vec<String>>,
     max_wait_secs: Option<u64>,
     body_limit_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    body_memory_mb: Option<usize>,
     client_limits: Option<ModelLimits>,
     revalidate_secs: Option<u64>,
     state_file: Option<PathBuf>,
@@ -95,6 +102,13 @@ pub struct GatewayConfig {
     pub max_wait: Duration,
     /// The largest request body, in bytes.
     pub body_limit: usize,
+    /// Connections served at once (`GATEWAY_MAX_CONNECTIONS`, `max_connections`; default
+    /// 1,024); more wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Request bodies held in memory at once, bytes (`GATEWAY_BODY_MEMORY_MB`,
+    /// `body_memory_mb`; default 512 MiB): a request whose body would pass it waits (up to the
+    /// body read timeout) for others to be answered. At least `body_limit`.
+    pub body_memory: usize,
     /// Limits per client token, if any.
     pub client_limits: Option<ModelLimits>,
     /// No client token required (loopback only).
@@ -148,6 +162,15 @@ pub(crate) fn check_upstream(upstream: &str) -> Result<(), Error> {
     }
 }
 
+/// `value` of the variable `name` as a whole number, or an error giving `example`.
+fn whole(name: &str, value: &str, example: &str) -> Result<usize, Error> {
+    value.trim().parse().map_err(|_| {
+        Error::config(format!(
+            "{name}={value:?} is not a whole number, such as {example}"
+        ))
+    })
+}
+
 fn comma_list(value: &str) -> Vec<String> {
     value
         .split(',')
@@ -171,6 +194,8 @@ impl GatewayConfig {
             allowed_origins: Vec::new(),
             max_wait: DEFAULT_MAX_WAIT,
             body_limit: DEFAULT_BODY_LIMIT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            body_memory: DEFAULT_BODY_MEMORY,
             client_limits: None,
             allow_unauthenticated: false,
             revalidate_every: DEFAULT_REVALIDATE,
@@ -303,6 +328,32 @@ impl GatewayConfig {
             .or(file.max_wait_secs.map(Duration::from_secs))
             .unwrap_or(DEFAULT_MAX_WAIT);
         let body_limit = file.body_limit_bytes.unwrap_or(DEFAULT_BODY_LIMIT);
+        if body_limit == 0 {
+            return Err(Error::config(
+                "[gateway] body_limit_bytes = 0 would refuse every request body; give the largest body to accept, such as 20971520 (20 MiB)",
+            ));
+        }
+        let max_connections = match env("GATEWAY_MAX_CONNECTIONS") {
+            Some(v) => whole("GATEWAY_MAX_CONNECTIONS", &v, "1024")?,
+            None => file.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        };
+        if max_connections == 0 {
+            return Err(Error::config(
+                "a connection limit of 0 (GATEWAY_MAX_CONNECTIONS or max_connections) would serve nobody; give at least 1, such as 1024",
+            ));
+        }
+        let body_memory = match env("GATEWAY_BODY_MEMORY_MB") {
+            Some(v) => whole("GATEWAY_BODY_MEMORY_MB", &v, "512")?.saturating_mul(1 << 20),
+            None => file
+                .body_memory_mb
+                .map_or(DEFAULT_BODY_MEMORY, |mb| mb.saturating_mul(1 << 20)),
+        };
+        if body_memory < body_limit {
+            return Err(Error::config(format!(
+                "the memory for request bodies (GATEWAY_BODY_MEMORY_MB or body_memory_mb: {} MiB) is less than one body may be ({body_limit} bytes): raise it, or lower body_limit_bytes",
+                body_memory >> 20
+            )));
+        }
 
         let mut listen = listen;
         if tokens.is_empty() {
@@ -354,6 +405,8 @@ impl GatewayConfig {
             allowed_origins,
             max_wait,
             body_limit,
+            max_connections,
+            body_memory,
             client_limits: file.client_limits,
             allow_unauthenticated: flags.allow_unauthenticated,
             revalidate_every: file
@@ -372,7 +425,7 @@ impl GatewayConfig {
         let keys: Vec<String> = self.pool.fingerprints().map(|f| f.to_string()).collect();
         let tokens: Vec<String> = self.tokens.iter().map(|t| t.fingerprint()).collect();
         format!(
-            "shared state: {}\nstate file: {}\nlisten {}\nupstream {}\ndefault model {}\nkeys ({}): {}\nclient tokens ({}): {}\nadmin token: {}\nallowed origins: {}\nmax wait for a key: {}s\nbody limit: {} bytes\n{}",
+            "shared state: {}\nstate file: {}\nlisten {}\nupstream {}\ndefault model {}\nkeys ({}): {}\nclient tokens ({}): {}\nadmin token: {}\nallowed origins: {}\nmax wait for a key: {}s\nbody limit: {} bytes ({} MiB of bodies at once)\nconnections at once: {}\n{}",
             self.redis_url.as_deref().map_or_else(
                 || "none (this process only)".to_owned(),
                 |url| format!("Redis at {}", crate::state::redact_url(url))
@@ -402,6 +455,8 @@ impl GatewayConfig {
             },
             self.max_wait.as_secs(),
             self.body_limit,
+            self.body_memory >> 20,
+            self.max_connections,
             self.saving.describe(),
         )
     }

@@ -50,8 +50,8 @@ use http::StatusCode;
 pub use auth::Token;
 pub use check_keys::{KeyCheck, check_keys, table};
 pub use config::{
-    DEFAULT_BODY_LIMIT, DEFAULT_LISTEN, DEFAULT_MAX_WAIT, DEFAULT_MODEL, DEFAULT_REVALIDATE, Flags,
-    GOOGLE, GatewayConfig,
+    DEFAULT_BODY_LIMIT, DEFAULT_BODY_MEMORY, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_WAIT, DEFAULT_MODEL, DEFAULT_REVALIDATE, Flags, GOOGLE, GatewayConfig,
 };
 pub use saving::Saving;
 
@@ -67,12 +67,13 @@ use reply::Family;
 /// headers a byte at a time would hold a connection for ever.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Accept connections until `shutdown`, serving each over HTTP/1.1 with a bound on the time
-/// to read a request head; then stop accepting and wait for the connections in flight (streams
-/// included) to finish.
+/// Accept connections until `shutdown`, at most `max_connections` at once (more wait in the
+/// listen backlog), serving each over HTTP/1.1 with a bound on the time to read a request head;
+/// then stop accepting and wait for the connections in flight (streams included) to finish.
 async fn accept(
     listener: tokio::net::TcpListener,
     app: Router,
+    max_connections: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -82,7 +83,32 @@ async fn accept(
 
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut full = false;
     loop {
+        // A connection is taken from the backlog only when one may be served: a flood of
+        // connections waits in the kernel's queue, not in this process's memory.
+        let permit = match open.clone().try_acquire_owned() {
+            Ok(permit) => {
+                full = false;
+                permit
+            }
+            Err(_) => {
+                if !full {
+                    full = true;
+                    tracing::warn!(
+                        "{max_connections} connections open (the limit, GATEWAY_MAX_CONNECTIONS); new ones wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    permit = open.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -112,6 +138,7 @@ async fn accept(
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _ = connection.await;
+            drop(permit);
         });
     }
     drop(listener);
@@ -149,6 +176,9 @@ pub(crate) struct Shared {
     pub(crate) tokens: Vec<Token>,
     pub(crate) admin_token: Option<Token>,
     pub(crate) body_limit: usize,
+    /// Request bodies held at once, in KiB permits (see `GatewayConfig::body_memory`).
+    pub(crate) body_memory: Arc<tokio::sync::Semaphore>,
+    pub(crate) body_memory_mb: usize,
     /// Cache, fallback, cost and alerts: the same across key changes.
     pub(crate) savings: saving::Savings,
 }
@@ -229,6 +259,15 @@ fn router_with_state(config: &GatewayConfig) -> (Router, Arc<Shared>) {
         tokens: config.tokens.clone(),
         admin_token: config.admin_token.clone(),
         body_limit: config.body_limit,
+        body_memory: Arc::new(tokio::sync::Semaphore::new(
+            // Always room for one body of the largest size.
+            config
+                .body_memory
+                .max(config.body_limit)
+                .div_ceil(1024)
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        )),
+        body_memory_mb: config.body_memory.max(config.body_limit) >> 20,
         savings,
     });
     let mut api = Router::new()
@@ -382,7 +421,7 @@ pub async fn serve_on(
             }
         }))
     });
-    accept(listener, app, shutdown).await;
+    accept(listener, app, config.max_connections, shutdown).await;
     drop(saving);
     if let Some(file) = &state_file {
         file.save(&shared.live().pool)?;

@@ -216,6 +216,40 @@ async fn forward(
 ) -> Response {
     let (parts, body) = request.into_parts();
     let limit = shared.body_limit;
+    // Its length when known: a content-length, or none at all (a GET).
+    let declared = http_body::Body::size_hint(&body).upper();
+    if declared.is_some_and(|length| length > limit as u64) {
+        return reply::client_error(
+            family,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the request body is larger than the gateway's limit of {limit} bytes"),
+        );
+    }
+    // Room for the body among those held at once (a body of unknown length reserves the
+    // largest, and gives back what it did not use once read): a flood of large bodies waits
+    // here rather than filling the memory.
+    let reserved = declared
+        .map_or(limit, |length| length as usize)
+        .div_ceil(1024);
+    let mut held = if reserved == 0 {
+        None
+    } else {
+        let units = u32::try_from(reserved).unwrap_or(u32::MAX);
+        let room = shared.body_memory.clone().acquire_many_owned(units);
+        match tokio::time::timeout(BODY_READ_TIMEOUT, room).await {
+            Ok(Ok(permit)) => Some(permit),
+            _ => {
+                return reply::busy(
+                    family,
+                    &format!(
+                        "the gateway holds as many request bodies as it may ({} MiB, GATEWAY_BODY_MEMORY_MB) and none was answered within {} s; retry shortly",
+                        shared.body_memory_mb,
+                        BODY_READ_TIMEOUT.as_secs()
+                    ),
+                );
+            }
+        }
+    };
     // Bounded in size and in time: a client trickling its body holds nothing for long.
     let read = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect()).await;
     let Ok(read) = read else {
@@ -229,7 +263,17 @@ async fn forward(
         );
     };
     let body = match read {
-        Ok(collected) => collected.to_bytes(),
+        Ok(collected) => {
+            let body = collected.to_bytes();
+            // Keep what the body takes; give back the rest of the reservation.
+            if let Some(permit) = held.as_mut() {
+                let used = body.len().div_ceil(1024);
+                if let Some(unused) = permit.num_permits().checked_sub(used) {
+                    drop(permit.split(unused));
+                }
+            }
+            body
+        }
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             return reply::client_error(
                 family,

@@ -79,6 +79,24 @@ pub(crate) fn client_error(family: Family, status: StatusCode, message: &str) ->
     json(status, &body)
 }
 
+/// The gateway itself is at a limit of its own (request bodies held at once): 503 with
+/// `Retry-After: 1`, in the family's shape.
+pub(crate) fn busy(family: Family, message: &str) -> Response {
+    let body = match family {
+        Family::Native => serde_json::json!({
+            "error": { "code": 503, "message": message, "status": "UNAVAILABLE" }
+        }),
+        Family::OpenAi => serde_json::json!({
+            "error": { "message": message, "type": "api_error", "code": "gateway_busy" }
+        }),
+    };
+    let mut response = json(StatusCode::SERVICE_UNAVAILABLE, &body);
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 /// A JSON response.
 pub(crate) fn json(status: StatusCode, body: &serde_json::Value) -> Response {
     let mut response = Response::new(Body::from(body.to_string()));

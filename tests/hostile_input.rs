@@ -621,3 +621,130 @@ async fn a_body_of_unknown_length_gives_back_what_it_did_not_use_once_read() {
         None
     );
 }
+
+/// Settings of the gateway's configuration file, each with the table it belongs in.
+const SETTINGS: &[(&str, &str)] = &[
+    ("[gateway]", "listen"),
+    ("[gateway]", "upstream"),
+    ("[gateway]", "model"),
+    ("[gateway]", "tokens"),
+    ("[gateway]", "admin_token"),
+    ("[gateway]", "allowed_origins"),
+    ("[gateway]", "max_wait_secs"),
+    ("[gateway]", "body_limit_bytes"),
+    ("[gateway]", "max_connections"),
+    ("[gateway]", "body_memory_mb"),
+    ("[gateway]", "client_limits"),
+    ("[gateway]", "revalidate_secs"),
+    ("[gateway]", "redis_prefix"),
+    ("[gateway]", "redis_when_unreachable"),
+    ("[gateway]", "quota_alert"),
+    ("[gateway.cache]", "max_mb"),
+    ("[gateway.cache]", "ttl_secs"),
+    ("[gateway.cache]", "sampled"),
+    ("[gateway.cache]", "ttl"),
+    ("[gateway.fallback]", "\"gemini-2.5-pro\""),
+    ("[gateway.fallback]", "\"../x\""),
+    ("[gateway.budget]", "daily_usd"),
+    ("[gateway.budget]", "per_project_usd"),
+    ("[gateway.budget]", "per_client_usd"),
+    ("[gateway.budget]", "projects"),
+    ("[gateway.budget]", "thresholds"),
+    ("[gateway.budget]", "refuse"),
+    ("[gateway.prices.\"gemini-2.5-flash\"]", "input"),
+    ("[gateway.prices.\"gemini-2.5-flash\"]", "output"),
+    ("[gateway.prices.\"gemini-2.5-flash\"]", "cached_input"),
+    ("[models.\"gemini-2.5-flash\"]", "rpm"),
+    ("[models.\"gemini-2.5-flash\"]", "tpd"),
+    ("[[keys]]", "value"),
+    ("[[keys]]", "project"),
+];
+
+/// Values a careless or hostile file could give any setting.
+const VALUES: &[&str] = &[
+    "0",
+    "-1",
+    "1",
+    "9223372036854775807",
+    "-9223372036854775808",
+    "1e308",
+    "-0.0",
+    "nan",
+    "inf",
+    "-inf",
+    "0.5",
+    "\"\"",
+    "\"x\"",
+    "\"../../etc/passwd\"",
+    "\"\\u0000\"",
+    "\"test-key-config-fuzz-9999 \"",
+    "[]",
+    "[1.5, -2, 80]",
+    "[\"gemini-2.5-flash\", \"gemini-2.5-flash\"]",
+    "[\"\"]",
+    "{ rpm = -1 }",
+    "{ rpm = 0, tpm = 18446744073709551615 }",
+    "{ \"gemini-2.5-pro\" = 18446744073709551615 }",
+    "{ proj-a = nan }",
+    "true",
+    "\"http://10.0.0.1\"",
+    "\"https://example.com/v1/\"",
+    "\"gemini-2.5-pro\"",
+    "\"fall_back\"",
+];
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 3000, ..Default::default() })]
+
+    /// Any mix of settings and values in the gateway's file: an error that names what is
+    /// wrong, or a configuration that holds together — never a panic, never a key shown.
+    #[test]
+    fn any_gateway_file_is_refused_clearly_or_holds_together(
+        picks in proptest::collection::vec((0..SETTINGS.len(), 0..VALUES.len()), 0..8)
+    ) {
+        let mut tables: Vec<(&str, Vec<String>)> = Vec::new();
+        for (setting, value) in picks {
+            let (table, name) = SETTINGS[setting];
+            let line = format!("{name} = {}", VALUES[value]);
+            match tables.iter_mut().find(|(t, _)| *t == table && table != "[[keys]]") {
+                Some((_, lines)) => lines.push(line),
+                None => tables.push((table, vec![line])),
+            }
+        }
+        let text: String = tables
+            .iter()
+            .map(|(table, lines)| format!("{table}\n{}\n", lines.join("\n")))
+            .collect();
+        let path = std::env::temp_dir().join(format!("hostile-gateway-{}.toml", std::process::id()));
+        std::fs::write(&path, &text).unwrap();
+        let flags = Flags { config: Some(path), ..Flags::default() };
+        const KEY: &str = "test-key-config-env-0001";
+        // The file's own key-like value may be quoted back where it is not a key (a listen
+        // address); given as a key, never.
+        const FILE_KEY: &str = "test-key-config-fuzz-9999";
+        let only_as_key = text.matches(FILE_KEY).count()
+            == text.matches(&format!("value = \"{FILE_KEY}")).count();
+        let resolved = GatewayConfig::resolve(flags, |name| match name {
+            "GEMINI_API_KEY" => Some(KEY.to_owned()),
+            "GATEWAY_TOKENS" => Some(TOKEN.to_owned()),
+            _ => None,
+        });
+        match resolved {
+            Ok(config) => {
+                let shown = format!("{}\n{:?}", config.describe(), config.pool);
+                proptest::prop_assert!(!shown.contains(KEY), "{shown}");
+                proptest::prop_assert!(!(only_as_key && shown.contains(FILE_KEY)), "{shown}");
+                proptest::prop_assert!(config.max_connections >= 1);
+                proptest::prop_assert!(config.body_limit >= 1);
+                proptest::prop_assert!(config.body_memory >= config.body_limit);
+                proptest::prop_assert!((0.0..=1.0).contains(&config.saving.quota_alert));
+            }
+            Err(error) => {
+                let shown = format!("{error} {error:?}");
+                proptest::prop_assert!(!shown.contains(KEY), "{shown}");
+                proptest::prop_assert!(!(only_as_key && shown.contains(FILE_KEY)), "{text}\n{shown}");
+                proptest::prop_assert!(shown.len() > 20, "{shown}");
+            }
+        }
+    }
+}

@@ -1,5 +1,8 @@
 //! Sliding windows of call outcomes, in atomics: the last N calls, or the last N seconds.
 
+#[cfg(all(tower_gemini_loom, test))]
+use loom::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+#[cfg(not(all(tower_gemini_loom, test)))]
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 const EMPTY: u8 = 0;
@@ -121,10 +124,17 @@ impl Window {
                 slots,
                 cursor,
                 failures,
-            } => Counts {
-                calls: cursor.load(Ordering::Acquire).min(slots.len() as u64) as u32,
-                failures: failures.load(Ordering::Acquire),
-            },
+            } => {
+                let calls = cursor.load(Ordering::Acquire).min(slots.len() as u64) as u32;
+                // The counter follows the slots' swaps one step behind: a slot's failure may be
+                // taken off (a later call replacing it, or `clear`) before another thread has
+                // added it, so it can be briefly below zero (wrapped) or above the calls.
+                let failures = failures.load(Ordering::Acquire) as i32;
+                Counts {
+                    calls,
+                    failures: failures.clamp(0, calls as i32) as u32,
+                }
+            }
             Window::Seconds { buckets } => {
                 let second = now_ms / 1000 + 1;
                 let span = buckets.len() as u64;
@@ -134,9 +144,15 @@ impl Window {
                         let s = b.second.load(Ordering::Acquire);
                         s != 0 && s + span > second
                     })
-                    .fold(Counts::default(), |acc, b| Counts {
-                        calls: acc.calls + b.calls.load(Ordering::Acquire),
-                        failures: acc.failures + b.failures.load(Ordering::Acquire),
+                    .fold(Counts::default(), |acc, b| {
+                        let calls = b.calls.load(Ordering::Acquire);
+                        // A bucket being reset for a new second may briefly hold a failure
+                        // counted after its calls were zeroed.
+                        let failures = b.failures.load(Ordering::Acquire).min(calls);
+                        Counts {
+                            calls: acc.calls.saturating_add(calls),
+                            failures: acc.failures.saturating_add(failures),
+                        }
                     })
             }
         }
@@ -225,5 +241,78 @@ mod tests {
                 failures: 1
             }
         );
+    }
+}
+
+/// Every interleaving of concurrent records and reads (`.ci/loom`: `RUSTFLAGS="--cfg tower_gemini_loom"
+/// cargo test --lib --release loom`): a reader never sees more failures than calls, nor a
+/// wrapped count.
+#[cfg(all(tower_gemini_loom, test))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    fn sane(counts: Counts) {
+        assert!(counts.failures <= counts.calls, "{counts:?}");
+        assert!(counts.failure_rate() <= 1.0, "{counts:?}");
+    }
+
+    #[test]
+    fn loom_a_failure_replaced_before_it_is_counted() {
+        loom::model(|| {
+            // One slot: the second call replaces the first's outcome, maybe before the first
+            // has counted it.
+            let window = Arc::new(Window::new(WindowKind::Calls(1)));
+            let failing = {
+                let w = window.clone();
+                thread::spawn(move || w.record(true, 0))
+            };
+            let succeeding = {
+                let w = window.clone();
+                thread::spawn(move || w.record(false, 0))
+            };
+            sane(window.counts(0));
+            failing.join().unwrap();
+            succeeding.join().unwrap();
+            sane(window.counts(0));
+        });
+    }
+
+    #[test]
+    fn loom_a_clear_between_a_swap_and_its_count() {
+        loom::model(|| {
+            // One slot: the record replaces the failure and takes it off the count, maybe
+            // after the clear has zeroed it.
+            let window = Arc::new(Window::new(WindowKind::Calls(1)));
+            window.record(true, 0);
+            let recording = {
+                let w = window.clone();
+                thread::spawn(move || w.record(false, 0))
+            };
+            window.clear();
+            recording.join().unwrap();
+            sane(window.counts(0));
+        });
+    }
+
+    #[test]
+    fn loom_a_second_bucket_reset_while_another_records() {
+        loom::model(|| {
+            let window = Arc::new(Window::new(WindowKind::Seconds(1)));
+            window.record(false, 0);
+            let later = {
+                let w = window.clone();
+                thread::spawn(move || w.record(true, 1_000))
+            };
+            let same = {
+                let w = window.clone();
+                thread::spawn(move || w.record(true, 1_000))
+            };
+            sane(window.counts(1_000));
+            later.join().unwrap();
+            same.join().unwrap();
+            sane(window.counts(1_000));
+        });
     }
 }

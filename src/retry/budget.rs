@@ -1,5 +1,8 @@
 //! [`RetryBudget`]: retries may add at most a fraction of the load, plus a trickle per second.
 
+#[cfg(all(tower_gemini_loom, test))]
+use loom::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+#[cfg(not(all(tower_gemini_loom, test)))]
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -12,8 +15,11 @@ const SLOTS: u64 = 10;
 /// the calls made plus `min_per_sec × ttl`. When it is empty, no retry is made and the last
 /// answer is returned, so retries cannot multiply load during an outage.
 ///
-/// Unlike `TpsBudget` it takes no lock: ten time slots of atomics, rotated by compare-and-swap.
-/// Concurrent withdrawals may overdraw by a few retries; the bound holds to within that.
+/// Unlike `TpsBudget` it takes no lock: ten time slots of atomics, rotated by compare-and-swap;
+/// a withdrawal is a compare-and-swap on the current slot against the balance it saw, so
+/// concurrent withdrawals do not overdraw it — except in the instant a slot is reused for a new
+/// tenth of the window, when a withdrawal racing the reset can be wiped by it (at most one
+/// extra retry per thread in that race).
 ///
 /// ```
 /// use std::time::Duration;
@@ -93,10 +99,13 @@ impl RetryBudget {
         slot
     }
 
-    fn balance(&self, epoch: u64) -> i64 {
+    /// The reserve and every live slot but `except`.
+    fn balance_without(&self, epoch: u64, except: &Slot) -> i64 {
         self.slots
             .iter()
-            .filter(|s| s.epoch.load(Ordering::Acquire) + SLOTS > epoch)
+            .filter(|s| {
+                !std::ptr::eq(*s, except) && s.epoch.load(Ordering::Acquire) + SLOTS > epoch
+            })
             .map(|s| s.value.load(Ordering::Acquire))
             .fold(self.reserve, i64::saturating_add)
     }
@@ -113,11 +122,27 @@ impl RetryBudget {
     pub fn withdraw(&self) -> bool {
         let epoch = self.epoch();
         let slot = self.current(epoch);
-        if self.balance(epoch) >= self.withdraw_amount {
-            slot.value.fetch_sub(self.withdraw_amount, Ordering::AcqRel);
-            true
-        } else {
-            false
+        loop {
+            // The current slot as read here, with the rest: if another thread withdraws (or
+            // deposits) in between, the exchange fails and the balance is taken again, so
+            // two withdrawals cannot both spend the last retry.
+            let mine = slot.value.load(Ordering::Acquire);
+            let balance = self.balance_without(epoch, slot).saturating_add(mine);
+            if balance < self.withdraw_amount {
+                return false;
+            }
+            if slot
+                .value
+                .compare_exchange_weak(
+                    mine,
+                    mine - self.withdraw_amount,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+            {
+                return true;
+            }
         }
     }
 }
@@ -181,5 +206,39 @@ mod tests {
         let b = RetryBudget::new(Duration::from_secs(3600), 0, 5000.0);
         b.deposit();
         assert!(b.withdraw());
+    }
+}
+
+/// Every interleaving of concurrent withdrawals (`.ci/loom`).
+#[cfg(all(tower_gemini_loom, test))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::sync::atomic::AtomicUsize;
+    use loom::thread;
+
+    #[test]
+    fn loom_two_withdrawals_never_both_spend_the_last_retry() {
+        loom::model(|| {
+            // A reserve of exactly one retry; the current slot in use (the reset of a slot
+            // for a new tenth of the window is the documented exception).
+            let budget = Arc::new(RetryBudget::new(Duration::from_secs(1), 1, 0.0));
+            budget.deposit();
+            let spent = Arc::new(AtomicUsize::new(0));
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let (budget, spent) = (budget.clone(), spent.clone());
+                    thread::spawn(move || {
+                        if budget.withdraw() {
+                            spent.fetch_add(1, Ordering::AcqRel);
+                        }
+                    })
+                })
+                .collect();
+            for thread in threads {
+                thread.join().unwrap();
+            }
+            assert_eq!(spent.load(Ordering::Acquire), 1);
+        });
     }
 }

@@ -1,7 +1,9 @@
 //! A soak: the gateway in front of the mock, closed-loop clients for a while, the process's
-//! resident memory sampled every second. Fails (exit code 1) on any client-visible failure, on
-//! a 429 reaching the upstream, or if memory keeps growing: the mean RSS of the last third of
-//! the run more than 10 % (and 16 MiB) above that of the middle third.
+//! resident memory sampled every second. The gateway runs with a response cache (4 MiB, which
+//! a quarter of the clients fill with prompts never seen again, so that it evicts all along)
+//! and a fallback chain. Fails (exit code 1) on any client-visible failure, on a 429 reaching
+//! the upstream, on a cache over its bound, or if memory keeps growing: the mean RSS of the
+//! last third of the run more than 10 % (and 16 MiB) above that of the middle third.
 //!
 //! ```text
 //! cargo run --release --features gateway --example soak -- --seconds 300 [--clients 200]
@@ -16,6 +18,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower_gemini::KeyPool;
+use tower_gemini::cache::CacheLayer;
+use tower_gemini::fallback::FallbackLayer;
+use tower_gemini::gateway::Saving;
 use tower_gemini::clock::ScaledClock;
 use tower_gemini::gateway::{GatewayConfig, Token, serve_on};
 use tower_gemini::mock::{Fault, MockGemini};
@@ -23,6 +28,7 @@ use tower_gemini::pool::{KeySpec, ModelLimits};
 
 const MODEL: &str = "gemini-2.0-flash";
 const TOKEN: &str = "soak-client-token-0001";
+const CACHE_BYTES: u64 = 4 << 20;
 
 /// Resident set size of this process, in KiB (Linux; 0 elsewhere).
 fn rss_kib() -> u64 {
@@ -84,6 +90,14 @@ async fn main() {
         vec![Token::new(TOKEN.to_owned()).expect("a valid token")],
     );
     config.model = MODEL.to_owned();
+    let cache = CacheLayer::new().max_bytes(CACHE_BYTES);
+    config.saving = Saving {
+        cache: Some(cache.clone()),
+        fallback: FallbackLayer::new()
+            .chain(MODEL, ["gemini-2.0-flash-lite"])
+            .expect("a valid chain"),
+        ..Saving::default()
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a port on 127.0.0.1");
@@ -112,10 +126,18 @@ async fn main() {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
-                    // Prompts of varying size, so buffers of every size come and go.
+                    // Prompts of varying size, so buffers of every size come and go; a quarter
+                    // of the clients ask for their answers to be cached, each prompt new.
                     let text = "soak ".repeat(1 + ((i as u64 * 7 + n) % 200) as usize);
+                    let cached = i % 4 == 0;
+                    let text = if cached {
+                        format!("{text} {i} {n}")
+                    } else {
+                        text
+                    };
                     let body = format!(r#"{{"contents":[{{"parts":[{{"text":"{text}"}}]}}]}}"#);
                     let request = http::Request::post(&url)
+                        .header("x-gemini-cache", if cached { "yes" } else { "no" })
                         .header("x-goog-api-key", TOKEN)
                         .header("content-type", "application/json")
                         .body(Full::new(Bytes::from(body)))
@@ -157,6 +179,15 @@ async fn main() {
     let served = served.load(Ordering::Relaxed);
     let failed = failed.load(Ordering::Relaxed);
     let rate_limited = mock.stats().responses_with_status(429);
+    let kept = cache.usage().await;
+    let stats = cache.stats();
+    println!(
+        "cache: {} misses stored and evicted as they came, {} entries ({:.1} MiB of {:.0}) at the end",
+        stats.misses,
+        kept.0,
+        kept.1 as f64 / (1024.0 * 1024.0),
+        CACHE_BYTES as f64 / (1024.0 * 1024.0)
+    );
     println!(
         "soak: {served} requests in {seconds} s ({:.0}/s) by {clients} clients, {failed} failed, {rate_limited} 429s upstream; RSS middle third {:.1} MiB, last third {:.1} MiB ({:+.1} MiB)",
         served as f64 / seconds as f64,
@@ -171,6 +202,10 @@ async fn main() {
     }
     if rate_limited > 0 {
         println!("FAIL: the upstream answered {rate_limited} requests with 429");
+        ok = false;
+    }
+    if kept.1 > CACHE_BYTES {
+        println!("FAIL: the cache holds more than its bound");
         ok = false;
     }
     if growth > middle * 0.10 && growth > 16.0 * 1024.0 {

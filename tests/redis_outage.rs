@@ -80,6 +80,22 @@ async fn redis_stopped_mid_run_falls_back_then_shared_admission_resumes() {
     let mut look = redis.connection().await;
     let windows: Vec<String> = look.keys(format!("{prefix}:pm:*:w")).await.unwrap();
     assert_eq!(windows.len(), 1, "{windows:?}");
+    // This Redis came back empty (no persistence): it holds what was admitted while it was
+    // away (given back by the fallback) and after.
     let count: u64 = look.zcard(&windows[0]).await.unwrap();
-    assert_eq!(count, 1, "only what was admitted after Redis came back");
+    assert_eq!(
+        count,
+        5 + 1,
+        "the fallback's admissions were given to Redis"
+    );
+    let days: Vec<String> = look.keys(format!("{prefix}:pm:*:d:*")).await.unwrap();
+    assert_eq!(days.len(), 1, "{days:?}");
+    let day: u64 = look.get(&days[0]).await.unwrap();
+    assert_eq!(day, 5 + 1);
+    assert!(
+        logs.text()
+            .contains("counts the 5 requests admitted while it was unreachable"),
+        "{}",
+        logs.text()
+    );
 }

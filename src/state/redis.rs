@@ -115,7 +115,26 @@ struct Inner {
     apply: Script,
     /// A redacted form of the URL, for logs (no password).
     shown: String,
+    /// Admissions this process made on its own while Redis was unreachable: given to Redis
+    /// when it answers again, before shared admission resumes, so that every process counts
+    /// them (in the minute's window and the day's count).
+    fallen: std::sync::Mutex<std::collections::VecDeque<Fallen>>,
 }
+
+/// One admission made while Redis was unreachable.
+struct Fallen {
+    base: Arc<str>,
+    day: Arc<str>,
+    day_end: u64,
+    at: u64,
+    member: String,
+    tokens: u64,
+    images: u64,
+}
+
+/// At most this many admissions made during an outage are kept to be given to Redis (about
+/// 10 MB); past that the oldest are dropped, and said so.
+const MAX_FALLEN: usize = 100_000;
 
 /// Days a key's or project's recorded state lives without being written again.
 const STATE_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
@@ -308,6 +327,7 @@ impl RedisStore {
                 apply: Script::new(APPLY),
                 shown,
                 options,
+                fallen: std::sync::Mutex::new(std::collections::VecDeque::new()),
             }),
         };
         match store.ping().await {
@@ -379,6 +399,79 @@ impl RedisStore {
         });
     }
 
+    /// Give Redis what this process admitted while it was unreachable: each admission in its
+    /// project+model's window (the admit script drops those older than a minute) and in its
+    /// day's count. One transaction; on failure the admissions are kept for the next try.
+    async fn push_back(&self) -> Result<(), String> {
+        let fallen =
+            std::mem::take(&mut *self.inner.fallen.lock().unwrap_or_else(|e| e.into_inner()));
+        if fallen.is_empty() {
+            return Ok(());
+        }
+        let window = 60_000 + duration_ms(self.inner.options.margin) + 1000;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut days: std::collections::HashMap<&str, (u64, u64)> = Default::default();
+        for admission in &fallen {
+            let base = &*admission.base;
+            pipe.cmd("ZADD")
+                .arg(format!("{base}:w"))
+                .arg(admission.at)
+                .arg(&admission.member)
+                .ignore();
+            pipe.cmd("HINCRBY")
+                .arg(format!("{base}:s"))
+                .arg("tokens")
+                .arg(admission.tokens)
+                .ignore();
+            pipe.cmd("HINCRBY")
+                .arg(format!("{base}:s"))
+                .arg("images")
+                .arg(admission.images)
+                .ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(format!("{base}:w"))
+                .arg(window)
+                .ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(format!("{base}:s"))
+                .arg(window)
+                .ignore();
+            let day = days.entry(&admission.day).or_insert((0, admission.day_end));
+            day.0 += 1;
+        }
+        for (day, (count, end)) in &days {
+            pipe.cmd("INCRBY").arg(*day).arg(*count).ignore();
+            pipe.cmd("PEXPIREAT").arg(*day).arg(end + 60_000).ignore();
+        }
+        let mut connection = self.inner.connection.clone();
+        let query = pipe.query_async::<()>(&mut connection);
+        let done = match tokio::time::timeout(self.inner.options.timeout, query).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "no answer within {} ms",
+                self.inner.options.timeout.as_millis()
+            )),
+        };
+        match &done {
+            Ok(()) => tracing::info!(
+                "Redis at {} now counts the {} requests admitted while it was unreachable",
+                self.inner.shown,
+                fallen.len()
+            ),
+            Err(_) => {
+                // Kept for the next try, before any admitted since.
+                let mut kept = self.inner.fallen.lock().unwrap_or_else(|e| e.into_inner());
+                let newer = std::mem::replace(&mut *kept, fallen);
+                kept.extend(newer);
+                let excess = kept.len().saturating_sub(MAX_FALLEN);
+                kept.drain(..excess);
+            }
+        }
+        done
+    }
+
     async fn ping(&self) -> Result<(), String> {
         let mut connection = self.inner.connection.clone();
         let command = redis::cmd("PING");
@@ -447,8 +540,17 @@ impl Inner {
                     tracing::debug!("Redis at {} still unreachable: {why}", store.inner.shown);
                 }
                 if answer.is_ok() {
+                    if let Err(why) = store.push_back().await {
+                        tracing::debug!(
+                            "Redis at {} answers but took not what was admitted meanwhile: {why}",
+                            store.inner.shown
+                        );
+                        continue;
+                    }
                     store.inner.retrying.store(false, Ordering::Release);
                     store.inner.reachable.store(true, Ordering::Release);
+                    // Admitted alone between the hand-over and now: given too.
+                    let _ = store.push_back().await;
                     tracing::info!(
                         "Redis at {} answers again: shared admission resumes",
                         store.inner.shown
@@ -457,6 +559,21 @@ impl Inner {
                 }
             }
         });
+    }
+
+    /// Keep an admission made without Redis, for Redis.
+    fn fell(&self, admission: Fallen) {
+        let mut fallen = self.fallen.lock().unwrap_or_else(|e| e.into_inner());
+        if fallen.len() >= MAX_FALLEN {
+            fallen.pop_front();
+        } else if fallen.len() + 1 == MAX_FALLEN {
+            // Said once, when the log fills.
+            tracing::warn!(
+                "Redis at {} has been unreachable for {MAX_FALLEN} admissions: from now on the oldest are no longer kept for it",
+                self.shown
+            );
+        }
+        fallen.push_back(admission);
     }
 
     fn fallback(&self) -> Result<Option<SharedTicket>, SharedRefusal> {
@@ -622,21 +739,42 @@ impl Store for RedisStore {
     ) -> StoreFuture<Result<Option<SharedTicket>, SharedRefusal>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            if !inner.reachable.load(Ordering::Acquire) {
-                return inner.fallback();
-            }
             let scope = &admission.scope;
             let base: Arc<str> = inner.project_model(scope).into();
             let day_start = pacific_day_start(admission.now);
             let day: Arc<str> = format!("{base}:d:{day_start}").into();
             let demand = admission.demand;
-            let member = format!(
-                "{:016x}-{}:{}:{}",
-                inner.nonce,
-                inner.sequence.fetch_add(1, Ordering::Relaxed),
-                demand.tokens,
-                demand.images
-            );
+            let new_member = || {
+                format!(
+                    "{:016x}-{}:{}:{}",
+                    inner.nonce,
+                    inner.sequence.fetch_add(1, Ordering::Relaxed),
+                    demand.tokens,
+                    demand.images
+                )
+            };
+            let member = new_member();
+            // Without Redis: this process's own ledger decides (it admitted already), and the
+            // admission is kept for Redis.
+            let fall = |inner: &Arc<Inner>, member: String| {
+                if inner.options.when_unreachable == WhenUnreachable::FallBack
+                    && !inner.reachable.load(Ordering::Acquire)
+                {
+                    inner.fell(Fallen {
+                        base: base.clone(),
+                        day: day.clone(),
+                        day_end: next_pacific_midnight(admission.now),
+                        at: admission.now,
+                        member,
+                        tokens: demand.tokens,
+                        images: demand.images,
+                    });
+                }
+                inner.fallback()
+            };
+            if !inner.reachable.load(Ordering::Acquire) {
+                return fall(&inner, member);
+            }
             let limits = admission.limits;
             let mut invocation = inner.admit.prepare_invoke();
             invocation
@@ -676,14 +814,15 @@ impl Store for RedisStore {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(e)) => {
                     inner.failed(&e);
-                    return inner.fallback();
+                    // Unconfirmed gives it back from Redis in case the script ran.
+                    return fall(&inner, new_member());
                 }
                 Err(_) => {
                     inner.unreachable(&format!(
                         "no answer within {} ms",
                         inner.options.timeout.as_millis()
                     ));
-                    return inner.fallback();
+                    return fall(&inner, new_member());
                 }
             };
             if let Err(refused) = verdict(&answer) {

@@ -61,3 +61,24 @@ pub fn scrub(secret: &[u8], shown: &[u8], chunks: &[&[u8]]) -> Vec<u8> {
     }
     out
 }
+
+/// A request for `uri` with `body`, rewritten by the fallback layer for `model`: the new URI
+/// and body, if it could be rewritten (`None` also when `uri` is not a URI).
+pub fn rewrite_for_model(uri: &str, body: &[u8], model: &str) -> Option<(String, Vec<u8>)> {
+    use http_body_util::Full;
+    let request = http::Request::post(uri)
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .ok()?;
+    let out = crate::fallback::rewrite_for_fuzzing(&request, &crate::Model::new(model))?;
+    let body = crate::peek::body_bytes(out.body())?.to_vec();
+    Some((out.uri().to_string(), body))
+}
+
+/// The model a request for `uri` with `body` names, as the layers read it.
+pub fn model_of_request(uri: &str, body: &[u8]) -> Option<String> {
+    use http_body_util::Full;
+    let request = http::Request::post(uri)
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .ok()?;
+    crate::model::model_of(&request).map(|m| m.to_string())
+}

@@ -39,6 +39,9 @@
 //! ```
 
 mod rewrite;
+
+#[cfg(fuzzing)]
+pub(crate) use rewrite::for_model as rewrite_for_fuzzing;
 mod service;
 
 use std::fmt;

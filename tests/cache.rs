@@ -465,6 +465,7 @@ async fn answers_that_are_not_kept_pass_as_they_come_with_their_headers() {
         let response = response.unwrap();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()["x-upstream"], "own header");
+        assert_eq!(response.headers()[CACHE_HEADER], "miss");
     }
     assert_eq!(calls.load(Ordering::SeqCst), 3 + 5);
     assert_eq!(cache.stats().entries, 0);

@@ -506,9 +506,15 @@ where
                 Err(uncached) => match &**uncached {
                     Uncached::Passed => {
                         // Another caller's answer was not kept: this one makes its own call.
-                        let (mut inner, (parts, body)) = again;
+                        let (inner, (parts, body)) = again;
                         let request = Request::from_parts(parts, B::from(body));
-                        let response = inner.call(request).await.map_err(Error::from_inner)?;
+                        let mut response = tower::ServiceExt::oneshot(inner, request)
+                            .await
+                            .map_err(Error::from_inner)?;
+                        response
+                            .headers_mut()
+                            .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
+                        response.extensions_mut().insert(CacheStatus::Miss);
                         return Ok(response.map(ResponseBody::passed));
                     }
                     Uncached::Failed(kind, message, retry_after) => {

@@ -9,9 +9,10 @@
 //! ([`ErrorKind::CircuitOpen`]; the retry layer does not wait for it to half-open when a model
 //! comes after) — or when its final answer, after the retries, is Google's quota refusal
 //! (429), "model not on tier", or Google failing the model (503 "model is overloaded", 500).
-//! Never on a caller error (400, 403, 404 of a bad request) nor on a success. The request is rewritten for the next model (the path's model, the `model` field
-//! of an OpenAI-compatible body, a [`Model`] extension) and sent through the stack again;
-//! local refusals cost nothing upstream, so the whole chain is tried in microseconds.
+//! Never on a caller error (400, 403, 404 of a bad request) nor on a success. The request is
+//! rewritten for the next model (the path's model, the `model` field of an OpenAI-compatible
+//! body, a [`Model`] extension) and sent through the stack again; local refusals cost nothing
+//! upstream, so the whole chain is tried in microseconds.
 //!
 //! Answers served by another model than the one asked for carry `x-gemini-model: <served>`,
 //! `x-gemini-fallback: <requested>; reason=<reason>` and a [`ModelFallback`] extension. A
@@ -39,10 +40,10 @@
 //! ```
 
 mod rewrite;
+mod service;
 
 #[cfg(fuzzing)]
 pub(crate) use rewrite::for_model as rewrite_for_fuzzing;
-mod service;
 
 use std::fmt;
 use std::sync::Arc;

@@ -135,7 +135,7 @@ impl RetryBudget {
                 .value
                 .compare_exchange_weak(
                     mine,
-                    mine - self.withdraw_amount,
+                    mine.saturating_sub(self.withdraw_amount),
                     Ordering::AcqRel,
                     Ordering::Acquire,
                 )

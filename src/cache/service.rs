@@ -81,10 +81,13 @@ impl Recorder {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let mut seen = self.seen;
+        // Exactly its length: the entry is weighed by it.
+        seen.shrink_to_fit();
         let entry = Entry {
             status: self.status,
             headers: self.headers,
-            body: Bytes::from(self.seen),
+            body: Bytes::from(seen),
             ttl: self.ttl,
         };
         super::second::keep(self.settings.second.as_ref(), &self.key, &entry);
@@ -321,8 +324,12 @@ fn kept(headers: &HeaderMap) -> HeaderMap {
         crate::fallback::MODEL_HEADER,
         crate::fallback::FALLBACK_HEADER,
     ] {
-        if let Some(value) = headers.get(name) {
-            kept.insert(http::HeaderName::from_static(name), value.clone());
+        // Copied: a value parsed by hyper is a slice of its read buffer, and a clone would
+        // keep that whole buffer (8 KiB or more) alive as long as the entry.
+        if let Some(value) = headers.get(name)
+            && let Ok(value) = HeaderValue::from_bytes(value.as_bytes())
+        {
+            kept.insert(http::HeaderName::from_static(name), value);
         }
     }
     kept

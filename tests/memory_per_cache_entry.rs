@@ -73,3 +73,41 @@ async fn a_cached_answer_costs_about_what_it_weighs() {
         "{per_entry:.0} bytes live per entry weighed {weighed_per_entry:.0}"
     );
 }
+
+#[tokio::test]
+async fn a_full_cache_evicting_holds_steady() {
+    let mock = MockGemini::builder()
+        .project("proj-a", |p| p.key("test-key-cache-mem-0002"))
+        .start()
+        .await
+        .unwrap();
+    let pool = KeyPool::from_keys(["test-key-cache-mem-0002"]).unwrap();
+    // Room for a few hundred answers: every new one evicts an old one.
+    let cache = CacheLayer::new().max_bytes(256 * 1024);
+    let cached = cache.layer(KeyRotationLayer::new(&pool).layer(common::client()));
+    let ask = async |n: usize| {
+        let body = format!(
+            r#"{{"contents":[{{"parts":[{{"text":"prompt number {n}"}}]}}],"generationConfig":{{"temperature":0}}}}"#
+        );
+        let request = Request::post(mock.model_url("gemini-2.0-flash", "generateContent"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = cached.clone().oneshot(request).await.unwrap();
+        let _ = response.into_body().collect().await.unwrap();
+    };
+    let mut live = Vec::new();
+    for round in 0..4 {
+        for n in 0..2500 {
+            ask(round * 10_000 + n).await;
+        }
+        let (_, weighed) = cache.usage().await;
+        assert!(weighed <= 256 * 1024, "{weighed}");
+        live.push(live_bytes());
+    }
+    // The first round fills the cache; after that what is live does not grow with the calls
+    // (the mock's own records aside: 36 bytes a call, see above).
+    let growth = live[3] - live[1];
+    println!("live after each 2,500 calls: {live:?}; last two rounds {growth:+} bytes");
+    assert!(growth < 5000 * 100, "{live:?}");
+}

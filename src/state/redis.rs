@@ -136,6 +136,9 @@ struct Fallen {
 /// 10 MB); past that the oldest are dropped, and said so.
 const MAX_FALLEN: usize = 100_000;
 
+/// Admissions given back to Redis per transaction.
+const PUSH_BATCH: usize = 1_000;
+
 /// Days a key's or project's recorded state lives without being written again.
 const STATE_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
 
@@ -399,77 +402,97 @@ impl RedisStore {
         });
     }
 
-    /// Give Redis what this process admitted while it was unreachable: each admission in its
-    /// project+model's window (the admit script drops those older than a minute) and in its
-    /// day's count. One transaction; on failure the admissions are kept for the next try.
+    /// Give Redis what this process admitted while it was unreachable: each admission of the
+    /// last minute in its project+model's window, and every one in its Pacific day's count.
+    /// In transactions of at most `PUSH_BATCH` admissions; what was not taken is kept for the
+    /// next try if Redis did not answer. If Redis answers with an error, the rest is dropped
+    /// (logged): shared admission must not wait on it.
     async fn push_back(&self) -> Result<(), String> {
-        let fallen =
+        let mut fallen =
             std::mem::take(&mut *self.inner.fallen.lock().unwrap_or_else(|e| e.into_inner()));
-        if fallen.is_empty() {
+        let total = fallen.len();
+        if total == 0 {
             return Ok(());
         }
-        let window = 60_000 + duration_ms(self.inner.options.margin) + 1000;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let mut days: std::collections::HashMap<&str, (u64, u64)> = Default::default();
-        for admission in &fallen {
-            let base = &*admission.base;
-            pipe.cmd("ZADD")
-                .arg(format!("{base}:w"))
-                .arg(admission.at)
-                .arg(&admission.member)
-                .ignore();
-            pipe.cmd("HINCRBY")
-                .arg(format!("{base}:s"))
-                .arg("tokens")
-                .arg(admission.tokens)
-                .ignore();
-            pipe.cmd("HINCRBY")
-                .arg(format!("{base}:s"))
-                .arg("images")
-                .arg(admission.images)
-                .ignore();
-            pipe.cmd("PEXPIRE")
-                .arg(format!("{base}:w"))
-                .arg(window)
-                .ignore();
-            pipe.cmd("PEXPIRE")
-                .arg(format!("{base}:s"))
-                .arg(window)
-                .ignore();
-            let day = days.entry(&admission.day).or_insert((0, admission.day_end));
-            day.0 += 1;
-        }
-        for (day, (count, end)) in &days {
-            pipe.cmd("INCRBY").arg(*day).arg(*count).ignore();
-            pipe.cmd("PEXPIREAT").arg(*day).arg(end + 60_000).ignore();
-        }
-        let mut connection = self.inner.connection.clone();
-        let query = pipe.query_async::<()>(&mut connection);
-        let done = match tokio::time::timeout(self.inner.options.timeout, query).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!(
-                "no answer within {} ms",
-                self.inner.options.timeout.as_millis()
-            )),
-        };
-        match &done {
-            Ok(()) => tracing::info!(
-                "Redis at {} now counts the {} requests admitted while it was unreachable",
-                self.inner.shown,
-                fallen.len()
-            ),
-            Err(_) => {
-                // Kept for the next try, before any admitted since.
+        let window = 60_000 + duration_ms(self.inner.options.margin);
+        // The newest admission stands for now: older than a window before it, an admission no
+        // longer counts in a minute, only in its day.
+        let newest = fallen.iter().map(|a| a.at).max().unwrap_or(0);
+        while !fallen.is_empty() {
+            let batch: Vec<Fallen> = fallen.drain(..fallen.len().min(PUSH_BATCH)).collect();
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            let mut days: std::collections::HashMap<&str, (u64, u64)> = Default::default();
+            for admission in &batch {
+                let base = &*admission.base;
+                if admission.at + window > newest {
+                    pipe.cmd("ZADD")
+                        .arg(format!("{base}:w"))
+                        .arg(admission.at)
+                        .arg(&admission.member)
+                        .ignore();
+                    pipe.cmd("HINCRBY")
+                        .arg(format!("{base}:s"))
+                        .arg("tokens")
+                        .arg(admission.tokens)
+                        .ignore();
+                    pipe.cmd("HINCRBY")
+                        .arg(format!("{base}:s"))
+                        .arg("images")
+                        .arg(admission.images)
+                        .ignore();
+                    pipe.cmd("PEXPIRE")
+                        .arg(format!("{base}:w"))
+                        .arg(window + 1000)
+                        .ignore();
+                    pipe.cmd("PEXPIRE")
+                        .arg(format!("{base}:s"))
+                        .arg(window + 1000)
+                        .ignore();
+                }
+                let day = days.entry(&admission.day).or_insert((0, admission.day_end));
+                day.0 += 1;
+            }
+            for (day, (count, end)) in &days {
+                pipe.cmd("INCRBY").arg(*day).arg(*count).ignore();
+                pipe.cmd("PEXPIREAT").arg(*day).arg(end + 60_000).ignore();
+            }
+            let mut connection = self.inner.connection.clone();
+            let query = pipe.query_async::<()>(&mut connection);
+            let failed = match tokio::time::timeout(self.inner.options.timeout, query).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) if !unanswered(&e) => {
+                    tracing::error!(
+                        "Redis at {} refused the {} requests admitted while it was unreachable ({e}); they are not counted there",
+                        self.inner.shown,
+                        batch.len() + fallen.len()
+                    );
+                    return Ok(());
+                }
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!(
+                    "no answer within {} ms",
+                    self.inner.options.timeout.as_millis()
+                )),
+            };
+            if let Some(why) = failed {
+                // Kept for the next try (the batch too: at worst counted twice, never lost),
+                // before any admitted since.
                 let mut kept = self.inner.fallen.lock().unwrap_or_else(|e| e.into_inner());
-                let newer = std::mem::replace(&mut *kept, fallen);
+                let newer = std::mem::take(&mut *kept);
+                kept.extend(batch);
+                kept.extend(fallen);
                 kept.extend(newer);
                 let excess = kept.len().saturating_sub(MAX_FALLEN);
                 kept.drain(..excess);
+                return Err(why);
             }
         }
-        done
+        tracing::info!(
+            "Redis at {} now counts the {total} requests admitted while it was unreachable",
+            self.inner.shown
+        );
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), String> {

@@ -406,3 +406,69 @@ async fn cached_answers_are_shared_through_redis() {
     assert_eq!(ask(alone, "alone").await.0, "hit");
     assert_eq!(mock.stats().total_requests(), 2);
 }
+
+/// A Redis that hangs (here: every client paused) costs the cache's second level one timeout,
+/// not one per miss: the store is marked unreachable at the first and tried again in the
+/// background; the cache keeps serving from memory and upstream.
+#[cfg(feature = "cache")]
+#[tokio::test]
+async fn a_hanging_redis_costs_the_cache_one_timeout_not_one_per_miss() {
+    use tower::{Layer, ServiceExt};
+    use tower_gemini::KeyRotationLayer;
+    use tower_gemini::cache::CacheLayer;
+
+    let Some(redis) = Redis::own("a_hanging_redis_costs_the_cache_one_timeout_not_one_per_miss")
+    else {
+        return;
+    };
+    let mock = MockGemini::builder()
+        .project("proj-a", |p| p.key("test-key-l2-0002"))
+        .start()
+        .await
+        .unwrap();
+    let pool = KeyPool::from_keys(["test-key-l2-0002"]).unwrap();
+    let options = RedisOptions {
+        timeout: Duration::from_millis(200),
+        retry_every: Duration::from_millis(100),
+        ..RedisOptions::default()
+    };
+    let shared = store(&redis, &Redis::prefix("cache-hang"), options).await;
+    assert!(shared.is_connected());
+    let cache = CacheLayer::new().second_level(shared.clone());
+    let ask = |text: String| {
+        let body = format!(
+            r#"{{"contents":[{{"parts":[{{"text":"{text}"}}]}}],"generationConfig":{{"temperature":0}}}}"#
+        );
+        let request = http::Request::post(mock.model_url(FLASH, "generateContent"))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        cache
+            .layer(KeyRotationLayer::new(&pool).layer(common::client()))
+            .oneshot(request)
+    };
+    // Every client of this Redis waits for 2 s from now.
+    let mut pauser = redis.connection().await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(2000)
+        .arg("ALL")
+        .query_async(&mut pauser)
+        .await
+        .unwrap();
+    let response = ask("first miss".into()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        !shared.is_connected(),
+        "a lookup that timed out marks Redis unreachable"
+    );
+    // The next misses do not ask it.
+    for n in 0..5 {
+        let response = ask(format!("miss {n}")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert!(!shared.is_connected());
+    assert_eq!(mock.stats().total_requests(), 6);
+    // And when it answers again, it is used again.
+    eventually("Redis back", async || shared.is_connected()).await;
+}

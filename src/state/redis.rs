@@ -378,7 +378,20 @@ impl RedisStore {
             Ok(Ok((Some(value), ttl))) if ttl > 0 => {
                 Some((value, std::time::Duration::from_millis(ttl as u64)))
             }
-            _ => None,
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => {
+                self.inner.failed(&e);
+                None
+            }
+            // A Redis that hangs: marked unreachable (tried again in the background), so the
+            // next misses do not each wait for it.
+            Err(_) => {
+                self.inner.unreachable(&format!(
+                    "no answer within {} ms",
+                    self.inner.options.timeout.as_millis()
+                ));
+                None
+            }
         }
     }
 

@@ -10,32 +10,40 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, ServiceExt};
 use tower_gemini::cache::CacheLayer;
-use tower_gemini::mock::MockGemini;
+use tower_gemini::mock::{MockGemini, MockServer};
 use tower_gemini::{KeyPool, KeyRotationLayer};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-#[tokio::test]
-async fn a_cached_answer_costs_about_what_it_weighs() {
+/// A mock with one project and a pool of its one key, `key`.
+async fn mock_and_pool(key: &str) -> (MockServer, KeyPool) {
     let mock = MockGemini::builder()
-        .project("proj-a", |p| p.key("test-key-cache-mem-0001"))
+        .project("proj-a", |p| p.key(key))
         .start()
         .await
         .unwrap();
-    let pool = KeyPool::from_keys(["test-key-cache-mem-0001"]).unwrap();
+    (mock, KeyPool::from_keys([key]).unwrap())
+}
+
+/// Deterministic prompt number `n`: cacheable, and never asked before.
+fn request(mock: &MockServer, n: usize) -> Request<Full<Bytes>> {
+    let body = format!(
+        r#"{{"contents":[{{"parts":[{{"text":"prompt number {n}"}}]}}],"generationConfig":{{"temperature":0}}}}"#
+    );
+    Request::post(mock.model_url("gemini-2.0-flash", "generateContent"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_cached_answer_costs_about_what_it_weighs() {
+    let (mock, pool) = mock_and_pool("test-key-cache-mem-0001").await;
     let cache = CacheLayer::new();
     let cached = cache.layer(KeyRotationLayer::new(&pool).layer(common::client()));
     let direct = KeyRotationLayer::new(&pool).layer(common::client());
-    let request = |n: usize| {
-        let body = format!(
-            r#"{{"contents":[{{"parts":[{{"text":"prompt number {n}"}}]}}],"generationConfig":{{"temperature":0}}}}"#
-        );
-        Request::post(mock.model_url("gemini-2.0-flash", "generateContent"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .unwrap()
-    };
+    let request = |n: usize| request(&mock, n);
     // Warm: connections, the mock's and the pool's tables.
     for n in 0..300 {
         let response = direct.clone().oneshot(request(n)).await.unwrap();
@@ -76,24 +84,12 @@ async fn a_cached_answer_costs_about_what_it_weighs() {
 
 #[tokio::test]
 async fn a_full_cache_evicting_holds_steady() {
-    let mock = MockGemini::builder()
-        .project("proj-a", |p| p.key("test-key-cache-mem-0002"))
-        .start()
-        .await
-        .unwrap();
-    let pool = KeyPool::from_keys(["test-key-cache-mem-0002"]).unwrap();
+    let (mock, pool) = mock_and_pool("test-key-cache-mem-0002").await;
     // Room for a few hundred answers: every new one evicts an old one.
     let cache = CacheLayer::new().max_bytes(256 * 1024);
     let cached = cache.layer(KeyRotationLayer::new(&pool).layer(common::client()));
     let ask = async |n: usize| {
-        let body = format!(
-            r#"{{"contents":[{{"parts":[{{"text":"prompt number {n}"}}]}}],"generationConfig":{{"temperature":0}}}}"#
-        );
-        let request = Request::post(mock.model_url("gemini-2.0-flash", "generateContent"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .unwrap();
-        let response = cached.clone().oneshot(request).await.unwrap();
+        let response = cached.clone().oneshot(request(&mock, n)).await.unwrap();
         let _ = response.into_body().collect().await.unwrap();
     };
     let mut live = Vec::new();

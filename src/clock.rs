@@ -90,6 +90,24 @@ impl ScaledClock {
             factor: factor.max(1),
         }
     }
+
+    /// A clock showing `at` now and running `factor` (at least 1) times faster: a demo that
+    /// starts at the same time of day whenever it is run (its daily quotas then never reset in
+    /// the middle of it).
+    ///
+    /// ```
+    /// use tower_gemini::clock::{Clock, ScaledClock};
+    ///
+    /// let at: jiff::Timestamp = "2026-03-08T20:00:00Z".parse().unwrap();
+    /// let clock = ScaledClock::starting_at(at, 12);
+    /// let shown = clock.now_millis() as i64 - at.as_millisecond();
+    /// assert!((0..1000).contains(&shown));
+    /// ```
+    pub fn starting_at(at: Timestamp, factor: u32) -> Self {
+        let mut clock = ScaledClock::new(factor);
+        clock.start.anchor_millis = u64::try_from(at.as_millisecond()).unwrap_or(0);
+        clock
+    }
 }
 
 impl Clock for ScaledClock {

@@ -423,3 +423,71 @@ async fn an_overloaded_model_falls_back_and_its_open_circuit_is_not_waited_for()
     let err = gemini.clone().oneshot(forbid).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::CircuitOpen);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_model_with_another_after_it_is_not_waited_for_even_when_the_stack_waits() {
+    use std::time::Duration;
+    let mock = mock(|p| p).await;
+    // One request of pro a minute per project, known locally; the stack waits up to two
+    // minutes for a slot.
+    let per_minute = ModelLimits {
+        rpm: Some(1),
+        ..Default::default()
+    };
+    let pool = KeyPool::builder()
+        .keys(KEYS)
+        .model_limits(PRO, per_minute)
+        .model_limits(FLASH, per_minute)
+        .build()
+        .unwrap();
+    let gemini = stack(&pool)
+        .wait_up_to(Duration::from_secs(120))
+        .fallback(FallbackLayer::new().chain(PRO, [FLASH]).unwrap())
+        .layer(client());
+    for _ in 0..2 {
+        let response = gemini
+            .clone()
+            .oneshot(generate(&mock, PRO, "hello"))
+            .await
+            .unwrap();
+        assert_eq!(answered_by(&text(response).await), PRO);
+    }
+    // Pro's next slot is a minute away: flash serves now rather than the caller waiting.
+    let started = tokio::time::Instant::now();
+    let response = gemini
+        .clone()
+        .oneshot(generate(&mock, PRO, "hello"))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        response.headers()[FALLBACK_HEADER],
+        "gemini-2.5-pro; reason=quota_exhausted"
+    );
+    assert_eq!(answered_by(&text(response).await), FLASH);
+    // The last model of the chain waits as the stack is told to: flash's second project,
+    // then a minute for a slot.
+    let response = gemini
+        .clone()
+        .oneshot(generate(&mock, FLASH, "hello"))
+        .await
+        .unwrap();
+    assert_eq!(answered_by(&text(response).await), FLASH);
+    let started = tokio::time::Instant::now();
+    let response = gemini
+        .clone()
+        .oneshot(generate(&mock, FLASH, "hello"))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(answered_by(&text(response).await), FLASH);
+    assert_eq!(mock.stats().responses_with_status(429), 0);
+}

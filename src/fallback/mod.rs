@@ -6,13 +6,15 @@
 //! local quota ([`ErrorKind::QuotaExhausted`]), every key cooling down after Google's 429s
 //! ([`ErrorKind::NoKeyAvailable`]), every key disabled for the model, e.g. not on the project's
 //! tier ([`ErrorKind::AllKeysDisabled`]), the model's circuit open
-//! ([`ErrorKind::CircuitOpen`]; the retry layer does not wait for it to half-open when a model
-//! comes after) — or when its final answer, after the retries, is Google's quota refusal
+//! ([`ErrorKind::CircuitOpen`]) — or when its final answer, after the retries, is Google's quota refusal
 //! (429), "model not on tier", or Google failing the model (503 "model is overloaded", 500).
 //! Never on a caller error (400, 403, 404 of a bad request) nor on a success. The request is
 //! rewritten for the next model (the path's model, the `model` field of an OpenAI-compatible
 //! body, a [`Model`] extension) and sent through the stack again; local refusals cost nothing
-//! upstream, so the whole chain is tried in microseconds.
+//! upstream, so the whole chain is tried in microseconds. A model with another after it is not
+//! waited for (a circuit to half-open, a key or a quota slot to free, even with
+//! [`stack().wait_up_to(..)`](crate::GeminiLayer::wait_up_to)): the next model serves now; the
+//! last model of the chain waits as the stack is told to.
 //!
 //! Answers served by another model than the one asked for carry `x-gemini-model: <served>`,
 //! `x-gemini-fallback: <requested>; reason=<reason>` and a [`ModelFallback`] extension. A
@@ -159,8 +161,8 @@ pub struct ModelFallback {
 }
 
 /// A request extension the fallback layer puts on every attempt that has a model after it:
-/// the retry layer below then does not wait for the model's open circuit (the next model is
-/// served at once instead).
+/// the layers below then do not wait for that model — the retry layer for its open circuit,
+/// key rotation for a key or a quota slot to free — and the next model serves at once.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct NextModelWaits;
 

@@ -141,7 +141,14 @@ impl DemoSummary {
 
 /// Run the demo: mock, gateway, clients, summary (and the chart, if asked for).
 pub async fn run(options: &DemoOptions) -> Result<DemoSummary, Error> {
-    let clock = ScaledClock::new(options.speed);
+    // Quota time starts at noon Pacific of today, whenever the demo runs: its daily quotas
+    // (Google's days end at midnight Pacific) do not reset in the middle of it.
+    let today = crate::clock::pacific_day_start(crate::clock::Clock::now_millis(
+        &crate::clock::SystemClock::new(),
+    ));
+    let noon = jiff::Timestamp::from_millisecond((today + 12 * 3600 * 1000) as i64)
+        .unwrap_or_else(|_| jiff::Timestamp::now());
+    let clock = ScaledClock::starting_at(noon, options.speed);
     let per_minute = ModelLimits {
         rpm: Some(60),
         ..ModelLimits::default()
@@ -210,7 +217,7 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, Error> {
         .await;
     });
     println!(
-        "mock Gemini on {}, gateway on {gateway}; {} clients for {} s (quota clock ×{})",
+        "mock Gemini on {}, gateway on {gateway}; {} clients for {} s (quota clock ×{} from noon Pacific)",
         mock.url(),
         options.clients,
         options.seconds,

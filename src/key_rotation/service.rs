@@ -93,8 +93,14 @@ where
         }
         let demand = demand.unwrap_or_default();
         let slots = self.pool.model_slots(model_of(&request).as_deref());
-        // Until when this request may wait: the bound, and the retry deadline if any.
-        let give_up = self.wait.map(|bound| {
+        // Until when this request may wait: the bound, and the retry deadline if any. A
+        // request with another model after it (a fallback chain) does not wait: the next model
+        // serves it now.
+        let waits = request
+            .extensions()
+            .get::<crate::fallback::NextModelWaits>()
+            .is_none();
+        let give_up = self.wait.filter(|_| waits).map(|bound| {
             let at = crate::clock::instant_after(Instant::now(), bound);
             match request.extensions().get::<Attempt>() {
                 Some(attempt) => at.min(attempt.deadline),

@@ -1,7 +1,8 @@
 //! A soak: the gateway in front of the mock, closed-loop clients for a while, the process's
 //! resident memory sampled every second. The gateway runs with a response cache (4 MiB, which
 //! a quarter of the clients fill with prompts never seen again, so that it evicts all along)
-//! and a fallback chain. Fails (exit code 1) on any client-visible failure, on a 429 reaching
+//! and a fallback chain to a second model with the same limits (a request for the first that
+//! finds no slot goes to the second at once, and waits there). Fails (exit code 1) on any client-visible failure, on a 429 reaching
 //! the upstream, on a cache over its bound, or if memory keeps growing: the mean RSS of the
 //! last third of the run more than 10 % (and 16 MiB) above that of the middle third.
 //!
@@ -29,6 +30,9 @@ use tower_gemini::pool::{KeySpec, ModelLimits};
 const MODEL: &str = "gemini-2.0-flash";
 const TOKEN: &str = "soak-client-token-0001";
 const CACHE_BYTES: u64 = 4 << 20;
+/// The model a request falls back to when MODEL has no slot now: limited like MODEL, so the
+/// two run at their quotas' pace and requests wait (in the chain's last model) for slots.
+const FALLBACK: &str = "gemini-2.0-flash-lite";
 
 /// Resident set size of this process, in KiB (Linux; 0 elsewhere).
 fn rss_kib() -> u64 {
@@ -77,10 +81,13 @@ async fn main() {
     let mut pool = KeyPool::builder().clock(clock);
     for p in 0..5 {
         let (project, key) = (format!("proj-{p}"), format!("soak-key-{p:04}"));
-        mock = mock.project(&project, |m| m.key(&key).limits(MODEL, limits));
+        mock = mock.project(&project, |m| {
+            m.key(&key).limits(MODEL, limits).limits(FALLBACK, limits)
+        });
         pool = pool
             .key_with(KeySpec::new(key.as_str()).project(&project))
-            .project_model_limits(&project, MODEL, limits);
+            .project_model_limits(&project, MODEL, limits)
+            .project_model_limits(&project, FALLBACK, limits);
     }
     let mock = mock.start().await.expect("the mock starts");
     let pool = pool.build().expect("the pool builds");
@@ -94,7 +101,7 @@ async fn main() {
     config.saving = Saving {
         cache: Some(cache.clone()),
         fallback: FallbackLayer::new()
-            .chain(MODEL, ["gemini-2.0-flash-lite"])
+            .chain(MODEL, [FALLBACK])
             .expect("a valid chain"),
         ..Saving::default()
     };

@@ -392,8 +392,15 @@ impl<B: Body> Prefix<B> {
 
     /// Replace every `needle` in the frames read by `replacement`; returns true if any was.
     /// The data frames are joined into one; trailers stay after it.
+    ///
+    /// Every frame read is searched, not only the classified prefix: a body longer than the
+    /// prefix that ended within the frames read holds its tail there too.
     pub(crate) fn replace(&mut self, needle: &[u8], replacement: &[u8]) -> bool {
-        if needle.is_empty() || !self.seen.windows(needle.len()).any(|w| w == needle) {
+        let found = needle.len() <= self.buffered_len() as usize
+            && !needle.is_empty()
+            && (self.seen.windows(needle.len()).any(|w| w == needle)
+                || self.buffered_len() as usize > self.seen.len());
+        if !found {
             return false;
         }
         let mut data = Vec::new();
@@ -411,10 +418,11 @@ impl<B: Body> Prefix<B> {
             out.extend_from_slice(replacement);
             rest = &rest[at + needle.len()..];
         }
+        let replaced = rest.len() != data.len();
         out.extend_from_slice(rest);
         self.frames.push_back(Frame::data(Bytes::from(out)));
         self.frames.extend(trailers);
-        true
+        replaced
     }
 
     /// Length of the data read so far.
@@ -450,6 +458,32 @@ mod tests {
         }
         out.extend_from_slice(&scrubber.flush().unwrap_or_default());
         String::from_utf8(out).unwrap()
+    }
+
+    /// A body that ended within the frames read but runs past the classified prefix: the key
+    /// in its tail is replaced too (the prefix alone was searched before).
+    #[tokio::test]
+    async fn a_key_past_the_prefix_of_a_whole_body_is_replaced() {
+        let body = format!(
+            "{{\"error\":\"{}\",\"k\":\"test-key-0001\"}}",
+            "x".repeat(100)
+        );
+        let mut prefix = Prefix::new(
+            http_body_util::Full::new(Bytes::from(body)),
+            16,
+            Duration::from_secs(1),
+        );
+        std::future::poll_fn(|cx| prefix.poll_read(cx)).await;
+        assert!(prefix.is_complete());
+        assert!(prefix.replace(b"test-key-0001", "…0001".as_bytes()));
+        let out = http_body_util::BodyExt::collect(prefix.into_body())
+            .await
+            .ok()
+            .unwrap()
+            .to_bytes();
+        let out = String::from_utf8(out.to_vec()).unwrap();
+        assert!(!out.contains("test-key-0001"), "{out}");
+        assert!(out.ends_with("\"k\":\"…0001\"}"), "{out}");
     }
 
     #[test]

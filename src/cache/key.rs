@@ -75,11 +75,13 @@ pub(crate) fn of(parts: &Parts, body: &[u8], cache_sampled: bool) -> Option<Keye
     if !deterministic && !cache_sampled && asked != Some(true) {
         return None;
     }
+    // The namespace's bytes, hex-encoded: any byte counts (two tenants whose names differ only
+    // in non-ASCII bytes are two namespaces, not one empty one).
     let namespace = parts
         .headers
         .get(NAMESPACE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+        .map(|v| hex(v.as_bytes()))
+        .unwrap_or_default();
     let mut key = String::with_capacity(body.len() + 64);
     // Lengths first, so no namespace or model can run into the next field. The query is
     // part of it: `alt=sse` and a JSON array are two forms of one stream.
@@ -96,6 +98,17 @@ pub(crate) fn of(parts: &Parts, body: &[u8], cache_sampled: bool) -> Option<Keye
         model,
         stream,
     })
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
 }
 
 /// `value` as JSON with object keys sorted and no whitespace: the same request however its
@@ -163,6 +176,28 @@ mod tests {
         // Another namespace, another key.
         let kc = of(&parts(PATH, &[(NAMESPACE_HEADER, "tenant-b")]), a, false).unwrap();
         assert_ne!(ka.key, kc.key);
+    }
+
+    /// Header values that are not visible ASCII are namespaces too: each its own, never the
+    /// empty one (two tenants named in UTF-8 got each other's answers).
+    #[test]
+    fn non_ascii_namespaces_are_apart_from_each_other_and_from_none() {
+        let a = br#"{"contents":[],"generationConfig":{"temperature":0}}"#;
+        let key = |namespace: &[u8]| {
+            let mut parts = parts(PATH, &[]);
+            parts.headers.insert(
+                NAMESPACE_HEADER,
+                http::HeaderValue::from_bytes(namespace).unwrap(),
+            );
+            of(&parts, a, false).unwrap().key
+        };
+        let none = of(&parts(PATH, &[]), a, false).unwrap().key;
+        let first = key("mandant-ä".as_bytes());
+        let second = key("mandant-ö".as_bytes());
+        assert_ne!(first, none);
+        assert_ne!(second, none);
+        assert_ne!(first, second);
+        assert_eq!(first, key("mandant-ä".as_bytes()));
     }
 
     #[test]

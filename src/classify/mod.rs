@@ -32,11 +32,11 @@ use serde::Serialize;
 pub enum Class {
     /// 2xx.
     Success,
-    /// 400 `API_KEY_INVALID` ("API key not valid", "API Key not found", expired), or 401: the key
-    /// is disabled for good.
+    /// 400 (or 401, 403) with `ErrorInfo.reason` `API_KEY_INVALID` ("API key not valid", "API Key
+    /// not found", expired): the key is disabled for good. Never from message text alone.
     KeyInvalid,
-    /// 403 for the key: leaked, `API_KEY_SERVICE_BLOCKED`, `CONSUMER_SUSPENDED`,
-    /// `SERVICE_DISABLED`: the key is disabled for good.
+    /// 403 for the key: `API_KEY_SERVICE_BLOCKED`, `CONSUMER_SUSPENDED`, `SERVICE_DISABLED` (by
+    /// `ErrorInfo.reason`), or Google's whole message for a leaked key: disabled for good.
     KeyForbidden,
     /// 402 or 429 "prepayment credits are depleted": the project is disabled until reset.
     BillingExhausted,
@@ -184,18 +184,17 @@ const FORBIDDEN_REASONS: &[&str] = &[
     "CONSUMER_INVALID",
 ];
 
-const INVALID_MESSAGES: &[&str] = &["API key not valid", "API Key not found", "API key expired"];
-
-const FORBIDDEN_MESSAGES: &[&str] = &[
-    "reported as leaked",
-    "has been suspended",
-    "has not been used in project",
-    "it is disabled",
-    "are blocked",
-    "unregistered callers",
+/// Whole messages Google sends without an `ErrorInfo` for a key or project that cannot be used.
+/// Compared whole, never searched in: a caller can make Google echo any text *inside* a
+/// message (`Unknown name "…"`, a file's name), never make it the whole message.
+const FORBIDDEN_WHOLE_MESSAGES: &[&str] = &[
+    "Your API key was reported as leaked. Please use another API key.",
+    "Your project has been denied access. Please contact support.",
 ];
 
-const BILLING_MESSAGES: &[&str] = &["credits are depleted", "prepayment credits"];
+/// The start of Google's message for depleted prepaid credits (no `ErrorInfo`; the rest of the
+/// sentence varies). Only on a 402 or a 429 `RESOURCE_EXHAUSTED`, which echo nothing a caller sent.
+const BILLING_MESSAGE_START: &str = "Your prepayment credits are depleted";
 
 impl Classification {
     /// Judge an upstream answer from its status and (possibly truncated) body.
@@ -234,7 +233,7 @@ impl Classification {
 
     fn from_evidence(status: StatusCode, ev: Evidence<'_>) -> Classification {
         let code = status.as_u16();
-        let class = if code == 401 || (matches!(code, 400 | 403) && ev.key_invalid) {
+        let class = if matches!(code, 400 | 401 | 403) && ev.key_invalid {
             Class::KeyInvalid
         } else if code == 403 && ev.key_forbidden {
             Class::KeyForbidden
@@ -427,16 +426,20 @@ fn evidence_from_json<'a>(status: &'a wire::Status<'a>) -> Evidence<'a> {
     ev.daily = daily.is_some();
     ev.minute = minute.is_some();
     ev.violation = daily.or(minute).or(first);
-    ev.key_invalid |= INVALID_MESSAGES
-        .iter()
-        .any(|m| wire::contains(message_bytes, m));
-    ev.key_forbidden |= FORBIDDEN_MESSAGES
-        .iter()
-        .any(|m| wire::contains(message_bytes, m));
-    ev.billing = BILLING_MESSAGES
-        .iter()
-        .any(|m| wire::contains(message_bytes, m));
-    ev.limit_zero |= wire::says_limit_zero(message_bytes);
+    // Key and project state change only on Google's structured fields (`ErrorInfo.reason`,
+    // `QuotaFailure`, `status`) or a whole message no caller can produce: Google's 400 for an
+    // unknown field echoes the field's name, so text *in* a message proves nothing.
+    let whole = message.trim();
+    ev.key_forbidden |= FORBIDDEN_WHOLE_MESSAGES.contains(&whole);
+    ev.billing = whole.starts_with(BILLING_MESSAGE_START)
+        && status
+            .status
+            .as_deref()
+            .is_none_or(|s| s == "RESOURCE_EXHAUSTED" || s == "FAILED_PRECONDITION");
+    // "limit: 0" in the text only where no violation says otherwise (old 429s had none).
+    if first.is_none() {
+        ev.limit_zero |= wire::says_limit_zero(message_bytes);
+    }
     if ev.retry_after.is_none() {
         ev.retry_after = wire::retry_in_message(message);
     }
@@ -444,14 +447,15 @@ fn evidence_from_json<'a>(status: &'a wire::Status<'a>) -> Evidence<'a> {
 }
 
 fn evidence_from_bytes(body: &[u8]) -> Evidence<'_> {
+    // A body that is not whole JSON (cut at the read limit, say) may be a caller's echoed text:
+    // it can say which quota ran out, never that a key or a project is unusable.
     let has = |needle: &str| wire::contains(body, needle);
     let daily = has("PerDay");
     let minute = has("PerMinute");
     Evidence {
-        key_invalid: has("API_KEY_INVALID") || INVALID_MESSAGES.iter().any(|m| has(m)),
-        key_forbidden: FORBIDDEN_REASONS.iter().any(|r| has(r))
-            || FORBIDDEN_MESSAGES.iter().any(|m| has(m)),
-        billing: BILLING_MESSAGES.iter().any(|m| has(m)),
+        key_invalid: false,
+        key_forbidden: false,
+        billing: false,
         limit_zero: wire::says_limit_zero(body),
         violation: None,
         daily,

@@ -80,9 +80,12 @@ fn key_invalid() {
 }
 
 #[test]
-fn key_not_found_and_expired_by_message() {
-    let not_found = r#"{"error":{"code":400,"message":"API Key not found. Please pass a valid API key.","status":"INVALID_ARGUMENT"}}"#;
+fn key_not_found_and_expired_by_reason_only() {
+    let not_found = r#"{"error":{"code":400,"message":"API Key not found. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}"#;
     assert_eq!(classify(400, not_found).class(), Class::KeyInvalid);
+    // The same text without Google's ErrorInfo proves nothing about the key.
+    let bare = r#"{"error":{"code":400,"message":"API Key not found. Please pass a valid API key.","status":"INVALID_ARGUMENT"}}"#;
+    assert_eq!(classify(400, bare).class(), Class::Caller);
     let expired = r#"{"error":{"code":400,"message":"API key expired. Please renew the API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}"#;
     assert_eq!(classify(400, expired).class(), Class::KeyInvalid);
 }
@@ -239,7 +242,8 @@ fn non_json_falls_back_on_status() {
         classify(502, "<html>Bad Gateway</html>").class(),
         Class::Upstream
     );
-    assert_eq!(classify(401, "nope").class(), Class::KeyInvalid);
+    // A 401 is the caller's (an `access_token` it added, say) unless Google names the key.
+    assert_eq!(classify(401, "nope").class(), Class::Caller);
 }
 
 #[test]
@@ -250,8 +254,9 @@ fn truncated_bodies_still_read_the_markers() {
     assert_eq!(c.retry_after(), Some(Duration::from_secs(47)));
     let cut = &PER_MINUTE[..PER_MINUTE.len() - 40];
     assert_eq!(classify(429, cut).class(), Class::QuotaMinute);
+    // A cut body may be a caller's echo: it never disables a key.
     let cut = &KEY_INVALID[..200];
-    assert_eq!(classify(400, cut).class(), Class::KeyInvalid);
+    assert_eq!(classify(400, cut).class(), Class::Caller);
 }
 
 #[test]
@@ -338,4 +343,60 @@ mod never_panics {
             }
         }
     }
+}
+
+/// Google's 400 for an unknown field echoes the field's name: a caller who names a field
+/// "API key not valid" (or any other marker) must not disable the key that carried it.
+#[test]
+fn text_a_caller_can_put_in_a_message_changes_no_key() {
+    for name in [
+        "API key not valid",
+        "API_KEY_INVALID",
+        "API Key not found",
+        "API key expired",
+        "reported as leaked",
+        "has been suspended",
+        "are blocked",
+        "it is disabled",
+        "API_KEY_SERVICE_BLOCKED",
+        "Your prepayment credits are depleted",
+        "credits are depleted",
+        "limit: 0",
+    ] {
+        let message =
+            format!("Invalid JSON payload received. Unknown name \"{name}\": Cannot find field.");
+        let body = serde_json::json!({"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT",
+            "details": [{"@type": "type.googleapis.com/google.rpc.BadRequest",
+                "fieldViolations": [{"description": message}]}]}})
+        .to_string();
+        for code in [400, 401, 403, 404] {
+            let c = classify(code, &body);
+            assert_eq!(c.class(), Class::Caller, "{code} {name}");
+            // Wrapped as the OpenAI-compatible endpoint does, and cut short.
+            let wrapped = format!("[{body}]");
+            assert_eq!(
+                classify(code, &wrapped).class(),
+                Class::Caller,
+                "{code} {name} wrapped"
+            );
+            let cut = &body[..body.len() - 3];
+            assert_eq!(
+                classify(code, cut).class(),
+                Class::Caller,
+                "{code} {name} cut"
+            );
+        }
+        // A 403 for a file whose name is the marker.
+        let file = serde_json::json!({"error": {"code": 403, "message":
+            format!("You do not have permission to access the File {name} or it may not exist."),
+            "status": "PERMISSION_DENIED"}})
+        .to_string();
+        assert_eq!(classify(403, &file).class(), Class::Caller, "{name}");
+    }
+}
+
+#[test]
+fn a_401_for_an_access_token_blames_no_key() {
+    let body = r#"{"error":{"code":401,"message":"Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project.","status":"UNAUTHENTICATED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"ACCESS_TOKEN_TYPE_UNSUPPORTED"}]}}"#;
+    assert_eq!(classify(401, body).class(), Class::Caller);
 }

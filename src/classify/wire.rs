@@ -21,6 +21,9 @@ pub(super) struct Envelope<'a> {
 pub(super) struct Status<'a> {
     #[serde(borrow, default)]
     pub(super) message: Option<Cow<'a, str>>,
+    /// The canonical code's name, e.g. `RESOURCE_EXHAUSTED`.
+    #[serde(borrow, default)]
+    pub(super) status: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub(super) details: Vec<Detail<'a>>,
 }

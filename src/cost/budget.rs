@@ -195,6 +195,20 @@ impl Budget {
         }
     }
 
+    /// Are calls refused once a budget is spent?
+    pub(crate) fn refuses(&self) -> bool {
+        self.refuse
+    }
+
+    /// Is any budget set (so an unpriced call must not count as free)?
+    pub(crate) fn is_limited(&self) -> bool {
+        self.pool.is_some()
+            || self.per_project.is_some()
+            || self.per_account.is_some()
+            || !self.projects.is_empty()
+            || !self.accounts.is_empty()
+    }
+
     fn project_limit(&self, name: &str) -> Option<u64> {
         self.projects.get(name).copied().or(self.per_project)
     }
@@ -219,6 +233,8 @@ impl fmt::Debug for Budget {
 #[derive(Default, Clone, Copy)]
 struct Spent {
     nanos: u64,
+    /// Estimated costs of calls admitted and not yet settled (see [`Spend::reserve`]).
+    reserved: u64,
     calls: u64,
     /// How many of the (sorted) thresholds have alerted today.
     crossed: usize,
@@ -267,6 +283,34 @@ fn slot<'a>(map: &'a mut HashMap<String, Spent>, name: &str) -> Option<&'a mut S
 pub struct Spend {
     budget: Arc<Budget>,
     day: Arc<Mutex<Day>>,
+}
+
+/// An estimated cost held against today's budgets while a call is in flight; given back when
+/// dropped (after the call's real cost was recorded, or when it failed).
+#[must_use]
+pub(crate) struct Reservation {
+    held: Option<Held>,
+}
+
+struct Held {
+    spend: Spend,
+    account: Option<String>,
+    nanos: u64,
+    day_start: u64,
+}
+
+impl Reservation {
+    pub(crate) fn none() -> Reservation {
+        Reservation { held: None }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take() {
+            held.spend.release(&held);
+        }
+    }
 }
 
 /// One scope's spending today.
@@ -405,14 +449,22 @@ impl Spend {
 
     /// The refusal for a request by `account` when budgets refuse and the pool's or its
     /// budget is spent.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn refusal(&self, account: Option<&str>) -> Option<Error> {
         if !self.budget.refuse {
             return None;
         }
+        self.refusal_in(&self.today(), account)
+    }
+
+    fn refusal_in(&self, day: &Day, account: Option<&str>) -> Option<Error> {
         let now = self.budget.clock.now_millis();
-        let day = self.today();
+        // What is spent and what calls in flight are estimated to spend: calls that start
+        // together cannot all see the same room.
         let spent_out = |spent: Option<&Spent>, limit: Option<u64>| match (spent, limit) {
-            (Some(spent), Some(limit)) if spent.nanos >= limit => Some((spent.nanos, limit)),
+            (Some(spent), Some(limit)) if spent.nanos.saturating_add(spent.reserved) >= limit => {
+                Some((spent.nanos, limit))
+            }
             _ => None,
         };
         let (scope, (spent, limit)) = if let Some(out) =
@@ -431,7 +483,7 @@ impl Spend {
             Error::new(
                 ErrorKind::BudgetSpent,
                 format!(
-                    "the daily budget of {scope} is spent ({} of {}); it resets at midnight Pacific, in {}s",
+                    "the daily budget of {scope} is spent ({} of {}, with the calls in flight); it resets at midnight Pacific, in {}s",
                     Dollars(usd(spent)),
                     Dollars(usd(limit)),
                     wait.as_secs()
@@ -439,6 +491,56 @@ impl Spend {
             )
             .with_retry_after(Some(wait)),
         )
+    }
+
+    /// Admit a call by `account` estimated to cost `estimate` nano-USD: the refusal if the
+    /// pool's or the account's budget (counting the calls in flight) is spent and budgets
+    /// refuse; otherwise the estimate is held against both until the [`Reservation`] is
+    /// dropped, when the call's real cost has been [recorded](Self::record). So calls that
+    /// start at once overshoot a budget by at most one call's estimate.
+    pub(crate) fn reserve(
+        &self,
+        account: Option<&str>,
+        estimate: u64,
+    ) -> Result<Reservation, Error> {
+        if !self.budget.refuse {
+            return Ok(Reservation::none());
+        }
+        // One lock for the check and the hold: two calls cannot both take the last room.
+        let mut day = self.today();
+        if let Some(refusal) = self.refusal_in(&day, account) {
+            return Err(refusal);
+        }
+        day.pool.reserved = day.pool.reserved.saturating_add(estimate);
+        let account = account.and_then(|name| {
+            let spent = slot(&mut day.accounts, name)?;
+            spent.reserved = spent.reserved.saturating_add(estimate);
+            Some(name.to_owned())
+        });
+        Ok(Reservation {
+            held: Some(Held {
+                spend: self.clone(),
+                account,
+                nanos: estimate,
+                day_start: day.start,
+            }),
+        })
+    }
+
+    fn release(&self, held: &Held) {
+        let mut day = self.today();
+        if day.start != held.day_start {
+            // A new day started: its reservations were cleared with the rest.
+            return;
+        }
+        day.pool.reserved = day.pool.reserved.saturating_sub(held.nanos);
+        if let Some(spent) = held
+            .account
+            .as_deref()
+            .and_then(|n| day.accounts.get_mut(n))
+        {
+            spent.reserved = spent.reserved.saturating_sub(held.nanos);
+        }
     }
 
     /// Every scope that spent today or has a budget, pool first, then projects and accounts

@@ -196,6 +196,16 @@ impl Prices {
             .map(|(_, price)| price)
     }
 
+    /// The dearest listed price (by output, then input, per million tokens): what a model
+    /// missing from the table is charged when budgets are set.
+    pub fn dearest(&self) -> Option<&Price> {
+        self.models.values().max_by(|a, b| {
+            (a.long_output.max(a.output), a.long_input.max(a.input))
+                .partial_cmp(&(b.long_output.max(b.output), b.long_input.max(b.input)))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+    }
+
     /// Every listed model and its price, by name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Price)> {
         self.models

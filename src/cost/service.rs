@@ -10,6 +10,7 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tower_service::Service;
 
+use super::budget::Reservation;
 use super::{Account, CallCost, CostReport, Price, Prices, Spend};
 use crate::error::{BoxError, Error};
 use crate::fallback::ModelFallback;
@@ -63,6 +64,51 @@ struct Asked {
     account: Option<Account>,
     prices: Arc<Prices>,
     spend: Spend,
+    /// The call's estimated cost, held against the budgets until it is settled.
+    reservation: Reservation,
+}
+
+/// Output tokens assumed for a call whose body sets no maximum (Gemini's usual default).
+const DEFAULT_MAX_OUTPUT: u64 = 8192;
+
+/// The most a call may cost by its body: its prompt as the quota layer estimates it, and the
+/// output tokens it allows (`generationConfig.maxOutputTokens`, `max_tokens` or
+/// `max_completion_tokens`; [`DEFAULT_MAX_OUTPUT`] if none), at `price`.
+fn estimate(body: &[u8], price: &Price) -> u64 {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Config {
+        #[serde(rename = "maxOutputTokens")]
+        max_output_tokens: Option<u64>,
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Limits {
+        #[serde(rename = "generationConfig")]
+        generation_config: Option<Config>,
+        max_tokens: Option<u64>,
+        max_completion_tokens: Option<u64>,
+    }
+    use crate::state::TokenEstimator;
+    let prompt = crate::state::BytesPerToken::default().estimate(body).tokens;
+    let limits: Limits = serde_json::from_slice(body).unwrap_or_default();
+    let output = limits
+        .generation_config
+        .and_then(|c| c.max_output_tokens)
+        .or(limits.max_completion_tokens)
+        .or(limits.max_tokens)
+        .unwrap_or(DEFAULT_MAX_OUTPUT);
+    price.nano_usd(prompt, 0, output)
+}
+
+/// `model`'s price; with budgets set, a model missing from the table is priced at the dearest
+/// listed rate (an unpriced call is never free when money is limited). `false`: not listed.
+fn price_of(prices: &Prices, spend: &Spend, model: Option<&Model>) -> (Option<Price>, bool) {
+    match model.and_then(|m| prices.get(m.as_str())) {
+        Some(price) => (Some(*price), true),
+        None if spend.budget().is_limited() => (prices.dearest().copied(), false),
+        None => (None, false),
+    }
 }
 
 impl<S, B, ResB> Service<Request<B>> for Cost<S>
@@ -82,18 +128,37 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let account = request.extensions().get::<Account>().cloned();
-        if let Some(refusal) = self.spend.refusal(account.as_ref().map(Account::as_str)) {
-            return ResponseFuture {
-                future: None,
-                asked: None,
-                refusal: Some(refusal),
-            };
-        }
+        let model = model::model_of(&request).map(|m| Model::new(&*m));
+        // Only when budgets refuse is a call's cost estimated and held before it is sent.
+        let estimated = if self.spend.budget().refuses() {
+            let (price, _) = price_of(&self.prices, &self.spend, model.as_ref());
+            match (price, crate::peek::body_bytes(request.body())) {
+                (Some(price), Some(body)) => estimate(&body, &price),
+                (Some(price), None) => price.nano_usd(0, 0, DEFAULT_MAX_OUTPUT),
+                (None, _) => 0,
+            }
+        } else {
+            0
+        };
+        let reservation = match self
+            .spend
+            .reserve(account.as_ref().map(Account::as_str), estimated)
+        {
+            Ok(reservation) => reservation,
+            Err(refusal) => {
+                return ResponseFuture {
+                    future: None,
+                    asked: None,
+                    refusal: Some(refusal),
+                };
+            }
+        };
         let asked = Asked {
-            model: model::model_of(&request).map(|m| Model::new(&*m)),
+            model,
             account,
             prices: self.prices.clone(),
             spend: self.spend.clone(),
+            reservation,
         };
         ResponseFuture {
             future: Some(self.inner.call(request)),
@@ -151,10 +216,11 @@ where
             .map(|key| key.project().to_owned());
         let report = CostReport::default();
         head.extensions.insert(report.clone());
+        let (price, priced) = price_of(&asked.prices, &asked.spend, model.as_ref());
         let tap = Tap {
-            price: model
-                .as_ref()
-                .and_then(|m| asked.prices.get(m.as_str()).copied()),
+            price,
+            priced,
+            _reservation: asked.reservation,
             model,
             project,
             account: asked.account,
@@ -169,6 +235,10 @@ where
 
 struct Tap {
     price: Option<Price>,
+    /// Is the model in the price table (else `price` is the dearest rate, or none)?
+    priced: bool,
+    /// Given back once this call's cost is recorded (fields drop after `Drop::drop`).
+    _reservation: Reservation,
     model: Option<Model>,
     project: Option<String>,
     account: Option<Account>,
@@ -220,7 +290,7 @@ impl Drop for Tap {
             cached_tokens = cached,
             output_tokens = output,
             usd = nano_usd as f64 / 1e9,
-            priced = self.price.is_some(),
+            priced = self.priced,
             "call cost"
         );
         let _ = self.report.0.set(CallCost {
@@ -231,7 +301,7 @@ impl Drop for Tap {
             cached_tokens: cached,
             output_tokens: output,
             nano_usd,
-            priced: self.price.is_some(),
+            priced: self.priced,
         });
     }
 }

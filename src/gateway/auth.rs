@@ -29,6 +29,14 @@ impl Token {
         crate::pool::masked(std::str::from_utf8(&self.0).unwrap_or_default())
     }
 
+    /// A name for this token's own cache scope: SHA-256 of the token, hex (128 bits shown).
+    /// Unlike the fingerprint, two tokens never share it; unlike the token, it reveals nothing.
+    pub(crate) fn scope_id(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(&self.0);
+        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Is `candidate` this token? Constant time in the token's content.
     pub fn matches(&self, candidate: &[u8]) -> bool {
         bool::from(self.0.as_ref().ct_eq(candidate))

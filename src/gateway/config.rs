@@ -136,29 +136,43 @@ pub struct GatewayConfig {
 /// The upstream must be `https://`, or `http://` on this machine only (a local mock): the keys
 /// travel in its requests, and over plain HTTP anyone on the path would read them.
 pub(crate) fn check_upstream(upstream: &str) -> Result<(), Error> {
-    if upstream.starts_with("https://") {
-        return Ok(());
+    let refuse = |why: &str| Err(Error::config(format!("upstream {upstream:?} {why}")));
+    // Parsed as a URI, not read by hand: `http://[::1]@example.invalid` names the host after
+    // the `@`, whatever comes before it.
+    let Ok(uri) = upstream.parse::<http::Uri>() else {
+        return refuse("is not a URL; use https://generativelanguage.googleapis.com");
+    };
+    let Some(authority) = uri.authority() else {
+        return refuse("names no host; use https://generativelanguage.googleapis.com");
+    };
+    if authority.as_str().contains('@') {
+        return refuse(
+            "has user information before an '@': the keys would go to the host after it; give the host alone",
+        );
     }
-    let Some(rest) = upstream.strip_prefix("http://") else {
-        return Err(Error::config(format!(
-            "upstream {upstream:?} must start with https:// (or http:// for a mock on this machine)"
-        )));
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-    };
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if loopback {
-        Ok(())
-    } else {
-        Err(Error::config(format!(
-            "upstream {upstream:?} is plain HTTP to another machine: the API keys would cross the network readable; use https://, or http:// only for a mock on 127.0.0.1"
-        )))
+    if uri.query().is_some() {
+        return refuse(
+            "must be a base URL without a query, such as https://generativelanguage.googleapis.com",
+        );
+    }
+    let host = authority.host();
+    match uri.scheme_str() {
+        Some("https") if !host.is_empty() => Ok(()),
+        Some("http") => {
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = bare.eq_ignore_ascii_case("localhost")
+                || bare
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                refuse(
+                    "is plain HTTP to another machine: the API keys would cross the network readable; use https://, or http:// only for a mock on 127.0.0.1",
+                )
+            }
+        }
+        _ => refuse("must start with https:// (or http:// for a mock on this machine)"),
     }
 }
 
@@ -485,6 +499,17 @@ mod tests {
         ] {
             let error = check_upstream(refused).unwrap_err();
             assert!(error.to_string().contains("https://"), "{refused}: {error}");
+        }
+        // The host is what follows any '@': user information is refused outright, so neither
+        // a loopback-looking prefix nor a port-like one sends the keys elsewhere in clear.
+        for refused in [
+            "http://[::1]@127.0.0.1:8080",
+            "http://127.0.0.1:1@example.invalid",
+            "http://localhost@example.invalid",
+            "https://user:pass@generativelanguage.googleapis.com",
+        ] {
+            let error = check_upstream(refused).unwrap_err();
+            assert!(error.to_string().contains("'@'"), "{refused}: {error}");
         }
     }
 }

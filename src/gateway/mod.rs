@@ -36,6 +36,7 @@ mod metrics;
 mod proxy;
 mod reply;
 mod saving;
+mod strict_json;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -181,7 +182,15 @@ pub(crate) struct Shared {
     pub(crate) body_memory_mb: usize,
     /// Cache, fallback, cost and alerts: the same across key changes.
     pub(crate) savings: saving::Savings,
+    /// Clients share cached answers (else each client token has its own cache scope).
+    pub(crate) cache_shared: bool,
+    /// Each client token's cache scope, by the token's index.
+    client_scopes: Vec<ClientScope>,
 }
+
+/// The cache scope of the client that sent a request (an extension set by `authenticate`).
+#[derive(Clone, Debug)]
+pub(crate) struct ClientScope(pub(crate) http::HeaderValue);
 
 /// The gateway's router for `config`: every route, auth, CORS and per-client limits. Serve it
 /// with `axum::serve` (see [`serve`], which also handles shutdown).
@@ -269,6 +278,18 @@ fn router_with_state(config: &GatewayConfig) -> (Router, Arc<Shared>) {
         )),
         body_memory_mb: config.body_memory.max(config.body_limit) >> 20,
         savings,
+        cache_shared: config.saving.cache_shared,
+        client_scopes: config
+            .tokens
+            .iter()
+            .map(|token| {
+                let name = format!("client-{}", token.scope_id());
+                ClientScope(
+                    http::HeaderValue::from_str(&name)
+                        .unwrap_or_else(|_| http::HeaderValue::from_static("client")),
+                )
+            })
+            .collect(),
     });
     let mut api = Router::new()
         .route("/v1/chat/completions", post(proxy::chat_completions))
@@ -329,6 +350,9 @@ async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next:
     request.extensions_mut().insert(crate::cost::Account::new(
         shared.tokens[client].fingerprint(),
     ));
+    if let Some(scope) = shared.client_scopes.get(client) {
+        request.extensions_mut().insert(scope.clone());
+    }
     next.run(request).await
 }
 

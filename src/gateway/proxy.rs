@@ -12,6 +12,7 @@ use tower::ServiceExt;
 
 use super::Shared;
 use super::reply::{self, Family};
+use super::strict_json;
 
 /// Request headers passed on to the upstream; everything else (the client's credentials,
 /// cookies, hop-by-hop headers, `accept-encoding` — usage is read from the body as it streams)
@@ -22,10 +23,10 @@ const FORWARDED: &[&str] = &[
     "user-agent",
     "x-goog-api-client",
     "x-goog-request-params",
-    // Read by the cache and fallback layers (and not sent on by them).
+    // Read by the cache and fallback layers (and not sent on by them). The cache's namespace
+    // is the gateway's to set (see `forward`).
     "cache-control",
     "x-gemini-cache",
-    "x-gemini-cache-namespace",
     "x-gemini-fallback",
 ];
 
@@ -52,36 +53,87 @@ const NATIVE_METHODS: &[&str] = &[
     "batchEmbedContents",
 ];
 
-/// Native Gemini, `/v1beta/...` or the stable `/v1/models/...`: the model list, a model's
-/// methods, and (v1beta) Google's own OpenAI-compatible paths.
+/// Native Gemini, `/v1beta/...` or the stable `/v1/models/...`: the model list, a model, and
+/// a model's methods ([`NATIVE_METHODS`]); `/v1beta/openai/...` goes to [`openai_compatible`].
+/// Nothing else is forwarded: every other API of Google's (files, caches, batches, tuning)
+/// holds the operator's resources and is not served here.
 pub(crate) async fn native(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let path = request.uri().path();
     if let Err(problem) = check_path(path) {
         return reply::client_error(Family::Native, StatusCode::BAD_REQUEST, &problem);
     }
+    if let Some(rest) = path.strip_prefix("/v1beta/openai/") {
+        let rest = rest.to_owned();
+        return openai_compatible(&shared, request, &rest).await;
+    }
     let models = path
         .strip_prefix("/v1beta/models")
         .or_else(|| path.strip_prefix("/v1/models"));
     let allowed = match (request.method(), models) {
-        (&Method::GET, Some(rest)) => {
-            rest.is_empty() || (rest.starts_with('/') && !rest.contains(':'))
-        }
-        (&Method::POST, Some(rest)) => rest
-            .strip_prefix('/')
-            .and_then(|rest| rest.split_once(':'))
-            .is_some_and(|(model, method)| !model.is_empty() && NATIVE_METHODS.contains(&method)),
-        (&Method::GET | &Method::POST, None) => path.starts_with("/v1beta/openai/"),
-        _ => false,
+        (&Method::GET, Some("")) => Ok(()),
+        (&Method::GET, Some(rest)) => match rest.strip_prefix('/') {
+            Some(model) => crate::model::check_name(model).map_err(Some),
+            None => Err(None),
+        },
+        (&Method::POST, Some(rest)) => match rest.strip_prefix('/').and_then(|r| r.split_once(':'))
+        {
+            Some((model, method)) if NATIVE_METHODS.contains(&method) => {
+                crate::model::check_name(model).map_err(Some)
+            }
+            _ => Err(None),
+        },
+        _ => Err(None),
     };
-    if !allowed {
-        return reply::client_error(
+    match allowed {
+        Ok(()) => {
+            let path = path.to_owned();
+            forward(&shared, Family::Native, request, path, None).await
+        }
+        Err(Some(problem)) => {
+            reply::client_error(Family::Native, StatusCode::BAD_REQUEST, &problem)
+        }
+        Err(None) => reply::client_error(
             Family::Native,
             StatusCode::NOT_FOUND,
-            &format!("the gateway does not serve {} {path}", request.method()),
-        );
+            &format!(
+                "the gateway does not serve {} {}: it serves GET /v1beta/models, GET /v1beta/models/{{model}} and POST /v1beta/models/{{model}}:{{{}}}",
+                request.method(),
+                crate::model::shorten(path),
+                NATIVE_METHODS.join(", ")
+            ),
+        ),
     }
-    let path = path.to_owned();
-    forward(&shared, Family::Native, request, path, None).await
+}
+
+/// Google's OpenAI-compatible paths, `/v1beta/openai/{rest}`: the same four routes as `/v1`
+/// (chat completions, embeddings, the model list and a model), checked the same way. Its
+/// `files`, `batches`, `images`, `audio` and `fine_tuning` are not served: they would spend the
+/// operator's keys outside model quotas and prices, and show every client the others' files.
+async fn openai_compatible(shared: &Arc<Shared>, request: Request, rest: &str) -> Response {
+    match (request.method(), rest) {
+        (&Method::POST, "chat/completions") => chat(shared, request).await,
+        (&Method::POST, "embeddings") => embed(shared, request).await,
+        (&Method::GET, "models") => {
+            let path = "/v1beta/openai/models".to_owned();
+            forward(shared, Family::OpenAi, request, path, None).await
+        }
+        (&Method::GET, rest) if rest.starts_with("models/") => {
+            let model = &rest["models/".len()..];
+            if let Err(problem) = crate::model::check_name(model) {
+                return reply::client_error(Family::OpenAi, StatusCode::BAD_REQUEST, &problem);
+            }
+            let path = format!("/v1beta/openai/models/{model}");
+            forward(shared, Family::OpenAi, request, path, None).await
+        }
+        (method, _) => reply::client_error(
+            Family::OpenAi,
+            StatusCode::NOT_FOUND,
+            &format!(
+                "the gateway does not serve {method} /v1beta/openai/{}: it serves POST chat/completions, POST embeddings, GET models and GET models/{{id}}",
+                crate::model::shorten(rest)
+            ),
+        ),
+    }
 }
 
 /// `POST /v1/chat/completions` → Google's `/v1beta/openai/chat/completions`, the model
@@ -90,6 +142,10 @@ pub(crate) async fn chat_completions(
     State(shared): State<Arc<Shared>>,
     request: Request,
 ) -> Response {
+    chat(&shared, request).await
+}
+
+async fn chat(shared: &Shared, request: Request) -> Response {
     let model = shared.model.clone();
     let fill_model = move |body: Bytes| -> Result<Bytes, String> {
         let mut json: serde_json::Value = serde_json::from_slice(&body)
@@ -102,14 +158,18 @@ pub(crate) async fn chat_completions(
                 crate::model::check_name(given.strip_prefix("models/").unwrap_or(given))?;
                 Ok(body)
             }
-            _ => {
+            None | Some(serde_json::Value::Null) => {
                 object.insert("model".to_owned(), serde_json::Value::String(model));
                 Ok(Bytes::from(json.to_string()))
             }
+            Some(_) => Err(
+                "\"model\" must be a string naming a model, such as \"gemini-2.5-flash\""
+                    .to_owned(),
+            ),
         }
     };
     forward(
-        &shared,
+        shared,
         Family::OpenAi,
         request,
         "/v1beta/openai/chat/completions".to_owned(),
@@ -120,23 +180,25 @@ pub(crate) async fn chat_completions(
 
 /// `POST /v1/embeddings` → `/v1beta/openai/embeddings`.
 pub(crate) async fn embeddings(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    embed(&shared, request).await
+}
+
+async fn embed(shared: &Shared, request: Request) -> Response {
     let path = "/v1beta/openai/embeddings".to_owned();
     let check = |body: Bytes| -> Result<Bytes, String> {
-        serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+        let json: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| format!("the request body is not JSON: {e}"))?;
-        if let Some(model) = crate::model::model_in_json(&body) {
-            crate::model::check_name(&model)?;
+        match json.get("model") {
+            Some(serde_json::Value::String(given)) => {
+                crate::model::check_name(given.strip_prefix("models/").unwrap_or(given))?;
+            }
+            _ => {
+                return Err("\"model\" is required: a string naming an embedding model, such as \"gemini-embedding-001\"".to_owned());
+            }
         }
         Ok(body)
     };
-    forward(
-        &shared,
-        Family::OpenAi,
-        request,
-        path,
-        Some(Box::new(check)),
-    )
-    .await
+    forward(shared, Family::OpenAi, request, path, Some(Box::new(check))).await
 }
 
 /// `GET /v1/models`: both APIs have it. A client that authenticates the Google way
@@ -192,12 +254,21 @@ fn check_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The query without the client's `key=` (its gateway token).
-fn query_without_key(query: Option<&str>) -> String {
+/// Query parameters passed on to Google: the response format (`alt=sse` for streams) and
+/// list paging. Everything else stays here: the client's `key=` (its gateway token), an
+/// `access_token` whose 401 would look like the key's fault, `fields`, `quotaUser`,
+/// `userProject` and whatever Google adds later.
+const FORWARDED_QUERY: &[&str] = &["alt", "$alt", "pageSize", "pageToken"];
+
+/// The query with only [`FORWARDED_QUERY`]'s parameters, in the order sent.
+fn forwarded_query(query: Option<&str>) -> String {
     let kept: Vec<&str> = query
         .unwrap_or_default()
         .split('&')
-        .filter(|pair| !pair.is_empty() && *pair != "key" && !pair.starts_with("key="))
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(name, _)| name);
+            FORWARDED_QUERY.contains(&name)
+        })
         .collect();
     if kept.is_empty() {
         String::new()
@@ -289,6 +360,16 @@ async fn forward(
             );
         }
     };
+    // What Google would refuse with a 400 is refused here, before a key and a slot of quota
+    // are spent on it: a body that says (or leaves to be assumed) it is JSON and is not. And a
+    // JSON object with a key twice is refused: Google and each layer here could read different
+    // copies (one `model` priced, cached and limited, the other sent). Other content types pass.
+    if parts.method == Method::POST
+        && (rewrite.is_some() || says_json(&parts.headers))
+        && let Err(problem) = strict_json::check(&body)
+    {
+        return reply::client_error(family, StatusCode::BAD_REQUEST, &problem);
+    }
     let body = match rewrite {
         Some(rewrite) => match rewrite(body) {
             Ok(body) => body,
@@ -296,25 +377,12 @@ async fn forward(
                 return reply::client_error(family, StatusCode::BAD_REQUEST, &message);
             }
         },
-        // What Google would refuse with a 400 is refused here, before a key and a slot of
-        // quota are spent on it: a body that says (or leaves to be assumed) it is JSON and is
-        // not. Other content types (a multipart upload) pass as they are.
-        None if parts.method == Method::POST && says_json(&parts.headers) => {
-            if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-                return reply::client_error(
-                    family,
-                    StatusCode::BAD_REQUEST,
-                    &format!("the request body is not JSON: {error}"),
-                );
-            }
-            body
-        }
         None => body,
     };
     let uri = format!(
         "{}{path}{}",
         shared.upstream,
-        query_without_key(parts.uri.query())
+        forwarded_query(parts.uri.query())
     );
     let mut upstream = http::Request::new(Full::new(body));
     *upstream.method_mut() = parts.method;
@@ -325,6 +393,17 @@ async fn forward(
         }
     };
     copy_headers(&parts.headers, upstream.headers_mut(), FORWARDED);
+    // Each client token its own cache scope, whatever namespace it sends (else one client
+    // could ask "did anyone ask this?" and read another's answer); sharing is the operator's
+    // opt-in, and then a client's namespace header is honoured.
+    let namespace = HeaderName::from_static(crate::cache::NAMESPACE_HEADER);
+    if shared.cache_shared {
+        if let Some(value) = parts.headers.get(&namespace) {
+            upstream.headers_mut().insert(namespace, value.clone());
+        }
+    } else if let Some(scope) = parts.extensions.get::<super::ClientScope>() {
+        upstream.headers_mut().insert(namespace, scope.0.clone());
+    }
     if let Some(account) = parts.extensions.get::<crate::cost::Account>() {
         upstream.extensions_mut().insert(account.clone());
     }
@@ -374,14 +453,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_clients_key_never_goes_upstream_in_the_query() {
+    fn only_allowed_parameters_go_upstream_in_the_query() {
         assert_eq!(
-            query_without_key(Some("alt=sse&key=client-token")),
+            forwarded_query(Some("alt=sse&key=client-token")),
             "?alt=sse"
         );
-        assert_eq!(query_without_key(Some("key=client-token")), "");
-        assert_eq!(query_without_key(Some("key")), "");
-        assert_eq!(query_without_key(None), "");
-        assert_eq!(query_without_key(Some("keys=1&alt=sse")), "?keys=1&alt=sse");
+        assert_eq!(forwarded_query(Some("key=client-token")), "");
+        assert_eq!(forwarded_query(Some("key")), "");
+        assert_eq!(forwarded_query(None), "");
+        assert_eq!(forwarded_query(Some("keys=1&alt=sse")), "?alt=sse");
+        assert_eq!(
+            forwarded_query(Some("access_token=junk&pageSize=5&quotaUser=x&pageToken=t")),
+            "?pageSize=5&pageToken=t"
+        );
     }
 }

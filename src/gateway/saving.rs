@@ -19,6 +19,8 @@ pub(super) struct FileCache {
     max_mb: Option<u64>,
     ttl_secs: Option<u64>,
     sampled: Option<bool>,
+    /// Share answers across client tokens (default: each client its own cache scope).
+    shared: Option<bool>,
     /// Per-model TTLs, seconds.
     ttl: Option<BTreeMap<String, u64>>,
 }
@@ -59,6 +61,9 @@ pub(super) struct FileSaving {
 pub struct Saving {
     /// The response cache, if `[gateway.cache]` is there.
     pub cache: Option<CacheLayer>,
+    /// Do clients share cached answers (`[gateway.cache] shared = true`)? By default each
+    /// client token has its own scope: no client learns what another asked, or gets its answer.
+    pub cache_shared: bool,
     /// Fallback chains (`[gateway.fallback]`: `"gemini-2.5-pro" = ["gemini-2.5-flash"]`).
     pub fallback: FallbackLayer,
     /// Google's prices with `[gateway.prices]` over them.
@@ -73,6 +78,7 @@ impl Default for Saving {
     fn default() -> Self {
         Saving {
             cache: None,
+            cache_shared: false,
             fallback: FallbackLayer::new(),
             prices: Prices::google(),
             budget: Budget::new(),
@@ -86,6 +92,11 @@ impl FileSaving {
         fn in_table(table: &'static str) -> impl Fn(Error) -> Error + Copy {
             move |e: Error| e.context(format!("[gateway.{table}]"))
         }
+        let cache_shared = self
+            .cache
+            .as_ref()
+            .and_then(|file| file.shared)
+            .unwrap_or(false);
         let cache = self.cache.map(|file| {
             let mut cache = CacheLayer::new();
             if let Some(mb) = file.max_mb {
@@ -138,6 +149,7 @@ impl FileSaving {
                 .map_err(|e| e.context("[gateway] quota_alert"))?;
         Ok(Saving {
             cache,
+            cache_shared,
             fallback,
             prices,
             budget,

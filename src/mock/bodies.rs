@@ -105,6 +105,67 @@ pub(super) fn bad_request(message: &str) -> Value {
     status(400, message, "INVALID_ARGUMENT", json!([]))
 }
 
+/// Google's 400 for fields a request has that the method does not know: one message per name,
+/// each echoing the name as sent, joined by newlines, with a `BadRequest` detail per name.
+pub(super) fn unknown_fields(names: &[&str]) -> Value {
+    let each: Vec<String> = names
+        .iter()
+        .map(|name| {
+            format!(
+                "Invalid JSON payload received. Unknown name {}: Cannot find field.",
+                Value::from(*name)
+            )
+        })
+        .collect();
+    let violations: Vec<Value> = each
+        .iter()
+        .map(|description| json!({ "description": description }))
+        .collect();
+    status(
+        400,
+        &each.join("\n"),
+        "INVALID_ARGUMENT",
+        json!([{
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": violations
+        }]),
+    )
+}
+
+/// The top-level fields of `generateContent` / `streamGenerateContent` / `countTokens`
+/// requests, in the two spellings proto3 JSON accepts.
+const GENERATE_FIELDS: &[&str] = &[
+    "model",
+    "contents",
+    "systemInstruction",
+    "system_instruction",
+    "tools",
+    "toolConfig",
+    "tool_config",
+    "safetySettings",
+    "safety_settings",
+    "generationConfig",
+    "generation_config",
+    "cachedContent",
+    "cached_content",
+    "labels",
+    "generateContentRequest",
+    "generate_content_request",
+];
+
+/// The top-level names of a native generate request that Google does not know.
+pub(super) fn unknown_generate_fields(json: &Value) -> Vec<&str> {
+    json.as_object()
+        .map(|object| {
+            object
+                .keys()
+                .map(String::as_str)
+                .filter(|name| !GENERATE_FIELDS.contains(name))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Which quota a 429 reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Dimension {

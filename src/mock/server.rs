@@ -265,6 +265,18 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
             Some(key),
         );
     }
+    if native.is_some() {
+        let unknown = bodies::unknown_generate_fields(&json);
+        if !unknown.is_empty() {
+            return error(
+                400,
+                bodies::unknown_fields(&unknown),
+                false,
+                project_name,
+                Some(key),
+            );
+        }
+    }
     let (chars, _images) = bodies::request_text(&json);
     let prompt_tokens = bodies::tokens_for(chars);
 

@@ -17,8 +17,10 @@
 //! | `gemini_fallbacks_total` | counter | `from`, `to`, `reason` |
 //! | `gemini_cost_nano_usd_total` | counter | `model`, `project` |
 //!
-//! `model` and `scope` take at most [`MAX_NAME_LABELS`] distinct values (the first seen);
-//! later names are reported as `other`, so made-up model names cannot grow the exporter.
+//! `model` and `scope` take at most [`MAX_NAME_LABELS`] distinct values (the first real ones:
+//! a model Google served, one with quota limits, a circuit that changed state); other names are
+//! reported as `other`, so made-up model names can neither grow the exporter nor take the
+//! labels of the models that come later.
 
 #![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 
@@ -35,10 +37,12 @@ use crate::quota::{Dimension, MeterSnapshot};
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 pub(crate) const MAX_NAME_LABELS: usize = 64;
 
-/// `name` as a label value: itself if it is one of the first [`MAX_NAME_LABELS`] names seen,
-/// else `other`.
+/// `name` as a label value: itself if it is one of the first [`MAX_NAME_LABELS`] names
+/// admitted, else `other`. A name is admitted (while there is room) only where `admit` says it
+/// is real: a model Google answered with a success, a circuit that changed state, a model with
+/// quota limits. A flood of made-up names that Google refuses never takes a label.
 #[cfg(feature = "metrics")]
-fn name_label(name: &str) -> String {
+fn name_label(name: &str, admit: bool) -> String {
     use std::sync::OnceLock;
 
     use crate::read_mostly::ReadMostly;
@@ -47,6 +51,9 @@ fn name_label(name: &str) -> String {
     let seen = SEEN.get_or_init(ReadMostly::default);
     if seen.get(name).is_some() {
         return name.to_owned();
+    }
+    if !admit {
+        return "other".to_owned();
     }
     let admitted = seen.update(|names| {
         if names.contains_key(name) {
@@ -76,7 +83,10 @@ pub(crate) fn request(key: Fingerprint, model: Option<&str>, class: Class, laten
             ("key", key.to_string()),
             (
                 "model",
-                model.map_or_else(|| "unknown".to_owned(), name_label),
+                model.map_or_else(
+                    || "unknown".to_owned(),
+                    |model| name_label(model, class.is_success()),
+                ),
             ),
             ("class", class.as_str().to_owned()),
         ];
@@ -104,7 +114,7 @@ pub(crate) fn circuit_state(scope: &str, state: CircuitState) {
             CircuitState::Open => 1.0,
             CircuitState::HalfOpen => 2.0,
         };
-        metrics::gauge!("gemini_circuit_state", "scope" => name_label(scope)).set(value);
+        metrics::gauge!("gemini_circuit_state", "scope" => name_label(scope, true)).set(value);
     }
 }
 
@@ -112,7 +122,8 @@ pub(crate) fn circuit_state(scope: &str, state: CircuitState) {
 #[inline]
 pub(crate) fn circuit_rejected(scope: &str) {
     #[cfg(feature = "metrics")]
-    metrics::counter!("gemini_circuit_rejections_total", "scope" => name_label(scope)).increment(1);
+    metrics::counter!("gemini_circuit_rejections_total", "scope" => name_label(scope, true))
+        .increment(1);
 }
 
 /// Quota use after an admission.
@@ -131,7 +142,7 @@ pub(crate) fn quota(project: &str, model: &str, snapshot: impl FnOnce() -> Meter
             if let Some(usage) = usage {
                 let labels = [
                     ("project", project.to_owned()),
-                    ("model", name_label(model)),
+                    ("model", name_label(model, true)),
                     ("dimension", dimension.as_str().to_owned()),
                 ];
                 metrics::gauge!("gemini_quota_used", &labels).set(usage.used as f64);
@@ -179,7 +190,7 @@ pub(crate) fn cost(model: &str, project: Option<&str>, nano_usd: u64) {
     #[cfg(feature = "metrics")]
     metrics::counter!(
         "gemini_cost_nano_usd_total",
-        "model" => name_label(model),
+        "model" => name_label(model, true),
         "project" => project.unwrap_or("unknown").to_owned()
     )
     .increment(nano_usd);
@@ -192,7 +203,7 @@ pub(crate) fn quota_refused(project: &str, model: &str, dimension: Dimension) {
     metrics::counter!(
         "gemini_quota_refusals_total",
         "project" => project.to_owned(),
-        "model" => name_label(model),
+        "model" => name_label(model, true),
         "dimension" => dimension.as_str()
     )
     .increment(1);

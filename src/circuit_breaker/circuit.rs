@@ -164,6 +164,8 @@ pub(crate) struct Circuit {
     level: AtomicU32,
     probes_in_flight: AtomicU32,
     probe_successes: AtomicU32,
+    /// Has it let through a call that succeeded (a real scope, never evicted)?
+    known: std::sync::atomic::AtomicBool,
     window: Window,
 }
 
@@ -199,8 +201,31 @@ pub(crate) struct Registry {
     overflow: std::sync::OnceLock<Arc<Circuit>>,
 }
 
-/// Most scopes tracked; further ones share one overflow circuit.
+/// Most scopes tracked. When full, a new scope takes the place of one that never saw a success
+/// and is idle and closed (a made-up model name, say); only if none is does it share one
+/// overflow circuit (shown in the status API as "(other scopes)"). A scope that has served a
+/// success is never evicted, so a flood of junk names never changes how real models are judged.
 pub(crate) const MAX_SCOPES: usize = 1024;
+
+/// Forget one scope that holds nothing worth keeping: true if one was.
+fn make_room(circuits: &mut std::borrow::Cow<'_, crate::read_mostly::NameMap<Circuit>>) -> bool {
+    // A reader may still hold the published map for an instant (count 2): then it is skipped.
+    let evict = circuits
+        .iter()
+        .find(|(_, c)| {
+            !c.known.load(Ordering::Acquire)
+                && Arc::strong_count(c) == 1
+                && c.state.load(Ordering::Acquire) == CLOSED
+        })
+        .map(|(name, _)| name.clone());
+    match evict {
+        Some(name) => {
+            circuits.to_mut().remove(&name);
+            true
+        }
+        None => false,
+    }
+}
 
 impl Registry {
     pub(crate) fn new() -> Registry {
@@ -219,8 +244,10 @@ impl Registry {
         self.circuits.get(scope)
     }
 
+    /// Every circuit, by scope, the shared overflow one (if ever used) included.
     pub(crate) fn all(&self) -> Vec<Arc<Circuit>> {
         let mut all = self.circuits.values();
+        all.extend(self.overflow.get().cloned());
         all.sort_by(|a, b| a.scope.cmp(&b.scope));
         all
     }
@@ -250,7 +277,7 @@ impl Breakers {
             if let Some(circuit) = circuits.get(scope) {
                 return circuit.clone();
             }
-            if circuits.len() >= MAX_SCOPES {
+            if circuits.len() >= MAX_SCOPES && !make_room(circuits) {
                 return registry
                     .overflow
                     .get_or_init(|| {
@@ -309,6 +336,7 @@ impl Circuit {
             level: AtomicU32::new(0),
             probes_in_flight: AtomicU32::new(0),
             probe_successes: AtomicU32::new(0),
+            known: std::sync::atomic::AtomicBool::new(false),
             window: Window::new(window),
         }
     }
@@ -432,6 +460,9 @@ impl Circuit {
         {
             return;
         }
+        if verdict == Verdict::Success && !self.known.load(Ordering::Relaxed) {
+            self.known.store(true, Ordering::Release);
+        }
         let now = breakers.now_ms();
         self.window.record(verdict == Verdict::Failure, now);
         let counts = self.window.counts(now);
@@ -458,6 +489,7 @@ impl Circuit {
         match verdict {
             Verdict::Ignored => self.release(generation),
             Verdict::Success => {
+                self.known.store(true, Ordering::Release);
                 let successes = self.probe_successes.fetch_add(1, Ordering::AcqRel) + 1;
                 self.release(generation);
                 if successes >= breakers.config.probes.max(1) && self.switch(HALF_OPEN) {

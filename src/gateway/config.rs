@@ -24,6 +24,12 @@ pub const DEFAULT_REVALIDATE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_BODY_LIMIT: usize = 20 * 1024 * 1024;
 /// Connections served at once; more wait in the listen backlog.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Connections one client address may hold at once (at most the connection limit): more are
+/// closed as they come, so one address cannot take every place.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
+/// How long an answer may wait for its client to read it (a write that makes no progress):
+/// then the connection is closed. A client that sends requests and never reads holds nothing.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request bodies held at once, bytes: a request whose body would pass it waits for others to
 /// be answered.
 pub const DEFAULT_BODY_MEMORY: usize = 512 * 1024 * 1024;
@@ -62,6 +68,8 @@ struct FileGateway {
     max_wait_secs: Option<u64>,
     body_limit_bytes: Option<usize>,
     max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
+    write_timeout_secs: Option<u64>,
     body_memory_mb: Option<usize>,
     client_limits: Option<ModelLimits>,
     revalidate_secs: Option<u64>,
@@ -105,6 +113,14 @@ pub struct GatewayConfig {
     /// Connections served at once (`GATEWAY_MAX_CONNECTIONS`, `max_connections`; default
     /// 1,024); more wait in the listen backlog until one closes.
     pub max_connections: usize,
+    /// Connections one client address may hold at once
+    /// (`GATEWAY_MAX_CONNECTIONS_PER_ADDRESS`, `max_connections_per_address`; default 256, at
+    /// most `max_connections`); more from it are closed at once.
+    pub max_connections_per_address: usize,
+    /// How long an answer may wait for the client to read it (`GATEWAY_WRITE_TIMEOUT_SECS`,
+    /// `write_timeout_secs`; default 30 s) before the connection is closed; also how long
+    /// shutdown waits for connections in flight beyond the streams' own ends.
+    pub write_timeout: Duration,
     /// Request bodies held in memory at once, bytes (`GATEWAY_BODY_MEMORY_MB`,
     /// `body_memory_mb`; default 512 MiB): a request whose body would pass it waits (up to the
     /// body read timeout) for others to be answered. At least `body_limit`.
@@ -209,6 +225,8 @@ impl GatewayConfig {
             max_wait: DEFAULT_MAX_WAIT,
             body_limit: DEFAULT_BODY_LIMIT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
             body_memory: DEFAULT_BODY_MEMORY,
             client_limits: None,
             allow_unauthenticated: false,
@@ -356,6 +374,29 @@ impl GatewayConfig {
                 "a connection limit of 0 (GATEWAY_MAX_CONNECTIONS or max_connections) would serve nobody; give at least 1, such as 1024",
             ));
         }
+        let max_connections_per_address = match env("GATEWAY_MAX_CONNECTIONS_PER_ADDRESS") {
+            Some(v) => whole("GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", &v, "256")?,
+            None => file
+                .max_connections_per_address
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
+        };
+        if max_connections_per_address == 0 {
+            return Err(Error::config(
+                "a connection limit per address of 0 (GATEWAY_MAX_CONNECTIONS_PER_ADDRESS or max_connections_per_address) would serve nobody; give at least 1, such as 256",
+            ));
+        }
+        let write_timeout = match env("GATEWAY_WRITE_TIMEOUT_SECS") {
+            Some(v) => whole("GATEWAY_WRITE_TIMEOUT_SECS", &v, "30")? as u64,
+            None => file
+                .write_timeout_secs
+                .unwrap_or(DEFAULT_WRITE_TIMEOUT.as_secs()),
+        };
+        if write_timeout == 0 || write_timeout > 3600 {
+            return Err(Error::config(format!(
+                "a write timeout of {write_timeout} s (GATEWAY_WRITE_TIMEOUT_SECS or write_timeout_secs) is out of range; give 1 to 3600 seconds, such as 30"
+            )));
+        }
+        let write_timeout = Duration::from_secs(write_timeout);
         let body_memory = match env("GATEWAY_BODY_MEMORY_MB") {
             Some(v) => whole("GATEWAY_BODY_MEMORY_MB", &v, "512")?.saturating_mul(1 << 20),
             None => file
@@ -420,6 +461,8 @@ impl GatewayConfig {
             max_wait,
             body_limit,
             max_connections,
+            max_connections_per_address: max_connections_per_address.min(max_connections),
+            write_timeout,
             body_memory,
             client_limits: file.client_limits,
             allow_unauthenticated: flags.allow_unauthenticated,
@@ -439,7 +482,7 @@ impl GatewayConfig {
         let keys: Vec<String> = self.pool.fingerprints().map(|f| f.to_string()).collect();
         let tokens: Vec<String> = self.tokens.iter().map(|t| t.fingerprint()).collect();
         format!(
-            "shared state: {}\nstate file: {}\nlisten {}\nupstream {}\ndefault model {}\nkeys ({}): {}\nclient tokens ({}): {}\nadmin token: {}\nallowed origins: {}\nmax wait for a key: {}s\nbody limit: {} bytes ({} MiB of bodies at once)\nconnections at once: {}\n{}",
+            "shared state: {}\nstate file: {}\nlisten {}\nupstream {}\ndefault model {}\nkeys ({}): {}\nclient tokens ({}): {}\nadmin token: {}\nallowed origins: {}\nmax wait for a key: {}s\nbody limit: {} bytes ({} MiB of bodies at once)\nconnections at once: {} ({} per address; answers unread for {} s close theirs)\n{}",
             self.redis_url.as_deref().map_or_else(
                 || "none (this process only)".to_owned(),
                 |url| format!("Redis at {}", crate::state::redact_url(url))
@@ -471,6 +514,8 @@ impl GatewayConfig {
             self.body_limit,
             self.body_memory >> 20,
             self.max_connections,
+            self.max_connections_per_address,
+            self.write_timeout.as_secs(),
             self.saving.describe(),
         )
     }

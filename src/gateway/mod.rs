@@ -37,6 +37,7 @@ mod proxy;
 mod reply;
 mod saving;
 mod strict_json;
+mod write_deadline;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -52,7 +53,8 @@ pub use auth::Token;
 pub use check_keys::{KeyCheck, check_keys, table};
 pub use config::{
     DEFAULT_BODY_LIMIT, DEFAULT_BODY_MEMORY, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_WAIT, DEFAULT_MODEL, DEFAULT_REVALIDATE, Flags, GOOGLE, GatewayConfig,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_WAIT, DEFAULT_MODEL, DEFAULT_REVALIDATE,
+    DEFAULT_WRITE_TIMEOUT, Flags, GOOGLE, GatewayConfig,
 };
 pub use saving::Saving;
 
@@ -68,13 +70,64 @@ use reply::Family;
 /// headers a byte at a time would hold a connection for ever.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Accept connections until `shutdown`, at most `max_connections` at once (more wait in the
-/// listen backlog), serving each over HTTP/1.1 with a bound on the time to read a request head;
-/// then stop accepting and wait for the connections in flight (streams included) to finish.
+/// How the accept loop bounds connections.
+#[derive(Clone, Copy)]
+struct Bounds {
+    /// At once, in all.
+    max: usize,
+    /// At once, from one client address.
+    per_address: usize,
+    /// How long an answer may go unread; and how long shutdown waits beyond that for the
+    /// connections in flight.
+    write_timeout: std::time::Duration,
+}
+
+/// Connections open per client address; a place is given back when its guard drops.
+#[derive(Clone, Default)]
+struct PerAddress(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+struct AddressPlace {
+    open: PerAddress,
+    ip: std::net::IpAddr,
+}
+
+impl PerAddress {
+    /// A place for one more connection from `ip`, if it has fewer than `max`.
+    fn take(&self, ip: std::net::IpAddr, max: usize) -> Option<AddressPlace> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(ip).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressPlace {
+            open: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressPlace {
+    fn drop(&mut self) {
+        let mut open = self.open.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accept connections until `shutdown`, at most `bounds.max` at once (more wait in the listen
+/// backlog) and `bounds.per_address` from one address (more are closed), serving each over
+/// HTTP/1.1 with deadlines on reading a request head and on writing an answer; then stop
+/// accepting and wait for the connections in flight (streams included) to finish — at most
+/// twice the write timeout, after which the rest are dropped.
 async fn accept(
     listener: tokio::net::TcpListener,
     app: Router,
-    max_connections: usize,
+    bounds: Bounds,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -84,8 +137,11 @@ async fn accept(
 
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let open = Arc::new(tokio::sync::Semaphore::new(bounds.max));
+    let per_address = PerAddress::default();
     let mut full = false;
+    let mut refused_logged = std::collections::HashSet::new();
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         // A connection is taken from the backlog only when one may be served: a flood of
         // connections waits in the kernel's queue, not in this process's memory.
@@ -98,7 +154,8 @@ async fn accept(
                 if !full {
                     full = true;
                     tracing::warn!(
-                        "{max_connections} connections open (the limit, GATEWAY_MAX_CONNECTIONS); new ones wait until one closes"
+                        "{} connections open (the limit, GATEWAY_MAX_CONNECTIONS); new ones wait until one closes",
+                        bounds.max
                     );
                 }
                 tokio::select! {
@@ -122,6 +179,18 @@ async fn accept(
             },
             () = &mut shutdown => break,
         };
+        // One address cannot hold every place: past its share, its connections are closed.
+        let Some(place) = per_address.take(peer.ip(), bounds.per_address) else {
+            if refused_logged.len() < 1024 && refused_logged.insert(peer.ip()) {
+                tracing::warn!(
+                    "{} holds {} connections (the limit per address, GATEWAY_MAX_CONNECTIONS_PER_ADDRESS); its further ones are closed",
+                    peer.ip(),
+                    bounds.per_address
+                );
+            }
+            drop(tcp);
+            continue;
+        };
         // No Nagle: answers and stream chunks go out as they come.
         let _ = tcp.set_nodelay(true);
         let service =
@@ -132,18 +201,34 @@ async fn accept(
                         .insert(axum::extract::ConnectInfo(peer));
                     request
                 });
+        let io = write_deadline::WriteDeadline::new(tcp, bounds.write_timeout);
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service));
+            .serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
         let connection = graceful.watch(connection);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _ = connection.await;
+            drop(place);
             drop(permit);
         });
+        // Finished connections are reaped as new ones come (the set holds only open ones).
+        while connections.try_join_next().is_some() {}
     }
     drop(listener);
-    graceful.shutdown().await;
+    let grace = bounds.write_timeout.saturating_mul(2);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "{} connections still open {} s after shutdown began; closing them",
+            connections.len(),
+            grace.as_secs()
+        );
+    }
+    // Dropping the set aborts what is left.
+    connections.shutdown().await;
 }
 
 /// Aborts a background task when dropped.
@@ -184,6 +269,8 @@ pub(crate) struct Shared {
     pub(crate) savings: saving::Savings,
     /// Clients share cached answers (else each client token has its own cache scope).
     pub(crate) cache_shared: bool,
+    /// Per-client limits (`client_limits`), metered once a request's body is in memory.
+    pub(crate) client_limits: Option<InboundQuotaLayer>,
     /// Each client token's cache scope, by the token's index.
     client_scopes: Vec<ClientScope>,
 }
@@ -279,6 +366,13 @@ fn router_with_state(config: &GatewayConfig) -> (Router, Arc<Shared>) {
         body_memory_mb: config.body_memory.max(config.body_limit) >> 20,
         savings,
         cache_shared: config.saving.cache_shared,
+        client_limits: config.client_limits.map(|limits| {
+            let by_token = ClientKey::custom(|head| {
+                auth::presented(head.headers, head.uri.query())
+                    .map(|t| String::from_utf8_lossy(t).into_owned())
+            });
+            InboundQuotaLayer::new(limits).client_key(by_token)
+        }),
         client_scopes: config
             .tokens
             .iter()
@@ -291,21 +385,15 @@ fn router_with_state(config: &GatewayConfig) -> (Router, Arc<Shared>) {
             })
             .collect(),
     });
-    let mut api = Router::new()
+    let api = Router::new()
         .route("/v1/chat/completions", post(proxy::chat_completions))
         .route("/v1/embeddings", post(proxy::embeddings))
         .route("/v1/models", get(proxy::models))
         .route("/v1/models/{*rest}", get(proxy::native).post(proxy::native))
         .route("/v1beta/{*rest}", get(proxy::native).post(proxy::native));
-    // Layers added later run first: authentication outermost, so that a request without a
-    // valid token is refused before it is metered against any client's limit.
-    if let Some(limits) = config.client_limits {
-        let by_token = ClientKey::custom(|head| {
-            auth::presented(head.headers, head.uri.query())
-                .map(|t| String::from_utf8_lossy(t).into_owned())
-        });
-        api = api.route_layer(InboundQuotaLayer::new(limits).client_key(by_token));
-    }
+    // Per-client limits are metered in `proxy::forward`, once the body is in memory (its
+    // tokens count against `tpm`), after authentication: a request without a valid token is
+    // refused before it is metered against any client's limit.
     let api = api.route_layer(middleware::from_fn_with_state(shared.clone(), authenticate));
     let router = Router::new()
         .route("/", get(dashboard::page))
@@ -445,7 +533,14 @@ pub async fn serve_on(
             }
         }))
     });
-    accept(listener, app, config.max_connections, shutdown).await;
+    let bounds = Bounds {
+        max: config.max_connections,
+        per_address: config
+            .max_connections_per_address
+            .min(config.max_connections),
+        write_timeout: config.write_timeout,
+    };
+    accept(listener, app, bounds, shutdown).await;
     drop(saving);
     if let Some(file) = &state_file {
         file.save(&shared.live().pool)?;

@@ -7,7 +7,8 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Method, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
+use tokio::sync::OwnedSemaphorePermit;
 use tower::ServiceExt;
 
 use super::Shared;
@@ -286,79 +287,9 @@ async fn forward(
     rewrite: Option<Rewrite>,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let limit = shared.body_limit;
-    // Its length when known: a content-length, or none at all (a GET).
-    let declared = http_body::Body::size_hint(&body).upper();
-    if declared.is_some_and(|length| length > limit as u64) {
-        return reply::client_error(
-            family,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("the request body is larger than the gateway's limit of {limit} bytes"),
-        );
-    }
-    // Room for the body among those held at once (a body of unknown length reserves the
-    // largest, and gives back what it did not use once read): a flood of large bodies waits
-    // here rather than filling the memory.
-    let reserved = declared
-        .map_or(limit, |length| length as usize)
-        .div_ceil(1024);
-    let mut held = if reserved == 0 {
-        None
-    } else {
-        let units = u32::try_from(reserved).unwrap_or(u32::MAX);
-        let room = shared.body_memory.clone().acquire_many_owned(units);
-        match tokio::time::timeout(BODY_READ_TIMEOUT, room).await {
-            Ok(Ok(permit)) => Some(permit),
-            _ => {
-                return reply::busy(
-                    family,
-                    &format!(
-                        "the gateway holds as many request bodies as it may ({} MiB, GATEWAY_BODY_MEMORY_MB) and none was answered within {} s; retry shortly",
-                        shared.body_memory_mb,
-                        BODY_READ_TIMEOUT.as_secs()
-                    ),
-                );
-            }
-        }
-    };
-    // Bounded in size and in time: a client trickling its body holds nothing for long.
-    let read = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect()).await;
-    let Ok(read) = read else {
-        return reply::client_error(
-            family,
-            StatusCode::REQUEST_TIMEOUT,
-            &format!(
-                "the request body did not arrive within {} s",
-                BODY_READ_TIMEOUT.as_secs()
-            ),
-        );
-    };
-    let body = match read {
-        Ok(collected) => {
-            let body = collected.to_bytes();
-            // Keep what the body takes; give back the rest of the reservation.
-            if let Some(permit) = held.as_mut() {
-                let used = body.len().div_ceil(1024);
-                if let Some(unused) = permit.num_permits().checked_sub(used) {
-                    drop(permit.split(unused));
-                }
-            }
-            body
-        }
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            return reply::client_error(
-                family,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the request body is larger than the gateway's limit of {limit} bytes"),
-            );
-        }
-        Err(_) => {
-            return reply::client_error(
-                family,
-                StatusCode::BAD_REQUEST,
-                "the request body could not be read",
-            );
-        }
+    let (body, _held) = match read_body(shared, family, body).await {
+        Ok(read) => read,
+        Err(refused) => return refused,
     };
     // What Google would refuse with a 400 is refused here, before a key and a slot of quota
     // are spent on it: a body that says (or leaves to be assumed) it is JSON and is not. And a
@@ -369,6 +300,18 @@ async fn forward(
         && let Err(problem) = strict_json::check(&body)
     {
         return reply::client_error(family, StatusCode::BAD_REQUEST, &problem);
+    }
+    // Per-client limits, now that the body is here: its tokens count against `tpm`.
+    if let Some(limits) = &shared.client_limits {
+        let head = crate::circuit_breaker::RequestHead {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+            extensions: &parts.extensions,
+        };
+        if let Some(refused) = limits.admit::<Body>(&head, &body) {
+            return refused;
+        }
     }
     let body = match rewrite {
         Some(rewrite) => match rewrite(body) {
@@ -427,6 +370,90 @@ async fn forward(
             reply::error(family, &error)
         }
     }
+}
+
+/// Read a request body into memory, bounded in size (`body_limit`: 413), in time (30 s for the
+/// whole body: 408) and in the memory all bodies hold at once: room is reserved as bytes
+/// arrive, so a client trickling bodies holds what it sent, not what it declared or the
+/// largest a body may be. A body that finds no room in the time is answered 503.
+async fn read_body(
+    shared: &Shared,
+    family: Family,
+    body: Body,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Response> {
+    let limit = shared.body_limit;
+    let too_large = || {
+        reply::client_error(
+            family,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the request body is larger than the gateway's limit of {limit} bytes"),
+        )
+    };
+    // A declared length over the limit is refused unread.
+    if http_body::Body::size_hint(&body)
+        .upper()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(too_large());
+    }
+    let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
+    let mut body = body;
+    let mut data: Vec<u8> = Vec::new();
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(reply::client_error(
+                    family,
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!(
+                        "the request body did not arrive within {} s",
+                        BODY_READ_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return Err(reply::client_error(
+                    family,
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read",
+                ));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        if data.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        // Room for what arrived, in KiB, before it is kept.
+        let needed = (data.len() + chunk.len()).div_ceil(1024);
+        let have = held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+        if needed > have {
+            let units = u32::try_from(needed - have).unwrap_or(u32::MAX);
+            let room = shared.body_memory.clone().acquire_many_owned(units);
+            match tokio::time::timeout_at(deadline, room).await {
+                Ok(Ok(more)) => match held.as_mut() {
+                    Some(permit) => permit.merge(more),
+                    None => held = Some(more),
+                },
+                _ => {
+                    return Err(reply::busy(
+                        family,
+                        &format!(
+                            "the gateway holds as many request bodies as it may ({} MiB, GATEWAY_BODY_MEMORY_MB) and none was answered within {} s; retry shortly",
+                            shared.body_memory_mb,
+                            BODY_READ_TIMEOUT.as_secs()
+                        ),
+                    ));
+                }
+            }
+        }
+        data.extend_from_slice(&chunk);
+    }
+    Ok((Bytes::from(data), held))
 }
 
 /// Is the body JSON by its `content-type` (or, with none, by Gemini's convention)?

@@ -601,8 +601,9 @@ impl PoolInner {
             class,
             Class::QuotaDaily | Class::QuotaMinute | Class::ModelNotOnTier
         ) {
-            // Google said something about this model: keep its entry whatever callers send.
-            slots.pin();
+            // Google said something about this model: keep its entry whatever callers send
+            // (up to a bound: the names come from callers).
+            self.models.pin_learned(slots);
         }
         if let Some(reason) = effect.disable_key
             && health.disabled.disable(reason)

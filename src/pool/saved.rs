@@ -182,7 +182,7 @@ impl KeyPool {
             if model.is_unknown() {
                 continue;
             }
-            model.pin();
+            inner.models.pin_learned(&model);
             let ours = &model.projects[p];
             if slot.cool_until > now {
                 let class = class_named(&slot.cool_class).unwrap_or(Class::QuotaMinute);

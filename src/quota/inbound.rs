@@ -309,32 +309,60 @@ where
             headers: request.headers(),
             extensions: request.extensions(),
         };
-        let client = (self.key.0)(&head).unwrap_or_else(|| "anonymous".to_owned());
-        let now = self.ledger.clock.now_millis();
-        let entry = self.ledger.client(&client, now);
-        let meters = &entry.meters;
-        let demand = if meters.limits().tpm.is_some() || meters.limits().ipm.is_some() {
-            crate::peek::body_bytes(request.body())
-                .map(|b| BytesPerToken::default().estimate(&b))
-                .unwrap_or_default()
-        } else {
-            Demand::default()
-        };
-        match meters.admit(demand, now) {
-            Ok(_) => InboundFuture {
+        let body = crate::peek::body_bytes(request.body());
+        match meter(&self.ledger, &self.key, &head, body.as_deref()) {
+            None => InboundFuture {
                 kind: Kind::Inner {
                     future: self.inner.call(request),
                 },
             },
-            Err(refusal) => {
-                let shown = label(&client);
-                tracing::info!(client = %shown, "inbound quota: {} limit {} reached", refusal.dimension, refusal.limit);
-                InboundFuture {
-                    kind: Kind::Refused {
-                        response: Some(too_many(&refusal, &shown)),
-                    },
-                }
-            }
+            Some(response) => InboundFuture {
+                kind: Kind::Refused {
+                    response: Some(response),
+                },
+            },
+        }
+    }
+}
+
+impl InboundQuotaLayer {
+    /// Meter one request whose body is in memory (`body`): `None` if it is admitted, else
+    /// the 429 to answer. For a server that reads bodies itself before it sends (the gateway),
+    /// so token and image limits count what the body holds.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn admit<ResB: From<Bytes>>(
+        &self,
+        head: &RequestHead<'_>,
+        body: &[u8],
+    ) -> Option<Response<ResB>> {
+        meter(&self.ledger, &self.key, head, Some(body))
+    }
+}
+
+/// Admit one request of the client `key` names, counting the tokens and images of `body` when
+/// the limits have such dimensions; the 429 if there is no room.
+fn meter<ResB: From<Bytes>>(
+    ledger: &Ledger,
+    key: &ClientKey,
+    head: &RequestHead<'_>,
+    body: Option<&[u8]>,
+) -> Option<Response<ResB>> {
+    let client = (key.0)(head).unwrap_or_else(|| "anonymous".to_owned());
+    let now = ledger.clock.now_millis();
+    let entry = ledger.client(&client, now);
+    let meters = &entry.meters;
+    let demand = match body {
+        Some(body) if meters.limits().tpm.is_some() || meters.limits().ipm.is_some() => {
+            BytesPerToken::default().estimate(body)
+        }
+        _ => Demand::default(),
+    };
+    match meters.admit(demand, now) {
+        Ok(_) => None,
+        Err(refusal) => {
+            let shown = label(&client);
+            tracing::info!(client = %shown, "inbound quota: {} limit {} reached", refusal.dimension, refusal.limit);
+            Some(too_many(&refusal, &shown))
         }
     }
 }

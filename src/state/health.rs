@@ -341,11 +341,9 @@ impl ModelSlots {
         self.name.is_empty()
     }
 
-    /// Keep this model's entry for good (something was learned about it).
-    pub(crate) fn pin(&self) {
-        if !self.pinned.load(Ordering::Relaxed) {
-            self.pinned.store(true, Ordering::Release);
-        }
+    /// Keep this model's entry for good; true if it was not kept before.
+    fn pin(&self) -> bool {
+        !self.pinned.load(Ordering::Relaxed) && !self.pinned.swap(true, Ordering::AcqRel)
     }
 
     fn is_pinned(&self) -> bool {
@@ -374,6 +372,9 @@ pub(crate) struct ModelTable {
     /// [`ProjectModelHealth`] per project, ~800 bytes each, saved).
     unknown: std::sync::OnceLock<Arc<ModelSlots>>,
     models: ReadMostly<ModelSlots>,
+    /// Entries kept for good because of what an answer said (not configuration): at most
+    /// [`MAX_MODELS`], so names Google's answers bring cannot grow the table either.
+    learned: std::sync::atomic::AtomicUsize,
 }
 
 impl ModelTable {
@@ -383,6 +384,25 @@ impl ModelTable {
             projects,
             limits,
             models: ReadMostly::default(),
+            learned: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Keep `slots` for good because Google said something about its model (a cool-down, a
+    /// limit, a tier block) — while fewer than [`MAX_MODELS`] were kept so; past that, what was
+    /// learned still applies, but the entry may be evicted like any unconfigured one.
+    pub(crate) fn pin_learned(&self, slots: &ModelSlots) {
+        if slots.is_pinned() || slots.is_unknown() {
+            return;
+        }
+        let taken = self
+            .learned
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_MODELS).then_some(n + 1)
+            });
+        if taken.is_ok() && !slots.pin() {
+            // Pinned meanwhile by another answer: give the place back.
+            self.learned.fetch_sub(1, Ordering::AcqRel);
         }
     }
 

@@ -345,6 +345,13 @@ impl Circuit {
         &self.scope
     }
 
+    /// Google answered a call of this scope with a success: a real scope, never evicted.
+    pub(crate) fn mark_known(&self) {
+        if !self.known.load(Ordering::Relaxed) {
+            self.known.store(true, Ordering::Release);
+        }
+    }
+
     pub(crate) fn state(&self) -> CircuitState {
         match self.state.load(Ordering::Acquire) {
             CLOSED => CircuitState::Closed,
@@ -460,9 +467,6 @@ impl Circuit {
         {
             return;
         }
-        if verdict == Verdict::Success && !self.known.load(Ordering::Relaxed) {
-            self.known.store(true, Ordering::Release);
-        }
         let now = breakers.now_ms();
         self.window.record(verdict == Verdict::Failure, now);
         let counts = self.window.counts(now);
@@ -489,7 +493,6 @@ impl Circuit {
         match verdict {
             Verdict::Ignored => self.release(generation),
             Verdict::Success => {
-                self.known.store(true, Ordering::Release);
                 let successes = self.probe_successes.fetch_add(1, Ordering::AcqRel) + 1;
                 self.release(generation);
                 if successes >= breakers.config.probes.max(1) && self.switch(HALF_OPEN) {

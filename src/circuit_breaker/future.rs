@@ -94,6 +94,9 @@ impl Call {
             }
             None => Verdict::Ignored,
         };
+        if class == Some(Class::Success) {
+            self.circuit.mark_known();
+        }
         match self.kind {
             CallKind::Closed(generation) => {
                 self.circuit

@@ -24,9 +24,11 @@ pub const DEFAULT_REVALIDATE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_BODY_LIMIT: usize = 20 * 1024 * 1024;
 /// Connections served at once; more wait in the listen backlog.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
-/// Connections one client address may hold at once (at most the connection limit): more are
-/// closed as they come, so one address cannot take every place.
-pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
+/// Connections one client address may hold at once when not configured: three quarters of the
+/// connection limit (768 of 1,024), so one address never takes every place; more from it are
+/// answered 503 and closed.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize =
+    DEFAULT_MAX_CONNECTIONS - DEFAULT_MAX_CONNECTIONS / 4;
 /// How long an answer may wait for its client to read it (a write that makes no progress):
 /// then the connection is closed. A client that sends requests and never reads holds nothing.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -114,8 +116,9 @@ pub struct GatewayConfig {
     /// 1,024); more wait in the listen backlog until one closes.
     pub max_connections: usize,
     /// Connections one client address may hold at once
-    /// (`GATEWAY_MAX_CONNECTIONS_PER_ADDRESS`, `max_connections_per_address`; default 256, at
-    /// most `max_connections`); more from it are closed at once.
+    /// (`GATEWAY_MAX_CONNECTIONS_PER_ADDRESS`, `max_connections_per_address`; default three
+    /// quarters of `max_connections`, at most `max_connections`); more from it are answered
+    /// 503 and closed at once.
     pub max_connections_per_address: usize,
     /// How long an answer may wait for the client to read it (`GATEWAY_WRITE_TIMEOUT_SECS`,
     /// `write_timeout_secs`; default 30 s) before the connection is closed; also how long
@@ -375,14 +378,14 @@ impl GatewayConfig {
             ));
         }
         let max_connections_per_address = match env("GATEWAY_MAX_CONNECTIONS_PER_ADDRESS") {
-            Some(v) => whole("GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", &v, "256")?,
+            Some(v) => whole("GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", &v, "768")?,
             None => file
                 .max_connections_per_address
-                .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
+                .unwrap_or(max_connections - max_connections / 4),
         };
         if max_connections_per_address == 0 {
             return Err(Error::config(
-                "a connection limit per address of 0 (GATEWAY_MAX_CONNECTIONS_PER_ADDRESS or max_connections_per_address) would serve nobody; give at least 1, such as 256",
+                "a connection limit per address of 0 (GATEWAY_MAX_CONNECTIONS_PER_ADDRESS or max_connections_per_address) would serve nobody; give at least 1, such as 768",
             ));
         }
         let write_timeout = match env("GATEWAY_WRITE_TIMEOUT_SECS") {

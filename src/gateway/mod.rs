@@ -119,6 +119,24 @@ impl Drop for AddressPlace {
     }
 }
 
+/// Answer a connection over its address's cap with a 503 (in Google's error shape, which every
+/// client here reads) and close it; given a second at most, in the background.
+fn refuse_over_cap(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BODY: &str = r#"{"error":{"code":503,"message":"this address holds as many connections to the gateway as it may (GATEWAY_MAX_CONNECTIONS_PER_ADDRESS); reuse a connection or retry when one closes","status":"UNAVAILABLE"}}"#;
+    tokio::spawn(async move {
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+            BODY.len()
+        );
+        let write = async {
+            tcp.write_all(answer.as_bytes()).await?;
+            tcp.shutdown().await
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
+    });
+}
+
 /// Accept connections until `shutdown`, at most `bounds.max` at once (more wait in the listen
 /// backlog) and `bounds.per_address` from one address (more are closed), serving each over
 /// HTTP/1.1 with deadlines on reading a request head and on writing an answer; then stop
@@ -188,7 +206,7 @@ async fn accept(
                     bounds.per_address
                 );
             }
-            drop(tcp);
+            refuse_over_cap(tcp);
             continue;
         };
         // No Nagle: answers and stream chunks go out as they come.

@@ -19,7 +19,7 @@ pub(crate) fn check(body: &[u8]) -> Result<(), String> {
     Strict
         .deserialize(&mut deserializer)
         .and_then(|()| deserializer.end())
-        .map_err(|e| format!("the request body is not valid JSON: {e}"))
+        .map_err(|e| format!("the request body is not JSON as Google would read it: {e}"))
 }
 
 struct Strict;

@@ -41,7 +41,7 @@
 //! | upstream answer | [`Class`] | what the pool does |
 //! |---|---|---|
 //! | 2xx | `Success` | reset failures |
-//! | 400 `API_KEY_INVALID`, 401 | `KeyInvalid` | key disabled until reset |
+//! | 400 (or 401/403) with `ErrorInfo.reason` `API_KEY_INVALID` — never from message text, which a caller can have Google echo | `KeyInvalid` | key disabled until reset |
 //! | 403 leaked, blocked, suspended | `KeyForbidden` | key disabled until reset |
 //! | 402/429 prepayment credits depleted | `BillingExhausted` | project disabled until reset |
 //! | 429 per-day quota | `QuotaDaily` | project+model cools to next Pacific midnight |

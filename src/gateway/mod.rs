@@ -282,6 +282,8 @@ pub(crate) struct Shared {
     pub(crate) body_limit: usize,
     /// Request bodies held at once, in KiB permits (see `GatewayConfig::body_memory`).
     pub(crate) body_memory: Arc<tokio::sync::Semaphore>,
+    /// Woken when a body's room is given back (bodies wait for room without a queue).
+    pub(crate) body_freed: Arc<tokio::sync::Notify>,
     pub(crate) body_memory_mb: usize,
     /// Cache, fallback, cost and alerts: the same across key changes.
     pub(crate) savings: saving::Savings,
@@ -382,6 +384,7 @@ fn router_with_state(config: &GatewayConfig) -> (Router, Arc<Shared>) {
                 .min(tokio::sync::Semaphore::MAX_PERMITS),
         )),
         body_memory_mb: config.body_memory.max(config.body_limit) >> 20,
+        body_freed: Arc::new(tokio::sync::Notify::new()),
         savings,
         cache_shared: config.saving.cache_shared,
         client_limits: config.client_limits.map(|limits| {

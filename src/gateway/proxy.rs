@@ -372,6 +372,21 @@ async fn forward(
     }
 }
 
+/// Room held by a body in memory; given back (and the bodies waiting for room woken) when
+/// dropped.
+struct BodyRoom {
+    permit: Option<OwnedSemaphorePermit>,
+    freed: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for BodyRoom {
+    fn drop(&mut self) {
+        // The room first, then the wake-up: a woken body finds it free.
+        drop(self.permit.take());
+        self.freed.notify_waiters();
+    }
+}
+
 /// Read a request body into memory, bounded in size (`body_limit`: 413), in time (30 s for the
 /// whole body: 408) and in the memory all bodies hold at once: room is reserved as bytes
 /// arrive, so a client trickling bodies holds what it sent, not what it declared or the
@@ -380,7 +395,7 @@ async fn read_body(
     shared: &Shared,
     family: Family,
     body: Body,
-) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Response> {
+) -> Result<(Bytes, Option<BodyRoom>), Response> {
     let limit = shared.body_limit;
     let too_large = || {
         reply::client_error(
@@ -399,7 +414,7 @@ async fn read_body(
     let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
     let mut body = body;
     let mut data: Vec<u8> = Vec::new();
-    let mut held: Option<OwnedSemaphorePermit> = None;
+    let mut held: Option<BodyRoom> = None;
     loop {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => {
@@ -430,14 +445,39 @@ async fn read_body(
         }
         // Room for what arrived, in KiB, before it is kept.
         let needed = (data.len() + chunk.len()).div_ceil(1024);
-        let have = held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+        let have = held
+            .as_ref()
+            .and_then(|held| held.permit.as_ref())
+            .map_or(0, OwnedSemaphorePermit::num_permits);
         if needed > have {
             let units = u32::try_from(needed - have).unwrap_or(u32::MAX);
-            let room = shared.body_memory.clone().acquire_many_owned(units);
+            // Not a fair queue: a body waiting for more room than is free must not hold the
+            // free room while it waits (a body that is nearly in would wait behind it for
+            // ever). Each body takes what it needs when it is free, woken as room is given back.
+            let room = async {
+                loop {
+                    let freed = shared.body_freed.notified();
+                    let mut freed = std::pin::pin!(freed);
+                    freed.as_mut().enable();
+                    match shared.body_memory.clone().try_acquire_many_owned(units) {
+                        Ok(permit) => break Ok::<_, ()>(permit),
+                        Err(tokio::sync::TryAcquireError::Closed) => break Err(()),
+                        Err(tokio::sync::TryAcquireError::NoPermits) => freed.await,
+                    }
+                }
+            };
             match tokio::time::timeout_at(deadline, room).await {
                 Ok(Ok(more)) => match held.as_mut() {
-                    Some(permit) => permit.merge(more),
-                    None => held = Some(more),
+                    Some(BodyRoom {
+                        permit: Some(permit),
+                        ..
+                    }) => permit.merge(more),
+                    _ => {
+                        held = Some(BodyRoom {
+                            permit: Some(more),
+                            freed: shared.body_freed.clone(),
+                        })
+                    }
                 },
                 _ => {
                     return Err(reply::busy(

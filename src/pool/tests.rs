@@ -1032,3 +1032,25 @@ fn a_key_removed_by_a_rebuild_is_retired_in_the_old_pool() {
     assert_eq!(old.snapshot().keys[0].reason, Some(DisabledReason::Removed));
     assert_eq!(new.len(), 1);
 }
+
+/// Google's 429s name models (and a caller chooses which): what they teach is kept, but the
+/// entries kept for good because of them are bounded like the rest of the table.
+#[test]
+fn models_pinned_by_answers_are_bounded() {
+    let pool = KeyPool::builder()
+        .key("test-key-0001")
+        .key("test-key-0002")
+        .build()
+        .unwrap();
+    for i in 0..(3 * health::MAX_MODELS) {
+        if let Ok(lease) = pool.select(Some(&format!("learned-{i}"))) {
+            lease.report(&answer(429, MINUTE_30S), Duration::ZERO);
+        }
+    }
+    let tracked = pool.inner.models.all().len();
+    assert!(
+        tracked <= 2 * health::MAX_MODELS + 1,
+        "{tracked} model entries for {} names",
+        3 * health::MAX_MODELS
+    );
+}

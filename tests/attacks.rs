@@ -655,3 +655,111 @@ async fn a_key_echoed_deep_in_an_error_body_is_scrubbed() {
         "the fingerprint is shown instead"
     );
 }
+
+// ------------------------------------------------------- a request larger than a token quota
+
+/// A prompt larger than a project's tokens-per-minute draws Google's 429 with a real
+/// `QuotaFailure`: that is the request's fault, not the minute's. It is answered as it is, no
+/// other project is tried, and no project is cooled (else one request a minute would keep the
+/// model cooled on every project for everyone).
+#[tokio::test]
+async fn a_request_larger_than_a_token_quota_cools_no_project() {
+    let limits = ModelLimits {
+        tpm: Some(1_000),
+        ..Default::default()
+    };
+    let mock = MockGemini::builder()
+        .project("proj-a", |p| p.key(KEYS[0]).default_limits(limits))
+        .project("proj-b", |p| p.key(KEYS[1]).default_limits(limits))
+        .project("proj-c", |p| p.key(KEYS[2]).default_limits(limits))
+        .start()
+        .await
+        .unwrap();
+    let gateway = start(config(&mock.url())).await;
+    let huge = common::generate_body(&"lots of words ".repeat(1_500));
+    let (status, body) = send(&gateway, Method::POST, &native(MODEL), &huge).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(mock.stats().total_requests(), 1, "no other project tried");
+    // Every project still serves at once.
+    for _ in 0..3 {
+        let answered = tokio::time::timeout(
+            Duration::from_secs(5),
+            send(&gateway, Method::POST, &native(MODEL), &prompt()),
+        )
+        .await
+        .expect("no project was cooled");
+        assert_eq!(answered.0, StatusCode::OK);
+    }
+}
+
+// ---------------------------------------------------------------- usage a caller can steer
+
+/// A function call's arguments are JSON the model writes (and a caller can steer): a
+/// `cachedContentTokenCount` there must not bill the prompt at the cached rate.
+#[tokio::test]
+async fn a_cached_count_in_a_function_calls_arguments_is_not_googles() {
+    use tower::{Layer, ServiceExt};
+    use tower_gemini::cost::{CostLayer, CostReport};
+    let answer = serde_json::json!({
+        "candidates": [{ "content": { "role": "model", "parts": [{ "functionCall": {
+            "name": "f", "args": { "cachedContentTokenCount": 99_999_999 } } }] } }],
+        "usageMetadata": { "promptTokenCount": 1_000, "candidatesTokenCount": 10, "totalTokenCount": 1_010 }
+    })
+    .to_string();
+    let inner = tower::service_fn(move |_: Request<Full<Bytes>>| {
+        let answer = answer.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(answer))))
+        }
+    });
+    let response = CostLayer::new()
+        .layer(inner)
+        .oneshot(
+            Request::post(format!(
+                "http://127.0.0.1/v1beta/models/{MODEL}:generateContent"
+            ))
+            .body(Full::new(Bytes::from(prompt())))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let report = response.extensions().get::<CostReport>().cloned().unwrap();
+    let _ = text(response).await;
+    let cost = report.get().cloned().unwrap();
+    assert_eq!(cost.prompt_tokens, 1_000);
+    assert_eq!(cost.cached_tokens, 0, "the argument is not a cached count");
+}
+
+/// An answer that shows no usage (a stream its client left early, say) is not free where
+/// budgets refuse: it costs its estimate.
+#[tokio::test]
+async fn an_answer_without_usage_costs_its_estimate_under_a_budget() {
+    use tower::{Layer, ServiceExt};
+    use tower_gemini::cost::CostLayer;
+    let inner = tower::service_fn(|_: Request<Full<Bytes>>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(
+            b"{\"candidates\":[]}",
+        ))))
+    });
+    let layer = CostLayer::new().budget(
+        Budget::new()
+            .daily_usd(1.0)
+            .unwrap()
+            .refuse_when_spent(true),
+    );
+    let spend = layer.spend().clone();
+    let response = layer
+        .layer(inner)
+        .oneshot(
+            Request::post(format!(
+                "http://127.0.0.1/v1beta/models/{MODEL}:generateContent"
+            ))
+            .body(Full::new(Bytes::from(prompt())))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let _ = text(response).await;
+    let spent = spend.today_usd(&tower_gemini::cost::Scope::Pool);
+    assert!(spent > 0.0, "spent {spent}");
+}

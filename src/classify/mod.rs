@@ -331,6 +331,20 @@ impl Classification {
         wire::contains(id, "token") || wire::contains(metric, "token")
     }
 
+    /// A per-minute token quota (`QuotaMinute` on tokens) whose limit the request alone reaches
+    /// (`request_tokens` at least, by its size) is the request's fault, not the project's
+    /// minute: it becomes [`Class::Caller`] (no cool-down, no retry elsewhere).
+    pub(crate) fn blame_oversized_request(&mut self, request_tokens: u64) {
+        if self.class == Class::QuotaMinute
+            && self.is_token_quota()
+            && self
+                .quota_value()
+                .is_some_and(|limit| limit > 0 && request_tokens >= limit)
+        {
+            self.class = Class::Caller;
+        }
+    }
+
     /// Replace every occurrence of `secret` in the message with `replacement`.
     ///
     /// Some Google messages quote the consumer (`api_key:…`); the key rotation layer calls this

@@ -303,6 +303,11 @@ impl Reservation {
     pub(crate) fn none() -> Reservation {
         Reservation { held: None }
     }
+
+    /// The estimate held, nano-USD (0 when budgets do not refuse).
+    pub(crate) fn nanos(&self) -> u64 {
+        self.held.as_ref().map_or(0, |held| held.nanos)
+    }
 }
 
 impl Drop for Reservation {

@@ -250,9 +250,21 @@ struct Tap {
 
 impl Tap {
     fn scan(&mut self, data: &[u8]) {
-        for (count, found) in self.counts.iter_mut().zip(self.scanner.scan(data, &FIELDS)) {
-            if found.is_some() {
-                *count = found;
+        let found = self.scanner.scan_placed(data, &FIELDS);
+        // A cached count is Google's only where it follows the prompt count of the same usage
+        // object: one before it (in a function call's arguments, say, which the model writes
+        // and a caller can steer) would bill the prompt at the cached rate.
+        if let Some((_, prompt_at)) = found[PROMPT] {
+            self.counts[CACHED] = match found[CACHED] {
+                Some((count, at)) if at > prompt_at => Some(count),
+                _ => None,
+            };
+        } else if let Some((count, _)) = found[CACHED] {
+            self.counts[CACHED] = Some(count);
+        }
+        for field in [PROMPT, OUTPUT, THOUGHTS] {
+            if let Some((count, _)) = found[field] {
+                self.counts[field] = Some(count);
             }
         }
     }
@@ -262,6 +274,15 @@ impl Drop for Tap {
     /// The body ended or was dropped: the last counts seen are the call's.
     fn drop(&mut self) {
         if self.counts[PROMPT].is_none() && self.counts[OUTPUT].is_none() {
+            // An answer that showed no usage (a stream its client left before the last chunk,
+            // a format the scan cannot read): where budgets refuse, it costs what it was
+            // estimated to cost, never nothing.
+            let estimate = self._reservation.nanos();
+            if estimate > 0 {
+                let account = self.account.as_ref().map(Account::as_str);
+                self.spend
+                    .record(self.project.as_deref(), account, estimate);
+            }
             return;
         }
         let prompt = self.counts[PROMPT].unwrap_or(0);

@@ -267,8 +267,11 @@ fn forwarded_query(query: Option<&str>) -> String {
         .unwrap_or_default()
         .split('&')
         .filter(|pair| {
-            let name = pair.split_once('=').map_or(*pair, |(name, _)| name);
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             FORWARDED_QUERY.contains(&name)
+                // The answer's format only as JSON or SSE: usage, quota and cost are read from
+                // it (a binary `alt=proto` answer would be spent unseen).
+                && (!matches!(name, "alt" | "$alt") || matches!(value, "sse" | "json"))
         })
         .collect();
     if kept.is_empty() {
@@ -295,8 +298,8 @@ async fn forward(
     // are spent on it: a body that says (or leaves to be assumed) it is JSON and is not. And a
     // JSON object with a key twice is refused: Google and each layer here could read different
     // copies (one `model` priced, cached and limited, the other sent). Other content types pass.
+    // Every route served takes JSON: a body sent as another type is checked all the same.
     if parts.method == Method::POST
-        && (rewrite.is_some() || says_json(&parts.headers))
         && let Err(problem) = strict_json::check(&body)
     {
         return reply::client_error(family, StatusCode::BAD_REQUEST, &problem);
@@ -496,16 +499,6 @@ async fn read_body(
     Ok((Bytes::from(data), held))
 }
 
-/// Is the body JSON by its `content-type` (or, with none, by Gemini's convention)?
-fn says_json(headers: &HeaderMap) -> bool {
-    headers.get(http::header::CONTENT_TYPE).is_none_or(|value| {
-        value
-            .as_bytes()
-            .windows(4)
-            .any(|w| w.eq_ignore_ascii_case(b"json"))
-    })
-}
-
 fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, names: &[&'static str]) {
     for name in names {
         let name = HeaderName::from_static(name);
@@ -533,5 +526,7 @@ mod tests {
             forwarded_query(Some("access_token=junk&pageSize=5&quotaUser=x&pageToken=t")),
             "?pageSize=5&pageToken=t"
         );
+        assert_eq!(forwarded_query(Some("alt=proto&$alt=media")), "");
+        assert_eq!(forwarded_query(Some("$alt=json")), "?$alt=json");
     }
 }

@@ -17,7 +17,7 @@ use tower_service::Service;
 
 use super::QueueWait;
 use super::inject::KeyPlacement;
-use super::service::prepare;
+use super::service::{prepare, request_size};
 use crate::body::{Prefix, ResponseBody, Scrubber};
 use crate::classify::Classification;
 use crate::error::{self, BoxError, Error, ErrorKind};
@@ -85,7 +85,13 @@ struct Call {
     error_body: ErrorBodyLimits,
     /// How long the request waited in line for its key, if it did.
     waited: Option<Duration>,
+    /// The request body's length, if it was in memory.
+    request_bytes: Option<usize>,
 }
+
+/// Bytes of a request body that hold at least one token (text runs about 4 per token; JSON
+/// and whitespace more): a body of `n` bytes holds at least `n / 8` tokens for this purpose.
+const BYTES_PER_TOKEN_AT_MOST: u64 = 8;
 
 /// A non-2xx answer whose body is being read for classification.
 struct Reading<B: Body> {
@@ -133,6 +139,7 @@ where
         lease: KeyLease,
         selected: SelectedKey,
         error_body: ErrorBodyLimits,
+        request_bytes: Option<usize>,
     ) -> Self {
         ResponseFuture {
             state: State::Waiting {
@@ -143,6 +150,7 @@ where
                     start: Instant::now(),
                     error_body,
                     waited: None,
+                    request_bytes,
                 }),
             },
         }
@@ -153,6 +161,7 @@ impl<S, ReqB, B> Future for ResponseFuture<S, ReqB, B>
 where
     S: Service<Request<ReqB>, Response = Response<B>>,
     S::Error: Into<BoxError>,
+    ReqB: 'static,
     B: Body,
 {
     type Output = Result<Response<ResponseBody<B>>, Error>;
@@ -191,8 +200,9 @@ where
                         return Poll::Ready(Err(Error::polled_after_completion()));
                     };
                     let (request, lease, selected) = prepare(request, lease, &line.placement);
+                    let size = request_size(&request);
                     let future = line.service.call(request);
-                    let mut called = Self::called(future, lease, selected, line.error_body);
+                    let mut called = Self::called(future, lease, selected, line.error_body, size);
                     if let State::Waiting {
                         call: Some(call), ..
                     } = &mut called.state
@@ -314,6 +324,12 @@ impl<B: Body> Reading<B> {
         let secret = key.expose();
         let mut classification = Classification::from_response(parts.status, prefix.seen());
         classification.redact(secret, &fingerprint.to_string());
+        // A per-minute token quota smaller than the request itself says nothing of the
+        // project's minute (Google refused this request, not the minute's traffic): no project
+        // is cooled and no other is tried, or one oversized request would cool every project.
+        if let Some(bytes) = call.request_bytes {
+            classification.blame_oversized_request(bytes as u64 / BYTES_PER_TOKEN_AT_MOST);
+        }
         // Some Google messages quote the consumer (`api_key:…`): the key never leaves this layer.
         // A body read whole is scrubbed here and keeps an exact length; the rest of a longer
         // one is scrubbed as it streams (its length is then unknown until the end).

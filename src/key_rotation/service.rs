@@ -141,11 +141,13 @@ impl<S> KeyRotation<S> {
     ) -> ResponseFuture<S, B, ResB>
     where
         S: Service<Request<B>, Response = Response<ResB>>,
+        B: 'static,
         ResB: Body,
     {
         let (request, lease, selected) = prepare(request, lease, &self.placement);
+        let size = request_size(&request);
         let future = self.inner.call(request);
-        ResponseFuture::called(future, lease, selected, self.error_body)
+        ResponseFuture::called(future, lease, selected, self.error_body, size)
     }
 
     /// Wait in line for a key; the ready inner service goes with the request.
@@ -175,6 +177,12 @@ impl<S> KeyRotation<S> {
 
 /// Put the leased key (and its ledger reservation) into the request; what was chosen goes
 /// into the request's extensions and the attempt's span.
+/// The request body's length, when it is in memory: a token quota smaller than a quarter of
+/// it was exceeded by the request itself (see `Reading::finish`).
+pub(super) fn request_size<B: 'static>(request: &Request<B>) -> Option<usize> {
+    crate::peek::body_bytes(request.body()).map(|body| body.len())
+}
+
 pub(super) fn prepare<B>(
     mut request: Request<B>,
     mut lease: KeyLease,

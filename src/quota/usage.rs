@@ -39,6 +39,17 @@ pub(crate) struct LastCounts<const N: usize> {
 impl<const N: usize> LastCounts<N> {
     /// Scan the next chunk; for each field, the last complete count in it, if any.
     pub(crate) fn scan(&mut self, chunk: &[u8], fields: &[&[&[u8]]; N]) -> [Option<u64>; N] {
+        self.scan_placed(chunk, fields)
+            .map(|found| found.map(|(count, _)| count))
+    }
+
+    /// Like [`scan`](Self::scan), each count with where it was found (an offset in the text
+    /// scanned, comparable between the fields of one call only).
+    pub(crate) fn scan_placed(
+        &mut self,
+        chunk: &[u8],
+        fields: &[&[&[u8]]; N],
+    ) -> [Option<(u64, usize)>; N] {
         // The tail of the previous chunks is kept in one buffer, reused: no allocation per
         // chunk once it has grown.
         if self.carry.is_empty() {
@@ -61,7 +72,7 @@ impl<const N: usize> LastCounts<N> {
 /// cut). One pass over the text's quotes — every key starts with one — so a body costs about
 /// a comparison per byte however many keys are read (searching for each key in turn cost
 /// ~26 µs for a 700-byte answer and seven keys).
-fn last_counts<const N: usize>(text: &[u8], fields: &[&[&[u8]]; N]) -> [Option<u64>; N] {
+fn last_counts<const N: usize>(text: &[u8], fields: &[&[&[u8]]; N]) -> [Option<(u64, usize)>; N] {
     let mut found = [None; N];
     let mut at = 0;
     while let Some(offset) = text[at..].iter().position(|&b| b == b'"') {
@@ -79,7 +90,7 @@ fn last_counts<const N: usize>(text: &[u8], fields: &[&[&[u8]]; N]) -> [Option<u
                     && rest.starts_with(key)
                     && let Some(n) = number_after(&rest[key.len()..])
                 {
-                    *slot = Some(n);
+                    *slot = Some((n, at + offset));
                 }
             }
         }

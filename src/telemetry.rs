@@ -18,7 +18,7 @@
 //! | `gemini_cost_nano_usd_total` | counter | `model`, `project` |
 //!
 //! `model` and `scope` take at most [`MAX_NAME_LABELS`] distinct values (the first real ones:
-//! a model Google served, one with quota limits, a circuit that changed state); other names are
+//! a model Google served, a circuit that changed state); other names are
 //! reported as `other`, so made-up model names can neither grow the exporter nor take the
 //! labels of the models that come later.
 
@@ -39,8 +39,8 @@ pub(crate) const MAX_NAME_LABELS: usize = 64;
 
 /// `name` as a label value: itself if it is one of the first [`MAX_NAME_LABELS`] names
 /// admitted, else `other`. A name is admitted (while there is room) only where `admit` says it
-/// is real: a model Google answered with a success, a circuit that changed state, a model with
-/// quota limits. A flood of made-up names that Google refuses never takes a label.
+/// is real: a model Google answered with a success (its cost too), a circuit that changed
+/// state. Quota gauges only use names already admitted (presets match made-up names by prefix). A flood of made-up names that Google refuses never takes a label.
 #[cfg(feature = "metrics")]
 fn name_label(name: &str, admit: bool) -> String {
     use std::sync::OnceLock;
@@ -142,7 +142,7 @@ pub(crate) fn quota(project: &str, model: &str, snapshot: impl FnOnce() -> Meter
             if let Some(usage) = usage {
                 let labels = [
                     ("project", project.to_owned()),
-                    ("model", name_label(model, true)),
+                    ("model", name_label(model, false)),
                     ("dimension", dimension.as_str().to_owned()),
                 ];
                 metrics::gauge!("gemini_quota_used", &labels).set(usage.used as f64);
@@ -203,7 +203,7 @@ pub(crate) fn quota_refused(project: &str, model: &str, dimension: Dimension) {
     metrics::counter!(
         "gemini_quota_refusals_total",
         "project" => project.to_owned(),
-        "model" => name_label(model, true),
+        "model" => name_label(model, false),
         "dimension" => dimension.as_str()
     )
     .increment(1);

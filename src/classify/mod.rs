@@ -417,8 +417,10 @@ fn evidence_from_json<'a>(status: &'a wire::Status<'a>) -> Evidence<'a> {
     for detail in &status.details {
         if let Some(reason) = detail.reason.as_deref() {
             ev.reason.get_or_insert(reason);
-            ev.key_invalid |= reason == "API_KEY_INVALID";
-            ev.key_forbidden |= FORBIDDEN_REASONS.contains(&reason);
+            if detail.is_about_gemini() {
+                ev.key_invalid |= reason == "API_KEY_INVALID";
+                ev.key_forbidden |= FORBIDDEN_REASONS.contains(&reason);
+            }
         }
         if let Some(delay) = detail.retry_delay.as_deref() {
             ev.retry_after = ev.retry_after.or_else(|| wire::parse_duration(delay));

@@ -396,6 +396,17 @@ fn text_a_caller_can_put_in_a_message_changes_no_key() {
 }
 
 #[test]
+fn a_reason_about_another_service_blames_no_key() {
+    let body = r#"{"error":{"code":403,"message":"Cloud Storage API has not been used in project 1 before or it is disabled.","status":"PERMISSION_DENIED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"SERVICE_DISABLED","domain":"googleapis.com","metadata":{"service":"storage.googleapis.com"}}]}}"#;
+    assert_eq!(classify(403, body).class(), Class::Caller);
+    let ours = body.replace(
+        "storage.googleapis.com",
+        "generativelanguage.googleapis.com",
+    );
+    assert_eq!(classify(403, &ours).class(), Class::KeyForbidden);
+}
+
+#[test]
 fn a_401_for_an_access_token_blames_no_key() {
     let body = r#"{"error":{"code":401,"message":"Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project.","status":"UNAUTHENTICATED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"ACCESS_TOKEN_TYPE_UNSUPPORTED"}]}}"#;
     assert_eq!(classify(401, body).class(), Class::Caller);

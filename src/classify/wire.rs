@@ -32,6 +32,12 @@ pub(super) struct Status<'a> {
 pub(super) struct Detail<'a> {
     #[serde(borrow, default)]
     pub(super) reason: Option<Cow<'a, str>>,
+    /// `ErrorInfo.domain` (`googleapis.com`); anything, as sent.
+    #[serde(default)]
+    pub(super) domain: Option<serde_json::Value>,
+    /// `ErrorInfo.metadata` (`service`, `consumer`, …); anything, as sent.
+    #[serde(default)]
+    pub(super) metadata: Option<serde_json::Value>,
     #[serde(rename = "retryDelay", borrow, default)]
     pub(super) retry_delay: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -48,6 +54,24 @@ pub(super) struct Violation<'a> {
     pub(super) dimensions: Dimensions,
     #[serde(rename = "quotaValue", default, deserialize_with = "lenient_u64")]
     pub(super) quota_value: Option<u64>,
+}
+
+impl Detail<'_> {
+    /// Is this `ErrorInfo` about the Gemini API itself (its domain and service, where given)?
+    /// A reason about another service (a feature backed by another Google API) says nothing
+    /// of the key's standing here.
+    pub(super) fn is_about_gemini(&self) -> bool {
+        let domain_ok = self
+            .domain
+            .as_ref()
+            .is_none_or(|d| d.as_str() == Some("googleapis.com"));
+        let service_ok = self
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("service"))
+            .is_none_or(|s| s.as_str() == Some("generativelanguage.googleapis.com"));
+        domain_ok && service_ok
+    }
 }
 
 /// `quotaDimensions`: only `model` matters. Anything that is not an object is ignored.

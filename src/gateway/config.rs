@@ -195,6 +195,22 @@ pub(crate) fn check_upstream(upstream: &str) -> Result<(), Error> {
     }
 }
 
+/// Client tokens are told apart by their fingerprints (the last four characters) in budgets,
+/// spending and the status API: two tokens with one fingerprint would share a budget, so
+/// such a list is refused.
+pub(crate) fn check_tokens(tokens: &[Token]) -> Result<(), Error> {
+    let mut seen = std::collections::HashSet::new();
+    for token in tokens {
+        let fingerprint = token.fingerprint();
+        if !seen.insert(fingerprint.clone()) {
+            return Err(Error::config(format!(
+                "two client tokens end in the same four characters ({fingerprint}): budgets and spending are kept per token by its last four characters, so they would share one; give each token a distinct ending"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `value` of the variable `name` as a whole number, or an error giving `example`.
 fn whole(name: &str, value: &str, example: &str) -> Result<usize, Error> {
     value.trim().parse().map_err(|_| {
@@ -338,6 +354,7 @@ impl GatewayConfig {
             .into_iter()
             .map(Token::new)
             .collect::<Result<Vec<_>, _>>()?;
+        check_tokens(&tokens)?;
         let admin_token = env("ADMIN_TOKEN")
             .or(file.admin_token)
             .filter(|t| !t.trim().is_empty())

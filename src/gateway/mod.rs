@@ -82,6 +82,21 @@ struct Bounds {
     write_timeout: std::time::Duration,
 }
 
+/// The address a connection counts against: an IPv4 address, or an IPv6 address's /64 (one
+/// host is given a whole /64 and can pick any address in it).
+fn client_address(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                std::net::IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+            }
+        },
+        v4 => v4,
+    }
+}
+
 /// Connections open per client address; a place is given back when its guard drops.
 #[derive(Clone, Default)]
 struct PerAddress(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
@@ -198,7 +213,7 @@ async fn accept(
             () = &mut shutdown => break,
         };
         // One address cannot hold every place: past its share, its connections are closed.
-        let Some(place) = per_address.take(peer.ip(), bounds.per_address) else {
+        let Some(place) = per_address.take(client_address(peer.ip()), bounds.per_address) else {
             if refused_logged.len() < 1024 && refused_logged.insert(peer.ip()) {
                 tracing::warn!(
                     "{} holds {} connections (the limit per address, GATEWAY_MAX_CONNECTIONS_PER_ADDRESS); its further ones are closed",
@@ -489,6 +504,7 @@ pub async fn serve_on(
 ) -> Result<(), Error> {
     // However the configuration was made, the keys go over https or stay on this machine.
     config::check_upstream(&config.upstream)?;
+    config::check_tokens(&config.tokens)?;
     // Shared state: the same pool, over the Redis every replica uses.
     let shared_config;
     let config = match &config.redis_url {
@@ -568,4 +584,23 @@ pub async fn serve_on(
         tracing::info!("state saved to {}", file.path().display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_address;
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_64() {
+        let a: std::net::IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: std::net::IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_address(a), client_address(b));
+        assert_ne!(client_address(a), client_address(other));
+        let mapped: std::net::IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_address(mapped),
+            "10.0.0.1".parse::<std::net::IpAddr>().unwrap()
+        );
+    }
 }

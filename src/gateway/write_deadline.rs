@@ -1,6 +1,8 @@
 //! A connection whose writes must make progress: an answer the client does not read for a
 //! while closes the connection, so a client that pipelines requests and never reads holds no
-//! place for long (hyper has a deadline for reading a request head, none for writing).
+//! place for long (hyper has a deadline for reading a request head, none for writing). Reading
+//! a byte now and then does not count as reading: once a write has waited, the deadline is
+//! lifted only by [`MIN_PROGRESS`] bytes written or by everything written (a flush done).
 
 use std::io;
 use std::pin::Pin;
@@ -10,12 +12,18 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-/// `io`, failing a write (or flush) that has made no progress for `timeout`.
+/// Bytes a waiting writer must get out to lift its deadline (short of a complete flush).
+pub(crate) const MIN_PROGRESS: usize = 16 * 1024;
+
+/// `io`, failing a write (or flush) that has not made [`MIN_PROGRESS`] since it first waited,
+/// `timeout` ago.
 pub(crate) struct WriteDeadline<T> {
     io: T,
     timeout: Duration,
-    /// Armed when a write first waits; dropped when one makes progress.
+    /// Armed when a write first waits; dropped once the writes make real progress.
     stalled: Option<Pin<Box<Sleep>>>,
+    /// Bytes written since the deadline was armed.
+    progressed: usize,
 }
 
 impl<T> WriteDeadline<T> {
@@ -24,6 +32,7 @@ impl<T> WriteDeadline<T> {
             io,
             timeout,
             stalled: None,
+            progressed: 0,
         }
     }
 
@@ -43,18 +52,47 @@ impl<T> WriteDeadline<T> {
         ))
     }
 
-    fn progress<R>(
+    /// After a write: `written` bytes went out (or it waited).
+    fn wrote(
         &mut self,
         cx: &mut Context<'_>,
-        poll: Poll<io::Result<R>>,
-    ) -> Poll<io::Result<R>> {
+        poll: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match poll {
+            Poll::Ready(Ok(written)) => {
+                if self.stalled.is_some() {
+                    self.progressed = self.progressed.saturating_add(written);
+                    if self.progressed >= MIN_PROGRESS {
+                        self.lift();
+                    }
+                }
+                Poll::Ready(Ok(written))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => self.waited(cx).map(Err),
+        }
+    }
+
+    /// After a flush or shutdown: done means everything went out.
+    fn flushed(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<()>>,
+    ) -> Poll<io::Result<()>> {
         match poll {
             Poll::Ready(result) => {
-                self.stalled = None;
+                if result.is_ok() {
+                    self.lift();
+                }
                 Poll::Ready(result)
             }
             Poll::Pending => self.waited(cx).map(Err),
         }
+    }
+
+    fn lift(&mut self) {
+        self.stalled = None;
+        self.progressed = 0;
     }
 }
 
@@ -76,7 +114,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.progress(cx, poll)
+        this.wrote(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -86,7 +124,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.progress(cx, poll)
+        this.wrote(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -96,13 +134,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.io).poll_flush(cx);
-        this.progress(cx, poll)
+        this.flushed(cx, poll)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.io).poll_shutdown(cx);
-        this.progress(cx, poll)
+        this.flushed(cx, poll)
     }
 }
 
@@ -128,22 +166,50 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 
-    /// A reader that keeps up: no error however long the exchange lasts.
+    /// A reader that takes a few bytes now and then (to reset a naive deadline) is cut off at
+    /// the deadline all the same.
     #[tokio::test(start_paused = true)]
-    async fn a_slow_reader_that_reads_is_served() {
+    async fn a_reader_that_sips_is_cut_off() {
         use tokio::io::AsyncReadExt;
         let (near, mut far) = tokio::io::duplex(1024);
         let mut io = WriteDeadline::new(near, Duration::from_secs(5));
-        let reader = tokio::spawn(async move {
-            let mut buf = vec![0u8; 512];
-            let mut total = 0;
-            while total < 64 * 1024 {
+        let _sipper = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                total += far.read(&mut buf).await.unwrap();
+                if far.read(&mut buf).await.unwrap_or(0) == 0 {
+                    break;
+                }
             }
-            total
         });
-        io.write_all(&vec![1u8; 64 * 1024]).await.unwrap();
-        assert!(reader.await.unwrap() >= 64 * 1024);
+        let started = tokio::time::Instant::now();
+        let error = io.write_all(&vec![1u8; 256 * 1024]).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            started.elapsed() <= Duration::from_secs(6),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// A reader that keeps up (a few KiB a second): no error however long the exchange lasts.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_reads_is_served() {
+        use tokio::io::AsyncReadExt;
+        let (near, mut far) = tokio::io::duplex(8 * 1024);
+        let mut io = WriteDeadline::new(near, Duration::from_secs(5));
+        let total = 512 * 1024;
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 8 * 1024];
+            let mut read = 0;
+            while read < total {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                read += far.read(&mut buf).await.unwrap();
+            }
+            read
+        });
+        io.write_all(&vec![1u8; total]).await.unwrap();
+        io.flush().await.unwrap();
+        assert!(reader.await.unwrap() >= total);
     }
 }

@@ -763,3 +763,56 @@ async fn an_answer_without_usage_costs_its_estimate_under_a_budget() {
     let spent = spend.today_usd(&tower_gemini::cost::Scope::Pool);
     assert!(spent > 0.0, "spent {spent}");
 }
+
+/// One client's bodies hold at most a quarter of the memory for bodies: its next body is
+/// refused at once (503), and another client's body still finds room.
+#[tokio::test]
+async fn one_clients_bodies_hold_at_most_their_share_of_memory() {
+    let mock = mock().await;
+    let mut config = config(&mock.url());
+    config.body_memory = 256 * 1024;
+    config.body_limit = 32 * 1024;
+    let gateway = start(config).await;
+    let addr = gateway.base.trim_start_matches("http://").to_owned();
+    let stalled = |token: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let head = format!(
+                "POST {} HTTP/1.1\r\nhost: g\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                native(MODEL),
+                32 * 1024
+            );
+            tcp.write_all(head.as_bytes()).await.unwrap();
+            tcp.write_all(&vec![b' '; 30 * 1024]).await.unwrap();
+            tcp
+        }
+    };
+    // Two stalled bodies of 30 KiB: 60 of the client's 64 KiB.
+    let _first = stalled(TOKEN).await;
+    let _second = stalled(TOKEN).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A third is refused at once.
+    let mut third = stalled(TOKEN).await;
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut answer))
+        .await
+        .expect("refused at once")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("quarter"), "{answer}");
+    // Another client's body of the same size is served.
+    let mut body = prompt().into_bytes();
+    body.resize(30 * 1024, b' ');
+    let request = Request::post(format!("{}{}", gateway.base, native(MODEL)))
+        .header("authorization", format!("Bearer {OTHER}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), client().request(request))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}

@@ -73,32 +73,31 @@ const DEFAULT_MAX_OUTPUT: u64 = 8192;
 
 /// The most a call may cost by its body: its prompt as the quota layer estimates it, and the
 /// output tokens it allows (`generationConfig.maxOutputTokens`, `max_tokens` or
-/// `max_completion_tokens`; [`DEFAULT_MAX_OUTPUT`] if none), at `price`.
+/// `max_completion_tokens`, as a number or a string; [`DEFAULT_MAX_OUTPUT`] if none) times the
+/// answers it asks for (`candidateCount`, `n`), at `price`.
 fn estimate(body: &[u8], price: &Price) -> u64 {
-    #[derive(serde::Deserialize, Default)]
-    #[serde(default)]
-    struct Config {
-        #[serde(rename = "maxOutputTokens")]
-        max_output_tokens: Option<u64>,
-    }
-    #[derive(serde::Deserialize, Default)]
-    #[serde(default)]
-    struct Limits {
-        #[serde(rename = "generationConfig")]
-        generation_config: Option<Config>,
-        max_tokens: Option<u64>,
-        max_completion_tokens: Option<u64>,
-    }
     use crate::state::TokenEstimator;
+    use serde_json::Value;
+    /// A whole number sent as a number or a string (Google's JSON accepts both).
+    fn whole(value: Option<&Value>) -> Option<u64> {
+        match value? {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
     let prompt = crate::state::BytesPerToken::default().estimate(body).tokens;
-    let limits: Limits = serde_json::from_slice(body).unwrap_or_default();
-    let output = limits
-        .generation_config
-        .and_then(|c| c.max_output_tokens)
-        .or(limits.max_completion_tokens)
-        .or(limits.max_tokens)
+    let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let config = json.get("generationConfig");
+    let output = whole(config.and_then(|c| c.get("maxOutputTokens")))
+        .or_else(|| whole(json.get("max_completion_tokens")))
+        .or_else(|| whole(json.get("max_tokens")))
         .unwrap_or(DEFAULT_MAX_OUTPUT);
-    price.nano_usd(prompt, 0, output)
+    let answers = whole(config.and_then(|c| c.get("candidateCount")))
+        .or_else(|| whole(json.get("n")))
+        .unwrap_or(1)
+        .clamp(1, 16);
+    price.nano_usd(prompt, 0, output.saturating_mul(answers))
 }
 
 /// `model`'s price; with budgets set, a model missing from the table is priced at the dearest

@@ -299,6 +299,8 @@ pub(crate) struct Shared {
     pub(crate) body_memory: Arc<tokio::sync::Semaphore>,
     /// Woken when a body's room is given back (bodies wait for room without a queue).
     pub(crate) body_freed: Arc<tokio::sync::Notify>,
+    /// Room held per client: a quarter of the whole (at least one body of the largest size).
+    pub(crate) bodies_by_client: Arc<BodiesByClient>,
     pub(crate) body_memory_mb: usize,
     /// Cache, fallback, cost and alerts: the same across key changes.
     pub(crate) savings: saving::Savings,
@@ -311,8 +313,38 @@ pub(crate) struct Shared {
 }
 
 /// The cache scope of the client that sent a request (an extension set by `authenticate`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct ClientScope(pub(crate) http::HeaderValue);
+
+/// Room for request bodies held per client (KiB), each at most `share`.
+pub(crate) struct BodiesByClient {
+    share: usize,
+    held: std::sync::Mutex<std::collections::HashMap<ClientScope, usize>>,
+}
+
+impl BodiesByClient {
+    /// Count `kib` more for `client`: false (nothing counted) if that passes its share.
+    pub(crate) fn take(&self, client: &ClientScope, kib: usize) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let now = held.get(client).copied().unwrap_or(0);
+        if now.saturating_add(kib) > self.share {
+            return false;
+        }
+        held.insert(client.clone(), now + kib);
+        true
+    }
+
+    /// `kib` given back by `client`.
+    pub(crate) fn give_back(&self, client: &ClientScope, kib: usize) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(now) = held.get_mut(client) {
+            *now = now.saturating_sub(kib);
+            if *now == 0 {
+                held.remove(client);
+            }
+        }
+    }
+}
 
 /// The gateway's router for `config`: every route, auth, CORS and per-client limits. Serve it
 /// with `axum::serve` (see [`serve`], which also handles shutdown).
@@ -400,6 +432,12 @@ fn router_with_state(config: &GatewayConfig) -> (Router, Arc<Shared>) {
         )),
         body_memory_mb: config.body_memory.max(config.body_limit) >> 20,
         body_freed: Arc::new(tokio::sync::Notify::new()),
+        bodies_by_client: Arc::new(BodiesByClient {
+            share: (config.body_memory / 4)
+                .max(config.body_limit)
+                .div_ceil(1024),
+            held: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }),
         savings,
         cache_shared: config.saving.cache_shared,
         client_limits: config.client_limits.map(|limits| {

@@ -290,7 +290,8 @@ async fn forward(
     rewrite: Option<Rewrite>,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let (body, _held) = match read_body(shared, family, body).await {
+    let client = parts.extensions.get::<super::ClientScope>().cloned();
+    let (body, _held) = match read_body(shared, family, body, client).await {
         Ok(read) => read,
         Err(refused) => return refused,
     };
@@ -380,10 +381,19 @@ async fn forward(
 struct BodyRoom {
     permit: Option<OwnedSemaphorePermit>,
     freed: Arc<tokio::sync::Notify>,
+    /// The client's count of room held, and this body's part of it (KiB).
+    client: Option<(super::ClientScope, Arc<super::BodiesByClient>)>,
 }
 
 impl Drop for BodyRoom {
     fn drop(&mut self) {
+        let held = self
+            .permit
+            .as_ref()
+            .map_or(0, OwnedSemaphorePermit::num_permits);
+        if let Some((scope, by_client)) = self.client.take() {
+            by_client.give_back(&scope, held);
+        }
         // The room first, then the wake-up: a woken body finds it free.
         drop(self.permit.take());
         self.freed.notify_waiters();
@@ -398,6 +408,7 @@ async fn read_body(
     shared: &Shared,
     family: Family,
     body: Body,
+    client: Option<super::ClientScope>,
 ) -> Result<(Bytes, Option<BodyRoom>), Response> {
     let limit = shared.body_limit;
     let too_large = || {
@@ -470,18 +481,36 @@ async fn read_body(
                 }
             };
             match tokio::time::timeout_at(deadline, room).await {
-                Ok(Ok(more)) => match held.as_mut() {
-                    Some(BodyRoom {
-                        permit: Some(permit),
-                        ..
-                    }) => permit.merge(more),
-                    _ => {
-                        held = Some(BodyRoom {
-                            permit: Some(more),
-                            freed: shared.body_freed.clone(),
-                        })
+                Ok(Ok(more)) => {
+                    // One client's bodies hold at most its share of the memory: past it, its
+                    // next body is refused at once rather than wait for room others need.
+                    if let Some(scope) = &client
+                        && !shared.bodies_by_client.take(scope, more.num_permits())
+                    {
+                        return Err(reply::busy(
+                            family,
+                            &format!(
+                                "your request bodies hold a quarter of the gateway's memory for bodies ({} MiB of GATEWAY_BODY_MEMORY_MB) at once; send the next when one is answered",
+                                shared.body_memory_mb
+                            ),
+                        ));
                     }
-                },
+                    match held.as_mut() {
+                        Some(BodyRoom {
+                            permit: Some(permit),
+                            ..
+                        }) => permit.merge(more),
+                        _ => {
+                            held = Some(BodyRoom {
+                                permit: Some(more),
+                                freed: shared.body_freed.clone(),
+                                client: client
+                                    .clone()
+                                    .map(|scope| (scope, shared.bodies_by_client.clone())),
+                            })
+                        }
+                    }
+                }
                 _ => {
                     return Err(reply::busy(
                         family,

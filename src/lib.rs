@@ -67,6 +67,7 @@ pub mod circuit_breaker;
 pub mod classify;
 pub mod client;
 pub mod clock;
+pub mod context;
 pub mod cost;
 mod error;
 pub mod fallback;

@@ -26,10 +26,9 @@
 
 use std::time::Duration;
 
-use crate::circuit_breaker::CircuitState;
 use crate::classify::Class;
 use crate::pool::Fingerprint;
-use crate::quota::{Dimension, MeterSnapshot};
+use crate::state::{Dimension, MeterSnapshot};
 
 /// Distinct values a name label (`model`, `scope`) takes at most; later names are reported as
 /// `other`. Model names come from callers (a gateway client can make them up), and an exporter
@@ -106,14 +105,12 @@ pub(crate) fn retry(class: Option<Class>) {
 
 /// A circuit changed state.
 #[inline]
-pub(crate) fn circuit_state(scope: &str, state: CircuitState) {
+/// `state` is the gauge's value: 0 closed, 1 open, 2 half-open (telemetry takes labels and
+/// numbers, never a layer's types).
+pub(crate) fn circuit_state(scope: &str, state: f64) {
     #[cfg(feature = "metrics")]
     {
-        let value = match state {
-            CircuitState::Closed => 0.0,
-            CircuitState::Open => 1.0,
-            CircuitState::HalfOpen => 2.0,
-        };
+        let value = state;
         metrics::gauge!("gemini_circuit_state", "scope" => name_label(scope, true)).set(value);
     }
 }
@@ -173,13 +170,13 @@ pub(crate) fn cache_miss() {
 
 /// A request sent to a fallback model (the names are the operator's chain, a bounded set).
 #[inline]
-pub(crate) fn fallback(from: &str, to: &str, reason: crate::fallback::FallbackReason) {
+pub(crate) fn fallback(from: &str, to: &str, reason: &'static str) {
     #[cfg(feature = "metrics")]
     metrics::counter!(
         "gemini_fallbacks_total",
         "from" => from.to_owned(),
         "to" => to.to_owned(),
-        "reason" => reason.as_str()
+        "reason" => reason
     )
     .increment(1);
 }

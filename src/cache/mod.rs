@@ -49,11 +49,7 @@ use tower_layer::Layer;
 
 pub use service::{Cache, ResponseBody};
 
-/// The header a caller sets to `no` (skip the cache) or `yes` (cache even a sampled answer);
-/// answers carry it too, `hit` or `miss`.
-pub const CACHE_HEADER: &str = "x-gemini-cache";
-/// The header naming the caller's namespace (a tenant): entries are shared only within one.
-pub const NAMESPACE_HEADER: &str = "x-gemini-cache-namespace";
+pub use crate::context::{CACHE_HEADER, NAMESPACE_HEADER};
 
 /// The longest an entry is kept, whatever TTL is asked for.
 pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);

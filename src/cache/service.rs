@@ -321,8 +321,8 @@ fn kept(headers: &HeaderMap) -> HeaderMap {
     let mut kept = HeaderMap::new();
     for name in [
         "content-type",
-        crate::fallback::MODEL_HEADER,
-        crate::fallback::FALLBACK_HEADER,
+        crate::context::MODEL_HEADER,
+        crate::context::FALLBACK_HEADER,
     ] {
         // Copied: a value parsed by hyper is a slice of its read buffer, and a clone would
         // keep that whole buffer (8 KiB or more) alive as long as the entry.
@@ -419,7 +419,7 @@ where
                     .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
                 head.extensions.insert(CacheStatus::Miss);
                 let storable = head.status == StatusCode::OK
-                    && !head.headers.contains_key(crate::fallback::FALLBACK_HEADER);
+                    && !head.headers.contains_key(crate::context::FALLBACK_HEADER);
                 if !storable {
                     return Ok(Response::from_parts(head, ResponseBody::passed(body)));
                 }
@@ -461,7 +461,7 @@ where
                 // Only a 200 of the requested model is kept: anything else goes to its caller
                 // as it comes (an error body may be large, or never end) with all its headers.
                 if head.status != StatusCode::OK
-                    || head.headers.contains_key(crate::fallback::FALLBACK_HEADER)
+                    || head.headers.contains_key(crate::context::FALLBACK_HEADER)
                 {
                     keep(Leader::Passed(Response::from_parts(
                         head,

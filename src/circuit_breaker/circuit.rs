@@ -304,7 +304,12 @@ impl Breakers {
         open_for: Option<Duration>,
     ) {
         let scope = &*circuit.scope;
-        crate::telemetry::circuit_state(scope, to);
+        let gauge = match to {
+            CircuitState::Closed => 0.0,
+            CircuitState::Open => 1.0,
+            CircuitState::HalfOpen => 2.0,
+        };
+        crate::telemetry::circuit_state(scope, gauge);
         match to {
             CircuitState::Open => tracing::warn!(
                 gemini.scope = scope,

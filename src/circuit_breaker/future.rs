@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::circuit::{Breakers, Circuit, Permit, Verdict};
 use crate::classify::{Class, Classification};
 use crate::error::{BoxError, Error, ErrorKind};
-use crate::key_rotation::QueueWait;
+use crate::context::QueueWait;
 
 pin_project! {
     /// Response future of [`CircuitBreaker`](super::CircuitBreaker).

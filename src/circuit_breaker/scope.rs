@@ -4,23 +4,11 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use http::{Extensions, HeaderMap, Method, Request, Uri};
+use http::Request;
 
+pub use crate::context::RequestHead;
 use crate::model::model_of;
 use crate::pool::SelectedKey;
-
-/// The parts of a request a custom scope can look at.
-#[derive(Debug)]
-pub struct RequestHead<'a> {
-    /// The method.
-    pub method: &'a Method,
-    /// The URI.
-    pub uri: &'a Uri,
-    /// The headers.
-    pub headers: &'a HeaderMap,
-    /// The extensions ([`SelectedKey`], [`Model`](crate::Model), …).
-    pub extensions: &'a Extensions,
-}
 
 type Extract = Arc<dyn Fn(&RequestHead<'_>) -> String + Send + Sync>;
 

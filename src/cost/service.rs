@@ -13,7 +13,7 @@ use tower_service::Service;
 use super::budget::Reservation;
 use super::{Account, CallCost, CostReport, Price, Prices, Spend};
 use crate::error::{BoxError, Error};
-use crate::fallback::ModelFallback;
+use crate::context::ModelFallback;
 use crate::model::{self, Model};
 use crate::pool::SelectedKey;
 use crate::quota::LastCounts;

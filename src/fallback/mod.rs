@@ -59,45 +59,13 @@ use crate::classify::{Class, Classification};
 use crate::error::{Error, ErrorKind};
 use crate::model::{Model, check_name};
 
-/// On a request, `no` forbids falling back; on an answer served by a fallback model, the
-/// requested model and why: `gemini-2.5-pro; reason=quota_exhausted`.
-pub const FALLBACK_HEADER: &str = "x-gemini-fallback";
-/// On an answer served by a fallback model: the model that served it.
-pub const MODEL_HEADER: &str = "x-gemini-model";
+pub use crate::context::{FALLBACK_HEADER, FallbackReason, MODEL_HEADER, ModelFallback};
+pub(crate) use crate::context::NextModelWaits;
 
 /// The longest chain a model may have (Google lists a handful of text models).
 pub const MAX_CHAIN: usize = 8;
 
-/// Why a request went to a fallback model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum FallbackReason {
-    /// Every project is at its quota for the model: a local limit refused it, or Google
-    /// answered 429 to the last attempt.
-    QuotaExhausted,
-    /// Every key is cooling down for the model after Google refused it.
-    NoKeyAvailable,
-    /// No key may use the model: every one is disabled for it (not on the project's tier).
-    ModelUnavailable,
-    /// The circuit breaker is open for the model: Google has been failing it.
-    CircuitOpen,
-    /// Google failed the model's last attempt after the retries (503 "model is overloaded",
-    /// 500): another model is served rather than the error.
-    Overloaded,
-}
-
 impl FallbackReason {
-    /// A short stable name, e.g. `"quota_exhausted"`, for headers, logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FallbackReason::QuotaExhausted => "quota_exhausted",
-            FallbackReason::NoKeyAvailable => "no_key_available",
-            FallbackReason::ModelUnavailable => "model_unavailable",
-            FallbackReason::CircuitOpen => "circuit_open",
-            FallbackReason::Overloaded => "overloaded",
-        }
-    }
-
     /// Why an error of the stack calls for another model, if it does.
     pub(crate) fn of_error(error: &Error) -> Option<Self> {
         match error.kind() {
@@ -134,37 +102,6 @@ impl FallbackReason {
         }
     }
 }
-
-impl fmt::Display for FallbackReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A response extension on answers served by a fallback model.
-///
-/// ```
-/// use tower_gemini::fallback::ModelFallback;
-/// # let response = http::Response::new(());
-/// if let Some(fallback) = response.extensions().get::<ModelFallback>() {
-///     println!("{} served instead of {} ({})", fallback.served.as_str(), fallback.requested.as_str(), fallback.reason);
-/// }
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelFallback {
-    /// The model the caller asked for.
-    pub requested: Model,
-    /// The model that served the answer.
-    pub served: Model,
-    /// Why the requested model (and any fallback before the one that served) was passed over.
-    pub reason: FallbackReason,
-}
-
-/// A request extension the fallback layer puts on every attempt that has a model after it:
-/// the layers below then do not wait for that model — the retry layer for its open circuit,
-/// key rotation for a key or a quota slot to free — and the next model serves at once.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct NextModelWaits;
 
 /// The configured chains: for each model, the models to try after it, in order.
 #[derive(Default)]

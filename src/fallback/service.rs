@@ -182,7 +182,7 @@ where
             reason = reason.as_str(),
             "no project can serve the model now; falling back"
         );
-        crate::telemetry::fallback(last.as_str(), next.as_str(), reason);
+        crate::telemetry::fallback(last.as_str(), next.as_str(), reason.as_str());
         first_reason.get_or_insert(reason);
         last = next;
         // The refused answer (a local error, or Google's 429 with its small body) is dropped.

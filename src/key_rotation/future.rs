@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use http::Request;
 use tower_service::Service;
 
-use super::QueueWait;
+use crate::context::{ErrorBodyLimits, QueueWait};
 use super::inject::KeyPlacement;
 use super::service::{prepare, request_size};
 use crate::body::{Prefix, ResponseBody, Scrubber};
@@ -23,22 +23,6 @@ use crate::classify::Classification;
 use crate::error::{self, BoxError, Error, ErrorKind};
 use crate::pool::{KeyLease, KeyWait, SelectedKey};
 use crate::telemetry;
-
-/// How much of an error body is read to classify it, and for how long at most.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ErrorBodyLimits {
-    pub(crate) bytes: usize,
-    pub(crate) time: Duration,
-}
-
-impl Default for ErrorBodyLimits {
-    fn default() -> Self {
-        ErrorBodyLimits {
-            bytes: super::DEFAULT_MAX_ERROR_BODY,
-            time: super::DEFAULT_ERROR_BODY_TIMEOUT,
-        }
-    }
-}
 
 pin_project! {
     /// Response future of [`KeyRotation`](super::KeyRotation).

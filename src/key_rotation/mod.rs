@@ -51,7 +51,6 @@ mod future;
 mod inject;
 mod service;
 
-pub(crate) use future::ErrorBodyLimits;
 pub use future::ResponseFuture;
 pub use inject::KeyPlacement;
 pub use service::KeyRotation;
@@ -62,19 +61,8 @@ use tower_layer::Layer;
 
 use crate::pool::KeyPool;
 
-/// Default bound on how much of a non-2xx body is read to classify it.
-pub const DEFAULT_MAX_ERROR_BODY: usize = 64 * 1024;
-
-/// Default bound on how long a non-2xx body is read to classify it: an upstream that trickles
-/// its error body cannot hold the caller and the key longer than this. When it passes, what
-/// arrived is classified and the rest streams on to the caller.
-pub const DEFAULT_ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long a request waited in line for its key: in the response extensions of a request that
-/// waited, so that outer layers timing the call (a breaker's slow-call threshold) count only the
-/// time the upstream took.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct QueueWait(pub(crate) Duration);
+pub use crate::context::{DEFAULT_ERROR_BODY_TIMEOUT, DEFAULT_MAX_ERROR_BODY};
+pub(crate) use crate::context::ErrorBodyLimits;
 
 /// Applies [`KeyRotation`] to a service. See the [module docs](self).
 #[derive(Clone, Debug)]

@@ -8,12 +8,12 @@ use http_body::Body;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::future::{ErrorBodyLimits, ResponseFuture};
+use super::future::ResponseFuture;
 use super::inject::{KeyPlacement, replace_key};
 use crate::error::{BoxError, Error};
 use crate::model::model_of;
 use crate::pool::{KeyLease, KeyPool};
-use crate::retry::Attempt;
+use crate::context::{Attempt, ErrorBodyLimits, NextModelWaits};
 use crate::state::Demand;
 
 /// Middleware that picks a key from a [`KeyPool`] for every request, made by
@@ -98,7 +98,7 @@ where
         // serves it now.
         let waits = request
             .extensions()
-            .get::<crate::fallback::NextModelWaits>()
+            .get::<NextModelWaits>()
             .is_none();
         let give_up = self.wait.filter(|_| waits).map(|bound| {
             let at = crate::clock::instant_after(Instant::now(), bound);

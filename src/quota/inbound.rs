@@ -18,7 +18,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::circuit_breaker::RequestHead;
+use crate::context::RequestHead;
 use crate::clock::{Clock, SystemClock};
 use crate::state::ModelLimits;
 use crate::state::{BytesPerToken, TokenEstimator};

@@ -19,7 +19,7 @@ use super::policy::{CallState, Decision, Outcome, RetryPolicy, Stop};
 use crate::body::{Prefix, ResponseBody};
 use crate::classify::Classification;
 use crate::error::{BoxError, Error, ErrorKind};
-use crate::key_rotation::ErrorBodyLimits;
+use crate::context::ErrorBodyLimits;
 use crate::pool::{Fingerprint, SelectedKey};
 
 pin_project! {

@@ -71,7 +71,6 @@ mod service;
 
 use std::time::Duration;
 
-use tokio::time::Instant;
 use tower_layer::Layer;
 
 pub use backoff::{Backoff, EqualJitter, FullJitter, Jitter, NoJitter};
@@ -81,22 +80,9 @@ use policy::RetryPolicy;
 pub use policy::{DEFAULT_DEADLINE, DEFAULT_RETRIES, GeminiPolicy};
 pub use service::Retry;
 
-use crate::key_rotation::ErrorBodyLimits;
+pub use crate::context::Attempt;
+use crate::context::ErrorBodyLimits;
 use crate::pool::KeyPool;
-
-/// Which attempt a request is: set by [`Retry`] in the request extensions of every attempt, and
-/// in the extensions of the response it returns (how many attempts it took).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Attempt {
-    /// 1 for the first attempt.
-    pub number: u32,
-    /// The most attempts the policy allows.
-    pub max: u32,
-    /// When the whole call must be over. Inner layers never wait past it: a request waiting
-    /// for a key ([`KeyRotationLayer::wait_up_to`](crate::KeyRotationLayer::wait_up_to)) gives
-    /// up by then.
-    pub deadline: Instant,
-}
 
 /// Applies [`Retry`] to a service. See the [module docs](self).
 #[derive(Clone, Debug)]

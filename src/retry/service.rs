@@ -10,7 +10,7 @@ use super::future::ResponseFuture;
 use super::policy::RetryPolicy;
 use crate::body::ResponseBody;
 use crate::error::{BoxError, Error};
-use crate::key_rotation::ErrorBodyLimits;
+use crate::context::ErrorBodyLimits;
 
 /// Middleware that retries Gemini requests by error class, made by
 /// [`RetryLayer`](super::RetryLayer). See the [module docs](super).

@@ -5,8 +5,8 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::classify::Classification;
-use crate::pool::Fingerprint;
-use crate::state::Dimension;
+use crate::dimension::Dimension;
+use crate::fingerprint::Fingerprint;
 
 /// A type-erased error, as used throughout the tower ecosystem.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -69,8 +69,10 @@ pub mod client;
 pub mod clock;
 pub mod context;
 pub mod cost;
+mod dimension;
 mod error;
 pub mod fallback;
+mod fingerprint;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;

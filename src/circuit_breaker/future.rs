@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use super::circuit::{Breakers, Circuit, Permit, Verdict};
 use crate::classify::{Class, Classification};
-use crate::error::{BoxError, Error, ErrorKind};
 use crate::context::QueueWait;
+use crate::error::{BoxError, Error, ErrorKind};
 
 pin_project! {
     /// Response future of [`CircuitBreaker`](super::CircuitBreaker).

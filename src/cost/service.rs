@@ -12,8 +12,8 @@ use tower_service::Service;
 
 use super::budget::Reservation;
 use super::{Account, CallCost, CostReport, Price, Prices, Spend};
-use crate::error::{BoxError, Error};
 use crate::context::ModelFallback;
+use crate::error::{BoxError, Error};
 use crate::model::{self, Model};
 use crate::pool::SelectedKey;
 use crate::quota::LastCounts;

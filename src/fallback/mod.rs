@@ -59,8 +59,8 @@ use crate::classify::{Class, Classification};
 use crate::error::{Error, ErrorKind};
 use crate::model::{Model, check_name};
 
-pub use crate::context::{FALLBACK_HEADER, FallbackReason, MODEL_HEADER, ModelFallback};
 pub(crate) use crate::context::NextModelWaits;
+pub use crate::context::{FALLBACK_HEADER, FallbackReason, MODEL_HEADER, ModelFallback};
 
 /// The longest chain a model may have (Google lists a handful of text models).
 pub const MAX_CHAIN: usize = 8;

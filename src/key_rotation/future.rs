@@ -15,11 +15,11 @@ use tokio::time::Instant;
 use http::Request;
 use tower_service::Service;
 
-use crate::context::{ErrorBodyLimits, QueueWait};
 use super::inject::KeyPlacement;
-use super::service::{prepare, request_size};
+use super::inject::{prepare, request_size};
 use crate::body::{Prefix, ResponseBody, Scrubber};
 use crate::classify::Classification;
+use crate::context::{ErrorBodyLimits, QueueWait};
 use crate::error::{self, BoxError, Error, ErrorKind};
 use crate::pool::{KeyLease, KeyWait, SelectedKey};
 use crate::telemetry;

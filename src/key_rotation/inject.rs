@@ -4,8 +4,9 @@ use http::header::{AUTHORIZATION, HeaderName};
 use http::uri::PathAndQuery;
 use http::{Request, Uri};
 
+use crate::context::Attempt;
 use crate::model::is_openai_path;
-use crate::pool::ApiKey;
+use crate::pool::{ApiKey, KeyLease};
 
 /// The header Gemini reads the key from.
 pub(crate) const X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
@@ -109,6 +110,53 @@ fn rewrite_query(uri: &Uri, secret: Option<&str>) -> Option<Uri> {
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(PathAndQuery::try_from(path_and_query).ok()?);
     Uri::from_parts(parts).ok()
+}
+
+/// The request body's length, when it is in memory: a token quota smaller than a quarter of
+/// it was exceeded by the request itself (see `Reading::finish`).
+pub(super) fn request_size<B: 'static>(request: &Request<B>) -> Option<usize> {
+    crate::peek::body_bytes(request.body()).map(|body| body.len())
+}
+
+/// Put the leased key (and its ledger reservation) into the request; what was chosen goes
+/// into the request's extensions and the attempt's span.
+pub(super) fn prepare<B>(
+    mut request: Request<B>,
+    mut lease: KeyLease,
+    placement: &KeyPlacement,
+) -> (Request<B>, KeyLease, crate::pool::SelectedKey) {
+    let selected = lease.selected();
+    // Fill in the attempt span (see `RetryLayer`), if any; a no-op elsewhere.
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        span.record(
+            "gemini.key",
+            tracing::field::display(selected.fingerprint()),
+        );
+        if let Some(model) = selected.model() {
+            span.record("gemini.model", model);
+        }
+    }
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let attempt = request
+            .extensions()
+            .get::<Attempt>()
+            .map(|a| format!(" (attempt {}/{})", a.number, a.max))
+            .unwrap_or_default();
+        tracing::debug!(
+            gemini.key = %selected.fingerprint(),
+            gemini.project = selected.project(),
+            gemini.model = selected.model().unwrap_or("unknown"),
+            "using key {}{attempt}",
+            selected.fingerprint()
+        );
+    }
+    replace_key(&mut request, lease.key(), placement);
+    if let Some(reservation) = lease.take_reservation() {
+        request.extensions_mut().insert(reservation);
+    }
+    request.extensions_mut().insert(selected.clone());
+    (request, lease, selected)
 }
 
 #[cfg(test)]

@@ -61,8 +61,8 @@ use tower_layer::Layer;
 
 use crate::pool::KeyPool;
 
-pub use crate::context::{DEFAULT_ERROR_BODY_TIMEOUT, DEFAULT_MAX_ERROR_BODY};
 pub(crate) use crate::context::ErrorBodyLimits;
+pub use crate::context::{DEFAULT_ERROR_BODY_TIMEOUT, DEFAULT_MAX_ERROR_BODY};
 
 /// Applies [`KeyRotation`] to a service. See the [module docs](self).
 #[derive(Clone, Debug)]

@@ -9,11 +9,12 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
-use super::inject::{KeyPlacement, replace_key};
+use super::inject::KeyPlacement;
+use super::inject::{prepare, request_size};
+use crate::context::{Attempt, ErrorBodyLimits, NextModelWaits};
 use crate::error::{BoxError, Error};
 use crate::model::model_of;
 use crate::pool::{KeyLease, KeyPool};
-use crate::context::{Attempt, ErrorBodyLimits, NextModelWaits};
 use crate::state::Demand;
 
 /// Middleware that picks a key from a [`KeyPool`] for every request, made by
@@ -96,10 +97,7 @@ where
         // Until when this request may wait: the bound, and the retry deadline if any. A
         // request with another model after it (a fallback chain) does not wait: the next model
         // serves it now.
-        let waits = request
-            .extensions()
-            .get::<NextModelWaits>()
-            .is_none();
+        let waits = request.extensions().get::<NextModelWaits>().is_none();
         let give_up = self.wait.filter(|_| waits).map(|bound| {
             let at = crate::clock::instant_after(Instant::now(), bound);
             match request.extensions().get::<Attempt>() {
@@ -173,51 +171,4 @@ impl<S> KeyRotation<S> {
             self.error_body,
         )
     }
-}
-
-/// Put the leased key (and its ledger reservation) into the request; what was chosen goes
-/// into the request's extensions and the attempt's span.
-/// The request body's length, when it is in memory: a token quota smaller than a quarter of
-/// it was exceeded by the request itself (see `Reading::finish`).
-pub(super) fn request_size<B: 'static>(request: &Request<B>) -> Option<usize> {
-    crate::peek::body_bytes(request.body()).map(|body| body.len())
-}
-
-pub(super) fn prepare<B>(
-    mut request: Request<B>,
-    mut lease: KeyLease,
-    placement: &KeyPlacement,
-) -> (Request<B>, KeyLease, crate::pool::SelectedKey) {
-    let selected = lease.selected();
-    // Fill in the attempt span (see `RetryLayer`), if any; a no-op elsewhere.
-    let span = tracing::Span::current();
-    if !span.is_disabled() {
-        span.record(
-            "gemini.key",
-            tracing::field::display(selected.fingerprint()),
-        );
-        if let Some(model) = selected.model() {
-            span.record("gemini.model", model);
-        }
-    }
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        let attempt = request
-            .extensions()
-            .get::<Attempt>()
-            .map(|a| format!(" (attempt {}/{})", a.number, a.max))
-            .unwrap_or_default();
-        tracing::debug!(
-            gemini.key = %selected.fingerprint(),
-            gemini.project = selected.project(),
-            gemini.model = selected.model().unwrap_or("unknown"),
-            "using key {}{attempt}",
-            selected.fingerprint()
-        );
-    }
-    replace_key(&mut request, lease.key(), placement);
-    if let Some(reservation) = lease.take_reservation() {
-        request.extensions_mut().insert(reservation);
-    }
-    request.extensions_mut().insert(selected.clone());
-    (request, lease, selected)
 }

@@ -18,8 +18,8 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::context::RequestHead;
 use crate::clock::{Clock, SystemClock};
+use crate::context::RequestHead;
 use crate::state::ModelLimits;
 use crate::state::{BytesPerToken, TokenEstimator};
 use crate::state::{Demand, Meters, Refusal};

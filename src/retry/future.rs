@@ -18,8 +18,8 @@ use super::Attempt;
 use super::policy::{CallState, Decision, Outcome, RetryPolicy, Stop};
 use crate::body::{Prefix, ResponseBody};
 use crate::classify::Classification;
-use crate::error::{BoxError, Error, ErrorKind};
 use crate::context::ErrorBodyLimits;
+use crate::error::{BoxError, Error, ErrorKind};
 use crate::pool::{Fingerprint, SelectedKey};
 
 pin_project! {

@@ -9,8 +9,8 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::policy::RetryPolicy;
 use crate::body::ResponseBody;
-use crate::error::{BoxError, Error};
 use crate::context::ErrorBodyLimits;
+use crate::error::{BoxError, Error};
 
 /// Middleware that retries Gemini requests by error class, made by
 /// [`RetryLayer`](super::RetryLayer). See the [module docs](super).

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::limits::{Limits, ModelLimits};
+use super::limits::ModelLimits;
 use super::meter::{Dimension, Meters, Refusal};
+use super::presets::Limits;
 use crate::classify::Class;
 use crate::read_mostly::{NameMap, ReadMostly};
 

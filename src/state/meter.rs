@@ -2,7 +2,6 @@
 //! all-or-nothing across dimensions under one small lock per (project, model).
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -26,55 +25,7 @@ pub(crate) const SKEW_MARGIN_MS: u64 = 500;
 #[cfg(test)]
 const HOLD_MS: u64 = MINUTE_MS + SKEW_MARGIN_MS;
 
-/// A quota dimension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Dimension {
-    /// Requests per minute.
-    RequestsPerMinute,
-    /// Input tokens per minute.
-    TokensPerMinute,
-    /// Requests per day (midnight to midnight America/Los_Angeles).
-    RequestsPerDay,
-    /// Images per minute.
-    ImagesPerMinute,
-}
-
-impl Dimension {
-    /// Every dimension, in declaration order.
-    pub const ALL: [Dimension; 4] = [
-        Dimension::RequestsPerMinute,
-        Dimension::TokensPerMinute,
-        Dimension::RequestsPerDay,
-        Dimension::ImagesPerMinute,
-    ];
-
-    /// Its position in [`ALL`](Self::ALL).
-    pub(crate) fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The dimension named `"rpm"`, `"tpm"`, `"rpd"` or `"ipm"`.
-    pub fn from_name(name: &str) -> Option<Dimension> {
-        Dimension::ALL.into_iter().find(|d| d.as_str() == name)
-    }
-
-    /// `"rpm"`, `"tpm"`, `"rpd"` or `"ipm"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Dimension::RequestsPerMinute => "rpm",
-            Dimension::TokensPerMinute => "tpm",
-            Dimension::RequestsPerDay => "rpd",
-            Dimension::ImagesPerMinute => "ipm",
-        }
-    }
-}
-
-impl fmt::Display for Dimension {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::dimension::Dimension;
 
 /// What one request asks of the quota: one request, its estimated input tokens, its images.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -49,10 +49,10 @@ pub use estimate::{BytesPerToken, TokenEstimator};
 pub use file::StateFile;
 pub use health::DisabledReason;
 pub(crate) use health::{KeyHealth, ModelSlots, ModelTable, ProjectHealth, normalize_model};
-pub(crate) use limits::Limits;
 pub use limits::ModelLimits;
 pub use meter::{Demand, Dimension, MeterSnapshot, Usage};
 pub(crate) use meter::{History, MeterState, Meters, Refusal, Ticket};
+pub(crate) use presets::Limits;
 pub use presets::Tier;
 #[cfg(feature = "gateway")]
 pub(crate) use redis::redact as redact_url;

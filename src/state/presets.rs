@@ -1,8 +1,11 @@
-//! Built-in, approximate limits for well-known models on each tier.
+//! Built-in, approximate limits for well-known models on each tier, and [`Limits`]: the
+//! configured limits over them.
 //!
 //! These follow Google's published rate limits for the Gemini API at the time of writing; Google
 //! changes them, and projects can have their own. They are a starting point: configured limits
 //! override them, and limits learned from 429 answers lower them.
+
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -102,5 +105,42 @@ impl Tier {
             .iter()
             .find(|(prefix, _)| model.starts_with(prefix))
             .map(|(_, row)| row[column])
+    }
+}
+
+/// Limits per model for every project, overrides per project, and tiers whose presets fill in
+/// what is not configured.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Limits {
+    pub(crate) defaults: HashMap<String, ModelLimits>,
+    pub(crate) projects: HashMap<String, HashMap<String, ModelLimits>>,
+    pub(crate) tier: Option<Tier>,
+    pub(crate) project_tiers: HashMap<String, Tier>,
+}
+
+impl Limits {
+    /// Per-project model limits, then model limits for every project, then the project's tier
+    /// preset, then the default tier preset; merged dimension by dimension.
+    pub(crate) fn for_model(&self, project: &str, model: &str) -> Option<ModelLimits> {
+        let tier = self.project_tiers.get(project).copied().or(self.tier);
+        [
+            self.projects
+                .get(project)
+                .and_then(|m| m.get(model))
+                .copied(),
+            self.defaults.get(model).copied(),
+            tier.and_then(|t| t.limits(model)),
+        ]
+        .into_iter()
+        .flatten()
+        .reduce(ModelLimits::or)
+    }
+
+    /// Is anything configured (so that requests need a token estimate)?
+    pub(crate) fn is_empty(&self) -> bool {
+        self.defaults.is_empty()
+            && self.projects.is_empty()
+            && self.tier.is_none()
+            && self.project_tiers.is_empty()
     }
 }

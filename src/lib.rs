@@ -106,6 +106,8 @@ pub use error::{BoxError, Error, ErrorKind};
 struct ReadmeDoctests;
 pub use key_rotation::{KeyPlacement, KeyRotation, KeyRotationLayer};
 pub use model::Model;
+#[doc(hidden)]
+pub use model::body_parses_for_model;
 pub use pool::{ApiKey, Fingerprint, KeyPool, KeySpec, ModelLimits, SelectedKey};
 pub use quota::{InboundQuotaLayer, QuotaLayer};
 pub use response::ResponseExt;

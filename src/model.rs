@@ -93,8 +93,32 @@ pub(crate) fn model_in_path(path: &str) -> Option<&str> {
     (!model.is_empty()).then_some(model)
 }
 
+/// How many times a request body was parsed for its model, in this process: each layer reads
+/// the [`Model`] extension instead once it is set (`tests/model_resolved_once.rs` counts).
+static BODY_PARSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many times a request body has been parsed for its model in this process (for tests of
+/// the rule that it happens at most once per request).
+#[doc(hidden)]
+pub fn body_parses_for_model() -> usize {
+    BODY_PARSES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Count one parse of a body for its model (the gateway parses OpenAI bodies itself).
+pub(crate) fn count_body_parse() {
+    BODY_PARSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The `model` field of a JSON object already parsed (`models/` dropped).
+pub(crate) fn model_in_value(json: &serde_json::Value) -> Option<String> {
+    let model = json.get("model")?.as_str()?.trim();
+    let model = model.strip_prefix("models/").unwrap_or(model);
+    (!model.is_empty()).then(|| model.to_owned())
+}
+
 /// The `model` field of a JSON body (the OpenAI-compatible endpoint).
 pub(crate) fn model_in_json(body: &[u8]) -> Option<String> {
+    count_body_parse();
     #[derive(Deserialize)]
     struct OnlyModel<'a> {
         #[serde(borrow)]
@@ -105,6 +129,33 @@ pub(crate) fn model_in_json(body: &[u8]) -> Option<String> {
     let model = model.trim();
     let model = model.strip_prefix("models/").unwrap_or(model);
     (!model.is_empty()).then(|| model.to_owned())
+}
+
+/// The model of a request, resolved once: the [`Model`] extension if set; else the path; else
+/// (OpenAI-compatible path) the body's `model`, which is then set as the extension so that no
+/// layer after this one parses the body again. (A model read from the path is not stored: the
+/// path is read again without a copy.)
+pub(crate) fn resolve<B: 'static>(request: &mut Request<B>) -> Option<Model> {
+    if let Some(model) = request.extensions().get::<Model>() {
+        return Some(model.clone());
+    }
+    if let Some(model) = model_in_path(request.uri().path()) {
+        return Some(Model::new(model));
+    }
+    let model = Model::new(&*model_of(request)?);
+    request.extensions_mut().insert(model.clone());
+    Some(model)
+}
+
+/// Set the [`Model`] extension from an OpenAI body if it is not set and the path names no
+/// model (the outermost layer that reads the model does this, once).
+pub(crate) fn resolve_from_body<B: 'static>(request: &mut Request<B>) {
+    if request.extensions().get::<Model>().is_none()
+        && is_openai_path(request.uri().path())
+        && let Some(model) = model_of(request).map(|m| Model::new(&*m))
+    {
+        request.extensions_mut().insert(model);
+    }
 }
 
 /// The model of a request: the [`Model`] extension, else the path, else (OpenAI-compatible

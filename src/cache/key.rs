@@ -64,7 +64,12 @@ pub(crate) fn of(parts: &Parts, body: &[u8], cache_sampled: bool) -> Option<Keye
     } else {
         // `/chat/completions`, as `candidate` checked.
         let stream = json.get("stream").and_then(Value::as_bool) == Some(true);
-        (crate::model::model_in_json(body)?, stream)
+        // The body is parsed here anyway (for its canonical form): its model is read from that.
+        let model = match parts.extensions.get::<crate::Model>() {
+            Some(model) => model.as_str().to_owned(),
+            None => crate::model::model_in_value(&json)?,
+        };
+        (model, stream)
     };
     let temperature = json
         .get("generationConfig")

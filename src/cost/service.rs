@@ -125,9 +125,9 @@ where
         self.inner.poll_ready(cx).map_err(Error::from_inner)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let account = request.extensions().get::<Account>().cloned();
-        let model = model::model_of(&request).map(|m| Model::new(&*m));
+        let model = model::resolve(&mut request);
         // Only when budgets refuse is a call's cost estimated and held before it is sent.
         let estimated = if self.spend.budget().refuses() {
             let (price, _) = price_of(&self.prices, &self.spend, model.as_ref());

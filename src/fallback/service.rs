@@ -121,11 +121,11 @@ where
             Some(value) => forbidden(&value),
             None => false,
         };
-        let chain = match model::model_of(&request) {
+        let chain = match model::resolve(&mut request) {
             Some(requested) if !opted_out => self
                 .chains
-                .shared_after(&requested)
-                .map(|then| (Model::new(&*requested), then)),
+                .shared_after(requested.as_str())
+                .map(|then| (requested, then)),
             _ => None,
         };
         let Some((requested, then)) = chain else {

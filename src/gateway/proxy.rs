@@ -14,6 +14,7 @@ use tower::ServiceExt;
 use super::Shared;
 use super::reply::{self, Family};
 use super::strict_json;
+use crate::Model;
 
 /// Request headers passed on to the upstream; everything else (the client's credentials,
 /// cookies, hop-by-hop headers, `accept-encoding` — usage is read from the body as it streams)
@@ -148,7 +149,8 @@ pub(crate) async fn chat_completions(
 
 async fn chat(shared: &Shared, request: Request) -> Response {
     let model = shared.model.clone();
-    let fill_model = move |body: Bytes| -> Result<Bytes, String> {
+    let fill_model = move |body: Bytes| -> Result<(Bytes, Option<Model>), String> {
+        crate::model::count_body_parse();
         let mut json: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| format!("the request body is not JSON: {e}"))?;
         let object = json
@@ -156,12 +158,15 @@ async fn chat(shared: &Shared, request: Request) -> Response {
             .ok_or("the request body must be a JSON object")?;
         match object.get("model") {
             Some(serde_json::Value::String(given)) => {
-                crate::model::check_name(given.strip_prefix("models/").unwrap_or(given))?;
-                Ok(body)
+                let given = given.strip_prefix("models/").unwrap_or(given);
+                crate::model::check_name(given)?;
+                let model = Model::new(given);
+                Ok((body, Some(model)))
             }
             None | Some(serde_json::Value::Null) => {
+                let named = Model::new(&model);
                 object.insert("model".to_owned(), serde_json::Value::String(model));
-                Ok(Bytes::from(json.to_string()))
+                Ok((Bytes::from(json.to_string()), Some(named)))
             }
             Some(_) => Err(
                 "\"model\" must be a string naming a model, such as \"gemini-2.5-flash\""
@@ -186,18 +191,21 @@ pub(crate) async fn embeddings(State(shared): State<Arc<Shared>>, request: Reque
 
 async fn embed(shared: &Shared, request: Request) -> Response {
     let path = "/v1beta/openai/embeddings".to_owned();
-    let check = |body: Bytes| -> Result<Bytes, String> {
+    let check = |body: Bytes| -> Result<(Bytes, Option<Model>), String> {
+        crate::model::count_body_parse();
         let json: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| format!("the request body is not JSON: {e}"))?;
-        match json.get("model") {
+        let model = match json.get("model") {
             Some(serde_json::Value::String(given)) => {
-                crate::model::check_name(given.strip_prefix("models/").unwrap_or(given))?;
+                let given = given.strip_prefix("models/").unwrap_or(given);
+                crate::model::check_name(given)?;
+                Model::new(given)
             }
             _ => {
                 return Err("\"model\" is required: a string naming an embedding model, such as \"gemini-embedding-001\"".to_owned());
             }
-        }
-        Ok(body)
+        };
+        Ok((body, Some(model)))
     };
     forward(shared, Family::OpenAi, request, path, Some(Box::new(check))).await
 }
@@ -227,7 +235,8 @@ pub(crate) async fn models(State(shared): State<Arc<Shared>>, request: Request) 
     forward(&shared, Family::OpenAi, request, path, None).await
 }
 
-type Rewrite = Box<dyn FnOnce(Bytes) -> Result<Bytes, String> + Send>;
+/// A check (and possibly a change) of an OpenAI body, which names the request's model.
+type Rewrite = Box<dyn FnOnce(Bytes) -> Result<(Bytes, Option<Model>), String> + Send>;
 
 /// A path the gateway may put after the upstream's base: no dot segments, empty segments,
 /// percent-escapes or backslashes, so the route checked here is the route Google serves (a
@@ -317,14 +326,19 @@ async fn forward(
             return refused;
         }
     }
-    let body = match rewrite {
+    // The model, resolved once here (from the path, or the OpenAI body as it was parsed):
+    // every layer reads the extension rather than parse the body again.
+    let (body, model) = match rewrite {
         Some(rewrite) => match rewrite(body) {
-            Ok(body) => body,
+            Ok(checked) => checked,
             Err(message) => {
                 return reply::client_error(family, StatusCode::BAD_REQUEST, &message);
             }
         },
-        None => body,
+        None => {
+            let model = crate::model::model_in_path(&path).map(Model::new);
+            (body, model)
+        }
     };
     let uri = format!(
         "{}{path}{}",
@@ -340,6 +354,9 @@ async fn forward(
         }
     };
     copy_headers(&parts.headers, upstream.headers_mut(), FORWARDED);
+    if let Some(model) = model {
+        upstream.extensions_mut().insert(model);
+    }
     // Each client token its own cache scope, whatever namespace it sends (else one client
     // could ask "did anyone ask this?" and read another's answer); sharing is the operator's
     // opt-in, and then a client's namespace header is honoured.

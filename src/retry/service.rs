@@ -50,7 +50,7 @@ impl<S, B, ResB> Service<Request<B>> for Retry<S>
 where
     S: Service<Request<B>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
-    B: Clone,
+    B: Clone + 'static,
     ResB: Body,
 {
     type Response = Response<ResponseBody<ResB>>;
@@ -62,7 +62,9 @@ where
         self.inner.poll_ready(cx).map_err(Error::from_inner)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // Every attempt reads the model: an OpenAI body is parsed for it once, here.
+        crate::model::resolve_from_body(&mut request);
         // The ready service makes the first attempt; a clone takes its place here.
         let clone = self.inner.clone();
         let service = std::mem::replace(&mut self.inner, clone);

@@ -290,7 +290,8 @@ fn forwarded_query(query: Option<&str>) -> String {
     }
 }
 
-/// Buffer the body (bounded), send it upstream through the stack, stream the answer back.
+/// Buffer the body (bounded), check it, send it upstream through the stack, stream the answer
+/// back.
 async fn forward(
     shared: &Shared,
     family: Family,
@@ -304,55 +305,76 @@ async fn forward(
         Ok(read) => read,
         Err(refused) => return refused,
     };
-    // What Google would refuse with a 400 is refused here, before a key and a slot of quota
-    // are spent on it: a body that says (or leaves to be assumed) it is JSON and is not. And a
-    // JSON object with a key twice is refused: Google and each layer here could read different
-    // copies (one `model` priced, cached and limited, the other sent). Other content types pass.
-    // Every route served takes JSON: a body sent as another type is checked all the same.
+    let (body, model) = match admit(shared, family, &parts, body, &path, rewrite) {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
+    };
+    let upstream = match upstream_request(shared, &parts, &path, body, model) {
+        Ok(upstream) => upstream,
+        Err(message) => return reply::client_error(family, StatusCode::BAD_REQUEST, message),
+    };
+    send(shared, family, upstream).await
+}
+
+/// What is refused once the body is here, before a key and a slot of quota are spent on it:
+/// a body that is not JSON as Google reads it (every route served takes JSON; a key twice
+/// would let Google and each layer read different copies: one `model` priced, cached and
+/// limited, another sent), a client over its limits (its tokens count against `tpm`), an
+/// OpenAI body the route refuses. Otherwise the body to send and its model, resolved once
+/// here (from the path, or the OpenAI body as it was parsed): every layer reads the extension
+/// rather than parse the body again.
+fn admit(
+    shared: &Shared,
+    family: Family,
+    parts: &http::request::Parts,
+    body: Bytes,
+    path: &str,
+    rewrite: Option<Rewrite>,
+) -> Result<(Bytes, Option<Model>), Response> {
     if parts.method == Method::POST
         && let Err(problem) = strict_json::check(&body)
     {
-        return reply::client_error(family, StatusCode::BAD_REQUEST, &problem);
+        return Err(reply::client_error(
+            family,
+            StatusCode::BAD_REQUEST,
+            &problem,
+        ));
     }
-    // Per-client limits, now that the body is here: its tokens count against `tpm`.
     if let Some(limits) = &shared.client_limits {
-        let head = crate::circuit_breaker::RequestHead {
+        let head = crate::context::RequestHead {
             method: &parts.method,
             uri: &parts.uri,
             headers: &parts.headers,
             extensions: &parts.extensions,
         };
         if let Some(refused) = limits.admit::<Body>(&head, &body) {
-            return refused;
+            return Err(refused);
         }
     }
-    // The model, resolved once here (from the path, or the OpenAI body as it was parsed):
-    // every layer reads the extension rather than parse the body again.
-    let (body, model) = match rewrite {
-        Some(rewrite) => match rewrite(body) {
-            Ok(checked) => checked,
-            Err(message) => {
-                return reply::client_error(family, StatusCode::BAD_REQUEST, &message);
-            }
-        },
-        None => {
-            let model = crate::model::model_in_path(&path).map(Model::new);
-            (body, model)
-        }
-    };
+    match rewrite {
+        Some(rewrite) => rewrite(body)
+            .map_err(|message| reply::client_error(family, StatusCode::BAD_REQUEST, &message)),
+        None => Ok((body, crate::model::model_in_path(path).map(Model::new))),
+    }
+}
+
+/// The request for the stack: the upstream's URL with the allowed query, the forwarded
+/// headers, the model, the client's cache scope and account.
+fn upstream_request(
+    shared: &Shared,
+    parts: &http::request::Parts,
+    path: &str,
+    body: Bytes,
+    model: Option<Model>,
+) -> Result<http::Request<Full<Bytes>>, &'static str> {
     let uri = format!(
         "{}{path}{}",
         shared.upstream,
         forwarded_query(parts.uri.query())
     );
     let mut upstream = http::Request::new(Full::new(body));
-    *upstream.method_mut() = parts.method;
-    *upstream.uri_mut() = match uri.parse() {
-        Ok(uri) => uri,
-        Err(_) => {
-            return reply::client_error(family, StatusCode::BAD_REQUEST, "malformed request path");
-        }
-    };
+    *upstream.method_mut() = parts.method.clone();
+    *upstream.uri_mut() = uri.parse().map_err(|_| "malformed request path")?;
     copy_headers(&parts.headers, upstream.headers_mut(), FORWARDED);
     if let Some(model) = model {
         upstream.extensions_mut().insert(model);
@@ -360,7 +382,7 @@ async fn forward(
     // Each client token its own cache scope, whatever namespace it sends (else one client
     // could ask "did anyone ask this?" and read another's answer); sharing is the operator's
     // opt-in, and then a client's namespace header is honoured.
-    let namespace = HeaderName::from_static(crate::cache::NAMESPACE_HEADER);
+    let namespace = HeaderName::from_static(crate::context::NAMESPACE_HEADER);
     if shared.cache_shared {
         if let Some(value) = parts.headers.get(&namespace) {
             upstream.headers_mut().insert(namespace, value.clone());
@@ -371,13 +393,16 @@ async fn forward(
     if let Some(account) = parts.extensions.get::<crate::cost::Account>() {
         upstream.extensions_mut().insert(account.clone());
     }
+    Ok(upstream)
+}
+
+/// Through the stack; the answer streamed back without hop-by-hop headers, or the error in
+/// the route's shape.
+async fn send(shared: &Shared, family: Family, upstream: http::Request<Full<Bytes>>) -> Response {
     let gemini = shared.live().gemini.clone();
     match gemini.oneshot(upstream).await {
         Ok(response) => {
-            if let Some(fallback) = response
-                .extensions()
-                .get::<crate::fallback::ModelFallback>()
-            {
+            if let Some(fallback) = response.extensions().get::<crate::context::ModelFallback>() {
                 shared.savings.fell_back(fallback);
             }
             let (mut head, body) = response.into_parts();
@@ -398,16 +423,101 @@ async fn forward(
 struct BodyRoom {
     permit: Option<OwnedSemaphorePermit>,
     freed: Arc<tokio::sync::Notify>,
-    /// The client's count of room held, and this body's part of it (KiB).
+    /// The client's count of room held (KiB), if the client is known.
     client: Option<(super::ClientScope, Arc<super::BodiesByClient>)>,
+}
+
+/// Why a body found no room.
+enum NoRoom {
+    /// None was given back within the body's read time.
+    Busy,
+    /// The client's bodies hold their share already.
+    ClientShare,
+}
+
+impl BodyRoom {
+    fn new(shared: &Shared, client: Option<super::ClientScope>) -> BodyRoom {
+        BodyRoom {
+            permit: None,
+            freed: shared.body_freed.clone(),
+            client: client.map(|scope| (scope, shared.bodies_by_client.clone())),
+        }
+    }
+
+    /// KiB held.
+    fn held(&self) -> usize {
+        self.permit
+            .as_ref()
+            .map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    /// Hold `kib` in all, waiting for room until `deadline`.
+    async fn grow_to(
+        &mut self,
+        shared: &Shared,
+        kib: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), NoRoom> {
+        let Some(more) = kib.checked_sub(self.held()).filter(|&more| more > 0) else {
+            return Ok(());
+        };
+        let units = u32::try_from(more).unwrap_or(u32::MAX);
+        let more = tokio::time::timeout_at(deadline, room(shared, units))
+            .await
+            .ok()
+            .flatten()
+            .ok_or(NoRoom::Busy)?;
+        // One client's bodies hold at most its share of the memory: past it, its next body
+        // is refused at once rather than wait for room others need.
+        if let Some((scope, by_client)) = &self.client
+            && !by_client.take(scope, more.num_permits())
+        {
+            return Err(NoRoom::ClientShare);
+        }
+        match self.permit.as_mut() {
+            Some(permit) => permit.merge(more),
+            None => self.permit = Some(more),
+        }
+        Ok(())
+    }
+}
+
+/// `units` KiB of room for bodies. Not a fair queue: a body waiting for more room than is free
+/// must not hold the free room while it waits (a body that is nearly in would wait behind it
+/// for ever). Each body takes what it needs when it is free, woken as room is given back.
+async fn room(shared: &Shared, units: u32) -> Option<OwnedSemaphorePermit> {
+    loop {
+        let freed = shared.body_freed.notified();
+        let mut freed = std::pin::pin!(freed);
+        freed.as_mut().enable();
+        match shared.body_memory.clone().try_acquire_many_owned(units) {
+            Ok(permit) => return Some(permit),
+            Err(tokio::sync::TryAcquireError::Closed) => return None,
+            Err(tokio::sync::TryAcquireError::NoPermits) => freed.await,
+        }
+    }
+}
+
+impl NoRoom {
+    fn reply(self, shared: &Shared, family: Family) -> Response {
+        let message = match self {
+            NoRoom::Busy => format!(
+                "the gateway holds as many request bodies as it may ({} MiB, GATEWAY_BODY_MEMORY_MB) and none was answered within {} s; retry shortly",
+                shared.body_memory_mb,
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+            NoRoom::ClientShare => format!(
+                "your request bodies hold a quarter of the gateway's memory for bodies ({} MiB of GATEWAY_BODY_MEMORY_MB) at once; send the next when one is answered",
+                shared.body_memory_mb
+            ),
+        };
+        reply::busy(family, &message)
+    }
 }
 
 impl Drop for BodyRoom {
     fn drop(&mut self) {
-        let held = self
-            .permit
-            .as_ref()
-            .map_or(0, OwnedSemaphorePermit::num_permits);
+        let held = self.held();
         if let Some((scope, by_client)) = self.client.take() {
             by_client.give_back(&scope, held);
         }
@@ -426,7 +536,7 @@ async fn read_body(
     family: Family,
     body: Body,
     client: Option<super::ClientScope>,
-) -> Result<(Bytes, Option<BodyRoom>), Response> {
+) -> Result<(Bytes, BodyRoom), Response> {
     let limit = shared.body_limit;
     let too_large = || {
         reply::client_error(
@@ -445,7 +555,28 @@ async fn read_body(
     let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
     let mut body = body;
     let mut data: Vec<u8> = Vec::new();
-    let mut held: Option<BodyRoom> = None;
+    let mut room = BodyRoom::new(shared, client);
+    while let Some(chunk) = next_chunk(&mut body, deadline, family).await? {
+        let length = data.len() + chunk.len();
+        if length > limit {
+            return Err(too_large());
+        }
+        // Room for what arrived, in KiB, before it is kept.
+        room.grow_to(shared, length.div_ceil(1024), deadline)
+            .await
+            .map_err(|why| why.reply(shared, family))?;
+        data.extend_from_slice(&chunk);
+    }
+    Ok((Bytes::from(data), room))
+}
+
+/// The next data of a body (trailers skipped), or its end; an error answer if it does not come
+/// by `deadline` or breaks.
+async fn next_chunk(
+    body: &mut Body,
+    deadline: tokio::time::Instant,
+    family: Family,
+) -> Result<Option<Bytes>, Response> {
     loop {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => {
@@ -458,7 +589,7 @@ async fn read_body(
                     ),
                 ));
             }
-            Ok(None) => break,
+            Ok(None) => return Ok(None),
             Ok(Some(Err(_))) => {
                 return Err(reply::client_error(
                     family,
@@ -468,81 +599,10 @@ async fn read_body(
             }
             Ok(Some(Ok(frame))) => frame,
         };
-        let Ok(chunk) = frame.into_data() else {
-            continue;
-        };
-        if data.len() + chunk.len() > limit {
-            return Err(too_large());
+        if let Ok(chunk) = frame.into_data() {
+            return Ok(Some(chunk));
         }
-        // Room for what arrived, in KiB, before it is kept.
-        let needed = (data.len() + chunk.len()).div_ceil(1024);
-        let have = held
-            .as_ref()
-            .and_then(|held| held.permit.as_ref())
-            .map_or(0, OwnedSemaphorePermit::num_permits);
-        if needed > have {
-            let units = u32::try_from(needed - have).unwrap_or(u32::MAX);
-            // Not a fair queue: a body waiting for more room than is free must not hold the
-            // free room while it waits (a body that is nearly in would wait behind it for
-            // ever). Each body takes what it needs when it is free, woken as room is given back.
-            let room = async {
-                loop {
-                    let freed = shared.body_freed.notified();
-                    let mut freed = std::pin::pin!(freed);
-                    freed.as_mut().enable();
-                    match shared.body_memory.clone().try_acquire_many_owned(units) {
-                        Ok(permit) => break Ok::<_, ()>(permit),
-                        Err(tokio::sync::TryAcquireError::Closed) => break Err(()),
-                        Err(tokio::sync::TryAcquireError::NoPermits) => freed.await,
-                    }
-                }
-            };
-            match tokio::time::timeout_at(deadline, room).await {
-                Ok(Ok(more)) => {
-                    // One client's bodies hold at most its share of the memory: past it, its
-                    // next body is refused at once rather than wait for room others need.
-                    if let Some(scope) = &client
-                        && !shared.bodies_by_client.take(scope, more.num_permits())
-                    {
-                        return Err(reply::busy(
-                            family,
-                            &format!(
-                                "your request bodies hold a quarter of the gateway's memory for bodies ({} MiB of GATEWAY_BODY_MEMORY_MB) at once; send the next when one is answered",
-                                shared.body_memory_mb
-                            ),
-                        ));
-                    }
-                    match held.as_mut() {
-                        Some(BodyRoom {
-                            permit: Some(permit),
-                            ..
-                        }) => permit.merge(more),
-                        _ => {
-                            held = Some(BodyRoom {
-                                permit: Some(more),
-                                freed: shared.body_freed.clone(),
-                                client: client
-                                    .clone()
-                                    .map(|scope| (scope, shared.bodies_by_client.clone())),
-                            })
-                        }
-                    }
-                }
-                _ => {
-                    return Err(reply::busy(
-                        family,
-                        &format!(
-                            "the gateway holds as many request bodies as it may ({} MiB, GATEWAY_BODY_MEMORY_MB) and none was answered within {} s; retry shortly",
-                            shared.body_memory_mb,
-                            BODY_READ_TIMEOUT.as_secs()
-                        ),
-                    ));
-                }
-            }
-        }
-        data.extend_from_slice(&chunk);
     }
-    Ok((Bytes::from(data), held))
 }
 
 fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, names: &[&'static str]) {

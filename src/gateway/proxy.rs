@@ -307,7 +307,7 @@ async fn forward(
     };
     let (body, model) = match admit(shared, family, &parts, body, &path, rewrite) {
         Ok(admitted) => admitted,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let upstream = match upstream_request(shared, &parts, &path, body, model) {
         Ok(upstream) => upstream,
@@ -348,12 +348,17 @@ fn admit(
             extensions: &parts.extensions,
         };
         if let Some(refused) = limits.admit::<Body>(&head, &body) {
-            return Err(refused);
+            return Err(Box::new(refused));
         }
     }
     match rewrite {
-        Some(rewrite) => rewrite(body)
-            .map_err(|message| reply::client_error(family, StatusCode::BAD_REQUEST, &message)),
+        Some(rewrite) => rewrite(body).map_err(|message| {
+            Box::new(reply::client_error(
+                family,
+                StatusCode::BAD_REQUEST,
+                &message,
+            ))
+        }),
         None => Ok((body, crate::model::model_in_path(path).map(Model::new))),
     }
 }

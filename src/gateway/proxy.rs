@@ -330,15 +330,15 @@ fn admit(
     body: Bytes,
     path: &str,
     rewrite: Option<Rewrite>,
-) -> Result<(Bytes, Option<Model>), Response> {
+) -> Result<(Bytes, Option<Model>), Box<Response>> {
     if parts.method == Method::POST
         && let Err(problem) = strict_json::check(&body)
     {
-        return Err(reply::client_error(
+        return Err(Box::new(reply::client_error(
             family,
             StatusCode::BAD_REQUEST,
             &problem,
-        ));
+        )));
     }
     if let Some(limits) = &shared.client_limits {
         let head = crate::context::RequestHead {

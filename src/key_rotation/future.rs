@@ -85,6 +85,82 @@ struct Reading<B: Body> {
     latency: Duration,
 }
 
+impl<S, ReqB> Queued<S, ReqB>
+where
+    S: Service<Request<ReqB>>,
+    S::Error: Into<BoxError>,
+    ReqB: 'static,
+{
+    /// Ready when a key is leased and the service can take the request.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.lease.is_none() {
+            self.lease = Some(ready!(self.wait.as_mut().poll(cx))?);
+        }
+        self.service.poll_ready(cx).map_err(Error::from_inner)
+    }
+
+    /// Send the request with the leased key: the call's state, timed from now, with how long
+    /// it waited in line.
+    fn dispatch<B: Body>(mut self: Box<Self>) -> State<S, ReqB, B> {
+        let (Some(request), Some(lease)) = (self.request.take(), self.lease.take()) else {
+            return State::Failed {
+                error: Some(Error::polled_after_completion()),
+            };
+        };
+        let (request, lease, selected) = prepare(request, lease, &self.placement);
+        let size = request_size(&request);
+        let future = self.service.call(request);
+        let mut call = Call::new(lease, selected, self.error_body, size);
+        call.waited = Some(self.since.elapsed());
+        State::Waiting {
+            future,
+            call: Some(call),
+        }
+    }
+}
+
+impl Call {
+    fn new(
+        lease: KeyLease,
+        selected: SelectedKey,
+        error_body: ErrorBodyLimits,
+        request_bytes: Option<usize>,
+    ) -> Call {
+        Call {
+            lease,
+            selected,
+            start: Instant::now(),
+            error_body,
+            waited: None,
+            request_bytes,
+        }
+    }
+
+    /// A 2xx: classified from its status alone, reported, its body passed through untouched.
+    fn success<B: Body>(
+        self,
+        response: Response<B>,
+        latency: Duration,
+    ) -> Response<ResponseBody<B>> {
+        let classification = Classification::success(response.status());
+        let (mut parts, body) = response.into_parts();
+        if let Some(waited) = self.waited {
+            parts.extensions.insert(QueueWait(waited));
+        }
+        let selected = self.selected;
+        telemetry::request(
+            selected.fingerprint(),
+            selected.model(),
+            classification.class(),
+            latency,
+        );
+        parts.extensions.insert(selected);
+        self.lease.report(&classification, latency);
+        parts.extensions.insert(classification);
+        Response::from_parts(parts, ResponseBody::passthrough(body))
+    }
+}
+
 impl<S, ReqB, B> ResponseFuture<S, ReqB, B>
 where
     S: Service<Request<ReqB>>,
@@ -128,14 +204,7 @@ where
         ResponseFuture {
             state: State::Waiting {
                 future,
-                call: Some(Call {
-                    lease,
-                    selected,
-                    start: Instant::now(),
-                    error_body,
-                    waited: None,
-                    request_bytes,
-                }),
+                call: Some(Call::new(lease, selected, error_body, request_bytes)),
             },
         }
     }
@@ -163,37 +232,14 @@ where
                     let Some(line) = queued.as_mut() else {
                         return Poll::Ready(Err(Error::polled_after_completion()));
                     };
-                    if line.lease.is_none() {
-                        match ready!(line.wait.as_mut().poll(cx)) {
-                            Ok(lease) => line.lease = Some(lease),
-                            Err(error) => {
-                                this.state.set(State::Failed { error: None });
-                                return Poll::Ready(Err(error));
-                            }
-                        }
-                    }
-                    if let Err(error) = ready!(line.service.poll_ready(cx)) {
+                    if let Err(error) = ready!(line.poll_ready(cx)) {
                         this.state.set(State::Failed { error: None });
-                        return Poll::Ready(Err(Error::from_inner(error)));
+                        return Poll::Ready(Err(error));
                     }
-                    let Some(mut line) = queued.take() else {
+                    let Some(line) = queued.take() else {
                         return Poll::Ready(Err(Error::polled_after_completion()));
                     };
-                    let (Some(request), Some(lease)) = (line.request.take(), line.lease.take())
-                    else {
-                        return Poll::Ready(Err(Error::polled_after_completion()));
-                    };
-                    let (request, lease, selected) = prepare(request, lease, &line.placement);
-                    let size = request_size(&request);
-                    let future = line.service.call(request);
-                    let mut called = Self::called(future, lease, selected, line.error_body, size);
-                    if let State::Waiting {
-                        call: Some(call), ..
-                    } = &mut called.state
-                    {
-                        call.waited = Some(line.since.elapsed());
-                    }
-                    this.state.set(called.state);
+                    this.state.set(line.dispatch());
                 }
                 StateProj::Waiting { future, call } => {
                     let result = ready!(future.poll(cx));
@@ -208,23 +254,7 @@ where
                         }
                         Ok(response) if response.status().is_success() => {
                             this.state.set(State::Failed { error: None });
-                            let classification = Classification::success(response.status());
-                            let (mut parts, body) = response.into_parts();
-                            if let Some(waited) = call.waited {
-                                parts.extensions.insert(QueueWait(waited));
-                            }
-                            let selected = call.selected;
-                            telemetry::request(
-                                selected.fingerprint(),
-                                selected.model(),
-                                classification.class(),
-                                latency,
-                            );
-                            parts.extensions.insert(selected);
-                            call.lease.report(&classification, latency);
-                            parts.extensions.insert(classification);
-                            let body = ResponseBody::passthrough(body);
-                            return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                            return Poll::Ready(Ok(call.success(response, latency)));
                         }
                         Ok(response) => {
                             let (parts, body) = response.into_parts();

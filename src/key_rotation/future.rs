@@ -101,7 +101,7 @@ where
 
     /// Send the request with the leased key: the call's state, timed from now, with how long
     /// it waited in line.
-    fn dispatch<B: Body>(mut self: Box<Self>) -> State<S, ReqB, B> {
+    fn dispatch<B: Body>(mut self) -> State<S, ReqB, B> {
         let (Some(request), Some(lease)) = (self.request.take(), self.lease.take()) else {
             return State::Failed {
                 error: Some(Error::polled_after_completion()),
@@ -239,7 +239,7 @@ where
                     let Some(line) = queued.take() else {
                         return Poll::Ready(Err(Error::polled_after_completion()));
                     };
-                    this.state.set(line.dispatch());
+                    this.state.set((*line).dispatch());
                 }
                 StateProj::Waiting { future, call } => {
                     let result = ready!(future.poll(cx));

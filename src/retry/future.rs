@@ -36,13 +36,19 @@ pin_project! {
         deadline: Option<Pin<Box<Sleep>>>,
         service: S,
         request: Option<Request<B>>,
-        policy: RetryPolicy,
-        call: CallState,
         error_body: ErrorBodyLimits,
-        span: Span,
-        attempt_span: Span,
-        attempt_started: Instant,
+        run: Run,
     }
+}
+
+/// The call's bookkeeping across attempts: the policy and its state, the spans, when the
+/// current attempt started.
+struct Run {
+    policy: RetryPolicy,
+    call: CallState,
+    span: Span,
+    attempt_span: Span,
+    attempt_started: Instant,
 }
 
 pin_project! {
@@ -83,12 +89,14 @@ where
             deadline: None,
             service,
             request: (policy.attempts() > 1).then_some(request),
-            policy,
-            call,
             error_body,
-            span,
-            attempt_span,
-            attempt_started: started,
+            run: Run {
+                policy,
+                call,
+                span,
+                attempt_span,
+                attempt_started: started,
+            },
         }
     }
 }
@@ -148,89 +156,40 @@ where
                     let Poll::Ready(ready) = this.service.poll_ready(cx) else {
                         break;
                     };
-                    if let Err(error) = ready {
-                        this.state.set(State::Done);
-                        return Poll::Ready(Err(Error::from_inner(error)));
+                    let started = ready.map_err(Error::from_inner);
+                    match started.and_then(|()| this.run.start_attempt(this.request, this.service))
+                    {
+                        Ok(future) => this.state.set(State::Calling { future }),
+                        Err(error) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(error));
+                        }
                     }
-                    let Some(template) = this.request.as_ref() else {
-                        this.state.set(State::Done);
-                        return Poll::Ready(Err(Error::polled_after_completion()));
-                    };
-                    let number = this.call.attempts + 1;
-                    let max = this.policy.attempts();
-                    let request = with_attempt(template.clone(), number, max, this.call.deadline);
-                    *this.attempt_span = attempt_span(this.span, number, max);
-                    *this.attempt_started = Instant::now();
-                    let future = this.attempt_span.in_scope(|| this.service.call(request));
-                    this.state.set(State::Calling { future });
                 }
                 StateProj::Calling { future } => {
                     let polled = {
-                        let _entered = this.attempt_span.enter();
+                        let _entered = this.run.attempt_span.enter();
                         future.poll(cx)
                     };
                     let Poll::Ready(result) = polled else {
                         break;
                     };
-                    let response = match result {
+                    let response = match result.map_err(Error::from_inner) {
                         Ok(response) => response,
                         Err(error) => {
-                            let error = Error::from_inner(error);
-                            let outcome = Outcome::error(&error);
-                            if !this.attempt_span.is_disabled() {
-                                this.attempt_span
-                                    .record("gemini.class", tracing::field::display(error.kind()));
-                                this.attempt_span.record(
-                                    "latency_ms",
-                                    this.attempt_started.elapsed().as_millis() as u64,
-                                );
-                            }
-                            let _entered = this.attempt_span.enter();
-                            let decision = this.policy.decide(this.call, &outcome);
-                            let line = describe(error.key(), error.classification());
-                            match decision {
-                                Decision::Retry(delay) => {
-                                    log_retry(&line, delay, &outcome, this.call, this.policy);
-                                    this.state.set(next_state(delay));
-                                    continue;
-                                }
-                                Decision::Stop(stop) => {
-                                    this.state.set(State::Done);
-                                    this.span.record("attempts", this.call.attempts);
-                                    return Poll::Ready(Err(final_error(error, stop, this.call)));
-                                }
+                            let next = this.run.after_error(error);
+                            this.state
+                                .set(next.as_ref().map_or(State::Done, |d| next_state(*d)));
+                            match next {
+                                Ok(_) => continue,
+                                Err(error) => return Poll::Ready(Err(error)),
                             }
                         }
                     };
-                    let classification = response.extensions().get::<Classification>().cloned();
-                    let (mut parts, body) = response.into_parts();
-                    let classification = match classification {
-                        Some(c) => c,
-                        None if parts.status.is_success() => {
-                            let c = Classification::success(parts.status);
-                            parts.extensions.insert(c.clone());
-                            c
-                        }
-                        None => {
-                            let limits = *this.error_body;
-                            let prefix = Prefix::new(body, limits.bytes, limits.time);
-                            this.state.set(State::Reading {
-                                read: Some(Box::new((parts, prefix))),
-                            });
-                            continue;
-                        }
-                    };
-                    let response = Response::from_parts(parts, ResponseBody::passthrough(body));
-                    let settled = settle(
-                        response,
-                        &classification,
-                        this.policy,
-                        this.call,
-                        this.attempt_span,
-                        this.span,
-                        *this.attempt_started,
-                    );
-                    if let Some(response) = apply(this.state.as_mut(), settled) {
+                    let limits = *this.error_body;
+                    if let Some(response) =
+                        on_answer(this.state.as_mut(), this.run, limits, response)
+                    {
                         return Poll::Ready(Ok(response));
                     }
                 }
@@ -245,19 +204,8 @@ where
                     let Some(reading) = read.take() else {
                         return Poll::Ready(Err(Error::polled_after_completion()));
                     };
-                    let (mut head, reading) = *reading;
-                    let classification = Classification::from_response(head.status, reading.seen());
-                    head.extensions.insert(classification.clone());
-                    let response = Response::from_parts(head, reading.into_body());
-                    let settled = settle(
-                        response,
-                        &classification,
-                        this.policy,
-                        this.call,
-                        this.attempt_span,
-                        this.span,
-                        *this.attempt_started,
-                    );
+                    let (response, classification) = read_classified(*reading);
+                    let settled = this.run.settle(response, &classification);
                     if let Some(response) = apply(this.state.as_mut(), settled) {
                         return Poll::Ready(Ok(response));
                     }
@@ -274,29 +222,145 @@ where
         // Waiting for something: the deadline bounds the whole call, whatever it waits for.
         let deadline = this
             .deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(this.call.deadline)));
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(this.run.call.deadline)));
         if deadline.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
-        if let StateProj::Reading {
-            read: Some(reading),
-        } = this.state.as_mut().project()
-        {
-            // An error answer is here: classify what arrived of its body and return it.
-            reading.1.give_up();
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
+        past_deadline(this.state.as_mut(), this.run, cx)
+    }
+}
+
+/// An answer to an attempt: settled (returned, or dropped for another attempt), or, for an
+/// unclassified error answer, its body read first.
+fn on_answer<F, ResB: Body>(
+    mut state: Pin<&mut State<F, ResB>>,
+    run: &mut Run,
+    limits: ErrorBodyLimits,
+    response: Response<ResB>,
+) -> Option<Response<ResponseBody<ResB>>> {
+    match classified(response) {
+        Ok((parts, body, classification)) => {
+            let response = Response::from_parts(parts, ResponseBody::passthrough(body));
+            let settled = run.settle(response, &classification);
+            apply(state, settled)
         }
-        this.state.set(State::Done);
-        this.span.record("attempts", this.call.attempts);
+        Err((parts, body)) => {
+            let prefix = Prefix::new(body, limits.bytes, limits.time);
+            let read = Some(Box::new((parts, prefix)));
+            state.set(State::Reading { read });
+            None
+        }
+    }
+}
+
+/// The call's deadline passed while it waited: an error answer being read is classified from
+/// what arrived and returned; otherwise the call ends in a timeout.
+fn past_deadline<F, ResB: Body, R>(
+    mut state: Pin<&mut State<F, ResB>>,
+    run: &Run,
+    cx: &mut Context<'_>,
+) -> Poll<Result<R, Error>> {
+    if let StateProj::Reading {
+        read: Some(reading),
+    } = state.as_mut().project()
+    {
+        reading.1.give_up();
+        cx.waker().wake_by_ref();
+        return Poll::Pending;
+    }
+    state.set(State::Done);
+    Poll::Ready(Err(run.deadline_passed()))
+}
+
+/// An unclassified error answer whose body (its first bytes) was read: classified from them,
+/// the whole body passed on.
+fn read_classified<B: Body>(
+    (mut head, reading): (Parts, Prefix<B>),
+) -> (Response<ResponseBody<B>>, Classification) {
+    let classification = Classification::from_response(head.status, reading.seen());
+    head.extensions.insert(classification.clone());
+    (
+        Response::from_parts(head, reading.into_body()),
+        classification,
+    )
+}
+
+impl Run {
+    /// The next attempt: a copy of `template` marked with its number, sent in its own span.
+    fn start_attempt<S, B, ResB>(
+        &mut self,
+        template: &Option<Request<B>>,
+        service: &mut S,
+    ) -> Result<S::Future, Error>
+    where
+        S: Service<Request<B>, Response = Response<ResB>>,
+        B: Clone,
+    {
+        let template = template
+            .as_ref()
+            .ok_or_else(Error::polled_after_completion)?;
+        let number = self.call.attempts + 1;
+        let max = self.policy.attempts();
+        let request = with_attempt(template.clone(), number, max, self.call.deadline);
+        self.attempt_span = attempt_span(&self.span, number, max);
+        self.attempt_started = Instant::now();
+        Ok(self.attempt_span.in_scope(|| service.call(request)))
+    }
+
+    /// After an attempt failed without an answer: the delay before the next attempt, or the
+    /// error the call ends with.
+    fn after_error(&mut self, error: Error) -> Result<Duration, Error> {
+        let _entered = self.attempt_span.enter();
+        let outcome = Outcome::error(&error);
+        if !self.attempt_span.is_disabled() {
+            self.attempt_span
+                .record("gemini.class", tracing::field::display(error.kind()));
+            self.attempt_span.record(
+                "latency_ms",
+                self.attempt_started.elapsed().as_millis() as u64,
+            );
+        }
+        let line = describe(error.key(), error.classification());
+        match self.policy.decide(&mut self.call, &outcome) {
+            Decision::Retry(delay) => {
+                log_retry(&line, delay, &outcome, &self.call, &self.policy);
+                Ok(delay)
+            }
+            Decision::Stop(stop) => {
+                self.span.record("attempts", self.call.attempts);
+                Err(final_error(error, stop, &self.call))
+            }
+        }
+    }
+
+    /// Decide after an answer: return it, or drop it and go again after a delay.
+    fn settle<R>(
+        &mut self,
+        response: Response<R>,
+        classification: &Classification,
+    ) -> Settled<Response<R>> {
+        settle(
+            response,
+            classification,
+            &self.policy,
+            &mut self.call,
+            &self.attempt_span,
+            &self.span,
+            self.attempt_started,
+        )
+    }
+
+    /// The whole call's deadline passed with no answer.
+    fn deadline_passed(&self) -> Error {
+        self.span.record("attempts", self.call.attempts);
         let message = format!(
             "no answer within the {:.0}s retry deadline (attempt {} of {})",
-            this.policy.deadline.as_secs_f64(),
-            this.call.attempts + 1,
-            this.policy.attempts()
+            self.policy.deadline.as_secs_f64(),
+            self.call.attempts + 1,
+            self.policy.attempts()
         );
         tracing::warn!("{message}");
-        Poll::Ready(Err(Error::new(ErrorKind::Timeout, message)))
+        Error::new(ErrorKind::Timeout, message)
     }
 }
 
@@ -306,6 +370,25 @@ enum Settled<R> {
 }
 
 /// Move to the state after a settled attempt; the response if it is to be returned.
+/// An answer and what it means: the classification an inner layer put on it, or (a 2xx) its
+/// status; `Err` with its parts for an unclassified error answer, whose body must be read.
+#[allow(clippy::type_complexity)]
+fn classified<R>(
+    response: Response<R>,
+) -> Result<(http::response::Parts, R, Classification), (http::response::Parts, R)> {
+    let classification = response.extensions().get::<Classification>().cloned();
+    let (mut parts, body) = response.into_parts();
+    match classification {
+        Some(classification) => Ok((parts, body, classification)),
+        None if parts.status.is_success() => {
+            let classification = Classification::success(parts.status);
+            parts.extensions.insert(classification.clone());
+            Ok((parts, body, classification))
+        }
+        None => Err((parts, body)),
+    }
+}
+
 fn apply<F, ResB: Body, R>(mut state: Pin<&mut State<F, ResB>>, settled: Settled<R>) -> Option<R> {
     match settled {
         Settled::Return(response) => {

@@ -371,173 +371,279 @@ where
                 Ok(response.map(ResponseBody::passed))
             });
         }
-        Box::pin(async move {
-            let (mut parts, body) = request.into_parts();
-            let body = Limited::new(body, MAX_BUFFERED)
-                .collect()
-                .await
-                .map_err(|e| {
-                    Error::new(
-                        ErrorKind::BodyTooLarge,
-                        format!("the request body could not be read whole (at most {MAX_BUFFERED} bytes): {e}"),
-                    )
-                })?
-                .to_bytes();
-            let keyed = key::of(&parts, &body, settings.cache_sampled);
-            // The key read the caller's cache headers; the request goes on without them.
-            parts.headers.remove(NAMESPACE_HEADER);
-            parts.headers.remove(CACHE_HEADER);
-            let again = (parts.clone(), body.clone());
-            let request = Request::from_parts(parts, B::from(body));
-            let Some(Keyed { key, model, stream }) = keyed else {
-                let response = inner.call(request).await.map_err(Error::from_inner)?;
-                return Ok(response.map(ResponseBody::passed));
-            };
-            if let Some(entry) = store.get(&key).await {
-                settings.hits.fetch_add(1, Ordering::Relaxed);
-                crate::telemetry::cache_hit(entry.body.len());
-                return Ok(respond(&entry, CacheStatus::Hit).map(ResponseBody::cached));
+        Box::pin(
+            Lookup {
+                inner,
+                store,
+                settings,
             }
-            // Another process may have stored it (the Redis second level).
-            if let Some(entry) = super::second::find(settings.second.as_ref(), &key).await {
-                settings.hits.fetch_add(1, Ordering::Relaxed);
-                crate::telemetry::cache_hit(entry.body.len());
-                let response = respond(&entry, CacheStatus::Hit).map(ResponseBody::cached);
-                store.insert(key, entry).await;
-                return Ok(response);
-            }
-            settings.misses.fetch_add(1, Ordering::Relaxed);
-            crate::telemetry::cache_miss();
-            let ttl = settings.ttl(&model);
-            let (shared, shared_key) = (settings.clone(), key.clone());
-            if stream {
-                // A stream goes to its caller as it comes (not coalesced: each identical miss
-                // streams its own), recorded on the way, and is kept once it has ended whole.
-                let response = inner.call(request).await.map_err(Error::from_inner)?;
-                let (mut head, body) = response.into_parts();
-                head.headers
-                    .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
-                head.extensions.insert(CacheStatus::Miss);
-                let storable = head.status == StatusCode::OK
-                    && !head.headers.contains_key(crate::context::FALLBACK_HEADER);
-                if !storable {
-                    return Ok(Response::from_parts(head, ResponseBody::passed(body)));
-                }
-                let recorder = Recorder {
-                    key,
-                    store,
-                    settings: settings.clone(),
-                    status: head.status,
-                    headers: kept(&head.headers),
-                    ttl,
-                    seen: Vec::new(),
-                };
-                return Ok(Response::from_parts(
-                    head,
-                    ResponseBody::recording(body, recorder),
-                ));
-            }
-            // For a call of its own if this caller waits on another's fetch that is not kept.
-            let again = (inner.clone(), again);
-            let leader: Arc<std::sync::Mutex<Option<Leader<ResB>>>> = Arc::default();
-            let mine = leader.clone();
-            let fetch = async move {
-                let keep = |kept: Leader<ResB>| {
-                    *mine.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
-                };
-                let response = match inner.call(request).await {
-                    Ok(response) => response,
-                    Err(e) => {
-                        let e = Error::from_inner(e);
-                        let failed = Uncached::Failed(e.kind(), e.to_string(), e.retry_after());
-                        keep(Leader::Failed(e));
-                        return Err(failed);
-                    }
-                };
-                let (mut head, body) = response.into_parts();
-                head.headers
-                    .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
-                head.extensions.insert(CacheStatus::Miss);
-                // Only a 200 of the requested model is kept: anything else goes to its caller
-                // as it comes (an error body may be large, or never end) with all its headers.
-                if head.status != StatusCode::OK
-                    || head.headers.contains_key(crate::context::FALLBACK_HEADER)
-                {
-                    keep(Leader::Passed(Response::from_parts(
-                        head,
-                        ResponseBody::passed(body),
-                    )));
-                    return Err(Uncached::Passed);
-                }
-                let bytes = match read_up_to(Box::pin(body), super::MAX_ENTRY_BYTES).await {
-                    Ok(Read::Whole(bytes)) => bytes,
-                    Ok(Read::TooLarge(prefix, rest)) => {
-                        keep(Leader::Passed(Response::from_parts(
-                            head,
-                            ResponseBody::prefixed(prefix, rest),
-                        )));
-                        return Err(Uncached::Passed);
-                    }
-                    Err(e) => {
-                        // Cut short: nothing has gone to the caller yet, so it gets a clear
-                        // error rather than half an answer.
-                        let e = Error::new(
-                            ErrorKind::Transport,
-                            format!("the answer was cut short upstream: {}", e.into()),
-                        );
-                        let failed = Uncached::Failed(e.kind(), e.to_string(), None);
-                        keep(Leader::Failed(e));
-                        return Err(failed);
-                    }
-                };
-                let entry = Entry {
-                    status: head.status,
-                    headers: kept(&head.headers),
-                    body: bytes,
-                    ttl,
-                };
-                keep(Leader::Answered(head.extensions));
-                super::second::keep(shared.second.as_ref(), &shared_key, &entry);
-                Ok(entry)
-            };
-            // Identical misses wait for one fetch; only a storable answer is stored.
-            let shared = store.try_get_with(key, fetch).await;
-            let extensions = match leader.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                Some(Leader::Failed(error)) => return Err(error),
-                Some(Leader::Passed(response)) => return Ok(response),
-                Some(Leader::Answered(extensions)) => Some(extensions),
-                None => None,
-            };
-            let entry = match &shared {
-                Ok(entry) => entry,
-                Err(uncached) => match &**uncached {
-                    Uncached::Passed => {
-                        // Another caller's answer was not kept: this one makes its own call.
-                        let (inner, (parts, body)) = again;
-                        let request = Request::from_parts(parts, B::from(body));
-                        let mut response = tower::ServiceExt::oneshot(inner, request)
-                            .await
-                            .map_err(Error::from_inner)?;
-                        response
-                            .headers_mut()
-                            .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
-                        response.extensions_mut().insert(CacheStatus::Miss);
-                        return Ok(response.map(ResponseBody::passed));
-                    }
-                    Uncached::Failed(kind, message, retry_after) => {
-                        return Err(
-                            Error::new(*kind, message.clone()).with_retry_after(*retry_after)
-                        );
-                    }
-                },
-            };
-            let mut response = respond(entry, CacheStatus::Miss);
-            if let Some(extensions) = extensions {
-                response.extensions_mut().extend(extensions);
-            }
-            Ok(response.map(ResponseBody::cached))
-        })
+            .serve(request),
+        )
     }
+}
+
+/// A cacheable request's way through the cache: the service that makes the call, the store and
+/// the settings.
+struct Lookup<S> {
+    inner: S,
+    store: Moka<Arc<str>, Entry>,
+    settings: Arc<Settings>,
+}
+
+/// An answer of the cache service.
+type Answer<ResB> = Result<Response<ResponseBody<ResB>>, Error>;
+
+/// The body of a request, read whole (at most [`MAX_BUFFERED`]) to find its key.
+async fn read_request<B>(body: B) -> Result<Bytes, Error>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    Ok(Limited::new(body, MAX_BUFFERED)
+        .collect()
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::BodyTooLarge,
+                format!(
+                    "the request body could not be read whole (at most {MAX_BUFFERED} bytes): {e}"
+                ),
+            )
+        })?
+        .to_bytes())
+}
+
+/// An answer that passed the cache by, marked a miss (its call made by this caller).
+fn missed<ResB>(mut response: Response<ResB>) -> Response<ResponseBody<ResB>> {
+    response
+        .headers_mut()
+        .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
+    response.extensions_mut().insert(CacheStatus::Miss);
+    response.map(ResponseBody::passed)
+}
+
+impl<S> Lookup<S> {
+    /// Serve from the cache (a hit in memory or in the second level), or call and keep what
+    /// may be kept.
+    async fn serve<B, ResB>(self, request: Request<B>) -> Answer<ResB>
+    where
+        S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError>,
+        B: Body + From<Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+        ResB: Body<Data = Bytes> + Send + 'static,
+        ResB::Error: Into<BoxError>,
+    {
+        let (mut parts, body) = request.into_parts();
+        let body = read_request(body).await?;
+        let keyed = key::of(&parts, &body, self.settings.cache_sampled);
+        // The key read the caller's cache headers; the request goes on without them.
+        parts.headers.remove(NAMESPACE_HEADER);
+        parts.headers.remove(CACHE_HEADER);
+        let again = (parts.clone(), body.clone());
+        let request = Request::from_parts(parts, B::from(body));
+        let Some(Keyed { key, model, stream }) = keyed else {
+            let mut inner = self.inner;
+            let response = inner.call(request).await.map_err(Error::from_inner)?;
+            return Ok(response.map(ResponseBody::passed));
+        };
+        if let Some(response) = hit(&self.store, &self.settings, &key).await {
+            return Ok(response);
+        }
+        self.settings.misses.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::cache_miss();
+        let ttl = self.settings.ttl(&model);
+        if stream {
+            return self.record(request, key, ttl).await;
+        }
+        self.coalesce(request, again, key, ttl).await
+    }
+
+    /// A stream goes to its caller as it comes (not coalesced: each identical miss streams its
+    /// own), recorded on the way, and is kept once it has ended whole.
+    async fn record<B, ResB>(
+        self,
+        request: Request<B>,
+        key: Arc<str>,
+        ttl: Duration,
+    ) -> Answer<ResB>
+    where
+        S: Service<Request<B>, Response = Response<ResB>>,
+        S::Error: Into<BoxError>,
+    {
+        let mut inner = self.inner;
+        let response = inner.call(request).await.map_err(Error::from_inner)?;
+        let (mut head, body) = response.into_parts();
+        head.headers
+            .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
+        head.extensions.insert(CacheStatus::Miss);
+        let storable = head.status == StatusCode::OK
+            && !head.headers.contains_key(crate::context::FALLBACK_HEADER);
+        if !storable {
+            return Ok(Response::from_parts(head, ResponseBody::passed(body)));
+        }
+        let recorder = Recorder {
+            key,
+            store: self.store,
+            settings: self.settings,
+            status: head.status,
+            headers: kept(&head.headers),
+            ttl,
+            seen: Vec::new(),
+        };
+        Ok(Response::from_parts(
+            head,
+            ResponseBody::recording(body, recorder),
+        ))
+    }
+
+    /// Identical misses wait for one fetch; only a storable answer is stored. The caller whose
+    /// fetch it was gets its own answer (with the stack's extensions, or its exact error); a
+    /// waiter whose leader's answer was not kept makes its own call.
+    async fn coalesce<B, ResB>(
+        self,
+        request: Request<B>,
+        again: (http::request::Parts, Bytes),
+        key: Arc<str>,
+        ttl: Duration,
+    ) -> Answer<ResB>
+    where
+        S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError>,
+        B: From<Bytes> + Send + 'static,
+        ResB: Body<Data = Bytes> + Send + 'static,
+        ResB::Error: Into<BoxError>,
+    {
+        let leader: Arc<std::sync::Mutex<Option<Leader<ResB>>>> = Arc::default();
+        let fetched = fetch(
+            self.inner.clone(),
+            request,
+            ttl,
+            leader.clone(),
+            (self.settings.clone(), key.clone()),
+        );
+        let shared = self.store.try_get_with(key, fetched).await;
+        let extensions = match leader.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(Leader::Failed(error)) => return Err(error),
+            Some(Leader::Passed(response)) => return Ok(response),
+            Some(Leader::Answered(extensions)) => Some(extensions),
+            None => None,
+        };
+        let entry = match &shared {
+            Ok(entry) => entry,
+            Err(uncached) => match &**uncached {
+                Uncached::Passed => {
+                    // Another caller's answer was not kept: this one makes its own call.
+                    let (parts, body) = again;
+                    let request = Request::from_parts(parts, B::from(body));
+                    let response = tower::ServiceExt::oneshot(self.inner, request)
+                        .await
+                        .map_err(Error::from_inner)?;
+                    return Ok(missed(response));
+                }
+                Uncached::Failed(kind, message, retry_after) => {
+                    return Err(Error::new(*kind, message.clone()).with_retry_after(*retry_after));
+                }
+            },
+        };
+        let mut response = respond(entry, CacheStatus::Miss);
+        if let Some(extensions) = extensions {
+            response.extensions_mut().extend(extensions);
+        }
+        Ok(response.map(ResponseBody::cached))
+    }
+}
+
+/// The entry for `key`, from memory or (stored by another process) the second level.
+async fn hit<ResB>(
+    store: &Moka<Arc<str>, Entry>,
+    settings: &Settings,
+    key: &Arc<str>,
+) -> Option<Response<ResponseBody<ResB>>> {
+    if let Some(entry) = store.get(key).await {
+        settings.hits.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::cache_hit(entry.body.len());
+        return Some(respond(&entry, CacheStatus::Hit).map(ResponseBody::cached));
+    }
+    let entry = super::second::find(settings.second.as_ref(), key).await?;
+    settings.hits.fetch_add(1, Ordering::Relaxed);
+    crate::telemetry::cache_hit(entry.body.len());
+    let response = respond(&entry, CacheStatus::Hit).map(ResponseBody::cached);
+    store.insert(key.clone(), entry).await;
+    Some(response)
+}
+
+/// The one call made for identical misses: its answer becomes the entry if it is a whole 200 of
+/// the requested model; anything else goes to its own caller as it comes (an error body may be
+/// large, or never end) with all its headers, through `leader`.
+async fn fetch<S, B, ResB>(
+    mut inner: S,
+    request: Request<B>,
+    ttl: Duration,
+    leader: Arc<std::sync::Mutex<Option<Leader<ResB>>>>,
+    (settings, key): (Arc<Settings>, Arc<str>),
+) -> Result<Entry, Uncached>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    ResB: Body<Data = Bytes>,
+    ResB::Error: Into<BoxError>,
+{
+    let keep = |kept: Leader<ResB>| {
+        *leader.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
+    };
+    let response = match inner.call(request).await {
+        Ok(response) => response,
+        Err(e) => {
+            let e = Error::from_inner(e);
+            let failed = Uncached::Failed(e.kind(), e.to_string(), e.retry_after());
+            keep(Leader::Failed(e));
+            return Err(failed);
+        }
+    };
+    let (mut head, body) = response.into_parts();
+    head.headers
+        .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
+    head.extensions.insert(CacheStatus::Miss);
+    if head.status != StatusCode::OK || head.headers.contains_key(crate::context::FALLBACK_HEADER) {
+        keep(Leader::Passed(Response::from_parts(
+            head,
+            ResponseBody::passed(body),
+        )));
+        return Err(Uncached::Passed);
+    }
+    let bytes = match read_up_to(Box::pin(body), super::MAX_ENTRY_BYTES).await {
+        Ok(Read::Whole(bytes)) => bytes,
+        Ok(Read::TooLarge(prefix, rest)) => {
+            keep(Leader::Passed(Response::from_parts(
+                head,
+                ResponseBody::prefixed(prefix, rest),
+            )));
+            return Err(Uncached::Passed);
+        }
+        Err(e) => {
+            // Cut short: nothing has gone to the caller yet, so it gets a clear error rather
+            // than half an answer.
+            let e = Error::new(
+                ErrorKind::Transport,
+                format!("the answer was cut short upstream: {}", e.into()),
+            );
+            let failed = Uncached::Failed(e.kind(), e.to_string(), None);
+            keep(Leader::Failed(e));
+            return Err(failed);
+        }
+    };
+    let entry = Entry {
+        status: head.status,
+        headers: kept(&head.headers),
+        body: bytes,
+        ttl,
+    };
+    keep(Leader::Answered(head.extensions));
+    super::second::keep(settings.second.as_ref(), &key, &entry);
+    Ok(entry)
 }
 
 #[cfg(test)]

@@ -18,44 +18,14 @@ use crate::state::Refusal;
 ///   one frees.
 pub(super) fn error(candidates: &Candidates<'_>) -> Error {
     let now = candidates.now;
-    let mut disabled = Disabled::default();
-    let mut cooling = 0usize;
-    let mut at_quota = 0usize;
-    let mut available = 0usize;
-    let mut earliest: Option<u64> = None;
-    let mut tightest: Option<(Refusal, Option<u64>)> = None;
-    for i in 0..candidates.len() {
-        let at = match candidates.blocker(i) {
-            None => {
-                available += 1;
-                Some(now)
-            }
-            Some(Blocker::Disabled(reason)) => {
-                disabled.count(reason);
-                None
-            }
-            Some(Blocker::Cooling(until)) => {
-                cooling += 1;
-                Some(until)
-            }
-            Some(Blocker::Quota(refusal, at)) => {
-                at_quota += 1;
-                let sooner = match (&tightest, at) {
-                    (None, _) => true,
-                    (Some((_, Some(best))), Some(at)) => at < *best,
-                    (Some((_, None)), Some(_)) => true,
-                    _ => false,
-                };
-                if sooner {
-                    tightest = Some((refusal, at));
-                }
-                at
-            }
-        };
-        if let Some(at) = at {
-            earliest = Some(earliest.map_or(at, |e| e.min(at)));
-        }
-    }
+    let Tally {
+        disabled,
+        cooling,
+        at_quota,
+        available,
+        earliest,
+        tightest,
+    } = tally(candidates);
     let model = if candidates.slots.is_unknown() {
         "this request".to_owned()
     } else {
@@ -125,6 +95,57 @@ pub(super) fn error(candidates: &Candidates<'_>) -> Error {
         ),
     )
     .with_retry_after(retry_after)
+}
+
+/// What blocks each key of a selection that found none.
+#[derive(Default)]
+struct Tally {
+    disabled: Disabled,
+    cooling: usize,
+    at_quota: usize,
+    /// Keys free, but not for this request (the requests ahead in line took the slots).
+    available: usize,
+    /// When the first key or slot frees (Unix ms).
+    earliest: Option<u64>,
+    /// The local refusal that frees first.
+    tightest: Option<(Refusal, Option<u64>)>,
+}
+
+fn tally(candidates: &Candidates<'_>) -> Tally {
+    let mut tally = Tally::default();
+    for i in 0..candidates.len() {
+        let at = match candidates.blocker(i) {
+            None => {
+                tally.available += 1;
+                Some(candidates.now)
+            }
+            Some(Blocker::Disabled(reason)) => {
+                tally.disabled.count(reason);
+                None
+            }
+            Some(Blocker::Cooling(until)) => {
+                tally.cooling += 1;
+                Some(until)
+            }
+            Some(Blocker::Quota(refusal, at)) => {
+                tally.at_quota += 1;
+                let sooner = match (&tally.tightest, at) {
+                    (None, _) => true,
+                    (Some((_, Some(best))), Some(at)) => at < *best,
+                    (Some((_, None)), Some(_)) => true,
+                    _ => false,
+                };
+                if sooner {
+                    tally.tightest = Some((refusal, at));
+                }
+                at
+            }
+        };
+        if let Some(at) = at {
+            tally.earliest = Some(tally.earliest.map_or(at, |e| e.min(at)));
+        }
+    }
+    tally
 }
 
 /// Disabled keys by reason.

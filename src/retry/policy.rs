@@ -118,6 +118,30 @@ impl RetryPolicy {
         (state, started)
     }
 
+    /// A local refusal retried at once: true when the run of them has gone on too long. Local
+    /// refusals use no attempt; those retried at once cannot loop for ever. (Timed waits are
+    /// bounded by the deadline.) A run of them is a loop only while no slot they named has
+    /// freed: once one has (selection waited for it and another caller, here or in another
+    /// process sharing the store, took it first), the run starts over. Each new run needs time
+    /// to pass, so this never spins.
+    fn local_loop(&self, state: &mut CallState, outcome: &Outcome) -> bool {
+        let now = Instant::now();
+        if state.frees_at.is_some_and(|at| now >= at) {
+            state.local_retries = 0;
+            state.frees_at = None;
+        }
+        if let Some(after) = outcome.retry_after {
+            // A little early (the pool's clock counts whole milliseconds), never at once.
+            let after = after
+                .saturating_sub(FREES_SLACK)
+                .max(Duration::from_millis(1));
+            let at = crate::clock::instant_after(now, after);
+            state.frees_at = Some(state.frees_at.map_or(at, |t| t.min(at)));
+        }
+        state.local_retries += 1;
+        state.local_retries > self.max_attempts
+    }
+
     /// Count the outcome's attempt and decide what comes next.
     pub(super) fn decide(&self, state: &mut CallState, outcome: &Outcome) -> Decision {
         let upstream = outcome.reached_upstream();
@@ -161,29 +185,8 @@ impl RetryPolicy {
             if state.attempts >= self.max_attempts {
                 return Decision::Stop(Stop::Attempts);
             }
-        } else if matches!(wait, Wait::Now) {
-            // Local refusals use no attempt; those retried at once cannot loop for ever.
-            // (Timed waits are bounded by the deadline.) A run of them is a loop only while
-            // no slot they named has freed: once one has (selection waited for it and another
-            // caller, here or in another process sharing the store, took it first), the run
-            // starts over. Each new run needs time to pass, so this never spins.
-            let now = Instant::now();
-            if state.frees_at.is_some_and(|at| now >= at) {
-                state.local_retries = 0;
-                state.frees_at = None;
-            }
-            if let Some(after) = outcome.retry_after {
-                // A little early (the pool's clock counts whole milliseconds), never at once.
-                let after = after
-                    .saturating_sub(FREES_SLACK)
-                    .max(Duration::from_millis(1));
-                let at = crate::clock::instant_after(now, after);
-                state.frees_at = Some(state.frees_at.map_or(at, |t| t.min(at)));
-            }
-            state.local_retries += 1;
-            if state.local_retries > self.max_attempts {
-                return Decision::Stop(Stop::Final);
-            }
+        } else if matches!(wait, Wait::Now) && self.local_loop(state, outcome) {
+            return Decision::Stop(Stop::Final);
         }
         let delay = wait.duration();
         if Instant::now()

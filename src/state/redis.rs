@@ -612,6 +612,17 @@ impl Inner {
         fallen.push_back(admission);
     }
 
+    /// Redis did not decide: this process's own ledger does (it admitted already); while
+    /// Redis is away and the store falls back, the admission (`fallen`) is kept for it.
+    fn fall(&self, fallen: impl FnOnce() -> Fallen) -> Result<Option<SharedTicket>, SharedRefusal> {
+        if self.options.when_unreachable == WhenUnreachable::FallBack
+            && !self.reachable.load(Ordering::Acquire)
+        {
+            self.fell(fallen());
+        }
+        self.fallback()
+    }
+
     fn fallback(&self) -> Result<Option<SharedTicket>, SharedRefusal> {
         match self.options.when_unreachable {
             WhenUnreachable::FallBack => Ok(None),
@@ -734,6 +745,53 @@ fn reason_named(name: &str) -> DisabledReason {
     .unwrap_or(DisabledReason::KeyInvalid)
 }
 
+/// An admission this process made alone, kept for Redis.
+fn fallen(admission: &Admission, base: &Arc<str>, day: &Arc<str>, member: String) -> Fallen {
+    Fallen {
+        base: base.clone(),
+        day: day.clone(),
+        day_end: next_pacific_midnight(admission.now),
+        at: admission.now,
+        member,
+        tokens: admission.demand.tokens,
+        images: admission.demand.images,
+    }
+}
+
+/// The admission script's call: its keys (the project and model's windows, slots, day, state;
+/// the key's and the project's state) and arguments (the time, the member, the demand, the
+/// limits, the day's end, how long a window member is kept).
+fn admit_invocation<'a>(
+    inner: &'a Inner,
+    admission: &Admission,
+    base: &str,
+    day: &str,
+    member: &str,
+) -> redis::ScriptInvocation<'a> {
+    let scope = &admission.scope;
+    let limits = admission.limits;
+    let demand = admission.demand;
+    let mut invocation = inner.admit.prepare_invoke();
+    invocation
+        .key(format!("{base}:w"))
+        .key(format!("{base}:s"))
+        .key(day)
+        .key(format!("{base}:st"))
+        .key(inner.key_state(scope))
+        .key(inner.project_state(&scope.project))
+        .arg(admission.now)
+        .arg(member)
+        .arg(demand.tokens)
+        .arg(demand.images)
+        .arg(limits.rpm.unwrap_or(0))
+        .arg(limits.tpm.unwrap_or(0))
+        .arg(limits.rpd.unwrap_or(0))
+        .arg(limits.ipm.unwrap_or(0))
+        .arg(next_pacific_midnight(admission.now))
+        .arg(60_000 + duration_ms(inner.options.margin));
+    invocation
+}
+
 /// The script's answer as a refusal (`None`: admitted).
 fn verdict(answer: &[String]) -> Result<(), SharedRefusal> {
     let number = |i: usize| answer.get(i).and_then(|v| v.parse::<u64>().ok());
@@ -793,43 +851,12 @@ impl Store for RedisStore {
             // Without Redis: this process's own ledger decides (it admitted already), and the
             // admission is kept for Redis.
             let fall = |inner: &Arc<Inner>, member: String| {
-                if inner.options.when_unreachable == WhenUnreachable::FallBack
-                    && !inner.reachable.load(Ordering::Acquire)
-                {
-                    inner.fell(Fallen {
-                        base: base.clone(),
-                        day: day.clone(),
-                        day_end: next_pacific_midnight(admission.now),
-                        at: admission.now,
-                        member,
-                        tokens: demand.tokens,
-                        images: demand.images,
-                    });
-                }
-                inner.fallback()
+                inner.fall(|| fallen(&admission, &base, &day, member))
             };
             if !inner.reachable.load(Ordering::Acquire) {
                 return fall(&inner, member);
             }
-            let limits = admission.limits;
-            let mut invocation = inner.admit.prepare_invoke();
-            invocation
-                .key(format!("{base}:w"))
-                .key(format!("{base}:s"))
-                .key(&*day)
-                .key(format!("{base}:st"))
-                .key(inner.key_state(scope))
-                .key(inner.project_state(&scope.project))
-                .arg(admission.now)
-                .arg(&member)
-                .arg(demand.tokens)
-                .arg(demand.images)
-                .arg(limits.rpm.unwrap_or(0))
-                .arg(limits.tpm.unwrap_or(0))
-                .arg(limits.rpd.unwrap_or(0))
-                .arg(limits.ipm.unwrap_or(0))
-                .arg(next_pacific_midnight(admission.now))
-                .arg(60_000 + duration_ms(inner.options.margin));
+            let invocation = admit_invocation(&inner, &admission, &base, &day, &member);
             // From here the script may run, whether or not its answer is awaited: if the
             // caller gives up (drops this future), or the answer is late or lost, the admission
             // is given back (a no-op if it never ran).

@@ -1,6 +1,7 @@
 //! Response bodies of this crate's layers: passed through untouched, or replayed after a bounded
 //! prefix was read to classify an error answer.
 
+use crate::context::ErrorBodyLimits;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -443,6 +444,32 @@ impl<B: Body> Prefix<B> {
     pub(crate) fn into_scrubbed_body(self, scrub: Option<Box<Scrubber>>) -> ResponseBody<B> {
         let rest = (!self.ended && self.error.is_none()).then_some(self.body);
         ResponseBody::replay(self.frames, self.error, rest, scrub)
+    }
+}
+
+/// An error answer whose first bytes are being read to classify it: the one reader key
+/// rotation and the retry layer share (bounded in bytes and in time by [`ErrorBodyLimits`]).
+pub(crate) struct ErrorAnswer<B: Body> {
+    pub(crate) parts: http::response::Parts,
+    pub(crate) prefix: Prefix<B>,
+}
+
+impl<B: Body> ErrorAnswer<B> {
+    pub(crate) fn new(parts: http::response::Parts, body: B, limits: ErrorBodyLimits) -> Self {
+        ErrorAnswer {
+            parts,
+            prefix: Prefix::new(body, limits.bytes, limits.time),
+        }
+    }
+
+    /// Ready once the prefix is read (or the body ended, broke, or took too long).
+    pub(crate) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.prefix.poll_read(cx)
+    }
+
+    /// What the answer means, from its status and the bytes read.
+    pub(crate) fn classification(&self) -> crate::classify::Classification {
+        crate::classify::Classification::from_response(self.parts.status, self.prefix.seen())
     }
 }
 

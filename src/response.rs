@@ -69,11 +69,7 @@ where
         if status.is_success() {
             return Ok(self);
         }
-        let classification = self
-            .extensions()
-            .get::<Classification>()
-            .cloned()
-            .unwrap_or_else(|| Classification::from_response(status, b""));
+        let classification = Classification::of_response(&self);
         let mut error = Error::new(
             ErrorKind::Upstream,
             format!("Gemini answered {classification}"),

@@ -127,10 +127,7 @@ where
         let call = this.call.take();
         match result {
             Ok(response) => {
-                let class = match response.extensions().get::<Classification>() {
-                    Some(c) => c.class(),
-                    None => Classification::from_response(response.status(), b"").class(),
-                };
+                let class = Classification::class_of(&response);
                 let waited = response
                     .extensions()
                     .get::<QueueWait>()

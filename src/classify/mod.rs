@@ -211,6 +211,24 @@ impl Classification {
         }
     }
 
+    /// What an answer means for a layer above key rotation: the [`Classification`] key
+    /// rotation put in its extensions, or, without one (a stack without key rotation), a
+    /// judgement of its status alone. The one place that guesses from a bare status.
+    pub fn of_response<B>(response: &http::Response<B>) -> Classification {
+        match response.extensions().get::<Classification>() {
+            Some(classification) => classification.clone(),
+            None => Classification::from_response(response.status(), b""),
+        }
+    }
+
+    /// The class of [`of_response`](Self::of_response), without a copy of the details.
+    pub fn class_of<B>(response: &http::Response<B>) -> Class {
+        match response.extensions().get::<Classification>() {
+            Some(classification) => classification.class(),
+            None => Classification::from_response(response.status(), b"").class(),
+        }
+    }
+
     /// A success with this status.
     pub fn success(status: StatusCode) -> Classification {
         Classification {

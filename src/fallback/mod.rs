@@ -50,7 +50,7 @@ pub(crate) use rewrite::for_model as rewrite_for_fuzzing;
 use std::fmt;
 use std::sync::Arc;
 
-use http::{Response, StatusCode};
+use http::Response;
 use tower_layer::Layer;
 
 pub use service::{Fallback, ResponseFuture};
@@ -82,13 +82,7 @@ impl FallbackReason {
     /// Why a (final) answer calls for another model, if it does: Google's quota refusal or
     /// "model not on tier"; never a caller error or a success.
     pub(crate) fn of_response<B>(response: &Response<B>) -> Option<Self> {
-        match response.extensions().get::<Classification>() {
-            Some(classification) => Self::of_class(classification.class()),
-            None if response.status() == StatusCode::TOO_MANY_REQUESTS => {
-                Some(FallbackReason::QuotaExhausted)
-            }
-            None => None,
-        }
+        Self::of_class(Classification::class_of(response))
     }
 
     fn of_class(class: Class) -> Option<Self> {
@@ -244,6 +238,7 @@ impl<S> Layer<S> for FallbackLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
 
     #[test]
     fn chains_are_checked() {

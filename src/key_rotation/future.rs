@@ -6,7 +6,6 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::header::CONTENT_LENGTH;
-use http::response::Parts;
 use http::{HeaderValue, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
@@ -17,7 +16,7 @@ use tower_service::Service;
 
 use super::inject::KeyPlacement;
 use super::inject::{prepare, request_size};
-use crate::body::{Prefix, ResponseBody, Scrubber};
+use crate::body::{ErrorAnswer, ResponseBody, Scrubber};
 use crate::classify::Classification;
 use crate::context::{ErrorBodyLimits, QueueWait};
 use crate::error::{self, BoxError, Error, ErrorKind};
@@ -79,8 +78,7 @@ const BYTES_PER_TOKEN_AT_MOST: u64 = 8;
 
 /// A non-2xx answer whose body is being read for classification.
 struct Reading<B: Body> {
-    parts: Parts,
-    prefix: Prefix<B>,
+    answer: ErrorAnswer<B>,
     call: Call,
     latency: Duration,
 }
@@ -259,12 +257,7 @@ where
                         Ok(response) => {
                             let (parts, body) = response.into_parts();
                             let read = Reading {
-                                parts,
-                                prefix: Prefix::new(
-                                    body,
-                                    call.error_body.bytes,
-                                    call.error_body.time,
-                                ),
+                                answer: ErrorAnswer::new(parts, body, call.error_body),
                                 call,
                                 latency,
                             };
@@ -278,7 +271,7 @@ where
                     let Some(reading) = read.as_mut() else {
                         return Poll::Ready(Err(Error::polled_after_completion()));
                     };
-                    ready!(reading.prefix.poll_read(cx));
+                    ready!(reading.answer.poll_read(cx));
                     let Some(reading) = read.take() else {
                         return Poll::Ready(Err(Error::polled_after_completion()));
                     };
@@ -327,16 +320,19 @@ fn inner_error(inner: BoxError, call: Call, latency: Duration) -> Error {
 
 impl<B: Body> Reading<B> {
     fn finish(self) -> Response<ResponseBody<B>> {
+        let mut classification = self.answer.classification();
         let Reading {
-            mut parts,
-            mut prefix,
+            answer:
+                ErrorAnswer {
+                    mut parts,
+                    mut prefix,
+                },
             call,
             latency,
         } = self;
         let key = call.lease.key();
         let fingerprint = key.fingerprint();
         let secret = key.expose();
-        let mut classification = Classification::from_response(parts.status, prefix.seen());
         classification.redact(secret, &fingerprint.to_string());
         // A per-minute token quota smaller than the request itself says nothing of the
         // project's minute (Google refused this request, not the minute's traffic): no project

@@ -5,7 +5,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::response::Parts;
 use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
@@ -16,7 +15,7 @@ use tracing::field::Empty;
 
 use super::Attempt;
 use super::policy::{CallState, Decision, Outcome, RetryPolicy, Stop};
-use crate::body::{Prefix, ResponseBody};
+use crate::body::{ErrorAnswer, ResponseBody};
 use crate::classify::Classification;
 use crate::context::ErrorBodyLimits;
 use crate::error::{BoxError, Error, ErrorKind};
@@ -56,7 +55,7 @@ pin_project! {
     enum State<F, ResB: Body> {
         Calling { #[pin] future: F },
         // Boxed: only an error answer without a classification is read here.
-        Reading { read: Option<Box<(Parts, Prefix<ResB>)>> },
+        Reading { read: Option<Box<ErrorAnswer<ResB>>> },
         Sleeping { #[pin] sleep: Sleep },
         Readying,
         Done,
@@ -198,7 +197,7 @@ where
                         this.state.set(State::Done);
                         return Poll::Ready(Err(Error::polled_after_completion()));
                     };
-                    if reading.1.poll_read(cx).is_pending() {
+                    if reading.poll_read(cx).is_pending() {
                         break;
                     }
                     let Some(reading) = read.take() else {
@@ -245,8 +244,7 @@ fn on_answer<F, ResB: Body>(
             apply(state, settled)
         }
         Err((parts, body)) => {
-            let prefix = Prefix::new(body, limits.bytes, limits.time);
-            let read = Some(Box::new((parts, prefix)));
+            let read = Some(Box::new(ErrorAnswer::new(parts, body, limits)));
             state.set(State::Reading { read });
             None
         }
@@ -264,7 +262,7 @@ fn past_deadline<F, ResB: Body, R>(
         read: Some(reading),
     } = state.as_mut().project()
     {
-        reading.1.give_up();
+        reading.prefix.give_up();
         cx.waker().wake_by_ref();
         return Poll::Pending;
     }
@@ -274,13 +272,12 @@ fn past_deadline<F, ResB: Body, R>(
 
 /// An unclassified error answer whose body (its first bytes) was read: classified from them,
 /// the whole body passed on.
-fn read_classified<B: Body>(
-    (mut head, reading): (Parts, Prefix<B>),
-) -> (Response<ResponseBody<B>>, Classification) {
-    let classification = Classification::from_response(head.status, reading.seen());
-    head.extensions.insert(classification.clone());
+fn read_classified<B: Body>(answer: ErrorAnswer<B>) -> (Response<ResponseBody<B>>, Classification) {
+    let classification = answer.classification();
+    let ErrorAnswer { mut parts, prefix } = answer;
+    parts.extensions.insert(classification.clone());
     (
-        Response::from_parts(head, reading.into_body()),
+        Response::from_parts(parts, prefix.into_body()),
         classification,
     )
 }

@@ -360,10 +360,7 @@ impl GeminiPolicy {
 fn response_outcome<R>(response: &Response<R>) -> Outcome {
     match response.extensions().get::<Classification>() {
         Some(c) => Outcome::response(c),
-        None if response.status().is_success() => {
-            Outcome::response(&Classification::success(response.status()))
-        }
-        None => Outcome::response(&Classification::from_response(response.status(), b"")),
+        None => Outcome::response(&Classification::of_response(response)),
     }
 }
 

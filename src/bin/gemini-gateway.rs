@@ -145,7 +145,7 @@ impl Common {
     }
 
     fn config(self) -> Result<GatewayConfig, tower_gemini::Error> {
-        GatewayConfig::resolve(self.flags(), |name| std::env::var(name).ok())
+        GatewayConfig::from_process_env(self.flags())
     }
 }
 

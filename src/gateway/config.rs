@@ -265,7 +265,34 @@ impl GatewayConfig {
     /// Errors say what is wrong and how to fix it: no keys, no client token (unless
     /// unauthenticated mode was asked for, which then listens on loopback only), a malformed
     /// file or address.
+    ///
+    /// `env` looks one variable up; numbered keys are looked up as `GOOGLE_API_KEY_1` to
+    /// `_1000`. [`from_process_env`](Self::from_process_env) reads every variable of the process,
+    /// numbered keys past 1,000 included.
     pub fn resolve(flags: Flags, env: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let keys = crate::pool::env::probe_key_vars(&env);
+        Self::resolve_with(flags, env, keys)
+    }
+
+    /// [`resolve`](Self::resolve) from the process environment, every key variable included
+    /// (`GOOGLE_API_KEY_<N>` for any N, as [`KeyPool::from_env`] reads them).
+    pub fn from_process_env(flags: Flags) -> Result<Self, Error> {
+        let vars: std::collections::HashMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        let keys = vars
+            .iter()
+            .filter(|(name, _)| crate::pool::env::is_key_var(name))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        Self::resolve_with(flags, |name| vars.get(name).cloned(), keys)
+    }
+
+    fn resolve_with(
+        flags: Flags,
+        env: impl Fn(&str) -> Option<String>,
+        keys: Vec<(String, String)>,
+    ) -> Result<Self, Error> {
         let text = match &flags.config {
             Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
                 Error::config(format!(
@@ -293,19 +320,7 @@ impl GatewayConfig {
             }
             None => FileGateway::default(),
         };
-        let vars: Vec<(String, String)> = [
-            "GEMINI_API_KEY",
-            "GOOGLE_API_KEY",
-            "API_KEY_RANGE",
-            "API_KEY_TERM",
-        ]
-        .into_iter()
-        .filter_map(|name| env(name).map(|v| (name.to_owned(), v)))
-        .chain((1..=1000).filter_map(|n| {
-            let name = format!("GOOGLE_API_KEY_{n}");
-            env(&name).map(|v| (name, v))
-        }))
-        .collect();
+        let vars = keys;
         let mut builder = KeyPool::builder();
         if let Some(text) = &text {
             builder = builder.toml_str(text)?;
@@ -543,7 +558,32 @@ impl GatewayConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::check_upstream;
+    use super::{Flags, GatewayConfig, check_upstream};
+
+    /// The key variables are named in one place (`pool::env`): a key numbered past 1,000 that
+    /// `KeyPool::from_env` loads is loaded by the gateway from the process environment too.
+    #[test]
+    fn keys_numbered_past_a_thousand_are_loaded() {
+        assert!(crate::pool::env::is_key_var("GOOGLE_API_KEY_1001"));
+        assert!(!crate::pool::env::is_key_var("GOOGLE_API_KEY_"));
+        assert!(!crate::pool::env::is_key_var("GOOGLE_API_KEY_1x"));
+        let config = GatewayConfig::resolve_with(
+            Flags::default(),
+            |name| (name == "GATEWAY_TOKENS").then(|| "client-token-env-0001".to_owned()),
+            vec![
+                (
+                    "GOOGLE_API_KEY_1001".to_owned(),
+                    "test-key-env-1001".to_owned(),
+                ),
+                (
+                    "GOOGLE_API_KEY_2".to_owned(),
+                    "test-key-env-0002".to_owned(),
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.pool.len(), 2);
+    }
 
     #[test]
     fn plain_http_only_to_this_machine() {

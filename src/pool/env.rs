@@ -20,6 +20,28 @@ const NUMBERED: &str = "GOOGLE_API_KEY_";
 const RANGE: &str = "API_KEY_RANGE";
 const TERM: &str = "API_KEY_TERM";
 
+/// Does this variable name keys (by the rules above)?
+#[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+pub(crate) fn is_key_var(name: &str) -> bool {
+    matches!(name, LIST | RANGE | TERM)
+        || name
+            .strip_prefix(NUMBERED)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The variables that name keys, for a caller that can only look variables up one by one:
+/// every fixed name, and the numbered ones `1..=1000` (a caller that can list its variables
+/// gives them all, with [`is_key_var`]).
+#[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+pub(crate) fn probe_key_vars(lookup: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+    [LIST, RANGE, TERM]
+        .into_iter()
+        .map(str::to_owned)
+        .chain((1..=1000).map(|n| format!("{NUMBERED}{n}")))
+        .filter_map(|name| lookup(&name).map(|value| (name, value)))
+        .collect()
+}
+
 impl KeyPoolBuilder {
     /// Add the keys named by the process environment (see the rules above).
     pub fn keys_from_env(self) -> Result<Self, Error> {

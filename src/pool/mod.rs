@@ -13,7 +13,7 @@
 
 mod builder;
 mod calls;
-mod env;
+pub(crate) mod env;
 mod key;
 mod queue;
 mod saved;

@@ -36,14 +36,23 @@ pub(crate) fn refusal(shared: &Shared, headers: &HeaderMap) -> Option<Response> 
     }
 }
 
+/// The admin routes' one check, as a route layer: every route behind it needs the admin token.
+pub(crate) async fn require_admin(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match refusal(&shared, request.headers()) {
+        Some(refused) => refused,
+        None => next.run(request).await,
+    }
+}
+
 /// `GET /api/keys/status`: every key in the shape worker dashboards read
 /// (`{"success":true,"data":[{"id","name","status","consecutive_failures","total_calls",
 /// "success_calls","last_used_at","success_rate",…}]}`), plus project, per-model cool-downs,
 /// quota used and limits, and the breakers. Fingerprints only.
-pub(crate) async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = refusal(&shared, &headers) {
-        return refused;
-    }
+pub(crate) async fn status(State(shared): State<Arc<Shared>>) -> Response {
     let live = shared.live();
     let snapshot = live.pool.snapshot();
     let mut recent = live.pool.recent_calls();
@@ -97,10 +106,7 @@ pub(crate) async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap
 
 /// `POST /api/keys/revalidate`: call every disabled key again now and re-enable those that
 /// work (also done periodically, hourly by default).
-pub(crate) async fn revalidate(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = refusal(&shared, &headers) {
-        return refused;
-    }
+pub(crate) async fn revalidate(State(shared): State<Arc<Shared>>) -> Response {
     let pool = shared.live().pool.clone();
     let checks = super::check_keys::revalidate(&pool, &shared.upstream, &shared.model).await;
     let data: Vec<serde_json::Value> = checks
@@ -124,14 +130,7 @@ pub(crate) async fn revalidate(State(shared): State<Arc<Shared>>, headers: Heade
 
 /// `POST /api/keys/{id}/reset`: re-enable a key (by fingerprint, name or project) and clear
 /// its cool-downs.
-pub(crate) async fn reset(
-    State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(refused) = refusal(&shared, &headers) {
-        return refused;
-    }
+pub(crate) async fn reset(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     let matched = shared.live().pool.reset(&id);
     if matched == 0 {
         return reply::client_error(
@@ -159,14 +158,7 @@ struct NewKey {
 /// `POST /api/keys` with `{"key": "...", "name": "...", "project": "...", "priority": 50}`:
 /// serve with one more key from now on. What the pool knows of the other keys is kept; the
 /// answer names the new key by its fingerprint only.
-pub(crate) async fn add(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: bytes::Bytes,
-) -> Response {
-    if let Some(refused) = refusal(&shared, &headers) {
-        return refused;
-    }
+pub(crate) async fn add(State(shared): State<Arc<Shared>>, body: bytes::Bytes) -> Response {
     let new: NewKey = match serde_json::from_slice(&body) {
         Ok(new) => new,
         Err(_) => {
@@ -225,14 +217,7 @@ async fn change_keys(
 
 /// `DELETE /api/keys/{id}`: stop using the keys with that fingerprint (`…a1b2` or `a1b2`) or
 /// name. The last key cannot be removed.
-pub(crate) async fn remove(
-    State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(refused) = refusal(&shared, &headers) {
-        return refused;
-    }
+pub(crate) async fn remove(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     let mut removed = 0;
     let changed = change_keys(&shared, |keys| {
         let (gone, kept): (Vec<_>, Vec<_>) = keys.into_iter().partition(|spec| {

@@ -272,15 +272,22 @@ fn router_with_state(config: &GatewayConfig) -> (Router, Arc<Shared>) {
     // tokens count against `tpm`), after authentication: a request without a valid token is
     // refused before it is metered against any client's limit.
     let api = api.route_layer(middleware::from_fn_with_state(shared.clone(), authenticate));
-    let router = Router::new()
-        .route("/", get(dashboard::page))
-        .route("/healthz", get(|| async { "ok" }))
+    // The status and admin routes: one check of the admin token for all of them.
+    let admin = Router::new()
         .route("/metrics", get(metrics::metrics))
         .route("/api/keys/status", get(admin::status))
         .route("/api/keys", post(admin::add))
         .route("/api/keys/{id}", axum::routing::delete(admin::remove))
         .route("/api/keys/revalidate", post(admin::revalidate))
         .route("/api/keys/{id}/reset", post(admin::reset))
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
+            admin::require_admin,
+        ));
+    let router = Router::new()
+        .route("/", get(dashboard::page))
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(admin)
         .merge(api)
         .with_state(shared.clone());
     let router = match cors::layer(&config.allowed_origins) {

@@ -51,7 +51,7 @@ pub use crate::state::{
 };
 use crate::state::{
     Demand, Dimension, Effect, History, KeyHealth, ModelTable, ProjectHealth, Scope, SharedRefusal,
-    Store, TokenEstimator,
+    Store, Target, TokenEstimator,
 };
 pub(crate) use crate::state::{MeterRef, ModelSlots, Reservation};
 
@@ -345,9 +345,7 @@ impl KeyPool {
                 None
             };
             slot.sent.record(now);
-            let health = &inner.keys[index].health;
-            health.in_flight.fetch_add(1, Ordering::Relaxed);
-            health.last_used.store(now, Ordering::Relaxed);
+            inner.keys[index].health.leased(now);
             return Ok(KeyLease {
                 pool: self.inner.clone(),
                 index,
@@ -535,23 +533,11 @@ impl PoolInner {
             latency,
         );
         // One counter per class; totals and successes are read from them.
-        health.by_class[class.index()].fetch_add(1, Ordering::Relaxed);
-        if class == Class::Success {
+        let streak = health.answered(class, now, latency);
+        if matches!(class, Class::Success | Class::Caller) {
             // The hot path: no effect to compute beyond this.
-            health.consecutive_failures.store(0, Ordering::Relaxed);
-            health.rate_limit_streak.store(0, Ordering::Relaxed);
-            health.last_success.store(now, Ordering::Relaxed);
-            health.record_latency(latency);
             return;
         }
-        if class == Class::Caller {
-            return;
-        }
-        let streak = if class == Class::RateLimited {
-            health.rate_limit_streak.fetch_add(1, Ordering::Relaxed)
-        } else {
-            0
-        };
         let effect = Effect::of(outcome, now, streak);
         // Quota answers name the model; prefer the request's, fall back on the answer's.
         let learned;
@@ -583,99 +569,43 @@ impl PoolInner {
         }
     }
 
-    /// Apply an answer's [`Effect`] to the working copy, with a log line for each change.
-    fn apply(&self, index: usize, slots: &ModelSlots, effect: &Effect, outcome: &Classification) {
+    /// Where an answer about key `index` and `slots`' model lands in the working copy.
+    fn target<'a>(&'a self, index: usize, slots: &'a ModelSlots) -> Target<'a> {
         let entry = &self.keys[index];
-        let health = &entry.health;
-        let now = self.clock.now_millis();
-        let class = effect.class;
-        let fingerprint = entry.key.fingerprint();
         let project = &self.projects[entry.project];
-        let model = &*slots.name;
-        let slot = &slots.projects[entry.project];
-        if effect.failure {
-            health.consecutive_failures.fetch_add(1, Ordering::Relaxed);
-            health.last_failure.store(now, Ordering::Relaxed);
+        Target {
+            key: &entry.health,
+            project: &project.health,
+            slot: &slots.projects[entry.project],
+            fingerprint: entry.key.fingerprint(),
+            project_name: &project.name,
+            model: &slots.name,
         }
+    }
+
+    /// Apply an answer's [`Effect`] to the working copy (through the effects table's applier),
+    /// and what it teaches: the model's entry kept, the limit learned.
+    fn apply(&self, index: usize, slots: &ModelSlots, effect: &Effect, outcome: &Classification) {
+        let now = self.clock.now_millis();
+        effect.apply(&self.target(index, slots), outcome, now);
         if matches!(
-            class,
+            effect.class,
             Class::QuotaDaily | Class::QuotaMinute | Class::ModelNotOnTier
         ) {
             // Google said something about this model: keep its entry whatever callers send
             // (up to a bound: the names come from callers).
             self.models.pin_learned(slots);
         }
-        if let Some(reason) = effect.disable_key
-            && health.disabled.disable(reason)
-        {
-            tracing::warn!(gemini.key = %fingerprint, gemini.class = %class, "key disabled until reset: {outcome}");
-        }
-        if let Some(reason) = effect.disable_project
-            && project.health.disabled.disable(reason)
-        {
-            tracing::warn!(gemini.key = %fingerprint, gemini.project = %project.name, "project disabled until reset: {}", reason.as_str());
-        }
-        if effect.disable_model {
-            slot.not_on_tier.store(true, Ordering::Release);
-            tracing::warn!(gemini.key = %fingerprint, gemini.project = %project.name, gemini.model = model,
-                "model has a quota of 0 on this project's tier; disabled for this project until reset");
-        }
         if let Some((dimension, value)) = effect.learn {
-            self.learn(
-                slots,
-                entry.project,
-                dimension,
-                value,
-                outcome.retry_after(),
-            );
-        }
-        if let Some(until) = effect.cool_model_until {
-            slot.cool(until, class);
-            let secs = until.saturating_sub(now) as f64 / 1000.0;
-            if class == Class::QuotaDaily {
-                tracing::info!(gemini.key = %fingerprint, gemini.project = %project.name, gemini.model = model,
-                    "daily quota exhausted; project cools until midnight Pacific ({secs:.0}s)");
-            } else {
-                tracing::info!(gemini.key = %fingerprint, gemini.project = %project.name, gemini.model = model,
-                    "per-minute quota exhausted; project cools for {secs:.1}s");
-            }
-        }
-        if let Some(until) = effect.cool_key_until {
-            health.cool_until.fetch_max(until, Ordering::AcqRel);
-            tracing::info!(gemini.key = %fingerprint, "rate limited; key cools for {}s", until.saturating_sub(now) / 1000);
-        }
-        if matches!(class, Class::Upstream | Class::Transport) {
-            tracing::debug!(gemini.key = %fingerprint, gemini.class = %class, gemini.model = model, "upstream failure counted; key stays healthy");
+            let project = self.keys[index].project;
+            self.learn(slots, project, dimension, value, outcome.retry_after());
         }
     }
 
     /// Mirror what a shared store refused into the working copy, so that selection skips it
     /// until then, as if this process had seen it itself.
     pub(crate) fn mirror(&self, index: usize, slots: &ModelSlots, refusal: &SharedRefusal) {
-        let entry = &self.keys[index];
-        let slot = &slots.projects[entry.project];
-        match refusal {
-            SharedRefusal::Quota {
-                dimension,
-                limit,
-                until,
-            } => slot.shared_full(*dimension, *limit, until.unwrap_or(u64::MAX)),
-            SharedRefusal::ModelCooling(until) => slot.cool(*until, Class::QuotaMinute),
-            SharedRefusal::KeyCooling(until) => {
-                entry.health.cool_until.fetch_max(*until, Ordering::AcqRel);
-            }
-            SharedRefusal::KeyDisabled(reason) => {
-                entry.health.disabled.disable(*reason);
-            }
-            SharedRefusal::ProjectDisabled(reason) => {
-                self.projects[entry.project]
-                    .health
-                    .disabled
-                    .disable(*reason);
-            }
-            SharedRefusal::ModelDisabled => slot.not_on_tier.store(true, Ordering::Release),
-            SharedRefusal::Unreachable(_) => {}
-        }
+        refusal.mirror(&self.target(index, slots));
     }
 }
 
@@ -805,10 +735,7 @@ impl KeyLease {
 
 impl Drop for KeyLease {
     fn drop(&mut self) {
-        self.pool.keys[self.index]
-            .health
-            .in_flight
-            .fetch_sub(1, Ordering::Relaxed);
+        self.pool.keys[self.index].health.returned();
     }
 }
 

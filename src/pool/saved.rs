@@ -20,29 +20,25 @@ impl KeyPool {
             .iter()
             .map(|entry| {
                 let h = &entry.health;
+                let n = h.numbers();
                 SavedKey {
                     fingerprint: entry.key.fingerprint().tail().to_owned(),
                     project: inner.projects[entry.project].name.to_string(),
                     disabled: h.disabled.get(),
-                    cool_until: h.cool_until.load(Ordering::Acquire),
-                    rate_limit_streak: h.rate_limit_streak.load(Ordering::Relaxed),
-                    consecutive_failures: h.consecutive_failures.load(Ordering::Relaxed),
+                    cool_until: n.cool_until,
+                    rate_limit_streak: n.rate_limit_streak,
+                    consecutive_failures: n.consecutive_failures,
                     total: h.total(),
                     successes: h.successes(),
                     by_class: Class::ALL
                         .iter()
-                        .map(|c| {
-                            (
-                                c.as_str().to_owned(),
-                                h.by_class[c.index()].load(Ordering::Relaxed),
-                            )
-                        })
+                        .map(|c| (c.as_str().to_owned(), n.by_class[c.index()]))
                         .filter(|(_, n)| *n > 0)
                         .collect(),
-                    last_used: h.last_used.load(Ordering::Relaxed),
-                    last_success: h.last_success.load(Ordering::Relaxed),
-                    last_failure: h.last_failure.load(Ordering::Relaxed),
-                    latency_ewma_bits: h.latency_ewma_bits(),
+                    last_used: n.last_used,
+                    last_success: n.last_success,
+                    last_failure: n.last_failure,
+                    latency_ewma_bits: n.latency_ewma_bits,
                 }
             })
             .collect();
@@ -61,8 +57,8 @@ impl KeyPool {
             }
             for (p, slot) in model.projects.iter().enumerate() {
                 let meter = slot.quota.export(now);
-                let cool_until = slot.cool_until.load(Ordering::Acquire);
-                let not_on_tier = slot.not_on_tier.load(Ordering::Acquire);
+                let cool_until = slot.cool_until();
+                let not_on_tier = slot.is_not_on_tier();
                 let cooling = cool_until > now;
                 if !cooling && !not_on_tier && meter == MeterState::default() {
                     continue;
@@ -132,25 +128,24 @@ impl KeyPool {
             if let Some(reason) = saved.disabled {
                 h.disabled.disable(reason);
             }
-            h.cool_until.fetch_max(saved.cool_until, Ordering::AcqRel);
-            h.rate_limit_streak
-                .store(saved.rate_limit_streak, Ordering::Relaxed);
-            h.consecutive_failures
-                .store(saved.consecutive_failures, Ordering::Relaxed);
-            // `total` and `successes` are sums of `by_class`, restored below.
+            // `total` and `successes` are sums of `by_class`.
+            let mut by_class = [0; Class::ALL.len()];
             for (name, n) in &saved.by_class {
                 if let Some(class) = class_named(name) {
-                    h.by_class[class.index()].fetch_add(*n, Ordering::Relaxed);
+                    by_class[class.index()] += *n;
                 }
             }
-            h.last_used.fetch_max(saved.last_used, Ordering::Relaxed);
-            h.last_success
-                .fetch_max(saved.last_success, Ordering::Relaxed);
-            h.last_failure
-                .fetch_max(saved.last_failure, Ordering::Relaxed);
-            if h.latency_ewma_bits() == 0 {
-                h.set_latency_ewma_bits(saved.latency_ewma_bits);
-            }
+            h.restore(&crate::state::KeyNumbers {
+                cool_until: saved.cool_until,
+                rate_limit_streak: saved.rate_limit_streak,
+                consecutive_failures: saved.consecutive_failures,
+                in_flight: 0,
+                by_class,
+                last_used: saved.last_used,
+                last_success: saved.last_success,
+                last_failure: saved.last_failure,
+                latency_ewma_bits: saved.latency_ewma_bits,
+            });
             report.keys_restored += 1;
         }
         report.keys_dropped = saved
@@ -189,7 +184,7 @@ impl KeyPool {
                 ours.cool(slot.cool_until, class);
             }
             if slot.not_on_tier {
-                ours.not_on_tier.store(true, Ordering::Release);
+                ours.disable_model();
             }
             ours.quota.import(&slot.meter, now);
             if slot.meter.learned != ModelLimits::default() {

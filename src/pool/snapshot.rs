@@ -1,7 +1,6 @@
 //! [`PoolSnapshot`]: a serialisable view of every key, for status pages.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 
 use jiff::Timestamp;
 use serde::Serialize;
@@ -123,7 +122,8 @@ pub(super) fn take(inner: &PoolInner) -> PoolSnapshot {
             let health = &entry.health;
             let project = &inner.projects[entry.project];
             let reason = health.disabled.get().or(project.health.disabled.get());
-            let key_cool = health.cool_until.load(Ordering::Acquire);
+            let numbers = health.numbers();
+            let key_cool = numbers.cool_until;
             let state = if reason.is_some() {
                 KeyState::Disabled
             } else if key_cool > now {
@@ -135,8 +135,8 @@ pub(super) fn take(inner: &PoolInner) -> PoolSnapshot {
                 .iter()
                 .filter_map(|slots| {
                     let slot = &slots.projects[entry.project];
-                    let disabled = slot.not_on_tier.load(Ordering::Acquire);
-                    let until = slot.cool_until.load(Ordering::Acquire);
+                    let disabled = slot.is_not_on_tier();
+                    let until = slot.cool_until();
                     if !disabled && until <= now {
                         return None;
                     }
@@ -163,7 +163,7 @@ pub(super) fn take(inner: &PoolInner) -> PoolSnapshot {
                 .iter()
                 .filter(|c| !c.is_success())
                 .filter_map(|c| {
-                    let n = health.by_class[c.index()].load(Ordering::Relaxed);
+                    let n = numbers.by_class[c.index()];
                     (n > 0).then_some((c.as_str(), n))
                 })
                 .collect();
@@ -180,11 +180,11 @@ pub(super) fn take(inner: &PoolInner) -> PoolSnapshot {
                     total,
                     successes,
                     failures,
-                    consecutive_failures: health.consecutive_failures.load(Ordering::Relaxed),
-                    in_flight: health.in_flight.load(Ordering::Relaxed),
-                    last_used: when(health.last_used.load(Ordering::Relaxed)),
-                    last_success: when(health.last_success.load(Ordering::Relaxed)),
-                    last_failure: when(health.last_failure.load(Ordering::Relaxed)),
+                    consecutive_failures: numbers.consecutive_failures,
+                    in_flight: numbers.in_flight,
+                    last_used: when(numbers.last_used),
+                    last_success: when(numbers.last_success),
+                    last_failure: when(numbers.last_failure),
                     latency_ewma_ms: health.latency_ewma().map(|d| d.as_secs_f64() * 1e3),
                 },
                 success_rate: (total > 0).then(|| successes as f64 / total as f64),

@@ -127,11 +127,12 @@ impl Candidates<'_> {
     pub fn stats(&self, index: usize) -> KeyStats {
         let entry = &self.keys[index];
         let health = &entry.health;
-        let last_used = health.last_used.load(Ordering::Relaxed);
+        let numbers = health.numbers();
+        let last_used = numbers.last_used;
         KeyStats {
             priority: entry.priority,
-            consecutive_failures: health.consecutive_failures.load(Ordering::Relaxed),
-            in_flight: health.in_flight.load(Ordering::Relaxed),
+            consecutive_failures: numbers.consecutive_failures,
+            in_flight: numbers.in_flight,
             latency: health.latency_ewma(),
             last_used_millis: (last_used != 0).then_some(last_used),
         }
@@ -170,14 +171,10 @@ impl Candidates<'_> {
             return Some(Blocker::Disabled(reason));
         }
         let slot = &self.slots.projects[entry.project];
-        if slot.not_on_tier.load(Ordering::Acquire) {
+        if slot.is_not_on_tier() {
             return Some(Blocker::Disabled(DisabledReason::ModelNotOnTier));
         }
-        let cooled = entry
-            .health
-            .cool_until
-            .load(Ordering::Acquire)
-            .max(slot.cool_until.load(Ordering::Acquire));
+        let cooled = entry.health.cool_until().max(slot.cool_until());
         if cooled > self.now {
             return Some(Blocker::Cooling(cooled));
         }
@@ -355,9 +352,7 @@ impl Strategy for LeastInFlight {
 
     fn choose(&self, keys: &Candidates<'_>) -> Option<usize> {
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        keys.min_from(start, |i| {
-            keys.keys[i].health.in_flight.load(Ordering::Relaxed)
-        })
+        keys.min_from(start, |i| keys.keys[i].health.in_flight())
     }
 }
 

@@ -428,10 +428,9 @@ fn weighted_random_is_seeded_and_proportional() {
     let pool = build();
     for _ in 0..3 {
         for i in 0..3 {
-            pool.inner.keys[i]
-                .health
-                .last_used
-                .store(pool.clock().now_millis(), Ordering::Relaxed);
+            // Leased now (and given back): last used now.
+            pool.inner.keys[i].health.leased(pool.clock().now_millis());
+            pool.inner.keys[i].health.returned();
         }
     }
     let picks = order(&pool, "m", 4000);
@@ -450,10 +449,9 @@ fn weighted_random_uniform_when_all_weigh_zero() {
         .build()
         .unwrap();
     for entry in pool.inner.keys.iter() {
-        entry
-            .health
-            .consecutive_failures
-            .store(9, Ordering::Relaxed);
+        for _ in 0..9 {
+            entry.health.failed(0);
+        }
     }
     let picks = order(&pool, "m", 200);
     assert!(picks.iter().any(|p| p == "0001") && picks.iter().any(|p| p == "0002"));

@@ -139,6 +139,62 @@ impl Effect {
     }
 }
 
+/// Where an answer's [`Effect`] lands in this process's working copy: the key's health, its
+/// project's, and the model's on that project; and the names its log lines give.
+pub(crate) struct Target<'a> {
+    pub(crate) key: &'a super::health::KeyHealth,
+    pub(crate) project: &'a super::health::ProjectHealth,
+    pub(crate) slot: &'a super::health::ProjectModelHealth,
+    pub(crate) fingerprint: crate::fingerprint::Fingerprint,
+    pub(crate) project_name: &'a str,
+    pub(crate) model: &'a str,
+}
+
+impl Effect {
+    /// Apply this effect (of `outcome`, at `now`) to `target`, with a log line for each change.
+    /// The one applier of the table above to the working copy (a shared store applies it to
+    /// its own keys); what the limit learned does to the ledger is the pool's.
+    pub(crate) fn apply(&self, target: &Target<'_>, outcome: &Classification, now: u64) {
+        let (class, fingerprint) = (self.class, target.fingerprint);
+        if self.failure {
+            target.key.failed(now);
+        }
+        if let Some(reason) = self.disable_key
+            && target.key.disabled.disable(reason)
+        {
+            tracing::warn!(gemini.key = %fingerprint, gemini.class = %class, "key disabled until reset: {outcome}");
+        }
+        if let Some(reason) = self.disable_project
+            && target.project.disabled.disable(reason)
+        {
+            tracing::warn!(gemini.key = %fingerprint, gemini.project = target.project_name, "project disabled until reset: {}", reason.as_str());
+        }
+        if self.disable_model {
+            target.slot.disable_model();
+            tracing::warn!(gemini.key = %fingerprint, gemini.project = target.project_name, gemini.model = target.model,
+                "model has a quota of 0 on this project's tier; disabled for this project until reset");
+        }
+        if let Some(until) = self.cool_model_until {
+            target.slot.cool(until, class);
+            let secs = until.saturating_sub(now) as f64 / 1000.0;
+            if class == Class::QuotaDaily {
+                tracing::info!(gemini.key = %fingerprint, gemini.project = target.project_name, gemini.model = target.model,
+                    "daily quota exhausted; project cools until midnight Pacific ({secs:.0}s)");
+            } else {
+                tracing::info!(gemini.key = %fingerprint, gemini.project = target.project_name, gemini.model = target.model,
+                    "per-minute quota exhausted; project cools for {secs:.1}s");
+            }
+        }
+        if let Some(until) = self.cool_key_until {
+            target.key.cool(until);
+            tracing::info!(gemini.key = %fingerprint, "rate limited; key cools for {}s", until.saturating_sub(now) / 1000);
+        }
+        if matches!(class, Class::Upstream | Class::Transport) {
+            tracing::debug!(gemini.key = %fingerprint, gemini.class = %class, gemini.model = target.model, "upstream failure counted; key stays healthy");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use http::StatusCode;

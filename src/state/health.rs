@@ -87,27 +87,131 @@ impl DisabledCell {
 }
 
 /// Everything the pool knows about one key's health and use. Times are Unix milliseconds, 0 = never.
+///
+/// Its atomics are private to `state/`: the pool reads and changes them through these methods
+/// (and answers change them through the effects table, `state::effects`).
 #[derive(Default)]
 pub(crate) struct KeyHealth {
     pub(crate) disabled: DisabledCell,
     /// Key-level cool-down (a bare 429 `RateLimited`).
-    pub(crate) cool_until: AtomicU64,
-    pub(crate) rate_limit_streak: AtomicU32,
-    pub(crate) consecutive_failures: AtomicU32,
-    pub(crate) in_flight: AtomicU32,
+    cool_until: AtomicU64,
+    rate_limit_streak: AtomicU32,
+    consecutive_failures: AtomicU32,
+    in_flight: AtomicU32,
     /// Answers by class: one counter written per answer; totals and successes are sums.
-    pub(crate) by_class: [AtomicU64; Class::ALL.len()],
-    pub(crate) last_used: AtomicU64,
-    pub(crate) last_success: AtomicU64,
-    pub(crate) last_failure: AtomicU64,
+    by_class: [AtomicU64; Class::ALL.len()],
+    last_used: AtomicU64,
+    last_success: AtomicU64,
+    last_failure: AtomicU64,
     /// f64 bits of the latency EWMA in microseconds; 0 = no sample yet.
     latency_ewma_us: AtomicU64,
+}
+
+/// A key's numbers, read at once: for the status API and the state file.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct KeyNumbers {
+    pub(crate) cool_until: u64,
+    pub(crate) rate_limit_streak: u32,
+    pub(crate) consecutive_failures: u32,
+    pub(crate) in_flight: u32,
+    pub(crate) by_class: [u64; Class::ALL.len()],
+    pub(crate) last_used: u64,
+    pub(crate) last_success: u64,
+    pub(crate) last_failure: u64,
+    pub(crate) latency_ewma_bits: u64,
 }
 
 /// Weight of a new latency sample in the EWMA.
 const EWMA_ALPHA: f64 = 0.3;
 
 impl KeyHealth {
+    /// A lease of the key was taken at `now`.
+    pub(crate) fn leased(&self, now: u64) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.last_used.store(now, Ordering::Relaxed);
+    }
+
+    /// A lease of the key was given back.
+    pub(crate) fn returned(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Leases held now.
+    pub(crate) fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// When the key's own cool-down ends (Unix ms; 0 = none).
+    pub(crate) fn cool_until(&self) -> u64 {
+        self.cool_until.load(Ordering::Acquire)
+    }
+
+    /// Cool the key until `until` at least.
+    pub(crate) fn cool(&self, until: u64) {
+        self.cool_until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// Count an answer of `class` at `now`. A success resets the failure streaks and feeds the
+    /// latency average; a bare 429 returns how many came in a row before it (0 otherwise).
+    pub(crate) fn answered(&self, class: Class, now: u64, latency: Duration) -> u32 {
+        self.by_class[class.index()].fetch_add(1, Ordering::Relaxed);
+        match class {
+            Class::Success => {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+                self.rate_limit_streak.store(0, Ordering::Relaxed);
+                self.last_success.store(now, Ordering::Relaxed);
+                self.record_latency(latency);
+                0
+            }
+            Class::RateLimited => self.rate_limit_streak.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        }
+    }
+
+    /// Count a failure (of the key or the upstream) at `now`.
+    pub(crate) fn failed(&self, now: u64) {
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        self.last_failure.store(now, Ordering::Relaxed);
+    }
+
+    /// Every number, read at once.
+    pub(crate) fn numbers(&self) -> KeyNumbers {
+        KeyNumbers {
+            cool_until: self.cool_until.load(Ordering::Acquire),
+            rate_limit_streak: self.rate_limit_streak.load(Ordering::Relaxed),
+            consecutive_failures: self.consecutive_failures.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            by_class: std::array::from_fn(|i| self.by_class[i].load(Ordering::Relaxed)),
+            last_used: self.last_used.load(Ordering::Relaxed),
+            last_success: self.last_success.load(Ordering::Relaxed),
+            last_failure: self.last_failure.load(Ordering::Relaxed),
+            latency_ewma_bits: self.latency_ewma_us.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Take back what a state file kept (leases in flight are not kept): later times and
+    /// cool-downs win, counts add up.
+    pub(crate) fn restore(&self, saved: &KeyNumbers) {
+        self.cool_until
+            .fetch_max(saved.cool_until, Ordering::AcqRel);
+        self.rate_limit_streak
+            .store(saved.rate_limit_streak, Ordering::Relaxed);
+        self.consecutive_failures
+            .store(saved.consecutive_failures, Ordering::Relaxed);
+        for (count, saved) in self.by_class.iter().zip(saved.by_class) {
+            count.fetch_add(saved, Ordering::Relaxed);
+        }
+        self.last_used.fetch_max(saved.last_used, Ordering::Relaxed);
+        self.last_success
+            .fetch_max(saved.last_success, Ordering::Relaxed);
+        self.last_failure
+            .fetch_max(saved.last_failure, Ordering::Relaxed);
+        if self.latency_ewma_us.load(Ordering::Relaxed) == 0 {
+            self.latency_ewma_us
+                .store(saved.latency_ewma_bits, Ordering::Relaxed);
+        }
+    }
+
     /// Answers seen, of every class.
     pub(crate) fn total(&self) -> u64 {
         self.by_class
@@ -121,14 +225,6 @@ impl KeyHealth {
         self.by_class[Class::Success.index()].load(Ordering::Relaxed)
     }
 
-    pub(crate) fn latency_ewma_bits(&self) -> u64 {
-        self.latency_ewma_us.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn set_latency_ewma_bits(&self, bits: u64) {
-        self.latency_ewma_us.store(bits, Ordering::Relaxed);
-    }
-
     pub(crate) fn latency_ewma(&self) -> Option<Duration> {
         let bits = self.latency_ewma_us.load(Ordering::Relaxed);
         (bits != 0).then(|| Duration::from_secs_f64(f64::from_bits(bits) / 1e6))
@@ -137,7 +233,7 @@ impl KeyHealth {
     /// Fold a sample into the average. A load and a store, not a compare-and-swap loop: two
     /// answers for one key landing at the same instant may lose one sample, which an average
     /// of many does not miss, and the common case writes no contended line twice.
-    pub(crate) fn record_latency(&self, latency: Duration) {
+    fn record_latency(&self, latency: Duration) {
         let sample = (latency.as_secs_f64() * 1e6).max(1.0);
         let bits = self.latency_ewma_us.load(Ordering::Relaxed);
         let next = if bits == 0 {
@@ -168,10 +264,10 @@ pub(crate) struct ProjectHealth {
 /// One project's health and quota for one model.
 #[derive(Default)]
 pub(crate) struct ProjectModelHealth {
-    pub(crate) cool_until: AtomicU64,
+    cool_until: AtomicU64,
     /// `Class::index()` of the answer that set the cool-down.
-    pub(crate) cool_class: AtomicU8,
-    pub(crate) not_on_tier: AtomicBool,
+    cool_class: AtomicU8,
+    not_on_tier: AtomicBool,
     /// The quota ledger of this project and model.
     pub(crate) quota: Meters,
     /// Requests sent in the last minute, counted even without a limit: when Google's first
@@ -179,7 +275,7 @@ pub(crate) struct ProjectModelHealth {
     pub(crate) sent: SentLog,
     /// A shared store's ledger had no room until this time (Unix ms; 0 = none): the mirror of
     /// what another process used, so that selection skips the project until then.
-    pub(crate) shared_until: AtomicU64,
+    shared_until: AtomicU64,
     /// The dimension (`Dimension::index`) and limit of that refusal.
     shared_dimension: AtomicU8,
     shared_limit: AtomicU64,
@@ -253,6 +349,21 @@ impl SentLog {
 }
 
 impl ProjectModelHealth {
+    /// When the model's cool-down on this project ends (Unix ms; 0 = none).
+    pub(crate) fn cool_until(&self) -> u64 {
+        self.cool_until.load(Ordering::Acquire)
+    }
+
+    /// Is the model off this project's tier (a quota of 0)?
+    pub(crate) fn is_not_on_tier(&self) -> bool {
+        self.not_on_tier.load(Ordering::Acquire)
+    }
+
+    /// The model has a quota of 0 on this project: disabled for it until reset.
+    pub(crate) fn disable_model(&self) {
+        self.not_on_tier.store(true, Ordering::Release);
+    }
+
     pub(crate) fn cool(&self, until: u64, class: Class) {
         let before = self.cool_until.fetch_max(until, Ordering::AcqRel);
         if until >= before {

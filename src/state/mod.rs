@@ -41,6 +41,7 @@ mod reservation;
 pub(crate) mod saved;
 mod store;
 
+pub(crate) use effects::Target;
 pub use effects::{
     DEFAULT_MINUTE_COOLDOWN, Effect, MAX_MINUTE_COOLDOWN, RATE_LIMIT_BASE_COOLDOWN,
     RATE_LIMIT_MAX_COOLDOWN,
@@ -48,7 +49,9 @@ pub use effects::{
 pub use estimate::{BytesPerToken, TokenEstimator};
 pub use file::StateFile;
 pub use health::DisabledReason;
-pub(crate) use health::{KeyHealth, ModelSlots, ModelTable, ProjectHealth, normalize_model};
+pub(crate) use health::{
+    KeyHealth, KeyNumbers, ModelSlots, ModelTable, ProjectHealth, normalize_model,
+};
 pub use limits::ModelLimits;
 pub use meter::{Demand, Dimension, MeterSnapshot, Usage};
 pub(crate) use meter::{History, MeterState, Meters, Refusal, Ticket};

@@ -142,3 +142,31 @@ impl Store for MemoryStore {
 
     fn reset(&self, _: &[Scope], _: &[Arc<str>], _: &[Arc<str>]) {}
 }
+
+impl SharedRefusal {
+    /// Mirror what a shared store refused into the working copy, so that selection skips it
+    /// until then, as if this process had seen it itself.
+    pub(crate) fn mirror(&self, target: &super::effects::Target<'_>) {
+        match self {
+            SharedRefusal::Quota {
+                dimension,
+                limit,
+                until,
+            } => target
+                .slot
+                .shared_full(*dimension, *limit, until.unwrap_or(u64::MAX)),
+            SharedRefusal::ModelCooling(until) => target
+                .slot
+                .cool(*until, crate::classify::Class::QuotaMinute),
+            SharedRefusal::KeyCooling(until) => target.key.cool(*until),
+            SharedRefusal::KeyDisabled(reason) => {
+                target.key.disabled.disable(*reason);
+            }
+            SharedRefusal::ProjectDisabled(reason) => {
+                target.project.disabled.disable(*reason);
+            }
+            SharedRefusal::ModelDisabled => target.slot.disable_model(),
+            SharedRefusal::Unreachable(_) => {}
+        }
+    }
+}

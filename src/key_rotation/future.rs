@@ -99,6 +99,7 @@ where
 
     /// Send the request with the leased key: the call's state, timed from now, with how long
     /// it waited in line.
+    #[inline]
     fn dispatch<B: Body>(mut self) -> State<S, ReqB, B> {
         let (Some(request), Some(lease)) = (self.request.take(), self.lease.take()) else {
             return State::Failed {
@@ -118,6 +119,7 @@ where
 }
 
 impl Call {
+    #[inline]
     fn new(
         lease: KeyLease,
         selected: SelectedKey,
@@ -135,6 +137,7 @@ impl Call {
     }
 
     /// A 2xx: classified from its status alone, reported, its body passed through untouched.
+    #[inline]
     fn success<B: Body>(
         self,
         response: Response<B>,

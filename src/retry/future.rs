@@ -231,6 +231,7 @@ where
 
 /// An answer to an attempt: settled (returned, or dropped for another attempt), or, for an
 /// unclassified error answer, its body read first.
+#[inline]
 fn on_answer<F, ResB: Body>(
     mut state: Pin<&mut State<F, ResB>>,
     run: &mut Run,
@@ -284,6 +285,7 @@ fn read_classified<B: Body>(answer: ErrorAnswer<B>) -> (Response<ResponseBody<B>
 
 impl Run {
     /// The next attempt: a copy of `template` marked with its number, sent in its own span.
+    #[inline]
     fn start_attempt<S, B, ResB>(
         &mut self,
         template: &Option<Request<B>>,
@@ -331,6 +333,7 @@ impl Run {
     }
 
     /// Decide after an answer: return it, or drop it and go again after a delay.
+    #[inline]
     fn settle<R>(
         &mut self,
         response: Response<R>,
@@ -370,6 +373,7 @@ enum Settled<R> {
 /// An answer and what it means: the classification an inner layer put on it, or (a 2xx) its
 /// status; `Err` with its parts for an unclassified error answer, whose body must be read.
 #[allow(clippy::type_complexity)]
+#[inline]
 fn classified<R>(
     response: Response<R>,
 ) -> Result<(http::response::Parts, R, Classification), (http::response::Parts, R)> {

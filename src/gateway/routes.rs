@@ -1,0 +1,89 @@
+//! The gateway's router: which routes exist, and the checks in front of them (the client token
+//! on the APIs, the admin token on the status and admin routes).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use http::StatusCode;
+
+use super::reply::{self, Family};
+use super::{GatewayConfig, Shared, admin, auth, cors, dashboard, metrics, proxy};
+
+/// The gateway's router for `config`: every route, auth, CORS and per-client limits. Serve it
+/// with `axum::serve` (see [`serve`], which also handles shutdown).
+pub fn router(config: &GatewayConfig) -> Router {
+    routes(&Shared::new(config), config)
+}
+
+/// Every route over `shared`: the proxied APIs behind the client token, the status, admin and
+/// metrics routes behind the admin token, the dashboard and `/healthz`; CORS around them.
+pub(super) fn routes(shared: &Arc<Shared>, config: &GatewayConfig) -> Router {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(proxy::chat_completions))
+        .route("/v1/embeddings", post(proxy::embeddings))
+        .route("/v1/models", get(proxy::models))
+        .route("/v1/models/{*rest}", get(proxy::native).post(proxy::native))
+        .route("/v1beta/{*rest}", get(proxy::native).post(proxy::native));
+    // Per-client limits are metered in `proxy::forward`, once the body is in memory (its
+    // tokens count against `tpm`), after authentication: a request without a valid token is
+    // refused before it is metered against any client's limit.
+    let api = api.route_layer(middleware::from_fn_with_state(shared.clone(), authenticate));
+    // The status and admin routes: one check of the admin token for all of them.
+    let admin = Router::new()
+        .route("/metrics", get(metrics::metrics))
+        .route("/api/keys/status", get(admin::status))
+        .route("/api/keys", post(admin::add))
+        .route("/api/keys/{id}", axum::routing::delete(admin::remove))
+        .route("/api/keys/revalidate", post(admin::revalidate))
+        .route("/api/keys/{id}/reset", post(admin::reset))
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
+            admin::require_admin,
+        ));
+    let router = Router::new()
+        .route("/", get(dashboard::page))
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(admin)
+        .merge(api)
+        .with_state(shared.clone());
+    let router = match cors::layer(&config.allowed_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router
+}
+
+/// Refuse requests without a client token (unless the gateway runs unauthenticated).
+async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    if shared.tokens.is_empty() {
+        return next.run(request).await;
+    }
+    let path = request.uri().path();
+    let family = if path.starts_with("/v1/") && !path.starts_with("/v1/models/") {
+        Family::OpenAi
+    } else {
+        Family::Native
+    };
+    let token = auth::presented(request.headers(), request.uri().query());
+    let Some(client) = auth::accepted(&shared.tokens, token) else {
+        let message = if token.is_some() {
+            "the gateway token is not valid"
+        } else {
+            "a gateway token is required: send Authorization: Bearer <token>, x-goog-api-key: <token> or ?key=<token>"
+        };
+        return reply::client_error(family, StatusCode::UNAUTHORIZED, message);
+    };
+    // Spending per client is counted under its token's fingerprint.
+    let mut request = request;
+    request.extensions_mut().insert(crate::cost::Account::new(
+        shared.tokens[client].fingerprint(),
+    ));
+    if let Some(scope) = shared.client_scopes.get(client) {
+        request.extensions_mut().insert(scope.clone());
+    }
+    next.run(request).await
+}

@@ -1,0 +1,196 @@
+//! What every route shares: the live pool and stack (swapped whole when keys change), the
+//! bounds on bodies, the clients' cache scopes and limits.
+
+use std::sync::Arc;
+
+use super::{GatewayConfig, Token, auth, metrics, saving};
+use crate::circuit_breaker::{BreakerHandle, CircuitBreakerLayer};
+use crate::pool::KeyPool;
+use crate::quota::{ClientKey, InboundQuotaLayer};
+use crate::{BoxGemini, client, stack};
+
+/// The pool and the stack over it: swapped whole when a key is added or removed; requests in
+/// flight finish on the one they started with.
+pub(crate) struct Live {
+    pub(crate) gemini: BoxGemini,
+    pub(crate) pool: KeyPool,
+}
+
+/// What every route shares.
+pub(crate) struct Shared {
+    live: std::sync::RwLock<Arc<Live>>,
+    /// Kept to build the stack over a new pool: the same circuits, the same connections.
+    breaker: CircuitBreakerLayer,
+    http: client::HttpsClient<http_body_util::Full<bytes::Bytes>>,
+    max_wait: std::time::Duration,
+    /// Key changes happen one at a time (each reads the live pool and swaps a new one in).
+    pub(crate) changing: tokio::sync::Mutex<()>,
+    pub(crate) breakers: BreakerHandle,
+    pub(crate) upstream: String,
+    pub(crate) model: String,
+    pub(crate) tokens: Vec<Token>,
+    pub(crate) admin_token: Option<Token>,
+    pub(crate) body_limit: usize,
+    /// Request bodies held at once, in KiB permits (see `GatewayConfig::body_memory`).
+    pub(crate) body_memory: Arc<tokio::sync::Semaphore>,
+    /// Woken when a body's room is given back (bodies wait for room without a queue).
+    pub(crate) body_freed: Arc<tokio::sync::Notify>,
+    /// Room held per client: a quarter of the whole (at least one body of the largest size).
+    pub(crate) bodies_by_client: Arc<BodiesByClient>,
+    pub(crate) body_memory_mb: usize,
+    /// Cache, fallback, cost and alerts: the same across key changes.
+    pub(crate) savings: saving::Savings,
+    /// Clients share cached answers (else each client token has its own cache scope).
+    pub(crate) cache_shared: bool,
+    /// Per-client limits (`client_limits`), metered once a request's body is in memory.
+    pub(crate) client_limits: Option<InboundQuotaLayer>,
+    /// Each client token's cache scope, by the token's index.
+    pub(crate) client_scopes: Vec<ClientScope>,
+}
+
+/// The cache scope of the client that sent a request (an extension set by `authenticate`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ClientScope(pub(crate) http::HeaderValue);
+
+/// Room for request bodies held per client (KiB), each at most `share`.
+pub(crate) struct BodiesByClient {
+    share: usize,
+    held: std::sync::Mutex<std::collections::HashMap<ClientScope, usize>>,
+}
+
+impl BodiesByClient {
+    /// Count `kib` more for `client`: false (nothing counted) if that passes its share.
+    pub(crate) fn take(&self, client: &ClientScope, kib: usize) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let now = held.get(client).copied().unwrap_or(0);
+        if now.saturating_add(kib) > self.share {
+            return false;
+        }
+        held.insert(client.clone(), now + kib);
+        true
+    }
+
+    /// `kib` given back by `client`.
+    pub(crate) fn give_back(&self, client: &ClientScope, kib: usize) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(now) = held.get_mut(client) {
+            *now = now.saturating_sub(kib);
+            if *now == 0 {
+                held.remove(client);
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// The current pool and stack.
+    pub(crate) fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn build(&self, pool: KeyPool) -> Live {
+        let gemini = compose(
+            &pool,
+            &self.breaker,
+            self.max_wait,
+            &self.savings,
+            self.http.clone(),
+        );
+        Live { gemini, pool }
+    }
+
+    /// Serve with `pool` from now on.
+    pub(crate) fn swap(&self, pool: KeyPool) {
+        let live = Arc::new(self.build(pool));
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = live;
+    }
+}
+
+/// Cache → Cost → Fallback → Retry → CircuitBreaker → KeyRotation → Quota over `pool`.
+fn compose(
+    pool: &KeyPool,
+    breaker: &CircuitBreakerLayer,
+    max_wait: std::time::Duration,
+    savings: &saving::Savings,
+    http: client::HttpsClient<http_body_util::Full<bytes::Bytes>>,
+) -> BoxGemini {
+    use tower_layer::Layer;
+    let gemini = stack(pool)
+        .circuit_breaker(breaker.clone())
+        .wait_up_to(max_wait)
+        .fallback(savings.fallback())
+        .quota(savings.quota(pool))
+        .layer(http);
+    savings.compose(gemini)
+}
+
+impl Shared {
+    /// Everything the routes share, for `config`: the stack over its pool, the bounds, the
+    /// clients' scopes and limits.
+    pub(crate) fn new(config: &GatewayConfig) -> Arc<Shared> {
+        metrics::handle();
+        let breaker = CircuitBreakerLayer::new();
+        let breakers = breaker.handle();
+        let http = client::https();
+        let savings = saving::Savings::new(&config.saving);
+        let first = Live {
+            gemini: compose(
+                &config.pool,
+                &breaker,
+                config.max_wait,
+                &savings,
+                http.clone(),
+            ),
+            pool: config.pool.clone(),
+        };
+        Arc::new(Shared {
+            live: std::sync::RwLock::new(Arc::new(first)),
+            breaker,
+            http,
+            max_wait: config.max_wait,
+            changing: tokio::sync::Mutex::new(()),
+            breakers,
+            upstream: config.upstream.clone(),
+            model: config.model.clone(),
+            tokens: config.tokens.clone(),
+            admin_token: config.admin_token.clone(),
+            body_limit: config.body_limit,
+            body_memory: Arc::new(tokio::sync::Semaphore::new(
+                // Always room for one body of the largest size.
+                config
+                    .body_memory
+                    .max(config.body_limit)
+                    .div_ceil(1024)
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+            body_memory_mb: config.body_memory.max(config.body_limit) >> 20,
+            body_freed: Arc::new(tokio::sync::Notify::new()),
+            bodies_by_client: Arc::new(BodiesByClient {
+                share: (config.body_memory / 4)
+                    .max(config.body_limit)
+                    .div_ceil(1024),
+                held: std::sync::Mutex::new(std::collections::HashMap::new()),
+            }),
+            savings,
+            cache_shared: config.saving.cache_shared,
+            client_limits: config.client_limits.map(|limits| {
+                let by_token = ClientKey::custom(|head| {
+                    auth::presented(head.headers, head.uri.query())
+                        .map(|t| String::from_utf8_lossy(t).into_owned())
+                });
+                InboundQuotaLayer::new(limits).client_key(by_token)
+            }),
+            client_scopes: config
+                .tokens
+                .iter()
+                .map(|token| {
+                    let name = format!("client-{}", token.scope_id());
+                    ClientScope(
+                        http::HeaderValue::from_str(&name)
+                            .unwrap_or_else(|_| http::HeaderValue::from_static("client")),
+                    )
+                })
+                .collect(),
+        })
+    }
+}

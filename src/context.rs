@@ -9,9 +9,9 @@
 //! | which attempt | [`Attempt`] (request and response) | retry | key rotation (how long it may wait), the caller |
 //! | the key used | [`SelectedKey`](crate::pool::SelectedKey) (request and response) | key rotation | quota, breaker scope, cost, the caller |
 //! | what the answer means | [`Classification`](crate::classify::Classification) (response, or in the error) | key rotation | retry, breaker, fallback, cache |
-//! | how long it waited for a key | [`QueueWait`] (response) | key rotation | breaker (slow-call threshold on upstream time only) |
-//! | a model follows this one | [`NextModelWaits`] (request) | fallback | retry and key rotation (do not wait for this model) |
-//! | how much of an error body is read | [`ErrorBodyLimits`] | key rotation's and retry's settings | both readers |
+//! | how long it waited for a key | `QueueWait` (response) | key rotation | breaker (slow-call threshold on upstream time only) |
+//! | a model follows this one | `NextModelWaits` (request) | fallback | retry and key rotation (do not wait for this model) |
+//! | how much of an error body is read | `ErrorBodyLimits` | key rotation's and retry's settings | both readers |
 //! | the head of a request, for extractors | [`RequestHead`] | — | breaker scopes, inbound quota client keys |
 //! | served by another model | [`ModelFallback`] (response), [`FALLBACK_HEADER`], [`MODEL_HEADER`] | fallback | cache (never keeps it), cost (prices the model that served), the gateway |
 //! | a caller's cache wishes | [`CACHE_HEADER`], [`NAMESPACE_HEADER`] | the caller, the gateway (the namespace: the client's scope) | cache (not sent upstream) |

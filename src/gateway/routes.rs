@@ -50,11 +50,10 @@ pub(super) fn routes(shared: &Arc<Shared>, config: &GatewayConfig) -> Router {
         .merge(admin)
         .merge(api)
         .with_state(shared.clone());
-    let router = match cors::layer(&config.allowed_origins) {
+    match cors::layer(&config.allowed_origins) {
         Some(cors) => router.layer(cors),
         None => router,
-    };
-    router
+    }
 }
 
 /// Refuse requests without a client token (unless the gateway runs unauthenticated).

@@ -14,7 +14,7 @@ use super::reply::{self, Family};
 use super::{GatewayConfig, Shared, admin, auth, cors, dashboard, metrics, proxy};
 
 /// The gateway's router for `config`: every route, auth, CORS and per-client limits. Serve it
-/// with `axum::serve` (see [`serve`], which also handles shutdown).
+/// with `axum::serve` (see [`serve`](super::serve), which also handles shutdown).
 pub fn router(config: &GatewayConfig) -> Router {
     routes(&Shared::new(config), config)
 }

@@ -29,15 +29,7 @@ impl<S> Fallback<S> {
         Fallback { inner, chains }
     }
 
-    /// A reference to the inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::macros::define_inner_service_accessors!();
 }
 
 impl<S> std::fmt::Debug for Fallback<S> {

@@ -51,8 +51,11 @@
 //! # Ok::<(), tower_gemini::Error>(())
 //! ```
 
+mod admission;
 mod alerts;
+mod future;
 mod inbound;
+mod layer;
 mod service;
 mod usage;
 
@@ -62,8 +65,10 @@ pub use crate::state::{
 #[cfg(feature = "gateway")]
 pub(crate) use alerts::check_threshold as check_alert_threshold;
 pub use alerts::{DEFAULT_QUOTA_ALERT, QuotaAlert};
+pub use future::ResponseFuture;
 pub use inbound::{ClientKey, InboundFuture, InboundQuota, InboundQuotaLayer};
-pub use service::{Quota, QuotaLayer, ResponseFuture};
+pub use layer::QuotaLayer;
+pub use service::Quota;
 pub(crate) use usage::LastCounts;
 #[cfg(fuzzing)]
 pub(crate) use usage::PromptTokens;

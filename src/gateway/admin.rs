@@ -48,6 +48,53 @@ pub(crate) async fn require_admin(
     }
 }
 
+/// One key in the status API, in the shape worker dashboards read.
+#[derive(serde::Serialize)]
+struct KeyRow<'a> {
+    id: crate::pool::Fingerprint,
+    name: Option<&'a str>,
+    project: &'a str,
+    status: &'static str,
+    disabled_reason: Option<crate::state::DisabledReason>,
+    cooling_until: Option<jiff::Timestamp>,
+    consecutive_failures: u32,
+    total_calls: u64,
+    success_calls: u64,
+    failures: &'a std::collections::BTreeMap<&'static str, u64>,
+    in_flight: u32,
+    last_used_at: Option<jiff::Timestamp>,
+    success_rate: Option<f64>,
+    latency_ms: Option<f64>,
+    models: &'a [crate::pool::ModelHealthSnapshot],
+}
+
+impl<'a> KeyRow<'a> {
+    fn of(key: &'a crate::pool::KeySnapshot) -> Self {
+        KeyRow {
+            id: key.fingerprint,
+            name: key.name.as_deref(),
+            project: &key.project,
+            status: match key.state {
+                KeyState::Active if !key.models.is_empty() => "cooling_for_some_models",
+                KeyState::Active => "active",
+                KeyState::Cooling => "cooling",
+                KeyState::Disabled => "disabled",
+            },
+            disabled_reason: key.reason,
+            cooling_until: key.cooling_until,
+            consecutive_failures: key.counters.consecutive_failures,
+            total_calls: key.counters.total,
+            success_calls: key.counters.successes,
+            failures: &key.counters.failures,
+            in_flight: key.counters.in_flight,
+            last_used_at: key.counters.last_used,
+            success_rate: key.success_rate,
+            latency_ms: key.counters.latency_ewma_ms,
+            models: &key.models,
+        }
+    }
+}
+
 /// `GET /api/keys/status`: every key in the shape worker dashboards read
 /// (`{"success":true,"data":[{"id","name","status","consecutive_failures","total_calls",
 /// "success_calls","last_used_at","success_rate",…}]}`), plus project, per-model cool-downs,
@@ -57,35 +104,7 @@ pub(crate) async fn status(State(shared): State<Arc<Shared>>) -> Response {
     let snapshot = live.pool.snapshot();
     let mut recent = live.pool.recent_calls();
     recent.truncate(50);
-    let data: Vec<serde_json::Value> = snapshot
-        .keys
-        .iter()
-        .map(|key| {
-            let status = match key.state {
-                KeyState::Active if !key.models.is_empty() => "cooling_for_some_models",
-                KeyState::Active => "active",
-                KeyState::Cooling => "cooling",
-                KeyState::Disabled => "disabled",
-            };
-            serde_json::json!({
-                "id": key.fingerprint,
-                "name": key.name,
-                "project": key.project,
-                "status": status,
-                "disabled_reason": key.reason,
-                "cooling_until": key.cooling_until,
-                "consecutive_failures": key.counters.consecutive_failures,
-                "total_calls": key.counters.total,
-                "success_calls": key.counters.successes,
-                "failures": key.counters.failures,
-                "in_flight": key.counters.in_flight,
-                "last_used_at": key.counters.last_used,
-                "success_rate": key.success_rate,
-                "latency_ms": key.counters.latency_ewma_ms,
-                "models": key.models,
-            })
-        })
-        .collect();
+    let data: Vec<KeyRow<'_>> = snapshot.keys.iter().map(KeyRow::of).collect();
     reply::json(
         StatusCode::OK,
         &serde_json::json!({

@@ -4,8 +4,69 @@ use axum::body::Body;
 use axum::response::Response;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, StatusCode};
+use serde::Serialize;
 
 use crate::error::Error;
+
+/// Google's error shape: `{"error":{"code","message","status"}}`.
+#[derive(Serialize)]
+struct GoogleError<'a> {
+    error: GoogleStatus<'a>,
+}
+
+#[derive(Serialize)]
+struct GoogleStatus<'a> {
+    code: u16,
+    message: &'a str,
+    status: &'a str,
+}
+
+/// OpenAI's error shape: `{"error":{"message","type","code"}}`.
+#[derive(Serialize)]
+struct OpenAiError<'a> {
+    error: OpenAiDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct OpenAiDetail<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    code: &'a str,
+}
+
+/// An error of `family` with this status, message, and (OpenAI) type and code or (Google)
+/// status name.
+fn error_body(
+    family: Family,
+    status: StatusCode,
+    message: &str,
+    google_status: &str,
+    openai: (&str, &str),
+) -> Response {
+    match family {
+        Family::Native => json(
+            status,
+            &GoogleError {
+                error: GoogleStatus {
+                    code: status.as_u16(),
+                    message,
+                    status: google_status,
+                },
+            },
+        ),
+        Family::OpenAi => json(
+            status,
+            &OpenAiError {
+                error: OpenAiDetail {
+                    message,
+                    kind: openai.0,
+                    code: openai.1,
+                },
+            },
+        ),
+    }
+}
 
 /// Which API a route speaks, for the shape of its errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,13 +90,14 @@ pub(crate) fn error(family: Family, error: &Error) -> Response {
                 400 | 404 | 413 => "invalid_request_error",
                 _ => "api_error",
             };
-            let body = serde_json::json!({
-                "error": {
-                    "message": error.to_string(),
-                    "type": kind,
-                    "code": error.kind().as_str(),
-                }
-            });
+            let message = error.to_string();
+            let body = OpenAiError {
+                error: OpenAiDetail {
+                    message: &message,
+                    kind,
+                    code: error.kind().as_str(),
+                },
+            };
             let mut response = json(status, &body);
             if let Some(after) = error.retry_after() {
                 let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
@@ -50,47 +112,37 @@ pub(crate) fn error(family: Family, error: &Error) -> Response {
 
 /// A client error found by the gateway itself (no token, unknown route, body too large).
 pub(crate) fn client_error(family: Family, status: StatusCode, message: &str) -> Response {
-    let body = match family {
-        Family::Native => serde_json::json!({
-            "error": {
-                "code": status.as_u16(),
-                "message": message,
-                "status": match status.as_u16() {
-                    401 => "UNAUTHENTICATED",
-                    403 => "PERMISSION_DENIED",
-                    404 => "NOT_FOUND",
-                    _ => "INVALID_ARGUMENT",
-                },
-            }
-        }),
-        Family::OpenAi => serde_json::json!({
-            "error": {
-                "message": message,
-                "type": "invalid_request_error",
-                "code": match status.as_u16() {
-                    401 => "invalid_api_key",
-                    404 => "not_found",
-                    413 => "request_too_large",
-                    _ => "invalid_request",
-                },
-            }
-        }),
+    let google_status = match status.as_u16() {
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        _ => "INVALID_ARGUMENT",
     };
-    json(status, &body)
+    let code = match status.as_u16() {
+        401 => "invalid_api_key",
+        404 => "not_found",
+        413 => "request_too_large",
+        _ => "invalid_request",
+    };
+    error_body(
+        family,
+        status,
+        message,
+        google_status,
+        ("invalid_request_error", code),
+    )
 }
 
 /// The gateway itself is at a limit of its own (request bodies held at once): 503 with
 /// `Retry-After: 1`, in the family's shape.
 pub(crate) fn busy(family: Family, message: &str) -> Response {
-    let body = match family {
-        Family::Native => serde_json::json!({
-            "error": { "code": 503, "message": message, "status": "UNAVAILABLE" }
-        }),
-        Family::OpenAi => serde_json::json!({
-            "error": { "message": message, "type": "api_error", "code": "gateway_busy" }
-        }),
-    };
-    let mut response = json(StatusCode::SERVICE_UNAVAILABLE, &body);
+    let mut response = error_body(
+        family,
+        StatusCode::SERVICE_UNAVAILABLE,
+        message,
+        "UNAVAILABLE",
+        ("api_error", "gateway_busy"),
+    );
     response
         .headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from_static("1"));
@@ -98,8 +150,9 @@ pub(crate) fn busy(family: Family, message: &str) -> Response {
 }
 
 /// A JSON response.
-pub(crate) fn json(status: StatusCode, body: &serde_json::Value) -> Response {
-    let mut response = Response::new(Body::from(body.to_string()));
+pub(crate) fn json(status: StatusCode, body: &impl Serialize) -> Response {
+    let text = serde_json::to_string(body).unwrap_or_else(|_| "{}".to_owned());
+    let mut response = Response::new(Body::from(text));
     *response.status_mut() = status;
     response
         .headers_mut()

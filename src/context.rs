@@ -17,8 +17,10 @@
 //! | a caller's cache wishes | [`CACHE_HEADER`], [`NAMESPACE_HEADER`] | the caller, the gateway (the namespace: the client's scope) | cache (not sent upstream) |
 //! | who pays | [`Account`](crate::cost::Account) (request) | the gateway (the client token's fingerprint), the caller | cost |
 //! | what it cost | [`CostReport`](crate::cost::CostReport) (response) | cost | the caller |
+//! | the project that holds what it refers to | [`Owner`] (request) | the caller (or, for resources the pool learns, the layer that knows the owner) | key rotation (only that project's keys; waits for it rather than rotate) |
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Extensions, HeaderMap, Method, Uri};
@@ -167,4 +169,63 @@ pub struct ModelFallback {
     pub served: Model,
     /// Why the requested model (and any fallback before the one that served) was passed over.
     pub reason: FallbackReason,
+}
+
+/// The project a request must go to: the one whose key created the resource it refers to (a
+/// stored interaction, a file, a context cache, a batch). As a request extension it pins key
+/// selection to that project's keys: its quota and cool-downs apply, a request waits for it
+/// (with [`KeyRotationLayer::wait_up_to`](crate::KeyRotationLayer::wait_up_to)) rather than
+/// rotate away, retries and fallbacks stay in it; if it has no usable key the error names the
+/// resource and the project.
+///
+/// ```
+/// use tower_gemini::context::Owner;
+///
+/// let request = http::Request::get("https://generativelanguage.googleapis.com/v1beta/interactions/abc")
+///     .extension(Owner::for_resource("proj-a", "interactions/abc"))
+///     .body(())
+///     .unwrap();
+/// assert_eq!(request.extensions().get::<Owner>().unwrap().project_name(), "proj-a");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    project: Arc<str>,
+    resource: Option<Arc<str>>,
+}
+
+impl Owner {
+    /// Send the request to `project`'s keys only.
+    pub fn project(name: impl AsRef<str>) -> Self {
+        Owner {
+            project: Arc::from(name.as_ref()),
+            resource: None,
+        }
+    }
+
+    /// `resource` (such as `interactions/abc`) lives in `project`: send there only.
+    pub fn for_resource(project: impl AsRef<str>, resource: impl AsRef<str>) -> Self {
+        Owner {
+            project: Arc::from(project.as_ref()),
+            resource: Some(Arc::from(resource.as_ref())),
+        }
+    }
+
+    /// The project's name (as the pool's keys name it).
+    pub fn project_name(&self) -> &str {
+        &self.project
+    }
+
+    /// The resource the request refers to, if it was named.
+    pub fn resource(&self) -> Option<&str> {
+        self.resource.as_deref()
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.resource {
+            Some(resource) => write!(f, "{resource}, which lives in project {}", self.project),
+            None => write!(f, "project {}", self.project),
+        }
+    }
 }

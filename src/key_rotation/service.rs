@@ -11,7 +11,7 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::inject::KeyPlacement;
 use super::inject::{prepare, request_size};
-use crate::context::{Attempt, ErrorBodyLimits, NextModelWaits};
+use crate::context::{Attempt, ErrorBodyLimits, NextModelWaits, Owner};
 use crate::error::{BoxError, Error};
 use crate::model::model_of;
 use crate::pool::{KeyLease, KeyPool};
@@ -81,6 +81,14 @@ where
         }
         let demand = demand.unwrap_or_default();
         let slots = self.pool.model_slots(model_of(&request).as_deref());
+        // A request for a resource another project holds goes to that project's keys only.
+        let pin = match request.extensions().get::<Owner>() {
+            Some(owner) => match self.pool.pin(owner) {
+                Ok(pin) => Some(pin),
+                Err(error) => return ResponseFuture::failed(error),
+            },
+            None => None,
+        };
         // Until when this request may wait: the bound, and the retry deadline if any. A
         // request with another model after it (a fallback chain) does not wait: the next model
         // serves it now.
@@ -96,9 +104,9 @@ where
             && slots.has_waiters()
         {
             // Willing to wait, and others already are: behind them, first come first served.
-            return self.queue(request, slots, demand, give_up);
+            return self.queue(request, slots, demand, give_up, pin);
         }
-        let error = match self.pool.select_in(&slots, demand) {
+        let error = match self.pool.select_in(&slots, demand, pin.as_ref()) {
             Ok(lease) => return self.dispatch(request, lease),
             Err(error) => error,
         };
@@ -110,7 +118,7 @@ where
                     .is_some_and(|at| at <= give_up)
             })
         {
-            return self.queue(request, slots, demand, give_up);
+            return self.queue(request, slots, demand, give_up, pin);
         }
         tracing::debug!(error = %error, "no key for request");
         ResponseFuture::failed(error)
@@ -142,12 +150,13 @@ impl<S> KeyRotation<S> {
         slots: std::sync::Arc<crate::pool::ModelSlots>,
         demand: Demand,
         give_up: Instant,
+        pin: Option<crate::pool::Pin>,
     ) -> ResponseFuture<S, B, ResB>
     where
         S: Service<Request<B>, Response = Response<ResB>> + Clone,
         ResB: Body,
     {
-        let wait = self.pool.wait_for_key(slots, demand, give_up);
+        let wait = self.pool.wait_for_key(slots, demand, give_up, pin);
         let clone = self.inner.clone();
         let service = std::mem::replace(&mut self.inner, clone);
         ResponseFuture::queued(

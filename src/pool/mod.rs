@@ -44,7 +44,7 @@ pub use strategy::{
 
 use crate::classify::{Class, Classification};
 use crate::clock::Clock;
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 pub use crate::state::{
     DEFAULT_MINUTE_COOLDOWN, DisabledReason, MAX_MINUTE_COOLDOWN, ModelLimits,
     RATE_LIMIT_BASE_COOLDOWN, RATE_LIMIT_MAX_COOLDOWN,
@@ -54,6 +54,22 @@ use crate::state::{
     Store, Target, TokenEstimator,
 };
 pub(crate) use crate::state::{MeterRef, ModelSlots, Reservation};
+
+/// A request pinned to one project (its [`Owner`](crate::context::Owner)), resolved to the
+/// pool's index of that project.
+#[derive(Clone, Debug)]
+pub(crate) struct Pin {
+    pub(crate) project: usize,
+    pub(crate) owner: crate::context::Owner,
+}
+
+/// A selection error for a pinned request says which resource and project it was for.
+fn pinned(error: Error, pin: Option<&Pin>) -> Error {
+    match pin {
+        Some(pin) => error.context(format!("for {}", pin.owner)),
+        None => error,
+    }
+}
 
 /// A shared set of Gemini API keys with their health, projects and selection strategy.
 #[derive(Clone)]
@@ -261,10 +277,10 @@ impl KeyPool {
     /// this for HTTP requests.
     ///
     /// The lease counts as in flight until it is reported or dropped. When no key can, the
-    /// error says why: [`ErrorKind::NoKeyAvailable`](crate::ErrorKind::NoKeyAvailable) (keys
-    /// cooling down after Google's 429s), [`ErrorKind::QuotaExhausted`](crate::ErrorKind::QuotaExhausted)
+    /// error says why: [`ErrorKind::NoKeyAvailable`] (keys
+    /// cooling down after Google's 429s), [`ErrorKind::QuotaExhausted`]
     /// (every project at its local quota, naming the dimension), both with `retry_after` set to
-    /// when the first frees, or [`ErrorKind::AllKeysDisabled`](crate::ErrorKind::AllKeysDisabled)
+    /// when the first frees, or [`ErrorKind::AllKeysDisabled`]
     /// (every key disabled for good; no `retry_after`).
     ///
     /// ```
@@ -289,7 +305,7 @@ impl KeyPool {
     /// for `demand` (one request, its tokens and images) on this model. Where the project has
     /// a limit, the request's place in its ledger is taken in the same step.
     pub fn select_with(&self, model: Option<&str>, demand: Demand) -> Result<KeyLease, Error> {
-        self.select_in(&self.model_slots(model), demand)
+        self.select_in(&self.model_slots(model), demand, None)
     }
 
     /// The pool's entry for `model` (`None`: unknown), created on first use.
@@ -300,11 +316,33 @@ impl KeyPool {
         }
     }
 
-    /// Select among the keys for a resolved model entry.
+    /// The project an [`Owner`](crate::context::Owner) names, as the pool knows it; an error
+    /// naming the resource if the pool has no such project.
+    pub(crate) fn pin(&self, owner: &crate::context::Owner) -> Result<Pin, Error> {
+        self.inner
+            .projects
+            .iter()
+            .position(|p| *p.name == *owner.project_name())
+            .map(|project| Pin {
+                project,
+                owner: owner.clone(),
+            })
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::AllKeysDisabled,
+                    format!(
+                        "no key of the pool can serve {owner}: the pool has no project of that name (it was removed, or the resource was made with a key the pool does not hold)"
+                    ),
+                )
+            })
+    }
+
+    /// Select among the keys for a resolved model entry (only `pin`'s project's, if pinned).
     pub(crate) fn select_in(
         &self,
         slots: &Arc<ModelSlots>,
         demand: Demand,
+        pin: Option<&Pin>,
     ) -> Result<KeyLease, Error> {
         let inner = &*self.inner;
         let now = inner.clock.now_millis();
@@ -317,6 +355,7 @@ impl KeyPool {
                 slots,
                 now,
                 demand,
+                pin: pin.map(|pin| pin.project),
                 last_checked: Cell::new(None),
             };
             let chosen = inner
@@ -326,7 +365,7 @@ impl KeyPool {
                 // A strategy that picks an unavailable key is overruled, not trusted.
                 .or_else(|| candidates.available().next());
             let Some(index) = chosen else {
-                return Err(unavailable::error(&candidates));
+                return Err(pinned(unavailable::error(&candidates), pin));
             };
             let project = inner.keys[index].project;
             let slot = &slots.projects[project];
@@ -354,20 +393,27 @@ impl KeyPool {
                 selected_at: now,
             });
         }
-        Err(self.unavailable(slots, demand))
+        Err(self.unavailable(slots, demand, pin))
     }
 
     /// Why no key can take this request now, without taking one.
-    pub(crate) fn unavailable(&self, slots: &ModelSlots, demand: Demand) -> Error {
+    pub(crate) fn unavailable(
+        &self,
+        slots: &ModelSlots,
+        demand: Demand,
+        pin: Option<&Pin>,
+    ) -> Error {
         let inner = &*self.inner;
-        unavailable::error(&Candidates {
+        let error = unavailable::error(&Candidates {
             keys: &inner.keys,
             projects: &inner.projects,
             slots,
             now: inner.clock.now_millis(),
             demand,
+            pin: pin.map(|pin| pin.project),
             last_checked: Cell::new(None),
-        })
+        });
+        pinned(error, pin)
     }
 
     /// Does any project have a quota limit (configured, from a tier, or learned)?

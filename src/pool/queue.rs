@@ -57,13 +57,20 @@ impl KeyPool {
     /// Fails at once with the selection error if no key can ever serve it (all disabled, or the
     /// request is larger than every limit), and as soon as it is known that the earliest slot
     /// frees after `give_up`.
+    ///
+    /// A request pinned to one project waits for that project alone, outside the model's line:
+    /// at its head it would hold back requests other projects could serve.
     pub(crate) fn wait_for_key(
         &self,
         slots: Arc<ModelSlots>,
         demand: Demand,
         give_up: Instant,
+        pin: Option<super::Pin>,
     ) -> KeyWait {
         let pool = self.clone();
+        if let Some(pin) = pin {
+            return Box::pin(async move { pool.wait_pinned(&slots, demand, give_up, &pin).await });
+        }
         // Joined now, not when first polled, so a request arriving next sees the line.
         let in_line = InLine::join(slots);
         Box::pin(async move {
@@ -82,14 +89,14 @@ impl KeyPool {
                 give_up.saturating_duration_since(started).as_secs_f64()
             );
             let Ok(_turn) = tokio::time::timeout_at(give_up, slots.queue.lock()).await else {
-                let error = pool.unavailable(&slots, demand);
+                let error = pool.unavailable(&slots, demand, None);
                 return Err(error.context(format!(
                     "gave up after waiting {:.1}s in line for a key",
                     started.elapsed().as_secs_f64()
                 )));
             };
             loop {
-                let error = match pool.select_in(&slots, demand) {
+                let error = match pool.select_in(&slots, demand, None) {
                     Ok(lease) => {
                         tracing::debug!(
                             gemini.model = model,
@@ -119,5 +126,38 @@ impl KeyPool {
                 tokio::time::sleep_until(wake.min(now + LOOK_AGAIN)).await;
             }
         })
+    }
+
+    /// Wait for a key of `pin`'s project: look again when the earliest of its keys or slots
+    /// frees, until `give_up`.
+    async fn wait_pinned(
+        &self,
+        slots: &Arc<ModelSlots>,
+        demand: Demand,
+        give_up: Instant,
+        pin: &super::Pin,
+    ) -> Result<KeyLease, Error> {
+        let started = Instant::now();
+        loop {
+            let error = match self.select_in(slots, demand, Some(pin)) {
+                Ok(lease) => return Ok(lease),
+                Err(error) => error,
+            };
+            let Some(after) = error.retry_after() else {
+                return Err(error);
+            };
+            let now = Instant::now();
+            let after = self.clock().real_duration(after);
+            let wake = crate::clock::instant_after(now, after.max(Duration::from_millis(1)));
+            if wake > give_up {
+                let allowed = give_up.saturating_duration_since(started);
+                return Err(error.context(format!(
+                    "not waiting: the first key of project {} frees later than the {:.1}s this request may wait",
+                    pin.owner.project_name(),
+                    allowed.as_secs_f64()
+                )));
+            }
+            tokio::time::sleep_until(wake.min(now + LOOK_AGAIN)).await;
+        }
     }
 }

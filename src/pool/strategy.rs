@@ -69,6 +69,8 @@ pub struct Candidates<'a> {
     pub(super) slots: &'a ModelSlots,
     pub(super) now: u64,
     pub(super) demand: Demand,
+    /// The only project this request may use (its [`Owner`](crate::context::Owner)), if pinned.
+    pub(super) pin: Option<usize>,
     /// The last key [`is_available`](Self::is_available) answered for, and its answer: the
     /// pool checks the strategy's choice again, and a strategy has usually just checked it
     /// (with quota limits, a check takes the project's ledger lock).
@@ -164,6 +166,9 @@ impl Candidates<'_> {
     /// key: see [`is_available`](Self::is_available)).
     pub(crate) fn blocker(&self, index: usize) -> Option<Blocker> {
         let entry = self.keys.get(index)?;
+        if self.pin.is_some_and(|project| project != entry.project) {
+            return Some(Blocker::Elsewhere);
+        }
         if let Some(reason) = entry.health.disabled.get() {
             return Some(Blocker::Disabled(reason));
         }
@@ -224,6 +229,8 @@ pub(crate) enum Blocker {
     /// The project's local ledger has no room; a slot frees then (never, if the request is
     /// larger than the limit).
     Quota(Refusal, Option<u64>),
+    /// Of another project than the one the request is pinned to.
+    Elsewhere,
 }
 
 /// Each key in turn, skipping keys that cannot serve the model. The default.

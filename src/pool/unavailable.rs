@@ -115,6 +115,8 @@ fn tally(candidates: &Candidates<'_>) -> Tally {
     let mut tally = Tally::default();
     for i in 0..candidates.len() {
         let at = match candidates.blocker(i) {
+            // Another project's key: not this request's to count.
+            Some(Blocker::Elsewhere) => continue,
             None => {
                 tally.available += 1;
                 Some(candidates.now)

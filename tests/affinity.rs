@@ -155,6 +155,8 @@ async fn an_owner_without_a_usable_key_is_a_clear_error() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("proj-z"), "{error}");
+    // Not a kind a fallback or a retry acts on: no other model or attempt can help.
+    assert_eq!(error.kind(), ErrorKind::Config, "{error}");
     assert!(
         error.to_string().contains("interactions/conversation-1"),
         "{error}"

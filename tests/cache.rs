@@ -470,3 +470,83 @@ async fn answers_that_are_not_kept_pass_as_they_come_with_their_headers() {
     assert_eq!(calls.load(Ordering::SeqCst), 3 + 5);
     assert_eq!(cache.stats().entries, 0);
 }
+
+/// An inner service that insists on `poll_ready` before each `call` (as tower's `Buffer` and
+/// `ConcurrencyLimit` do): a clone starts not ready.
+#[derive(Clone)]
+struct ReadyFirst<S> {
+    inner: S,
+    ready: bool,
+}
+
+impl<S, R> tower::Service<R> for ReadyFirst<S>
+where
+    S: tower::Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        let poll = self.inner.poll_ready(cx);
+        if poll.is_ready() {
+            self.ready = true;
+        }
+        poll
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        assert!(self.ready, "called without poll_ready");
+        self.ready = false;
+        self.inner.call(request)
+    }
+}
+
+/// A cacheable miss is sent by the service the caller polled ready, never by an unpolled clone.
+#[tokio::test]
+async fn a_miss_is_sent_by_the_service_polled_ready() {
+    let mock = mock(&[]).await;
+    let pool = KeyPool::from_keys([KEY]).unwrap();
+    let inner = ReadyFirst {
+        inner: KeyRotationLayer::new(&pool).layer(client()),
+        ready: false,
+    };
+    let service = CacheLayer::new().layer(inner);
+    let response = service
+        .oneshot(prompt(&mock, "polled ready first", "0"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// A request pinned to a project (an `Owner`) is not cached: its answer belongs to that
+/// project's resources.
+#[tokio::test]
+async fn a_request_with_an_owner_is_not_cached() {
+    let mock = mock(&[]).await;
+    let pool = KeyPool::builder()
+        .key_with(tower_gemini::KeySpec::new(KEY).project("proj-a"))
+        .build()
+        .unwrap();
+    let layer = CacheLayer::new();
+    for _ in 0..2 {
+        let mut request = prompt(&mock, "owned", "0");
+        request
+            .extensions_mut()
+            .insert(tower_gemini::context::Owner::project("proj-a"));
+        let service = layer.layer(KeyRotationLayer::new(&pool).layer(client()));
+        let response = service.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response
+                .headers()
+                .get(CACHE_HEADER)
+                .is_none_or(|v| v != "hit")
+        );
+        let _ = response.into_body().collect().await.unwrap();
+    }
+    assert_eq!(mock.stats().total_requests(), 2);
+}

@@ -52,7 +52,11 @@ pub(crate) fn candidate(method: &Method, path: &str, headers: &HeaderMap) -> boo
 /// The key of a request, if it may be served from (and stored in) the cache.
 pub(crate) fn of(parts: &Parts, body: &[u8], cache_sampled: bool) -> Option<Keyed> {
     let path = parts.uri.path();
-    if !candidate(&parts.method, path, &parts.headers) {
+    // A request pinned to one project refers to that project's resources: its answer is not
+    // another caller's to reuse, nor another project's to give.
+    if !candidate(&parts.method, path, &parts.headers)
+        || parts.extensions.get::<crate::context::Owner>().is_some()
+    {
         return None;
     }
     let asked = asked(&parts.headers);

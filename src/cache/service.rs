@@ -517,8 +517,11 @@ impl<S> Lookup<S> {
         ResB::Error: Into<BoxError>,
     {
         let leader: Arc<std::sync::Mutex<Option<Leader<ResB>>>> = Arc::default();
+        // The service polled ready makes the shared call; a clone (made ready by `oneshot`)
+        // makes this caller's own call if it needs one.
+        let own = self.inner.clone();
         let fetched = fetch(
-            self.inner.clone(),
+            self.inner,
             request,
             ttl,
             leader.clone(),
@@ -538,7 +541,7 @@ impl<S> Lookup<S> {
                     // Another caller's answer was not kept: this one makes its own call.
                     let (parts, body) = again;
                     let request = Request::from_parts(parts, B::from(body));
-                    let response = tower::ServiceExt::oneshot(self.inner, request)
+                    let response = tower::ServiceExt::oneshot(own, request)
                         .await
                         .map_err(Error::from_inner)?;
                     return Ok(missed(response));

@@ -82,7 +82,15 @@ impl FallbackReason {
     /// Why a (final) answer calls for another model, if it does: Google's quota refusal or
     /// "model not on tier"; never a caller error or a success.
     pub(crate) fn of_response<B>(response: &Response<B>) -> Option<Self> {
-        Self::of_class(Classification::class_of(response))
+        // An answer nobody classified falls back only on a 429 (the status alone says quota);
+        // a bare 5xx from a service without key rotation below is not judged here.
+        match response.extensions().get::<Classification>() {
+            Some(classification) => Self::of_class(classification.class()),
+            None if response.status() == http::StatusCode::TOO_MANY_REQUESTS => {
+                Some(FallbackReason::QuotaExhausted)
+            }
+            None => None,
+        }
     }
 
     fn of_class(class: Class) -> Option<Self> {

@@ -328,8 +328,9 @@ impl KeyPool {
                 owner: owner.clone(),
             })
             .ok_or_else(|| {
+                // `Config`: no other model or attempt can help (a fallback would try the same).
                 Error::new(
-                    ErrorKind::AllKeysDisabled,
+                    ErrorKind::Config,
                     format!(
                         "no key of the pool can serve {owner}: the pool has no project of that name (it was removed, or the resource was made with a key the pool does not hold)"
                     ),

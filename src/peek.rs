@@ -56,6 +56,27 @@ pub(crate) fn body_bytes<B: 'static>(body: &B) -> Option<Peeked<'_>> {
     None
 }
 
+/// The length of `body`, if it is one of the in-memory types: read without a copy or a poll
+/// (a `Full`'s exact size hint), for what runs on every call.
+pub(crate) fn body_len<B: 'static>(body: &B) -> Option<usize> {
+    let any = body as &dyn Any;
+    if let Some(full) = any.downcast_ref::<Full<Bytes>>() {
+        return http_body::Body::size_hint(full)
+            .exact()
+            .and_then(|n| usize::try_from(n).ok());
+    }
+    if let Some(b) = any.downcast_ref::<Bytes>() {
+        return Some(b.len());
+    }
+    if let Some(s) = any.downcast_ref::<String>() {
+        return Some(s.len());
+    }
+    if let Some(v) = any.downcast_ref::<Vec<u8>>() {
+        return Some(v.len());
+    }
+    any.downcast_ref::<&'static str>().map(|s| s.len())
+}
+
 /// A body of type `B` holding `bytes`, if `B` is one of the in-memory types.
 pub(crate) fn body_from<B: 'static>(bytes: Bytes) -> Option<B> {
     fn put<B: 'static, T: 'static>(slot: &mut Option<B>, value: impl FnOnce() -> T) -> bool {

@@ -115,7 +115,7 @@ fn rewrite_query(uri: &Uri, secret: Option<&str>) -> Option<Uri> {
 /// The request body's length, when it is in memory: a token quota smaller than a quarter of
 /// it was exceeded by the request itself (see `Reading::finish`).
 pub(super) fn request_size<B: 'static>(request: &Request<B>) -> Option<usize> {
-    crate::peek::body_bytes(request.body()).map(|body| body.len())
+    crate::peek::body_len(request.body())
 }
 
 /// Put the leased key (and its ledger reservation) into the request; what was chosen goes

@@ -18,6 +18,26 @@ use arc_swap::ArcSwap;
 /// short, and looked up on every call.
 pub(crate) type NameMap<V> = HashMap<Arc<str>, Arc<V>, foldhash::fast::RandomState>;
 
+/// Forget one entry of `map` that `forgettable` allows and nobody holds (only the map has it;
+/// a reader may still hold the published map for an instant, and then its entries count 2 and
+/// wait): true if one was. For tables keyed by names callers choose, bounded by evicting.
+pub(crate) fn evict_idle<V>(
+    map: &mut std::borrow::Cow<'_, NameMap<V>>,
+    forgettable: impl Fn(&V) -> bool,
+) -> bool {
+    let evict = map
+        .iter()
+        .find(|(_, v)| Arc::strong_count(v) == 1 && forgettable(v))
+        .map(|(name, _)| name.clone());
+    match evict {
+        Some(name) => {
+            map.to_mut().remove(&name);
+            true
+        }
+        None => false,
+    }
+}
+
 /// A [`NameMap`] read without locks and written copy-on-write. See the [module docs](self).
 pub(crate) struct ReadMostly<V> {
     map: ArcSwap<NameMap<V>>,

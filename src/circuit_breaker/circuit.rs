@@ -209,22 +209,9 @@ pub(crate) const MAX_SCOPES: usize = 1024;
 
 /// Forget one scope that holds nothing worth keeping: true if one was.
 fn make_room(circuits: &mut std::borrow::Cow<'_, crate::read_mostly::NameMap<Circuit>>) -> bool {
-    // A reader may still hold the published map for an instant (count 2): then it is skipped.
-    let evict = circuits
-        .iter()
-        .find(|(_, c)| {
-            !c.known.load(Ordering::Acquire)
-                && Arc::strong_count(c) == 1
-                && c.state.load(Ordering::Acquire) == CLOSED
-        })
-        .map(|(name, _)| name.clone());
-    match evict {
-        Some(name) => {
-            circuits.to_mut().remove(&name);
-            true
-        }
-        None => false,
-    }
+    crate::read_mostly::evict_idle(circuits, |c| {
+        !c.known.load(Ordering::Acquire) && c.state.load(Ordering::Acquire) == CLOSED
+    })
 }
 
 impl Registry {

@@ -596,19 +596,8 @@ fn make_room(models: &mut Cow<'_, ModelMap>) -> bool {
     if unpinned < MAX_MODELS {
         return true;
     }
-    // Idle (no lease holds it) and nothing learned: forgetting it loses nothing. A reader may
-    // still hold the published map for an instant; then the count is 2, and this name waits.
-    let evict = models
-        .iter()
-        .find(|(_, s)| !s.is_pinned() && Arc::strong_count(s) == 1)
-        .map(|(name, _)| name.clone());
-    match evict {
-        Some(name) => {
-            models.to_mut().remove(&name);
-            true
-        }
-        None => false,
-    }
+    // Idle (no lease holds it) and nothing learned: forgetting it loses nothing.
+    crate::read_mostly::evict_idle(models, |s| !s.is_pinned())
 }
 
 /// `models/gemini-2.0-flash` → `gemini-2.0-flash`.

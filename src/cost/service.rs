@@ -62,6 +62,11 @@ struct Asked {
 
 /// Output tokens assumed for a call whose body sets no maximum (Gemini's usual default).
 const DEFAULT_MAX_OUTPUT: u64 = 8192;
+/// The most output tokens one answer of any Gemini model may have: a larger maximum a caller
+/// asks for is read as this (else one call could hold the whole budget while in flight).
+const MAX_OUTPUT: u64 = 65_536;
+/// The most answers (`candidateCount`, `n`) one call may ask for.
+const MAX_ANSWERS: u64 = 8;
 
 /// The most a call may cost by its body: its prompt as the quota layer estimates it, and the
 /// output tokens it allows (`generationConfig.maxOutputTokens`, `max_tokens` or
@@ -84,11 +89,12 @@ fn estimate(body: &[u8], price: &Price) -> u64 {
     let output = whole(config.and_then(|c| c.get("maxOutputTokens")))
         .or_else(|| whole(json.get("max_completion_tokens")))
         .or_else(|| whole(json.get("max_tokens")))
-        .unwrap_or(DEFAULT_MAX_OUTPUT);
+        .unwrap_or(DEFAULT_MAX_OUTPUT)
+        .min(MAX_OUTPUT);
     let answers = whole(config.and_then(|c| c.get("candidateCount")))
         .or_else(|| whole(json.get("n")))
         .unwrap_or(1)
-        .clamp(1, 16);
+        .clamp(1, MAX_ANSWERS);
     price.nano_usd(prompt, 0, output.saturating_mul(answers))
 }
 

@@ -148,30 +148,19 @@ pub(crate) async fn chat_completions(
 }
 
 async fn chat(shared: &Shared, request: Request) -> Response {
-    let model = shared.model.clone();
+    let default = shared.model.clone();
     let fill_model = move |body: Bytes| -> Result<(Bytes, Option<Model>), String> {
-        crate::model::count_body_parse();
-        let mut json: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| format!("the request body is not JSON: {e}"))?;
-        let object = json
-            .as_object_mut()
-            .ok_or("the request body must be a JSON object")?;
-        match object.get("model") {
-            Some(serde_json::Value::String(given)) => {
-                let given = given.strip_prefix("models/").unwrap_or(given);
-                crate::model::check_name(given)?;
-                let model = Model::new(given);
-                Ok((body, Some(model)))
-            }
-            None | Some(serde_json::Value::Null) => {
-                let named = Model::new(&model);
-                object.insert("model".to_owned(), serde_json::Value::String(model));
+        let mut json = openai_body(&body)?;
+        match body_model(&json)? {
+            Some(model) => Ok((body, Some(model))),
+            None => {
+                let named = Model::new(&default);
+                let object = json
+                    .as_object_mut()
+                    .ok_or("the request body must be a JSON object")?;
+                object.insert("model".to_owned(), serde_json::Value::String(default));
                 Ok((Bytes::from(json.to_string()), Some(named)))
             }
-            Some(_) => Err(
-                "\"model\" must be a string naming a model, such as \"gemini-2.5-flash\""
-                    .to_owned(),
-            ),
         }
     };
     forward(
@@ -192,22 +181,41 @@ pub(crate) async fn embeddings(State(shared): State<Arc<Shared>>, request: Reque
 async fn embed(shared: &Shared, request: Request) -> Response {
     let path = "/v1beta/openai/embeddings".to_owned();
     let check = |body: Bytes| -> Result<(Bytes, Option<Model>), String> {
-        crate::model::count_body_parse();
-        let json: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| format!("the request body is not JSON: {e}"))?;
-        let model = match json.get("model") {
-            Some(serde_json::Value::String(given)) => {
-                let given = given.strip_prefix("models/").unwrap_or(given);
-                crate::model::check_name(given)?;
-                Model::new(given)
-            }
-            _ => {
-                return Err("\"model\" is required: a string naming an embedding model, such as \"gemini-embedding-001\"".to_owned());
-            }
-        };
+        let json = openai_body(&body)?;
+        let model = body_model(&json)?.ok_or(
+            "\"model\" is required: a string naming an embedding model, such as \"gemini-embedding-001\"",
+        )?;
         Ok((body, Some(model)))
     };
     forward(shared, Family::OpenAi, request, path, Some(Box::new(check))).await
+}
+
+/// An OpenAI-compatible body, parsed once (counted: it is the parse that finds the model).
+fn openai_body(body: &[u8]) -> Result<serde_json::Value, String> {
+    crate::model::count_body_parse();
+    let json: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("the request body is not JSON: {e}"))?;
+    if json.is_object() {
+        Ok(json)
+    } else {
+        Err("the request body must be a JSON object".to_owned())
+    }
+}
+
+/// The body's `model`, checked like a model in a path (`models/` dropped); `None` if absent
+/// or null; an error for anything else.
+fn body_model(json: &serde_json::Value) -> Result<Option<Model>, String> {
+    match json.get("model") {
+        Some(serde_json::Value::String(given)) => {
+            let given = given.strip_prefix("models/").unwrap_or(given);
+            crate::model::check_name(given)?;
+            Ok(Some(Model::new(given)))
+        }
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(_) => Err(
+            "\"model\" must be a string naming a model, such as \"gemini-2.5-flash\"".to_owned(),
+        ),
+    }
 }
 
 /// `GET /v1/models`: both APIs have it. A client that authenticates the Google way

@@ -816,3 +816,49 @@ async fn one_clients_bodies_hold_at_most_their_share_of_memory() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+/// A call that asks for an absurd number of output tokens does not hold the whole budget while
+/// it is in flight: its estimate reads at most what any model can answer.
+#[tokio::test]
+async fn an_absurd_output_maximum_does_not_hold_the_budget() {
+    use tower::{Layer, ServiceExt};
+    use tower_gemini::cost::CostLayer;
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let held = release.clone();
+    let inner = tower::service_fn(move |_: Request<Full<Bytes>>| {
+        let held = held.clone();
+        async move {
+            held.notified().await;
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                Bytes::from(success()),
+            )))
+        }
+    });
+    let service = CostLayer::new()
+        .budget(
+            Budget::new()
+                .daily_usd(1.0)
+                .unwrap()
+                .refuse_when_spent(true),
+        )
+        .layer(inner);
+    let call = |output: &str| {
+        let body = format!(
+            r#"{{"contents":[{{"parts":[{{"text":"hi"}}]}}],"generationConfig":{{"maxOutputTokens":"{output}"}}}}"#
+        );
+        Request::post("http://127.0.0.1/v1beta/models/gemini-2.5-pro:generateContent")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    let greedy = tokio::spawn(service.clone().oneshot(call("999999999999")));
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Another call is admitted while the greedy one is in flight (it waits on the same inner
+    // service, so it is released with it).
+    let modest = tokio::spawn(service.clone().oneshot(call("100")));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    release.notify_waiters();
+    let modest = modest.await.unwrap();
+    assert!(modest.is_ok(), "{:?}", modest.err());
+    let _ = greedy.await.unwrap();
+}

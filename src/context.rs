@@ -17,7 +17,8 @@
 //! | a caller's cache wishes | [`CACHE_HEADER`], [`NAMESPACE_HEADER`] | the caller, the gateway (the namespace: the client's scope) | cache (not sent upstream) |
 //! | who pays | [`Account`](crate::cost::Account) (request) | the gateway (the client token's fingerprint), the caller | cost |
 //! | what it cost | [`CostReport`](crate::cost::CostReport) (response) | cost | the caller |
-//! | the project that holds what it refers to | [`Owner`] (request) | the caller (or, for resources the pool learns, the layer that knows the owner) | key rotation (only that project's keys; waits for it rather than rotate) |
+//! | the project that holds what it refers to | [`Owner`] (request) | the caller, or [`AffinityLayer`](crate::affinity::AffinityLayer) from what the pool learned | key rotation (only that project's keys; waits for it rather than rotate) |
+//! | which tenant asks | [`Tenant`] (request) | the gateway (the client token's scope), the caller | affinity (a resource is recorded with its tenant; another tenant is told it does not exist) |
 
 use std::fmt;
 use std::sync::Arc;
@@ -227,5 +228,32 @@ impl fmt::Display for Owner {
             Some(resource) => write!(f, "{resource}, which lives in project {}", self.project),
             None => write!(f, "project {}", self.project),
         }
+    }
+}
+
+/// Who a request is for, when one pool serves several tenants (the gateway's client tokens): a
+/// resource a request creates (a stored interaction) is recorded with its tenant, and a request
+/// of another tenant that refers to it gets [`ErrorKind::NotFound`](crate::ErrorKind::NotFound)
+/// with nothing sent upstream — as does a tenant's reference to a resource the pool has no
+/// record of (it cannot be shown to be the tenant's). Without a tenant, a resource is anyone's
+/// who knows its name, as at Google.
+///
+/// The name is an opaque id; use a hash of the client's credential, not the credential.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Tenant(Arc<str>);
+
+impl Tenant {
+    /// The tenant named `id`.
+    pub fn new(id: impl AsRef<str>) -> Self {
+        Tenant(Arc::from(id.as_ref()))
+    }
+
+    /// Its id.
+    pub fn id(&self) -> &str {
+        &self.0
+    }
+
+    pub(crate) fn shared(&self) -> Arc<str> {
+        self.0.clone()
     }
 }

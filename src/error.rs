@@ -53,6 +53,11 @@ pub enum ErrorKind {
     /// made an error by [`ResponseExt::error_for_status`](crate::ResponseExt::error_for_status);
     /// or an answer's body was not what was expected. [`Error::status_code`] is Google's status.
     Upstream,
+    /// The request refers to a resource (a stored interaction, a file) that this caller cannot
+    /// use: another [`Tenant`](crate::context::Tenant) created it, or the pool has no record
+    /// that this tenant did. Answered as 404, as Google answers an unknown resource; nothing
+    /// was sent upstream.
+    NotFound,
 }
 
 impl ErrorKind {
@@ -72,6 +77,7 @@ impl ErrorKind {
             ErrorKind::StateUnavailable => "state_unavailable",
             ErrorKind::BudgetSpent => "budget_spent",
             ErrorKind::Upstream => "upstream",
+            ErrorKind::NotFound => "not_found",
         }
     }
 }
@@ -224,8 +230,7 @@ impl Error {
     }
 
     /// The HTTP status a server should answer with: 429 for no key, local quota or a spent
-    /// budget, 413 for a
-    /// body too large, 500 for configuration, 504 for the deadline, Google's own status for an
+    /// budget, 413 for a body too large, 404 for a resource the caller cannot use, 500 for configuration, 504 for the deadline, Google's own status for an
     /// [`Upstream`](ErrorKind::Upstream) answer (502 if it had none), 503 otherwise (every key
     /// disabled, circuit open, retries or budget spent, upstream unreachable).
     pub fn status_code(&self) -> http::StatusCode {
@@ -239,6 +244,7 @@ impl Error {
                 http::StatusCode::TOO_MANY_REQUESTS
             }
             ErrorKind::BodyTooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::NotFound => http::StatusCode::NOT_FOUND,
             ErrorKind::Config => http::StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::AllKeysDisabled

@@ -59,6 +59,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod affinity;
 pub mod body;
 #[cfg(feature = "cache")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
@@ -96,6 +97,7 @@ mod stack;
 pub mod state;
 mod telemetry;
 
+pub use affinity::AffinityLayer;
 pub use circuit_breaker::CircuitBreakerLayer;
 pub use classify::{Class, Classification};
 pub use error::{BoxError, Error, ErrorKind};

@@ -172,7 +172,8 @@ pub(crate) fn model_of<B: 'static>(request: &Request<B>) -> Option<Cow<'_, str>>
     if let Some(model) = model_in_path(path) {
         return Some(Cow::Borrowed(model));
     }
-    if is_openai_path(path) {
+    // The OpenAI-compatible endpoint, and an interaction's create, name it in the body.
+    if is_openai_path(path) || path.ends_with("/interactions") {
         let body = peek::body_bytes(request.body())?;
         return model_in_json(&body).map(Cow::Owned);
     }

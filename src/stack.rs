@@ -13,6 +13,7 @@ use tower::ServiceBuilder;
 use tower::layer::util::Stack;
 use tower_layer::Layer;
 
+use crate::affinity::{Affinity, AffinityLayer};
 use crate::circuit_breaker::{BreakerHandle, CircuitBreaker, CircuitBreakerLayer};
 use crate::error::{BoxError, Error};
 use crate::fallback::{Fallback, FallbackLayer};
@@ -22,7 +23,7 @@ use crate::quota::{Quota, QuotaLayer};
 use crate::retry::{Retry, RetryLayer};
 
 /// The service [`GeminiLayer`] builds around a client `S`.
-pub type GeminiService<S> = Fallback<Retry<CircuitBreaker<KeyRotation<Quota<S>>>>>;
+pub type GeminiService<S> = Affinity<Fallback<Retry<CircuitBreaker<KeyRotation<Quota<S>>>>>>;
 
 /// A response body of [`BoxGemini`]: any body, boxed.
 pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
@@ -34,13 +35,18 @@ pub type BoxGemini<ReqB = Full<Bytes>> =
     tower::util::BoxCloneSyncService<Request<ReqB>, Response<BoxBody>, Error>;
 
 /// The body of its responses, around a client body `B`.
-pub type GeminiBody<B> =
-    crate::body::ResponseBody<crate::body::ResponseBody<crate::quota::UsageBody<B>>>;
+pub type GeminiBody<B> = crate::affinity::LearnBody<
+    crate::body::ResponseBody<crate::body::ResponseBody<crate::quota::UsageBody<B>>>,
+>;
 
-/// Retry → CircuitBreaker → KeyRotation → Quota over one [`KeyPool`], in that order
-/// (behind an optional [`FallbackLayer`], see [`GeminiLayer::fallback`]):
+/// Affinity → (Fallback) → Retry → CircuitBreaker → KeyRotation → Quota over one [`KeyPool`],
+/// in that order:
 ///
-/// 1. [`RetryLayer`] outermost, so that every attempt goes through the breaker and picks a key
+/// 0. [`AffinityLayer`] outermost, so that a request referring to a stored interaction
+///    carries its project's [`Owner`](crate::context::Owner) into every model a fallback tries
+///    and every attempt; it learns the project of each interaction created (a pass-through for
+///    other requests). Then an optional [`FallbackLayer`] (see [`GeminiLayer::fallback`]);
+/// 1. [`RetryLayer`], so that every attempt goes through the breaker and picks a key
 ///    afresh, and a local refusal (no key, circuit open) can be waited out;
 /// 2. [`CircuitBreakerLayer`] before any key is chosen, so an open circuit costs nothing and a
 ///    failing model is not hammered with every key in turn;
@@ -70,6 +76,7 @@ pub struct GeminiLayer {
     rotation: KeyRotationLayer,
     quota: QuotaLayer,
     fallback: FallbackLayer,
+    affinity: AffinityLayer,
     wait: Option<Duration>,
 }
 
@@ -81,6 +88,7 @@ pub fn stack(pool: &KeyPool) -> GeminiLayer {
         rotation: KeyRotationLayer::new(pool),
         quota: QuotaLayer::new(pool),
         fallback: FallbackLayer::new(),
+        affinity: AffinityLayer::new(pool),
         wait: None,
     }
 }
@@ -189,6 +197,12 @@ impl GeminiLayer {
         tower::util::BoxCloneSyncService::new(service)
     }
 
+    /// Replace the affinity layer (its retention, probing).
+    pub fn affinity(mut self, affinity: AffinityLayer) -> Self {
+        self.affinity = affinity;
+        self
+    }
+
     /// The circuit breaker's handle.
     pub fn breaker_handle(&self) -> BreakerHandle {
         self.breaker.handle()
@@ -212,7 +226,7 @@ impl<S> Layer<S> for GeminiLayer {
             None => (self.retry.clone(), self.rotation.clone()),
         };
         let stack = retry.layer(self.breaker.layer(rotation.layer(self.quota.layer(client))));
-        self.fallback.layer(stack)
+        self.affinity.layer(self.fallback.layer(stack))
     }
 }
 

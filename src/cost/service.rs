@@ -23,11 +23,25 @@ const PROMPT: usize = 0;
 const OUTPUT: usize = 1;
 const THOUGHTS: usize = 2;
 const CACHED: usize = 3;
+/// (Interactions API: `usage.total_input_tokens`, `total_output_tokens`,
+/// `total_thought_tokens`, `total_cached_tokens`.)
 pub(crate) const FIELDS: [&[&[u8]]; 4] = [
-    &[b"\"promptTokenCount\"", b"\"prompt_tokens\""],
-    &[b"\"candidatesTokenCount\"", b"\"completion_tokens\""],
-    &[b"\"thoughtsTokenCount\""],
-    &[b"\"cachedContentTokenCount\"", b"\"cached_tokens\""],
+    &[
+        b"\"promptTokenCount\"",
+        b"\"prompt_tokens\"",
+        b"\"total_input_tokens\"",
+    ],
+    &[
+        b"\"candidatesTokenCount\"",
+        b"\"completion_tokens\"",
+        b"\"total_output_tokens\"",
+    ],
+    &[b"\"thoughtsTokenCount\"", b"\"total_thought_tokens\""],
+    &[
+        b"\"cachedContentTokenCount\"",
+        b"\"cached_tokens\"",
+        b"\"total_cached_tokens\"",
+    ],
 ];
 
 /// Prices every call, made by [`CostLayer`](super::CostLayer). See the [module docs](super).
@@ -52,6 +66,8 @@ impl<S> Cost<S> {
 
 /// What the request said, kept for its answer.
 struct Asked {
+    /// Is the call billed (a POST: it generates)?
+    bills: bool,
     model: Option<Model>,
     account: Option<Account>,
     prices: Arc<Prices>,
@@ -69,7 +85,8 @@ const MAX_OUTPUT: u64 = 65_536;
 const MAX_ANSWERS: u64 = 8;
 
 /// The most a call may cost by its body: its prompt as the quota layer estimates it, and the
-/// output tokens it allows (`generationConfig.maxOutputTokens`, `max_tokens` or
+/// output tokens it allows (`generationConfig.maxOutputTokens`, an interaction's
+/// `generation_config.max_output_tokens`, `max_tokens` or
 /// `max_completion_tokens`, as a number or a string; [`DEFAULT_MAX_OUTPUT`] if none) times the
 /// answers it asks for (`candidateCount`, `n`), at `price`.
 fn estimate(body: &[u8], price: &Price) -> u64 {
@@ -87,6 +104,7 @@ fn estimate(body: &[u8], price: &Price) -> u64 {
     let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let config = json.get("generationConfig");
     let output = whole(config.and_then(|c| c.get("maxOutputTokens")))
+        .or_else(|| whole(json.get("generation_config")?.get("max_output_tokens")))
         .or_else(|| whole(json.get("max_completion_tokens")))
         .or_else(|| whole(json.get("max_tokens")))
         .unwrap_or(DEFAULT_MAX_OUTPUT)
@@ -126,8 +144,11 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let account = request.extensions().get::<Account>().cloned();
         let model = model::resolve(&mut request);
+        // Only a POST generates (and is billed): a GET of a stored interaction shows the
+        // usage of the call that made it, which was billed then.
+        let bills = request.method() == http::Method::POST;
         // Only when budgets refuse is a call's cost estimated and held before it is sent.
-        let estimated = if self.spend.budget().refuses() {
+        let estimated = if bills && self.spend.budget().refuses() {
             let (price, _) = price_of(&self.prices, &self.spend, model.as_ref());
             match (price, crate::peek::body_bytes(request.body())) {
                 (Some(price), Some(body)) => estimate(&body, &price),
@@ -151,6 +172,7 @@ where
             }
         };
         let asked = Asked {
+            bills,
             model,
             account,
             prices: self.prices.clone(),
@@ -198,8 +220,8 @@ where
             return Poll::Ready(Err(Error::polled_after_completion()));
         };
         let (mut head, body) = response.into_parts();
-        if !head.status.is_success() {
-            // Errors report no usage and are not billed.
+        if !head.status.is_success() || !asked.bills {
+            // Errors report no usage and are not billed; nor are reads.
             return Poll::Ready(Ok(Response::from_parts(head, CostBody::passthrough(body))));
         }
         let model = head

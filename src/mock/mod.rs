@@ -11,8 +11,10 @@
 //! generator, so a run is repeatable for the same request order.
 //!
 //! Endpoints: `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent` (SSE with
-//! `?alt=sse`, a JSON array otherwise), `:countTokens`, `GET /v1beta/models`, and
-//! `POST /v1beta/openai/chat/completions`.
+//! `?alt=sse`, a JSON array otherwise), `:countTokens`, `GET /v1beta/models`,
+//! `POST /v1beta/openai/chat/completions`, and the Interactions API under `/v1beta` and `/v1`
+//! (create, get, delete, cancel), each interaction kept in its project: another project's key
+//! gets `404 not_found` in that API's shape, as Google answers.
 //!
 //! The mock counts one token per 4 characters of input text.
 //!
@@ -35,6 +37,7 @@
 //! ```
 
 mod bodies;
+mod interactions;
 mod quota;
 mod server;
 
@@ -238,6 +241,8 @@ pub struct MockGemini {
     clock: Option<Arc<dyn Clock>>,
     stream_chunks: Option<usize>,
     chunk_delay: Duration,
+    background_delay: Option<Duration>,
+    implicit_cache_min: Option<u64>,
 }
 
 impl MockGemini {
@@ -299,6 +304,20 @@ impl MockGemini {
         self
     }
 
+    /// How long a background interaction (`"background": true`) runs before it completes
+    /// (default 200 ms, by the mock's clock).
+    pub fn background_delay(mut self, delay: Duration) -> Self {
+        self.background_delay = Some(delay);
+        self
+    }
+
+    /// The fewest tokens of a conversation so far that the mock's implicit cache counts as
+    /// cached in the project that holds it (default 1,024, Gemini's minimum for Flash models).
+    pub fn implicit_cache_min_tokens(mut self, tokens: u64) -> Self {
+        self.implicit_cache_min = Some(tokens);
+        self
+    }
+
     /// Bind 127.0.0.1 on an ephemeral port and serve until the returned server is dropped.
     pub async fn start(self) -> std::io::Result<MockServer> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -326,6 +345,11 @@ impl MockGemini {
             stream_chunks: self.stream_chunks.unwrap_or(3),
             chunk_delay: self.chunk_delay,
             next_id: AtomicU64::new(1),
+            interactions: Mutex::new(HashMap::new()),
+            background_delay_ms: self
+                .background_delay
+                .map_or(200, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            implicit_cache_min: self.implicit_cache_min.unwrap_or(1024),
         });
         let task = tokio::spawn(server::serve(listener, state.clone()));
         Ok(MockServer { addr, state, task })
@@ -345,6 +369,10 @@ pub(crate) struct MockState {
     stream_chunks: usize,
     chunk_delay: Duration,
     next_id: AtomicU64,
+    /// Stored interactions by id, each in its project.
+    interactions: Mutex<HashMap<String, interactions::Stored>>,
+    background_delay_ms: u64,
+    implicit_cache_min: u64,
 }
 
 /// Counters for assertions.

@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use super::bodies::{self, Dimension};
 use super::{FaultKind, MockState};
 
-type MockBody = BoxBody<Bytes, io::Error>;
+pub(super) type MockBody = BoxBody<Bytes, io::Error>;
 
 pub(super) async fn serve(listener: TcpListener, state: Arc<MockState>) {
     let mut connections = JoinSet::new();
@@ -49,7 +49,7 @@ pub(super) async fn serve(listener: TcpListener, state: Arc<MockState>) {
     }
 }
 
-enum Outcome {
+pub(super) enum Outcome {
     Answer(Response<MockBody>),
     Reset,
 }
@@ -74,6 +74,33 @@ async fn handle(
             "mock fault: connection reset",
         )),
     }
+}
+
+/// The project of `key`: its index, name and settings; Google's answer for a missing,
+/// unknown or leaked key.
+pub(super) fn authenticate(
+    state: &MockState,
+    key: Option<&str>,
+    openai: bool,
+) -> Result<(usize, String, super::MockProject), Outcome> {
+    let Some(key) = key else {
+        return Err(error(
+            403,
+            bodies::unregistered_caller(),
+            openai,
+            None,
+            None,
+        ));
+    };
+    let Some(&(project_index, leaked)) = state.keys.get(key) else {
+        return Err(error(400, bodies::invalid_key(), openai, None, Some(key)));
+    };
+    if leaked {
+        return Err(error(403, bodies::leaked_key(), openai, None, Some(key)));
+    }
+    let projects = state.projects.lock().unwrap_or_else(|e| e.into_inner());
+    let (name, project) = projects[project_index].clone();
+    Ok((project_index, name, project))
 }
 
 /// The key from `x-goog-api-key`, `Authorization: Bearer`, or `?key=`.
@@ -116,7 +143,7 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn json_response(
+pub(super) fn json_response(
     status: u16,
     body: &Value,
     project: Option<&str>,
@@ -150,7 +177,7 @@ fn full(bytes: Bytes) -> MockBody {
 }
 
 /// An error answer; on the OpenAI-compatible endpoint Google wraps it in a one-element array.
-fn error(
+pub(super) fn error(
     status: u16,
     body: Value,
     openai: bool,
@@ -173,6 +200,9 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
         .strip_prefix("/v1/models")
         .map(|rest| format!("/v1beta/models{rest}"));
     let path = stable.as_deref().unwrap_or(parts.uri.path());
+    if let Some(rest) = super::interactions::route_of(parts.uri.path()) {
+        return super::interactions::route(state, parts, key, body, rest);
+    }
     let openai = path == "/v1beta/openai/chat/completions";
     let openai_models = path == "/v1beta/openai/models" && parts.method == Method::GET;
     let listing = (path == "/v1beta/models" && parts.method == Method::GET) || openai_models;
@@ -183,20 +213,11 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
         return error(404, bodies::not_found(path), false, None, key);
     }
 
-    // Authentication.
-    let Some(key) = key else {
-        return error(403, bodies::unregistered_caller(), openai, None, None);
+    let (project_index, name, project) = match authenticate(state, key, openai) {
+        Ok(found) => found,
+        Err(refused) => return refused,
     };
-    let Some(&(project_index, leaked)) = state.keys.get(key) else {
-        return error(400, bodies::invalid_key(), openai, None, Some(key));
-    };
-    if leaked {
-        return error(403, bodies::leaked_key(), openai, None, Some(key));
-    }
-    let (name, project) = {
-        let projects = state.projects.lock().unwrap_or_else(|e| e.into_inner());
-        projects[project_index].clone()
-    };
+    let key = key.unwrap_or_default();
     let project_name = Some(name.as_str());
     if listing {
         let list = if openai_models {
@@ -448,7 +469,7 @@ fn stream_response(
 }
 
 /// A streamed answer from its frames (SSE or a JSON array), a chunk delay apart.
-fn streamed(
+pub(super) fn streamed(
     state: &MockState,
     frames: Vec<Result<Bytes, io::Error>>,
     sse: bool,

@@ -275,6 +275,7 @@ impl KeyPoolBuilder {
             strategy: self.strategy.unwrap_or_else(|| Arc::new(RoundRobin::new())),
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
             store: self.store.unwrap_or_else(|| Arc::new(MemoryStore)),
+            pins: crate::state::Pins::default(),
         };
         Ok(KeyPool {
             inner: Arc::new(inner),

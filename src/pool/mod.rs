@@ -90,6 +90,8 @@ pub(crate) struct PoolInner {
     pub(crate) has_limits: AtomicBool,
     /// Where the state is shared ([`MemoryStore`](crate::state::MemoryStore): nowhere).
     pub(crate) store: Arc<dyn Store>,
+    /// Which project holds each resource learned (the affinity map's working copy).
+    pub(crate) pins: crate::state::Pins,
 }
 
 pub(crate) struct KeyEntry {
@@ -336,6 +338,71 @@ impl KeyPool {
                     ),
                 )
             })
+    }
+
+    /// The project that holds the resource `name` (`interactions/…`), if the pool learned it
+    /// (from the answer that created it, or [`remember_owner`](Self::remember_owner)) and it
+    /// has not expired. Only this process's copy is read; a shared store is asked by
+    /// [`AffinityLayer`](crate::affinity::AffinityLayer) when it is not here.
+    pub fn owner_of(&self, name: &str) -> Option<crate::context::Owner> {
+        let record = self.inner.pins.get(name, self.inner.clock.now_millis())?;
+        Some(crate::context::Owner::for_resource(&*record.project, name))
+    }
+
+    /// Record that the resource `name` lives in `project` for `ttl` (for a resource created
+    /// outside the pool): requests that refer to it are sent there. Shared through the store.
+    pub fn remember_owner(&self, name: &str, project: &str, ttl: Duration) {
+        let now = self.inner.clock.now_millis();
+        let record = crate::state::PinRecord {
+            project: Arc::from(project),
+            expires_at: now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+            tenant: None,
+        };
+        // Not waited for: nothing is being answered.
+        drop(self.learn_pin(name, record));
+    }
+
+    /// Learn where `name` lives; the store's write to wait for before the answer goes on.
+    pub(crate) fn learn_pin(
+        &self,
+        name: &str,
+        record: crate::state::PinRecord,
+    ) -> Option<crate::state::StoreFuture<()>> {
+        let now = self.inner.clock.now_millis();
+        if !self.inner.pins.learn(name, record.clone(), now) {
+            return None;
+        }
+        self.inner.store.pin(name, &record, now)
+    }
+
+    /// Where `name` lives, from this process's copy, else the shared store's (then kept here).
+    pub(crate) async fn pin_record(&self, name: &str) -> Option<crate::state::PinRecord> {
+        let now = self.inner.clock.now_millis();
+        if let Some(record) = self.inner.pins.get(name, now) {
+            return Some(record);
+        }
+        let record = self.inner.store.pinned(name)?.await?;
+        self.inner.pins.learn(name, record.clone(), now);
+        Some(record)
+    }
+
+    /// Forget where `name` lives (it was deleted), here and in the store.
+    pub(crate) fn forget_pin(&self, name: &str) {
+        self.inner.pins.forget(name);
+        self.inner.store.unpin(name);
+    }
+
+    /// The projects' names, in the pool's order.
+    pub(crate) fn project_names(&self) -> Vec<Arc<str>> {
+        self.inner.projects.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// How many live resources each tenant holds (`None`: made without a tenant).
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn owned_by_tenant(&self) -> std::collections::HashMap<Option<Arc<str>>, usize> {
+        self.inner
+            .pins
+            .count_by_tenant(self.inner.clock.now_millis())
     }
 
     /// Select among the keys for a resolved model entry (only `pin`'s project's, if pinned).

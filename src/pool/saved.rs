@@ -80,6 +80,7 @@ impl KeyPool {
             projects,
             slots,
             cursor: inner.strategy.cursor(),
+            pins: inner.pins.save(now),
         }
     }
 
@@ -192,6 +193,7 @@ impl KeyPool {
             }
             report.slots_restored += 1;
         }
+        report.pins_restored = inner.pins.restore(&saved.pins, now);
         report
     }
 }

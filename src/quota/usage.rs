@@ -11,12 +11,17 @@ use pin_project_lite::pin_project;
 
 use crate::state::{MeterRef, SharedTicket, Store, Ticket};
 
-const KEYS: [&[u8]; 2] = [b"\"promptTokenCount\"", b"\"prompt_tokens\""];
+const KEYS: [&[u8]; 3] = [
+    b"\"promptTokenCount\"",
+    b"\"prompt_tokens\"",
+    b"\"total_input_tokens\"",
+];
 /// Bytes kept between chunks so a key or number split across chunks is still found (the
 /// longest key read, `"cachedContentTokenCount"`, and a 20-digit number fit).
 const CARRY: usize = 64;
 
-/// Finds the last `"promptTokenCount": N` (or OpenAI's `"prompt_tokens": N`) in a byte stream.
+/// Finds the last `"promptTokenCount": N` (or OpenAI's `"prompt_tokens": N`, or the
+/// Interactions API's `"total_input_tokens": N`) in a byte stream.
 #[derive(Debug, Default)]
 pub(crate) struct PromptTokens {
     counts: LastCounts<1>,

@@ -92,12 +92,13 @@ impl StateFile {
             Ok(state) => {
                 let report = pool.restore(&state);
                 tracing::info!(
-                    "state restored from {}: {} keys, {} new, {} dropped, {} project+model entries",
+                    "state restored from {}: {} keys, {} new, {} dropped, {} project+model entries, {} resource owners",
                     self.path.display(),
                     report.keys_restored,
                     report.keys_new,
                     report.keys_dropped,
-                    report.slots_restored
+                    report.slots_restored,
+                    report.pins_restored
                 );
                 Ok(Some(report))
             }

@@ -10,8 +10,9 @@
 //! | per key: health, counters, disabled reason, cool-down | this process | `KeyHealth` |
 //! | per project: billing exhausted | this process | `ProjectHealth` |
 //! | per project and model: limits (configured, [`Tier`] preset, learned), the ledger's meters (RPM/TPM/RPD/IPM), cool-down, tier block, requests sent in the last minute | this process | `ProjectModelHealth`, `Meters` |
+//! | which project holds a resource (a stored interaction, a file): the affinity map, bounded, with each resource's expiry and tenant | this process | `Pins`, [`PinRecord`] |
 //! | how each answer's [`Class`](crate::Class) changes all of the above | one table | [`effects`](self::Effect) |
-//! | the same, shared by several processes | Redis (feature `redis`) | [`RedisStore`] |
+//! | the same (the affinity map with TTLs), shared by several processes | Redis (feature `redis`) | [`RedisStore`] |
 //! | the same, across a restart | a JSON file | [`StateFile`], [`SavedState`] |
 //!
 //! The process's own memory is always the working copy: selection reads it with atomics and
@@ -34,6 +35,7 @@ mod file;
 pub(crate) mod health;
 mod limits;
 mod meter;
+mod pins;
 mod presets;
 #[cfg(feature = "redis")]
 mod redis;
@@ -55,6 +57,8 @@ pub(crate) use health::{
 pub use limits::ModelLimits;
 pub use meter::{Demand, Dimension, MeterSnapshot, Usage};
 pub(crate) use meter::{History, MeterState, Meters, Refusal, Ticket};
+pub use pins::{MAX_PINS, MAX_RESOURCE_NAME, PinRecord};
+pub(crate) use pins::{Pins, SavedPin};
 pub(crate) use presets::Limits;
 pub use presets::Tier;
 #[cfg(feature = "gateway")]

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use super::effects::Effect;
 use super::health::DisabledReason;
 use super::meter::Dimension;
+use super::pins::PinRecord;
 use super::store::{Admission, Scope, SharedRefusal, SharedTicket, Store, StoreFuture};
 use crate::clock::{next_pacific_midnight, pacific_day_start};
 use crate::error::Error;
@@ -993,6 +994,70 @@ impl Store for RedisStore {
             if let Ok(Err(e)) = tokio::time::timeout(inner.options.timeout, run).await {
                 tracing::warn!("could not reset the shared state in Redis: {e}");
             }
+        });
+    }
+
+    fn pin(&self, name: &str, record: &PinRecord, now: u64) -> Option<StoreFuture<()>> {
+        let inner = self.inner.clone();
+        let ttl = record.expires_at.checked_sub(now).filter(|&t| t > 0)?;
+        if !inner.reachable.load(Ordering::Acquire) {
+            return None;
+        }
+        let value = serde_json::to_string(record).ok()?;
+        let key = inner.name("pin", &[name]);
+        Some(Box::pin(async move {
+            let mut connection = inner.connection.clone();
+            let mut set = redis::cmd("SET");
+            set.arg(&key).arg(value).arg("PX").arg(ttl);
+            let write = set.query_async::<()>(&mut connection);
+            match tokio::time::timeout(inner.options.timeout, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => inner.failed(&e),
+                Err(_) => inner.unreachable("no answer in time"),
+            }
+        }))
+    }
+
+    fn pinned(&self, name: &str) -> Option<StoreFuture<Option<PinRecord>>> {
+        let inner = self.inner.clone();
+        if !inner.reachable.load(Ordering::Acquire) {
+            return None;
+        }
+        let key = inner.name("pin", &[name]);
+        Some(Box::pin(async move {
+            let mut connection = inner.connection.clone();
+            let mut get = redis::cmd("GET");
+            get.arg(&key);
+            let read = get.query_async::<Option<String>>(&mut connection);
+            match tokio::time::timeout(inner.options.timeout, read).await {
+                Ok(Ok(value)) => value.and_then(|v| serde_json::from_str(&v).ok()),
+                Ok(Err(e)) => {
+                    inner.failed(&e);
+                    None
+                }
+                Err(_) => {
+                    inner.unreachable("no answer in time");
+                    None
+                }
+            }
+        }))
+    }
+
+    fn unpin(&self, name: &str) {
+        let inner = self.inner.clone();
+        if !inner.reachable.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let key = inner.name("pin", &[name]);
+        runtime.spawn(async move {
+            let mut connection = inner.connection.clone();
+            let mut del = redis::cmd("DEL");
+            del.arg(&key);
+            let delete = del.query_async::<()>(&mut connection);
+            let _ = tokio::time::timeout(inner.options.timeout, delete).await;
         });
     }
 }

@@ -29,6 +29,10 @@ pub struct SavedState {
     /// Where the strategy stood (round robin's cursor), if it rotates.
     #[serde(default)]
     pub(crate) cursor: Option<usize>,
+    /// Which project holds each resource the pool learned (stored interactions, files), with
+    /// its expiry and tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) pins: Vec<super::SavedPin>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,6 +80,8 @@ pub struct RestoreReport {
     pub keys_dropped: usize,
     /// Project+model entries restored (cool-downs, daily usage, learned limits).
     pub slots_restored: usize,
+    /// Resources whose project was restored (those not expired).
+    pub pins_restored: usize,
 }
 
 pub(crate) fn class_named(name: &str) -> Option<Class> {

@@ -9,6 +9,7 @@ use super::effects::Effect;
 use super::health::DisabledReason;
 use super::limits::ModelLimits;
 use super::meter::{Demand, Dimension};
+use super::pins::PinRecord;
 
 /// A boxed future returned by a [`Store`].
 pub type StoreFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -118,6 +119,27 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// (billing, cool-downs, tier blocks, learned limits of `models`), as
     /// [`KeyPool::reset`](crate::KeyPool::reset) does locally.
     fn reset(&self, keys: &[Scope], projects: &[Arc<str>], models: &[Arc<str>]);
+
+    /// Record for every process where the resource `name` lives, until `record.expires_at`
+    /// (`now`: Unix ms). The future ends when the store has it (or gave up, bounded by the
+    /// store's timeout): the answer that taught it is held until then, so that the caller's
+    /// next request, on any replica, finds it. `None`: nothing to wait for.
+    fn pin(&self, name: &str, record: &PinRecord, now: u64) -> Option<StoreFuture<()>> {
+        let _ = (name, record, now);
+        None
+    }
+
+    /// Where another process recorded that `name` lives, if it did. `None`: this store keeps
+    /// no pins (the working copy is the truth).
+    fn pinned(&self, name: &str) -> Option<StoreFuture<Option<PinRecord>>> {
+        let _ = name;
+        None
+    }
+
+    /// Forget where `name` lives (it was deleted), for every process.
+    fn unpin(&self, name: &str) {
+        let _ = name;
+    }
 }
 
 /// The default store: the pool's own memory, shared with nobody. Selection and the quota layer

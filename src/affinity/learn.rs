@@ -1,0 +1,314 @@
+//! [`LearnBody`]: finds the id of the interaction an answer created as the answer streams
+//! through (a JSON object's top-level `id`, or the first SSE frame's `interaction.id`) and
+//! teaches the pool which project holds it — before the chunk that carries the id reaches the
+//! caller, so that the caller's next turn, on this process or another replica, finds the pin.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::pool::KeyPool;
+use crate::state::PinRecord;
+
+/// How far into an answer the id is looked for; past it, the answer is not learned from.
+const MAX_SCAN: usize = 1 << 20;
+/// The longest SSE frame kept while looking for the first one's id.
+const MAX_FRAME: usize = 64 * 1024;
+
+pin_project! {
+    /// A response body that passes every chunk unchanged, and learns the created
+    /// interaction's owner from it when the answer creates one (see the [module docs](self)).
+    pub struct LearnBody<B> {
+        #[pin]
+        inner: B,
+        learn: Option<Box<Learn>>,
+    }
+}
+
+/// What a created interaction's answer is scanned for, and where it is taught.
+pub(crate) struct Learn {
+    pub(crate) pool: KeyPool,
+    pub(crate) record: PinRecord,
+    scanner: Scanner,
+    scanned: usize,
+    /// A chunk held back until the shared store has the pin (the write runs as a task, so
+    /// that the body stays `Sync`).
+    held: Option<(Frame<Bytes>, tokio::task::JoinHandle<()>)>,
+}
+
+impl Learn {
+    pub(crate) fn new(pool: KeyPool, record: PinRecord, sse: bool) -> Self {
+        Learn {
+            pool,
+            record,
+            scanner: if sse {
+                Scanner::Sse(Vec::new())
+            } else {
+                Scanner::Json(TopLevelId::default())
+            },
+            scanned: 0,
+            held: None,
+        }
+    }
+}
+
+impl<B> LearnBody<B> {
+    /// A body learning nothing.
+    pub(crate) fn plain(inner: B) -> Self {
+        LearnBody { inner, learn: None }
+    }
+
+    /// A body learning the created interaction's id.
+    pub(crate) fn learning(inner: B, learn: Learn) -> Self {
+        LearnBody {
+            inner,
+            learn: Some(Box::new(learn)),
+        }
+    }
+}
+
+impl<B> Body for LearnBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        if let Some(learn) = this.learn.as_mut()
+            && let Some((_, write)) = learn.held.as_mut()
+        {
+            // A write that failed or panicked still lets the answer through.
+            let _ = ready!(Pin::new(write).poll(cx));
+            let (frame, _) = learn.held.take().expect("held above");
+            *this.learn = None;
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        let frame = ready!(this.inner.poll_frame(cx));
+        let Some(learn) = this.learn.as_mut() else {
+            return Poll::Ready(frame);
+        };
+        let Some(Ok(frame)) = frame else {
+            *this.learn = None;
+            return Poll::Ready(frame);
+        };
+        let Some(chunk) = frame.data_ref() else {
+            return Poll::Ready(Some(Ok(frame)));
+        };
+        learn.scanned += chunk.len();
+        let found = learn.scanner.scan(chunk);
+        let Some(id) = found else {
+            if learn.scanned > MAX_SCAN || learn.scanner.gave_up() {
+                *this.learn = None;
+            }
+            return Poll::Ready(Some(Ok(frame)));
+        };
+        let Learn { pool, record, .. } = &**learn;
+        let write = pool.learn_pin(&super::reference::resource(&id), record.clone());
+        match write.zip(tokio::runtime::Handle::try_current().ok()) {
+            Some((write, runtime)) => {
+                learn.held = Some((frame, runtime.spawn(write)));
+                // Polled at once: the task's handle registers this waker.
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            None => {
+                *this.learn = None;
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.learn.as_ref().is_none_or(|l| l.held.is_none()) && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Looks for the created interaction's id.
+enum Scanner {
+    /// A JSON answer: its top-level `id`.
+    Json(TopLevelId),
+    /// An SSE answer: the first frame's `interaction.id` (`interaction.created`), what has
+    /// arrived of it so far.
+    Sse(Vec<u8>),
+}
+
+impl Scanner {
+    fn scan(&mut self, chunk: &[u8]) -> Option<String> {
+        match self {
+            Scanner::Json(top) => chunk.iter().find_map(|&b| top.step(b)),
+            Scanner::Sse(frame) => {
+                frame.extend_from_slice(chunk);
+                let id = first_frame_id(frame);
+                if id.is_some() {
+                    frame.clear();
+                }
+                id
+            }
+        }
+    }
+
+    /// Has the scanner seen enough to know no id will come?
+    fn gave_up(&self) -> bool {
+        match self {
+            Scanner::Json(top) => top.done,
+            // The first frame came whole without an id, or is too long to be one.
+            Scanner::Sse(frame) => frame.len() > MAX_FRAME || frame_complete(frame),
+        }
+    }
+}
+
+/// Has the first SSE frame (up to its blank line) arrived whole?
+fn frame_complete(text: &[u8]) -> bool {
+    text.windows(2).any(|w| w == b"\n\n") || text.windows(4).any(|w| w == b"\r\n\r\n")
+}
+
+/// The `interaction.id` (or top-level `id`) of the first SSE frame's `data:` line, once that
+/// line has arrived whole.
+fn first_frame_id(text: &[u8]) -> Option<String> {
+    const DATA: &[u8] = b"data:";
+    let start = text.windows(DATA.len()).position(|w| w == DATA)? + DATA.len();
+    let end = start + text[start..].iter().position(|&b| b == b'\n')?;
+    let json: serde_json::Value = serde_json::from_slice(&text[start..end]).ok()?;
+    let id = json
+        .get("interaction")
+        .and_then(|i| i.get("id"))
+        .or_else(|| json.get("id"))?
+        .as_str()?;
+    super::reference::is_id(id).then(|| id.to_owned())
+}
+
+/// A byte-at-a-time reader of a JSON object's top-level `"id": "…"`, across chunks.
+#[derive(Default)]
+struct TopLevelId {
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    /// The string being read at depth 1 (a key or a value), up to a bound.
+    text: Vec<u8>,
+    /// The last key read at depth 1, awaiting its `:`.
+    key_is_id: bool,
+    /// The `:` after `"id"` was read: the next value is the id.
+    value_next: bool,
+    done: bool,
+}
+
+impl TopLevelId {
+    fn step(&mut self, b: u8) -> Option<String> {
+        if self.done {
+            return None;
+        }
+        if self.in_string {
+            return self.in_string(b);
+        }
+        match b {
+            b'"' => {
+                self.in_string = true;
+                self.text.clear();
+            }
+            b'{' | b'[' => {
+                self.depth += 1;
+                self.value_next = false;
+            }
+            b'}' | b']' => {
+                self.depth = self.depth.saturating_sub(1);
+                if self.depth == 0 {
+                    self.done = true;
+                }
+            }
+            b':' if self.depth == 1 => {
+                self.value_next = std::mem::take(&mut self.key_is_id);
+            }
+            b',' if self.depth == 1 => {
+                self.key_is_id = false;
+                self.value_next = false;
+            }
+            b if b.is_ascii_whitespace() => {}
+            // A number, `true`, `null`: not a string id.
+            _ if self.depth == 1 => self.value_next = false,
+            _ => {}
+        }
+        None
+    }
+
+    fn in_string(&mut self, b: u8) -> Option<String> {
+        if self.escaped {
+            self.escaped = false;
+            self.text.push(0);
+            return None;
+        }
+        match b {
+            b'\\' => {
+                self.escaped = true;
+            }
+            b'"' => {
+                self.in_string = false;
+                if self.depth != 1 {
+                    return None;
+                }
+                if std::mem::take(&mut self.value_next) {
+                    let id = std::str::from_utf8(&self.text).ok()?;
+                    self.done = true;
+                    return super::reference::is_id(id).then(|| id.to_owned());
+                }
+                self.key_is_id = self.text == b"id";
+            }
+            _ if self.depth == 1 && self.text.len() < 256 => self.text.push(b),
+            _ => {}
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json_id(chunks: &[&[u8]]) -> Option<String> {
+        let mut scanner = Scanner::Json(TopLevelId::default());
+        chunks.iter().find_map(|chunk| scanner.scan(chunk))
+    }
+
+    #[test]
+    fn the_top_level_id_is_found_wherever_the_answer_is_cut() {
+        let answer = br#"{"object":"interaction","steps":[{"id":"inner","type":"x"}],"usage":{"id":"no"},"id" : "v1_abc-9","status":"completed"}"#;
+        for cut in 0..answer.len() {
+            let (a, b) = answer.split_at(cut);
+            assert_eq!(
+                json_id(&[a, b]).as_deref(),
+                Some("v1_abc-9"),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn ids_that_are_not_strings_or_not_plausible_are_not_learned() {
+        assert_eq!(json_id(&[br#"{"id":42,"x":"y"}"#]), None);
+        assert_eq!(json_id(&[br#"{"id":"../files/x"}"#]), None);
+        assert_eq!(json_id(&[br#"{"note":"\"id\":\"v1_fake\"","a":1}"#]), None);
+        assert_eq!(json_id(&[br#"{"x":{"id":"nested"}}"#]), None);
+    }
+
+    #[test]
+    fn the_first_sse_frame_names_the_interaction() {
+        let stream = b"event: interaction.created\ndata: {\"interaction\":{\"id\":\"v1_s\",\"status\":\"in_progress\"},\"event_type\":\"interaction.created\"}\n\nevent: step.start\n";
+        for cut in 0..stream.len() {
+            let mut scanner = Scanner::Sse(Vec::new());
+            let (a, b) = stream.split_at(cut);
+            let found = scanner.scan(a).or_else(|| scanner.scan(b));
+            assert_eq!(found.as_deref(), Some("v1_s"), "cut at {cut}");
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The [`Affinity`] service.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::BoxFuture;
+use http::{Request, Response};
+use tower::ServiceExt;
+use tower_service::Service;
+
+use super::learn::{Learn, LearnBody};
+use super::reference::{self, Call};
+use super::{Settings, probe};
+use crate::context::{Owner, Tenant};
+use crate::error::{BoxError, Error, ErrorKind};
+use crate::model::Model;
+use crate::pool::SelectedKey;
+use crate::state::PinRecord;
+
+/// Sends requests that refer to a stored interaction to its project, made by
+/// [`AffinityLayer`](super::AffinityLayer). See the [module docs](super).
+#[derive(Clone)]
+pub struct Affinity<S> {
+    inner: S,
+    settings: Arc<Settings>,
+}
+
+impl<S> Affinity<S> {
+    pub(crate) fn new(inner: S, settings: Arc<Settings>) -> Self {
+        Affinity { inner, settings }
+    }
+
+    crate::macros::define_inner_service_accessors!();
+}
+
+impl<S> std::fmt::Debug for Affinity<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Affinity")
+            .field("retention", &self.settings.retention)
+            .field("probe", &self.settings.probe)
+            .finish_non_exhaustive()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Affinity`]: the inner call as it is for a request that is not an
+    /// Interactions call, else the pinned call and its learning (boxed).
+    pub struct ResponseFuture<F, ResB> {
+        #[pin]
+        kind: Kind<F, ResB>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = KindProj]
+    enum Kind<F, ResB> {
+        Direct { #[pin] future: F },
+        Pinned { future: BoxFuture<'static, Result<Response<LearnBody<ResB>>, Error>> },
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F, ResB>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<LearnBody<ResB>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Direct { future } => future
+                .poll(cx)
+                .map_ok(|response| response.map(LearnBody::plain))
+                .map_err(Error::from_inner),
+            KindProj::Pinned { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Affinity<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqB: Send + Sync + 'static,
+    ResB: Send + 'static,
+{
+    type Response = Response<LearnBody<ResB>>;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future, ResB>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Error::from_inner)
+    }
+
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        if !reference::is_interactions_path(request.uri().path()) {
+            return ResponseFuture {
+                kind: Kind::Direct {
+                    future: self.inner.call(request),
+                },
+            };
+        }
+        // The inner service that was made ready serves this call; a clone waits for the next.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let settings = self.settings.clone();
+        ResponseFuture {
+            kind: Kind::Pinned {
+                future: Box::pin(pinned_call(inner, settings, request)),
+            },
+        }
+    }
+}
+
+/// An Interactions call: pinned to the project of what it refers to, its answer learned from.
+async fn pinned_call<S, ReqB, ResB>(
+    inner: S,
+    settings: Arc<Settings>,
+    mut request: Request<ReqB>,
+) -> Result<Response<LearnBody<ResB>>, Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqB: Send + Sync + 'static,
+{
+    let body = crate::peek::body_bytes(request.body());
+    let call = reference::call_of(request.method(), request.uri().path(), body.as_deref());
+    drop(body);
+    let Some(call) = call else {
+        let response = inner.oneshot(request).await.map_err(Error::from_inner)?;
+        return Ok(response.map(LearnBody::plain));
+    };
+    if let Call::Create(create) = &call
+        && let Some(model) = &create.model
+        && request.extensions().get::<Model>().is_none()
+    {
+        request.extensions_mut().insert(Model::new(model));
+    }
+    let tenant = request.extensions().get::<Tenant>().cloned();
+    if let Some(name) = call.referred()
+        && let Some(owner) =
+            owner_of(inner.clone(), &settings, &request, &name, tenant.as_ref()).await?
+    {
+        request.extensions_mut().insert(owner);
+    }
+    let response = inner.oneshot(request).await.map_err(Error::from_inner)?;
+    Ok(learn_from(&settings, &call, tenant, response))
+}
+
+/// The project the resource `name` lives in: learned, or found by probing; `None`: unknown
+/// (sent as it came). An error for a tenant that may not use it.
+async fn owner_of<S, ReqB, ResB>(
+    inner: S,
+    settings: &Settings,
+    request: &Request<ReqB>,
+    name: &str,
+    tenant: Option<&Tenant>,
+) -> Result<Option<Owner>, Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqB: Send + Sync + 'static,
+{
+    let record = settings.pool.pin_record(name).await;
+    match (record, tenant) {
+        (Some(record), Some(tenant)) if record.tenant.as_deref() != Some(tenant.id()) => {
+            Err(not_found(name))
+        }
+        (Some(record), _) => Ok(Some(Owner::for_resource(&*record.project, name))),
+        (None, Some(_)) => Err(not_found(name)),
+        (None, None) if settings.probe => {
+            let found = probe::find(inner, settings, request, name).await;
+            Ok(found.map(|project| Owner::for_resource(&*project, name)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// A tenant's reference to a resource it did not create (or that the pool has no record of).
+fn not_found(name: &str) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        format!(
+            "{name} was not found: it was not created with this client's credentials, or it has expired or been deleted"
+        ),
+    )
+}
+
+/// The answer, wrapped to learn the interaction it created (a stored create's success); a
+/// delete's success forgets the pin.
+fn learn_from<ResB>(
+    settings: &Settings,
+    call: &Call,
+    tenant: Option<Tenant>,
+    response: Response<ResB>,
+) -> Response<LearnBody<ResB>> {
+    if !response.status().is_success() {
+        return response.map(LearnBody::plain);
+    }
+    match call {
+        Call::Create(create) if create.store => {
+            let Some(project) = response
+                .extensions()
+                .get::<SelectedKey>()
+                .map(|key| Arc::<str>::from(key.project()))
+            else {
+                return response.map(LearnBody::plain);
+            };
+            let now = settings.pool.clock().now_millis();
+            let record = PinRecord {
+                project,
+                expires_at: now.saturating_add(
+                    u64::try_from(settings.retention.as_millis()).unwrap_or(u64::MAX),
+                ),
+                tenant: tenant.map(|t| t.shared()),
+            };
+            let sse = response
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            let learn = Learn::new(settings.pool.clone(), record, sse);
+            response.map(|body| LearnBody::learning(body, learn))
+        }
+        Call::Delete(id) => {
+            settings.pool.forget_pin(&reference::resource(id));
+            response.map(LearnBody::plain)
+        }
+        _ => response.map(LearnBody::plain),
+    }
+}

@@ -1,0 +1,195 @@
+//! Which project holds a resource: the affinity map `resource name → (project, expiry,
+//! tenant)`, learned from the answers that create resources (a stored interaction, a file, a
+//! context cache, a batch) and read for every request that refers to one.
+//!
+//! Bounded in entries ([`MAX_PINS`]) and in the length of what an entry holds: when full,
+//! what has expired goes first, then the entries that expire soonest (an eighth at a time, so
+//! a flood of creations costs one sort per eighth of the map, not one scan per insert).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+/// The most resources the map remembers.
+pub const MAX_PINS: usize = 100_000;
+/// The longest resource name kept (`interactions/…`, `files/…`); a longer one is not pinned.
+pub const MAX_RESOURCE_NAME: usize = 256;
+
+/// Where one resource lives: its project, until when, and (in a gateway) which client made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinRecord {
+    /// The project whose key created the resource.
+    pub project: Arc<str>,
+    /// When the resource expires at Google (Unix ms); the pin is forgotten then.
+    pub expires_at: u64,
+    /// The tenant that created it ([`Tenant`](crate::context::Tenant)), if one was named:
+    /// another tenant is told the resource does not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<Arc<str>>,
+}
+
+/// One resource's record as saved in the state file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SavedPin {
+    pub(crate) name: String,
+    #[serde(flatten)]
+    pub(crate) record: PinRecord,
+}
+
+/// The affinity map of one process (its working copy; a shared [`Store`](super::Store) holds
+/// it for every replica).
+#[derive(Debug, Default)]
+pub(crate) struct Pins {
+    map: Mutex<HashMap<Arc<str>, PinRecord>>,
+}
+
+impl Pins {
+    /// Remember that `name` lives in `record.project` until `record.expires_at`. `false`: the
+    /// name is too long to keep, or it has already expired.
+    pub(crate) fn learn(&self, name: &str, record: PinRecord, now: u64) -> bool {
+        if name.len() > MAX_RESOURCE_NAME || record.expires_at <= now {
+            return false;
+        }
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_PINS && !map.contains_key(name) {
+            make_room(&mut map, now);
+        }
+        map.insert(Arc::from(name), record);
+        true
+    }
+
+    /// Where `name` lives, if known and not expired.
+    pub(crate) fn get(&self, name: &str, now: u64) -> Option<PinRecord> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(name) {
+            Some(record) if record.expires_at > now => Some(record.clone()),
+            Some(_) => {
+                map.remove(name);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Forget `name` (the resource was deleted).
+    pub(crate) fn forget(&self, name: &str) {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+
+    /// How many resources each tenant holds (for status pages: counts, never names).
+    pub(crate) fn count_by_tenant(&self, now: u64) -> HashMap<Option<Arc<str>>, usize> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = HashMap::new();
+        for record in map.values().filter(|r| r.expires_at > now) {
+            *counts.entry(record.tenant.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Every live record, for the state file.
+    pub(crate) fn save(&self, now: u64) -> Vec<SavedPin> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .filter(|(_, r)| r.expires_at > now)
+            .map(|(name, record)| SavedPin {
+                name: name.to_string(),
+                record: record.clone(),
+            })
+            .collect()
+    }
+
+    /// Take back saved records (those not yet expired); how many were taken.
+    pub(crate) fn restore(&self, saved: &[SavedPin], now: u64) -> usize {
+        saved
+            .iter()
+            .filter(|pin| self.learn(&pin.name, pin.record.clone(), now))
+            .count()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Drop what has expired; if that is not enough, the eighth of the map that expires soonest.
+fn make_room(map: &mut HashMap<Arc<str>, PinRecord>, now: u64) {
+    map.retain(|_, record| record.expires_at > now);
+    if map.len() < MAX_PINS {
+        return;
+    }
+    let mut expiries: Vec<u64> = map.values().map(|r| r.expires_at).collect();
+    let cut = expiries.len() / 8;
+    let (_, &mut threshold, _) = expiries.select_nth_unstable(cut);
+    map.retain(|_, record| record.expires_at > threshold);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(project: &str, expires_at: u64) -> PinRecord {
+        PinRecord {
+            project: Arc::from(project),
+            expires_at,
+            tenant: None,
+        }
+    }
+
+    #[test]
+    fn learned_pins_expire_and_are_forgotten() {
+        let pins = Pins::default();
+        assert!(pins.learn("interactions/a", record("p", 1_000), 10));
+        assert_eq!(
+            pins.get("interactions/a", 999).unwrap().project.as_ref(),
+            "p"
+        );
+        assert!(pins.get("interactions/a", 1_000).is_none());
+        assert!(pins.learn("interactions/b", record("q", 1_000), 10));
+        pins.forget("interactions/b");
+        assert!(pins.get("interactions/b", 20).is_none());
+        // Already expired, or a name too long: not kept.
+        assert!(!pins.learn("interactions/c", record("p", 5), 10));
+        assert!(!pins.learn(&"x".repeat(MAX_RESOURCE_NAME + 1), record("p", 1_000), 10));
+    }
+
+    #[test]
+    fn the_map_is_bounded_and_drops_what_expires_soonest() {
+        let pins = Pins::default();
+        for i in 0..MAX_PINS as u64 {
+            assert!(pins.learn(&format!("interactions/{i}"), record("p", 1_000 + i), 0));
+        }
+        assert_eq!(pins.len(), MAX_PINS);
+        assert!(pins.learn("interactions/new", record("p", 1_000_000), 0));
+        assert!(pins.len() <= MAX_PINS);
+        assert!(pins.len() > MAX_PINS * 3 / 4);
+        assert!(pins.get("interactions/new", 1).is_some());
+        // The soonest to expire went; the latest stayed.
+        assert!(pins.get("interactions/0", 1).is_none());
+        let last = format!("interactions/{}", MAX_PINS - 1);
+        assert!(pins.get(&last, 1).is_some());
+    }
+
+    #[test]
+    fn saved_pins_come_back_unless_expired() {
+        let pins = Pins::default();
+        pins.learn("interactions/a", record("p", 1_000), 0);
+        pins.learn("interactions/b", record("q", 50), 0);
+        let saved = pins.save(10);
+        assert_eq!(saved.len(), 2);
+        let restored = Pins::default();
+        assert_eq!(restored.restore(&saved, 100), 1);
+        assert_eq!(
+            restored
+                .get("interactions/a", 100)
+                .unwrap()
+                .project
+                .as_ref(),
+            "p"
+        );
+    }
+}

@@ -41,3 +41,30 @@ assert any(m.name.endswith(model) for m in g.models.list()), "model list"
 beta = genai.Client(api_key=token, http_options=types.HttpOptions(base_url=base, api_version="v1beta"))
 assert "Mock reply" in beta.models.generate_content(model=model, contents="hello").text
 print("google-genai SDK: generate, stream, countTokens, models (v1 and v1beta)")
+
+# Interactions (the SDK calls /v1/interactions by default): a conversation of three turns
+# continued with previous_interaction_id, the last streamed, each turn on the project that
+# holds the conversation (the mock answers 404 from any other); get, cancel, delete.
+first = g.interactions.create(model=model, input="My name is Ada.")
+assert first.id and "turn 1" in (first.output_text or ""), first
+second = g.interactions.create(model=model, input="What is my name?", previous_interaction_id=first.id)
+assert "turn 2" in (second.output_text or ""), second
+text, last = "", None
+for event in g.interactions.create(
+    model=model, input="Once more?", previous_interaction_id=second.id, stream=True
+):
+    if event.event_type == "interaction.created":
+        last = event.interaction.id
+    elif event.event_type == "step.delta" and getattr(event.delta, "text", None):
+        text += event.delta.text
+assert "turn 3" in text and last, (text, last)
+assert g.interactions.get(last).status == "completed"
+background = g.interactions.create(model=model, input="take your time", background=True)
+assert g.interactions.cancel(background.id).status == "cancelled"
+g.interactions.delete(first.id)
+try:
+    g.interactions.get(first.id)
+    raise SystemExit("a deleted interaction was still served")
+except Exception as error:  # the SDK's NotFoundError (not a google.genai APIError)
+    assert "404" in str(error), error
+print("google-genai SDK: interactions create, continue, stream, get, cancel, delete")

@@ -55,6 +55,15 @@ impl Learn {
     }
 }
 
+impl<B: std::fmt::Debug> std::fmt::Debug for LearnBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LearnBody")
+            .field("inner", &self.inner)
+            .field("learning", &self.learn.is_some())
+            .finish()
+    }
+}
+
 impl<B> LearnBody<B> {
     /// A body learning nothing.
     pub(crate) fn plain(inner: B) -> Self {

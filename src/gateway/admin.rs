@@ -119,8 +119,30 @@ pub(crate) async fn status(State(shared): State<Arc<Shared>>) -> Response {
             "breakers": shared.breakers.snapshot(),
             "recent": recent,
             "saving": shared.savings.status(),
+            "resources": resources(&shared, &live.pool),
         }),
     )
+}
+
+/// How many live resources (stored interactions) each client holds, by its token's
+/// fingerprint: counts only, never the resources' names.
+fn resources(shared: &Shared, pool: &crate::KeyPool) -> Vec<serde_json::Value> {
+    let counts = pool.owned_by_tenant();
+    let mut rows: Vec<serde_json::Value> = counts
+        .iter()
+        .map(|(tenant, count)| {
+            let client = tenant.as_deref().map(|id| {
+                shared
+                    .tokens
+                    .iter()
+                    .find(|t| t.scope_id() == id)
+                    .map_or_else(|| "a removed client".to_owned(), |t| t.fingerprint())
+            });
+            serde_json::json!({ "client": client, "interactions": count })
+        })
+        .collect();
+    rows.sort_by(|a, b| a["client"].as_str().cmp(&b["client"].as_str()));
+    rows
 }
 
 /// `POST /api/keys/revalidate`: call every disabled key again now and re-enable those that

@@ -29,12 +29,14 @@ impl Token {
         crate::pool::masked(std::str::from_utf8(&self.0).unwrap_or_default())
     }
 
-    /// A name for this token's own cache scope: SHA-256 of the token, hex (128 bits shown).
+    /// A name for this token's own scope (its cache entries, its interactions):
+    /// `client-` and SHA-256 of the token, hex (128 bits shown).
     /// Unlike the fingerprint, two tokens never share it; unlike the token, it reveals nothing.
     pub(crate) fn scope_id(&self) -> String {
         use sha2::Digest;
         let digest = sha2::Sha256::digest(&self.0);
-        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("client-{hex}")
     }
 
     /// Is `candidate` this token? Constant time in the token's content.

@@ -32,6 +32,7 @@ mod config;
 mod cors;
 mod dashboard;
 pub mod demo;
+mod interactions;
 mod jobs;
 mod metrics;
 mod proxy;

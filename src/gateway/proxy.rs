@@ -64,6 +64,9 @@ pub(crate) async fn native(State(shared): State<Arc<Shared>>, request: Request) 
     if let Err(problem) = check_path(path) {
         return reply::client_error(Family::Native, StatusCode::BAD_REQUEST, &problem);
     }
+    if path == "/v1beta/interactions" || path.starts_with("/v1beta/interactions/") {
+        return super::interactions::serve(&shared, request).await;
+    }
     if let Some(rest) = path.strip_prefix("/v1beta/openai/") {
         let rest = rest.to_owned();
         return openai_compatible(&shared, request, &rest).await;
@@ -244,7 +247,7 @@ pub(crate) async fn models(State(shared): State<Arc<Shared>>, request: Request) 
 }
 
 /// A check (and possibly a change) of an OpenAI body, which names the request's model.
-type Rewrite = Box<dyn FnOnce(Bytes) -> Result<(Bytes, Option<Model>), String> + Send>;
+pub(super) type Rewrite = Box<dyn FnOnce(Bytes) -> Result<(Bytes, Option<Model>), String> + Send>;
 
 /// A path the gateway may put after the upstream's base: no dot segments, empty segments,
 /// percent-escapes or backslashes, so the route checked here is the route Google serves (a
@@ -278,13 +281,18 @@ fn check_path(path: &str) -> Result<(), String> {
 /// `userProject` and whatever Google adds later.
 const FORWARDED_QUERY: &[&str] = &["alt", "$alt", "pageSize", "pageToken"];
 
-/// The query with only [`FORWARDED_QUERY`]'s parameters, in the order sent.
-fn forwarded_query(query: Option<&str>) -> String {
+/// The query with only [`FORWARDED_QUERY`]'s parameters (on an Interactions path, only that
+/// API's: `stream`, `last_event_id`, `include_input`), in the order sent.
+fn forwarded_query(path: &str, query: Option<&str>) -> String {
+    let interactions = path.contains("/interactions");
     let kept: Vec<&str> = query
         .unwrap_or_default()
         .split('&')
         .filter(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if interactions {
+                return super::interactions::allowed_query(name, value);
+            }
             FORWARDED_QUERY.contains(&name)
                 // The answer's format only as JSON or SSE: usage, quota and cost are read from
                 // it (a binary `alt=proto` answer would be spent unseen).
@@ -300,7 +308,7 @@ fn forwarded_query(query: Option<&str>) -> String {
 
 /// Buffer the body (bounded), check it, send it upstream through the stack, stream the answer
 /// back.
-async fn forward(
+pub(super) async fn forward(
     shared: &Shared,
     family: Family,
     request: Request,
@@ -339,7 +347,9 @@ fn admit(
     path: &str,
     rewrite: Option<Rewrite>,
 ) -> Result<(Bytes, Option<Model>), Box<Response>> {
+    // (An empty POST is a cancel's, or Google's to refuse.)
     if parts.method == Method::POST
+        && !body.is_empty()
         && let Err(problem) = strict_json::check(&body)
     {
         return Err(Box::new(reply::client_error(
@@ -383,7 +393,7 @@ fn upstream_request(
     let uri = format!(
         "{}{path}{}",
         shared.upstream,
-        forwarded_query(parts.uri.query())
+        forwarded_query(path, parts.uri.query())
     );
     let mut upstream = http::Request::new(Full::new(body));
     *upstream.method_mut() = parts.method.clone();
@@ -402,6 +412,14 @@ fn upstream_request(
         }
     } else if let Some(scope) = parts.extensions.get::<super::ClientScope>() {
         upstream.headers_mut().insert(namespace, scope.0.clone());
+    }
+    // What the client creates (a stored interaction) is its own.
+    if let Some(scope) = parts.extensions.get::<super::ClientScope>()
+        && let Ok(id) = scope.0.to_str()
+    {
+        upstream
+            .extensions_mut()
+            .insert(crate::context::Tenant::new(id));
     }
     if let Some(account) = parts.extensions.get::<crate::cost::Account>() {
         upstream.extensions_mut().insert(account.clone());
@@ -633,19 +651,33 @@ mod tests {
 
     #[test]
     fn only_allowed_parameters_go_upstream_in_the_query() {
+        const NATIVE: &str = "/v1beta/models/m:generateContent";
         assert_eq!(
-            forwarded_query(Some("alt=sse&key=client-token")),
+            forwarded_query(NATIVE, Some("alt=sse&key=client-token")),
             "?alt=sse"
         );
-        assert_eq!(forwarded_query(Some("key=client-token")), "");
-        assert_eq!(forwarded_query(Some("key")), "");
-        assert_eq!(forwarded_query(None), "");
-        assert_eq!(forwarded_query(Some("keys=1&alt=sse")), "?alt=sse");
+        assert_eq!(forwarded_query(NATIVE, Some("key=client-token")), "");
+        assert_eq!(forwarded_query(NATIVE, Some("key")), "");
+        assert_eq!(forwarded_query(NATIVE, None), "");
+        assert_eq!(forwarded_query(NATIVE, Some("keys=1&alt=sse")), "?alt=sse");
         assert_eq!(
-            forwarded_query(Some("access_token=junk&pageSize=5&quotaUser=x&pageToken=t")),
+            forwarded_query(
+                NATIVE,
+                Some("access_token=junk&pageSize=5&quotaUser=x&pageToken=t")
+            ),
             "?pageSize=5&pageToken=t"
         );
-        assert_eq!(forwarded_query(Some("alt=proto&$alt=media")), "");
-        assert_eq!(forwarded_query(Some("$alt=json")), "?$alt=json");
+        assert_eq!(forwarded_query(NATIVE, Some("alt=proto&$alt=media")), "");
+        assert_eq!(forwarded_query(NATIVE, Some("$alt=json")), "?$alt=json");
+        // An Interactions path: that API's parameters only.
+        let get = "/v1/interactions/v1_a";
+        assert_eq!(
+            forwarded_query(get, Some("stream=true&last_event_id=e3&alt=sse&key=t")),
+            "?stream=true&last_event_id=e3"
+        );
+        assert_eq!(
+            forwarded_query(get, Some("stream=maybe&include_input=true")),
+            "?include_input=true"
+        );
     }
 }

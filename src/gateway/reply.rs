@@ -1,4 +1,5 @@
-//! Errors to clients: Google's shape on the native routes, OpenAI's on `/v1`.
+//! Errors to clients: Google's shape on the native routes, OpenAI's on `/v1`, the
+//! Interactions API's own (a string code) on its routes.
 
 use axum::body::Body;
 use axum::response::Response;
@@ -35,6 +36,19 @@ struct OpenAiDetail<'a> {
     code: &'a str,
 }
 
+/// The Interactions API's error shape: `{"error":{"code":"not_found","message"}}` (a string
+/// code, the canonical status name in lower case).
+#[derive(Serialize)]
+struct InteractionsError<'a> {
+    error: InteractionsDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct InteractionsDetail<'a> {
+    code: String,
+    message: &'a str,
+}
+
 /// An error of `family` with this status, message, and (OpenAI) type and code or (Google)
 /// status name.
 fn error_body(
@@ -65,6 +79,15 @@ fn error_body(
                 },
             },
         ),
+        Family::Interactions => json(
+            status,
+            &InteractionsError {
+                error: InteractionsDetail {
+                    code: google_status.to_ascii_lowercase(),
+                    message,
+                },
+            },
+        ),
     }
 }
 
@@ -75,6 +98,8 @@ pub(crate) enum Family {
     Native,
     /// `/v1/...`: `{"error":{"message","type","code"}}`.
     OpenAi,
+    /// `/v1beta/interactions…`, `/v1/interactions…`: `{"error":{"code":"not_found","message"}}`.
+    Interactions,
 }
 
 /// A local error (no key, quota, circuit open, deadline, …) as the family's error response,
@@ -82,6 +107,19 @@ pub(crate) enum Family {
 pub(crate) fn error(family: Family, error: &Error) -> Response {
     match family {
         Family::Native => error.to_response::<String>().map(Body::from),
+        Family::Interactions => {
+            let status = error.status_code();
+            let message = error.to_string();
+            let mut response = error_body(
+                family,
+                status,
+                &message,
+                google_status(status),
+                ("api_error", ""),
+            );
+            retry_after(&mut response, error);
+            response
+        }
         Family::OpenAi => {
             let status = error.status_code();
             let kind = match status.as_u16() {
@@ -99,25 +137,39 @@ pub(crate) fn error(family: Family, error: &Error) -> Response {
                 },
             };
             let mut response = json(status, &body);
-            if let Some(after) = error.retry_after() {
-                let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-                response
-                    .headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from(secs));
-            }
+            retry_after(&mut response, error);
             response
         }
     }
 }
 
-/// A client error found by the gateway itself (no token, unknown route, body too large).
-pub(crate) fn client_error(family: Family, status: StatusCode, message: &str) -> Response {
-    let google_status = match status.as_u16() {
+/// `Retry-After` in whole seconds (rounded up), when the error knows one.
+fn retry_after(response: &mut Response, error: &Error) {
+    if let Some(after) = error.retry_after() {
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+}
+
+/// The canonical status name Google gives an HTTP status.
+fn google_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 413 => "INVALID_ARGUMENT",
         401 => "UNAUTHENTICATED",
         403 => "PERMISSION_DENIED",
         404 => "NOT_FOUND",
-        _ => "INVALID_ARGUMENT",
-    };
+        429 => "RESOURCE_EXHAUSTED",
+        500 => "INTERNAL",
+        504 => "DEADLINE_EXCEEDED",
+        _ => "UNAVAILABLE",
+    }
+}
+
+/// A client error found by the gateway itself (no token, unknown route, body too large).
+pub(crate) fn client_error(family: Family, status: StatusCode, message: &str) -> Response {
+    let google_status = google_status(status);
     let code = match status.as_u16() {
         401 => "invalid_api_key",
         404 => "not_found",

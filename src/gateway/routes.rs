@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use http::StatusCode;
 
 use super::reply::{self, Family};
-use super::{GatewayConfig, Shared, admin, auth, cors, dashboard, metrics, proxy};
+use super::{GatewayConfig, Shared, admin, auth, cors, dashboard, interactions, metrics, proxy};
 
 /// The gateway's router for `config`: every route, auth, CORS and per-client limits. Serve it
 /// with `axum::serve` (see [`serve`](super::serve), which also handles shutdown).
@@ -27,7 +27,17 @@ pub(super) fn routes(shared: &Arc<Shared>, config: &GatewayConfig) -> Router {
         .route("/v1/embeddings", post(proxy::embeddings))
         .route("/v1/models", get(proxy::models))
         .route("/v1/models/{*rest}", get(proxy::native).post(proxy::native))
-        .route("/v1beta/{*rest}", get(proxy::native).post(proxy::native));
+        .route("/v1/interactions", post(interactions::route))
+        .route(
+            "/v1/interactions/{*rest}",
+            get(interactions::route)
+                .post(interactions::route)
+                .delete(interactions::route),
+        )
+        .route(
+            "/v1beta/{*rest}",
+            get(proxy::native).post(proxy::native).delete(proxy::native),
+        );
     // Per-client limits are metered in `proxy::forward`, once the body is in memory (its
     // tokens count against `tpm`), after authentication: a request without a valid token is
     // refused before it is metered against any client's limit.
@@ -62,7 +72,10 @@ async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next:
         return next.run(request).await;
     }
     let path = request.uri().path();
-    let family = if path.starts_with("/v1/") && !path.starts_with("/v1/models/") {
+    let family = if path.starts_with("/v1/interactions") || path.starts_with("/v1beta/interactions")
+    {
+        Family::Interactions
+    } else if path.starts_with("/v1/") && !path.starts_with("/v1/models/") {
         Family::OpenAi
     } else {
         Family::Native

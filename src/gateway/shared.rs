@@ -184,7 +184,7 @@ impl Shared {
                 .tokens
                 .iter()
                 .map(|token| {
-                    let name = format!("client-{}", token.scope_id());
+                    let name = token.scope_id();
                     ClientScope(
                         http::HeaderValue::from_str(&name)
                             .unwrap_or_else(|_| http::HeaderValue::from_static("client")),

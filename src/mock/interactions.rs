@@ -66,7 +66,7 @@ pub(super) fn route(
 ) -> Outcome {
     let (project, name, settings) = match authenticate(state, key, false) {
         Ok(found) => found,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let key = key.unwrap_or_default();
     let at = Some(name.as_str());

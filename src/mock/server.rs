@@ -82,21 +82,33 @@ pub(super) fn authenticate(
     state: &MockState,
     key: Option<&str>,
     openai: bool,
-) -> Result<(usize, String, super::MockProject), Outcome> {
+) -> Result<(usize, String, super::MockProject), Box<Outcome>> {
     let Some(key) = key else {
-        return Err(error(
+        return Err(Box::new(error(
             403,
             bodies::unregistered_caller(),
             openai,
             None,
             None,
-        ));
+        )));
     };
     let Some(&(project_index, leaked)) = state.keys.get(key) else {
-        return Err(error(400, bodies::invalid_key(), openai, None, Some(key)));
+        return Err(Box::new(error(
+            400,
+            bodies::invalid_key(),
+            openai,
+            None,
+            Some(key),
+        )));
     };
     if leaked {
-        return Err(error(403, bodies::leaked_key(), openai, None, Some(key)));
+        return Err(Box::new(error(
+            403,
+            bodies::leaked_key(),
+            openai,
+            None,
+            Some(key),
+        )));
     }
     let projects = state.projects.lock().unwrap_or_else(|e| e.into_inner());
     let (name, project) = projects[project_index].clone();
@@ -215,7 +227,7 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
 
     let (project_index, name, project) = match authenticate(state, key, openai) {
         Ok(found) => found,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let key = key.unwrap_or_default();
     let project_name = Some(name.as_str());

@@ -8,14 +8,13 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::redis::Redis;
+use common::replica::replica;
 use common::{client, generate_body};
 use http::{Request, StatusCode};
 use http_body_util::Full;
@@ -29,53 +28,6 @@ const RPM: u32 = 30;
 /// callers rush in) is crossed: the moment a skewed or late ledger would let a 429 through.
 const RUN: Duration = Duration::from_secs(75);
 const CALLERS_PER_GATEWAY: usize = 8;
-
-/// A gateway process, killed when dropped.
-struct Replica {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn replica(config: &std::path::Path, redis: &str) -> Replica {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_gemini-gateway"))
-        .arg("serve")
-        .arg("--config")
-        .arg(config)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--redis-url", redis])
-        .env_remove("GEMINI_API_KEY")
-        .env_remove("GOOGLE_API_KEY")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("gemini-gateway starts");
-    let replica = Replica {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "gemini-gateway did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    replica
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_gateways_share_one_quota_and_google_sees_no_429() {

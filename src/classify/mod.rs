@@ -267,7 +267,10 @@ impl Classification {
             } else {
                 Class::RateLimited
             }
-        } else if code == 408 || status.is_server_error() {
+        } else if code == 408 || (status.is_server_error() && code != 501) {
+            // (501 Not Implemented is about what the request asks — the Interactions API
+            // answers it for a continuation after built-in tools: no key, retry or wait mends
+            // it, and a caller repeating it must not open a circuit for everyone.)
             Class::Upstream
         } else {
             Class::Caller

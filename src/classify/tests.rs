@@ -411,3 +411,23 @@ fn a_401_for_an_access_token_blames_no_key() {
     let body = r#"{"error":{"code":401,"message":"Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project.","status":"UNAUTHENTICATED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"ACCESS_TOKEN_TYPE_UNSUPPORTED"}]}}"#;
     assert_eq!(classify(401, body).class(), Class::Caller);
 }
+
+/// The Interactions API's own error shape (`code` a string, no `status`, no details): judged
+/// by the HTTP status, so a stored interaction another project does not know (404
+/// `not_found`) is the caller's, never a key's; its 429 is a bare rate limit; its 5xx the
+/// upstream's. A message naming a key problem changes nothing.
+#[test]
+fn the_interactions_error_shape_is_judged_by_its_status() {
+    let not_found = r#"{"error":{"code":"not_found","message":"Interaction v1_abc not found."}}"#;
+    assert_eq!(classify(404, not_found).class(), Class::Caller);
+    let denied = r#"{"error":{"code":"permission_denied","message":"API key not valid. Please pass a valid API key."}}"#;
+    assert_eq!(classify(403, denied).class(), Class::Caller);
+    let busy = r#"{"error":{"code":"resource_exhausted","message":"Too many requests."}}"#;
+    assert_eq!(classify(429, busy).class(), Class::RateLimited);
+    let broken = r#"{"error":{"code":"not_implemented","message":"previous_interaction_id after built-in tools"}}"#;
+    assert_eq!(classify(501, broken).class(), Class::Caller);
+    let late = r#"{"error":{"code":"gateway_timeout","message":"Deadline expired."}}"#;
+    assert_eq!(classify(504, late).class(), Class::Upstream);
+    let overloaded = r#"{"error":{"code":"unavailable","message":"The model is overloaded."}}"#;
+    assert_eq!(classify(503, overloaded).class(), Class::Upstream);
+}

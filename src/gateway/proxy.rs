@@ -347,9 +347,10 @@ fn admit(
     path: &str,
     rewrite: Option<Rewrite>,
 ) -> Result<(Bytes, Option<Model>), Box<Response>> {
-    // (An empty POST is a cancel's, or Google's to refuse.)
+    // (A cancel of an interaction is the one POST sent without a body.)
+    let bodiless = body.is_empty() && path.ends_with("/cancel");
     if parts.method == Method::POST
-        && !body.is_empty()
+        && !bodiless
         && let Err(problem) = strict_json::check(&body)
     {
         return Err(Box::new(reply::client_error(

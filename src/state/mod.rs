@@ -57,7 +57,7 @@ pub(crate) use health::{
 pub use limits::ModelLimits;
 pub use meter::{Demand, Dimension, MeterSnapshot, Usage};
 pub(crate) use meter::{History, MeterState, Meters, Refusal, Ticket};
-pub use pins::{MAX_PINS, MAX_RESOURCE_NAME, PinRecord};
+pub use pins::{MAX_PINS, MAX_PINS_PER_TENANT, MAX_RESOURCE_NAME, PinRecord};
 pub(crate) use pins::{Pins, SavedPin};
 pub(crate) use presets::Limits;
 pub use presets::Tier;

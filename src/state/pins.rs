@@ -4,7 +4,9 @@
 //!
 //! Bounded in entries ([`MAX_PINS`]) and in the length of what an entry holds: when full,
 //! what has expired goes first, then the entries that expire soonest (an eighth at a time, so
-//! a flood of creations costs one sort per eighth of the map, not one scan per insert).
+//! a flood of creations costs one selection per eighth of the map, not one scan per insert).
+//! One tenant holds at most [`MAX_PINS_PER_TENANT`]: past it, its own oldest go, so that a
+//! client creating resources as fast as its quota allows cannot push the others' out.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 /// The most resources the map remembers.
 pub const MAX_PINS: usize = 100_000;
+/// The most resources one tenant's records may hold.
+pub const MAX_PINS_PER_TENANT: usize = MAX_PINS / 8;
 /// The longest resource name kept (`interactions/…`, `files/…`); a longer one is not pinned.
 pub const MAX_RESOURCE_NAME: usize = 256;
 
@@ -41,7 +45,64 @@ pub(crate) struct SavedPin {
 /// it for every replica).
 #[derive(Debug, Default)]
 pub(crate) struct Pins {
-    map: Mutex<HashMap<Arc<str>, PinRecord>>,
+    map: Mutex<PinMap>,
+}
+
+/// The records, and how many each tenant holds.
+#[derive(Debug, Default)]
+struct PinMap {
+    by_name: HashMap<Arc<str>, PinRecord>,
+    per_tenant: HashMap<Arc<str>, usize>,
+}
+
+impl PinMap {
+    fn insert(&mut self, name: &str, record: PinRecord) {
+        if let Some(tenant) = &record.tenant {
+            *self.per_tenant.entry(tenant.clone()).or_insert(0) += 1;
+        }
+        if let Some(old) = self.by_name.insert(Arc::from(name), record) {
+            self.uncount(&old);
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(old) = self.by_name.remove(name) {
+            self.uncount(&old);
+        }
+    }
+
+    fn uncount(&mut self, record: &PinRecord) {
+        if let Some(tenant) = &record.tenant
+            && let Some(n) = self.per_tenant.get_mut(tenant)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.per_tenant.remove(tenant);
+            }
+        }
+    }
+
+    /// Keep only the records `keep` accepts (rare: the counts are made again).
+    fn retain(&mut self, keep: impl Fn(&PinRecord) -> bool) {
+        self.by_name.retain(|_, record| keep(record));
+        self.per_tenant.clear();
+        for tenant in self.by_name.values().filter_map(|r| r.tenant.clone()) {
+            *self.per_tenant.entry(tenant).or_insert(0) += 1;
+        }
+    }
+
+    /// Drop `tenant`'s record that expires soonest.
+    fn drop_oldest_of(&mut self, tenant: &str) {
+        let oldest = self
+            .by_name
+            .iter()
+            .filter(|(_, r)| r.tenant.as_deref() == Some(tenant))
+            .min_by_key(|(_, r)| r.expires_at)
+            .map(|(name, _)| name.clone());
+        if let Some(name) = oldest {
+            self.remove(&name);
+        }
+    }
 }
 
 impl Pins {
@@ -52,17 +113,24 @@ impl Pins {
             return false;
         }
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_PINS && !map.contains_key(name) {
-            make_room(&mut map, now);
+        if !map.by_name.contains_key(name) {
+            if let Some(tenant) = &record.tenant
+                && map.per_tenant.get(tenant).copied().unwrap_or(0) >= MAX_PINS_PER_TENANT
+            {
+                map.drop_oldest_of(tenant);
+            }
+            if map.by_name.len() >= MAX_PINS {
+                make_room(&mut map, now);
+            }
         }
-        map.insert(Arc::from(name), record);
+        map.insert(name, record);
         true
     }
 
     /// Where `name` lives, if known and not expired.
     pub(crate) fn get(&self, name: &str, now: u64) -> Option<PinRecord> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(name) {
+        match map.by_name.get(name) {
             Some(record) if record.expires_at > now => Some(record.clone()),
             Some(_) => {
                 map.remove(name);
@@ -84,7 +152,7 @@ impl Pins {
     pub(crate) fn count_by_tenant(&self, now: u64) -> HashMap<Option<Arc<str>>, usize> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let mut counts = HashMap::new();
-        for record in map.values().filter(|r| r.expires_at > now) {
+        for record in map.by_name.values().filter(|r| r.expires_at > now) {
             *counts.entry(record.tenant.clone()).or_insert(0) += 1;
         }
         counts
@@ -93,7 +161,8 @@ impl Pins {
     /// Every live record, for the state file.
     pub(crate) fn save(&self, now: u64) -> Vec<SavedPin> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.iter()
+        map.by_name
+            .iter()
             .filter(|(_, r)| r.expires_at > now)
             .map(|(name, record)| SavedPin {
                 name: name.to_string(),
@@ -112,20 +181,24 @@ impl Pins {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_name
+            .len()
     }
 }
 
 /// Drop what has expired; if that is not enough, the eighth of the map that expires soonest.
-fn make_room(map: &mut HashMap<Arc<str>, PinRecord>, now: u64) {
-    map.retain(|_, record| record.expires_at > now);
-    if map.len() < MAX_PINS {
+fn make_room(map: &mut PinMap, now: u64) {
+    map.retain(|record| record.expires_at > now);
+    if map.by_name.len() < MAX_PINS {
         return;
     }
-    let mut expiries: Vec<u64> = map.values().map(|r| r.expires_at).collect();
+    let mut expiries: Vec<u64> = map.by_name.values().map(|r| r.expires_at).collect();
     let cut = expiries.len() / 8;
     let (_, &mut threshold, _) = expiries.select_nth_unstable(cut);
-    map.retain(|_, record| record.expires_at > threshold);
+    map.retain(|record| record.expires_at > threshold);
 }
 
 #[cfg(test)]
@@ -172,6 +245,29 @@ mod tests {
         assert!(pins.get("interactions/0", 1).is_none());
         let last = format!("interactions/{}", MAX_PINS - 1);
         assert!(pins.get(&last, 1).is_some());
+    }
+
+    #[test]
+    fn one_tenant_cannot_push_out_the_others() {
+        let pins = Pins::default();
+        let owned = |tenant: &str, expires_at: u64| PinRecord {
+            tenant: Some(Arc::from(tenant)),
+            ..record("p", expires_at)
+        };
+        assert!(pins.learn("interactions/alice", owned("alice", 10), 0));
+        for i in 0..(MAX_PINS_PER_TENANT as u64 + 100) {
+            pins.learn(&format!("interactions/m{i}"), owned("mallory", 100 + i), 0);
+        }
+        let counts = pins.count_by_tenant(1);
+        assert_eq!(counts[&Some(Arc::from("mallory"))], MAX_PINS_PER_TENANT);
+        assert_eq!(counts[&Some(Arc::from("alice"))], 1);
+        // Mallory's oldest went; her newest stayed.
+        assert!(pins.get("interactions/m0", 1).is_none());
+        let newest = format!("interactions/m{}", MAX_PINS_PER_TENANT + 99);
+        assert!(pins.get(&newest, 1).is_some());
+        // Replacing a record does not count it twice.
+        pins.learn("interactions/alice", owned("alice", 20), 0);
+        assert_eq!(pins.count_by_tenant(1)[&Some(Arc::from("alice"))], 1);
     }
 
     #[test]

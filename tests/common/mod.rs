@@ -21,6 +21,8 @@ pub mod alloc;
 pub mod gateway;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "gateway")]
+pub mod replica;
 
 const FLASH: &str = "gemini-2.0-flash";
 

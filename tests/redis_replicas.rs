@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::redis::Redis;
-use common::replica::replica;
+use common::replica::{Replica, replica};
 use common::{client, generate_body};
 use http::{Request, StatusCode};
 use http_body_util::Full;

@@ -432,3 +432,70 @@ async fn pins_survive_a_restart() {
     assert_eq!(mock.stats().responses_with_status(404), 0);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The Interactions API's usage (`total_input_tokens`, `total_cached_tokens`,
+/// `total_output_tokens`), streamed or whole, is what quota and cost read: the ledger holds
+/// the real prompt tokens (the conversation so far, which the body never shows), and the
+/// cost is priced from the counts; a GET of a stored interaction shows usage but is not billed
+/// again.
+#[tokio::test]
+async fn interactions_usage_feeds_quota_and_cost() {
+    use tower::Layer;
+    use tower_gemini::cost::{CostLayer, CostReport};
+    let mock = mock().await;
+    let limits = ModelLimits {
+        tpm: Some(1_000_000),
+        ..Default::default()
+    };
+    let pool = pool(|b| b.model_limits(MODEL, limits));
+    let cost = CostLayer::new();
+    let gemini = cost.layer(stack(&pool).layer(common::client()));
+    let mut previous: Option<String> = None;
+    let mut reported = Vec::new();
+    for t in 0..3 {
+        let long = "a growing conversation ".repeat(40);
+        let body = turn(&format!("{long} {t}"), previous.as_deref(), t == 1);
+        let response = gemini.clone().oneshot(create(&mock, body)).await.unwrap();
+        let report = response.extensions().get::<CostReport>().cloned().unwrap();
+        let answer = text(response).await;
+        previous = Some(id_of(&answer));
+        reported.push(report.get().cloned().expect("priced once the body ended"));
+    }
+    let served = mock.stats().served(MODEL);
+    let billed_prompt: u64 = reported.iter().map(|c| c.prompt_tokens).sum();
+    let billed_output: u64 = reported.iter().map(|c| c.output_tokens).sum();
+    assert_eq!(billed_prompt, served.prompt_tokens, "{reported:?}");
+    assert_eq!(billed_output, served.output_tokens, "{reported:?}");
+    // Later turns carry the conversation: more prompt than their body shows.
+    assert!(
+        reported[2].prompt_tokens > reported[0].prompt_tokens * 2,
+        "{reported:?}"
+    );
+    assert!(reported.iter().all(|c| c.nano_usd > 0), "{reported:?}");
+    // The ledger of the project that served them holds the real prompt tokens.
+    let project = pool
+        .owner_of(&format!("interactions/{}", previous.clone().unwrap()))
+        .unwrap()
+        .project_name()
+        .to_owned();
+    let metered: u64 = pool
+        .quota_snapshot()
+        .iter()
+        .filter(|q| q.project == project && q.model == MODEL)
+        .filter_map(|q| q.usage.tpm.map(|u| u.used))
+        .sum();
+    assert_eq!(metered, served.prompt_tokens);
+    // A GET shows the usage of the call that made it, and is not billed.
+    let before = cost.spend().today_usd(&tower_gemini::cost::Scope::Pool);
+    let url = format!("{}/v1beta/interactions/{}", mock.url(), previous.unwrap());
+    let got = gemini
+        .clone()
+        .oneshot(request(Method::GET, url, None))
+        .await
+        .unwrap();
+    assert!(text(got).await.contains("total_input_tokens"));
+    assert_eq!(
+        cost.spend().today_usd(&tower_gemini::cost::Scope::Pool),
+        before
+    );
+}

@@ -18,6 +18,7 @@
 //! | who pays | [`Account`](crate::cost::Account) (request) | the gateway (the client token's fingerprint), the caller | cost |
 //! | what it cost | [`CostReport`](crate::cost::CostReport) (response) | cost | the caller |
 //! | the project that holds what it refers to | [`Owner`] (request) | the caller, or [`AffinityLayer`](crate::affinity::AffinityLayer) from what the pool learned | key rotation (only that project's keys; waits for it rather than rotate) |
+//! | the project whose implicit cache holds the request's prefix | [`Preferred`] (request) | [`AffinityLayer`](crate::affinity::AffinityLayer) with [`PrefixAffinity`](crate::affinity::PrefixAffinity), the caller | key rotation (that project first when it can serve now; else rotation as usual) |
 //! | which tenant asks | [`Tenant`] (request) | the gateway (the client token's scope), the caller | affinity (a resource is recorded with its tenant; another tenant is told it does not exist) |
 
 use std::fmt;
@@ -255,5 +256,24 @@ impl Tenant {
 
     pub(crate) fn shared(&self) -> Arc<str> {
         self.0.clone()
+    }
+}
+
+/// The project that would serve a request best — Google's implicit cache there holds the
+/// request's long prefix — as a request extension: key selection takes one of its keys when
+/// one can serve now, and otherwise rotates as usual (a preference never makes a request wait
+/// or fail; an [`Owner`] is a requirement, this is not).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Preferred(Arc<str>);
+
+impl Preferred {
+    /// Prefer `project` (as the pool's keys name it).
+    pub fn project(name: impl AsRef<str>) -> Self {
+        Preferred(Arc::from(name.as_ref()))
+    }
+
+    /// The project's name.
+    pub fn project_name(&self) -> &str {
+        &self.0
     }
 }

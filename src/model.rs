@@ -93,6 +93,18 @@ pub(crate) fn model_in_path(path: &str) -> Option<&str> {
     (!model.is_empty()).then_some(model)
 }
 
+/// The fewest prompt tokens Google's implicit cache keeps for `model` (its caching page: 2,048
+/// for the 2.5 models, 4,096 for 3 and later); `None` before 2.5, which have no implicit cache.
+pub(crate) fn implicit_cache_min(model: &str) -> Option<u64> {
+    if model.starts_with("gemini-2.5") {
+        Some(2048)
+    } else if model.starts_with("gemini-1") || model.starts_with("gemini-2.0") {
+        None
+    } else {
+        Some(4096)
+    }
+}
+
 /// How many times a request body was parsed for its model, in this process: each layer reads
 /// the [`Model`] extension instead once it is set (`tests/model_resolved_once.rs` counts).
 static BODY_PARSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

@@ -27,7 +27,13 @@
 //!   the pool has no record of, is [`ErrorKind::NotFound`](crate::ErrorKind::NotFound), with
 //!   nothing sent and no probe.
 //!
-//! Requests that are not Interactions calls pass straight through (one scan of the path).
+//! - **Prefixes** (opt-in, [`prefix_affinity`](AffinityLayer::prefix_affinity)): a request
+//!   that repeats the long prefix of a recent one (a system instruction and the first turns of a
+//!   growing chat) prefers the project that served it, where Google's implicit cache discounts
+//!   those tokens; it rotates as usual when that project cannot serve it now.
+//!
+//! Other requests pass straight through (one scan of the path; with prefix affinity, one scan
+//! of the body).
 //!
 //! ```
 //! use tower::ServiceBuilder;
@@ -49,6 +55,7 @@
 //! [`Tenant`]: crate::context::Tenant
 
 mod learn;
+mod prefix;
 mod probe;
 pub(crate) mod reference;
 mod service;
@@ -59,6 +66,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 pub use learn::LearnBody;
+pub use prefix::{DEFAULT_PREFIX_TTL, MAX_PREFIXES, PrefixAffinity};
 pub use service::{Affinity, ResponseFuture};
 
 use crate::pool::KeyPool;
@@ -80,6 +88,7 @@ pub(crate) struct Settings {
     pub(crate) pool: KeyPool,
     pub(crate) retention: Duration,
     pub(crate) probe: bool,
+    pub(crate) prefix: Option<Arc<PrefixAffinity>>,
 }
 
 impl AffinityLayer {
@@ -90,6 +99,7 @@ impl AffinityLayer {
                 pool: pool.clone(),
                 retention: DEFAULT_RETENTION,
                 probe: true,
+                prefix: None,
             }),
         }
     }
@@ -105,11 +115,22 @@ impl AffinityLayer {
         self.with(|s| s.probe = probe)
     }
 
+    /// Send requests that repeat a recent request's long prefix to the project that served
+    /// it, while it can take them: Google's implicit cache there discounts the repeated tokens
+    /// (see [`PrefixAffinity`]). Off by default in the library; the gateway turns it on.
+    /// One [`PrefixAffinity`] can serve several layers (an `Arc` of it): they share what was
+    /// seen.
+    pub fn prefix_affinity(self, prefix: impl Into<Arc<PrefixAffinity>>) -> Self {
+        let prefix = prefix.into();
+        self.with(|s| s.prefix = Some(prefix))
+    }
+
     fn with(self, change: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = Settings {
             pool: self.settings.pool.clone(),
             retention: self.settings.retention,
             probe: self.settings.probe,
+            prefix: self.settings.prefix.clone(),
         };
         change(&mut settings);
         AffinityLayer {

@@ -13,7 +13,7 @@ use tower_service::Service;
 use super::learn::{Learn, LearnBody};
 use super::reference::{self, Call};
 use super::{Settings, probe};
-use crate::context::{Owner, Tenant};
+use crate::context::{Owner, Preferred, Tenant};
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::model::Model;
 use crate::pool::SelectedKey;
@@ -56,9 +56,51 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     #[project = KindProj]
     enum Kind<F, ResB> {
-        Direct { #[pin] future: F },
+        Direct { #[pin] future: F, prefix: Option<PrefixSeen> },
         Pinned { future: BoxFuture<'static, Result<Response<LearnBody<ResB>>, Error>> },
     }
+}
+
+/// A request's prefix, to remember with the project that serves it.
+pub(crate) struct PrefixSeen {
+    key: u64,
+    settings: Arc<Settings>,
+}
+
+impl PrefixSeen {
+    /// Remember the project that served a successful answer.
+    fn served<B>(self, response: &Response<B>) {
+        if !response.status().is_success() {
+            return;
+        }
+        if let (Some(prefix), Some(key)) = (
+            &self.settings.prefix,
+            response.extensions().get::<SelectedKey>(),
+        ) {
+            let now = self.settings.pool.clock().now_millis();
+            prefix.learn(self.key, key.project(), now);
+        }
+    }
+}
+
+/// The key of a request's prefix (with prefix affinity on), and the [`Preferred`] project
+/// set on it if the prefix was seen recently.
+fn prefer<B: 'static>(settings: &Arc<Settings>, request: &mut Request<B>) -> Option<PrefixSeen> {
+    let prefix = settings.prefix.as_ref()?;
+    let model = crate::model::model_of(request)?.into_owned();
+    let body = crate::peek::body_bytes(request.body())?;
+    let key = prefix.key_of(&model, &body)?;
+    drop(body);
+    let now = settings.pool.clock().now_millis();
+    if request.extensions().get::<Preferred>().is_none()
+        && let Some(preferred) = prefix.preferred(key, now)
+    {
+        request.extensions_mut().insert(preferred);
+    }
+    Some(PrefixSeen {
+        key,
+        settings: settings.clone(),
+    })
 }
 
 impl<F, ResB, E> Future for ResponseFuture<F, ResB>
@@ -70,10 +112,13 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Direct { future } => future
-                .poll(cx)
-                .map_ok(|response| response.map(LearnBody::plain))
-                .map_err(Error::from_inner),
+            KindProj::Direct { future, prefix } => {
+                let response = std::task::ready!(future.poll(cx)).map_err(Error::from_inner)?;
+                if let Some(seen) = prefix.take() {
+                    seen.served(&response);
+                }
+                Poll::Ready(Ok(response.map(LearnBody::plain)))
+            }
             KindProj::Pinned { future } => future.as_mut().poll(cx),
         }
     }
@@ -96,11 +141,13 @@ where
         self.inner.poll_ready(cx).map_err(Error::from_inner)
     }
 
-    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
         if !reference::is_interactions_path(request.uri().path()) {
+            let prefix = prefer(&self.settings, &mut request);
             return ResponseFuture {
                 kind: Kind::Direct {
                     future: self.inner.call(request),
+                    prefix,
                 },
             };
         }
@@ -141,6 +188,12 @@ where
     {
         request.extensions_mut().insert(Model::new(model));
     }
+    let fresh = matches!(&call, Call::Create(create) if create.previous.is_none());
+    let prefix = if fresh {
+        prefer(&settings, &mut request)
+    } else {
+        None
+    };
     let tenant = request.extensions().get::<Tenant>().cloned();
     if let Some(name) = call.referred()
         && let Some(owner) =
@@ -149,6 +202,9 @@ where
         request.extensions_mut().insert(owner);
     }
     let response = inner.oneshot(request).await.map_err(Error::from_inner)?;
+    if let Some(seen) = prefix {
+        seen.served(&response);
+    }
     Ok(learn_from(&settings, &call, tenant, response))
 }
 

@@ -84,6 +84,7 @@ struct FileGateway {
     budget: Option<super::saving::FileBudget>,
     prices: Option<std::collections::BTreeMap<String, super::saving::FilePrice>>,
     quota_alert: Option<f64>,
+    prefix_affinity: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -148,6 +149,10 @@ pub struct GatewayConfig {
     pub redis_prefix: Option<String>,
     /// The response cache, model fallback, prices, budgets and quota alerts.
     pub saving: super::saving::Saving,
+    /// Requests repeating a recent request's long prefix prefer the project that served it,
+    /// where Google's implicit cache discounts those tokens (`GATEWAY_PREFIX_AFFINITY`,
+    /// `prefix_affinity`; default on). See [`PrefixAffinity`](crate::affinity::PrefixAffinity).
+    pub prefix_affinity: bool,
     /// The keys.
     pub pool: KeyPool,
 }
@@ -255,6 +260,7 @@ impl GatewayConfig {
             redis_when_unreachable: crate::state::WhenUnreachable::FallBack,
             redis_prefix: None,
             saving: super::saving::Saving::default(),
+            prefix_affinity: true,
             pool,
         }
     }
@@ -482,7 +488,20 @@ impl GatewayConfig {
             quota_alert: file.quota_alert,
         }
         .resolve()?;
+        let prefix_affinity = match env("GATEWAY_PREFIX_AFFINITY") {
+            Some(v) => match v.trim() {
+                "true" | "1" | "on" => true,
+                "false" | "0" | "off" => false,
+                _ => {
+                    return Err(Error::config(format!(
+                        "GATEWAY_PREFIX_AFFINITY={v:?}: expected true or false"
+                    )));
+                }
+            },
+            None => file.prefix_affinity.unwrap_or(true),
+        };
         Ok(GatewayConfig {
+            prefix_affinity,
             saving,
             redis_prefix: env("REDIS_PREFIX").or(file.redis_prefix),
             redis_url,
@@ -517,7 +536,7 @@ impl GatewayConfig {
         let keys: Vec<String> = self.pool.fingerprints().map(|f| f.to_string()).collect();
         let tokens: Vec<String> = self.tokens.iter().map(|t| t.fingerprint()).collect();
         format!(
-            "shared state: {}\nstate file: {}\nlisten {}\nupstream {}\ndefault model {}\nkeys ({}): {}\nclient tokens ({}): {}\nadmin token: {}\nallowed origins: {}\nmax wait for a key: {}s\nbody limit: {} bytes ({} MiB of bodies at once)\nconnections at once: {} ({} per address; answers unread for {} s close theirs)\n{}",
+            "shared state: {}\nstate file: {}\nlisten {}\nupstream {}\ndefault model {}\nkeys ({}): {}\nclient tokens ({}): {}\nadmin token: {}\nallowed origins: {}\nmax wait for a key: {}s\nbody limit: {} bytes ({} MiB of bodies at once)\nconnections at once: {} ({} per address; answers unread for {} s close theirs)\n{}\nprefix affinity (implicit cache): {}",
             self.redis_url.as_deref().map_or_else(
                 || "none (this process only)".to_owned(),
                 |url| format!("Redis at {}", crate::state::redact_url(url))
@@ -552,6 +571,7 @@ impl GatewayConfig {
             self.max_connections_per_address,
             self.write_timeout.as_secs(),
             self.saving.describe(),
+            if self.prefix_affinity { "on" } else { "off" },
         )
     }
 }

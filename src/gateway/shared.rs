@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::{GatewayConfig, Token, auth, metrics, saving};
+use crate::affinity::{AffinityLayer, PrefixAffinity};
 use crate::circuit_breaker::{BreakerHandle, CircuitBreakerLayer};
 use crate::pool::KeyPool;
 use crate::quota::{ClientKey, InboundQuotaLayer};
@@ -46,6 +47,8 @@ pub(crate) struct Shared {
     pub(crate) client_limits: Option<InboundQuotaLayer>,
     /// Each client token's cache scope, by the token's index.
     pub(crate) client_scopes: Vec<ClientScope>,
+    /// Prefix affinity's memory (if on), kept across key changes.
+    prefix: Option<Arc<PrefixAffinity>>,
 }
 
 /// The cache scope of the client that sent a request (an extension set by `authenticate`).
@@ -92,6 +95,7 @@ impl Shared {
         let gemini = compose(
             &pool,
             &self.breaker,
+            self.prefix.as_ref(),
             self.max_wait,
             &self.savings,
             self.http.clone(),
@@ -106,16 +110,23 @@ impl Shared {
     }
 }
 
-/// Cache → Cost → Fallback → Retry → CircuitBreaker → KeyRotation → Quota over `pool`.
+/// Cache → Cost → Affinity → Fallback → Retry → CircuitBreaker → KeyRotation → Quota over
+/// `pool`.
 fn compose(
     pool: &KeyPool,
     breaker: &CircuitBreakerLayer,
+    prefix: Option<&Arc<PrefixAffinity>>,
     max_wait: std::time::Duration,
     savings: &saving::Savings,
     http: client::HttpsClient<http_body_util::Full<bytes::Bytes>>,
 ) -> BoxGemini {
     use tower_layer::Layer;
+    let affinity = match prefix {
+        Some(prefix) => AffinityLayer::new(pool).prefix_affinity(prefix.clone()),
+        None => AffinityLayer::new(pool),
+    };
     let gemini = stack(pool)
+        .affinity(affinity)
         .circuit_breaker(breaker.clone())
         .wait_up_to(max_wait)
         .fallback(savings.fallback())
@@ -133,10 +144,14 @@ impl Shared {
         let breakers = breaker.handle();
         let http = client::https();
         let savings = saving::Savings::new(&config.saving);
+        let prefix = config
+            .prefix_affinity
+            .then(|| Arc::new(PrefixAffinity::new()));
         let first = Live {
             gemini: compose(
                 &config.pool,
                 &breaker,
+                prefix.as_ref(),
                 config.max_wait,
                 &savings,
                 http.clone(),
@@ -191,6 +206,7 @@ impl Shared {
                     )
                 })
                 .collect(),
+            prefix,
         })
     }
 }

@@ -11,7 +11,7 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::inject::KeyPlacement;
 use super::inject::{prepare, request_size};
-use crate::context::{Attempt, ErrorBodyLimits, NextModelWaits, Owner};
+use crate::context::{Attempt, ErrorBodyLimits, NextModelWaits, Owner, Preferred};
 use crate::error::{BoxError, Error};
 use crate::model::model_of;
 use crate::pool::{KeyLease, KeyPool};
@@ -105,6 +105,14 @@ where
         {
             // Willing to wait, and others already are: behind them, first come first served.
             return self.queue(request, slots, demand, give_up, pin);
+        }
+        // The project a preference names first, if it can serve now (never a wait for it).
+        if pin.is_none()
+            && let Some(preferred) = request.extensions().get::<Preferred>()
+            && let Ok(prefer) = self.pool.pin(&Owner::project(preferred.project_name()))
+            && let Ok(lease) = self.pool.select_in(&slots, demand, Some(&prefer))
+        {
+            return self.dispatch(request, lease);
         }
         let error = match self.pool.select_in(&slots, demand, pin.as_ref()) {
             Ok(lease) => return self.dispatch(request, lease),

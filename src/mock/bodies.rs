@@ -288,7 +288,8 @@ pub(super) fn thoughts_for(model: &str) -> u64 {
     }
 }
 
-pub(super) fn usage(model: &str, prompt: u64, candidates: u64) -> Value {
+/// `usageMetadata`: `cached` of the `prompt` tokens came from the project's implicit cache.
+pub(super) fn usage(model: &str, prompt: u64, cached: u64, candidates: u64) -> Value {
     let thoughts = thoughts_for(model);
     let mut usage = json!({
         "promptTokenCount": prompt,
@@ -296,17 +297,63 @@ pub(super) fn usage(model: &str, prompt: u64, candidates: u64) -> Value {
         "totalTokenCount": prompt + candidates + thoughts,
         "promptTokensDetails": [{ "modality": "TEXT", "tokenCount": prompt }]
     });
+    if cached > 0 {
+        usage["cachedContentTokenCount"] = cached.into();
+        usage["cacheTokensDetails"] = json!([{ "modality": "TEXT", "tokenCount": cached }]);
+    }
     if thoughts > 0 {
         usage["thoughtsTokenCount"] = thoughts.into();
     }
     usage
 }
 
-pub(super) fn generate_response(model: &str, text: &str, prompt: u64, response_id: &str) -> Value {
+/// The text of a prompt in the order the model reads it — system instruction, then each turn
+/// (or OpenAI message) — for the implicit cache's prefix match.
+pub(super) fn prompt_text(body: &Value) -> String {
+    fn walk(value: &Value, out: &mut String) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(text)) = map.get("text") {
+                    out.push_str(text);
+                }
+                if let Some(Value::String(text)) = map.get("content") {
+                    out.push_str(text);
+                }
+                for (name, inner) in map {
+                    if name != "text" && name != "content" || !inner.is_string() {
+                        walk(inner, out);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|item| walk(item, out)),
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    for field in [
+        "systemInstruction",
+        "system_instruction",
+        "contents",
+        "messages",
+    ] {
+        if let Some(value) = body.get(field) {
+            walk(value, &mut out);
+        }
+    }
+    out
+}
+
+pub(super) fn generate_response(
+    model: &str,
+    text: &str,
+    prompt: u64,
+    cached: u64,
+    response_id: &str,
+) -> Value {
     let out = tokens_for(text.chars().count());
     json!({
         "candidates": [candidate(text, true)],
-        "usageMetadata": usage(model, prompt, out),
+        "usageMetadata": usage(model, prompt, cached, out),
         "modelVersion": model,
         "responseId": response_id
     })
@@ -315,14 +362,14 @@ pub(super) fn generate_response(model: &str, text: &str, prompt: u64, response_i
 pub(super) fn stream_chunk(
     model: &str,
     piece: &str,
-    prompt: u64,
+    (prompt, cached): (u64, u64),
     so_far: u64,
     last: bool,
     response_id: &str,
 ) -> Value {
     json!({
         "candidates": [candidate(piece, last)],
-        "usageMetadata": usage(model, prompt, so_far),
+        "usageMetadata": usage(model, prompt, cached, so_far),
         "modelVersion": model,
         "responseId": response_id
     })

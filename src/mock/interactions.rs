@@ -208,7 +208,12 @@ fn create(
         input: ask.input.clone(),
         conversation_chars: history_chars + ask.input_chars + answer.chars().count(),
         input_tokens,
-        cached_tokens: if history_chars > 0 && cached >= state.implicit_cache_min {
+        cached_tokens: if history_chars > 0
+            && state
+                .implicit_cache_min
+                .or(crate::model::implicit_cache_min(&ask.model))
+                .is_some_and(|min| cached >= min)
+        {
             cached
         } else {
             0

@@ -16,7 +16,10 @@
 //! (create, get, delete, cancel), each interaction kept in its project: another project's key
 //! gets `404 not_found` in that API's shape, as Google answers.
 //!
-//! The mock counts one token per 4 characters of input text.
+//! The mock counts one token per 4 characters of input text. It emulates Google's implicit
+//! cache per project: a prompt that repeats a long prefix (above the model's minimum) of one
+//! the same project saw in the last 5 minutes reports that prefix as `cachedContentTokenCount`
+//! (an interaction's conversation so far, as `total_cached_tokens`).
 //!
 //! ```
 //! use tower_gemini::mock::MockGemini;
@@ -37,6 +40,7 @@
 //! ```
 
 mod bodies;
+mod implicit;
 mod interactions;
 mod quota;
 mod server;
@@ -311,8 +315,10 @@ impl MockGemini {
         self
     }
 
-    /// The fewest tokens of a conversation so far that the mock's implicit cache counts as
-    /// cached in the project that holds it (default 1,024, Gemini's minimum for Flash models).
+    /// The fewest tokens of a repeated prompt prefix (or of an interaction's conversation so
+    /// far) that the mock's implicit cache counts as cached in the project that saw it, for
+    /// every model (default Google's by model: 2,048 for the 2.5 models, 4,096 for 3 and
+    /// later, no implicit cache before 2.5).
     pub fn implicit_cache_min_tokens(mut self, tokens: u64) -> Self {
         self.implicit_cache_min = Some(tokens);
         self
@@ -349,7 +355,8 @@ impl MockGemini {
             background_delay_ms: self
                 .background_delay
                 .map_or(200, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            implicit_cache_min: self.implicit_cache_min.unwrap_or(1024),
+            implicit_cache_min: self.implicit_cache_min,
+            recent: implicit::Recent::default(),
         });
         let task = tokio::spawn(server::serve(listener, state.clone()));
         Ok(MockServer { addr, state, task })
@@ -372,7 +379,9 @@ pub(crate) struct MockState {
     /// Stored interactions by id, each in its project.
     interactions: Mutex<HashMap<String, interactions::Stored>>,
     background_delay_ms: u64,
-    implicit_cache_min: u64,
+    /// The implicit cache's minimum for every model (else Google's, by model).
+    implicit_cache_min: Option<u64>,
+    recent: implicit::Recent,
 }
 
 /// Counters for assertions.

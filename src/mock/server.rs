@@ -402,7 +402,9 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
         return Outcome::Answer(json_response(200, &answer, project_name, Some(key)));
     }
     if method == "generateContent" {
-        let answer = bodies::generate_response(&model, &text, prompt_tokens, &id);
+        let cached =
+            super::implicit::cached_tokens(state, project_index, &model, &json, prompt_tokens);
+        let answer = bodies::generate_response(&model, &text, prompt_tokens, cached, &id);
         let out = bodies::tokens_for(text.chars().count()) + bodies::thoughts_for(&model);
         state.stats.record_served(&model, prompt_tokens, out);
         return Outcome::Answer(json_response(200, &answer, project_name, Some(key)));
@@ -411,11 +413,12 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
         .uri
         .query()
         .is_some_and(|q| q.split('&').any(|p| p == "alt=sse"));
+    let cached = super::implicit::cached_tokens(state, project_index, &model, &json, prompt_tokens);
     Outcome::Answer(stream_response(
         state,
         &model,
         &text,
-        prompt_tokens,
+        (prompt_tokens, cached),
         &id,
         sse,
         mid_stream,
@@ -429,7 +432,7 @@ fn stream_response(
     state: &MockState,
     model: &str,
     text: &str,
-    prompt: u64,
+    (prompt, cached): (u64, u64),
     id: &str,
     sse: bool,
     mid_stream: bool,
@@ -446,7 +449,12 @@ fn stream_response(
         so_far += bodies::tokens_for(piece.chars().count());
         let last = (i + 1) * per >= words.len();
         chunks.push(bodies::stream_chunk(
-            model, &piece, prompt, so_far, last, id,
+            model,
+            &piece,
+            (prompt, cached),
+            so_far,
+            last,
+            id,
         ));
     }
     let mut frames: Vec<io::Result<Bytes>> = Vec::new();

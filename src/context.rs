@@ -19,6 +19,7 @@
 //! | what it cost | [`CostReport`](crate::cost::CostReport) (response) | cost | the caller |
 //! | the project that holds what it refers to | [`Owner`] (request) | the caller, or [`AffinityLayer`](crate::affinity::AffinityLayer) from what the pool learned | key rotation (only that project's keys; waits for it rather than rotate) |
 //! | the project whose implicit cache holds the request's prefix | [`Preferred`] (request) | [`AffinityLayer`](crate::affinity::AffinityLayer) with [`PrefixAffinity`](crate::affinity::PrefixAffinity), the caller | key rotation (that project first when it can serve now; else rotation as usual) |
+//! | the stored conversation a request continues, in tokens | [`StoredContext`] (request) | [`AffinityLayer`](crate::affinity::AffinityLayer) (from the last answer's usage) | key rotation and quota (the request's size), cost (its estimate) |
 //! | which tenant asks | [`Tenant`] (request) | the gateway (the client token's scope), the caller | affinity (a resource is recorded with its tenant; another tenant is told it does not exist) |
 
 use std::fmt;
@@ -277,3 +278,11 @@ impl Preferred {
         &self.0
     }
 }
+
+/// How many tokens of stored conversation a request continues (an interaction created with
+/// `previous_interaction_id`): Google reads them as prompt, though the body does not carry
+/// them. Set by [`AffinityLayer`](crate::affinity::AffinityLayer) from the usage of the
+/// conversation's last answer; quota admission and cost estimates add it to what the body
+/// shows, so that a long conversation is not admitted as a short request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredContext(pub u64);

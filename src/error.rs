@@ -58,6 +58,9 @@ pub enum ErrorKind {
     /// that this tenant did. Answered as 404, as Google answers an unknown resource; nothing
     /// was sent upstream.
     NotFound,
+    /// The request cannot be read as the API's, so what it refers to is not known: refused
+    /// for a [`Tenant`](crate::context::Tenant) (answered as 400), with nothing sent.
+    BadRequest,
 }
 
 impl ErrorKind {
@@ -78,6 +81,7 @@ impl ErrorKind {
             ErrorKind::BudgetSpent => "budget_spent",
             ErrorKind::Upstream => "upstream",
             ErrorKind::NotFound => "not_found",
+            ErrorKind::BadRequest => "bad_request",
         }
     }
 }
@@ -245,6 +249,7 @@ impl Error {
             }
             ErrorKind::BodyTooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::NotFound => http::StatusCode::NOT_FOUND,
+            ErrorKind::BadRequest => http::StatusCode::BAD_REQUEST,
             ErrorKind::Config => http::StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::AllKeysDisabled

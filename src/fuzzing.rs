@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 /// The usage scanner over `chunks` as they would arrive: the last prompt token count found.
 pub fn prompt_tokens(chunks: &[&[u8]]) -> Option<u64> {
-    let mut scanner = crate::quota::PromptTokens::default();
+    let mut scanner = crate::scan::PromptTokens::default();
     let mut found = None;
     for chunk in chunks {
         if let Some(n) = scanner.scan(chunk) {
@@ -17,7 +17,7 @@ pub fn prompt_tokens(chunks: &[&[u8]]) -> Option<u64> {
 
 /// The cost layer's scanner over `chunks`: the last prompt, output, thoughts and cached counts.
 pub fn usage_counts(chunks: &[&[u8]]) -> [Option<u64>; 4] {
-    let mut scanner = crate::quota::LastCounts::<4>::default();
+    let mut scanner = crate::scan::LastCounts::<4>::default();
     let mut found = [None; 4];
     for chunk in chunks {
         for (slot, count) in found

@@ -93,6 +93,7 @@ mod random;
 mod read_mostly;
 mod response;
 pub mod retry;
+mod scan;
 mod stack;
 pub mod state;
 mod telemetry;

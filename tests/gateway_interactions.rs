@@ -266,6 +266,15 @@ async fn what_the_gateway_does_not_serve_is_refused_clearly() {
             "cached_content",
         ),
         (json!({ "input": "x" }), "\"model\" is required"),
+        // One spelling per field: a camelCase twin would slip past the checks above.
+        (
+            json!({ "model": MODEL, "input": "x", "previousInteractionId": "v1_abc" }),
+            "previous_interaction_id",
+        ),
+        (
+            json!({ "model": MODEL, "input": "x", "webhookConfig": {} }),
+            "snake_case",
+        ),
     ];
     for (body, says) in refused {
         let answer = send(

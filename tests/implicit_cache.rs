@@ -155,7 +155,7 @@ async fn a_preferred_project_without_room_is_passed_over_not_waited_for() {
     // Quota time ×60: a minute passes in a second.
     let pool = pool(|mut b| {
         for p in 0..PROJECTS {
-            b = b.project_model_limits(&format!("proj-{p}"), MODEL, limits);
+            b = b.project_model_limits(format!("proj-{p}"), MODEL, limits);
         }
         b.clock(ScaledClock::new(60))
     });

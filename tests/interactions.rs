@@ -499,3 +499,93 @@ async fn interactions_usage_feeds_quota_and_cost() {
         before
     );
 }
+
+/// A tenant's create whose reference cannot be read (a `store` sent as a string, the id under
+/// both spellings, an implausible id) is refused with nothing sent: it cannot be shown to
+/// continue the tenant's own conversation. The other spelling alone is read and pinned.
+#[tokio::test]
+async fn a_tenants_unclear_reference_is_refused_and_the_other_spelling_is_read() {
+    let mock = mock().await;
+    let pool = pool(|b| b);
+    let gemini = gemini(&pool, None);
+    let made = gemini
+        .clone()
+        .oneshot(as_tenant(create(&mock, turn("mine", None, false)), "alice"))
+        .await
+        .unwrap();
+    let home = served_by(&made);
+    let id = id_of(&text(made).await);
+    let sent = mock.stats().total_requests();
+    let unclear = [
+        json!({ "model": MODEL, "input": "x", "previous_interaction_id": id, "store": "false" }),
+        json!({ "model": MODEL, "input": "x", "previous_interaction_id": "v1_other", "previousInteractionId": id }),
+        json!({ "model": MODEL, "input": "x", "previous_interaction_id": "../files/abc" }),
+    ];
+    for body in unclear {
+        let error = gemini
+            .clone()
+            .oneshot(as_tenant(create(&mock, body.clone()), "mallory"))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::BadRequest, "{body}: {error}");
+    }
+    assert_eq!(mock.stats().total_requests(), sent);
+    // Mallory's camelCase reference to Alice's interaction is read, and refused as hers.
+    let camel = json!({ "model": MODEL, "input": "x", "previousInteractionId": id });
+    let error = gemini
+        .clone()
+        .oneshot(as_tenant(create(&mock, camel.clone()), "mallory"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::NotFound);
+    // Alice's goes home.
+    let next = gemini
+        .clone()
+        .oneshot(as_tenant(create(&mock, camel), "alice"))
+        .await
+        .unwrap();
+    assert_eq!(served_by(&next), home);
+}
+
+/// A continuation sends the conversation so far as prompt, which its body does not show: the
+/// pool counts it (learned from the last answer's usage) against the project's tokens per
+/// minute, and refuses locally the turn Google would refuse with a 429.
+#[tokio::test]
+async fn a_continuation_counts_its_stored_conversation_against_the_quota() {
+    let limits = ModelLimits {
+        tpm: Some(500),
+        ..Default::default()
+    };
+    let mock = MockGemini::builder()
+        .project("proj-a", |p| p.key(KEYS[0].1).limits(MODEL, limits))
+        .start()
+        .await
+        .unwrap();
+    let pool = KeyPool::builder()
+        .key_with(KeySpec::new(KEYS[0].1).project("proj-a"))
+        .model_limits(MODEL, limits)
+        .build()
+        .unwrap();
+    let gemini = gemini(&pool, None);
+    let input = "x".repeat(400); // 100 tokens
+    let mut previous: Option<String> = None;
+    let mut refused = None;
+    for t in 0..4 {
+        let body = turn(&input, previous.as_deref(), false);
+        match gemini.clone().oneshot(create(&mock, body)).await {
+            Ok(response) => {
+                assert_eq!(response.status(), StatusCode::OK, "turn {t}");
+                previous = Some(id_of(&text(response).await));
+            }
+            Err(error) => {
+                refused = Some((t, error));
+                break;
+            }
+        }
+    }
+    let (turn_refused, error) = refused.expect("the conversation outgrows the minute's tokens");
+    assert_eq!(error.kind(), ErrorKind::QuotaExhausted, "{error}");
+    // Turns 1 and 2 fit (100 + 225 tokens); the third would bring 350 more.
+    assert_eq!(turn_refused, 2, "{error}");
+    assert_eq!(mock.stats().responses_with_status(429), 0);
+}

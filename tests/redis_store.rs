@@ -472,3 +472,59 @@ async fn a_hanging_redis_costs_the_cache_one_timeout_not_one_per_miss() {
     // And when it answers again, it is used again.
     eventually("Redis back", async || shared.is_connected()).await;
 }
+
+/// Pins through Redis: what one process records, another reads; a live record of one tenant
+/// is not taken over by a record naming another (an upstream that reused an id); a delete
+/// forgets it for all.
+#[tokio::test]
+async fn pins_are_shared_and_stay_their_tenants() {
+    use std::sync::Arc;
+    use tower_gemini::state::{PinRecord, Store};
+
+    let Some(redis) = Redis::any("pins_are_shared_and_stay_their_tenants") else {
+        return;
+    };
+    let prefix = Redis::prefix("pins");
+    let one = store(&redis, &prefix, RedisOptions::default()).await;
+    let other = store(&redis, &prefix, RedisOptions::default()).await;
+    let now = 1_000;
+    let alice = PinRecord {
+        project: Arc::from("proj-a"),
+        expires_at: now + 60_000,
+        tenant: Some(Arc::from("client-alice")),
+        tokens: 40,
+    };
+    one.pin("interactions/v1_x", &alice, now).unwrap().await;
+    assert_eq!(
+        other.pinned("interactions/v1_x").unwrap().await,
+        Some(alice.clone())
+    );
+    let mallory = PinRecord {
+        project: Arc::from("proj-b"),
+        tenant: Some(Arc::from("client-mallory")),
+        ..alice.clone()
+    };
+    other.pin("interactions/v1_x", &mallory, now).unwrap().await;
+    assert_eq!(
+        one.pinned("interactions/v1_x").unwrap().await,
+        Some(alice.clone())
+    );
+    // Alice's own update (the conversation grew) is taken.
+    let grown = PinRecord {
+        tokens: 90,
+        ..alice
+    };
+    one.pin("interactions/v1_x", &grown, now).unwrap().await;
+    assert_eq!(
+        other.pinned("interactions/v1_x").unwrap().await,
+        Some(grown)
+    );
+    other.unpin("interactions/v1_x");
+    for _ in 0..100 {
+        if one.pinned("interactions/v1_x").unwrap().await.is_none() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the delete did not reach the other process");
+}

@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::pool::KeyPool;
+use crate::scan::LastCounts;
 use crate::state::PinRecord;
 
 /// How far into an answer the id is looked for; past it, the answer is not learned from.
@@ -34,10 +35,19 @@ pub(crate) struct Learn {
     pub(crate) record: PinRecord,
     scanner: Scanner,
     scanned: usize,
+    /// The interaction's name, once its id was found.
+    name: Option<String>,
+    /// The usage read so far (`total_input_tokens`, `total_output_tokens`): the conversation's
+    /// size, taught when the answer ends.
+    usage: LastCounts<2>,
+    counts: [Option<u64>; 2],
     /// A chunk held back until the shared store has the pin (the write runs as a task, so
     /// that the body stays `Sync`).
     held: Option<(Frame<Bytes>, tokio::task::JoinHandle<()>)>,
 }
+
+/// The usage fields whose sum is a conversation's size after an answer.
+const USAGE: [&[&[u8]]; 2] = [&[b"\"total_input_tokens\""], &[b"\"total_output_tokens\""]];
 
 impl Learn {
     pub(crate) fn new(pool: KeyPool, record: PinRecord, sse: bool) -> Self {
@@ -45,12 +55,55 @@ impl Learn {
             pool,
             record,
             scanner: if sse {
-                Scanner::Sse(Vec::new())
+                Scanner::Sse(SseFrames::default())
             } else {
                 Scanner::Json(TopLevelId::default())
             },
             scanned: 0,
+            name: None,
+            usage: LastCounts::default(),
+            counts: [None; 2],
             held: None,
+        }
+    }
+
+    /// Read a chunk: its usage, and the id if not found yet (then the write of the pin to
+    /// wait for, if the store has one). `false`: nothing more to learn from this answer.
+    fn read(&mut self, chunk: &[u8]) -> (bool, Option<crate::state::StoreFuture<()>>) {
+        self.scanned += chunk.len();
+        for (slot, found) in self.counts.iter_mut().zip(self.usage.scan(chunk, &USAGE)) {
+            if found.is_some() {
+                *slot = found;
+            }
+        }
+        if self.name.is_some() {
+            return (self.scanned <= MAX_SCAN, None);
+        }
+        let Some(id) = self.scanner.scan(chunk) else {
+            let more = self.scanned <= MAX_SCAN && !self.scanner.gave_up();
+            return (more, None);
+        };
+        let name = super::reference::resource(&id);
+        let write = self.pool.learn_pin(&name, self.record.clone());
+        self.name = Some(name);
+        (true, write)
+    }
+}
+
+impl Drop for Learn {
+    /// The answer ended (or was dropped): the conversation's size, for its next turn.
+    fn drop(&mut self) {
+        let (Some(name), [Some(input), Some(output)]) = (&self.name, self.counts) else {
+            return;
+        };
+        let record = PinRecord {
+            tokens: input.saturating_add(output),
+            ..self.record.clone()
+        };
+        if let Some(write) = self.pool.learn_pin(name, record)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(write);
         }
     }
 }
@@ -97,7 +150,6 @@ where
             // A write that failed or panicked still lets the answer through.
             let _ = ready!(Pin::new(write).poll(cx));
             let (frame, _) = learn.held.take().expect("held above");
-            *this.learn = None;
             return Poll::Ready(Some(Ok(frame)));
         }
         let frame = ready!(this.inner.poll_frame(cx));
@@ -105,22 +157,18 @@ where
             return Poll::Ready(frame);
         };
         let Some(Ok(frame)) = frame else {
+            // The end (or an error): what was learned is taught as `Learn` drops.
             *this.learn = None;
             return Poll::Ready(frame);
         };
         let Some(chunk) = frame.data_ref() else {
             return Poll::Ready(Some(Ok(frame)));
         };
-        learn.scanned += chunk.len();
-        let found = learn.scanner.scan(chunk);
-        let Some(id) = found else {
-            if learn.scanned > MAX_SCAN || learn.scanner.gave_up() {
-                *this.learn = None;
-            }
+        let (more, write) = learn.read(chunk);
+        if !more {
+            *this.learn = None;
             return Poll::Ready(Some(Ok(frame)));
-        };
-        let Learn { pool, record, .. } = &**learn;
-        let write = pool.learn_pin(&super::reference::resource(&id), record.clone());
+        }
         match write.zip(tokio::runtime::Handle::try_current().ok()) {
             Some((write, runtime)) => {
                 learn.held = Some((frame, runtime.spawn(write)));
@@ -128,10 +176,7 @@ where
                 cx.waker().wake_by_ref();
                 Poll::Pending
             }
-            None => {
-                *this.learn = None;
-                Poll::Ready(Some(Ok(frame)))
-            }
+            None => Poll::Ready(Some(Ok(frame))),
         }
     }
 
@@ -148,23 +193,15 @@ where
 enum Scanner {
     /// A JSON answer: its top-level `id`.
     Json(TopLevelId),
-    /// An SSE answer: the first frame's `interaction.id` (`interaction.created`), what has
-    /// arrived of it so far.
-    Sse(Vec<u8>),
+    /// An SSE answer: the `interaction.id` of its first frame with data (`interaction.created`).
+    Sse(SseFrames),
 }
 
 impl Scanner {
     fn scan(&mut self, chunk: &[u8]) -> Option<String> {
         match self {
             Scanner::Json(top) => chunk.iter().find_map(|&b| top.step(b)),
-            Scanner::Sse(frame) => {
-                frame.extend_from_slice(chunk);
-                let id = first_frame_id(frame);
-                if id.is_some() {
-                    frame.clear();
-                }
-                id
-            }
+            Scanner::Sse(frames) => frames.scan(chunk),
         }
     }
 
@@ -172,24 +209,58 @@ impl Scanner {
     fn gave_up(&self) -> bool {
         match self {
             Scanner::Json(top) => top.done,
-            // The first frame came whole without an id, or is too long to be one.
-            Scanner::Sse(frame) => frame.len() > MAX_FRAME || frame_complete(frame),
+            Scanner::Sse(frames) => frames.done,
         }
     }
 }
 
-/// Has the first SSE frame (up to its blank line) arrived whole?
-fn frame_complete(text: &[u8]) -> bool {
-    text.windows(2).any(|w| w == b"\n\n") || text.windows(4).any(|w| w == b"\r\n\r\n")
+/// The frames of an SSE stream up to the first with a `data:` line (comments and keep-alive
+/// frames before it are skipped), each searched for its end once.
+#[derive(Default)]
+struct SseFrames {
+    frame: Vec<u8>,
+    /// How much of `frame` was searched for a blank line already.
+    searched: usize,
+    done: bool,
 }
 
-/// The `interaction.id` (or top-level `id`) of the first SSE frame's `data:` line, once that
-/// line has arrived whole.
-fn first_frame_id(text: &[u8]) -> Option<String> {
-    const DATA: &[u8] = b"data:";
-    let start = text.windows(DATA.len()).position(|w| w == DATA)? + DATA.len();
-    let end = start + text[start..].iter().position(|&b| b == b'\n')?;
-    let json: serde_json::Value = serde_json::from_slice(&text[start..end]).ok()?;
+impl SseFrames {
+    fn scan(&mut self, chunk: &[u8]) -> Option<String> {
+        self.frame.extend_from_slice(chunk);
+        loop {
+            // A blank line ends a frame (`\n\n`, or `\r\n\r\n` whose last two bytes are `\r\n`).
+            let from = self.searched.saturating_sub(3);
+            let end = self.frame[from..]
+                .windows(2)
+                .position(|w| w == b"\n\n" || w == b"\n\r")
+                .map(|at| from + at + 2);
+            let Some(end) = end else {
+                self.searched = self.frame.len();
+                self.done = self.frame.len() > MAX_FRAME;
+                return None;
+            };
+            let frame: Vec<u8> = self.frame.drain(..end).collect();
+            self.searched = 0;
+            if let Some(data) = data_line(&frame) {
+                // The first frame with data names the interaction, or nothing will.
+                self.done = true;
+                self.frame.clear();
+                return first_frame_id(data);
+            }
+        }
+    }
+}
+
+/// The `data:` line of an SSE frame, if it has one.
+fn data_line(frame: &[u8]) -> Option<&[u8]> {
+    frame
+        .split(|&b| b == b'\n')
+        .find_map(|line| line.strip_prefix(b"data:"))
+}
+
+/// The `interaction.id` (or top-level `id`) of an SSE frame's data.
+fn first_frame_id(data: &[u8]) -> Option<String> {
+    let json: serde_json::Value = serde_json::from_slice(data).ok()?;
     let id = json
         .get("interaction")
         .and_then(|i| i.get("id"))
@@ -312,9 +383,9 @@ mod tests {
 
     #[test]
     fn the_first_sse_frame_names_the_interaction() {
-        let stream = b"event: interaction.created\ndata: {\"interaction\":{\"id\":\"v1_s\",\"status\":\"in_progress\"},\"event_type\":\"interaction.created\"}\n\nevent: step.start\n";
+        let stream = b": keep-alive\r\n\r\nevent: interaction.created\r\ndata: {\"interaction\":{\"id\":\"v1_s\",\"status\":\"in_progress\"},\"event_type\":\"interaction.created\"}\r\n\r\nevent: step.start\n";
         for cut in 0..stream.len() {
-            let mut scanner = Scanner::Sse(Vec::new());
+            let mut scanner = Scanner::Sse(SseFrames::default());
             let (a, b) = stream.split_at(cut);
             let found = scanner.scan(a).or_else(|| scanner.scan(b));
             assert_eq!(found.as_deref(), Some("v1_s"), "cut at {cut}");

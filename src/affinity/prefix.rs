@@ -6,7 +6,8 @@
 //! A request's prefix is what the model reads first, in its order: the system instruction,
 //! the tools, then the turns (`contents`, OpenAI `messages`, an interaction's `input`), as the
 //! body sends them. Its first [`min_tokens`](PrefixAffinity::min_tokens) tokens' worth of
-//! bytes (4 bytes a token) are hashed with the model; a request shorter than that has no
+//! bytes (4 bytes a token) are hashed with the model and the request's
+//! [`Tenant`](crate::context::Tenant), if any; a request shorter than that has no
 //! prefix (Google caches nothing that small). After a success the prefix is remembered with
 //! the project that served it for [`ttl`](PrefixAffinity::ttl); a later request with the same
 //! prefix carries [`Preferred`] for that project: key selection takes it when it can serve now,
@@ -81,13 +82,17 @@ impl PrefixAffinity {
             .or_else(|| crate::model::implicit_cache_min(model))
     }
 
-    /// The key of a request's prefix for `model`, if it is long enough to be cached.
-    pub(crate) fn key_of(&self, model: &str, body: &[u8]) -> Option<u64> {
+    /// The key of a request's prefix for `model` (and `tenant`: one tenant's prefixes never
+    /// steer another's requests, which would tell it, by the cached tokens its answers
+    /// report, what others sent), if it is long enough to be cached.
+    pub(crate) fn key_of(&self, model: &str, tenant: Option<&str>, body: &[u8]) -> Option<u64> {
         let min = usize::try_from(self.min_for(model)?).ok()?;
         let want = min.saturating_mul(BYTES_PER_TOKEN);
         let prompt: Prompt<'_> = serde_json::from_slice(body).ok()?;
         let mut hasher = self.hasher.build_hasher();
         hasher.write(model.as_bytes());
+        hasher.write_u8(0);
+        hasher.write(tenant.unwrap_or_default().as_bytes());
         hasher.write_u8(0);
         let mut taken = 0;
         for part in prompt.parts() {
@@ -190,24 +195,27 @@ mod tests {
         let affinity = PrefixAffinity::new().min_tokens(100);
         let long = "a long document ".repeat(40);
         let first = affinity
-            .key_of("gemini-2.5-flash", &body(&long, &["q1"]))
+            .key_of("gemini-2.5-flash", None, &body(&long, &["q1"]))
             .unwrap();
         let later = affinity
-            .key_of("gemini-2.5-flash", &body(&long, &["q1", "a1", "q2"]))
+            .key_of("gemini-2.5-flash", None, &body(&long, &["q1", "a1", "q2"]))
             .unwrap();
         assert_eq!(first, later);
+        // Another tenant's same prefix is another key.
+        let theirs = affinity.key_of("gemini-2.5-flash", Some("client-b"), &body(&long, &["q1"]));
+        assert_ne!(Some(first), theirs);
         // Another model, another document: another prefix.
         assert_ne!(
             first,
             affinity
-                .key_of("gemini-3-flash", &body(&long, &["q1"]))
+                .key_of("gemini-3-flash", None, &body(&long, &["q1"]))
                 .unwrap()
         );
         let other = "another document ".repeat(40);
         assert_ne!(
             first,
             affinity
-                .key_of("gemini-2.5-flash", &body(&other, &["q1"]))
+                .key_of("gemini-2.5-flash", None, &body(&other, &["q1"]))
                 .unwrap()
         );
     }
@@ -217,21 +225,25 @@ mod tests {
         let affinity = PrefixAffinity::new();
         assert!(
             affinity
-                .key_of("gemini-2.5-flash", &body("short", &["q"]))
+                .key_of("gemini-2.5-flash", None, &body("short", &["q"]))
                 .is_none()
         );
         let long = "x".repeat(50_000);
         assert!(
             affinity
-                .key_of("gemini-2.0-flash", &body(&long, &["q"]))
+                .key_of("gemini-2.0-flash", None, &body(&long, &["q"]))
                 .is_none()
         );
         assert!(
             affinity
-                .key_of("gemini-2.5-flash", &body(&long, &["q"]))
+                .key_of("gemini-2.5-flash", None, &body(&long, &["q"]))
                 .is_some()
         );
-        assert!(affinity.key_of("gemini-2.5-flash", b"not json").is_none());
+        assert!(
+            affinity
+                .key_of("gemini-2.5-flash", None, b"not json")
+                .is_none()
+        );
     }
 
     #[test]

@@ -59,6 +59,7 @@ where
             expires_at: now
                 .saturating_add(u64::try_from(settings.retention.as_millis()).unwrap_or(u64::MAX)),
             tenant: None,
+            tokens: 0,
         };
         if let Some(write) = settings.pool.learn_pin(name, record) {
             write.await;

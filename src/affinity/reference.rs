@@ -31,14 +31,34 @@ pub(crate) struct Create {
     pub(crate) store: bool,
     /// `model` (`models/` dropped), for the layers below.
     pub(crate) model: Option<String>,
+    /// The body could not be read as a create (not JSON, a field of another type, a field
+    /// given twice under its two spellings): Google will answer it, but what it refers to is
+    /// not known here.
+    pub(crate) unreadable: bool,
 }
 
 impl Call {
     /// The stored interaction the call refers to, as a resource name (`interactions/{id}`).
     pub(crate) fn referred(&self) -> Option<String> {
         match self {
-            Call::Create(create) => create.previous.as_deref().map(resource),
+            Call::Create(create) => create
+                .previous
+                .as_deref()
+                .filter(|p| is_id(p))
+                .map(resource),
             Call::Get(id) | Call::Delete(id) | Call::Cancel(id) => Some(resource(id)),
+        }
+    }
+
+    /// Is this a create whose reference cannot be read: a body that is not a create's, or a
+    /// `previous_interaction_id` that is no plausible id? (A tenant's is refused: it cannot be
+    /// shown to refer to the tenant's own interaction.)
+    pub(crate) fn is_unclear(&self) -> bool {
+        match self {
+            Call::Create(create) => {
+                create.unreadable || create.previous.as_deref().is_some_and(|p| !is_id(p))
+            }
+            _ => false,
         }
     }
 }
@@ -97,11 +117,12 @@ pub(crate) fn call_of(method: &Method, path: &str, body: Option<&[u8]>) -> Optio
     }
 }
 
-/// The fields of a create's body that matter here, parsed once.
+/// The fields of a create's body that matter here, parsed once (under either spelling a
+/// JSON front end of Google's may accept: `previous_interaction_id` or `previousInteractionId`).
 fn create_of(body: &[u8]) -> Create {
     #[derive(Deserialize)]
     struct Fields<'a> {
-        #[serde(borrow, default)]
+        #[serde(borrow, default, alias = "previousInteractionId")]
         previous_interaction_id: Option<Cow<'a, str>>,
         #[serde(default)]
         store: Option<bool>,
@@ -112,6 +133,7 @@ fn create_of(body: &[u8]) -> Create {
     let Ok(fields) = serde_json::from_slice::<Fields<'_>>(body) else {
         return Create {
             store: true,
+            unreadable: true,
             ..Create::default()
         };
     };
@@ -127,6 +149,7 @@ fn create_of(body: &[u8]) -> Create {
             .filter(|id| !id.is_empty()),
         store: fields.store.unwrap_or(true),
         model: model.filter(|m| !m.is_empty()),
+        unreadable: false,
     }
 }
 
@@ -176,13 +199,26 @@ mod tests {
         assert!(!is_interactions_path(
             "/v1beta/models/interactions:generateContent"
         ));
-        // A body that is not JSON is an ordinary create (Google answers it).
+        // A body that is not a create's is one Google answers; what it refers to is unclear.
+        for body in [
+            &b"nope"[..],
+            br#"{"store":"false","previous_interaction_id":"v1_a"}"#,
+            br#"{"previous_interaction_id":"v1_a","previousInteractionId":"v1_b"}"#,
+            br#"{"previous_interaction_id":"../files/x"}"#,
+        ] {
+            let call = call_of(&Method::POST, "/v1beta/interactions", Some(body)).unwrap();
+            assert!(call.is_unclear(), "{}", String::from_utf8_lossy(body));
+            assert!(call.referred().is_none());
+        }
+        // The other spelling is read too.
+        let camel = call_of(
+            &Method::POST,
+            "/v1/interactions",
+            Some(br#"{"previousInteractionId":"v1_c"}"#),
+        );
         assert_eq!(
-            call_of(&Method::POST, "/v1beta/interactions", Some(b"nope")),
-            Some(Call::Create(Create {
-                store: true,
-                ..Create::default()
-            }))
+            camel.unwrap().referred().as_deref(),
+            Some("interactions/v1_c")
         );
     }
 }

@@ -13,7 +13,7 @@ use tower_service::Service;
 use super::learn::{Learn, LearnBody};
 use super::reference::{self, Call};
 use super::{Settings, probe};
-use crate::context::{Owner, Preferred, Tenant};
+use crate::context::{Owner, Preferred, StoredContext, Tenant};
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::model::Model;
 use crate::pool::SelectedKey;
@@ -89,7 +89,8 @@ fn prefer<B: 'static>(settings: &Arc<Settings>, request: &mut Request<B>) -> Opt
     let prefix = settings.prefix.as_ref()?;
     let model = crate::model::model_of(request)?.into_owned();
     let body = crate::peek::body_bytes(request.body())?;
-    let key = prefix.key_of(&model, &body)?;
+    let tenant = request.extensions().get::<Tenant>().map(Tenant::id);
+    let key = prefix.key_of(&model, tenant, &body)?;
     drop(body);
     let now = settings.pool.clock().now_millis();
     if request.extensions().get::<Preferred>().is_none()
@@ -195,11 +196,21 @@ where
         None
     };
     let tenant = request.extensions().get::<Tenant>().cloned();
+    if tenant.is_some() && call.is_unclear() {
+        return Err(Error::new(
+            ErrorKind::BadRequest,
+            "the interaction's body could not be read: send a JSON object whose previous_interaction_id (if any) is a string id, store a boolean and model a string",
+        ));
+    }
     if let Some(name) = call.referred()
-        && let Some(owner) =
+        && let Some((owner, tokens)) =
             owner_of(inner.clone(), &settings, &request, &name, tenant.as_ref()).await?
     {
         request.extensions_mut().insert(owner);
+        // A continuation sends the conversation so far as prompt: its size counts.
+        if matches!(call, Call::Create(_)) && tokens > 0 {
+            request.extensions_mut().insert(StoredContext(tokens));
+        }
     }
     let response = inner.oneshot(request).await.map_err(Error::from_inner)?;
     if let Some(seen) = prefix {
@@ -208,15 +219,16 @@ where
     Ok(learn_from(&settings, &call, tenant, response))
 }
 
-/// The project the resource `name` lives in: learned, or found by probing; `None`: unknown
-/// (sent as it came). An error for a tenant that may not use it.
+/// The project the resource `name` lives in (learned, or found by probing) and the size of
+/// the conversation it holds, if known; `None`: unknown (sent as it came). An error for a
+/// tenant that may not use it.
 async fn owner_of<S, ReqB, ResB>(
     inner: S,
     settings: &Settings,
     request: &Request<ReqB>,
     name: &str,
     tenant: Option<&Tenant>,
-) -> Result<Option<Owner>, Error>
+) -> Result<Option<(Owner, u64)>, Error>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -228,11 +240,14 @@ where
         (Some(record), Some(tenant)) if record.tenant.as_deref() != Some(tenant.id()) => {
             Err(not_found(name))
         }
-        (Some(record), _) => Ok(Some(Owner::for_resource(&*record.project, name))),
+        (Some(record), _) => Ok(Some((
+            Owner::for_resource(&*record.project, name),
+            record.tokens,
+        ))),
         (None, Some(_)) => Err(not_found(name)),
         (None, None) if settings.probe => {
             let found = probe::find(inner, settings, request, name).await;
-            Ok(found.map(|project| Owner::for_resource(&*project, name)))
+            Ok(found.map(|project| (Owner::for_resource(&*project, name), 0)))
         }
         (None, None) => Ok(None),
     }
@@ -275,6 +290,7 @@ fn learn_from<ResB>(
                     u64::try_from(settings.retention.as_millis()).unwrap_or(u64::MAX),
                 ),
                 tenant: tenant.map(|t| t.shared()),
+                tokens: 0,
             };
             let sse = response
                 .headers()

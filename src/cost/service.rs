@@ -16,7 +16,7 @@ use crate::context::ModelFallback;
 use crate::error::{BoxError, Error};
 use crate::model::{self, Model};
 use crate::pool::SelectedKey;
-use crate::quota::LastCounts;
+use crate::scan::LastCounts;
 
 /// The usage fields read from an answer, each under its native and OpenAI-compatible name.
 const PROMPT: usize = 0;
@@ -144,14 +144,22 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let account = request.extensions().get::<Account>().cloned();
         let model = model::resolve(&mut request);
-        // Only a POST generates (and is billed): a GET of a stored interaction shows the
-        // usage of the call that made it, which was billed then.
-        let bills = request.method() == http::Method::POST;
+        // Only a POST that generates is billed: a GET of a stored interaction, or the answer
+        // to its cancel, shows the usage of the call that made it, which was billed then.
+        let bills =
+            request.method() == http::Method::POST && !request.uri().path().ends_with("/cancel");
         // Only when budgets refuse is a call's cost estimated and held before it is sent.
         let estimated = if bills && self.spend.budget().refuses() {
             let (price, _) = price_of(&self.prices, &self.spend, model.as_ref());
+            let stored = request
+                .extensions()
+                .get::<crate::context::StoredContext>()
+                .map_or(0, |s| s.0);
             match (price, crate::peek::body_bytes(request.body())) {
-                (Some(price), Some(body)) => estimate(&body, &price),
+                // (A stored conversation it continues is prompt too.)
+                (Some(price), Some(body)) => {
+                    estimate(&body, &price).saturating_add(price.nano_usd(stored, 0, 0))
+                }
                 (Some(price), None) => price.nano_usd(0, 0, DEFAULT_MAX_OUTPUT),
                 (None, _) => 0,
             }

@@ -98,6 +98,18 @@ fn check_create(body: Bytes) -> Result<(Bytes, Option<Model>), String> {
     let object = json
         .as_object()
         .ok_or("the request body must be a JSON object")?;
+    // One spelling per field: a camelCase twin (`previousInteractionId`) that a JSON front end
+    // might read as well would slip past what is checked here.
+    if let Some(name) = object
+        .keys()
+        .find(|k| k.bytes().any(|b| b.is_ascii_uppercase()))
+    {
+        return Err(format!(
+            "the Interactions API's fields are snake_case: send {:?} as {:?}",
+            crate::model::shorten(name),
+            snake_case(name)
+        ));
+    }
     if let Some((_, why)) = REFUSED_FIELDS
         .iter()
         .find(|(name, _)| object.contains_key(*name))
@@ -123,6 +135,20 @@ fn check_create(body: Bytes) -> Result<(Bytes, Option<Model>), String> {
     crate::model::check_name(model)?;
     let model = Model::new(model);
     Ok((body, Some(model)))
+}
+
+/// `previousInteractionId` → `previous_interaction_id` (for the error message).
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for c in name.chars().take(64) {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Query parameters passed on for Interactions calls: `stream` and `include_input` as
@@ -159,6 +185,14 @@ mod tests {
             ),
             (r#"{"model":"../files/x","input":"hi"}"#, "model"),
             ("[1]", "JSON object"),
+            (
+                r#"{"model":"gemini-2.5-flash","previousInteractionId":"v1_a"}"#,
+                "previous_interaction_id",
+            ),
+            (
+                r#"{"model":"gemini-2.5-flash","webhookConfig":{}}"#,
+                "snake_case",
+            ),
         ] {
             let error = check_create(Bytes::from(body)).unwrap_err();
             assert!(error.contains(says), "{body}: {error}");

@@ -15,10 +15,13 @@ const TTL_MS: u64 = 5 * 60 * 1000;
 /// Prompts remembered per project and model.
 const KEPT: usize = 64;
 
+/// The prompts one project saw for one model lately: when, and their text.
+type Seen = VecDeque<(u64, String)>;
+
 /// The recent prompts of every project and model.
 #[derive(Default)]
 pub(super) struct Recent {
-    prompts: Mutex<HashMap<(usize, String), VecDeque<(u64, String)>>>,
+    prompts: Mutex<HashMap<(usize, String), Seen>>,
 }
 
 /// How many of this request's `prompt` tokens the project's implicit cache holds; the request

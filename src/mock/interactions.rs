@@ -130,7 +130,12 @@ fn read_ask(body: &[u8]) -> Result<Ask, String> {
         .and_then(Value::as_str)
         .ok_or("model is required.")?;
     let input = json.get("input").ok_or("input is required.")?;
-    let (chars, _) = bodies::request_text(input);
+    // The input (a string, content or steps) and the system instruction are read as prompt.
+    let text_of = |value: &Value| match value {
+        Value::String(text) => text.chars().count(),
+        other => bodies::request_text(other).0,
+    };
+    let chars = text_of(input) + json.get("system_instruction").map_or(0, text_of);
     let flag =
         |name: &str, default: bool| json.get(name).and_then(Value::as_bool).unwrap_or(default);
     let ask = Ask {

@@ -357,6 +357,7 @@ impl KeyPool {
             project: Arc::from(project),
             expires_at: now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
             tenant: None,
+            tokens: 0,
         };
         // Not waited for: nothing is being answered.
         drop(self.learn_pin(name, record));
@@ -497,6 +498,15 @@ impl KeyPool {
     /// The demand of a request: its body if in memory, else its `content-length` at 4 bytes
     /// per token.
     pub(crate) fn demand_of<B: 'static>(&self, request: &http::Request<B>) -> Demand {
+        let mut demand = self.body_demand(request);
+        // A stored conversation the request continues is prompt too.
+        if let Some(stored) = request.extensions().get::<crate::context::StoredContext>() {
+            demand.tokens = demand.tokens.saturating_add(stored.0);
+        }
+        demand
+    }
+
+    fn body_demand<B: 'static>(&self, request: &http::Request<B>) -> Demand {
         match crate::peek::body_bytes(request.body()) {
             Some(bytes) => self.estimate(&bytes),
             None => {

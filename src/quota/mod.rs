@@ -69,7 +69,4 @@ pub use future::ResponseFuture;
 pub use inbound::{ClientKey, InboundFuture, InboundQuota, InboundQuotaLayer};
 pub use layer::QuotaLayer;
 pub use service::Quota;
-pub(crate) use usage::LastCounts;
-#[cfg(fuzzing)]
-pub(crate) use usage::PromptTokens;
 pub use usage::UsageBody;

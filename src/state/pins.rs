@@ -5,10 +5,11 @@
 //! Bounded in entries ([`MAX_PINS`]) and in the length of what an entry holds: when full,
 //! what has expired goes first, then the entries that expire soonest (an eighth at a time, so
 //! a flood of creations costs one selection per eighth of the map, not one scan per insert).
-//! One tenant holds at most [`MAX_PINS_PER_TENANT`]: past it, its own oldest go, so that a
-//! client creating resources as fast as its quota allows cannot push the others' out.
+//! One tenant holds at most [`MAX_PINS_PER_TENANT`]: past it, its own oldest go (found in
+//! its own order, not by a scan of the map), so that a client creating resources as fast as
+//! its quota allows cannot push the others' out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,14 @@ pub struct PinRecord {
     /// another tenant is told the resource does not exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<Arc<str>>,
+    /// For a stored conversation: its size in tokens after its last answer (that answer's
+    /// input and output), which a continuation sends to Google as prompt.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One resource's record as saved in the state file.
@@ -48,21 +57,33 @@ pub(crate) struct Pins {
     map: Mutex<PinMap>,
 }
 
-/// The records, and how many each tenant holds.
+/// The records, and each tenant's, oldest first.
 #[derive(Debug, Default)]
 struct PinMap {
     by_name: HashMap<Arc<str>, PinRecord>,
-    per_tenant: HashMap<Arc<str>, usize>,
+    per_tenant: HashMap<Arc<str>, TenantPins>,
+}
+
+/// One tenant's records: how many, and their names in the order they were learned (names
+/// since forgotten or replaced are skipped when met, and swept out when they pile up).
+#[derive(Debug, Default)]
+struct TenantPins {
+    count: usize,
+    order: VecDeque<Arc<str>>,
 }
 
 impl PinMap {
     fn insert(&mut self, name: &str, record: PinRecord) {
+        let name: Arc<str> = Arc::from(name);
         if let Some(tenant) = &record.tenant {
-            *self.per_tenant.entry(tenant.clone()).or_insert(0) += 1;
+            let pins = self.per_tenant.entry(tenant.clone()).or_default();
+            pins.count += 1;
+            pins.order.push_back(name.clone());
         }
-        if let Some(old) = self.by_name.insert(Arc::from(name), record) {
+        if let Some(old) = self.by_name.insert(name, record) {
             self.uncount(&old);
         }
+        self.sweep();
     }
 
     fn remove(&mut self, name: &str) {
@@ -73,34 +94,58 @@ impl PinMap {
 
     fn uncount(&mut self, record: &PinRecord) {
         if let Some(tenant) = &record.tenant
-            && let Some(n) = self.per_tenant.get_mut(tenant)
+            && let Some(pins) = self.per_tenant.get_mut(tenant)
         {
-            *n -= 1;
-            if *n == 0 {
+            pins.count -= 1;
+            if pins.count == 0 {
                 self.per_tenant.remove(tenant);
             }
         }
     }
 
-    /// Keep only the records `keep` accepts (rare: the counts are made again).
-    fn retain(&mut self, keep: impl Fn(&PinRecord) -> bool) {
-        self.by_name.retain(|_, record| keep(record));
-        self.per_tenant.clear();
-        for tenant in self.by_name.values().filter_map(|r| r.tenant.clone()) {
-            *self.per_tenant.entry(tenant).or_insert(0) += 1;
+    /// Drop the names of a tenant's order that no longer hold its records, once they are
+    /// half of it (so the order stays within twice the records, at a cost spread thin).
+    fn sweep(&mut self) {
+        let by_name = &self.by_name;
+        for (tenant, pins) in self.per_tenant.iter_mut() {
+            if pins.order.len() > 2 * pins.count + 64 {
+                pins.order.retain(|name| {
+                    by_name
+                        .get(name)
+                        .is_some_and(|r| r.tenant.as_deref() == Some(&**tenant))
+                });
+            }
         }
     }
 
-    /// Drop `tenant`'s record that expires soonest.
+    /// Keep only the records `keep` accepts (rare: the tenants' counts are made again).
+    fn retain(&mut self, keep: impl Fn(&PinRecord) -> bool) {
+        self.by_name.retain(|_, record| keep(record));
+        self.per_tenant.clear();
+        for (name, record) in &self.by_name {
+            if let Some(tenant) = &record.tenant {
+                let pins = self.per_tenant.entry(tenant.clone()).or_default();
+                pins.count += 1;
+                pins.order.push_back(name.clone());
+            }
+        }
+    }
+
+    /// Drop `tenant`'s oldest record.
     fn drop_oldest_of(&mut self, tenant: &str) {
-        let oldest = self
-            .by_name
-            .iter()
-            .filter(|(_, r)| r.tenant.as_deref() == Some(tenant))
-            .min_by_key(|(_, r)| r.expires_at)
-            .map(|(name, _)| name.clone());
-        if let Some(name) = oldest {
-            self.remove(&name);
+        while let Some(name) = self
+            .per_tenant
+            .get_mut(tenant)
+            .and_then(|pins| pins.order.pop_front())
+        {
+            let held = self
+                .by_name
+                .get(&name)
+                .is_some_and(|r| r.tenant.as_deref() == Some(tenant));
+            if held {
+                self.remove(&name);
+                return;
+            }
         }
     }
 }
@@ -113,9 +158,17 @@ impl Pins {
             return false;
         }
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        // A live record is its tenant's: an answer naming the same resource for another
+        // tenant (an upstream that reuses an id) does not take it over.
+        if let Some(old) = map.by_name.get(name)
+            && old.expires_at > now
+            && old.tenant != record.tenant
+        {
+            return false;
+        }
         if !map.by_name.contains_key(name) {
             if let Some(tenant) = &record.tenant
-                && map.per_tenant.get(tenant).copied().unwrap_or(0) >= MAX_PINS_PER_TENANT
+                && map.per_tenant.get(tenant).map_or(0, |p| p.count) >= MAX_PINS_PER_TENANT
             {
                 map.drop_oldest_of(tenant);
             }
@@ -210,6 +263,7 @@ mod tests {
             project: Arc::from(project),
             expires_at,
             tenant: None,
+            tokens: 0,
         }
     }
 
@@ -268,6 +322,12 @@ mod tests {
         // Replacing a record does not count it twice.
         pins.learn("interactions/alice", owned("alice", 20), 0);
         assert_eq!(pins.count_by_tenant(1)[&Some(Arc::from("alice"))], 1);
+        // Another tenant cannot take a live record over.
+        assert!(!pins.learn("interactions/alice", owned("mallory", 30), 0));
+        assert_eq!(
+            pins.get("interactions/alice", 1).unwrap().tenant.as_deref(),
+            Some("alice")
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use super::effects::Effect;
 use super::health::DisabledReason;
 use super::meter::Dimension;
-use super::pins::PinRecord;
+use super::pins::{MAX_PINS, MAX_PINS_PER_TENANT, PinRecord};
 use super::store::{Admission, Scope, SharedRefusal, SharedTicket, Store, StoreFuture};
 use crate::clock::{next_pacific_midnight, pacific_day_start};
 use crate::error::Error;
@@ -114,6 +114,7 @@ struct Inner {
     refund: Script,
     correct: Script,
     apply: Script,
+    pin: Script,
     /// A redacted form of the URL, for logs (no password).
     shown: String,
     /// Admissions this process made on its own while Redis was unreachable: given to Redis
@@ -259,6 +260,29 @@ end
 return 1
 "#;
 
+/// Record where a resource lives (KEYS[1], value ARGV[1], for ARGV[2] ms) unless a live
+/// record of another tenant holds the name; and keep its tenant's set of names (KEYS[2],
+/// scored by expiry ARGV[3]) within ARGV[5] names, the soonest to expire (and any expired by
+/// ARGV[4], now) going first with their records. 1: recorded.
+const PIN: &str = r#"
+local old = redis.call('GET', KEYS[1])
+local new = cjson.decode(ARGV[1])
+if old then
+  local ok, rec = pcall(cjson.decode, old)
+  if ok and rec.tenant ~= new.tenant then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[5])
+if over > 0 then
+  local gone = redis.call('ZPOPMIN', KEYS[2], over)
+  for i = 1, #gone, 2 do redis.call('DEL', gone[i]) end
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+"#;
+
 const APPLY: &str = r#"
 -- KEYS: 1 key state, 2 project state, 3 project+model state
 -- ARGV: 1 key disabled reason, 2 project disabled reason, 3 model not on tier ('1'),
@@ -329,6 +353,7 @@ impl RedisStore {
                 refund: Script::new(REFUND),
                 correct: Script::new(CORRECT),
                 apply: Script::new(APPLY),
+                pin: Script::new(PIN),
                 shown,
                 options,
                 fallen: std::sync::Mutex::new(std::collections::VecDeque::new()),
@@ -1005,13 +1030,25 @@ impl Store for RedisStore {
         }
         let value = serde_json::to_string(record).ok()?;
         let key = inner.name("pin", &[name]);
+        // Each tenant's names in a set of their own, bounded as the working copy is.
+        let (set, cap) = match &record.tenant {
+            Some(tenant) => (inner.name("pins", &[tenant]), MAX_PINS_PER_TENANT),
+            None => (inner.name("pins", &[]), MAX_PINS),
+        };
         Some(Box::pin(async move {
             let mut connection = inner.connection.clone();
-            let mut set = redis::cmd("SET");
-            set.arg(&key).arg(value).arg("PX").arg(ttl);
-            let write = set.query_async::<()>(&mut connection);
+            let mut invocation = inner.pin.prepare_invoke();
+            invocation
+                .key(&key)
+                .key(&set)
+                .arg(value)
+                .arg(ttl)
+                .arg(now.saturating_add(ttl))
+                .arg(now)
+                .arg(cap);
+            let write = invocation.invoke_async::<i64>(&mut connection);
             match tokio::time::timeout(inner.options.timeout, write).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => inner.failed(&e),
                 Err(_) => inner.unreachable("no answer in time"),
             }

@@ -82,3 +82,26 @@ pub fn model_of_request(uri: &str, body: &[u8]) -> Option<String> {
         .ok()?;
     crate::model::model_of(&request).map(|m| m.to_string())
 }
+
+/// The stored interaction a request refers to (`interactions/{id}`), read from its method
+/// (`POST` or `GET`), path and body as the affinity layer reads them.
+pub fn interaction_referred(post: bool, path: &str, body: &[u8]) -> Option<String> {
+    let method = if post {
+        http::Method::POST
+    } else {
+        http::Method::GET
+    };
+    crate::affinity::reference::call_of(&method, path, Some(body))?.referred()
+}
+
+/// The id a created interaction's answer names, cut into `chunks` (JSON, or SSE frames).
+pub fn created_interaction_id(sse: bool, chunks: &[&[u8]]) -> Option<String> {
+    crate::affinity::learn::id_in(sse, chunks)
+}
+
+/// The key of a request body's prefix for prefix affinity (at a small minimum).
+pub fn prefix_key(model: &str, body: &[u8]) -> Option<u64> {
+    crate::affinity::PrefixAffinity::new()
+        .min_tokens(8)
+        .key_of(model, None, body)
+}

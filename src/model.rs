@@ -122,6 +122,7 @@ pub(crate) fn count_body_parse() {
 }
 
 /// The `model` field of a JSON object already parsed (`models/` dropped).
+#[cfg_attr(not(feature = "cache"), allow(dead_code))]
 pub(crate) fn model_in_value(json: &serde_json::Value) -> Option<String> {
     let model = json.get("model")?.as_str()?.trim();
     let model = model.strip_prefix("models/").unwrap_or(model);

@@ -189,6 +189,26 @@ where
     }
 }
 
+/// The id a created interaction's answer names (JSON, or SSE), read from `chunks` as they
+/// arrive: for the fuzz target and the tests.
+#[cfg(any(test, fuzzing))]
+pub(crate) fn id_in(sse: bool, chunks: &[&[u8]]) -> Option<String> {
+    let mut scanner = if sse {
+        Scanner::Sse(SseFrames::default())
+    } else {
+        Scanner::Json(TopLevelId::default())
+    };
+    for chunk in chunks {
+        if let Some(id) = scanner.scan(chunk) {
+            return Some(id);
+        }
+        if scanner.gave_up() {
+            return None;
+        }
+    }
+    None
+}
+
 /// Looks for the created interaction's id.
 enum Scanner {
     /// A JSON answer: its top-level `id`.

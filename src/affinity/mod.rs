@@ -54,7 +54,7 @@
 //! [`Owner`]: crate::context::Owner
 //! [`Tenant`]: crate::context::Tenant
 
-mod learn;
+pub(crate) mod learn;
 mod prefix;
 mod probe;
 pub(crate) mod reference;

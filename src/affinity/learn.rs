@@ -376,8 +376,7 @@ mod tests {
     use super::*;
 
     fn json_id(chunks: &[&[u8]]) -> Option<String> {
-        let mut scanner = Scanner::Json(TopLevelId::default());
-        chunks.iter().find_map(|chunk| scanner.scan(chunk))
+        id_in(false, chunks)
     }
 
     #[test]
@@ -405,10 +404,11 @@ mod tests {
     fn the_first_sse_frame_names_the_interaction() {
         let stream = b": keep-alive\r\n\r\nevent: interaction.created\r\ndata: {\"interaction\":{\"id\":\"v1_s\",\"status\":\"in_progress\"},\"event_type\":\"interaction.created\"}\r\n\r\nevent: step.start\n";
         for cut in 0..stream.len() {
-            let mut scanner = Scanner::Sse(SseFrames::default());
             let (a, b) = stream.split_at(cut);
-            let found = scanner.scan(a).or_else(|| scanner.scan(b));
-            assert_eq!(found.as_deref(), Some("v1_s"), "cut at {cut}");
+            assert_eq!(id_in(true, &[a, b]).as_deref(), Some("v1_s"), "cut at {cut}");
         }
+        // A first frame with data but no id: nothing is learned from what follows.
+        let spoof = b"data: {\"event_type\":\"step.start\"}\n\ndata: {\"interaction\":{\"id\":\"v1_late\"}}\n\n";
+        assert_eq!(id_in(true, &[spoof]), None);
     }
 }

@@ -30,8 +30,12 @@ pub const MAX_PREFIXES: usize = 50_000;
 /// Bytes counted as one token when measuring a prefix.
 const BYTES_PER_TOKEN: usize = 4;
 
-/// Prefix affinity's settings and memory. See the [module docs](self); turned on with
-/// [`AffinityLayer::prefix_affinity`](super::AffinityLayer::prefix_affinity).
+/// Prefix affinity's settings and memory: requests that repeat a recent request's long prefix
+/// (system instruction, tools, then the turns; its first [`min_tokens`](Self::min_tokens)
+/// tokens, hashed with the model and the tenant) prefer the project that served it, where
+/// Google's implicit cache holds it — only when that project can serve now. Turned on with
+/// [`AffinityLayer::prefix_affinity`](super::AffinityLayer::prefix_affinity); see the
+/// [affinity module](super).
 #[derive(Debug)]
 pub struct PrefixAffinity {
     ttl: Duration,

@@ -196,3 +196,80 @@ async fn an_owner_without_a_usable_key_is_a_clear_error() {
     assert_eq!(broken.stats().requests_for(KEYS[2].1), 0);
     assert_eq!(mock.stats().total_requests(), 0);
 }
+
+/// The pin holds through the stack's other layers: a fallback to another model stays in the
+/// owner's project (it is that project's conversation), and retries after Google's 503s try
+/// the owner's keys again, never another project's.
+#[tokio::test]
+async fn fallbacks_and_retries_stay_in_the_owners_project() {
+    use tower_gemini::context::ModelFallback;
+    use tower_gemini::fallback::FallbackLayer;
+    use tower_gemini::mock::Fault;
+
+    let mock = mock().await;
+    let one = ModelLimits {
+        rpm: Some(1),
+        ..Default::default()
+    };
+    let pool = pool(|b| b.project_model_limits("proj-b", "gemini-2.5-pro", one));
+    let fallback = FallbackLayer::new()
+        .chain("gemini-2.5-pro", [MODEL])
+        .unwrap();
+    let falling = stack(&pool).fallback(fallback).boxed(common::client());
+    let mut fell_back = 0;
+    for turn in 0..3 {
+        let mut request = generate(&mock, "gemini-2.5-pro", &format!("turn {turn}"));
+        request
+            .extensions_mut()
+            .insert(Owner::for_resource("proj-b", "interactions/conversation-1"));
+        let response = falling.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "turn {turn}");
+        assert_eq!(served_by(&response), "…000b", "turn {turn}");
+        if let Some(fallback) = response.extensions().get::<ModelFallback>() {
+            assert_eq!(fallback.served.as_str(), MODEL);
+            fell_back += 1;
+        }
+    }
+    // proj-b's one gemini-2.5-pro request a minute served the first turn; the others fell
+    // back to gemini-2.0-flash in proj-b, while proj-a and proj-c had gemini-2.5-pro free.
+    assert_eq!(fell_back, 2);
+    assert_eq!(mock.stats().requests_for(KEYS[0].1), 0);
+    assert_eq!(mock.stats().requests_for(KEYS[2].1), 0);
+
+    // A third of Google's answers are 503s: the retries of a pinned request stay in proj-b.
+    // (Short backoffs, and a breaker that does not open, keep the test quick.)
+    mock.set_faults([Fault::overloaded(0.3)]);
+    let flaky = stack(&pool)
+        .retry(
+            tower_gemini::RetryLayer::for_pool(&pool)
+                .max_attempts(6)
+                .backoff(tower_gemini::retry::Backoff::new(
+                    Duration::from_millis(5),
+                    2.0,
+                    Duration::from_millis(20),
+                )),
+        )
+        .circuit_breaker(tower_gemini::CircuitBreakerLayer::new().failure_threshold(1.0))
+        .boxed(common::client());
+    let mut served = 0;
+    for turn in 0..10 {
+        match flaky
+            .clone()
+            .oneshot(owned(&mock, "proj-b", &format!("flaky {turn}")))
+            .await
+        {
+            Ok(response) if response.status() == StatusCode::OK => {
+                assert_eq!(served_by(&response), "…000b");
+                served += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(served >= 8, "retries mended the 503s: {served} of 10");
+    assert!(
+        mock.stats().responses_with_status(503) > 0,
+        "the fault was hit"
+    );
+    assert_eq!(mock.stats().requests_for(KEYS[0].1), 0);
+    assert_eq!(mock.stats().requests_for(KEYS[2].1), 0);
+}

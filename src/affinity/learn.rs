@@ -405,7 +405,11 @@ mod tests {
         let stream = b": keep-alive\r\n\r\nevent: interaction.created\r\ndata: {\"interaction\":{\"id\":\"v1_s\",\"status\":\"in_progress\"},\"event_type\":\"interaction.created\"}\r\n\r\nevent: step.start\n";
         for cut in 0..stream.len() {
             let (a, b) = stream.split_at(cut);
-            assert_eq!(id_in(true, &[a, b]).as_deref(), Some("v1_s"), "cut at {cut}");
+            assert_eq!(
+                id_in(true, &[a, b]).as_deref(),
+                Some("v1_s"),
+                "cut at {cut}"
+            );
         }
         // A first frame with data but no id: nothing is learned from what follows.
         let spoof = b"data: {\"event_type\":\"step.start\"}\n\ndata: {\"interaction\":{\"id\":\"v1_late\"}}\n\n";

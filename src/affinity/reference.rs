@@ -80,14 +80,24 @@ pub(crate) fn is_id(id: &str) -> bool {
         && id != ".."
 }
 
-/// Where `/interactions` starts in `path`, after a version segment (`/v1beta`, `/v1`,
-/// `/v1alpha`). A byte scan: this runs on every call.
+/// Where the `/interactions` segment that follows the version segment (`/v1beta`, `/v1`,
+/// `/v1alpha`) ends in `path`. Runs on every call: a byte loop up to the first version
+/// segment (the first one, in Google's paths), then one comparison.
 fn interactions_at(path: &str) -> Option<usize> {
-    const SEGMENT: &[u8] = b"/interactions";
+    const INTERACTIONS: &[u8] = b"/interactions";
     let bytes = path.as_bytes();
-    let at = bytes.windows(SEGMENT.len()).position(|w| w == SEGMENT)?;
-    let version = path[..at].rsplit('/').next()?;
-    matches!(version, "v1beta" | "v1" | "v1alpha").then_some(at + SEGMENT.len())
+    let mut start = 0;
+    for i in 0..=bytes.len() {
+        if i < bytes.len() && bytes[i] != b'/' {
+            continue;
+        }
+        if matches!(&bytes[start..i], b"v1beta" | b"v1" | b"v1alpha") {
+            let rest = bytes[i..].strip_prefix(INTERACTIONS)?;
+            return matches!(rest.first(), None | Some(b'/')).then_some(i + INTERACTIONS.len());
+        }
+        start = i + 1;
+    }
+    None
 }
 
 /// Could this request be an Interactions call? Only the path is read (cheap, for every call).

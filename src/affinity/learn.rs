@@ -29,18 +29,45 @@ pin_project! {
     }
 }
 
-/// What a created interaction's answer is scanned for, and where it is taught.
+/// What kind of resource an answer creates (or updates), and so which of its fields name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A stored interaction: its `id` (`v1_…`), or the first SSE frame's `interaction.id`.
+    Interaction,
+    /// An explicit context cache: its `name` (`cachedContents/…`) and `expireTime`.
+    Cache,
+}
+
+impl Kind {
+    /// The resource's name from what its answer's naming field holds, if plausible.
+    fn name(self, found: &str) -> Option<String> {
+        match self {
+            Kind::Interaction => {
+                super::reference::is_id(found).then(|| super::reference::resource(found))
+            }
+            Kind::Cache => found
+                .strip_prefix("cachedContents/")
+                .filter(|id| super::reference::is_id(id))
+                .map(|_| found.to_owned()),
+        }
+    }
+}
+
+/// What a created resource's answer is scanned for, and where it is taught.
 pub(crate) struct Learn {
     pub(crate) pool: KeyPool,
     pub(crate) record: PinRecord,
+    kind: Kind,
     scanner: Scanner,
     scanned: usize,
-    /// The interaction's name, once its id was found.
+    /// The resource's name, once found.
     name: Option<String>,
     /// The usage read so far (`total_input_tokens`, `total_output_tokens`): the conversation's
     /// size, taught when the answer ends.
     usage: LastCounts<2>,
     counts: [Option<u64>; 2],
+    /// A cache's `expireTime`: when its pin ends.
+    expire: Option<(TopLevelField, Option<u64>)>,
     /// A chunk held back until the shared store has the pin (the write runs as a task, so
     /// that the body stays `Sync`).
     held: Option<(Frame<Bytes>, tokio::task::JoinHandle<()>)>,
@@ -50,25 +77,31 @@ pub(crate) struct Learn {
 const USAGE: [&[&[u8]]; 2] = [&[b"\"total_input_tokens\""], &[b"\"total_output_tokens\""]];
 
 impl Learn {
-    pub(crate) fn new(pool: KeyPool, record: PinRecord, sse: bool) -> Self {
+    pub(crate) fn new(pool: KeyPool, record: PinRecord, kind: Kind, sse: bool) -> Self {
+        let field: &'static [u8] = match kind {
+            Kind::Interaction => b"id",
+            Kind::Cache => b"name",
+        };
         Learn {
             pool,
             record,
-            scanner: if sse {
+            kind,
+            scanner: if sse && kind == Kind::Interaction {
                 Scanner::Sse(SseFrames::default())
             } else {
-                Scanner::Json(TopLevelId::default())
+                Scanner::Json(TopLevelField::new(field))
             },
             scanned: 0,
             name: None,
             usage: LastCounts::default(),
             counts: [None; 2],
+            expire: (kind == Kind::Cache).then(|| (TopLevelField::new(b"expireTime"), None)),
             held: None,
         }
     }
 
-    /// Read a chunk: its usage, and the id if not found yet (then the write of the pin to
-    /// wait for, if the store has one). `false`: nothing more to learn from this answer.
+    /// Read a chunk: its usage and expiry, and the name if not found yet (then the write of
+    /// the pin to wait for, if the store has one). `false`: nothing more to learn.
     fn read(&mut self, chunk: &[u8]) -> (bool, Option<crate::state::StoreFuture<()>>) {
         self.scanned += chunk.len();
         for (slot, found) in self.counts.iter_mut().zip(self.usage.scan(chunk, &USAGE)) {
@@ -76,14 +109,28 @@ impl Learn {
                 *slot = found;
             }
         }
+        if let Some((field, at)) = &mut self.expire
+            && at.is_none()
+            && let Some(text) = chunk.iter().find_map(|&b| field.step(b))
+        {
+            *at = text
+                .parse::<jiff::Timestamp>()
+                .ok()
+                .and_then(|t| u64::try_from(t.as_millisecond()).ok());
+        }
         if self.name.is_some() {
             return (self.scanned <= MAX_SCAN, None);
         }
-        let Some(id) = self.scanner.scan(chunk) else {
+        let Some(found) = self.scanner.scan(chunk) else {
             let more = self.scanned <= MAX_SCAN && !self.scanner.gave_up();
             return (more, None);
         };
-        let name = super::reference::resource(&id);
+        let Some(name) = self.kind.name(&found) else {
+            return (false, None);
+        };
+        if let Some(at) = self.expire.as_ref().and_then(|(_, at)| *at) {
+            self.record.expires_at = at;
+        }
         let write = self.pool.learn_pin(&name, self.record.clone());
         self.name = Some(name);
         (true, write)
@@ -91,15 +138,27 @@ impl Learn {
 }
 
 impl Drop for Learn {
-    /// The answer ended (or was dropped): the conversation's size, for its next turn.
+    /// The answer ended (or was dropped): the conversation's size, for its next turn; a
+    /// cache's expiry read after its name.
     fn drop(&mut self) {
-        let (Some(name), [Some(input), Some(output)]) = (&self.name, self.counts) else {
+        let Some(name) = &self.name else {
             return;
         };
-        let record = PinRecord {
-            tokens: input.saturating_add(output),
-            ..self.record.clone()
-        };
+        let mut record = self.record.clone();
+        let mut changed = false;
+        if let [Some(input), Some(output)] = self.counts {
+            record.tokens = input.saturating_add(output);
+            changed = true;
+        }
+        if let Some(at) = self.expire.as_ref().and_then(|(_, at)| *at)
+            && at != record.expires_at
+        {
+            record.expires_at = at;
+            changed = true;
+        }
+        if !changed {
+            return;
+        }
         if let Some(write) = self.pool.learn_pin(name, record)
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
@@ -196,11 +255,11 @@ pub(crate) fn id_in(sse: bool, chunks: &[&[u8]]) -> Option<String> {
     let mut scanner = if sse {
         Scanner::Sse(SseFrames::default())
     } else {
-        Scanner::Json(TopLevelId::default())
+        Scanner::Json(TopLevelField::new(b"id"))
     };
     for chunk in chunks {
         if let Some(id) = scanner.scan(chunk) {
-            return Some(id);
+            return super::reference::is_id(&id).then_some(id);
         }
         if scanner.gave_up() {
             return None;
@@ -212,7 +271,7 @@ pub(crate) fn id_in(sse: bool, chunks: &[&[u8]]) -> Option<String> {
 /// Looks for the created interaction's id.
 enum Scanner {
     /// A JSON answer: its top-level `id`.
-    Json(TopLevelId),
+    Json(TopLevelField),
     /// An SSE answer: the `interaction.id` of its first frame with data (`interaction.created`).
     Sse(SseFrames),
 }
@@ -289,22 +348,37 @@ fn first_frame_id(data: &[u8]) -> Option<String> {
     super::reference::is_id(id).then(|| id.to_owned())
 }
 
-/// A byte-at-a-time reader of a JSON object's top-level `"id": "…"`, across chunks.
-#[derive(Default)]
-struct TopLevelId {
+/// A byte-at-a-time reader of one top-level string field of a JSON object (`"id": "…"`),
+/// across chunks.
+struct TopLevelField {
+    /// The field's name.
+    field: &'static [u8],
     depth: u32,
     in_string: bool,
     escaped: bool,
     /// The string being read at depth 1 (a key or a value), up to a bound.
     text: Vec<u8>,
-    /// The last key read at depth 1, awaiting its `:`.
+    /// The last key read at depth 1 is the field, awaiting its `:`.
     key_is_id: bool,
-    /// The `:` after `"id"` was read: the next value is the id.
+    /// The `:` after the field's name was read: the next value is its.
     value_next: bool,
     done: bool,
 }
 
-impl TopLevelId {
+impl TopLevelField {
+    fn new(field: &'static [u8]) -> Self {
+        TopLevelField {
+            field,
+            depth: 0,
+            in_string: false,
+            escaped: false,
+            text: Vec::new(),
+            key_is_id: false,
+            value_next: false,
+            done: false,
+        }
+    }
+
     fn step(&mut self, b: u8) -> Option<String> {
         if self.done {
             return None;
@@ -358,11 +432,10 @@ impl TopLevelId {
                     return None;
                 }
                 if std::mem::take(&mut self.value_next) {
-                    let id = std::str::from_utf8(&self.text).ok()?;
                     self.done = true;
-                    return super::reference::is_id(id).then(|| id.to_owned());
+                    return std::str::from_utf8(&self.text).ok().map(str::to_owned);
                 }
-                self.key_is_id = self.text == b"id";
+                self.key_is_id = self.text == self.field;
             }
             _ if self.depth == 1 && self.text.len() < 256 => self.text.push(b),
             _ => {}

@@ -1,4 +1,5 @@
-//! Finding the project of a resource the pool never learned: one cheap `GET` of it per
+//! Finding the project of a resource the pool never learned (a stored interaction, a context
+//! cache): one cheap `GET` of it per
 //! project, through the layers below (pinned to that project), stopping at the first success.
 //!
 //! A probe's "not found" (404) or "no permission" (403) is a caller answer: it blames no key,
@@ -69,12 +70,11 @@ where
     None
 }
 
-/// `GET {scheme}://{authority}{version prefix}/{name}` for a request to `…/{version}/interactions…`.
+/// `GET {scheme}://{authority}{version prefix}/{name}` for a request under `…/{version}/`.
 fn probe_uri(uri: &Uri, name: &str) -> Option<Uri> {
-    let path = uri.path();
-    let at = path.find("/interactions")?;
+    let prefix = super::reference::version_prefix(uri.path())?;
     let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(format!("{}/{name}", &path[..at]).parse().ok()?);
+    parts.path_and_query = Some(format!("{prefix}/{name}").parse().ok()?);
     Uri::from_parts(parts).ok()
 }
 

@@ -1,5 +1,6 @@
-//! Recognising a request to a project-owned resource: which call of the Interactions API it
-//! is, which stored interaction it refers to, and whether its answer creates one to learn.
+//! Recognising a request to a project-owned resource: which call of the Interactions API or
+//! of context caching it is, which stored interaction or cache it refers to (in its path, or a
+//! `generateContent` body's `cachedContent`), and whether its answer creates one to learn.
 
 use std::borrow::Cow;
 
@@ -20,6 +21,21 @@ pub(crate) enum Call {
     Delete(String),
     /// `POST …/interactions/{id}/cancel`.
     Cancel(String),
+    /// `POST …/cachedContents`: creates a context cache.
+    CreateCache,
+    /// `GET`, `PATCH` or `DELETE …/cachedContents/{id}`.
+    Cache(CacheOp, String),
+    /// `generateContent`, `streamGenerateContent` or `countTokens` naming a cache in its body's
+    /// `cachedContent` (`cachedContents/{id}`).
+    UsesCache(String),
+}
+
+/// What a call does to one cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CacheOp {
+    Get,
+    Patch,
+    Delete,
 }
 
 /// What a create asks for, from its body.
@@ -38,7 +54,7 @@ pub(crate) struct Create {
 }
 
 impl Call {
-    /// The stored interaction the call refers to, as a resource name (`interactions/{id}`).
+    /// The resource the call refers to, by name (`interactions/{id}`, `cachedContents/{id}`).
     pub(crate) fn referred(&self) -> Option<String> {
         match self {
             Call::Create(create) => create
@@ -47,7 +63,15 @@ impl Call {
                 .filter(|p| is_id(p))
                 .map(resource),
             Call::Get(id) | Call::Delete(id) | Call::Cancel(id) => Some(resource(id)),
+            Call::Cache(_, id) => Some(format!("cachedContents/{id}")),
+            Call::UsesCache(name) => Some(name.clone()),
+            Call::CreateCache => None,
         }
+    }
+
+    /// Does a successful answer remove what the call refers to?
+    pub(crate) fn deletes(&self) -> bool {
+        matches!(self, Call::Delete(_) | Call::Cache(CacheOp::Delete, _))
     }
 
     /// Is this a create whose reference cannot be read: a body that is not a create's, or a
@@ -80,11 +104,21 @@ pub(crate) fn is_id(id: &str) -> bool {
         && id != ".."
 }
 
-/// Where the `/interactions` segment that follows the version segment (`/v1beta`, `/v1`,
-/// `/v1alpha`) ends in `path`. Runs on every call: a byte loop up to the first version
-/// segment (the first one, in Google's paths), then one comparison.
-fn interactions_at(path: &str) -> Option<usize> {
-    const INTERACTIONS: &[u8] = b"/interactions";
+/// The collections of project-owned resources recognised after the version segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Collection {
+    Interactions,
+    CachedContents,
+}
+
+/// Which collection follows the version segment (`/v1beta`, `/v1`, `/v1alpha`) of `path`, and
+/// where its segment ends. Runs on every call: a byte loop up to the first version segment
+/// (the first one, in Google's paths), then a comparison or two.
+fn collection_at(path: &str) -> Option<(Collection, usize)> {
+    const NAMES: [(&[u8], Collection); 2] = [
+        (b"/interactions", Collection::Interactions),
+        (b"/cachedContents", Collection::CachedContents),
+    ];
     let bytes = path.as_bytes();
     let mut start = 0;
     for i in 0..=bytes.len() {
@@ -92,26 +126,50 @@ fn interactions_at(path: &str) -> Option<usize> {
             continue;
         }
         if matches!(&bytes[start..i], b"v1beta" | b"v1" | b"v1alpha") {
-            let rest = bytes[i..].strip_prefix(INTERACTIONS)?;
-            return matches!(rest.first(), None | Some(b'/')).then_some(i + INTERACTIONS.len());
+            return NAMES.iter().find_map(|(name, collection)| {
+                let rest = bytes[i..].strip_prefix(*name)?;
+                matches!(rest.first(), None | Some(b'/')).then_some((*collection, i + name.len()))
+            });
         }
         start = i + 1;
     }
     None
 }
 
-/// Could this request be an Interactions call? Only the path is read (cheap, for every call).
-pub(crate) fn is_interactions_path(path: &str) -> bool {
-    interactions_at(path).is_some()
+/// The path up to its version segment (`/v1beta`), where another resource of the same API
+/// version is addressed.
+pub(crate) fn version_prefix(path: &str) -> Option<&str> {
+    let mut end = 0;
+    for segment in path.split('/') {
+        end += segment.len();
+        if matches!(segment, "v1beta" | "v1" | "v1alpha") {
+            return path.get(..end);
+        }
+        end += 1;
+    }
+    None
 }
 
-/// The call a request makes, if it is one of the Interactions API's. `body` is read only for a
-/// create (and only if it is in memory); a body that is not JSON reads as an empty create
-/// (Google answers it).
+/// Could this request be a call on a project-owned resource (by its path alone; cheap, for
+/// every call)? A `generateContent` naming a cache is found by [`cache_in_body`].
+pub(crate) fn is_resource_path(path: &str) -> bool {
+    collection_at(path).is_some()
+}
+
+/// The call a request makes on a project-owned resource, if it is one (by its path). `body`
+/// is read only for an interaction's create (and only if it is in memory); a body that is not
+/// JSON reads as an unclear create (Google answers it).
 pub(crate) fn call_of(method: &Method, path: &str, body: Option<&[u8]>) -> Option<Call> {
-    let rest = &path[interactions_at(path)?..];
+    let (collection, end) = collection_at(path)?;
+    let rest = &path[end..];
     if rest.is_empty() || rest == "/" {
-        return (method == Method::POST).then(|| Call::Create(create_of(body.unwrap_or(b"{}"))));
+        return match (collection, method) {
+            (Collection::Interactions, &Method::POST) => {
+                Some(Call::Create(create_of(body.unwrap_or(b"{}"))))
+            }
+            (Collection::CachedContents, &Method::POST) => Some(Call::CreateCache),
+            _ => None,
+        };
     }
     let rest = rest.strip_prefix('/')?;
     let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
@@ -119,11 +177,55 @@ pub(crate) fn call_of(method: &Method, path: &str, body: Option<&[u8]>) -> Optio
         return None;
     }
     let id = id.to_owned();
-    match (method, tail) {
-        (&Method::GET, "") => Some(Call::Get(id)),
-        (&Method::DELETE, "") => Some(Call::Delete(id)),
-        (&Method::POST, "cancel") => Some(Call::Cancel(id)),
+    match (collection, method, tail) {
+        (Collection::Interactions, &Method::GET, "") => Some(Call::Get(id)),
+        (Collection::Interactions, &Method::DELETE, "") => Some(Call::Delete(id)),
+        (Collection::Interactions, &Method::POST, "cancel") => Some(Call::Cancel(id)),
+        (Collection::CachedContents, &Method::GET, "") => Some(Call::Cache(CacheOp::Get, id)),
+        (Collection::CachedContents, &Method::PATCH, "") => Some(Call::Cache(CacheOp::Patch, id)),
+        (Collection::CachedContents, &Method::DELETE, "") => Some(Call::Cache(CacheOp::Delete, id)),
         _ => None,
+    }
+}
+
+/// Can a request to `path` name a cache in its body (`generateContent`,
+/// `streamGenerateContent`, `countTokens`)?
+pub(crate) fn may_use_cache(path: &str) -> bool {
+    path.ends_with(":generateContent")
+        || path.ends_with(":streamGenerateContent")
+        || path.ends_with(":countTokens")
+}
+
+/// The cache a body of a [`may_use_cache`] call names in its top-level `cachedContent` (or
+/// `cached_content`): `Some(Ok(name))`; `Some(Err(()))` when the field is there but not a
+/// plausible `cachedContents/{id}`; `None` when there is none. A byte search first (most
+/// bodies name no cache), then a parse of the top level.
+pub(crate) fn cache_in_body(body: &[u8]) -> Option<Result<String, ()>> {
+    static FINDERS: std::sync::OnceLock<[memchr::memmem::Finder<'static>; 2]> =
+        std::sync::OnceLock::new();
+    let finders = FINDERS.get_or_init(|| {
+        [
+            memchr::memmem::Finder::new(b"cachedContent"),
+            memchr::memmem::Finder::new(b"cached_content"),
+        ]
+    });
+    if finders.iter().all(|f| f.find(body).is_none()) {
+        return None;
+    }
+    #[derive(Deserialize)]
+    struct Fields<'a> {
+        #[serde(borrow, default, rename = "cachedContent", alias = "cached_content")]
+        cache: Option<Cow<'a, str>>,
+    }
+    let Ok(fields) = serde_json::from_slice::<Fields<'_>>(body) else {
+        // Unreadable (or the field twice): Google answers it; what it names is not known.
+        return Some(Err(()));
+    };
+    let name = fields.cache?;
+    let name = name.trim();
+    match name.strip_prefix("cachedContents/") {
+        Some(id) if is_id(id) => Some(Ok(name.to_owned())),
+        _ => Some(Err(())),
     }
 }
 
@@ -200,13 +302,49 @@ mod tests {
     }
 
     #[test]
+    fn the_version_prefix_is_found() {
+        assert_eq!(
+            version_prefix("/v1beta/models/m:generateContent"),
+            Some("/v1beta")
+        );
+        assert_eq!(version_prefix("/base/v1/interactions/x"), Some("/base/v1"));
+        assert_eq!(version_prefix("/models/m"), None);
+    }
+
+    #[test]
+    fn cache_calls_are_read_from_paths_and_bodies() {
+        assert_eq!(
+            call_of(&Method::POST, "/v1beta/cachedContents", None),
+            Some(Call::CreateCache)
+        );
+        assert_eq!(
+            call_of(&Method::PATCH, "/v1/cachedContents/abc-1", None),
+            Some(Call::Cache(CacheOp::Patch, "abc-1".into()))
+        );
+        assert!(call_of(&Method::GET, "/v1beta/cachedContents", None).is_none());
+        assert!(may_use_cache(
+            "/v1beta/models/gemini-2.5-flash:generateContent"
+        ));
+        assert!(!may_use_cache("/v1beta/models/m:embedContent"));
+        let body = br#"{"cachedContent":"cachedContents/abc-1","contents":[]}"#;
+        assert_eq!(cache_in_body(body), Some(Ok("cachedContents/abc-1".into())));
+        let snake = br#"{"cached_content":"cachedContents/x9","contents":[]}"#;
+        assert_eq!(cache_in_body(snake), Some(Ok("cachedContents/x9".into())));
+        // Only the top level counts; a prompt's words do not.
+        let words = br#"{"contents":[{"parts":[{"text":"what is cachedContent?"}]}]}"#;
+        assert_eq!(cache_in_body(words), None);
+        let odd = br#"{"cachedContent":"files/../x"}"#;
+        assert_eq!(cache_in_body(odd), Some(Err(())));
+    }
+
+    #[test]
     fn other_paths_and_odd_ids_are_not_calls() {
         assert!(call_of(&Method::POST, "/v1beta/models/m:generateContent", None).is_none());
         assert!(call_of(&Method::GET, "/v1beta/interactions/a%2Fb", None).is_none());
         assert!(call_of(&Method::GET, "/v1beta/interactions/..", None).is_none());
         assert!(call_of(&Method::PUT, "/v1beta/interactions/abc", None).is_none());
         assert!(call_of(&Method::GET, "/other/interactions/abc", None).is_none());
-        assert!(!is_interactions_path(
+        assert!(!is_resource_path(
             "/v1beta/models/interactions:generateContent"
         ));
         // A body that is not a create's is one Google answers; what it refers to is unclear.

@@ -10,8 +10,8 @@ use http::{Request, Response};
 use tower::ServiceExt;
 use tower_service::Service;
 
-use super::learn::{Learn, LearnBody};
-use super::reference::{self, Call};
+use super::learn::{Kind as Learned, Learn, LearnBody};
+use super::reference::{self, CacheOp, Call};
 use super::{Settings, probe};
 use crate::context::{Owner, Preferred, StoredContext, Tenant};
 use crate::error::{BoxError, Error, ErrorKind};
@@ -143,7 +143,13 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
-        if !reference::is_interactions_path(request.uri().path()) {
+        let path = request.uri().path();
+        let uses_cache = if reference::may_use_cache(path) {
+            crate::peek::body_bytes(request.body()).and_then(|body| reference::cache_in_body(&body))
+        } else {
+            None
+        };
+        if uses_cache.is_none() && !reference::is_resource_path(path) {
             let prefix = prefer(&self.settings, &mut request);
             return ResponseFuture {
                 kind: Kind::Direct {
@@ -158,17 +164,19 @@ where
         let settings = self.settings.clone();
         ResponseFuture {
             kind: Kind::Pinned {
-                future: Box::pin(pinned_call(inner, settings, request)),
+                future: Box::pin(pinned_call(inner, settings, request, uses_cache)),
             },
         }
     }
 }
 
-/// An Interactions call: pinned to the project of what it refers to, its answer learned from.
+/// A call on a project-owned resource (an interaction, a cache, a generate call naming a
+/// cache): pinned to the project of what it refers to, its answer learned from.
 async fn pinned_call<S, ReqB, ResB>(
     inner: S,
     settings: Arc<Settings>,
     mut request: Request<ReqB>,
+    uses_cache: Option<Result<String, ()>>,
 ) -> Result<Response<LearnBody<ResB>>, Error>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
@@ -176,9 +184,20 @@ where
     S::Error: Into<BoxError>,
     ReqB: Send + Sync + 'static,
 {
-    let body = crate::peek::body_bytes(request.body());
-    let call = reference::call_of(request.method(), request.uri().path(), body.as_deref());
-    drop(body);
+    let call = match uses_cache {
+        Some(Ok(name)) => Some(Call::UsesCache(name)),
+        Some(Err(())) if request.extensions().get::<Tenant>().is_some() => {
+            return Err(Error::new(
+                ErrorKind::BadRequest,
+                "the request's cachedContent could not be read: send it once, as a string naming a cache, such as \"cachedContents/abc123\"",
+            ));
+        }
+        Some(Err(())) => None,
+        None => {
+            let body = crate::peek::body_bytes(request.body());
+            reference::call_of(request.method(), request.uri().path(), body.as_deref())
+        }
+    };
     let Some(call) = call else {
         let response = inner.oneshot(request).await.map_err(Error::from_inner)?;
         return Ok(response.map(LearnBody::plain));
@@ -263,8 +282,8 @@ fn not_found(name: &str) -> Error {
     )
 }
 
-/// The answer, wrapped to learn the interaction it created (a stored create's success); a
-/// delete's success forgets the pin.
+/// The answer, wrapped to learn the resource it created or updated (a stored interaction's
+/// create, a cache's create or patch); a delete's success forgets the pin.
 fn learn_from<ResB>(
     settings: &Settings,
     call: &Call,
@@ -274,36 +293,41 @@ fn learn_from<ResB>(
     if !response.status().is_success() {
         return response.map(LearnBody::plain);
     }
-    match call {
-        Call::Create(create) if create.store => {
-            let Some(project) = response
-                .extensions()
-                .get::<SelectedKey>()
-                .map(|key| Arc::<str>::from(key.project()))
-            else {
-                return response.map(LearnBody::plain);
-            };
-            let now = settings.pool.clock().now_millis();
-            let record = PinRecord {
-                project,
-                expires_at: now.saturating_add(
-                    u64::try_from(settings.retention.as_millis()).unwrap_or(u64::MAX),
-                ),
-                tenant: tenant.map(|t| t.shared()),
-                tokens: 0,
-            };
-            let sse = response
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("text/event-stream"));
-            let learn = Learn::new(settings.pool.clone(), record, sse);
-            response.map(|body| LearnBody::learning(body, learn))
+    if call.deletes() {
+        if let Some(name) = call.referred() {
+            settings.pool.forget_pin(&name);
         }
-        Call::Delete(id) => {
-            settings.pool.forget_pin(&reference::resource(id));
-            response.map(LearnBody::plain)
-        }
-        _ => response.map(LearnBody::plain),
+        return response.map(LearnBody::plain);
     }
+    let now = settings.pool.clock().now_millis();
+    let (kind, lasts) = match call {
+        Call::Create(create) if create.store => (Learned::Interaction, settings.retention),
+        // Until the answer's `expireTime` is read: Google's default time to live.
+        Call::CreateCache | Call::Cache(CacheOp::Patch, _) => (Learned::Cache, CACHE_TTL),
+        _ => return response.map(LearnBody::plain),
+    };
+    let Some(project) = response
+        .extensions()
+        .get::<SelectedKey>()
+        .map(|key| Arc::<str>::from(key.project()))
+    else {
+        return response.map(LearnBody::plain);
+    };
+    let record = PinRecord {
+        project,
+        expires_at: now.saturating_add(u64::try_from(lasts.as_millis()).unwrap_or(u64::MAX)),
+        tenant: tenant.map(|t| t.shared()),
+        tokens: 0,
+    };
+    let sse = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let learn = Learn::new(settings.pool.clone(), record, kind, sse);
+    response.map(|body| LearnBody::learning(body, learn))
 }
+
+/// A context cache's time to live when its create names none (Google's default), until the
+/// answer's `expireTime` says.
+const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(3600);

@@ -19,7 +19,10 @@
 //! The mock counts one token per 4 characters of input text. It emulates Google's implicit
 //! cache per project: a prompt that repeats a long prefix (above the model's minimum) of one
 //! the same project saw in the last 5 minutes reports that prefix as `cachedContentTokenCount`
-//! (an interaction's conversation so far, as `total_cached_tokens`).
+//! (an interaction's conversation so far, as `total_cached_tokens`). Explicit context caches
+//! (`cachedContents`: create, get, list, patch, delete) are kept per project too; another
+//! project's key gets Google's 403 "CachedContent not found (or permission denied)", on the
+//! cache's routes and for a `generateContent` naming it in `cachedContent`.
 //!
 //! ```
 //! use tower_gemini::mock::MockGemini;
@@ -40,6 +43,7 @@
 //! ```
 
 mod bodies;
+mod caches;
 mod implicit;
 mod interactions;
 mod quota;
@@ -357,6 +361,7 @@ impl MockGemini {
                 .map_or(200, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             implicit_cache_min: self.implicit_cache_min,
             recent: implicit::Recent::default(),
+            caches: Mutex::new(HashMap::new()),
         });
         let task = tokio::spawn(server::serve(listener, state.clone()));
         Ok(MockServer { addr, state, task })
@@ -382,6 +387,8 @@ pub(crate) struct MockState {
     /// The implicit cache's minimum for every model (else Google's, by model).
     implicit_cache_min: Option<u64>,
     recent: implicit::Recent,
+    /// Explicit context caches by id, each in its project.
+    caches: Mutex<caches::Caches>,
 }
 
 /// Counters for assertions.

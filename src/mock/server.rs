@@ -215,6 +215,9 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
     if let Some(rest) = super::interactions::route_of(parts.uri.path()) {
         return super::interactions::route(state, parts, key, body, rest);
     }
+    if let Some(rest) = super::caches::route_of(parts.uri.path()) {
+        return super::caches::route(state, parts, key, body, rest);
+    }
     let openai = path == "/v1beta/openai/chat/completions";
     let openai_models = path == "/v1beta/openai/models" && parts.method == Method::GET;
     let listing = (path == "/v1beta/models" && parts.method == Method::GET) || openai_models;
@@ -311,7 +314,34 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
         }
     }
     let (chars, _images) = bodies::request_text(&json);
-    let prompt_tokens = bodies::tokens_for(chars);
+    let mut prompt_tokens = bodies::tokens_for(chars);
+    // An explicit context cache: its project's only; its tokens are prompt, and cached.
+    let explicit = match json
+        .get("cachedContent")
+        .or_else(|| json.get("cached_content"))
+        .and_then(Value::as_str)
+    {
+        Some(name) => match super::caches::find(state, project_index, name) {
+            Some(cache) if cache.model == model => Some(cache.tokens),
+            Some(_) => {
+                let message =
+                    "Model used by GenerateContent request and CachedContent has to be the same.";
+                return error(
+                    400,
+                    bodies::bad_request(message),
+                    openai,
+                    project_name,
+                    Some(key),
+                );
+            }
+            None => {
+                let body = super::caches::not_found();
+                return error(403, body, openai, project_name, Some(key));
+            }
+        },
+        None => None,
+    };
+    prompt_tokens += explicit.unwrap_or(0);
 
     // Faults.
     let mut mid_stream = false;
@@ -402,8 +432,9 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
         return Outcome::Answer(json_response(200, &answer, project_name, Some(key)));
     }
     if method == "generateContent" {
-        let cached =
-            super::implicit::cached_tokens(state, project_index, &model, &json, prompt_tokens);
+        let cached = explicit.unwrap_or_else(|| {
+            super::implicit::cached_tokens(state, project_index, &model, &json, prompt_tokens)
+        });
         let answer = bodies::generate_response(&model, &text, prompt_tokens, cached, &id);
         let out = bodies::tokens_for(text.chars().count()) + bodies::thoughts_for(&model);
         state.stats.record_served(&model, prompt_tokens, out);
@@ -413,7 +444,9 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
         .uri
         .query()
         .is_some_and(|q| q.split('&').any(|p| p == "alt=sse"));
-    let cached = super::implicit::cached_tokens(state, project_index, &model, &json, prompt_tokens);
+    let cached = explicit.unwrap_or_else(|| {
+        super::implicit::cached_tokens(state, project_index, &model, &json, prompt_tokens)
+    });
     Outcome::Answer(stream_response(
         state,
         &model,

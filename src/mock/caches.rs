@@ -109,7 +109,7 @@ pub(super) fn route(
 /// `"600s"` or `"1.5s"` → milliseconds.
 fn ttl_ms(text: &str) -> Option<u64> {
     let seconds: f64 = text.strip_suffix('s')?.parse().ok()?;
-    (seconds.is_finite() && seconds >= 0.0).then(|| (seconds * 1000.0) as u64)
+    (seconds.is_finite() && seconds >= 0.0).then_some((seconds * 1000.0) as u64)
 }
 
 /// When a body asks its cache to expire: `expireTime`, or now plus `ttl`, else the default.

@@ -68,3 +68,24 @@ try:
 except Exception as error:  # the SDK's NotFoundError (not a google.genai APIError)
     assert "404" in str(error), error
 print("google-genai SDK: interactions create, continue, stream, get, cancel, delete")
+
+# Context caches (the SDK calls /v1/cachedContents): created, used by generate_content on the
+# project that holds it (the mock answers 403 from any other), read, extended, listed, deleted.
+cache = g.caches.create(
+    model=model,
+    config=types.CreateCachedContentConfig(
+        contents=[types.Content(role="user", parts=[types.Part(text="The manual. " * 400)])],
+        ttl="600s",
+    ),
+)
+assert cache.name.startswith("cachedContents/"), cache
+for question in ("What does it say?", "And then?"):
+    reply = g.models.generate_content(
+        model=model, contents=question, config=types.GenerateContentConfig(cached_content=cache.name)
+    )
+    assert reply.usage_metadata.cached_content_token_count > 1000, reply.usage_metadata
+assert g.caches.get(name=cache.name).name == cache.name
+g.caches.update(name=cache.name, config=types.UpdateCachedContentConfig(ttl="7200s"))
+assert [c.name for c in g.caches.list()] == [cache.name]
+g.caches.delete(name=cache.name)
+print("google-genai SDK: caches create, use, get, update, list, delete")

@@ -94,6 +94,11 @@ pub fn interaction_referred(post: bool, path: &str, body: &[u8]) -> Option<Strin
     crate::affinity::reference::call_of(&method, path, Some(body))?.referred()
 }
 
+/// The context cache a `generateContent` body names in `cachedContent`, if a plausible one.
+pub fn cache_named(body: &[u8]) -> Option<String> {
+    crate::affinity::reference::cache_in_body(body)?.ok()
+}
+
 /// The id a created interaction's answer names, cut into `chunks` (JSON, or SSE frames).
 pub fn created_interaction_id(sse: bool, chunks: &[&[u8]]) -> Option<String> {
     crate::affinity::learn::id_in(sse, chunks)

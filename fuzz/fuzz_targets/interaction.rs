@@ -1,11 +1,11 @@
 //! What the affinity layer reads from the network: the id a created interaction's answer names
 //! (JSON or SSE, cut anywhere), the interaction a request refers to (path and body as sent),
-//! a body's prefix key: never panic; an id found is always a plausible id, and the same however
+//! the cache a body names, a body's prefix key: never panic; an id found is always a plausible id, and the same however
 //! the answer is cut.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tower_gemini::fuzzing::{created_interaction_id, interaction_referred, prefix_key};
+use tower_gemini::fuzzing::{cache_named, created_interaction_id, interaction_referred, prefix_key};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, body)) = data.split_first() else {
@@ -27,4 +27,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = interaction_referred(true, "/v1/interactions", body);
     let _ = prefix_key("gemini-2.5-flash", body);
+    if let Some(name) = cache_named(body) {
+        assert!(name.starts_with("cachedContents/") && name.matches('/').count() == 1, "{name}");
+    }
 });

@@ -27,6 +27,7 @@
 
 mod admin;
 mod auth;
+mod caches;
 mod check_keys;
 mod config;
 mod cors;

@@ -67,6 +67,9 @@ pub(crate) async fn native(State(shared): State<Arc<Shared>>, request: Request) 
     if path == "/v1beta/interactions" || path.starts_with("/v1beta/interactions/") {
         return super::interactions::serve(&shared, request).await;
     }
+    if path == "/v1beta/cachedContents" || path.starts_with("/v1beta/cachedContents/") {
+        return super::caches::serve(&shared, request).await;
+    }
     if let Some(rest) = path.strip_prefix("/v1beta/openai/") {
         let rest = rest.to_owned();
         return openai_compatible(&shared, request, &rest).await;
@@ -198,10 +201,25 @@ fn openai_body(body: &[u8]) -> Result<serde_json::Value, String> {
     crate::model::count_body_parse();
     let json: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("the request body is not JSON: {e}"))?;
-    if json.is_object() {
-        Ok(json)
-    } else {
-        Err("the request body must be a JSON object".to_owned())
+    if !json.is_object() {
+        return Err("the request body must be a JSON object".to_owned());
+    }
+    // A context cache named here (`extra_body.google.cached_content`) would escape the
+    // per-client check of the native routes, where caches are served.
+    if names_key(&json, &["cached_content", "cachedContent"]) {
+        return Err("a context cache is used through the native routes (\"cachedContent\" in POST /v1beta/models/{model}:generateContent), not the OpenAI-compatible ones".to_owned());
+    }
+    Ok(json)
+}
+
+/// Does a JSON value have an object key named one of `names`, at any depth?
+fn names_key(json: &serde_json::Value, names: &[&str]) -> bool {
+    match json {
+        serde_json::Value::Object(map) => map
+            .iter()
+            .any(|(key, value)| names.contains(&key.as_str()) || names_key(value, names)),
+        serde_json::Value::Array(items) => items.iter().any(|item| names_key(item, names)),
+        _ => false,
     }
 }
 
@@ -292,6 +310,11 @@ fn forwarded_query(path: &str, query: Option<&str>) -> String {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             if interactions {
                 return super::interactions::allowed_query(name, value);
+            }
+            // A cache's patch says what it changes: only its expiry can.
+            if name == "updateMask" {
+                return path.contains("/cachedContents/")
+                    && matches!(value, "ttl" | "expireTime" | "expire_time");
             }
             FORWARDED_QUERY.contains(&name)
                 // The answer's format only as JSON or SSE: usage, quota and cost are read from

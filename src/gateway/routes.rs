@@ -11,7 +11,9 @@ use axum::routing::{get, post};
 use http::StatusCode;
 
 use super::reply::{self, Family};
-use super::{GatewayConfig, Shared, admin, auth, cors, dashboard, interactions, metrics, proxy};
+use super::{
+    GatewayConfig, Shared, admin, auth, caches, cors, dashboard, interactions, metrics, proxy,
+};
 
 /// The gateway's router for `config`: every route, auth, CORS and per-client limits. Serve it
 /// with `axum::serve` (see [`serve`](super::serve), which also handles shutdown).
@@ -27,6 +29,13 @@ pub(super) fn routes(shared: &Arc<Shared>, config: &GatewayConfig) -> Router {
         .route("/v1/embeddings", post(proxy::embeddings))
         .route("/v1/models", get(proxy::models))
         .route("/v1/models/{*rest}", get(proxy::native).post(proxy::native))
+        .route("/v1/cachedContents", get(caches::route).post(caches::route))
+        .route(
+            "/v1/cachedContents/{*rest}",
+            get(caches::route)
+                .patch(caches::route)
+                .delete(caches::route),
+        )
         .route("/v1/interactions", post(interactions::route))
         .route(
             "/v1/interactions/{*rest}",
@@ -75,7 +84,10 @@ async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next:
     let family = if path.starts_with("/v1/interactions") || path.starts_with("/v1beta/interactions")
     {
         Family::Interactions
-    } else if path.starts_with("/v1/") && !path.starts_with("/v1/models/") {
+    } else if path.starts_with("/v1/")
+        && !path.starts_with("/v1/models/")
+        && !path.starts_with("/v1/cachedContents")
+    {
         Family::OpenAi
     } else {
         Family::Native

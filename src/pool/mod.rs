@@ -398,6 +398,15 @@ impl KeyPool {
         self.inner.projects.iter().map(|p| p.name.clone()).collect()
     }
 
+    /// The names of `tenant`'s live resources starting with `prefix` (`cachedContents/`),
+    /// oldest first, as this process knows them.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn names_of(&self, tenant: &str, prefix: &str) -> Vec<Arc<str>> {
+        self.inner
+            .pins
+            .names_of(tenant, prefix, self.inner.clock.now_millis())
+    }
+
     /// How many live resources each tenant holds (`None`: made without a tenant).
     #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     pub(crate) fn owned_by_tenant(&self) -> std::collections::HashMap<Option<Arc<str>>, usize> {

@@ -201,6 +201,25 @@ impl Pins {
             .remove(name);
     }
 
+    /// The names of `tenant`'s live resources that start with `prefix`, oldest first.
+    pub(crate) fn names_of(&self, tenant: &str, prefix: &str, now: u64) -> Vec<Arc<str>> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(pins) = map.per_tenant.get(tenant) else {
+            return Vec::new();
+        };
+        let mut seen = std::collections::HashSet::new();
+        pins.order
+            .iter()
+            .filter(|name| name.starts_with(prefix) && seen.insert(Arc::clone(name)))
+            .filter(|name| {
+                map.by_name
+                    .get(&***name)
+                    .is_some_and(|r| r.expires_at > now && r.tenant.as_deref() == Some(tenant))
+            })
+            .cloned()
+            .collect()
+    }
+
     /// How many resources each tenant holds (for status pages: counts, never names).
     pub(crate) fn count_by_tenant(&self, now: u64) -> HashMap<Option<Arc<str>>, usize> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());

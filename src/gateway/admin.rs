@@ -124,8 +124,8 @@ pub(crate) async fn status(State(shared): State<Arc<Shared>>) -> Response {
     )
 }
 
-/// How many live resources (stored interactions) each client holds, by its token's
-/// fingerprint: counts only, never the resources' names.
+/// How many live resources each client holds, by kind (`interactions`, `cachedContents`) and
+/// its token's fingerprint: counts only, never the resources' names.
 fn resources(shared: &Shared, pool: &crate::KeyPool) -> Vec<serde_json::Value> {
     let counts = pool.owned_by_tenant();
     let mut rows: Vec<serde_json::Value> = counts
@@ -138,7 +138,11 @@ fn resources(shared: &Shared, pool: &crate::KeyPool) -> Vec<serde_json::Value> {
                     .find(|t| t.scope_id() == id)
                     .map_or_else(|| "a removed client".to_owned(), |t| t.fingerprint())
             });
-            serde_json::json!({ "client": client, "interactions": count })
+            let mut row = serde_json::json!({ "client": client });
+            for (kind, n) in count {
+                row[kind.as_str()] = (*n).into();
+            }
+            row
         })
         .collect();
     rows.sort_by(|a, b| a["client"].as_str().cmp(&b["client"].as_str()));

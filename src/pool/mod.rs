@@ -409,7 +409,10 @@ impl KeyPool {
 
     /// How many live resources each tenant holds (`None`: made without a tenant).
     #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
-    pub(crate) fn owned_by_tenant(&self) -> std::collections::HashMap<Option<Arc<str>>, usize> {
+    pub(crate) fn owned_by_tenant(
+        &self,
+    ) -> std::collections::HashMap<Option<Arc<str>>, std::collections::BTreeMap<String, usize>>
+    {
         self.inner
             .pins
             .count_by_tenant(self.inner.clock.now_millis())

@@ -9,7 +9,7 @@
 //! its own order, not by a scan of the map), so that a client creating resources as fast as
 //! its quota allows cannot push the others' out.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -220,12 +220,21 @@ impl Pins {
             .collect()
     }
 
-    /// How many resources each tenant holds (for status pages: counts, never names).
-    pub(crate) fn count_by_tenant(&self, now: u64) -> HashMap<Option<Arc<str>>, usize> {
+    /// How many resources of each kind (the collection of their name: `interactions`,
+    /// `cachedContents`) each tenant holds (for status pages: counts, never names).
+    pub(crate) fn count_by_tenant(
+        &self,
+        now: u64,
+    ) -> HashMap<Option<Arc<str>>, BTreeMap<String, usize>> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let mut counts = HashMap::new();
-        for record in map.by_name.values().filter(|r| r.expires_at > now) {
-            *counts.entry(record.tenant.clone()).or_insert(0) += 1;
+        let mut counts: HashMap<Option<Arc<str>>, BTreeMap<String, usize>> = HashMap::new();
+        for (name, record) in map.by_name.iter().filter(|(_, r)| r.expires_at > now) {
+            let kind = name.split_once('/').map_or("other", |(kind, _)| kind);
+            *counts
+                .entry(record.tenant.clone())
+                .or_default()
+                .entry(kind.to_owned())
+                .or_insert(0) += 1;
         }
         counts
     }
@@ -332,15 +341,21 @@ mod tests {
             pins.learn(&format!("interactions/m{i}"), owned("mallory", 100 + i), 0);
         }
         let counts = pins.count_by_tenant(1);
-        assert_eq!(counts[&Some(Arc::from("mallory"))], MAX_PINS_PER_TENANT);
-        assert_eq!(counts[&Some(Arc::from("alice"))], 1);
+        assert_eq!(
+            counts[&Some(Arc::from("mallory"))]["interactions"],
+            MAX_PINS_PER_TENANT
+        );
+        assert_eq!(counts[&Some(Arc::from("alice"))]["interactions"], 1);
         // Mallory's oldest went; her newest stayed.
         assert!(pins.get("interactions/m0", 1).is_none());
         let newest = format!("interactions/m{}", MAX_PINS_PER_TENANT + 99);
         assert!(pins.get(&newest, 1).is_some());
         // Replacing a record does not count it twice.
         pins.learn("interactions/alice", owned("alice", 20), 0);
-        assert_eq!(pins.count_by_tenant(1)[&Some(Arc::from("alice"))], 1);
+        assert_eq!(
+            pins.count_by_tenant(1)[&Some(Arc::from("alice"))]["interactions"],
+            1
+        );
         // Another tenant cannot take a live record over.
         assert!(!pins.learn("interactions/alice", owned("mallory", 30), 0));
         assert_eq!(

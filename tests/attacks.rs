@@ -217,7 +217,6 @@ async fn googles_other_openai_apis_are_not_served() {
         (Method::POST, "/v1beta/openai/audio/speech"),
         (Method::POST, "/v1beta/openai/fine_tuning/jobs"),
         (Method::GET, "/v1beta/files"),
-        (Method::GET, "/v1beta/cachedContents"),
         (Method::GET, "/v1beta/batches"),
     ];
     for (method, path) in refused {

@@ -141,7 +141,7 @@ async fn a_clients_cache_is_its_own() {
         (
             Method::PATCH,
             format!("{at}?updateMask=ttl"),
-            Some(json!({ "ttl": "99999s" })),
+            Some(json!({ "ttl": "9999s" })),
         ),
         (Method::DELETE, at.clone(), None),
         (
@@ -154,6 +154,21 @@ async fn a_clients_cache_is_its_own() {
         let (status, _, answer) = send(&gateway, MALLORY, method.clone(), &path, body).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {answer}");
     }
+    // Nor one level down in a countTokens request, nor with the key written with an escape.
+    let count = format!("/v1beta/models/{MODEL}:countTokens");
+    let nested = json!({ "generateContentRequest": question(&cache, "hers?") });
+    let (status, _, answer) = send(&gateway, MALLORY, Method::POST, &count, Some(nested)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    let escaped = format!(
+        r#"{{"cached\u0043ontent":"{cache}","contents":[{{"parts":[{{"text":"hers?"}}]}}]}}"#
+    );
+    let request = Request::post(format!("{}{generate}", gateway.base))
+        .header("authorization", format!("Bearer {MALLORY}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(escaped)))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let sideways = json!({
         "model": MODEL,
         "messages": [{ "role": "user", "content": "hers?" }],
@@ -214,8 +229,8 @@ async fn a_clients_cache_is_its_own() {
     assert_eq!(mock.stats().responses_with_status(403), 0);
 }
 
-/// A cache naming an uploaded file (the operator's: the gateway serves no files) is refused,
-/// as is a patch of anything but the expiry.
+/// A cache naming an uploaded file (the operator's: the gateway serves no files) is refused, as
+/// is a generateContent naming one, or a File Search store; a cache lives at most a day.
 #[tokio::test]
 async fn what_a_cache_may_not_hold_is_refused() {
     let mock = mock().await;
@@ -237,5 +252,25 @@ async fn what_a_cache_may_not_hold_is_refused() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert!(answer.to_string().contains("uploaded file"), "{answer}");
+    let generate = format!("/v1beta/models/{MODEL}:generateContent");
+    for body in [
+        json!({ "contents": [{ "parts": [{ "file_data": { "file_uri": " FILES/operators-file" } }] }] }),
+        json!({ "contents": [{ "parts": [{ "text": "x" }] }], "tools": [{ "fileSearch": { "fileSearchStoreNames": ["fileSearchStores/s"] } }] }),
+    ] {
+        let (status, _, answer) = send(&gateway, ALICE, Method::POST, &generate, Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert!(answer.to_string().contains("does not serve"), "{answer}");
+    }
+    let mut forever = cache_body();
+    forever["ttl"] = json!("31536000s");
+    let (status, _, answer) = send(
+        &gateway,
+        ALICE,
+        Method::POST,
+        "/v1/cachedContents",
+        Some(forever),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert_eq!(mock.stats().total_requests(), 0);
 }

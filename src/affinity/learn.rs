@@ -73,8 +73,10 @@ pub(crate) struct Learn {
     held: Option<(Frame<Bytes>, tokio::task::JoinHandle<()>)>,
 }
 
-/// The usage fields whose sum is a conversation's size after an answer.
+/// The usage fields whose sum is a resource's size in tokens: a conversation's after an
+/// answer (its input and output), a cache's (its `usageMetadata.totalTokenCount`).
 const USAGE: [&[&[u8]]; 2] = [&[b"\"total_input_tokens\""], &[b"\"total_output_tokens\""]];
+const CACHE_USAGE: [&[&[u8]]; 2] = [&[b"\"totalTokenCount\""], &[]];
 
 impl Learn {
     pub(crate) fn new(pool: KeyPool, record: PinRecord, kind: Kind, sse: bool) -> Self {
@@ -104,7 +106,11 @@ impl Learn {
     /// the pin to wait for, if the store has one). `false`: nothing more to learn.
     fn read(&mut self, chunk: &[u8]) -> (bool, Option<crate::state::StoreFuture<()>>) {
         self.scanned += chunk.len();
-        for (slot, found) in self.counts.iter_mut().zip(self.usage.scan(chunk, &USAGE)) {
+        let fields = match self.kind {
+            Kind::Interaction => &USAGE,
+            Kind::Cache => &CACHE_USAGE,
+        };
+        for (slot, found) in self.counts.iter_mut().zip(self.usage.scan(chunk, fields)) {
             if found.is_some() {
                 *slot = found;
             }
@@ -146,8 +152,13 @@ impl Drop for Learn {
         };
         let mut record = self.record.clone();
         let mut changed = false;
-        if let [Some(input), Some(output)] = self.counts {
-            record.tokens = input.saturating_add(output);
+        let tokens = match (self.kind, self.counts) {
+            (Kind::Interaction, [Some(input), Some(output)]) => Some(input.saturating_add(output)),
+            (Kind::Cache, [Some(total), _]) => Some(total),
+            _ => None,
+        };
+        if let Some(tokens) = tokens {
+            record.tokens = tokens;
             changed = true;
         }
         if let Some(at) = self.expire.as_ref().and_then(|(_, at)| *at)

@@ -209,11 +209,28 @@ pub(crate) fn cache_in_body(body: &[u8]) -> Option<Result<String, ()>> {
             memchr::memmem::Finder::new(b"cached_content"),
         ]
     });
-    if finders.iter().all(|f| f.find(body).is_none()) {
+    // (A key written with an escape — `"cached\u0043ontent"` — is the same field to Google:
+    // a body with an escape in it is parsed too.)
+    if finders.iter().all(|f| f.find(body).is_none())
+        && memchr::memmem::find(body, b"\\u").is_none()
+    {
         return None;
     }
     #[derive(Deserialize)]
     struct Fields<'a> {
+        #[serde(borrow, default, rename = "cachedContent", alias = "cached_content")]
+        cache: Option<Cow<'a, str>>,
+        /// `countTokens` may wrap a whole `generateContent` request.
+        #[serde(
+            borrow,
+            default,
+            rename = "generateContentRequest",
+            alias = "generate_content_request"
+        )]
+        inner: Option<Inner<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Inner<'a> {
         #[serde(borrow, default, rename = "cachedContent", alias = "cached_content")]
         cache: Option<Cow<'a, str>>,
     }
@@ -221,7 +238,11 @@ pub(crate) fn cache_in_body(body: &[u8]) -> Option<Result<String, ()>> {
         // Unreadable (or the field twice): Google answers it; what it names is not known.
         return Some(Err(()));
     };
-    let name = fields.cache?;
+    let name = match (fields.cache, fields.inner.and_then(|inner| inner.cache)) {
+        (Some(_), Some(_)) => return Some(Err(())),
+        (outer, inner) => outer.or(inner),
+    };
+    let name = name?;
     let name = name.trim();
     match name.strip_prefix("cachedContents/") {
         Some(id) if is_id(id) => Some(Ok(name.to_owned())),
@@ -335,6 +356,11 @@ mod tests {
         assert_eq!(cache_in_body(words), None);
         let odd = br#"{"cachedContent":"files/../x"}"#;
         assert_eq!(cache_in_body(odd), Some(Err(())));
+        // Escaped, or one level down in a countTokens request: read all the same.
+        let escaped = br#"{"cached\u0043ontent":"cachedContents/e1"}"#;
+        assert_eq!(cache_in_body(escaped), Some(Ok("cachedContents/e1".into())));
+        let nested = br#"{"generateContentRequest":{"model":"models/m","cachedContent":"cachedContents/n1"}}"#;
+        assert_eq!(cache_in_body(nested), Some(Ok("cachedContents/n1".into())));
     }
 
     #[test]

@@ -226,8 +226,9 @@ where
             owner_of(inner.clone(), &settings, &request, &name, tenant.as_ref()).await?
     {
         request.extensions_mut().insert(owner);
-        // A continuation sends the conversation so far as prompt: its size counts.
-        if matches!(call, Call::Create(_)) && tokens > 0 {
+        // A continuation sends the conversation so far as prompt, a call naming a cache the
+        // cache's contents: their size counts.
+        if matches!(call, Call::Create(_) | Call::UsesCache(_)) && tokens > 0 {
             request.extensions_mut().insert(StoredContext(tokens));
         }
     }

@@ -61,6 +61,10 @@ pub(crate) fn of(parts: &Parts, body: &[u8], cache_sampled: bool) -> Option<Keye
     }
     let asked = asked(&parts.headers);
     let json: Value = serde_json::from_slice(body).ok()?;
+    // An answer made over a context cache is its owner's: never another caller's to reuse.
+    if json.get("cachedContent").is_some() || json.get("cached_content").is_some() {
+        return None;
+    }
     let (model, stream) = if path.ends_with(":generateContent") {
         (crate::model::model_in_path(path)?.to_owned(), false)
     } else if path.ends_with(":streamGenerateContent") {
@@ -185,6 +189,16 @@ mod tests {
         // Another namespace, another key.
         let kc = of(&parts(PATH, &[(NAMESPACE_HEADER, "tenant-b")]), a, false).unwrap();
         assert_ne!(ka.key, kc.key);
+    }
+
+    /// An answer made over a context cache belongs to the cache's owner: not kept.
+    #[test]
+    fn answers_over_a_context_cache_are_not_kept() {
+        let plain =
+            br#"{"contents":[{"parts":[{"text":"hi"}]}],"generationConfig":{"temperature":0}}"#;
+        assert!(of(&parts(PATH, &[]), plain, false).is_some());
+        let cached = br#"{"cachedContent":"cachedContents/c1","contents":[{"parts":[{"text":"hi"}]}],"generationConfig":{"temperature":0}}"#;
+        assert!(of(&parts(PATH, &[]), cached, false).is_none());
     }
 
     /// Header values that are not visible ASCII are namespaces too: each its own, never the

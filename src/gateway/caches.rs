@@ -25,8 +25,14 @@ use super::proxy::forward;
 use super::reply::{self, Family};
 use crate::Model;
 
-/// How many caches one list answer holds at most (`pageSize` may ask for fewer).
-const MAX_PAGE: usize = 100;
+/// How many caches one list answer holds at most (`pageSize` may ask for fewer): each is read
+/// from its project, all at once.
+const MAX_PAGE: usize = 20;
+/// The longest a cache may live (`ttl`, `expireTime`), at its create or a patch: its storage
+/// is billed by the hour to the operator, and no budget counts it.
+const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// The most caches one client may hold at once.
+const MAX_CACHES_PER_CLIENT: usize = 100;
 
 /// `/v1/cachedContents` and `/v1/cachedContents/{id}`.
 pub(crate) async fn route(State(shared): State<Arc<Shared>>, request: Request) -> Response {
@@ -45,6 +51,9 @@ pub(crate) async fn serve(shared: &Shared, request: Request) -> Response {
     let known_id = crate::affinity::reference::is_id(id);
     match (request.method(), id) {
         (&Method::POST, "") => {
+            if let Some(full) = at_cache_limit(shared, &request) {
+                return full;
+            }
             forward(
                 shared,
                 Family::Native,
@@ -79,8 +88,58 @@ pub(crate) async fn serve(shared: &Shared, request: Request) -> Response {
     }
 }
 
+/// A 429 if the client holds [`MAX_CACHES_PER_CLIENT`] caches already.
+fn at_cache_limit(shared: &Shared, request: &Request) -> Option<Response> {
+    let scope = request.extensions().get::<super::ClientScope>()?;
+    let tenant = scope.0.to_str().ok()?;
+    let held = shared.live().pool.names_of(tenant, "cachedContents/").len();
+    (held >= MAX_CACHES_PER_CLIENT).then(|| {
+        reply::client_error(
+            Family::Native,
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "this client holds {held} context caches, the most it may: delete one (DELETE /v1beta/cachedContents/{{id}}) or let one expire before creating another"
+            ),
+        )
+    })
+}
+
+/// The expiry a body asks for (`ttl` as `"600s"`, or `expireTime`), checked against
+/// [`MAX_TTL`]; none asked is Google's default hour.
+fn check_expiry(json: &serde_json::Value) -> Result<(), String> {
+    let too_long = || {
+        format!(
+            "a cache lives at most {} s through this gateway: ask for a shorter \"ttl\" (or an earlier \"expireTime\")",
+            MAX_TTL.as_secs()
+        )
+    };
+    if let Some(ttl) = json.get("ttl") {
+        let seconds = ttl
+            .as_str()
+            .and_then(|t| t.trim().strip_suffix('s'))
+            .and_then(|t| t.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .ok_or_else(|| format!("\"ttl\" must be seconds such as \"600s\", not {ttl}"))?;
+        if seconds > MAX_TTL.as_secs_f64() {
+            return Err(too_long());
+        }
+    }
+    if let Some(at) = json.get("expireTime") {
+        let at: jiff::Timestamp = at.as_str().and_then(|t| t.parse().ok()).ok_or_else(|| {
+            format!("\"expireTime\" must be a time such as \"2026-12-02T12:00:00Z\", not {at}")
+        })?;
+        let limit = jiff::Timestamp::now()
+            .checked_add(jiff::SignedDuration::try_from(MAX_TTL).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        if at > limit {
+            return Err(too_long());
+        }
+    }
+    Ok(())
+}
+
 /// A create's body: a JSON object naming a plausible model, whose contents name no uploaded
-/// file (see the module docs). Sent as it came.
+/// file (see the module docs), and an expiry within [`MAX_TTL`]. Sent as it came.
 fn check_create(body: Bytes) -> Result<(Bytes, Option<Model>), String> {
     crate::model::count_body_parse();
     let json: serde_json::Value =
@@ -96,6 +155,7 @@ fn check_create(body: Bytes) -> Result<(Bytes, Option<Model>), String> {
     if names_uploaded_file(&json) {
         return Err("a cache's contents may not name an uploaded file (fileData.fileUri of the files service): the gateway serves no files; send the content inline".to_owned());
     }
+    check_expiry(&json)?;
     Ok((body, Some(Model::new(model))))
 }
 
@@ -106,6 +166,7 @@ fn check_patch(body: Bytes) -> Result<(Bytes, Option<Model>), String> {
     if !json.is_object() {
         return Err("the request body must be a JSON object, such as {\"ttl\": \"3600s\"}".into());
     }
+    check_expiry(&json)?;
     Ok((body, None))
 }
 
@@ -136,38 +197,58 @@ async fn list(shared: &Shared, request: Request, path: &str) -> Response {
             "the cache list is each client's own: this gateway runs without client tokens",
         );
     };
-    let (size, from) = paging(request.uri().query());
+    // A list counts against the client's limits as one request.
+    if let Some(limits) = &shared.client_limits {
+        let (parts, _) = request.into_parts();
+        let head = crate::context::RequestHead {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+            extensions: &parts.extensions,
+        };
+        if let Some(refused) = limits.admit::<axum::body::Body>(&head, b"") {
+            return refused;
+        }
+        return page(shared, tenant, parts.uri.query(), path).await;
+    }
+    page(shared, tenant, request.uri().query(), path).await
+}
+
+/// One page of the client's caches, each read from its project, all at once.
+async fn page(shared: &Shared, tenant: &str, query: Option<&str>, path: &str) -> Response {
+    let (size, from) = paging(query);
     let live = shared.live();
     let names = live.pool.names_of(tenant, "cachedContents/");
+    let from = from.min(names.len());
     let version = if path.starts_with("/v1beta") {
         "/v1beta"
     } else {
         "/v1"
     };
-    let mut caches = Vec::new();
-    for name in names.iter().skip(from).take(size) {
+    let reads = names.iter().skip(from).take(size).map(|name| {
         let uri = format!("{}{version}/{name}", shared.upstream);
-        let Ok(mut get) = http::Request::get(uri).body(Full::new(Bytes::new())) else {
-            continue;
-        };
-        get.extensions_mut()
-            .insert(crate::context::Tenant::new(tenant));
-        let Ok(answer) = live.gemini.clone().oneshot(get).await else {
-            continue;
-        };
-        if !answer.status().is_success() {
-            continue;
+        let gemini = live.gemini.clone();
+        async move {
+            let mut get = http::Request::get(uri).body(Full::new(Bytes::new())).ok()?;
+            get.extensions_mut()
+                .insert(crate::context::Tenant::new(tenant));
+            let answer = gemini.oneshot(get).await.ok()?;
+            if !answer.status().is_success() {
+                return None;
+            }
+            let body = answer.into_body().collect().await.ok()?.to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&body).ok()
         }
-        let Ok(body) = answer.into_body().collect().await else {
-            continue;
-        };
-        if let Ok(cache) = serde_json::from_slice::<serde_json::Value>(&body.to_bytes()) {
-            caches.push(cache);
-        }
-    }
+    });
+    let caches: Vec<serde_json::Value> = futures_util::future::join_all(reads)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     let mut answer = serde_json::json!({ "cachedContents": caches });
-    if from + size < names.len() {
-        answer["nextPageToken"] = (from + size).to_string().into();
+    let next = from.saturating_add(size);
+    if next < names.len() {
+        answer["nextPageToken"] = next.to_string().into();
     }
     reply::json(StatusCode::OK, &answer)
 }
@@ -208,9 +289,26 @@ mod tests {
     }
 
     #[test]
+    fn a_cache_lives_at_most_a_day() {
+        let ok = br#"{"model":"models/gemini-2.5-flash","ttl":"3600s"}"#;
+        assert!(check_create(Bytes::from_static(ok)).is_ok());
+        for body in [
+            r#"{"model":"gemini-2.5-flash","ttl":"86401s"}"#,
+            r#"{"model":"gemini-2.5-flash","expireTime":"2999-01-01T00:00:00Z"}"#,
+        ] {
+            let error = check_create(Bytes::from(body)).unwrap_err();
+            assert!(error.contains("at most"), "{error}");
+        }
+        assert!(check_patch(Bytes::from_static(br#"{"ttl":"1e9s"}"#)).is_err());
+        assert!(check_patch(Bytes::from_static(br#"{"ttl":"soon"}"#)).is_err());
+        assert!(check_patch(Bytes::from_static(br#"{"ttl":"7200s"}"#)).is_ok());
+    }
+
+    #[test]
     fn pages_are_bounded() {
         assert_eq!(paging(None), (MAX_PAGE, 0));
         assert_eq!(paging(Some("pageSize=5&pageToken=10")), (5, 10));
         assert_eq!(paging(Some("pageSize=100000")), (MAX_PAGE, 0));
+        assert_eq!(paging(Some("pageToken=18446744073709551615")).1, usize::MAX);
     }
 }

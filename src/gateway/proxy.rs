@@ -372,7 +372,7 @@ fn admit(
 ) -> Result<(Bytes, Option<Model>), Box<Response>> {
     // (A cancel of an interaction is the one POST sent without a body.)
     let bodiless = body.is_empty() && path.ends_with("/cancel");
-    if parts.method == Method::POST
+    if (parts.method == Method::POST || parts.method == Method::PATCH)
         && !bodiless
         && let Err(problem) = strict_json::check(&body)
     {

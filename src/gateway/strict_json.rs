@@ -1,8 +1,15 @@
-//! Request bodies as Google and every layer will read them: JSON with no key twice in an object.
+//! Request bodies as Google and every layer will read them: JSON with no key twice in an
+//! object, no key written with an escape, and no reference to a resource the gateway does not
+//! serve.
 //!
 //! serde_json keeps the last of two equal keys and a derived struct refuses them, so with
-//! `{"model":"a","model":"b"}` one reader prices or caches `a` while another sends `b`. The
-//! gateway refuses such a body (400) before anything reads it.
+//! `{"model":"a","model":"b"}` one reader prices or caches `a` while another sends `b`. A key
+//! written with an escape (`"cached\u0043ontent"`) is the same field to Google but slips past
+//! a byte search for its name (the affinity layer's for `cachedContent`). An uploaded file
+//! (`fileUri`/`file_uri`/`uri` naming Google's files service) or a File Search store
+//! (`fileSearch`, `file_search`, their store names) belongs to the operator's projects — the
+//! gateway serves no files and no stores — so a client may not name one. The gateway refuses
+//! such a body (400) before anything reads it.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -66,7 +73,22 @@ impl<'de> Visitor<'de> for Strict {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut keys: Vec<Cow<'de, str>> = Vec::new();
         let mut many: Option<std::collections::HashSet<Cow<'de, str>>> = None;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(key) = map.next_key_seed(Capture)? {
+            // (A key is a string: `None` cannot come from JSON.)
+            let Some(key) = key else {
+                continue;
+            };
+            if matches!(key, Cow::Owned(_)) {
+                return Err(de::Error::custom(format!(
+                    "the key {:?} is written with an escape; send field names as plain text",
+                    crate::model::shorten(&key)
+                )));
+            }
+            if UNSERVED_KEYS.contains(&&*key) {
+                return Err(de::Error::custom(format!(
+                    "{key:?} names a File Search store, which the gateway does not serve"
+                )));
+            }
             let repeated = match many.as_mut() {
                 Some(set) => !set.insert(key.clone()),
                 None if keys.contains(&key) => true,
@@ -84,9 +106,87 @@ impl<'de> Visitor<'de> for Strict {
                     crate::model::shorten(&key)
                 )));
             }
-            map.next_value_seed(Strict)?;
+            if FILE_KEYS.contains(&&*key) {
+                if let Some(uri) = map.next_value_seed(Capture)?
+                    && names_google_file(&uri)
+                {
+                    return Err(de::Error::custom(format!(
+                        "{key:?} names an uploaded file ({}), which the gateway does not serve: send the content inline",
+                        crate::model::shorten(&uri)
+                    )));
+                }
+            } else {
+                map.next_value_seed(Strict)?;
+            }
         }
         Ok(())
+    }
+}
+
+/// Keys whose string value may name a file of Google's files service.
+const FILE_KEYS: &[&str] = &["fileUri", "file_uri", "uri"];
+/// Keys that name a File Search store (a tool, or its store list).
+const UNSERVED_KEYS: &[&str] = &[
+    "fileSearch",
+    "file_search",
+    "fileSearchStoreNames",
+    "file_search_store_names",
+];
+
+/// Does `uri` name a file of Google's files service (`files/…`, or a URL of its host), however
+/// cased or padded?
+fn names_google_file(uri: &str) -> bool {
+    let uri = uri.trim().to_ascii_lowercase();
+    uri.starts_with("files/")
+        || uri.contains("generativelanguage.googleapis.com")
+        || uri.contains("generativelanguage.mtls.googleapis.com")
+}
+
+/// A value read strictly, and kept when it is a string: borrowed from the body when it was
+/// written plainly, owned when it had to be unescaped (so an escaped key shows).
+struct Capture;
+
+impl<'de> DeserializeSeed<'de> for Capture {
+    type Value = Option<Cow<'de, str>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(Capture)
+    }
+}
+
+impl<'de> Visitor<'de> for Capture {
+    type Value = Option<Cow<'de, str>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Borrowed(text)))
+    }
+    fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(text.to_owned())))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Strict.visit_seq(seq).map(|()| None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        Strict.visit_map(map).map(|()| None)
     }
 }
 
@@ -100,16 +200,48 @@ mod tests {
         assert!(check(br#"[1, "a", null, true, {"a":{"b":[]}}]"#).is_ok());
         for body in [
             &br#"{"model":"a","model":"b"}"#[..],
-            br#"{"model":"a","mod\u0065l":"b"}"#,
             br#"{"contents":[{"parts":[{"text":"x","text":"y"}]}]}"#,
         ] {
             let error = check(body).unwrap_err();
             assert!(error.contains("appears twice"), "{error}");
         }
+        // A key written with an escape is refused whatever it spells (a second `model`, or a
+        // `cachedContent` a byte search would miss); escapes in values are fine.
+        for body in [
+            &br#"{"model":"a","mod\u0065l":"b"}"#[..],
+            br#"{"cached\u0043ontent":"cachedContents/x"}"#,
+        ] {
+            let error = check(body).unwrap_err();
+            assert!(error.contains("escape"), "{error}");
+        }
+        assert!(check(br#"{"contents":[{"parts":[{"text":"a\nb \u00e9"}]}]}"#).is_ok());
         let many: String = (0..40).map(|i| format!("\"k{i}\":{i},")).collect();
         assert!(check(format!("{{{many}\"z\":0}}").as_bytes()).is_ok());
         assert!(check(format!("{{{many}\"k7\":0}}").as_bytes()).is_err());
         assert!(check(b"{} trailing").is_err());
         assert!(check(b"not json").is_err());
+    }
+}
+
+#[cfg(test)]
+mod unserved {
+    use super::check;
+
+    #[test]
+    fn files_and_file_search_stores_are_not_named() {
+        for body in [
+            r#"{"contents":[{"parts":[{"fileData":{"fileUri":"https://generativelanguage.googleapis.com/v1beta/files/abc"}}]}]}"#,
+            r#"{"contents":[{"parts":[{"file_data":{"file_uri":"  FILES/abc"}}]}]}"#,
+            r#"{"input":[{"type":"document","uri":"HTTPS://GENERATIVELANGUAGE.GOOGLEAPIS.COM/v1beta/files/x"}]}"#,
+            r#"{"tools":[{"fileSearch":{"fileSearchStoreNames":["fileSearchStores/s"]}}]}"#,
+            r#"{"tools":[{"type":"file_search","file_search_store_names":["fileSearchStores/s"]}]}"#,
+        ] {
+            let error = check(body.as_bytes()).unwrap_err();
+            assert!(error.contains("does not serve"), "{body}: {error}");
+        }
+        // Other URIs (a public document, a video) are the client's to send.
+        let public =
+            r#"{"contents":[{"parts":[{"fileData":{"fileUri":"https://example.com/a.pdf"}}]}]}"#;
+        assert!(check(public.as_bytes()).is_ok());
     }
 }

@@ -361,3 +361,53 @@ async fn interactions_are_never_cached_and_counted_per_client() {
         "no names in the status"
     );
 }
+
+/// A client's tokens per minute count the stored conversation its continuation makes Google
+/// read (the body shows only the new turn): a long conversation cannot slip under the client's
+/// limit by sending short turns. Another client's conversation counts nothing for it (its 429
+/// would tell that the conversation exists).
+#[tokio::test]
+async fn a_clients_token_limit_counts_its_stored_conversation() {
+    let mock = mock().await;
+    let mut config = config(&mock);
+    config.client_limits = Some(tower_gemini::pool::ModelLimits {
+        tpm: Some(500),
+        ..Default::default()
+    });
+    let gateway = start(config).await;
+    let input = "x".repeat(400); // 100 tokens a turn
+    let mut previous: Option<String> = None;
+    let mut refused_at = None;
+    for t in 0..4 {
+        let body = turn(&input, previous.as_deref(), false);
+        let answer = send(
+            &gateway,
+            ALICE,
+            Method::POST,
+            "/v1/interactions",
+            Some(body),
+        )
+        .await;
+        if answer.status == StatusCode::TOO_MANY_REQUESTS {
+            refused_at = Some(t);
+            break;
+        }
+        assert_eq!(answer.status, StatusCode::OK, "turn {t}: {}", answer.body);
+        previous = Some(answer.id());
+    }
+    // Turns of about 110 and 235 tokens fit in 500; the third, about 360 with what is
+    // stored, does not (by its body alone, 110, it would).
+    assert_eq!(refused_at, Some(2));
+    assert_eq!(mock.stats().total_requests(), 2);
+    // Mallory naming Alice's conversation is not counted Alice's size: her answer is the 404.
+    let hers = turn(&input, previous.as_deref(), false);
+    let answer = send(
+        &gateway,
+        MALLORY,
+        Method::POST,
+        "/v1/interactions",
+        Some(hers),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND, "{}", answer.body);
+}

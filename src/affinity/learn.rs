@@ -124,7 +124,12 @@ impl Learn {
                 .ok()
                 .and_then(|t| u64::try_from(t.as_millisecond()).ok());
         }
-        if self.name.is_some() {
+        if let Some(name) = self.name.clone() {
+            // What arrived since the name (the usage, at the end): taught at once, not when
+            // the body is dropped, which may come after the caller's next request.
+            if self.update() {
+                self.teach(&name);
+            }
             return (self.scanned <= MAX_SCAN, None);
         }
         let Some(found) = self.scanner.scan(chunk) else {
@@ -134,46 +139,53 @@ impl Learn {
         let Some(name) = self.kind.name(&found) else {
             return (false, None);
         };
-        if let Some(at) = self.expire.as_ref().and_then(|(_, at)| *at) {
-            self.record.expires_at = at;
-        }
+        self.update();
         let write = self.pool.learn_pin(&name, self.record.clone());
         self.name = Some(name);
         (true, write)
     }
-}
 
-impl Drop for Learn {
-    /// The answer ended (or was dropped): the conversation's size, for its next turn; a
-    /// cache's expiry read after its name.
-    fn drop(&mut self) {
-        let Some(name) = &self.name else {
-            return;
-        };
-        let mut record = self.record.clone();
+    /// Bring the record up to what was read (the resource's size, a cache's expiry); `true`
+    /// if that changed it.
+    fn update(&mut self) -> bool {
         let mut changed = false;
         let tokens = match (self.kind, self.counts) {
             (Kind::Interaction, [Some(input), Some(output)]) => Some(input.saturating_add(output)),
             (Kind::Cache, [Some(total), _]) => Some(total),
             _ => None,
         };
-        if let Some(tokens) = tokens {
-            record.tokens = tokens;
+        if let Some(tokens) = tokens
+            && tokens != self.record.tokens
+        {
+            self.record.tokens = tokens;
             changed = true;
         }
         if let Some(at) = self.expire.as_ref().and_then(|(_, at)| *at)
-            && at != record.expires_at
+            && at != self.record.expires_at
         {
-            record.expires_at = at;
+            self.record.expires_at = at;
             changed = true;
         }
-        if !changed {
-            return;
-        }
-        if let Some(write) = self.pool.learn_pin(name, record)
+        changed
+    }
+
+    /// Teach the record again (its store's write in the background: nothing waits for it).
+    fn teach(&self, name: &str) {
+        if let Some(write) = self.pool.learn_pin(name, self.record.clone())
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             runtime.spawn(write);
+        }
+    }
+}
+
+impl Drop for Learn {
+    /// The answer ended (or was dropped): what was read last, if it changed the record.
+    fn drop(&mut self) {
+        if let Some(name) = self.name.clone()
+            && self.update()
+        {
+            self.teach(&name);
         }
     }
 }

@@ -344,7 +344,8 @@ pub(super) async fn forward(
         Ok(read) => read,
         Err(refused) => return refused,
     };
-    let (body, model) = match admit(shared, family, &parts, body, &path, rewrite) {
+    let stored = stored_tokens(shared, &parts, &body).await;
+    let (body, model) = match admit(shared, family, &parts, body, &path, (rewrite, stored)) {
         Ok(admitted) => admitted,
         Err(refused) => return *refused,
     };
@@ -368,7 +369,7 @@ fn admit(
     parts: &http::request::Parts,
     body: Bytes,
     path: &str,
-    rewrite: Option<Rewrite>,
+    (rewrite, stored): (Option<Rewrite>, u64),
 ) -> Result<(Bytes, Option<Model>), Box<Response>> {
     // (A cancel of an interaction is the one POST sent without a body.)
     let bodiless = body.is_empty() && path.ends_with("/cancel");
@@ -389,7 +390,7 @@ fn admit(
             headers: &parts.headers,
             extensions: &parts.extensions,
         };
-        if let Some(refused) = limits.admit::<Body>(&head, &body) {
+        if let Some(refused) = limits.admit_with_stored::<Body>(&head, &body, stored) {
             return Err(Box::new(refused));
         }
     }
@@ -402,6 +403,37 @@ fn admit(
             ))
         }),
         None => Ok((body, crate::model::model_in_path(path).map(Model::new))),
+    }
+}
+
+/// The tokens of stored context a request makes Google read beyond its body — the conversation
+/// an interaction continues, the context cache a call names — as the pool learned them; 0 when
+/// there are no per-client limits to count them against, or nothing is known.
+async fn stored_tokens(shared: &Shared, parts: &http::request::Parts, body: &[u8]) -> u64 {
+    use crate::affinity::reference::{self, Call};
+    if shared.client_limits.is_none() {
+        return 0;
+    }
+    let path = parts.uri.path();
+    let name = if reference::may_use_cache(path) {
+        reference::cache_in_body(body).and_then(Result::ok)
+    } else {
+        match reference::call_of(&parts.method, path, Some(body)) {
+            Some(call @ Call::Create(_)) => call.referred(),
+            _ => None,
+        }
+    };
+    let Some(name) = name else {
+        return 0;
+    };
+    // Only the client's own: another's would tell, by this client's 429, that it exists.
+    let tenant = parts
+        .extensions
+        .get::<super::ClientScope>()
+        .and_then(|scope| scope.0.to_str().ok());
+    match shared.live().pool.pin_record(&name).await {
+        Some(record) if record.tenant.as_deref() == tenant => record.tokens,
+        _ => 0,
     }
 }
 

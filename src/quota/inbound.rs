@@ -337,6 +337,28 @@ impl InboundQuotaLayer {
     ) -> Option<Response<ResB>> {
         meter(&self.ledger, &self.key, head, Some(body))
     }
+
+    /// Like [`admit`](Self::admit), with `stored` more tokens that Google reads as prompt
+    /// though the body does not carry them (the stored conversation a continuation extends,
+    /// the context cache a call names).
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn admit_with_stored<ResB: From<Bytes>>(
+        &self,
+        head: &RequestHead<'_>,
+        body: &[u8],
+        stored: u64,
+    ) -> Option<Response<ResB>> {
+        if stored == 0 {
+            return self.admit(head, body);
+        }
+        let mut extended = head.extensions.clone();
+        extended.insert(crate::context::StoredContext(stored));
+        let head = RequestHead {
+            extensions: &extended,
+            ..*head
+        };
+        meter(&self.ledger, &self.key, &head, Some(body))
+    }
 }
 
 /// Admit one request of the client `key` names, counting the tokens and images of `body` when
@@ -351,12 +373,16 @@ fn meter<ResB: From<Bytes>>(
     let now = ledger.clock.now_millis();
     let entry = ledger.client(&client, now);
     let meters = &entry.meters;
-    let demand = match body {
+    let mut demand = match body {
         Some(body) if meters.limits().tpm.is_some() || meters.limits().ipm.is_some() => {
             BytesPerToken::default().estimate(body)
         }
         _ => Demand::default(),
     };
+    // What Google reads as prompt beyond the body: a stored conversation, a context cache.
+    if let Some(stored) = head.extensions.get::<crate::context::StoredContext>() {
+        demand.tokens = demand.tokens.saturating_add(stored.0);
+    }
     match meters.admit(demand, now) {
         Ok(_) => None,
         Err(refusal) => {

@@ -18,7 +18,8 @@ pub trait TokenEstimator: Send + Sync + fmt::Debug + 'static {
 }
 
 /// The default estimate: about 4 bytes of text per token, counting the text of `parts[].text`
-/// (native) and `messages[].content` (OpenAI-compatible), and one image per `inlineData` or
+/// (native), `messages[].content` (OpenAI-compatible) and an interaction's `input` and
+/// `system_instruction`, and one image per `inlineData` or
 /// `image_url` part. A body that is not JSON counts 4 bytes per token of its whole length.
 ///
 /// ```
@@ -150,7 +151,7 @@ impl<'de> Visitor<'de> for Walk<'_> {
 /// What a JSON object's key says of its value, read without allocating the key.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Key {
-    /// Prompt text: `text`, `content`.
+    /// Prompt text: `text`, `content`, an interaction's `input` and `system_instruction`.
     Text,
     /// An image or file part.
     Image,
@@ -173,7 +174,8 @@ impl<'de> Deserialize<'de> for Key {
                     "inlineData" | "inline_data" | "image_url" | "fileData" | "file_data" => {
                         Key::Image
                     }
-                    "text" | "content" => Key::Text,
+                    // (`input` and `system_instruction`: an interaction's, as strings.)
+                    "text" | "content" | "input" | "system_instruction" => Key::Text,
                     _ => Key::Other,
                 })
             }
@@ -195,6 +197,12 @@ mod tests {
         let openai = br#"{"model":"gemini-2.0-flash","messages":[{"role":"user","content":"0123456789abcdef"},{"role":"user","content":[{"type":"text","text":"1234"},{"type":"image_url","image_url":{"url":"data:x"}}]}]}"#;
         let demand = est.estimate(openai);
         assert_eq!((demand.tokens, demand.images), (5, 1));
+        // An interaction's input and system instruction, as strings or as content.
+        let interaction =
+            br#"{"model":"gemini-2.5-flash","system_instruction":"abcd","input":"efghijkl"}"#;
+        assert_eq!(est.estimate(interaction).tokens, 3);
+        let steps = br#"{"model":"m","input":[{"type":"text","text":"abcdefgh"}]}"#;
+        assert_eq!(est.estimate(steps).tokens, 2);
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub(crate) struct Learn {
     /// A chunk held back until the shared store has the pin (the write runs as a task, so
     /// that the body stays `Sync`).
     held: Option<(Frame<Bytes>, tokio::task::JoinHandle<()>)>,
+    /// The size or expiry read after the name was taught once already.
+    taught_early: bool,
 }
 
 /// The usage fields whose sum is a resource's size in tokens: a conversation's after an
@@ -99,6 +101,7 @@ impl Learn {
             counts: [None; 2],
             expire: (kind == Kind::Cache).then(|| (TopLevelField::new(b"expireTime"), None)),
             held: None,
+            taught_early: false,
         }
     }
 
@@ -125,9 +128,11 @@ impl Learn {
                 .and_then(|t| u64::try_from(t.as_millisecond()).ok());
         }
         if let Some(name) = self.name.clone() {
-            // What arrived since the name (the usage, at the end): taught at once, not when
-            // the body is dropped, which may come after the caller's next request.
-            if self.update() {
+            // What arrived since the name (the usage, at the end): taught once at once, not
+            // only when the body is dropped, which may come after the caller's next request;
+            // later changes (a stream's running usage) wait for the end.
+            if !self.taught_early && self.update() {
+                self.taught_early = true;
                 self.teach(&name);
             }
             return (self.scanned <= MAX_SCAN, None);

@@ -228,7 +228,8 @@ where
         request.extensions_mut().insert(owner);
         // A continuation sends the conversation so far as prompt, a call naming a cache the
         // cache's contents: their size counts.
-        if matches!(call, Call::Create(_) | Call::UsesCache(_)) && tokens > 0 {
+        let counting = request.uri().path().ends_with(":countTokens");
+        if matches!(call, Call::Create(_) | Call::UsesCache(_)) && tokens > 0 && !counting {
             request.extensions_mut().insert(StoredContext(tokens));
         }
     }

@@ -119,14 +119,28 @@ fn check_expiry(json: &serde_json::Value) -> Result<(), String> {
             .and_then(|t| t.trim().strip_suffix('s'))
             .and_then(|t| t.parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0)
-            .ok_or_else(|| format!("\"ttl\" must be seconds such as \"600s\", not {ttl}"))?;
+            .ok_or_else(|| {
+                format!(
+                    "\"ttl\" must be seconds such as \"600s\", not {}",
+                    crate::model::shorten(&ttl.to_string())
+                )
+            })?;
         if seconds > MAX_TTL.as_secs_f64() {
             return Err(too_long());
         }
     }
-    if let Some(at) = json.get("expireTime") {
+    let expire = match (json.get("expireTime"), json.get("expire_time")) {
+        (Some(_), Some(_)) => {
+            return Err("send the expiry once: \"expireTime\" or \"expire_time\", not both".into());
+        }
+        (one, other) => one.or(other),
+    };
+    if let Some(at) = expire {
         let at: jiff::Timestamp = at.as_str().and_then(|t| t.parse().ok()).ok_or_else(|| {
-            format!("\"expireTime\" must be a time such as \"2026-12-02T12:00:00Z\", not {at}")
+            format!(
+                "\"expireTime\" must be a time such as \"2026-12-02T12:00:00Z\", not {}",
+                crate::model::shorten(&at.to_string())
+            )
         })?;
         let limit = jiff::Timestamp::now()
             .checked_add(jiff::SignedDuration::try_from(MAX_TTL).map_err(|e| e.to_string())?)
@@ -295,6 +309,7 @@ mod tests {
         for body in [
             r#"{"model":"gemini-2.5-flash","ttl":"86401s"}"#,
             r#"{"model":"gemini-2.5-flash","expireTime":"2999-01-01T00:00:00Z"}"#,
+            r#"{"model":"gemini-2.5-flash","expire_time":"2999-01-01T00:00:00Z"}"#,
         ] {
             let error = check_create(Bytes::from(body)).unwrap_err();
             assert!(error.contains("at most"), "{error}");

@@ -415,6 +415,10 @@ async fn stored_tokens(shared: &Shared, parts: &http::request::Parts, body: &[u8
         return 0;
     }
     let path = parts.uri.path();
+    // (Counting tokens is free at Google: a cache named there is not read as prompt.)
+    if path.ends_with(":countTokens") {
+        return 0;
+    }
     let name = if reference::may_use_cache(path) {
         reference::cache_in_body(body).and_then(Result::ok)
     } else {

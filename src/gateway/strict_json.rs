@@ -23,19 +23,24 @@ const SCANNED: usize = 16;
 /// unescaping, so `"mod\u0065l"` is `"model"`); otherwise what is wrong, for the client.
 pub(crate) fn check(body: &[u8]) -> Result<(), String> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    Strict
+    Strict { policy: true }
         .deserialize(&mut deserializer)
         .and_then(|()| deserializer.end())
         .map_err(|e| format!("the request body is not JSON as Google would read it: {e}"))
 }
 
-struct Strict;
+/// Reads a value strictly; `policy`: also refuses names of unserved resources (off inside a
+/// function's arguments or result and a schema, which are the caller's own data).
+#[derive(Clone, Copy)]
+struct Strict {
+    policy: bool,
+}
 
 impl<'de> DeserializeSeed<'de> for Strict {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(Strict)
+        deserializer.deserialize_any(self)
     }
 }
 
@@ -66,7 +71,7 @@ impl<'de> Visitor<'de> for Strict {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Strict)?.is_some() {}
+        while seq.next_element_seed(self)?.is_some() {}
         Ok(())
     }
 
@@ -78,13 +83,19 @@ impl<'de> Visitor<'de> for Strict {
             let Some(key) = key else {
                 continue;
             };
-            if matches!(key, Cow::Owned(_)) {
+            // An encoder escapes only what it must (non-ASCII, quotes, control characters): a
+            // plain ASCII name written with an escape is meant to slip past a byte search.
+            if matches!(key, Cow::Owned(_))
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+            {
                 return Err(de::Error::custom(format!(
                     "the key {:?} is written with an escape; send field names as plain text",
                     crate::model::shorten(&key)
                 )));
             }
-            if UNSERVED_KEYS.contains(&&*key) {
+            if self.policy && UNSERVED_KEYS.contains(&&*key) {
                 return Err(de::Error::custom(format!(
                     "{key:?} names a File Search store, which the gateway does not serve"
                 )));
@@ -106,9 +117,9 @@ impl<'de> Visitor<'de> for Strict {
                     crate::model::shorten(&key)
                 )));
             }
-            if FILE_KEYS.contains(&&*key) {
+            if self.policy && FILE_KEYS.contains(&&*key) {
                 if let Some(uri) = map.next_value_seed(Capture)?
-                    && names_google_file(&uri)
+                    && names_google_file(&key, &uri)
                 {
                     return Err(de::Error::custom(format!(
                         "{key:?} names an uploaded file ({}), which the gateway does not serve: send the content inline",
@@ -116,7 +127,8 @@ impl<'de> Visitor<'de> for Strict {
                     )));
                 }
             } else {
-                map.next_value_seed(Strict)?;
+                let policy = self.policy && !FREE_KEYS.contains(&&*key);
+                map.next_value_seed(Strict { policy })?;
             }
         }
         Ok(())
@@ -133,13 +145,37 @@ const UNSERVED_KEYS: &[&str] = &[
     "file_search_store_names",
 ];
 
-/// Does `uri` name a file of Google's files service (`files/…`, or a URL of its host), however
-/// cased or padded?
-fn names_google_file(uri: &str) -> bool {
+/// Keys whose values are the caller's own data (a function's arguments or result, a schema):
+/// names in them are not read as references.
+const FREE_KEYS: &[&str] = &[
+    "args",
+    "arguments",
+    "response",
+    "result",
+    "parameters",
+    "parametersJsonSchema",
+    "parameters_json_schema",
+    "responseSchema",
+    "response_schema",
+    "responseJsonSchema",
+    "response_json_schema",
+    "properties",
+];
+
+/// Does `uri` name a file of Google's files service, however cased or padded: a URL whose
+/// host is the API's and whose path is under `/files/`, or (for `fileUri`) `files/…`?
+fn names_google_file(key: &str, uri: &str) -> bool {
     let uri = uri.trim().to_ascii_lowercase();
-    uri.starts_with("files/")
-        || uri.contains("generativelanguage.googleapis.com")
-        || uri.contains("generativelanguage.mtls.googleapis.com")
+    if key != "uri" && uri.starts_with("files/") {
+        return true;
+    }
+    let Ok(parsed) = uri.parse::<http::Uri>() else {
+        return false;
+    };
+    matches!(
+        parsed.host(),
+        Some("generativelanguage.googleapis.com" | "generativelanguage.mtls.googleapis.com")
+    ) && parsed.path().contains("/files/")
 }
 
 /// A value read strictly, and kept when it is a string: borrowed from the body when it was
@@ -183,10 +219,10 @@ impl<'de> Visitor<'de> for Capture {
         Ok(None)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        Strict.visit_seq(seq).map(|()| None)
+        Strict { policy: true }.visit_seq(seq).map(|()| None)
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        Strict.visit_map(map).map(|()| None)
+        Strict { policy: true }.visit_map(map).map(|()| None)
     }
 }
 
@@ -215,6 +251,8 @@ mod tests {
             assert!(error.contains("escape"), "{error}");
         }
         assert!(check(br#"{"contents":[{"parts":[{"text":"a\nb \u00e9"}]}]}"#).is_ok());
+        // A non-ASCII key escaped by an encoder (Python's json.dumps does) is fine.
+        assert!(check(br#"{"args":{"caf\u00e9":1,"\u4e2d\u6587":2}}"#).is_ok());
         let many: String = (0..40).map(|i| format!("\"k{i}\":{i},")).collect();
         assert!(check(format!("{{{many}\"z\":0}}").as_bytes()).is_ok());
         assert!(check(format!("{{{many}\"k7\":0}}").as_bytes()).is_err());

@@ -75,10 +75,17 @@ struct TenantPins {
 impl PinMap {
     fn insert(&mut self, name: &str, record: PinRecord) {
         let name: Arc<str> = Arc::from(name);
+        // A record updated by its own tenant (its size, its expiry) keeps its place.
+        let kept = self
+            .by_name
+            .get(&name)
+            .is_some_and(|old| old.tenant == record.tenant);
         if let Some(tenant) = &record.tenant {
             let pins = self.per_tenant.entry(tenant.clone()).or_default();
             pins.count += 1;
-            pins.order.push_back(name.clone());
+            if !kept {
+                pins.order.push_back(name.clone());
+            }
         }
         if let Some(old) = self.by_name.insert(name, record) {
             self.uncount(&old);
@@ -109,10 +116,12 @@ impl PinMap {
         let by_name = &self.by_name;
         for (tenant, pins) in self.per_tenant.iter_mut() {
             if pins.order.len() > 2 * pins.count + 64 {
+                let mut seen = std::collections::HashSet::new();
                 pins.order.retain(|name| {
                     by_name
                         .get(name)
                         .is_some_and(|r| r.tenant.as_deref() == Some(&**tenant))
+                        && seen.insert(name.clone())
                 });
             }
         }
@@ -356,6 +365,20 @@ mod tests {
             pins.count_by_tenant(1)[&Some(Arc::from("alice"))]["interactions"],
             1
         );
+        // Updates by the tenant keep one place in its order.
+        for n in 0..500 {
+            pins.learn(
+                "interactions/alice",
+                PinRecord {
+                    tokens: n,
+                    ..owned("alice", 20)
+                },
+                0,
+            );
+        }
+        let map = pins.map.lock().unwrap();
+        assert_eq!(map.per_tenant[&Arc::from("alice")].order.len(), 1);
+        drop(map);
         // Another tenant cannot take a live record over.
         assert!(!pins.learn("interactions/alice", owned("mallory", 30), 0));
         assert_eq!(

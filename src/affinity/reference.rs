@@ -201,19 +201,19 @@ pub(crate) fn may_use_cache(path: &str) -> bool {
 /// plausible `cachedContents/{id}`; `None` when there is none. A byte search first (most
 /// bodies name no cache), then a parse of the top level.
 pub(crate) fn cache_in_body(body: &[u8]) -> Option<Result<String, ()>> {
+    // `cached` starts both spellings (`cachedContent`, `cached_content`); a key written with an
+    // escape (`"cached\u0043ontent"`) is the same field to Google, so a body with an escape
+    // in it is parsed too. Two searchers, built once (building one costs more than a search
+    // of a small body).
     static FINDERS: std::sync::OnceLock<[memchr::memmem::Finder<'static>; 2]> =
         std::sync::OnceLock::new();
     let finders = FINDERS.get_or_init(|| {
         [
-            memchr::memmem::Finder::new(b"cachedContent"),
-            memchr::memmem::Finder::new(b"cached_content"),
+            memchr::memmem::Finder::new(b"cached"),
+            memchr::memmem::Finder::new(b"\\u"),
         ]
     });
-    // (A key written with an escape — `"cached\u0043ontent"` — is the same field to Google:
-    // a body with an escape in it is parsed too.)
-    if finders.iter().all(|f| f.find(body).is_none())
-        && memchr::memmem::find(body, b"\\u").is_none()
-    {
+    if finders.iter().all(|f| f.find(body).is_none()) {
         return None;
     }
     #[derive(Deserialize)]

@@ -91,12 +91,16 @@ pub fn interaction_referred(post: bool, path: &str, body: &[u8]) -> Option<Strin
     } else {
         http::Method::GET
     };
-    crate::affinity::reference::call_of(&method, path, Some(body))?.referred()
+    let (path, query) = match path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path, None),
+    };
+    crate::affinity::reference::call_of(&method, path, query, Some(body))?.referred()
 }
 
-/// The context cache a `generateContent` body names in `cachedContent`, if a plausible one.
-pub fn cache_named(body: &[u8]) -> Option<String> {
-    crate::affinity::reference::cache_in_body(body)?.ok()
+/// The resources (`cachedContents/…`, `files/…`) a request body names, if plausible ones.
+pub fn resources_named(body: &[u8]) -> Option<Vec<String>> {
+    crate::affinity::uses::references_in(body)?.ok()
 }
 
 /// The id a created interaction's answer names, cut into `chunks` (JSON, or SSE frames).

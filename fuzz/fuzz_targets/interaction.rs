@@ -5,7 +5,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tower_gemini::fuzzing::{cache_named, created_interaction_id, interaction_referred, prefix_key};
+use tower_gemini::fuzzing::{
+    created_interaction_id, interaction_referred, prefix_key, resources_named,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, body)) = data.split_first() else {
@@ -27,7 +29,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = interaction_referred(true, "/v1/interactions", body);
     let _ = prefix_key("gemini-2.5-flash", body);
-    if let Some(name) = cache_named(body) {
-        assert!(name.starts_with("cachedContents/") && name.matches('/').count() == 1, "{name}");
+    for name in resources_named(body).unwrap_or_default() {
+        let plain = name.starts_with("cachedContents/") || name.starts_with("files/");
+        assert!(plain && name.matches('/').count() == 1, "{name}");
     }
 });

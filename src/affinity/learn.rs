@@ -36,6 +36,8 @@ pub(crate) enum Kind {
     Interaction,
     /// An explicit context cache: its `name` (`cachedContents/…`) and `expireTime`.
     Cache,
+    /// An uploaded file: the answer's `file.name` (`files/…`) and `file.expirationTime`.
+    File,
 }
 
 impl Kind {
@@ -47,6 +49,10 @@ impl Kind {
             }
             Kind::Cache => found
                 .strip_prefix("cachedContents/")
+                .filter(|id| super::reference::is_id(id))
+                .map(|_| found.to_owned()),
+            Kind::File => found
+                .strip_prefix("files/")
                 .filter(|id| super::reference::is_id(id))
                 .map(|_| found.to_owned()),
         }
@@ -82,19 +88,17 @@ const CACHE_USAGE: [&[&[u8]]; 2] = [&[b"\"totalTokenCount\""], &[]];
 
 impl Learn {
     pub(crate) fn new(pool: KeyPool, record: PinRecord, kind: Kind, sse: bool) -> Self {
-        let field: &'static [u8] = match kind {
-            Kind::Interaction => b"id",
-            Kind::Cache => b"name",
+        let scanner = match kind {
+            Kind::Interaction if sse => Scanner::Sse(SseFrames::default()),
+            Kind::Interaction => Scanner::Json(TopLevelField::new(b"id")),
+            Kind::Cache => Scanner::Json(TopLevelField::new(b"name")),
+            Kind::File => Scanner::File(FileAnswer::default()),
         };
         Learn {
             pool,
             record,
             kind,
-            scanner: if sse && kind == Kind::Interaction {
-                Scanner::Sse(SseFrames::default())
-            } else {
-                Scanner::Json(TopLevelField::new(field))
-            },
+            scanner,
             scanned: 0,
             name: None,
             usage: LastCounts::default(),
@@ -112,6 +116,7 @@ impl Learn {
         let fields = match self.kind {
             Kind::Interaction => &USAGE,
             Kind::Cache => &CACHE_USAGE,
+            Kind::File => &[&[][..], &[][..]],
         };
         for (slot, found) in self.counts.iter_mut().zip(self.usage.scan(chunk, fields)) {
             if found.is_some() {
@@ -144,6 +149,11 @@ impl Learn {
         let Some(name) = self.kind.name(&found) else {
             return (false, None);
         };
+        if let Scanner::File(answer) = &self.scanner
+            && let Some(at) = answer.expires
+        {
+            self.record.expires_at = at;
+        }
         self.update();
         let write = self.pool.learn_pin(&name, self.record.clone());
         self.name = Some(name);
@@ -296,12 +306,14 @@ pub(crate) fn id_in(sse: bool, chunks: &[&[u8]]) -> Option<String> {
     None
 }
 
-/// Looks for the created interaction's id.
+/// Looks for the created resource's name.
 enum Scanner {
-    /// A JSON answer: its top-level `id`.
+    /// A JSON answer: a top-level field (an interaction's `id`, a cache's `name`).
     Json(TopLevelField),
     /// An SSE answer: the `interaction.id` of its first frame with data (`interaction.created`).
     Sse(SseFrames),
+    /// An upload's answer: `{"file":{"name":…,"expirationTime":…}}`.
+    File(FileAnswer),
 }
 
 impl Scanner {
@@ -309,6 +321,7 @@ impl Scanner {
         match self {
             Scanner::Json(top) => chunk.iter().find_map(|&b| top.step(b)),
             Scanner::Sse(frames) => frames.scan(chunk),
+            Scanner::File(answer) => answer.scan(chunk),
         }
     }
 
@@ -317,6 +330,55 @@ impl Scanner {
         match self {
             Scanner::Json(top) => top.done,
             Scanner::Sse(frames) => frames.done,
+            Scanner::File(answer) => answer.done,
+        }
+    }
+}
+
+/// An upload's answer, kept whole (it is small: one File resource) until it parses.
+#[derive(Default)]
+struct FileAnswer {
+    text: Vec<u8>,
+    /// `file.expirationTime`, once read (Unix ms).
+    expires: Option<u64>,
+    done: bool,
+}
+
+impl FileAnswer {
+    /// The longest answer kept: a File resource is well under it.
+    const MAX: usize = 64 * 1024;
+
+    fn scan(&mut self, chunk: &[u8]) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            file: File,
+        }
+        #[derive(serde::Deserialize)]
+        struct File {
+            name: String,
+            #[serde(default, rename = "expirationTime")]
+            expiration: Option<String>,
+        }
+        self.text.extend_from_slice(chunk);
+        if self.text.len() > Self::MAX {
+            self.done = true;
+            return None;
+        }
+        match serde_json::from_slice::<Answer>(&self.text) {
+            Ok(answer) => {
+                self.done = true;
+                self.expires = answer
+                    .file
+                    .expiration
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .and_then(|t| u64::try_from(t.as_millisecond()).ok());
+                Some(answer.file.name)
+            }
+            Err(e) => {
+                // More to come, or never a file.
+                self.done = !e.is_eof();
+                None
+            }
         }
     }
 }

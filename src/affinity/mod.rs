@@ -59,6 +59,8 @@ mod prefix;
 mod probe;
 pub(crate) mod reference;
 mod service;
+mod upload;
+pub(crate) mod uses;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -70,9 +70,22 @@ where
     None
 }
 
-/// `GET {scheme}://{authority}{version prefix}/{name}` for a request under `…/{version}/`.
+/// Can `name` be looked for with a `GET` of it (an interaction, a cache, a file; not an
+/// upload session)?
+pub(super) fn can_probe(name: &str) -> bool {
+    ["interactions/", "cachedContents/", "files/"]
+        .iter()
+        .any(|collection| name.starts_with(collection))
+}
+
+/// `GET {scheme}://{authority}{version prefix}/{name}` for a request under `…/{version}/`
+/// (an upload's or download's path asks under the plain version).
 fn probe_uri(uri: &Uri, name: &str) -> Option<Uri> {
     let prefix = super::reference::version_prefix(uri.path())?;
+    let prefix = prefix
+        .strip_prefix("/upload")
+        .or_else(|| prefix.strip_prefix("/download"))
+        .unwrap_or(prefix);
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(format!("{prefix}/{name}").parse().ok()?);
     Uri::from_parts(parts).ok()

@@ -25,9 +25,17 @@ pub(crate) enum Call {
     CreateCache,
     /// `GET`, `PATCH` or `DELETE …/cachedContents/{id}`.
     Cache(CacheOp, String),
-    /// `generateContent`, `streamGenerateContent` or `countTokens` naming a cache in its body's
-    /// `cachedContent` (`cachedContents/{id}`).
-    UsesCache(String),
+    /// `POST …/upload/…/files` (or `POST …/files`): starts a resumable upload (its answer's
+    /// `X-Goog-Upload-URL` names the session), or uploads a file whole (its answer is the file).
+    UploadStart,
+    /// `POST …/upload/…/files?upload_id={id}`: a step of a resumable upload (`upload`,
+    /// `finalize`, `query`), bound to the project that started it.
+    Upload(String),
+    /// `GET` or `DELETE …/files/{id}`, `GET …/files/{id}:download`.
+    File(FileOp, String),
+    /// A call whose body names resources (a cache, files) and whose path names none:
+    /// `generateContent` and the other model methods.
+    Uses,
 }
 
 /// What a call does to one cache.
@@ -36,6 +44,14 @@ pub(crate) enum CacheOp {
     Get,
     Patch,
     Delete,
+}
+
+/// What a call does to one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileOp {
+    Get,
+    Delete,
+    Download,
 }
 
 /// What a create asks for, from its body.
@@ -64,14 +80,18 @@ impl Call {
                 .map(resource),
             Call::Get(id) | Call::Delete(id) | Call::Cancel(id) => Some(resource(id)),
             Call::Cache(_, id) => Some(format!("cachedContents/{id}")),
-            Call::UsesCache(name) => Some(name.clone()),
-            Call::CreateCache => None,
+            Call::Upload(id) => Some(upload(id)),
+            Call::File(_, id) => Some(format!("files/{id}")),
+            Call::CreateCache | Call::UploadStart | Call::Uses => None,
         }
     }
 
     /// Does a successful answer remove what the call refers to?
     pub(crate) fn deletes(&self) -> bool {
-        matches!(self, Call::Delete(_) | Call::Cache(CacheOp::Delete, _))
+        matches!(
+            self,
+            Call::Delete(_) | Call::Cache(CacheOp::Delete, _) | Call::File(FileOp::Delete, _)
+        )
     }
 
     /// Is this a create whose reference cannot be read: a body that is not a create's, or a
@@ -92,6 +112,28 @@ pub(crate) fn resource(id: &str) -> String {
     format!("interactions/{id}")
 }
 
+/// `uploads/{id}`: the pin of a resumable upload's session.
+pub(crate) fn upload(id: &str) -> String {
+    format!("uploads/{id}")
+}
+
+/// Is an upload session's id plausible (Google's are long, URL-safe base64)? ASCII letters,
+/// digits, `_`, `-`, `.` and `~`, at most 1,024 long.
+pub(crate) fn is_upload_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 1024
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~'))
+}
+
+/// The upload session a query names (`upload_id=…`), if any.
+pub(crate) fn upload_id_in(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("upload_id="))
+}
+
 /// Is an id plausible (so that it can be a path segment and a map key)? ASCII letters,
 /// digits, `_`, `-` and `.`, at most [`MAX_ID`] long.
 pub(crate) fn is_id(id: &str) -> bool {
@@ -109,15 +151,17 @@ pub(crate) fn is_id(id: &str) -> bool {
 enum Collection {
     Interactions,
     CachedContents,
+    Files,
 }
 
 /// Which collection follows the version segment (`/v1beta`, `/v1`, `/v1alpha`) of `path`, and
 /// where its segment ends. Runs on every call: a byte loop up to the first version segment
 /// (the first one, in Google's paths), then a comparison or two.
 fn collection_at(path: &str) -> Option<(Collection, usize)> {
-    const NAMES: [(&[u8], Collection); 2] = [
+    const NAMES: [(&[u8], Collection); 3] = [
         (b"/interactions", Collection::Interactions),
         (b"/cachedContents", Collection::CachedContents),
+        (b"/files", Collection::Files),
     ];
     let bytes = path.as_bytes();
     let mut start = 0;
@@ -151,15 +195,21 @@ pub(crate) fn version_prefix(path: &str) -> Option<&str> {
 }
 
 /// Could this request be a call on a project-owned resource (by its path alone; cheap, for
-/// every call)? A `generateContent` naming a cache is found by [`cache_in_body`].
+/// every call)? A `generateContent` naming a cache or a file is found by
+/// [`references_in`](super::uses::references_in).
 pub(crate) fn is_resource_path(path: &str) -> bool {
     collection_at(path).is_some()
 }
 
-/// The call a request makes on a project-owned resource, if it is one (by its path). `body`
-/// is read only for an interaction's create (and only if it is in memory); a body that is not
-/// JSON reads as an unclear create (Google answers it).
-pub(crate) fn call_of(method: &Method, path: &str, body: Option<&[u8]>) -> Option<Call> {
+/// The call a request makes on a project-owned resource, if it is one (by its path and
+/// query). `body` is read only for an interaction's create (and only if it is in memory); a
+/// body that is not JSON reads as an unclear create (Google answers it).
+pub(crate) fn call_of(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: Option<&[u8]>,
+) -> Option<Call> {
     let (collection, end) = collection_at(path)?;
     let rest = &path[end..];
     if rest.is_empty() || rest == "/" {
@@ -168,11 +218,20 @@ pub(crate) fn call_of(method: &Method, path: &str, body: Option<&[u8]>) -> Optio
                 Some(Call::Create(create_of(body.unwrap_or(b"{}"))))
             }
             (Collection::CachedContents, &Method::POST) => Some(Call::CreateCache),
+            (Collection::Files, &Method::POST) => match upload_id_in(query) {
+                Some(id) if is_upload_id(id) => Some(Call::Upload(id.to_owned())),
+                // A session that cannot be read: sent as it came.
+                Some(_) => None,
+                None => Some(Call::UploadStart),
+            },
             _ => None,
         };
     }
     let rest = rest.strip_prefix('/')?;
     let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    if collection == Collection::Files {
+        return file_call(method, id, tail);
+    }
     if !is_id(id) {
         return None;
     }
@@ -188,66 +247,44 @@ pub(crate) fn call_of(method: &Method, path: &str, body: Option<&[u8]>) -> Optio
     }
 }
 
-/// Can a request to `path` name a cache in its body (`generateContent`,
-/// `streamGenerateContent`, `countTokens`)?
-pub(crate) fn may_use_cache(path: &str) -> bool {
-    path.ends_with(":generateContent")
-        || path.ends_with(":streamGenerateContent")
-        || path.ends_with(":countTokens")
-}
-
-/// The cache a body of a [`may_use_cache`] call names in its top-level `cachedContent` (or
-/// `cached_content`): `Some(Ok(name))`; `Some(Err(()))` when the field is there but not a
-/// plausible `cachedContents/{id}`; `None` when there is none. A byte search first (most
-/// bodies name no cache), then a parse of the top level.
-pub(crate) fn cache_in_body(body: &[u8]) -> Option<Result<String, ()>> {
-    // `cached` starts both spellings (`cachedContent`, `cached_content`); a key written with an
-    // escape (`"cached\u0043ontent"`) is the same field to Google, so a body with an escape
-    // in it is parsed too. Two searchers, built once (building one costs more than a search
-    // of a small body).
-    static FINDERS: std::sync::OnceLock<[memchr::memmem::Finder<'static>; 2]> =
-        std::sync::OnceLock::new();
-    let finders = FINDERS.get_or_init(|| {
-        [
-            memchr::memmem::Finder::new(b"cached"),
-            memchr::memmem::Finder::new(b"\\u"),
-        ]
-    });
-    if finders.iter().all(|f| f.find(body).is_none()) {
+/// `files/{id}` (get, delete) and `files/{id}:download`.
+fn file_call(method: &Method, segment: &str, tail: &str) -> Option<Call> {
+    if !tail.is_empty() {
         return None;
     }
-    #[derive(Deserialize)]
-    struct Fields<'a> {
-        #[serde(borrow, default, rename = "cachedContent", alias = "cached_content")]
-        cache: Option<Cow<'a, str>>,
-        /// `countTokens` may wrap a whole `generateContent` request.
-        #[serde(
-            borrow,
-            default,
-            rename = "generateContentRequest",
-            alias = "generate_content_request"
-        )]
-        inner: Option<Inner<'a>>,
-    }
-    #[derive(Deserialize)]
-    struct Inner<'a> {
-        #[serde(borrow, default, rename = "cachedContent", alias = "cached_content")]
-        cache: Option<Cow<'a, str>>,
-    }
-    let Ok(fields) = serde_json::from_slice::<Fields<'_>>(body) else {
-        // Unreadable (or the field twice): Google answers it; what it names is not known.
-        return Some(Err(()));
+    let (id, download) = match segment.split_once(':') {
+        Some((id, "download")) => (id, true),
+        Some(_) => return None,
+        None => (segment, false),
     };
-    let name = match (fields.cache, fields.inner.and_then(|inner| inner.cache)) {
-        (Some(_), Some(_)) => return Some(Err(())),
-        (outer, inner) => outer.or(inner),
-    };
-    let name = name?;
-    let name = name.trim();
-    match name.strip_prefix("cachedContents/") {
-        Some(id) if is_id(id) => Some(Ok(name.to_owned())),
-        _ => Some(Err(())),
+    if !is_id(id) {
+        return None;
     }
+    let op = match (method, download) {
+        (&Method::GET, false) => FileOp::Get,
+        (&Method::DELETE, false) => FileOp::Delete,
+        (&Method::GET, true) => FileOp::Download,
+        _ => return None,
+    };
+    Some(Call::File(op, id.to_owned()))
+}
+
+/// Can the body of a request to `path` name a cache or files: the model methods that take
+/// contents (and batches of them), a cache's create, an interaction's create?
+pub(crate) fn may_refer(method: &Method, path: &str) -> bool {
+    if method != Method::POST {
+        return false;
+    }
+    const METHODS: [&str; 5] = [
+        ":generateContent",
+        ":streamGenerateContent",
+        ":countTokens",
+        ":batchGenerateContent",
+        ":asyncBatchEmbedContent",
+    ];
+    METHODS.iter().any(|m| path.ends_with(m))
+        || path.ends_with("/cachedContents")
+        || path.ends_with("/interactions")
 }
 
 /// The fields of a create's body that matter here, parsed once (under either spelling a
@@ -293,7 +330,8 @@ mod tests {
     #[test]
     fn calls_are_read_from_method_path_and_body() {
         let body = br#"{"model":"models/gemini-3.5-flash","input":"hi","previous_interaction_id":"v1_abc"}"#;
-        let Some(Call::Create(create)) = call_of(&Method::POST, "/v1beta/interactions", Some(body))
+        let Some(Call::Create(create)) =
+            call_of(&Method::POST, "/v1beta/interactions", None, Some(body))
         else {
             panic!("a create");
         };
@@ -301,20 +339,26 @@ mod tests {
         assert!(create.store);
         assert_eq!(create.model.as_deref(), Some("gemini-3.5-flash"));
         assert_eq!(
-            call_of(&Method::GET, "/v1/interactions/v1_abc", None),
+            call_of(&Method::GET, "/v1/interactions/v1_abc", None, None),
             Some(Call::Get("v1_abc".into()))
         );
         assert_eq!(
-            call_of(&Method::DELETE, "/v1beta/interactions/v1_abc", None),
+            call_of(&Method::DELETE, "/v1beta/interactions/v1_abc", None, None),
             Some(Call::Delete("v1_abc".into()))
         );
         assert_eq!(
-            call_of(&Method::POST, "/v1beta/interactions/v1_abc/cancel", None),
+            call_of(
+                &Method::POST,
+                "/v1beta/interactions/v1_abc/cancel",
+                None,
+                None
+            ),
             Some(Call::Cancel("v1_abc".into()))
         );
         let Some(Call::Create(unstored)) = call_of(
             &Method::POST,
             "/v1/interactions",
+            None,
             Some(br#"{"store":false}"#),
         ) else {
             panic!("a create");
@@ -335,41 +379,88 @@ mod tests {
     #[test]
     fn cache_calls_are_read_from_paths_and_bodies() {
         assert_eq!(
-            call_of(&Method::POST, "/v1beta/cachedContents", None),
+            call_of(&Method::POST, "/v1beta/cachedContents", None, None),
             Some(Call::CreateCache)
         );
         assert_eq!(
-            call_of(&Method::PATCH, "/v1/cachedContents/abc-1", None),
+            call_of(&Method::PATCH, "/v1/cachedContents/abc-1", None, None),
             Some(Call::Cache(CacheOp::Patch, "abc-1".into()))
         );
-        assert!(call_of(&Method::GET, "/v1beta/cachedContents", None).is_none());
-        assert!(may_use_cache(
+        assert!(call_of(&Method::GET, "/v1beta/cachedContents", None, None).is_none());
+        assert!(may_refer(
+            &Method::POST,
             "/v1beta/models/gemini-2.5-flash:generateContent"
         ));
-        assert!(!may_use_cache("/v1beta/models/m:embedContent"));
-        let body = br#"{"cachedContent":"cachedContents/abc-1","contents":[]}"#;
-        assert_eq!(cache_in_body(body), Some(Ok("cachedContents/abc-1".into())));
-        let snake = br#"{"cached_content":"cachedContents/x9","contents":[]}"#;
-        assert_eq!(cache_in_body(snake), Some(Ok("cachedContents/x9".into())));
-        // Only the top level counts; a prompt's words do not.
-        let words = br#"{"contents":[{"parts":[{"text":"what is cachedContent?"}]}]}"#;
-        assert_eq!(cache_in_body(words), None);
-        let odd = br#"{"cachedContent":"files/../x"}"#;
-        assert_eq!(cache_in_body(odd), Some(Err(())));
-        // Escaped, or one level down in a countTokens request: read all the same.
-        let escaped = br#"{"cached\u0043ontent":"cachedContents/e1"}"#;
-        assert_eq!(cache_in_body(escaped), Some(Ok("cachedContents/e1".into())));
-        let nested = br#"{"generateContentRequest":{"model":"models/m","cachedContent":"cachedContents/n1"}}"#;
-        assert_eq!(cache_in_body(nested), Some(Ok("cachedContents/n1".into())));
+        assert!(!may_refer(&Method::POST, "/v1beta/models/m:embedContent"));
+        assert!(!may_refer(&Method::GET, "/v1beta/models/m:generateContent"));
+    }
+
+    #[test]
+    fn file_calls_are_read_from_paths_and_queries() {
+        assert_eq!(
+            call_of(&Method::POST, "/upload/v1beta/files", None, None),
+            Some(Call::UploadStart)
+        );
+        assert_eq!(
+            call_of(
+                &Method::POST,
+                "/upload/v1/files",
+                Some("upload_id=AB-c_9&upload_protocol=resumable"),
+                None
+            ),
+            Some(Call::Upload("AB-c_9".into()))
+        );
+        assert_eq!(
+            call_of(&Method::GET, "/v1beta/files/abc-1", None, None),
+            Some(Call::File(FileOp::Get, "abc-1".into()))
+        );
+        assert_eq!(
+            call_of(&Method::DELETE, "/v1/files/abc-1", None, None),
+            Some(Call::File(FileOp::Delete, "abc-1".into()))
+        );
+        assert_eq!(
+            call_of(
+                &Method::GET,
+                "/download/v1beta/files/r1:download",
+                Some("alt=media"),
+                None
+            ),
+            Some(Call::File(FileOp::Download, "r1".into()))
+        );
+        assert_eq!(
+            Call::Upload("u".into()).referred().as_deref(),
+            Some("uploads/u")
+        );
+        // A list, a registration, an odd session: not calls on one file.
+        assert!(call_of(&Method::GET, "/v1beta/files", None, None).is_none());
+        assert!(call_of(&Method::POST, "/v1beta/files:register", None, None).is_none());
+        assert!(
+            call_of(
+                &Method::POST,
+                "/upload/v1beta/files",
+                Some("upload_id=a/b"),
+                None
+            )
+            .is_none()
+        );
+        assert!(call_of(&Method::GET, "/v1beta/files/a:copy", None, None).is_none());
     }
 
     #[test]
     fn other_paths_and_odd_ids_are_not_calls() {
-        assert!(call_of(&Method::POST, "/v1beta/models/m:generateContent", None).is_none());
-        assert!(call_of(&Method::GET, "/v1beta/interactions/a%2Fb", None).is_none());
-        assert!(call_of(&Method::GET, "/v1beta/interactions/..", None).is_none());
-        assert!(call_of(&Method::PUT, "/v1beta/interactions/abc", None).is_none());
-        assert!(call_of(&Method::GET, "/other/interactions/abc", None).is_none());
+        assert!(
+            call_of(
+                &Method::POST,
+                "/v1beta/models/m:generateContent",
+                None,
+                None
+            )
+            .is_none()
+        );
+        assert!(call_of(&Method::GET, "/v1beta/interactions/a%2Fb", None, None).is_none());
+        assert!(call_of(&Method::GET, "/v1beta/interactions/..", None, None).is_none());
+        assert!(call_of(&Method::PUT, "/v1beta/interactions/abc", None, None).is_none());
+        assert!(call_of(&Method::GET, "/other/interactions/abc", None, None).is_none());
         assert!(!is_resource_path(
             "/v1beta/models/interactions:generateContent"
         ));
@@ -380,7 +471,7 @@ mod tests {
             br#"{"previous_interaction_id":"v1_a","previousInteractionId":"v1_b"}"#,
             br#"{"previous_interaction_id":"../files/x"}"#,
         ] {
-            let call = call_of(&Method::POST, "/v1beta/interactions", Some(body)).unwrap();
+            let call = call_of(&Method::POST, "/v1beta/interactions", None, Some(body)).unwrap();
             assert!(call.is_unclear(), "{}", String::from_utf8_lossy(body));
             assert!(call.referred().is_none());
         }
@@ -388,6 +479,7 @@ mod tests {
         let camel = call_of(
             &Method::POST,
             "/v1/interactions",
+            None,
             Some(br#"{"previousInteractionId":"v1_c"}"#),
         );
         assert_eq!(

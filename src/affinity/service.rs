@@ -12,7 +12,8 @@ use tower_service::Service;
 
 use super::learn::{Kind as Learned, Learn, LearnBody};
 use super::reference::{self, CacheOp, Call};
-use super::{Settings, probe};
+use super::uses::{self, Unreadable};
+use super::{Settings, probe, upload};
 use crate::context::{Owner, Preferred, StoredContext, Tenant};
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::model::Model;
@@ -144,12 +145,12 @@ where
 
     fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
         let path = request.uri().path();
-        let uses_cache = if reference::may_use_cache(path) {
-            crate::peek::body_bytes(request.body()).and_then(|body| reference::cache_in_body(&body))
+        let uses = if reference::may_refer(request.method(), path) {
+            crate::peek::body_bytes(request.body()).and_then(|body| uses::references_in(&body))
         } else {
             None
         };
-        if uses_cache.is_none() && !reference::is_resource_path(path) {
+        if uses.is_none() && !reference::is_resource_path(path) {
             let prefix = prefer(&self.settings, &mut request);
             return ResponseFuture {
                 kind: Kind::Direct {
@@ -164,19 +165,19 @@ where
         let settings = self.settings.clone();
         ResponseFuture {
             kind: Kind::Pinned {
-                future: Box::pin(pinned_call(inner, settings, request, uses_cache)),
+                future: Box::pin(pinned_call(inner, settings, request, uses)),
             },
         }
     }
 }
 
-/// A call on a project-owned resource (an interaction, a cache, a generate call naming a
-/// cache): pinned to the project of what it refers to, its answer learned from.
+/// A call on a project-owned resource (an interaction, a cache, a file, an upload) or naming
+/// some in its body: pinned to the project of what it refers to, its answer learned from.
 async fn pinned_call<S, ReqB, ResB>(
     inner: S,
     settings: Arc<Settings>,
     mut request: Request<ReqB>,
-    uses_cache: Option<Result<String, ()>>,
+    uses: Option<Result<Vec<String>, Unreadable>>,
 ) -> Result<Response<LearnBody<ResB>>, Error>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
@@ -184,23 +185,29 @@ where
     S::Error: Into<BoxError>,
     ReqB: Send + Sync + 'static,
 {
-    let call = match uses_cache {
-        Some(Ok(name)) => Some(Call::UsesCache(name)),
-        Some(Err(())) if request.extensions().get::<Tenant>().is_some() => {
+    let tenant = request.extensions().get::<Tenant>().cloned();
+    let uses = match uses {
+        Some(Ok(names)) => names,
+        Some(Err(Unreadable(why))) if tenant.is_some() => {
             return Err(Error::new(
                 ErrorKind::BadRequest,
-                "the request's cachedContent could not be read: send it once, as a string naming a cache, such as \"cachedContents/abc123\"",
+                format!("the resources the request names could not be read: {why}"),
             ));
         }
-        Some(Err(())) => None,
-        None => {
-            let body = crate::peek::body_bytes(request.body());
-            reference::call_of(request.method(), request.uri().path(), body.as_deref())
-        }
+        Some(Err(_)) | None => Vec::new(),
     };
-    let Some(call) = call else {
-        let response = inner.oneshot(request).await.map_err(Error::from_inner)?;
-        return Ok(response.map(LearnBody::plain));
+    let call = {
+        let body = crate::peek::body_bytes(request.body());
+        let uri = request.uri();
+        reference::call_of(request.method(), uri.path(), uri.query(), body.as_deref())
+    };
+    let call = match call {
+        Some(call) => call,
+        None if !uses.is_empty() => Call::Uses,
+        None => {
+            let response = inner.oneshot(request).await.map_err(Error::from_inner)?;
+            return Ok(response.map(LearnBody::plain));
+        }
     };
     if let Call::Create(create) = &call
         && let Some(model) = &create.model
@@ -214,22 +221,21 @@ where
     } else {
         None
     };
-    let tenant = request.extensions().get::<Tenant>().cloned();
     if tenant.is_some() && call.is_unclear() {
         return Err(Error::new(
             ErrorKind::BadRequest,
             "the interaction's body could not be read: send a JSON object whose previous_interaction_id (if any) is a string id, store a boolean and model a string",
         ));
     }
-    if let Some(name) = call.referred()
-        && let Some((owner, tokens)) =
-            owner_of(inner.clone(), &settings, &request, &name, tenant.as_ref()).await?
+    let names: Vec<String> = call.referred().into_iter().chain(uses).collect();
+    if let Some((owner, tokens)) =
+        owner_of_all(inner.clone(), &settings, &request, &names, tenant.as_ref()).await?
     {
         request.extensions_mut().insert(owner);
         // A continuation sends the conversation so far as prompt, a call naming a cache the
         // cache's contents: their size counts.
         let counting = request.uri().path().ends_with(":countTokens");
-        if matches!(call, Call::Create(_) | Call::UsesCache(_)) && tokens > 0 && !counting {
+        if matches!(call, Call::Create(_) | Call::Uses) && tokens > 0 && !counting {
             request.extensions_mut().insert(StoredContext(tokens));
         }
     }
@@ -237,7 +243,52 @@ where
     if let Some(seen) = prefix {
         seen.served(&response);
     }
+    if let Call::UploadStart = call
+        && let Some(session) = upload::session_opened(&response)
+    {
+        upload::pin_session(&settings, session, tenant.as_ref()).await;
+    }
     Ok(learn_from(&settings, &call, tenant, response))
+}
+
+/// The one project that holds every resource in `names` (learned, or found by probing), and
+/// the stored tokens they add to a prompt; `None` if none is known (sent as it came). An error
+/// for a tenant that may not use one of them, or for names held in different projects.
+async fn owner_of_all<S, ReqB, ResB>(
+    inner: S,
+    settings: &Settings,
+    request: &Request<ReqB>,
+    names: &[String],
+    tenant: Option<&Tenant>,
+) -> Result<Option<(Owner, u64)>, Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqB: Send + Sync + 'static,
+{
+    let mut found: Option<(Owner, u64)> = None;
+    for name in names {
+        let Some((owner, tokens)) =
+            owner_of(inner.clone(), settings, request, name, tenant).await?
+        else {
+            continue;
+        };
+        match &mut found {
+            None => found = Some((owner, tokens)),
+            Some((first, _)) if first.project_name() != owner.project_name() => {
+                return Err(Error::new(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "{} and {name} are held in different projects, and one request can use the resources of one project only: make them with the same key (create the cache, or the batch, from the file it uses)",
+                        first.resource().unwrap_or("a resource")
+                    ),
+                ));
+            }
+            Some((_, total)) => *total = total.saturating_add(tokens),
+        }
+    }
+    Ok(found)
 }
 
 /// The project the resource `name` lives in (learned, or found by probing) and the size of
@@ -266,7 +317,7 @@ where
             record.tokens,
         ))),
         (None, Some(_)) => Err(not_found(name)),
-        (None, None) if settings.probe => {
+        (None, None) if settings.probe && probe::can_probe(name) => {
             let found = probe::find(inner, settings, request, name).await;
             Ok(found.map(|project| (Owner::for_resource(&*project, name), 0)))
         }
@@ -306,6 +357,14 @@ fn learn_from<ResB>(
         Call::Create(create) if create.store => (Learned::Interaction, settings.retention),
         // Until the answer's `expireTime` is read: Google's default time to live.
         Call::CreateCache | Call::Cache(CacheOp::Patch, _) => (Learned::Cache, CACHE_TTL),
+        // Until the answer's `expirationTime` is read: Google keeps a file 48 hours. A start
+        // whose answer is a session (not a file) has nothing in its body to learn.
+        Call::UploadStart | Call::Upload(_) if upload::is_final(&response) => {
+            if let Call::Upload(id) = call {
+                settings.pool.forget_pin(&reference::upload(id));
+            }
+            (Learned::File, upload::FILE_TTL)
+        }
         _ => return response.map(LearnBody::plain),
     };
     let Some(project) = response

@@ -419,26 +419,29 @@ async fn stored_tokens(shared: &Shared, parts: &http::request::Parts, body: &[u8
     if path.ends_with(":countTokens") {
         return 0;
     }
-    let name = if reference::may_use_cache(path) {
-        reference::cache_in_body(body).and_then(Result::ok)
-    } else {
-        match reference::call_of(&parts.method, path, Some(body)) {
-            Some(call @ Call::Create(_)) => call.referred(),
-            _ => None,
-        }
+    let mut names = match reference::call_of(&parts.method, path, None, Some(body)) {
+        Some(call @ Call::Create(_)) => call.referred().into_iter().collect(),
+        _ => Vec::new(),
     };
-    let Some(name) = name else {
-        return 0;
-    };
+    if reference::may_refer(&parts.method, path)
+        && let Some(Ok(used)) = crate::affinity::uses::references_in(body)
+    {
+        names.extend(used);
+    }
     // Only the client's own: another's would tell, by this client's 429, that it exists.
     let tenant = parts
         .extensions
         .get::<super::ClientScope>()
         .and_then(|scope| scope.0.to_str().ok());
-    match shared.live().pool.pin_record(&name).await {
-        Some(record) if record.tenant.as_deref() == tenant => record.tokens,
-        _ => 0,
+    let mut tokens = 0u64;
+    for name in names {
+        if let Some(record) = shared.live().pool.pin_record(&name).await
+            && record.tenant.as_deref() == tenant
+        {
+            tokens = tokens.saturating_add(record.tokens);
+        }
     }
+    tokens
 }
 
 /// The request for the stack: the upstream's URL with the allowed query, the forwarded

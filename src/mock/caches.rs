@@ -146,13 +146,18 @@ fn create(state: &MockState, project: usize, at: Option<&str>, key: &str, body: 
             Some(key),
         );
     }
+    // A file in its contents must be the project's own.
+    if let Some(id) = super::files::foreign_file(state, project, &json) {
+        return error(403, super::files::not_found(&id), false, at, Some(key));
+    }
     let now = state.clock.now_millis();
     let expires = match expiry(&json, now) {
         Ok(expires) => expires,
         Err(message) => return bad(&message),
     };
     let (chars, _) = bodies::request_text(&json);
-    let tokens = bodies::tokens_for(chars);
+    let files = super::files::files_named(&json) as u64;
+    let tokens = bodies::tokens_for(chars) + files * super::files::FILE_TOKENS;
     let min = state
         .implicit_cache_min
         .or(crate::model::implicit_cache_min(&model))

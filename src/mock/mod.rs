@@ -44,6 +44,7 @@
 
 mod bodies;
 mod caches;
+mod files;
 mod implicit;
 mod interactions;
 mod quota;
@@ -362,6 +363,7 @@ impl MockGemini {
             implicit_cache_min: self.implicit_cache_min,
             recent: implicit::Recent::default(),
             caches: Mutex::new(HashMap::new()),
+            files: Mutex::new(files::Files::default()),
         });
         let task = tokio::spawn(server::serve(listener, state.clone()));
         Ok(MockServer { addr, state, task })
@@ -389,6 +391,8 @@ pub(crate) struct MockState {
     recent: implicit::Recent,
     /// Explicit context caches by id, each in its project.
     caches: Mutex<caches::Caches>,
+    /// Uploaded files and uploads under way, each in its project.
+    files: Mutex<files::Files>,
 }
 
 /// Counters for assertions.

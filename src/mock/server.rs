@@ -61,6 +61,12 @@ async fn handle(
     let key = request_key(&request);
     state.stats.record_request(key.as_deref());
     let (parts, body) = request.into_parts();
+    if let Some(upload_id) = super::files::upload_id(&parts) {
+        // An upload's bytes are counted as they come, never held.
+        let response = super::files::upload_step(&state, &parts, &upload_id, body).await?;
+        state.stats.record_status(None, response.status().as_u16());
+        return Ok(response);
+    }
     let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
     match route(&state, &parts, key.as_deref(), &body).await {
         Outcome::Answer(response) => {
@@ -218,6 +224,9 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
     if let Some(rest) = super::caches::route_of(parts.uri.path()) {
         return super::caches::route(state, parts, key, body, rest);
     }
+    if let Some(rest) = super::files::route_of(parts.uri.path()) {
+        return super::files::route(state, parts, key, body, rest);
+    }
     let openai = path == "/v1beta/openai/chat/completions";
     let openai_models = path == "/v1beta/openai/models" && parts.method == Method::GET;
     let listing = (path == "/v1beta/models" && parts.method == Method::GET) || openai_models;
@@ -313,8 +322,14 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
             );
         }
     }
+    // Uploaded files: its project's only.
+    if let Some(id) = super::files::foreign_file(state, project_index, &json) {
+        let body = super::files::not_found(&id);
+        return error(403, body, openai, project_name, Some(key));
+    }
     let (chars, _images) = bodies::request_text(&json);
-    let mut prompt_tokens = bodies::tokens_for(chars);
+    let files = super::files::files_named(&json) as u64;
+    let mut prompt_tokens = bodies::tokens_for(chars) + files * super::files::FILE_TOKENS;
     // An explicit context cache: its project's only; its tokens are prompt, and cached.
     let explicit = match json
         .get("cachedContent")

@@ -1,0 +1,241 @@
+//! The project-owned resources a request body names: a context cache (`cachedContent`), an
+//! uploaded file (`fileData.fileUri`, an interaction's content `uri`, a batch's
+//! `input_config.file_name`). Each such resource lives in one project, so the request must be
+//! sent there.
+//!
+//! Found by a byte search first (most bodies name none), then one parse and a walk of the
+//! body, under every spelling Google's JSON front end accepts (camelCase and snake_case, a key
+//! written with an escape). A function's arguments or result and a schema are the caller's
+//! own data: names in them are not references.
+
+use serde_json::Value;
+
+/// Keys whose values are the caller's own data (a function's arguments or result, a schema):
+/// names in them are not read as references.
+const FREE_KEYS: &[&str] = &[
+    "args",
+    "arguments",
+    "response",
+    "result",
+    "parameters",
+    "parametersJsonSchema",
+    "parameters_json_schema",
+    "responseSchema",
+    "response_schema",
+    "responseJsonSchema",
+    "response_json_schema",
+    "properties",
+];
+
+/// Hosts of Google's files service (the API's own).
+const API_HOSTS: &[&str] = &[
+    "generativelanguage.googleapis.com",
+    "generativelanguage.mtls.googleapis.com",
+];
+
+/// Why a body's references could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unreadable(pub(crate) String);
+
+/// The resources `body` names (`cachedContents/{id}`, `files/{id}`), each once, in the order
+/// found; `None` when it names none (most bodies: a byte search tells). An error when a name is
+/// there but cannot be read as one: the body is not JSON, a field comes twice under its two
+/// spellings, or a name is not plausible.
+pub(crate) fn references_in(body: &[u8]) -> Option<Result<Vec<String>, Unreadable>> {
+    // `cached` starts both spellings of a cache's field, `files` every file name and URI
+    // (`files\/abc` too, with its slash escaped); a key written with an escape
+    // (`"cached\u0043ontent"`) is the same field to Google, so a body with an escape in it is
+    // read too. The searchers are built once (building one costs more than a search of a
+    // small body).
+    static FINDERS: std::sync::OnceLock<[memchr::memmem::Finder<'static>; 3]> =
+        std::sync::OnceLock::new();
+    let finders = FINDERS.get_or_init(|| {
+        [
+            memchr::memmem::Finder::new(b"cached"),
+            memchr::memmem::Finder::new(b"files"),
+            memchr::memmem::Finder::new(b"\\u"),
+        ]
+    });
+    if finders.iter().all(|f| f.find(body).is_none()) {
+        return None;
+    }
+    crate::model::count_body_parse();
+    let Ok(json) = serde_json::from_slice::<Value>(body) else {
+        return Some(Err(Unreadable(
+            "the body is not JSON, so what it refers to cannot be read".to_owned(),
+        )));
+    };
+    let mut found = Vec::new();
+    if let Err(why) = walk(&json, &mut found) {
+        return Some(Err(why));
+    }
+    (!found.is_empty()).then_some(Ok(found))
+}
+
+/// The two spellings of each naming field, and what its value names.
+const FIELDS: &[(&str, &str, Names)] = &[
+    ("cachedContent", "cached_content", Names::Cache),
+    ("fileUri", "file_uri", Names::FileUri),
+    ("fileName", "file_name", Names::FileName),
+    ("uri", "uri", Names::ContentUri),
+];
+
+#[derive(Clone, Copy)]
+enum Names {
+    /// `cachedContents/{id}`, always a reference.
+    Cache,
+    /// A file's URI of the API host, or `files/{id}`; other URLs are not resources.
+    FileUri,
+    /// `files/{id}` (a batch's input file).
+    FileName,
+    /// A URI of the API host's files only (an interaction's content).
+    ContentUri,
+}
+
+fn walk(value: &Value, found: &mut Vec<String>) -> Result<(), Unreadable> {
+    match value {
+        Value::Object(map) => {
+            for (camel, snake, names) in FIELDS {
+                let value = match (map.get(*camel), map.get(*snake)) {
+                    (Some(_), Some(_)) if camel != snake => {
+                        return Err(Unreadable(format!(
+                            "\"{camel}\" and \"{snake}\" are the same field: send it once"
+                        )));
+                    }
+                    (one, other) => one.or(other),
+                };
+                if let Some(value) = value
+                    && let Some(name) = name_in(*names, value)?
+                    && !found.contains(&name)
+                {
+                    found.push(name);
+                }
+            }
+            for (key, value) in map {
+                if !FREE_KEYS.contains(&key.as_str()) {
+                    walk(value, found)?;
+                }
+            }
+            Ok(())
+        }
+        Value::Array(items) => items.iter().try_for_each(|item| walk(item, found)),
+        _ => Ok(()),
+    }
+}
+
+/// The resource a naming field's value names, if it names one of Google's.
+fn name_in(names: Names, value: &Value) -> Result<Option<String>, Unreadable> {
+    let Value::String(text) = value else {
+        // (A `uri` or `fileName` may be anything's elsewhere; a cache is named by a string.)
+        return match names {
+            Names::Cache => Err(Unreadable(
+                "\"cachedContent\" must be a string naming a cache, such as \"cachedContents/abc123\"".to_owned(),
+            )),
+            _ => Ok(None),
+        };
+    };
+    let text = text.trim();
+    match names {
+        Names::Cache => match text.strip_prefix("cachedContents/") {
+            Some(id) if super::reference::is_id(id) => Ok(Some(text.to_owned())),
+            _ => Err(Unreadable(format!(
+                "\"cachedContent\" must name a cache, such as \"cachedContents/abc123\", not {:?}",
+                crate::model::shorten(text)
+            ))),
+        },
+        Names::FileName => file_name(text, true),
+        Names::FileUri => file_name(text, true),
+        Names::ContentUri => file_name(text, false),
+    }
+}
+
+/// `files/{id}` for a file of Google's files service (a URL of the API host whose path is
+/// `…/files/{id}`, or, where `short` is accepted, `files/{id}`); `None` for anything else.
+fn file_name(text: &str, short: bool) -> Result<Option<String>, Unreadable> {
+    let lower = text.to_ascii_lowercase();
+    let id: String = if lower.starts_with("files/") {
+        if !short {
+            return Ok(None);
+        }
+        text["files/".len()..].to_owned()
+    } else {
+        let Ok(uri) = text.parse::<http::Uri>() else {
+            return Ok(None);
+        };
+        let host = uri.host().map(str::to_ascii_lowercase);
+        if !host.is_some_and(|h| API_HOSTS.contains(&h.as_str())) {
+            return Ok(None);
+        }
+        let path = uri.path();
+        let Some(at) = path.find("/files/") else {
+            return Ok(None);
+        };
+        path[at + "/files/".len()..].to_owned()
+    };
+    let id = id.split([':', '?', '#']).next().unwrap_or_default();
+    if super::reference::is_id(id) {
+        Ok(Some(format!("files/{id}")))
+    } else {
+        Err(Unreadable(format!(
+            "{:?} does not name a file as Google does (\"files/abc-123\" or its URI)",
+            crate::model::shorten(text)
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(body: &str) -> Option<Result<Vec<String>, Unreadable>> {
+        references_in(body.as_bytes())
+    }
+
+    #[test]
+    fn caches_and_files_are_found_under_every_spelling() {
+        let body = r#"{"cachedContent":"cachedContents/c1","contents":[{"parts":[
+            {"fileData":{"mimeType":"application/pdf","fileUri":"https://generativelanguage.googleapis.com/v1beta/files/abc-1"}},
+            {"file_data":{"file_uri":"files/def-2"}},
+            {"fileData":{"fileUri":"https://example.com/a.pdf"}},
+            {"fileData":{"fileUri":"HTTPS://GENERATIVELANGUAGE.GOOGLEAPIS.COM/v1/files/abc-1"}}]}]}"#;
+        assert_eq!(
+            names(body),
+            Some(Ok(vec![
+                "cachedContents/c1".to_owned(),
+                "files/abc-1".to_owned(),
+                "files/def-2".to_owned()
+            ]))
+        );
+        let escaped = r#"{"contents":[{"parts":[{"fileData":{"file\u0055ri":"https:\/\/generativelanguage.googleapis.com\/v1beta\/files\/x9"}}]}]}"#;
+        assert_eq!(names(escaped), Some(Ok(vec!["files/x9".to_owned()])));
+        let interaction = r#"{"input":[{"type":"document","uri":"https://generativelanguage.googleapis.com/v1beta/files/doc1"},{"type":"image","uri":"https://example.com/files/a.png"}]}"#;
+        assert_eq!(names(interaction), Some(Ok(vec!["files/doc1".to_owned()])));
+        let batch = r#"{"batch":{"input_config":{"file_name":"files/jsonl-1"}}}"#;
+        assert_eq!(names(batch), Some(Ok(vec!["files/jsonl-1".to_owned()])));
+    }
+
+    #[test]
+    fn prompts_arguments_and_schemas_name_nothing() {
+        assert_eq!(
+            names(r#"{"contents":[{"parts":[{"text":"upload files/abc and cachedContent"}]}]}"#),
+            None
+        );
+        assert_eq!(names(r#"{"contents":[{"parts":[{"text":"hi"}]}]}"#), None);
+        let args = r#"{"contents":[{"parts":[{"functionCall":{"name":"f","args":{"fileUri":"files/x","cachedContent":7}}}]}]}"#;
+        assert_eq!(names(args), None);
+    }
+
+    #[test]
+    fn unreadable_names_are_errors() {
+        for body in [
+            r#"{"cachedContent":"cachedContents/a","cached_content":"cachedContents/b"}"#,
+            r#"{"cachedContent":"files/../x"}"#,
+            r#"{"cachedContent":42}"#,
+            r#"{"contents":[{"parts":[{"fileData":{"fileUri":"files/a/../b"}}]}]}"#,
+            r#"{"contents":[{"parts":[{"fileData":{"fileUri":"https://generativelanguage.googleapis.com/v1beta/files/"}}]}]}"#,
+            "files but not JSON",
+        ] {
+            assert!(matches!(names(body), Some(Err(_))), "{body}");
+        }
+    }
+}

@@ -89,3 +89,46 @@ g.caches.update(name=cache.name, config=types.UpdateCachedContentConfig(ttl="720
 assert [c.name for c in g.caches.list()] == [cache.name]
 g.caches.delete(name=cache.name)
 print("google-genai SDK: caches create, use, get, update, list, delete")
+
+# Files (the SDK starts at /upload/v1/files and sends the bytes, 8 MiB a step, to the
+# X-Goog-Upload-URL of the answer, which the gateway rewrites to itself): uploaded, used by 20
+# generate_content calls and a cache on the project that holds it (the mock answers 403 from
+# any other), read, listed, deleted.
+import io
+
+data = b"The manual, as a file. " * 420_000  # 9.2 MiB: two upload steps
+uploaded = g.files.upload(
+    file=io.BytesIO(data), config=types.UploadFileConfig(mime_type="text/plain", display_name="manual")
+)
+assert uploaded.name.startswith("files/") and uploaded.size_bytes == len(data), uploaded
+for question in range(20):
+    reply = g.models.generate_content(
+        model=model,
+        contents=[types.Part.from_uri(file_uri=uploaded.uri, mime_type="text/plain"), f"question {question}"],
+    )
+    assert "Mock reply" in reply.text, reply
+from_file = g.caches.create(
+    model=model,
+    config=types.CreateCachedContentConfig(
+        contents=[
+            types.Content(
+                role="user",
+                parts=[
+                    types.Part.from_uri(file_uri=uploaded.uri, mime_type="text/plain"),
+                    types.Part(text="The manual. " * 400),
+                ],
+            )
+        ],
+        ttl="600s",
+    ),
+)
+reply = g.models.generate_content(
+    model=model, contents="And the file?", config=types.GenerateContentConfig(cached_content=from_file.name)
+)
+assert reply.usage_metadata.cached_content_token_count > 1000, reply.usage_metadata
+g.caches.delete(name=from_file.name)
+assert g.files.get(name=uploaded.name).size_bytes == len(data)
+assert [f.name for f in g.files.list()] == [uploaded.name]
+g.files.delete(name=uploaded.name)
+assert list(g.files.list()) == []
+print("google-genai SDK: files upload (two steps), use in 20 calls and a cache, get, list, delete")

@@ -112,6 +112,9 @@ pub(crate) fn resource(id: &str) -> String {
     format!("interactions/{id}")
 }
 
+/// The header naming the session a resumable upload's start opened (`X-Goog-Upload-URL`).
+pub(crate) const UPLOAD_URL: &str = "x-goog-upload-url";
+
 /// `uploads/{id}`: the pin of a resumable upload's session.
 pub(crate) fn upload(id: &str) -> String {
     format!("uploads/{id}")

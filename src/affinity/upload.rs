@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::Response;
 
 use super::Settings;
-use super::reference;
+use super::reference::{self, UPLOAD_URL};
 use crate::context::Tenant;
 use crate::pool::SelectedKey;
 use crate::state::PinRecord;
@@ -18,8 +18,6 @@ pub(crate) const FILE_TTL: Duration = Duration::from_secs(48 * 3600);
 /// How long an upload session is kept pinned (Google's resumable sessions last a week).
 const SESSION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// The session URL a start's answer names (`X-Goog-Upload-URL`).
-pub(crate) const UPLOAD_URL: &str = "x-goog-upload-url";
 /// An upload answer's state: `active` (more to come) or `final` (the file is made).
 const UPLOAD_STATUS: &str = "x-goog-upload-status";
 

@@ -32,8 +32,16 @@ const FORWARDED: &[&str] = &[
     "x-gemini-fallback",
 ];
 
+/// Headers of an upload's start passed on (see `files`).
+const UPLOAD_START: &[&str] = &[
+    "x-goog-upload-protocol",
+    "x-goog-upload-command",
+    "x-goog-upload-header-content-length",
+    "x-goog-upload-header-content-type",
+];
+
 /// Response headers never passed back (hop-by-hop).
-const HOP_BY_HOP: &[&str] = &[
+pub(super) const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -69,6 +77,9 @@ pub(crate) async fn native(State(shared): State<Arc<Shared>>, request: Request) 
     }
     if path == "/v1beta/cachedContents" || path.starts_with("/v1beta/cachedContents/") {
         return super::caches::serve(&shared, request).await;
+    }
+    if path == "/v1beta/files" || path.starts_with("/v1beta/files/") {
+        return super::files::serve(&shared, request).await;
     }
     if let Some(rest) = path.strip_prefix("/v1beta/openai/") {
         let rest = rest.to_owned();
@@ -375,7 +386,7 @@ fn admit(
     let bodiless = body.is_empty() && path.ends_with("/cancel");
     if (parts.method == Method::POST || parts.method == Method::PATCH)
         && !bodiless
-        && let Err(problem) = strict_json::check(&body)
+        && let Err(problem) = strict_json::check(&body, family != Family::OpenAi)
     {
         return Err(Box::new(reply::client_error(
             family,
@@ -462,6 +473,9 @@ fn upstream_request(
     *upstream.method_mut() = parts.method.clone();
     *upstream.uri_mut() = uri.parse().map_err(|_| "malformed request path")?;
     copy_headers(&parts.headers, upstream.headers_mut(), FORWARDED);
+    if path.starts_with("/upload/") {
+        copy_headers(&parts.headers, upstream.headers_mut(), UPLOAD_START);
+    }
     if let Some(model) = model {
         upstream.extensions_mut().insert(model);
     }
@@ -514,7 +528,7 @@ async fn send(shared: &Shared, family: Family, upstream: http::Request<Full<Byte
 
 /// Room held by a body in memory; given back (and the bodies waiting for room woken) when
 /// dropped.
-struct BodyRoom {
+pub(super) struct BodyRoom {
     permit: Option<OwnedSemaphorePermit>,
     freed: Arc<tokio::sync::Notify>,
     /// The client's count of room held (KiB), if the client is known.
@@ -522,7 +536,7 @@ struct BodyRoom {
 }
 
 /// Why a body found no room.
-enum NoRoom {
+pub(super) enum NoRoom {
     /// None was given back within the body's read time.
     Busy,
     /// The client's bodies hold their share already.
@@ -530,7 +544,7 @@ enum NoRoom {
 }
 
 impl BodyRoom {
-    fn new(shared: &Shared, client: Option<super::ClientScope>) -> BodyRoom {
+    pub(super) fn new(shared: &Shared, client: Option<super::ClientScope>) -> BodyRoom {
         BodyRoom {
             permit: None,
             freed: shared.body_freed.clone(),
@@ -546,7 +560,7 @@ impl BodyRoom {
     }
 
     /// Hold `kib` in all, waiting for room until `deadline`.
-    async fn grow_to(
+    pub(super) async fn grow_to(
         &mut self,
         shared: &Shared,
         kib: usize,
@@ -593,7 +607,7 @@ async fn room(shared: &Shared, units: u32) -> Option<OwnedSemaphorePermit> {
 }
 
 impl NoRoom {
-    fn reply(self, shared: &Shared, family: Family) -> Response {
+    pub(super) fn reply(self, shared: &Shared, family: Family) -> Response {
         let message = match self {
             NoRoom::Busy => format!(
                 "the gateway holds as many request bodies as it may ({} MiB, GATEWAY_BODY_MEMORY_MB) and none was answered within {} s; retry shortly",
@@ -699,7 +713,7 @@ async fn next_chunk(
     }
 }
 
-fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, names: &[&'static str]) {
+pub(super) fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, names: &[&'static str]) {
     for name in names {
         let name = HeaderName::from_static(name);
         for value in from.get_all(&name) {

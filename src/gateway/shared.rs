@@ -23,6 +23,8 @@ pub(crate) struct Shared {
     /// Kept to build the stack over a new pool: the same circuits, the same connections.
     breaker: CircuitBreakerLayer,
     http: client::HttpsClient<http_body_util::Full<bytes::Bytes>>,
+    /// Upload steps, streamed to Google as they arrive (no key: the session is the authority).
+    pub(crate) uploads: client::HttpsClient<axum::body::Body>,
     max_wait: std::time::Duration,
     /// Key changes happen one at a time (each reads the live pool and swaps a new one in).
     pub(crate) changing: tokio::sync::Mutex<()>,
@@ -162,6 +164,7 @@ impl Shared {
             live: std::sync::RwLock::new(Arc::new(first)),
             breaker,
             http,
+            uploads: client::https(),
             max_wait: config.max_wait,
             changing: tokio::sync::Mutex::new(()),
             breakers,

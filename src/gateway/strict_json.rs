@@ -21,12 +21,17 @@ const SCANNED: usize = 16;
 
 /// `Ok` if `body` is one JSON value whose objects never repeat a key (compared after
 /// unescaping, so `"mod\u0065l"` is `"model"`); otherwise what is wrong, for the client.
-pub(crate) fn check(body: &[u8]) -> Result<(), String> {
+/// `files_served`: uploaded files may be named (on the native routes, where the stack checks
+/// that each is the client's own); else a file's URI is refused too.
+pub(crate) fn check(body: &[u8], files_served: bool) -> Result<(), String> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    Strict { policy: true }
-        .deserialize(&mut deserializer)
-        .and_then(|()| deserializer.end())
-        .map_err(|e| format!("the request body is not JSON as Google would read it: {e}"))
+    Strict {
+        policy: true,
+        files: !files_served,
+    }
+    .deserialize(&mut deserializer)
+    .and_then(|()| deserializer.end())
+    .map_err(|e| format!("the request body is not JSON as Google would read it: {e}"))
 }
 
 /// Reads a value strictly; `policy`: also refuses names of unserved resources (off inside a
@@ -34,6 +39,8 @@ pub(crate) fn check(body: &[u8]) -> Result<(), String> {
 #[derive(Clone, Copy)]
 struct Strict {
     policy: bool,
+    /// Refuse URIs of uploaded files (under `policy`).
+    files: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for Strict {
@@ -78,7 +85,7 @@ impl<'de> Visitor<'de> for Strict {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut keys: Vec<Cow<'de, str>> = Vec::new();
         let mut many: Option<std::collections::HashSet<Cow<'de, str>>> = None;
-        while let Some(key) = map.next_key_seed(Capture)? {
+        while let Some(key) = map.next_key_seed(Capture(self.files))? {
             // (A key is a string: `None` cannot come from JSON.)
             let Some(key) = key else {
                 continue;
@@ -117,8 +124,8 @@ impl<'de> Visitor<'de> for Strict {
                     crate::model::shorten(&key)
                 )));
             }
-            if self.policy && FILE_KEYS.contains(&&*key) {
-                if let Some(uri) = map.next_value_seed(Capture)?
+            if self.policy && self.files && FILE_KEYS.contains(&&*key) {
+                if let Some(uri) = map.next_value_seed(Capture(self.files))?
                     && names_google_file(&key, &uri)
                 {
                     return Err(de::Error::custom(format!(
@@ -128,7 +135,7 @@ impl<'de> Visitor<'de> for Strict {
                 }
             } else {
                 let policy = self.policy && !FREE_KEYS.contains(&&*key);
-                map.next_value_seed(Strict { policy })?;
+                map.next_value_seed(Strict { policy, ..self })?;
             }
         }
         Ok(())
@@ -180,13 +187,13 @@ fn names_google_file(key: &str, uri: &str) -> bool {
 
 /// A value read strictly, and kept when it is a string: borrowed from the body when it was
 /// written plainly, owned when it had to be unescaped (so an escaped key shows).
-struct Capture;
+struct Capture(bool);
 
 impl<'de> DeserializeSeed<'de> for Capture {
     type Value = Option<Cow<'de, str>>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_any(Capture)
+        deserializer.deserialize_any(self)
     }
 }
 
@@ -219,16 +226,27 @@ impl<'de> Visitor<'de> for Capture {
         Ok(None)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        Strict { policy: true }.visit_seq(seq).map(|()| None)
+        let strict = Strict {
+            policy: true,
+            files: self.0,
+        };
+        strict.visit_seq(seq).map(|()| None)
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        Strict { policy: true }.visit_map(map).map(|()| None)
+        let strict = Strict {
+            policy: true,
+            files: self.0,
+        };
+        strict.visit_map(map).map(|()| None)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::check;
+    /// As on the OpenAI-compatible routes: no uploaded file either.
+    fn check(body: &[u8]) -> Result<(), String> {
+        super::check(body, false)
+    }
 
     #[test]
     fn a_key_twice_is_refused_at_any_depth_and_however_escaped() {
@@ -263,7 +281,17 @@ mod tests {
 
 #[cfg(test)]
 mod unserved {
-    use super::check;
+    fn check(body: &[u8]) -> Result<(), String> {
+        super::check(body, false)
+    }
+
+    #[test]
+    fn on_the_native_routes_files_are_named_but_stores_are_not() {
+        let file = r#"{"contents":[{"parts":[{"fileData":{"fileUri":"https://generativelanguage.googleapis.com/v1beta/files/abc"}}]}]}"#;
+        assert!(super::check(file.as_bytes(), true).is_ok());
+        let store = r#"{"tools":[{"fileSearch":{"fileSearchStoreNames":["fileSearchStores/s"]}}]}"#;
+        assert!(super::check(store.as_bytes(), true).is_err());
+    }
 
     #[test]
     fn files_and_file_search_stores_are_not_named() {

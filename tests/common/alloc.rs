@@ -13,6 +13,19 @@ pub static LIVE: AtomicIsize = AtomicIsize::new(0);
 /// request shows in the count before it shows in the bytes.
 pub static BLOCKS: AtomicIsize = AtomicIsize::new(0);
 
+/// The most bytes live at once since the last [`reset_peak`].
+pub static PEAK: AtomicIsize = AtomicIsize::new(0);
+
+/// Start measuring the peak from what is live now.
+pub fn reset_peak() {
+    PEAK.store(live_bytes(), Ordering::Relaxed);
+}
+
+/// The most bytes live at once since [`reset_peak`].
+pub fn peak_bytes() -> isize {
+    PEAK.load(Ordering::Relaxed)
+}
+
 /// Live bytes now.
 pub fn live_bytes() -> isize {
     LIVE.load(Ordering::Relaxed)
@@ -25,7 +38,8 @@ pub fn live_blocks() -> isize {
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        let live = LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        PEAK.fetch_max(live + layout.size() as isize, Ordering::Relaxed);
         BLOCKS.fetch_add(1, Ordering::Relaxed);
         unsafe { System.alloc(layout) }
     }
@@ -37,10 +51,9 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
+        let grown = new_size as isize - layout.size() as isize;
+        let live = LIVE.fetch_add(grown, Ordering::Relaxed);
+        PEAK.fetch_max(live + grown, Ordering::Relaxed);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }

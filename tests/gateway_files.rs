@@ -389,3 +389,93 @@ async fn the_openai_routes_name_no_file() {
     .await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
 }
+
+/// An upload step holds room in the body memory while it streams, counted against the client
+/// that started the session even when the step carries no token: a client whose steps hold its
+/// share is refused its next at once (503), and the others' requests go on.
+#[tokio::test]
+async fn upload_steps_count_against_their_starters_share_token_or_not() {
+    let mock = mock().await;
+    let keys = KEYS.join(",");
+    let tokens = format!("{ALICE},{MALLORY}");
+    let upstream = mock.url();
+    let mut config = config_from(&[
+        ("GEMINI_API_KEY", keys.as_str()),
+        ("GATEWAY_TOKENS", tokens.as_str()),
+        ("LLM_API_ENDPOINT", upstream.as_str()),
+        ("LLM_MODEL", MODEL),
+    ]);
+    // 1 MiB for bodies, a quarter of it a client's: one upload step's room.
+    config.body_limit = 64 * 1024;
+    config.body_memory = 1 << 20;
+    let gateway = start(config).await;
+    let first = start_upload(&gateway, ALICE, 1000).await;
+    let second = start_upload(&gateway, ALICE, 1000).await;
+    let url = |answer: &Answer| {
+        answer.headers["x-goog-upload-url"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    // The first step sends a byte and stalls, holding its room.
+    let (bytes, stalled) = stalling_body();
+    bytes
+        .send(Ok(http_body::Frame::data(Bytes::from_static(b"x"))))
+        .await
+        .unwrap();
+    let held = Request::builder()
+        .method(Method::POST)
+        .uri(url(&first))
+        .header("x-goog-upload-command", "upload, finalize")
+        .header("x-goog-upload-offset", "0")
+        .body(http_body_util::StreamBody::new(stalled))
+        .unwrap();
+    let streaming: hyper_util::client::legacy::Client<_, http_body_util::StreamBody<_>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let holding = tokio::spawn(async move { streaming.request(held).await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let step = [
+        ("x-goog-upload-command", "upload, finalize"),
+        ("x-goog-upload-offset", "0"),
+    ];
+    let refused = send(
+        &gateway,
+        None,
+        (Method::POST, &url(&second)),
+        &step,
+        Bytes::from_static(b"y"),
+    )
+    .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.json
+    );
+    assert_eq!(refused.headers["x-goog-upload-status"], "final");
+    let others = send(
+        &gateway,
+        Some(MALLORY),
+        (
+            Method::POST,
+            &format!("/v1beta/models/{MODEL}:generateContent"),
+        ),
+        &JSON,
+        Bytes::from(common::generate_body("still served")),
+    )
+    .await;
+    assert_eq!(others.status, StatusCode::OK);
+    drop(bytes);
+    holding.abort();
+}
+
+/// A channel whose receiver is a body stream (tokio's mpsc, as a `Stream`).
+fn stalling_body() -> (
+    tokio::sync::mpsc::Sender<Result<http_body::Frame<Bytes>, std::io::Error>>,
+    impl futures_util::Stream<Item = Result<http_body::Frame<Bytes>, std::io::Error>> + Send + 'static,
+) {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(4);
+    let stream = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx));
+    (sender, stream)
+}

@@ -15,8 +15,9 @@ use crate::state::PinRecord;
 
 /// How long Google keeps an uploaded file (until the answer's `expirationTime` says).
 pub(crate) const FILE_TTL: Duration = Duration::from_secs(48 * 3600);
-/// How long an upload session is kept pinned (Google's resumable sessions last a week).
-const SESSION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long an upload session is kept pinned: a day (the SDKs send the bytes at once; an
+/// abandoned session counts against a gateway client's files until then).
+const SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// An upload answer's state: `active` (more to come) or `final` (the file is made).
 const UPLOAD_STATUS: &str = "x-goog-upload-status";

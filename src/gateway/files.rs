@@ -249,10 +249,14 @@ async fn step(shared: &Shared, request: Request, id: &str) -> Response {
             "no such upload session: it was not started with this client's credentials, or it has ended",
         );
     };
-    let mut room = BodyRoom::new(
-        shared,
-        request.extensions().get::<super::ClientScope>().cloned(),
-    );
+    // The room counts against the starter's share, token or not: a client cannot escape its
+    // share by sending its steps without one.
+    let starter = record
+        .tenant
+        .as_deref()
+        .and_then(|t| HeaderValue::from_str(t).ok())
+        .map(super::ClientScope);
+    let mut room = BodyRoom::new(shared, starter);
     let deadline = tokio::time::Instant::now() + IDLE;
     if let Err(why) = room.grow_to(shared, STEP_ROOM_KIB, deadline).await {
         let mut busy = why.reply(shared, Family::Native);

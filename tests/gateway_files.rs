@@ -470,10 +470,13 @@ async fn upload_steps_count_against_their_starters_share_token_or_not() {
     holding.abort();
 }
 
+/// A frame of a streamed body.
+type Framed = Result<http_body::Frame<Bytes>, std::io::Error>;
+
 /// A channel whose receiver is a body stream (tokio's mpsc, as a `Stream`).
 fn stalling_body() -> (
-    tokio::sync::mpsc::Sender<Result<http_body::Frame<Bytes>, std::io::Error>>,
-    impl futures_util::Stream<Item = Result<http_body::Frame<Bytes>, std::io::Error>> + Send + 'static,
+    tokio::sync::mpsc::Sender<Framed>,
+    impl futures_util::Stream<Item = Framed> + Send + 'static,
 ) {
     let (sender, mut receiver) = tokio::sync::mpsc::channel(4);
     let stream = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx));

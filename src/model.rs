@@ -76,6 +76,13 @@ pub(crate) fn is_openai_path(path: &str) -> bool {
     path.contains("/openai/")
 }
 
+/// Does a `POST` to `path` create a Batch Mode job (`:batchGenerateContent`,
+/// `:asyncBatchEmbedContent`)? Its answer shows no usage: the batch runs later, billed at
+/// Google's batch rate.
+pub(crate) fn creates_batch(path: &str) -> bool {
+    path.ends_with(":batchGenerateContent") || path.ends_with(":asyncBatchEmbedContent")
+}
+
 /// The model in a native path: `/v1beta/models/{model}:method` (or `/v1/models/{model}`).
 /// On every call, so a byte scan rather than `str::find` (whose searcher costs more to set up
 /// than the whole path takes to read).

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use super::answer::{Whole, WholeAnswer};
 use crate::pool::KeyPool;
 use crate::scan::LastCounts;
 use crate::state::PinRecord;
@@ -30,7 +31,7 @@ pin_project! {
 }
 
 /// What kind of resource an answer creates (or updates), and so which of its fields name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
     /// A stored interaction: its `id` (`v1_…`), or the first SSE frame's `interaction.id`.
     Interaction,
@@ -38,11 +39,15 @@ pub(crate) enum Kind {
     Cache,
     /// An uploaded file: the answer's `file.name` (`files/…`) and `file.expirationTime`.
     File,
+    /// A batch made: its `name` (`batches/…`).
+    Batch,
+    /// A batch's state (`batches/…`, named): done, and its results file.
+    BatchState(String),
 }
 
 impl Kind {
     /// The resource's name from what its answer's naming field holds, if plausible.
-    fn name(self, found: &str) -> Option<String> {
+    fn name(&self, found: &str) -> Option<String> {
         match self {
             Kind::Interaction => {
                 super::reference::is_id(found).then(|| super::reference::resource(found))
@@ -51,8 +56,12 @@ impl Kind {
                 .strip_prefix("cachedContents/")
                 .filter(|id| super::reference::is_id(id))
                 .map(|_| found.to_owned()),
-            Kind::File => found
+            Kind::File | Kind::BatchState(_) => found
                 .strip_prefix("files/")
+                .filter(|id| super::reference::is_id(id))
+                .map(|_| found.to_owned()),
+            Kind::Batch => found
+                .strip_prefix("batches/")
                 .filter(|id| super::reference::is_id(id))
                 .map(|_| found.to_owned()),
         }
@@ -88,12 +97,17 @@ const CACHE_USAGE: [&[&[u8]]; 2] = [&[b"\"totalTokenCount\""], &[]];
 
 impl Learn {
     pub(crate) fn new(pool: KeyPool, record: PinRecord, kind: Kind, sse: bool) -> Self {
-        let scanner = match kind {
+        let scanner = match &kind {
             Kind::Interaction if sse => Scanner::Sse(SseFrames::default()),
             Kind::Interaction => Scanner::Json(TopLevelField::new(b"id")),
             Kind::Cache => Scanner::Json(TopLevelField::new(b"name")),
-            Kind::File => Scanner::File(FileAnswer::default()),
+            Kind::Batch => Scanner::Json(TopLevelField::new(b"name")),
+            Kind::File => Scanner::Whole(WholeAnswer::new(Whole::File)),
+            Kind::BatchState(batch) => {
+                Scanner::Whole(WholeAnswer::new(Whole::Batch(batch.clone())))
+            }
         };
+        let expire = (kind == Kind::Cache).then(|| (TopLevelField::new(b"expireTime"), None));
         Learn {
             pool,
             record,
@@ -103,7 +117,7 @@ impl Learn {
             name: None,
             usage: LastCounts::default(),
             counts: [None; 2],
-            expire: (kind == Kind::Cache).then(|| (TopLevelField::new(b"expireTime"), None)),
+            expire,
             held: None,
             taught_early: false,
         }
@@ -116,7 +130,7 @@ impl Learn {
         let fields = match self.kind {
             Kind::Interaction => &USAGE,
             Kind::Cache => &CACHE_USAGE,
-            Kind::File => &[&[][..], &[][..]],
+            _ => &[&[][..], &[][..]],
         };
         for (slot, found) in self.counts.iter_mut().zip(self.usage.scan(chunk, fields)) {
             if found.is_some() {
@@ -142,6 +156,9 @@ impl Learn {
             }
             return (self.scanned <= MAX_SCAN, None);
         }
+        if let Scanner::Whole(_) = &self.scanner {
+            return self.read_whole(chunk);
+        }
         let Some(found) = self.scanner.scan(chunk) else {
             let more = self.scanned <= MAX_SCAN && !self.scanner.gave_up();
             return (more, None);
@@ -149,22 +166,39 @@ impl Learn {
         let Some(name) = self.kind.name(&found) else {
             return (false, None);
         };
-        if let Scanner::File(answer) = &self.scanner
-            && let Some(at) = answer.expires
-        {
-            self.record.expires_at = at;
-        }
         self.update();
         let write = self.pool.learn_pin(&name, self.record.clone());
         self.name = Some(name);
         (true, write)
     }
 
+    /// Read a chunk of an answer read whole: once it parses, every pin it names is taught, the
+    /// chunk held until the last is written.
+    fn read_whole(&mut self, chunk: &[u8]) -> (bool, Option<crate::state::StoreFuture<()>>) {
+        let now = self.pool.clock().now_millis();
+        let Scanner::Whole(whole) = &mut self.scanner else {
+            return (false, None);
+        };
+        let Some(pins) = whole.scan(chunk, &self.record, now) else {
+            return (!whole.done && self.scanned <= MAX_SCAN, None);
+        };
+        let mut last = None;
+        for (name, record) in pins {
+            let write = self.pool.learn_pin(&name, record);
+            if let Some(earlier) = std::mem::replace(&mut last, write)
+                && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            {
+                runtime.spawn(earlier);
+            }
+        }
+        (last.is_some(), last)
+    }
+
     /// Bring the record up to what was read (the resource's size, a cache's expiry); `true`
     /// if that changed it.
     fn update(&mut self) -> bool {
         let mut changed = false;
-        let tokens = match (self.kind, self.counts) {
+        let tokens = match (&self.kind, self.counts) {
             (Kind::Interaction, [Some(input), Some(output)]) => Some(input.saturating_add(output)),
             (Kind::Cache, [Some(total), _]) => Some(total),
             _ => None,
@@ -312,8 +346,8 @@ enum Scanner {
     Json(TopLevelField),
     /// An SSE answer: the `interaction.id` of its first frame with data (`interaction.created`).
     Sse(SseFrames),
-    /// An upload's answer: `{"file":{"name":…,"expirationTime":…}}`.
-    File(FileAnswer),
+    /// An answer read whole (an upload's last step, a batch's state).
+    Whole(WholeAnswer),
 }
 
 impl Scanner {
@@ -321,7 +355,8 @@ impl Scanner {
         match self {
             Scanner::Json(top) => chunk.iter().find_map(|&b| top.step(b)),
             Scanner::Sse(frames) => frames.scan(chunk),
-            Scanner::File(answer) => answer.scan(chunk),
+            // (Read by `Learn::read_whole`.)
+            Scanner::Whole(_) => None,
         }
     }
 
@@ -330,55 +365,7 @@ impl Scanner {
         match self {
             Scanner::Json(top) => top.done,
             Scanner::Sse(frames) => frames.done,
-            Scanner::File(answer) => answer.done,
-        }
-    }
-}
-
-/// An upload's answer, kept whole (it is small: one File resource) until it parses.
-#[derive(Default)]
-struct FileAnswer {
-    text: Vec<u8>,
-    /// `file.expirationTime`, once read (Unix ms).
-    expires: Option<u64>,
-    done: bool,
-}
-
-impl FileAnswer {
-    /// The longest answer kept: a File resource is well under it.
-    const MAX: usize = 64 * 1024;
-
-    fn scan(&mut self, chunk: &[u8]) -> Option<String> {
-        #[derive(serde::Deserialize)]
-        struct Answer {
-            file: File,
-        }
-        #[derive(serde::Deserialize)]
-        struct File {
-            name: String,
-            #[serde(default, rename = "expirationTime")]
-            expiration: Option<String>,
-        }
-        self.text.extend_from_slice(chunk);
-        if self.text.len() > Self::MAX {
-            self.done = true;
-            return None;
-        }
-        match serde_json::from_slice::<Answer>(&self.text) {
-            Ok(answer) => {
-                self.done = true;
-                self.expires = answer
-                    .file
-                    .expiration
-                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                    .and_then(|t| u64::try_from(t.as_millisecond()).ok());
-                Some(answer.file.name)
-            }
-            Err(e) => {
-                // More to come, or never a file.
-                self.done = !e.is_eof();
-                None
-            }
+            Scanner::Whole(whole) => whole.done,
         }
     }
 }

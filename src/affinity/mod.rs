@@ -54,6 +54,8 @@
 //! [`Owner`]: crate::context::Owner
 //! [`Tenant`]: crate::context::Tenant
 
+mod answer;
+mod batch;
 pub(crate) mod learn;
 mod prefix;
 mod probe;
@@ -67,6 +69,7 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
+pub use batch::BatchLimits;
 pub use learn::LearnBody;
 pub use prefix::{DEFAULT_PREFIX_TTL, MAX_PREFIXES, PrefixAffinity};
 pub use service::{Affinity, ResponseFuture};
@@ -91,6 +94,7 @@ pub(crate) struct Settings {
     pub(crate) retention: Duration,
     pub(crate) probe: bool,
     pub(crate) prefix: Option<Arc<PrefixAffinity>>,
+    pub(crate) batches: BatchLimits,
 }
 
 impl AffinityLayer {
@@ -102,6 +106,7 @@ impl AffinityLayer {
                 retention: DEFAULT_RETENTION,
                 probe: true,
                 prefix: None,
+                batches: BatchLimits::default(),
             }),
         }
     }
@@ -127,12 +132,19 @@ impl AffinityLayer {
         self.with(|s| s.prefix = Some(prefix))
     }
 
+    /// Batch Mode's limits per project ([`BatchLimits`]: 100 batches at once by default):
+    /// a new batch goes to a project with room, or is refused before it is sent.
+    pub fn batch_limits(self, limits: BatchLimits) -> Self {
+        self.with(|s| s.batches = limits)
+    }
+
     fn with(self, change: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = Settings {
             pool: self.settings.pool.clone(),
             retention: self.settings.retention,
             probe: self.settings.probe,
             prefix: self.settings.prefix.clone(),
+            batches: self.settings.batches,
         };
         change(&mut settings);
         AffinityLayer {

@@ -73,7 +73,7 @@ where
 /// Can `name` be looked for with a `GET` of it (an interaction, a cache, a file; not an
 /// upload session)?
 pub(super) fn can_probe(name: &str) -> bool {
-    ["interactions/", "cachedContents/", "files/"]
+    ["interactions/", "cachedContents/", "files/", "batches/"]
         .iter()
         .any(|collection| name.starts_with(collection))
 }

@@ -33,6 +33,10 @@ pub(crate) enum Call {
     Upload(String),
     /// `GET` or `DELETE …/files/{id}`, `GET …/files/{id}:download`.
     File(FileOp, String),
+    /// `POST …/models/{m}:batchGenerateContent` (or `:asyncBatchEmbedContent`): creates a batch.
+    CreateBatch,
+    /// `GET` or `DELETE …/batches/{id}`, `POST …/batches/{id}:cancel`.
+    Batch(BatchOp, String),
     /// A call whose body names resources (a cache, files) and whose path names none:
     /// `generateContent` and the other model methods.
     Uses,
@@ -44,6 +48,14 @@ pub(crate) enum CacheOp {
     Get,
     Patch,
     Delete,
+}
+
+/// What a call does to one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BatchOp {
+    Get,
+    Delete,
+    Cancel,
 }
 
 /// What a call does to one file.
@@ -82,7 +94,8 @@ impl Call {
             Call::Cache(_, id) => Some(format!("cachedContents/{id}")),
             Call::Upload(id) => Some(upload(id)),
             Call::File(_, id) => Some(format!("files/{id}")),
-            Call::CreateCache | Call::UploadStart | Call::Uses => None,
+            Call::Batch(_, id) => Some(format!("batches/{id}")),
+            Call::CreateCache | Call::UploadStart | Call::CreateBatch | Call::Uses => None,
         }
     }
 
@@ -90,7 +103,10 @@ impl Call {
     pub(crate) fn deletes(&self) -> bool {
         matches!(
             self,
-            Call::Delete(_) | Call::Cache(CacheOp::Delete, _) | Call::File(FileOp::Delete, _)
+            Call::Delete(_)
+                | Call::Cache(CacheOp::Delete, _)
+                | Call::File(FileOp::Delete, _)
+                | Call::Batch(BatchOp::Delete, _)
         )
     }
 
@@ -155,16 +171,18 @@ enum Collection {
     Interactions,
     CachedContents,
     Files,
+    Batches,
 }
 
 /// Which collection follows the version segment (`/v1beta`, `/v1`, `/v1alpha`) of `path`, and
 /// where its segment ends. Runs on every call: a byte loop up to the first version segment
 /// (the first one, in Google's paths), then a comparison or two.
 fn collection_at(path: &str) -> Option<(Collection, usize)> {
-    const NAMES: [(&[u8], Collection); 3] = [
+    const NAMES: [(&[u8], Collection); 4] = [
         (b"/interactions", Collection::Interactions),
         (b"/cachedContents", Collection::CachedContents),
         (b"/files", Collection::Files),
+        (b"/batches", Collection::Batches),
     ];
     let bytes = path.as_bytes();
     let mut start = 0;
@@ -201,7 +219,12 @@ pub(crate) fn version_prefix(path: &str) -> Option<&str> {
 /// every call)? A `generateContent` naming a cache or a file is found by
 /// [`references_in`](super::uses::references_in).
 pub(crate) fn is_resource_path(path: &str) -> bool {
-    collection_at(path).is_some()
+    creates_batch(path) || collection_at(path).is_some()
+}
+
+/// Does a `POST` to `path` create a batch (`:batchGenerateContent`, `:asyncBatchEmbedContent`)?
+pub(crate) fn creates_batch(path: &str) -> bool {
+    crate::model::creates_batch(path)
 }
 
 /// The call a request makes on a project-owned resource, if it is one (by its path and
@@ -213,6 +236,9 @@ pub(crate) fn call_of(
     query: Option<&str>,
     body: Option<&[u8]>,
 ) -> Option<Call> {
+    if method == Method::POST && creates_batch(path) {
+        return Some(Call::CreateBatch);
+    }
     let (collection, end) = collection_at(path)?;
     let rest = &path[end..];
     if rest.is_empty() || rest == "/" {
@@ -234,6 +260,9 @@ pub(crate) fn call_of(
     let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
     if collection == Collection::Files {
         return file_call(method, id, tail);
+    }
+    if collection == Collection::Batches {
+        return batch_call(method, id, tail);
     }
     if !is_id(id) {
         return None;
@@ -270,6 +299,27 @@ fn file_call(method: &Method, segment: &str, tail: &str) -> Option<Call> {
         _ => return None,
     };
     Some(Call::File(op, id.to_owned()))
+}
+
+/// `batches/{id}` (get, delete) and `batches/{id}:cancel`.
+fn batch_call(method: &Method, segment: &str, tail: &str) -> Option<Call> {
+    if !tail.is_empty() {
+        return None;
+    }
+    let (id, verb) = match segment.split_once(':') {
+        Some((id, verb)) => (id, Some(verb)),
+        None => (segment, None),
+    };
+    if !is_id(id) {
+        return None;
+    }
+    let op = match (method, verb) {
+        (&Method::GET, None) => BatchOp::Get,
+        (&Method::DELETE, None) => BatchOp::Delete,
+        (&Method::POST, Some("cancel")) => BatchOp::Cancel,
+        _ => return None,
+    };
+    Some(Call::Batch(op, id.to_owned()))
 }
 
 /// Can the body of a request to `path` name a cache or files: the model methods that take
@@ -447,6 +497,29 @@ mod tests {
             .is_none()
         );
         assert!(call_of(&Method::GET, "/v1beta/files/a:copy", None, None).is_none());
+    }
+
+    #[test]
+    fn batch_calls_are_read_from_paths() {
+        let create = "/v1beta/models/gemini-2.5-flash:batchGenerateContent";
+        assert!(is_resource_path(create));
+        assert_eq!(
+            call_of(&Method::POST, create, None, None),
+            Some(Call::CreateBatch)
+        );
+        assert_eq!(
+            call_of(&Method::GET, "/v1/batches/123", None, None),
+            Some(Call::Batch(BatchOp::Get, "123".into()))
+        );
+        assert_eq!(
+            call_of(&Method::POST, "/v1beta/batches/123:cancel", None, None),
+            Some(Call::Batch(BatchOp::Cancel, "123".into()))
+        );
+        let delete = call_of(&Method::DELETE, "/v1beta/batches/123", None, None).unwrap();
+        assert!(delete.deletes());
+        assert_eq!(delete.referred().as_deref(), Some("batches/123"));
+        assert!(call_of(&Method::GET, "/v1beta/batches", None, None).is_none());
+        assert!(call_of(&Method::POST, "/v1beta/batches/1:pause", None, None).is_none());
     }
 
     #[test]

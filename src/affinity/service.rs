@@ -11,9 +11,9 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::learn::{Kind as Learned, Learn, LearnBody};
-use super::reference::{self, CacheOp, Call};
+use super::reference::{self, BatchOp, CacheOp, Call};
 use super::uses::{self, Unreadable};
-use super::{Settings, probe, upload};
+use super::{Settings, batch, probe, upload};
 use crate::context::{Owner, Preferred, StoredContext, Tenant};
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::model::Model;
@@ -228,9 +228,20 @@ where
         ));
     }
     let names: Vec<String> = call.referred().into_iter().chain(uses).collect();
-    if let Some((owner, tokens)) =
-        owner_of_all(inner.clone(), &settings, &request, &names, tenant.as_ref()).await?
-    {
+    let found = owner_of_all(inner.clone(), &settings, &request, &names, tenant.as_ref()).await?;
+    // A new batch goes to a project with room for it: the one that holds what it names, else
+    // the one with the most.
+    let batch_tokens = match call {
+        Call::CreateBatch => {
+            let tokens = batch::tokens_of(crate::peek::body_bytes(request.body()).as_deref());
+            let owner = found.as_ref().map(|(owner, _)| owner);
+            let chosen = batch::choose(&settings.pool, &settings.batches, owner, tokens)?;
+            request.extensions_mut().insert(chosen);
+            tokens
+        }
+        _ => 0,
+    };
+    if let Some((owner, tokens)) = found {
         request.extensions_mut().insert(owner);
         // A continuation sends the conversation so far as prompt, a call naming a cache the
         // cache's contents: their size counts.
@@ -248,7 +259,12 @@ where
     {
         upload::pin_session(&settings, session, tenant.as_ref()).await;
     }
-    Ok(learn_from(&settings, &call, tenant, response))
+    Ok(learn_from(
+        &settings,
+        &call,
+        (tenant, batch_tokens),
+        response,
+    ))
 }
 
 /// The one project that holds every resource in `names` (learned, or found by probing), and
@@ -340,7 +356,7 @@ fn not_found(name: &str) -> Error {
 fn learn_from<ResB>(
     settings: &Settings,
     call: &Call,
-    tenant: Option<Tenant>,
+    (tenant, tokens): (Option<Tenant>, u64),
     response: Response<ResB>,
 ) -> Response<LearnBody<ResB>> {
     if !response.status().is_success() {
@@ -365,6 +381,14 @@ fn learn_from<ResB>(
             }
             (Learned::File, upload::FILE_TTL)
         }
+        Call::CreateBatch => (Learned::Batch, batch::PIN_TTL),
+        Call::Batch(BatchOp::Get, id) => {
+            (Learned::BatchState(format!("batches/{id}")), batch::PIN_TTL)
+        }
+        Call::Batch(BatchOp::Cancel, id) => {
+            cancelled(settings, id, tenant, &response);
+            return response.map(LearnBody::plain);
+        }
         _ => return response.map(LearnBody::plain),
     };
     let Some(project) = response
@@ -378,7 +402,7 @@ fn learn_from<ResB>(
         project,
         expires_at: now.saturating_add(u64::try_from(lasts.as_millis()).unwrap_or(u64::MAX)),
         tenant: tenant.map(|t| t.shared()),
-        tokens: 0,
+        tokens,
     };
     let sse = response
         .headers()
@@ -387,6 +411,31 @@ fn learn_from<ResB>(
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let learn = Learn::new(settings.pool.clone(), record, kind, sse);
     response.map(|body| LearnBody::learning(body, learn))
+}
+
+/// A cancelled batch runs no more: no longer counted against its project's batch limits.
+fn cancelled<ResB>(
+    settings: &Settings,
+    id: &str,
+    tenant: Option<Tenant>,
+    response: &Response<ResB>,
+) {
+    let Some(key) = response.extensions().get::<SelectedKey>() else {
+        return;
+    };
+    let now = settings.pool.clock().now_millis();
+    let ttl = u64::try_from(batch::PIN_TTL.as_millis()).unwrap_or(u64::MAX);
+    let record = PinRecord {
+        project: Arc::from(key.project()),
+        expires_at: now.saturating_add(ttl),
+        tenant: tenant.map(|t| t.shared()),
+        tokens: 0,
+    };
+    if let Some(write) = settings.pool.learn_pin(&format!("batches/{id}"), record)
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        runtime.spawn(write);
+    }
 }
 
 /// A context cache's time to live when its create names none (Google's default), until the

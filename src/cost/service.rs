@@ -74,6 +74,8 @@ struct Asked {
     spend: Spend,
     /// The call's estimated cost, held against the budgets until it is settled.
     reservation: Reservation,
+    /// What a batch's create costs (its estimate at the batch rate): its answer shows no usage.
+    batch: u64,
 }
 
 /// Output tokens assumed for a call whose body sets no maximum (Gemini's usual default).
@@ -116,6 +118,45 @@ fn estimate(body: &[u8], price: &Price) -> u64 {
     price.nano_usd(prompt, 0, output.saturating_mul(answers))
 }
 
+/// Google's batch rate: half the interactive price.
+const BATCH_DISCOUNT: u64 = 2;
+
+/// The most a batch may cost by its body: each inline request's prompt and the output it
+/// allows (its `generationConfig.maxOutputTokens`, or [`DEFAULT_MAX_OUTPUT`]), at half `price`.
+/// A batch whose requests are in a file is priced by its body only (the file is not read).
+fn batch_estimate(body: &[u8], price: &Price) -> u64 {
+    use crate::state::TokenEstimator;
+    use serde_json::Value;
+    let prompt = crate::state::BytesPerToken::default().estimate(body).tokens;
+    let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let batch = json.get("batch").unwrap_or(&Value::Null);
+    let requests = batch
+        .get("inputConfig")
+        .or_else(|| batch.get("input_config"))
+        .and_then(|c| c.get("requests"))
+        .and_then(|r| r.get("requests"))
+        .and_then(Value::as_array);
+    let output: u64 = requests.map_or(0, |requests| {
+        requests
+            .iter()
+            .map(|item| {
+                let request = item.get("request").unwrap_or(&Value::Null);
+                request
+                    .get("generationConfig")
+                    .or_else(|| request.get("generation_config"))
+                    .and_then(|c| {
+                        c.get("maxOutputTokens")
+                            .or_else(|| c.get("max_output_tokens"))
+                    })
+                    .and_then(|n| n.as_u64().or_else(|| n.as_str()?.trim().parse().ok()))
+                    .unwrap_or(DEFAULT_MAX_OUTPUT)
+                    .min(MAX_OUTPUT)
+            })
+            .fold(0u64, u64::saturating_add)
+    });
+    price.nano_usd(prompt, 0, output) / BATCH_DISCOUNT
+}
+
 /// `model`'s price; with budgets set, a model missing from the table is priced at the dearest
 /// listed rate (an unpriced call is never free when money is limited). `false`: not listed.
 fn price_of(prices: &Prices, spend: &Spend, model: Option<&Model>) -> (Option<Price>, bool) {
@@ -148,8 +189,21 @@ where
         // to its cancel, shows the usage of the call that made it, which was billed then.
         let bills =
             request.method() == http::Method::POST && !request.uri().path().ends_with("/cancel");
+        // A batch is billed at its create, at its estimate and Google's batch rate (its answer
+        // shows no usage); held against the budgets like any estimate.
+        let batch = if bills && crate::model::creates_batch(request.uri().path()) {
+            let (price, _) = price_of(&self.prices, &self.spend, model.as_ref());
+            match (price, crate::peek::body_bytes(request.body())) {
+                (Some(price), Some(body)) => batch_estimate(&body, &price),
+                _ => 0,
+            }
+        } else {
+            0
+        };
         // Only when budgets refuse is a call's cost estimated and held before it is sent.
-        let estimated = if bills && self.spend.budget().refuses() {
+        let estimated = if batch > 0 {
+            batch
+        } else if bills && self.spend.budget().refuses() {
             let (price, _) = price_of(&self.prices, &self.spend, model.as_ref());
             let stored = request
                 .extensions()
@@ -186,6 +240,7 @@ where
             prices: self.prices.clone(),
             spend: self.spend.clone(),
             reservation,
+            batch,
         };
         ResponseFuture {
             future: Some(self.inner.call(request)),
@@ -248,6 +303,7 @@ where
             price,
             priced,
             _reservation: asked.reservation,
+            batch: asked.batch,
             model,
             project,
             account: asked.account,
@@ -266,6 +322,8 @@ struct Tap {
     priced: bool,
     /// Given back once this call's cost is recorded (fields drop after `Drop::drop`).
     _reservation: Reservation,
+    /// A batch's cost at its create (else 0).
+    batch: u64,
     model: Option<Model>,
     project: Option<String>,
     account: Option<Account>,
@@ -304,7 +362,7 @@ impl Drop for Tap {
             // An answer that showed no usage (a stream its client left before the last chunk,
             // a format the scan cannot read): where budgets refuse, it costs what it was
             // estimated to cost, never nothing.
-            let estimate = self._reservation.nanos();
+            let estimate = self._reservation.nanos().max(self.batch);
             if estimate > 0 {
                 let account = self.account.as_ref().map(Account::as_str);
                 self.spend

@@ -35,6 +35,37 @@ pub(super) struct File {
     size: u64,
     created: u64,
     expires: u64,
+    /// A generated file's bytes (a batch's results); an upload's are not kept.
+    content: Option<bytes::Bytes>,
+}
+
+/// Keep a file a project generated (a batch's results): its name.
+pub(super) fn generated(state: &MockState, project: usize, content: bytes::Bytes) -> String {
+    let n = state.next_id.fetch_add(1, Ordering::Relaxed);
+    let id = format!("batchresults{n:06}");
+    let now = state.clock.now_millis();
+    let file = File {
+        project,
+        display_name: None,
+        mime_type: "application/jsonl".to_owned(),
+        size: content.len() as u64,
+        created: now,
+        expires: now + RETENTION_MS,
+        content: Some(content),
+    };
+    lock(state).files.insert(id.clone(), file);
+    format!("files/{id}")
+}
+
+/// An uploaded file's size, if `project` holds it (a batch's input).
+pub(super) fn size_in(state: &MockState, project: usize, name: &str) -> Option<u64> {
+    let id = name.strip_prefix("files/")?;
+    let now = state.clock.now_millis();
+    lock(state)
+        .files
+        .get(id)
+        .filter(|f| f.project == project && f.expires > now)
+        .map(|f| f.size)
 }
 
 /// A resumable upload under way.
@@ -188,10 +219,26 @@ pub(super) fn route(
                     files.files.remove(id);
                     Outcome::Answer(json_response(200, &json!({}), at, Some(key)))
                 }
-                (&Method::GET, true) => {
-                    let message = "Only generated or registered files can be downloaded.";
-                    error(400, bodies::bad_request(message), false, at, Some(key))
-                }
+                (&Method::GET, true) => match file.content {
+                    Some(content) => {
+                        let mut response = json_response(200, &json!({}), at, Some(key));
+                        *response.body_mut() = {
+                            use http_body_util::BodyExt;
+                            http_body_util::Full::new(content)
+                                .map_err(|never| match never {})
+                                .boxed()
+                        };
+                        response.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/octet-stream"),
+                        );
+                        Outcome::Answer(response)
+                    }
+                    None => {
+                        let message = "Only generated or registered files can be downloaded.";
+                        error(400, bodies::bad_request(message), false, at, Some(key))
+                    }
+                },
                 _ => error(
                     404,
                     bodies::not_found(parts.uri.path()),
@@ -377,6 +424,7 @@ pub(super) async fn upload_step(
         size: session.received,
         created: now,
         expires: now + RETENTION_MS,
+        content: None,
     };
     if files
         .files
@@ -456,8 +504,13 @@ fn resource(id: &str, file: &File) -> Value {
         "expirationTime": iso(file.expires),
         "uri": format!("https://generativelanguage.googleapis.com/v1beta/files/{id}"),
         "state": "ACTIVE",
-        "source": "UPLOADED",
+        "source": if file.content.is_some() { "GENERATED" } else { "UPLOADED" },
     });
+    if file.content.is_some() {
+        answer["downloadUri"] = json!(format!(
+            "https://generativelanguage.googleapis.com/v1beta/files/{id}:download?alt=media"
+        ));
+    }
     if let Some(name) = &file.display_name {
         answer["displayName"] = json!(name);
     }

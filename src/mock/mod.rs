@@ -42,6 +42,7 @@
 //! # }).unwrap();
 //! ```
 
+mod batches;
 mod bodies;
 mod caches;
 mod files;
@@ -364,6 +365,7 @@ impl MockGemini {
             recent: implicit::Recent::default(),
             caches: Mutex::new(HashMap::new()),
             files: Mutex::new(files::Files::default()),
+            batches: Mutex::new(HashMap::new()),
         });
         let task = tokio::spawn(server::serve(listener, state.clone()));
         Ok(MockServer { addr, state, task })
@@ -393,6 +395,8 @@ pub(crate) struct MockState {
     caches: Mutex<caches::Caches>,
     /// Uploaded files and uploads under way, each in its project.
     files: Mutex<files::Files>,
+    /// Batch Mode jobs by id, each in its project.
+    batches: Mutex<batches::Batches>,
 }
 
 /// Counters for assertions.

@@ -227,6 +227,9 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
     if let Some(rest) = super::files::route_of(parts.uri.path()) {
         return super::files::route(state, parts, key, body, rest);
     }
+    if let Some(rest) = super::batches::route_of(parts.uri.path()) {
+        return super::batches::route(state, parts, key, rest);
+    }
     let openai = path == "/v1beta/openai/chat/completions";
     let openai_models = path == "/v1beta/openai/models" && parts.method == Method::GET;
     let listing = (path == "/v1beta/models" && parts.method == Method::GET) || openai_models;
@@ -235,6 +238,15 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
         .and_then(|rest| rest.split_once(':'));
     if !openai && !listing && native.is_none() {
         return error(404, bodies::not_found(path), false, None, key);
+    }
+    if let Some((model, "batchGenerateContent")) = native
+        && parts.method == Method::POST
+    {
+        if !state.models.iter().any(|m| m == model) {
+            let body = bodies::model_not_found(model, "batchGenerateContent");
+            return error(404, body, false, None, key);
+        }
+        return super::batches::create(state, key, model, body);
     }
 
     let (project_index, name, project) = match authenticate(state, key, openai) {

@@ -407,6 +407,14 @@ impl KeyPool {
             .names_of(tenant, prefix, self.inner.clock.now_millis())
     }
 
+    /// The records of the live resources whose names start with `prefix`, as this process
+    /// knows them.
+    pub(crate) fn records_of(&self, prefix: &str) -> Vec<crate::state::PinRecord> {
+        self.inner
+            .pins
+            .records_of(prefix, self.inner.clock.now_millis())
+    }
+
     /// How many live resources each tenant holds (`None`: made without a tenant).
     #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     pub(crate) fn owned_by_tenant(

@@ -229,6 +229,18 @@ impl Pins {
             .collect()
     }
 
+    /// The records of every live resource whose name starts with `prefix` (`batches/`), for
+    /// what a project holds of a kind (a scan of the map: for rare calls, such as a batch's
+    /// create).
+    pub(crate) fn records_of(&self, prefix: &str, now: u64) -> Vec<PinRecord> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.by_name
+            .iter()
+            .filter(|(name, r)| name.starts_with(prefix) && r.expires_at > now)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
     /// How many resources of each kind (the collection of their name: `interactions`,
     /// `cachedContents`) each tenant holds (for status pages: counts, never names).
     pub(crate) fn count_by_tenant(

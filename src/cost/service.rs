@@ -186,9 +186,11 @@ where
         let account = request.extensions().get::<Account>().cloned();
         let model = model::resolve(&mut request);
         // Only a POST that generates is billed: a GET of a stored interaction, or the answer
-        // to its cancel, shows the usage of the call that made it, which was billed then.
-        let bills =
-            request.method() == http::Method::POST && !request.uri().path().ends_with("/cancel");
+        // to its cancel (or a batch's), shows the usage of the call that made it, billed then.
+        let path = request.uri().path();
+        let bills = request.method() == http::Method::POST
+            && !path.ends_with("/cancel")
+            && !path.ends_with(":cancel");
         // A batch is billed at its create, at its estimate and Google's batch rate (its answer
         // shows no usage); held against the budgets like any estimate.
         let batch = if bills && crate::model::creates_batch(request.uri().path()) {

@@ -81,21 +81,29 @@ pub(crate) async fn route(State(shared): State<Arc<Shared>>, request: Request) -
 /// answered here, from the client's own files).
 pub(crate) async fn serve(shared: &Shared, request: Request) -> Response {
     let path = request.uri().path().to_owned();
-    let rest = path
+    let served = path.strip_prefix("/download").unwrap_or(&path);
+    let rest = served
         .strip_prefix("/v1beta/files")
-        .or_else(|| path.strip_prefix("/v1/files"))
+        .or_else(|| served.strip_prefix("/v1/files"))
         .unwrap_or("/");
     let id = rest.strip_prefix('/').unwrap_or(rest);
+    let download = id
+        .strip_suffix(":download")
+        .filter(|id| reference::is_id(id));
     match (request.method(), id) {
         (&Method::GET, "") => super::owned::list(shared, request, &path, &FILES).await,
-        (&Method::GET | &Method::DELETE, id) if reference::is_id(id) => {
+        (&Method::GET | &Method::DELETE, id) if reference::is_id(id) && served == path => {
+            forward(shared, Family::Native, request, path, None).await
+        }
+        // A generated file (a batch's results): the client's own only.
+        (&Method::GET, _) if download.is_some() => {
             forward(shared, Family::Native, request, path, None).await
         }
         (method, _) => reply::client_error(
             Family::Native,
             StatusCode::NOT_FOUND,
             &format!(
-                "the gateway does not serve {method} {}: it serves the resumable upload (POST /upload/v1beta/files), GET /v1beta/files, GET and DELETE /v1beta/files/{{id}} (and the same under /v1)",
+                "the gateway does not serve {method} {}: it serves the resumable upload (POST /upload/v1beta/files), GET /v1beta/files, GET and DELETE /v1beta/files/{{id}}, GET /v1beta/files/{{id}}:download (and the same under /v1)",
                 crate::model::shorten(&path)
             ),
         ),

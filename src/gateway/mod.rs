@@ -27,6 +27,7 @@
 
 mod admin;
 mod auth;
+mod batches;
 mod caches;
 mod check_keys;
 mod config;

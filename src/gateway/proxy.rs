@@ -81,6 +81,19 @@ pub(crate) async fn native(State(shared): State<Arc<Shared>>, request: Request) 
     if path == "/v1beta/files" || path.starts_with("/v1beta/files/") {
         return super::files::serve(&shared, request).await;
     }
+    if path == "/v1beta/batches" || path.starts_with("/v1beta/batches/") {
+        return super::batches::serve(&shared, request).await;
+    }
+    if request.method() == Method::POST
+        && path.ends_with(":batchGenerateContent")
+        && let Some(model) = crate::model::model_in_path(path)
+    {
+        if let Err(problem) = crate::model::check_name(model) {
+            return reply::client_error(Family::Native, StatusCode::BAD_REQUEST, &problem);
+        }
+        let path = path.to_owned();
+        return super::batches::create(&shared, request, path).await;
+    }
     if let Some(rest) = path.strip_prefix("/v1beta/openai/") {
         let rest = rest.to_owned();
         return openai_compatible(&shared, request, &rest).await;
@@ -327,6 +340,10 @@ fn forwarded_query(path: &str, query: Option<&str>) -> String {
                 return path.contains("/cachedContents/")
                     && matches!(value, "ttl" | "expireTime" | "expire_time");
             }
+            // A file's download: its bytes as they are.
+            if path.ends_with(":download") {
+                return name == "alt" && value == "media";
+            }
             FORWARDED_QUERY.contains(&name)
                 // The answer's format only as JSON or SSE: usage, quota and cost are read from
                 // it (a binary `alt=proto` answer would be spent unseen).
@@ -382,8 +399,8 @@ fn admit(
     path: &str,
     (rewrite, stored): (Option<Rewrite>, u64),
 ) -> Result<(Bytes, Option<Model>), Box<Response>> {
-    // (A cancel of an interaction is the one POST sent without a body.)
-    let bodiless = body.is_empty() && path.ends_with("/cancel");
+    // (A cancel — of an interaction, a batch — is the one POST sent without a body.)
+    let bodiless = body.is_empty() && (path.ends_with("/cancel") || path.ends_with(":cancel"));
     if (parts.method == Method::POST || parts.method == Method::PATCH)
         && !bodiless
         && let Err(problem) = strict_json::check(&body, family != Family::OpenAi)

@@ -12,8 +12,8 @@ use http::StatusCode;
 
 use super::reply::{self, Family};
 use super::{
-    GatewayConfig, Shared, admin, auth, caches, cors, dashboard, files, interactions, metrics,
-    proxy,
+    GatewayConfig, Shared, admin, auth, batches, caches, cors, dashboard, files, interactions,
+    metrics, proxy,
 };
 
 /// The gateway's router for `config`: every route, auth, CORS and per-client limits. Serve it
@@ -40,6 +40,15 @@ pub(super) fn routes(shared: &Arc<Shared>, config: &GatewayConfig) -> Router {
         .route("/upload/v1beta/files", post(files::upload_route))
         .route("/upload/v1/files", post(files::upload_route))
         .route("/v1/files", get(files::route))
+        .route("/download/v1beta/files/{*rest}", get(files::route))
+        .route("/download/v1/files/{*rest}", get(files::route))
+        .route("/v1/batches", get(batches::route))
+        .route(
+            "/v1/batches/{*rest}",
+            get(batches::route)
+                .post(batches::route)
+                .delete(batches::route),
+        )
         .route("/v1/files/{*rest}", get(files::route).delete(files::route))
         .route("/v1/interactions", post(interactions::route))
         .route(
@@ -99,8 +108,14 @@ async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next:
     {
         Family::Interactions
     } else if path.starts_with("/v1/")
-        && !path.starts_with("/v1/models/")
-        && !path.starts_with("/v1/cachedContents")
+        && ![
+            "/v1/models/",
+            "/v1/cachedContents",
+            "/v1/files",
+            "/v1/batches",
+        ]
+        .iter()
+        .any(|native| path.starts_with(native))
     {
         Family::OpenAi
     } else {

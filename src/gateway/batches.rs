@@ -1,0 +1,117 @@
+//! Batch Mode through the gateway: `POST /v1beta/models/{model}:batchGenerateContent` (and
+//! under `/v1`), and `GET`/`DELETE /v1beta/batches/{id}`, `POST /v1beta/batches/{id}:cancel`,
+//! `GET /v1beta/batches` (the client's own).
+//!
+//! Each batch belongs to the client token that created it: the stack's
+//! [`AffinityLayer`](crate::affinity::AffinityLayer) records it with the client and its project,
+//! sends it to the project of the file or cache it names (the client's own, else a 404), or to
+//! a project with room under Batch Mode's limits, and pins its results file with it when its
+//! state is read done — downloaded through `GET /v1beta/files/{id}:download?alt=media` by that
+//! client only. A batch is billed at its create at Google's batch rate, against the client's
+//! budget and limits (its requests' tokens count against `tpm` at once).
+//!
+//! A batch's `webhookConfig` is refused: Google would call an address the client chose with the
+//! operator's project.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::response::Response;
+use bytes::Bytes;
+use http::{Method, StatusCode};
+
+use super::Shared;
+use super::proxy::forward;
+use super::reply::{self, Family};
+use crate::Model;
+
+/// The most batches one client may hold (running or done, until deleted or their pins end).
+const MAX_BATCHES_PER_CLIENT: usize = 100;
+
+/// A client's batches.
+pub(super) const BATCHES: super::owned::Owned = super::owned::Owned {
+    prefix: "batches/",
+    field: "operations",
+    noun: "batch",
+    most: MAX_BATCHES_PER_CLIENT,
+    also: None,
+};
+
+/// `/v1/batches` and `/v1/batches/{id}…`.
+pub(crate) async fn route(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    serve(&shared, request).await
+}
+
+/// A batch call, checked, then forwarded through the stack under the same path (a list is
+/// answered here, from the client's own batches).
+pub(crate) async fn serve(shared: &Shared, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let rest = path
+        .strip_prefix("/v1beta/batches")
+        .or_else(|| path.strip_prefix("/v1/batches"))
+        .unwrap_or("/");
+    let segment = rest.strip_prefix('/').unwrap_or(rest);
+    let (id, verb) = match segment.split_once(':') {
+        Some((id, verb)) => (id, Some(verb)),
+        None => (segment, None),
+    };
+    let known = crate::affinity::reference::is_id(id);
+    match (request.method(), id, verb) {
+        (&Method::GET, "", None) => super::owned::list(shared, request, &path, &BATCHES).await,
+        (&Method::GET | &Method::DELETE, _, None) | (&Method::POST, _, Some("cancel")) if known => {
+            forward(shared, Family::Native, request, path, None).await
+        }
+        (method, _, _) => reply::client_error(
+            Family::Native,
+            StatusCode::NOT_FOUND,
+            &format!(
+                "the gateway does not serve {method} {}: it serves GET /v1beta/batches, GET and DELETE /v1beta/batches/{{id}}, POST /v1beta/batches/{{id}}:cancel (and the same under /v1)",
+                crate::model::shorten(&path)
+            ),
+        ),
+    }
+}
+
+/// `POST …/models/{model}:batchGenerateContent`: within the client's count of batches, its
+/// body checked, then forwarded.
+pub(crate) async fn create(shared: &Shared, request: Request, path: String) -> Response {
+    if let Some(full) = super::owned::at_limit(shared, &request, &BATCHES) {
+        return full;
+    }
+    let model = crate::model::model_in_path(&path).map(Model::new);
+    let check = move |body: Bytes| check_create(body).map(|body| (body, model));
+    forward(shared, Family::Native, request, path, Some(Box::new(check))).await
+}
+
+/// A create's body: a JSON object whose `batch` sets no webhook.
+fn check_create(body: Bytes) -> Result<Bytes, String> {
+    crate::model::count_body_parse();
+    let json: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| format!("the request body is not JSON: {e}"))?;
+    let batch = json
+        .get("batch")
+        .and_then(serde_json::Value::as_object)
+        .ok_or("the request body must be a JSON object with a \"batch\" object, as Batch Mode takes it")?;
+    if batch.contains_key("webhookConfig") || batch.contains_key("webhook_config") {
+        return Err("a batch's \"webhookConfig\" is not accepted through this gateway: poll the batch (GET /v1beta/batches/{id}) instead".to_owned());
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_sets_no_webhook() {
+        let ok = br#"{"batch":{"input_config":{"file_name":"files/a"}}}"#;
+        assert!(check_create(Bytes::from_static(ok)).is_ok());
+        let hooked = br#"{"batch":{"webhookConfig":{"uri":"https://example.com"}}}"#;
+        assert!(
+            check_create(Bytes::from_static(hooked))
+                .unwrap_err()
+                .contains("webhook")
+        );
+        assert!(check_create(Bytes::from_static(b"{}")).is_err());
+    }
+}

@@ -216,8 +216,11 @@ async fn googles_other_openai_apis_are_not_served() {
         (Method::POST, "/v1beta/openai/images/generations"),
         (Method::POST, "/v1beta/openai/audio/speech"),
         (Method::POST, "/v1beta/openai/fine_tuning/jobs"),
-        (Method::GET, "/v1beta/files"),
-        (Method::GET, "/v1beta/batches"),
+        // Native APIs not served (files and batches are, each client's own: below).
+        (Method::POST, "/v1beta/files:register"),
+        (Method::GET, "/v1beta/fileSearchStores"),
+        (Method::GET, "/v1beta/tunedModels"),
+        (Method::GET, "/v1beta/generatedFiles"),
     ];
     for (method, path) in refused {
         let (status, body) = send(&gateway, method.clone(), path, "{}").await;
@@ -235,6 +238,19 @@ async fn googles_other_openai_apis_are_not_served() {
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["error"]["type"], "invalid_request_error", "{body}");
     assert!(body.contains("chat/completions"), "{body}");
+    // The files and batches lists are the client's own, answered here: not the projects'.
+    for list in [
+        "/v1beta/files",
+        "/v1beta/batches",
+        "/v1/files",
+        "/v1/batches",
+    ] {
+        let (status, body) = send(&gateway, Method::GET, list, "").await;
+        assert_eq!(status, StatusCode::OK, "{list}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let items = json.as_object().and_then(|o| o.values().next()).cloned();
+        assert_eq!(items, Some(serde_json::json!([])), "{list}: {body}");
+    }
     assert_eq!(mock.stats().total_requests(), 0, "nothing reached Google");
     // What is served still is.
     let chat =

@@ -392,3 +392,42 @@ async fn a_files_pin_survives_a_restart() {
     assert_eq!(mock.stats().responses_with_status(403), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `list_everywhere` lists the files of every project (Google lists only the asking key's
+/// project), each with its project.
+#[tokio::test]
+async fn files_are_listed_in_every_project() {
+    let mock = mock().await;
+    let pool = pool();
+    let gemini = gemini(&pool);
+    let mut made = std::collections::HashMap::new();
+    for i in 0..4 {
+        let (file, _) = upload(&gemini, &mock, format!("file {i}").as_bytes(), None).await;
+        let name = file["name"].as_str().unwrap().to_owned();
+        let owner = pool.owner_of(&name).unwrap().project_name().to_owned();
+        made.insert(name, owner);
+    }
+    let projects: HashSet<&String> = made.values().collect();
+    assert!(projects.len() >= 2, "uploads rotate: {made:?}");
+    let uri = format!("{}/v1beta/files?pageSize=1", mock.url())
+        .parse()
+        .unwrap();
+    let all = tower_gemini::affinity::list_everywhere(gemini, &pool, uri)
+        .await
+        .unwrap();
+    let listed: std::collections::HashMap<String, String> = all["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap().to_owned(),
+                f["project"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed, made,
+        "every file, once, with its project (one a page)"
+    );
+}

@@ -57,6 +57,7 @@
 mod answer;
 mod batch;
 pub(crate) mod learn;
+mod list;
 mod prefix;
 mod probe;
 pub(crate) mod reference;
@@ -71,6 +72,7 @@ use tower_layer::Layer;
 
 pub use batch::BatchLimits;
 pub use learn::LearnBody;
+pub use list::list_everywhere;
 pub use prefix::{DEFAULT_PREFIX_TTL, MAX_PREFIXES, PrefixAffinity};
 pub use service::{Affinity, ResponseFuture};
 

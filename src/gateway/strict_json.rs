@@ -124,14 +124,24 @@ impl<'de> Visitor<'de> for Strict {
                     crate::model::shorten(&key)
                 )));
             }
-            if self.policy && self.files && FILE_KEYS.contains(&&*key) {
+            if self.policy && FILE_KEYS.contains(&&*key) {
                 if let Some(uri) = map.next_value_seed(Capture(self.files))?
                     && names_google_file(&key, &uri)
                 {
-                    return Err(de::Error::custom(format!(
-                        "{key:?} names an uploaded file ({}), which the gateway does not serve: send the content inline",
-                        crate::model::shorten(&uri)
-                    )));
+                    if self.files {
+                        return Err(de::Error::custom(format!(
+                            "{key:?} names an uploaded file ({}), which this route does not serve: send the content inline, or use the native routes",
+                            crate::model::shorten(&uri)
+                        )));
+                    }
+                    // Served: each file is checked to be the client's own, found by its name
+                    // as Google writes it (`files/…`), which an odd case would slip past.
+                    if !uri.contains("files/") {
+                        return Err(de::Error::custom(format!(
+                            "{key:?} names a file as {}: write its name as Google gives it, \"files/…\" in lower case",
+                            crate::model::shorten(&uri)
+                        )));
+                    }
                 }
             } else {
                 let policy = self.policy && !FREE_KEYS.contains(&&*key);

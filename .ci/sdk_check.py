@@ -134,9 +134,8 @@ assert list(g.files.list()) == []
 print("google-genai SDK: files upload (two steps), use in 20 calls and a cache, get, list, delete")
 
 # Batch Mode (the SDK calls /v1/models/{m}:batchGenerateContent and /v1/batches/{id}): an inline
-# batch and one over an uploaded JSONL file, each polled on its project until done, the file's
-# results downloaded there; listed, cancelled, deleted.
-import json
+# batch, and one whose requests name an uploaded file (run on the file's project), each polled
+# until done; listed, cancelled, deleted. A batch whose requests are in a file is refused.
 import time
 
 
@@ -149,28 +148,34 @@ def finished(job):
     raise SystemExit(f"batch {job.name} never finished: {job.state}")
 
 
-inline_job = g.batches.create(
-    model=model,
-    src=[{"contents": [{"role": "user", "parts": [{"text": f"question {i}"}]}]} for i in range(3)],
-    config={"display_name": "inline"},
+inline_job = finished(
+    g.batches.create(
+        model=model,
+        src=[{"contents": [{"role": "user", "parts": [{"text": f"question {i}"}]}]} for i in range(3)],
+        config={"display_name": "inline"},
+    )
 )
-inline_job = finished(inline_job)
 assert inline_job.state.name == "JOB_STATE_SUCCEEDED", inline_job.state
 answers = [r.response.text for r in inline_job.dest.inlined_responses]
 assert len(answers) == 3 and all("Mock batch reply" in a for a in answers), answers
-requests = "".join(
-    json.dumps({"key": f"r{i}", "request": {"contents": [{"parts": [{"text": "hi"}]}]}}) + "\n" for i in range(4)
+doc = g.files.upload(
+    file=io.BytesIO(b"A short document."), config=types.UploadFileConfig(mime_type="text/plain")
 )
-jsonl = g.files.upload(
-    file=io.BytesIO(requests.encode()), config=types.UploadFileConfig(mime_type="jsonl", display_name="requests")
+file_part = {"file_data": {"file_uri": doc.uri, "mime_type": "text/plain"}}
+with_file = finished(
+    g.batches.create(model=model, src=[{"contents": [{"parts": [file_part, {"text": "Summarise it."}]}]}])
 )
-file_job = finished(g.batches.create(model=model, src=jsonl.name))
-results = g.files.download(file=file_job.dest.file_name).decode()
-assert "Mock batch reply" in results, results
-assert {j.name for j in g.batches.list()} == {inline_job.name, file_job.name}
+assert with_file.state.name == "JOB_STATE_SUCCEEDED", with_file.state
+try:
+    g.batches.create(model=model, src=doc.name)
+    raise SystemExit("a batch from a file of requests was accepted")
+except genai.errors.ClientError as refused:
+    assert refused.code == 400, refused
+assert {j.name for j in g.batches.list()} == {inline_job.name, with_file.name}
 stopped = g.batches.create(model=model, src=[{"contents": [{"parts": [{"text": "stop me"}]}]}])
 g.batches.cancel(name=stopped.name)
 assert g.batches.get(name=stopped.name).state.name == "JOB_STATE_CANCELLED"
-for job in (inline_job, file_job, stopped):
+for job in (inline_job, with_file, stopped):
     g.batches.delete(name=job.name)
-print("google-genai SDK: batches inline and from a file, polled, results downloaded, listed, cancelled, deleted")
+g.files.delete(name=doc.name)
+print("google-genai SDK: batches inline and naming a file, polled, listed, cancelled, deleted; a file of requests refused")

@@ -197,50 +197,51 @@ async fn upload_requests(gateway: &Gateway, token: &str) -> (String, String) {
     (file["file"]["name"].as_str().unwrap().to_owned(), home)
 }
 
+/// A batch whose inline requests name the client's uploaded file runs on the file's project;
+/// another client's batch naming that file is a 404 with nothing sent; a batch whose requests
+/// are in a file is refused (the gateway does not read it).
 #[tokio::test]
-async fn a_file_batch_runs_on_its_files_project_and_its_results_are_the_clients() {
+async fn a_batch_naming_a_file_runs_on_its_project_and_file_batches_are_refused() {
     let (mock, clock, gateway) = setup().await;
-    let (input, home) = upload_requests(&gateway, ALICE).await;
-    let body = json!({ "batch": { "inputConfig": { "fileName": input } } });
-    let (sent, _) = (mock.stats().total_requests(), ());
-    let (status, _, stolen) =
-        json_call(&gateway, MALLORY, Method::POST, CREATE, Some(body.clone())).await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "another's file: {stolen}");
-    assert_eq!(mock.stats().total_requests(), sent);
-    let (status, project, made) =
-        json_call(&gateway, ALICE, Method::POST, CREATE, Some(body)).await;
-    assert_eq!(
-        (status, project.as_str()),
-        (StatusCode::OK, home.as_str()),
-        "{made}"
-    );
-    let at = format!("/v1beta/{}", made["name"].as_str().unwrap());
-    clock.advance(Duration::from_secs(61));
-    let (_, project, done) = json_call(&gateway, ALICE, Method::GET, &at, None).await;
-    assert_eq!(project, home);
-    let results = done["metadata"]["output"]["responsesFile"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let download = format!("/v1/{results}:download?alt=media");
+    let (file, home) = upload_requests(&gateway, ALICE).await;
+    let naming = json!({ "batch": { "input_config": { "requests": { "requests": [
+        { "request": { "contents": [{ "parts": [
+            { "file_data": { "file_uri": file, "mime_type": "text/plain" } },
+            { "text": "summarise" }] }] } }
+    ] } } } });
     let sent = mock.stats().total_requests();
-    let (status, _, _, _) = send(
+    let (status, _, stolen) = json_call(
         &gateway,
         MALLORY,
-        (Method::GET, &download),
-        &[],
-        Bytes::new(),
+        Method::POST,
+        CREATE,
+        Some(naming.clone()),
     )
     .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(mock.stats().total_requests(), sent);
-    let (status, project, _, jsonl) =
-        send(&gateway, ALICE, (Method::GET, &download), &[], Bytes::new()).await;
-    assert_eq!((status, project), (StatusCode::OK, home));
-    assert_eq!(jsonl.lines().count(), 1, "{jsonl}");
-    assert!(jsonl.contains("Mock batch reply"), "{jsonl}");
-    let other = format!("/download/v1beta/{results}:download?alt=media");
-    let (status, _, _, again) =
-        send(&gateway, ALICE, (Method::GET, &other), &[], Bytes::new()).await;
-    assert_eq!((status, again), (StatusCode::OK, jsonl));
+    assert_eq!(status, StatusCode::NOT_FOUND, "another's file: {stolen}");
+    let from_file = json!({ "batch": { "inputConfig": { "fileName": file } } });
+    let (status, _, refused) =
+        json_call(&gateway, ALICE, Method::POST, CREATE, Some(from_file)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert_eq!(
+        mock.stats().total_requests(),
+        sent,
+        "nothing reached Google"
+    );
+    for _ in 0..3 {
+        let (status, project, made) =
+            json_call(&gateway, ALICE, Method::POST, CREATE, Some(naming.clone())).await;
+        assert_eq!(
+            (status, project.as_str()),
+            (StatusCode::OK, home.as_str()),
+            "{made}"
+        );
+        let at = format!("/v1beta/{}", made["name"].as_str().unwrap());
+        clock.advance(Duration::from_secs(61));
+        let (_, project, done) = json_call(&gateway, ALICE, Method::GET, &at, None).await;
+        assert_eq!(
+            (project.as_str(), &done["done"]),
+            (home.as_str(), &json!(true))
+        );
+    }
 }

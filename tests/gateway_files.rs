@@ -358,6 +358,28 @@ async fn an_upload_session_is_its_starters() {
         .await;
         assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{headers:?}");
     }
+    // A client holds at most 4 GiB of files and uploads under way (declared sizes count).
+    let two_gib = 2usize << 30;
+    assert_eq!(
+        start_upload(&gateway, MALLORY, two_gib).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        start_upload(&gateway, MALLORY, two_gib).await.status,
+        StatusCode::OK
+    );
+    let third = start_upload(&gateway, MALLORY, two_gib).await;
+    assert_eq!(
+        third.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        third.json
+    );
+    assert_eq!(
+        start_upload(&gateway, ALICE, 1000).await.status,
+        StatusCode::OK,
+        "others go on"
+    );
     // Without a token, a start is refused like any request.
     let anonymous = send(
         &gateway,

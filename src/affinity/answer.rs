@@ -52,7 +52,19 @@ impl WholeAnswer {
         self.text.extend_from_slice(chunk);
         if self.text.len() > MAX {
             self.done = true;
-            return None;
+            // A batch's state this large holds its inline results: it is done (a running
+            // batch's is a few hundred bytes), and no longer counts against its project.
+            return match &self.what {
+                Whole::Batch(batch) => Some(vec![(
+                    batch.clone(),
+                    PinRecord {
+                        tokens: 0,
+                        expires_at: now.saturating_add(ms(super::batch::PIN_TTL)),
+                        ..record.clone()
+                    },
+                )]),
+                Whole::File => None,
+            };
         }
         let pins = match &self.what {
             Whole::File => parse(&self.text, file_pins(record)),
@@ -103,6 +115,9 @@ struct File {
     name: String,
     #[serde(default, rename = "expirationTime")]
     expiration: Option<String>,
+    /// Its size in bytes (a string in Google's JSON).
+    #[serde(default, rename = "sizeBytes")]
+    size: Option<String>,
 }
 
 /// The file an upload made, until its `expirationTime` (else the record's expiry).
@@ -115,6 +130,11 @@ fn file_pins(record: &PinRecord) -> impl FnOnce(FileAnswer) -> Vec<(String, PinR
         if let Some(at) = answer.file.expiration.as_deref().and_then(millis) {
             record.expires_at = at;
         }
+        record.tokens = answer
+            .file
+            .size
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
         vec![(name, record)]
     }
 }

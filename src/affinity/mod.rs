@@ -62,7 +62,7 @@ mod prefix;
 mod probe;
 pub(crate) mod reference;
 mod service;
-mod upload;
+pub(crate) mod upload;
 pub(crate) mod uses;
 
 use std::sync::Arc;

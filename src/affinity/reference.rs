@@ -137,10 +137,11 @@ pub(crate) fn upload(id: &str) -> String {
 }
 
 /// Is an upload session's id plausible (Google's are long, URL-safe base64)? ASCII letters,
-/// digits, `_`, `-`, `.` and `~`, at most 1,024 long.
+/// digits, `_`, `-`, `.` and `~`, at most 240 long (so that its pin's name fits
+/// [`MAX_RESOURCE_NAME`](crate::state::MAX_RESOURCE_NAME)).
 pub(crate) fn is_upload_id(id: &str) -> bool {
     !id.is_empty()
-        && id.len() <= 1024
+        && id.len() <= 240
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~'))
@@ -328,10 +329,12 @@ pub(crate) fn may_refer(method: &Method, path: &str) -> bool {
     if method != Method::POST {
         return false;
     }
-    const METHODS: [&str; 5] = [
+    const METHODS: [&str; 7] = [
         ":generateContent",
         ":streamGenerateContent",
         ":countTokens",
+        ":embedContent",
+        ":batchEmbedContents",
         ":batchGenerateContent",
         ":asyncBatchEmbedContent",
     ];
@@ -444,7 +447,8 @@ mod tests {
             &Method::POST,
             "/v1beta/models/gemini-2.5-flash:generateContent"
         ));
-        assert!(!may_refer(&Method::POST, "/v1beta/models/m:embedContent"));
+        assert!(may_refer(&Method::POST, "/v1beta/models/m:embedContent"));
+        assert!(!may_refer(&Method::POST, "/v1beta/models/m:predict"));
         assert!(!may_refer(&Method::GET, "/v1beta/models/m:generateContent"));
     }
 

@@ -250,6 +250,7 @@ where
             request.extensions_mut().insert(StoredContext(tokens));
         }
     }
+    let declared = upload::declared_size(&request);
     let response = inner.oneshot(request).await.map_err(Error::from_inner)?;
     if let Some(seen) = prefix {
         seen.served(&response);
@@ -257,7 +258,7 @@ where
     if let Call::UploadStart = call
         && let Some(session) = upload::session_opened(&response)
     {
-        upload::pin_session(&settings, session, tenant.as_ref()).await;
+        upload::pin_session(&settings, session, tenant.as_ref(), declared).await;
     }
     Ok(learn_from(
         &settings,
@@ -330,7 +331,13 @@ where
         }
         (Some(record), _) => Ok(Some((
             Owner::for_resource(&*record.project, name),
-            record.tokens,
+            // What a prompt reads: a conversation's or a cache's tokens (a file's size is its
+            // bytes, and a batch's its own).
+            if name.starts_with("interactions/") || name.starts_with("cachedContents/") {
+                record.tokens
+            } else {
+                0
+            },
         ))),
         (None, Some(_)) => Err(not_found(name)),
         (None, None) if settings.probe && probe::can_probe(name) => {

@@ -19,6 +19,16 @@ pub(crate) const FILE_TTL: Duration = Duration::from_secs(48 * 3600);
 /// abandoned session counts against a gateway client's files until then).
 const SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// The size a start declares (`X-Goog-Upload-Header-Content-Length`), 0 if none.
+pub(crate) fn declared_size<B>(request: &http::Request<B>) -> u64 {
+    request
+        .headers()
+        .get("x-goog-upload-header-content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// An upload answer's state: `active` (more to come) or `final` (the file is made).
 const UPLOAD_STATUS: &str = "x-goog-upload-status";
 
@@ -62,13 +72,14 @@ pub(crate) async fn pin_session(
     settings: &Settings,
     (id, project): (String, Arc<str>),
     tenant: Option<&Tenant>,
+    size: u64,
 ) {
     let now = settings.pool.clock().now_millis();
     let record = PinRecord {
         project,
         expires_at: now.saturating_add(SESSION_TTL.as_millis() as u64),
         tenant: tenant.map(Tenant::shared),
-        tokens: 0,
+        tokens: size,
     };
     if let Some(write) = settings.pool.learn_pin(&reference::upload(&id), record) {
         write.await;

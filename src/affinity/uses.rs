@@ -10,13 +10,17 @@
 
 use serde_json::Value;
 
-/// Keys whose values are the caller's own data (a function's arguments or result, a schema):
-/// names in them are not read as references.
+/// The most resources one body may name: past it, the body is unreadable here (a body naming
+/// thousands would cost a walk and a lookup each).
+const MAX_NAMES: usize = 128;
+
+/// Keys whose values are the caller's own data (a function's arguments or response, a schema):
+/// names in them are not read as references. (An interaction's function `result` is walked: it
+/// may hold content items with a `uri`.)
 const FREE_KEYS: &[&str] = &[
     "args",
     "arguments",
     "response",
-    "result",
     "parameters",
     "parametersJsonSchema",
     "parameters_json_schema",
@@ -65,11 +69,34 @@ pub(crate) fn references_in(body: &[u8]) -> Option<Result<Vec<String>, Unreadabl
             "the body is not JSON, so what it refers to cannot be read".to_owned(),
         )));
     };
-    let mut found = Vec::new();
+    let mut found = Found::default();
     if let Err(why) = walk(&json, &mut found) {
         return Some(Err(why));
     }
-    (!found.is_empty()).then_some(Ok(found))
+    (!found.names.is_empty()).then_some(Ok(found.names))
+}
+
+/// The names found so far, each once.
+#[derive(Default)]
+struct Found {
+    names: Vec<String>,
+    seen: std::collections::HashSet<String>,
+}
+
+impl Found {
+    fn add(&mut self, name: String) -> Result<(), Unreadable> {
+        if self.seen.contains(&name) {
+            return Ok(());
+        }
+        if self.names.len() >= MAX_NAMES {
+            return Err(Unreadable(format!(
+                "the body names more than {MAX_NAMES} files and caches; send fewer in one request"
+            )));
+        }
+        self.seen.insert(name.clone());
+        self.names.push(name);
+        Ok(())
+    }
 }
 
 /// The two spellings of each naming field, and what its value names.
@@ -88,11 +115,11 @@ enum Names {
     FileUri,
     /// `files/{id}` (a batch's input file).
     FileName,
-    /// A URI of the API host's files only (an interaction's content).
+    /// An interaction's content `uri`: a file's, or anything else.
     ContentUri,
 }
 
-fn walk(value: &Value, found: &mut Vec<String>) -> Result<(), Unreadable> {
+fn walk(value: &Value, found: &mut Found) -> Result<(), Unreadable> {
     match value {
         Value::Object(map) => {
             for (camel, snake, names) in FIELDS {
@@ -106,9 +133,8 @@ fn walk(value: &Value, found: &mut Vec<String>) -> Result<(), Unreadable> {
                 };
                 if let Some(value) = value
                     && let Some(name) = name_in(*names, value)?
-                    && !found.contains(&name)
                 {
-                    found.push(name);
+                    found.add(name)?;
                 }
             }
             for (key, value) in map {
@@ -143,26 +169,23 @@ fn name_in(names: Names, value: &Value) -> Result<Option<String>, Unreadable> {
                 crate::model::shorten(text)
             ))),
         },
-        Names::FileName => file_name(text, true),
-        Names::FileUri => file_name(text, true),
-        Names::ContentUri => file_name(text, false),
+        Names::FileName | Names::FileUri | Names::ContentUri => file_name(text),
     }
 }
 
 /// `files/{id}` for a file of Google's files service (a URL of the API host whose path is
-/// `…/files/{id}`, or, where `short` is accepted, `files/{id}`); `None` for anything else.
-fn file_name(text: &str, short: bool) -> Result<Option<String>, Unreadable> {
+/// `…/files/{id}`, or `files/{id}`); `None` for anything else.
+fn file_name(text: &str) -> Result<Option<String>, Unreadable> {
     let lower = text.to_ascii_lowercase();
     let id: String = if lower.starts_with("files/") {
-        if !short {
-            return Ok(None);
-        }
         text["files/".len()..].to_owned()
     } else {
         let Ok(uri) = text.parse::<http::Uri>() else {
             return Ok(None);
         };
-        let host = uri.host().map(str::to_ascii_lowercase);
+        let host = uri
+            .host()
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase());
         if !host.is_some_and(|h| API_HOSTS.contains(&h.as_str())) {
             return Ok(None);
         }
@@ -223,6 +246,22 @@ mod tests {
         assert_eq!(names(r#"{"contents":[{"parts":[{"text":"hi"}]}]}"#), None);
         let args = r#"{"contents":[{"parts":[{"functionCall":{"name":"f","args":{"fileUri":"files/x","cachedContent":7}}}]}]}"#;
         assert_eq!(names(args), None);
+    }
+
+    #[test]
+    fn a_function_result_is_walked_and_names_are_bounded() {
+        let result = r#"{"input":[{"type":"function_result","result":[{"type":"image","uri":"https://generativelanguage.googleapis.com./v1beta/files/img1"}]}]}"#;
+        assert_eq!(names(result), Some(Ok(vec!["files/img1".to_owned()])));
+        let same: Vec<String> = (0..1000)
+            .map(|_| r#"{"fileData":{"fileUri":"files/one"}}"#.to_owned())
+            .collect();
+        let body = format!(r#"{{"contents":[{{"parts":[{}]}}]}}"#, same.join(","));
+        assert_eq!(names(&body), Some(Ok(vec!["files/one".to_owned()])));
+        let many: Vec<String> = (0..200)
+            .map(|i| format!(r#"{{"fileData":{{"fileUri":"files/f{i}"}}}}"#))
+            .collect();
+        let body = format!(r#"{{"contents":[{{"parts":[{}]}}]}}"#, many.join(","));
+        assert!(matches!(names(&body), Some(Err(_))));
     }
 
     #[test]

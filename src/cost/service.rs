@@ -188,9 +188,11 @@ where
         // Only a POST that generates is billed: a GET of a stored interaction, or the answer
         // to its cancel (or a batch's), shows the usage of the call that made it, billed then.
         let path = request.uri().path();
+        // (An upload's steps are not billed either: they carry a file, not a prompt.)
         let bills = request.method() == http::Method::POST
             && !path.ends_with("/cancel")
-            && !path.ends_with(":cancel");
+            && !path.ends_with(":cancel")
+            && !path.contains("/upload/");
         // A batch is billed at its create, at its estimate and Google's batch rate (its answer
         // shows no usage); held against the budgets like any estimate.
         let batch = if bills && crate::model::creates_batch(request.uri().path()) {

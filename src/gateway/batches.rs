@@ -4,14 +4,17 @@
 //!
 //! Each batch belongs to the client token that created it: the stack's
 //! [`AffinityLayer`](crate::affinity::AffinityLayer) records it with the client and its project,
-//! sends it to the project of the file or cache it names (the client's own, else a 404), or to
-//! a project with room under Batch Mode's limits, and pins its results file with it when its
-//! state is read done — downloaded through `GET /v1beta/files/{id}:download?alt=media` by that
-//! client only. A batch is billed at its create at Google's batch rate, against the client's
-//! budget and limits (its requests' tokens count against `tpm` at once).
+//! sends it to the project of the files or caches its requests name (the client's own, else a
+//! 404), or to a project with room under Batch Mode's limits. A batch is billed at its create at
+//! Google's batch rate, against the client's budget and limits (its requests' tokens count
+//! against `tpm` at once).
 //!
-//! A batch's `webhookConfig` is refused: Google would call an address the client chose with the
-//! operator's project.
+//! Refused with a 400: a batch's `webhookConfig` (Google would call an address the client chose
+//! with the operator's project), and a batch whose requests are in a file
+//! (`input_config.file_name`): the gateway does not read the file, so what its lines name
+//! (another client's file or cache in the same project) and what they cost could not be
+//! checked. Requests go inline (up to the body limit, 20 MB by default, as Google's inline
+//! batches).
 
 use std::sync::Arc;
 
@@ -25,8 +28,9 @@ use super::proxy::forward;
 use super::reply::{self, Family};
 use crate::Model;
 
-/// The most batches one client may hold (running or done, until deleted or their pins end).
-const MAX_BATCHES_PER_CLIENT: usize = 100;
+/// The most batches one client may hold (running or done, until deleted or their pins end): a
+/// fifth of one project's 100 at once.
+const MAX_BATCHES_PER_CLIENT: usize = 20;
 
 /// A client's batches.
 pub(super) const BATCHES: super::owned::Owned = super::owned::Owned {
@@ -95,6 +99,12 @@ fn check_create(body: Bytes) -> Result<Bytes, String> {
     if batch.contains_key("webhookConfig") || batch.contains_key("webhook_config") {
         return Err("a batch's \"webhookConfig\" is not accepted through this gateway: poll the batch (GET /v1beta/batches/{id}) instead".to_owned());
     }
+    let config = batch
+        .get("inputConfig")
+        .or_else(|| batch.get("input_config"));
+    if config.is_some_and(|c| c.get("fileName").is_some() || c.get("file_name").is_some()) {
+        return Err("a batch's requests are sent inline through this gateway (input_config.requests): the gateway does not read a file of requests, so what its lines name (files, caches) and what they cost could not be checked".to_owned());
+    }
     Ok(body)
 }
 
@@ -104,8 +114,14 @@ mod tests {
 
     #[test]
     fn a_batch_sets_no_webhook() {
-        let ok = br#"{"batch":{"input_config":{"file_name":"files/a"}}}"#;
+        let ok = br#"{"batch":{"input_config":{"requests":{"requests":[]}}}}"#;
         assert!(check_create(Bytes::from_static(ok)).is_ok());
+        let file = br#"{"batch":{"inputConfig":{"fileName":"files/a"}}}"#;
+        assert!(
+            check_create(Bytes::from_static(file))
+                .unwrap_err()
+                .contains("inline")
+        );
         let hooked = br#"{"batch":{"webhookConfig":{"uri":"https://example.com"}}}"#;
         assert!(
             check_create(Bytes::from_static(hooked))

@@ -41,6 +41,9 @@ use crate::affinity::reference;
 const MAX_FILE: u64 = 2 << 30;
 /// The most files (and uploads under way) one client may hold at once.
 const MAX_FILES_PER_CLIENT: usize = 100;
+/// The most bytes of files (and uploads under way) one client may hold at once: a fifth of a
+/// project's 20 GB.
+const MAX_BYTES_PER_CLIENT: u64 = 4 << 30;
 /// How long an upload step may go without a byte from the client.
 const IDLE: Duration = Duration::from_secs(30);
 /// Room an upload step holds in the body memory while it streams (KiB): about one read
@@ -118,6 +121,9 @@ async fn start(shared: &Shared, request: Request) -> Response {
     if let Some(full) = super::owned::at_limit(shared, &request, &FILES) {
         return full;
     }
+    if let Some(full) = over_bytes(shared, &request) {
+        return full;
+    }
     let Some(base) = own_base(&request) else {
         return reply::client_error(
             Family::Native,
@@ -138,8 +144,30 @@ async fn start(shared: &Shared, request: Request) -> Response {
     response
 }
 
+/// A 429 if the file the start declares would take the client past [`MAX_BYTES_PER_CLIENT`]
+/// (its files and uploads under way counted by their sizes).
+fn over_bytes(shared: &Shared, request: &Request) -> Option<Response> {
+    let tenant = super::owned::tenant_of(request)?;
+    let declared = crate::affinity::upload::declared_size(request);
+    let pool = shared.live().pool.clone();
+    let held: u64 = ["files/", "uploads/"]
+        .iter()
+        .flat_map(|prefix| pool.records_of_tenant(&tenant, prefix))
+        .map(|record| record.tokens)
+        .fold(0, u64::saturating_add);
+    (held.saturating_add(declared) > MAX_BYTES_PER_CLIENT).then(|| {
+        reply::client_error(
+            Family::Native,
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "this client's files hold {held} bytes; with this one they would pass {MAX_BYTES_PER_CLIENT} (a fifth of a project's storage): delete one before uploading another"
+            ),
+        )
+    })
+}
+
 /// The start's headers: the resumable protocol (as the google-genai SDKs send), and a declared
-/// size within Google's limit.
+/// size within Google's limit (required: it counts against the client's bytes).
 fn check_start(headers: &http::HeaderMap) -> Result<(), String> {
     let header = |name: &str| {
         headers
@@ -153,19 +181,14 @@ fn check_start(headers: &http::HeaderMap) -> Result<(), String> {
     if !resumable || !starts {
         return Err("the gateway takes resumable uploads: send X-Goog-Upload-Protocol: resumable and X-Goog-Upload-Command: start (as the google-genai SDKs do), then the bytes to the X-Goog-Upload-URL of the answer".to_owned());
     }
-    if let Some(size) = header("x-goog-upload-header-content-length") {
-        match size.parse::<u64>() {
-            Ok(size) if size <= MAX_FILE => {}
-            Ok(_) => return Err(format!("a file is at most {MAX_FILE} bytes (2 GB)")),
-            Err(_) => {
-                return Err(
-                    "X-Goog-Upload-Header-Content-Length must be the file's size in bytes"
-                        .to_owned(),
-                );
-            }
-        }
+    match header("x-goog-upload-header-content-length").map(str::parse::<u64>) {
+        Some(Ok(size)) if size <= MAX_FILE => Ok(()),
+        Some(Ok(_)) => Err(format!("a file is at most {MAX_FILE} bytes (2 GB)")),
+        _ => Err(
+            "X-Goog-Upload-Header-Content-Length must be the file's size in bytes (the SDKs send it)"
+                .to_owned(),
+        ),
     }
-    Ok(())
 }
 
 /// A start's body (`{"file":{"display_name":…}}`, or none): a JSON object whose file names no
@@ -272,7 +295,8 @@ async fn step(shared: &Shared, request: Request, id: &str) -> Response {
         return busy;
     }
     let (parts, body) = request.into_parts();
-    let query = step_query(parts.uri.query());
+    // Only the session checked above, whatever else the query repeats.
+    let query = format!("upload_id={id}&upload_protocol=resumable");
     let uri = format!("{}{}?{query}", shared.upstream, parts.uri.path());
     let body = http_body_util::Limited::new(
         tower_http::timeout::TimeoutBody::new(IDLE, body),
@@ -330,16 +354,6 @@ fn learn_file(
     Response::from_parts(head, Body::new(body.map_err(axum::Error::new)))
 }
 
-/// A step's query for Google: the session (`upload_id`) and protocol only.
-fn step_query(query: Option<&str>) -> String {
-    query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|pair| pair.starts_with("upload_id=") || pair.starts_with("upload_protocol="))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 /// An error for an upload step, marked final so that an SDK stops rather than retry it.
 fn step_error(status: StatusCode, message: &str) -> Response {
     let mut response = reply::client_error(Family::Native, status, message);
@@ -366,6 +380,11 @@ mod tests {
             HeaderValue::from_static("resumable"),
         );
         headers.insert("x-goog-upload-command", HeaderValue::from_static("start"));
+        assert!(check_start(&headers).is_err(), "no size declared");
+        headers.insert(
+            "x-goog-upload-header-content-length",
+            HeaderValue::from_static("1024"),
+        );
         assert!(check_start(&headers).is_ok());
         headers.insert(
             "x-goog-upload-header-content-length",
@@ -398,10 +417,6 @@ mod tests {
         assert_eq!(
             response.headers()["x-goog-upload-url"],
             "http://127.0.0.1:8080/upload/v1beta/files?upload_id=A-b_1&upload_protocol=resumable"
-        );
-        assert_eq!(
-            step_query(Some("upload_id=A&key=token&upload_protocol=resumable&x=1")),
-            "upload_id=A&upload_protocol=resumable"
         );
     }
 }

@@ -84,9 +84,13 @@ pub(crate) async fn native(State(shared): State<Arc<Shared>>, request: Request) 
     if path == "/v1beta/batches" || path.starts_with("/v1beta/batches/") {
         return super::batches::serve(&shared, request).await;
     }
+    let batch_model = path
+        .strip_prefix("/v1beta/models/")
+        .or_else(|| path.strip_prefix("/v1/models/"))
+        .and_then(|rest| rest.strip_suffix(":batchGenerateContent"))
+        .filter(|model| !model.contains(['/', ':']));
     if request.method() == Method::POST
-        && path.ends_with(":batchGenerateContent")
-        && let Some(model) = crate::model::model_in_path(path)
+        && let Some(model) = batch_model
     {
         if let Err(problem) = crate::model::check_name(model) {
             return reply::client_error(Family::Native, StatusCode::BAD_REQUEST, &problem);
@@ -399,8 +403,9 @@ fn admit(
     path: &str,
     (rewrite, stored): (Option<Rewrite>, u64),
 ) -> Result<(Bytes, Option<Model>), Box<Response>> {
-    // (A cancel — of an interaction, a batch — is the one POST sent without a body.)
-    let bodiless = body.is_empty() && (path.ends_with("/cancel") || path.ends_with(":cancel"));
+    // (A cancel — of an interaction, a batch — and an upload's start may come without a body.)
+    let bodiless = body.is_empty()
+        && (path.ends_with("/cancel") || path.ends_with(":cancel") || path.starts_with("/upload/"));
     if (parts.method == Method::POST || parts.method == Method::PATCH)
         && !bodiless
         && let Err(problem) = strict_json::check(&body, family != Family::OpenAi)
@@ -463,7 +468,9 @@ async fn stored_tokens(shared: &Shared, parts: &http::request::Parts, body: &[u8
         .and_then(|scope| scope.0.to_str().ok());
     let mut tokens = 0u64;
     for name in names {
-        if let Some(record) = shared.live().pool.pin_record(&name).await
+        let context = name.starts_with("interactions/") || name.starts_with("cachedContents/");
+        if context
+            && let Some(record) = shared.live().pool.pin_record(&name).await
             && record.tenant.as_deref() == tenant
         {
             tokens = tokens.saturating_add(record.tokens);

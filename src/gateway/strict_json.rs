@@ -125,8 +125,19 @@ impl<'de> Visitor<'de> for Strict {
                 )));
             }
             if self.policy && FILE_KEYS.contains(&&*key) {
-                if let Some(uri) = map.next_value_seed(Capture(self.files))?
-                    && names_google_file(&key, &uri)
+                let uri = map.next_value_seed(Capture(self.files))?;
+                // A URI of the API's host that hides its path (an escape) could name a file
+                // that no search finds.
+                if let Some(uri) = &uri
+                    && api_path(uri).is_some_and(|path| path.contains('%'))
+                {
+                    return Err(de::Error::custom(format!(
+                        "{key:?} is a URI of the API with an escape in its path ({}): write it as Google gives it",
+                        crate::model::shorten(uri)
+                    )));
+                }
+                if let Some(uri) = uri
+                    && names_google_file(&uri)
                 {
                     if self.files {
                         return Err(de::Error::custom(format!(
@@ -181,18 +192,23 @@ const FREE_KEYS: &[&str] = &[
 
 /// Does `uri` name a file of Google's files service, however cased or padded: a URL whose
 /// host is the API's and whose path is under `/files/`, or (for `fileUri`) `files/…`?
-fn names_google_file(key: &str, uri: &str) -> bool {
-    let uri = uri.trim().to_ascii_lowercase();
-    if key != "uri" && uri.starts_with("files/") {
+fn names_google_file(uri: &str) -> bool {
+    let lower = uri.trim().to_ascii_lowercase();
+    if lower.starts_with("files/") {
         return true;
     }
-    let Ok(parsed) = uri.parse::<http::Uri>() else {
-        return false;
-    };
+    api_path(&lower).is_some_and(|path| path.contains("/files/"))
+}
+
+/// The path of a URI whose host is the API's (however cased, with or without a final dot).
+fn api_path(uri: &str) -> Option<String> {
+    let parsed = uri.trim().parse::<http::Uri>().ok()?;
+    let host = parsed.host()?.trim_end_matches('.').to_ascii_lowercase();
     matches!(
-        parsed.host(),
-        Some("generativelanguage.googleapis.com" | "generativelanguage.mtls.googleapis.com")
-    ) && parsed.path().contains("/files/")
+        host.as_str(),
+        "generativelanguage.googleapis.com" | "generativelanguage.mtls.googleapis.com"
+    )
+    .then(|| parsed.path().to_ascii_lowercase())
 }
 
 /// A value read strictly, and kept when it is a string: borrowed from the body when it was

@@ -415,6 +415,19 @@ impl KeyPool {
             .records_of(prefix, self.inner.clock.now_millis())
     }
 
+    /// The records of `tenant`'s live resources whose names start with `prefix`, as this
+    /// process knows them.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn records_of_tenant(
+        &self,
+        tenant: &str,
+        prefix: &str,
+    ) -> Vec<crate::state::PinRecord> {
+        self.inner
+            .pins
+            .records_of_tenant(tenant, prefix, self.inner.clock.now_millis())
+    }
+
     /// How many live resources each tenant holds (`None`: made without a tenant).
     #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     pub(crate) fn owned_by_tenant(

@@ -32,8 +32,10 @@ pub struct PinRecord {
     /// another tenant is told the resource does not exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<Arc<str>>,
-    /// For a stored conversation: its size in tokens after its last answer (that answer's
-    /// input and output), which a continuation sends to Google as prompt.
+    /// The resource's size. For a stored conversation: its tokens after its last answer (that
+    /// answer's input and output), which a continuation sends to Google as prompt; for a
+    /// context cache, its tokens; for a running batch, its estimated tokens (0 once done); for
+    /// a file or an upload under way, its bytes.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub tokens: u64,
 }
@@ -238,6 +240,16 @@ impl Pins {
             .iter()
             .filter(|(name, r)| name.starts_with(prefix) && r.expires_at > now)
             .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    /// The records of `tenant`'s live resources whose names start with `prefix`.
+    pub(crate) fn records_of_tenant(&self, tenant: &str, prefix: &str, now: u64) -> Vec<PinRecord> {
+        let names = self.names_of(tenant, prefix, now);
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        names
+            .iter()
+            .filter_map(|name| map.by_name.get(&**name).cloned())
             .collect()
     }
 

@@ -1,7 +1,8 @@
-//! Two `gemini-gateway` processes share one Redis (issue #24): a conversation created through
-//! one continues through the other on the project that holds it — the second replica never
-//! saw the create, and finds the pin in Redis — and a client's interaction stays its own on
-//! every replica.
+//! Two `gemini-gateway` processes share one Redis (issues #24 and #25): a conversation created
+//! through one continues through the other on the project that holds it — the second replica
+//! never saw the create, and finds the pin in Redis — and a client's interaction stays its own
+//! on every replica. The same for an uploaded file: started on one replica, its bytes sent to
+//! the other, used on the first.
 //!
 //! Needs Redis (see `tests/redis_store.rs`).
 #![cfg(all(feature = "redis", feature = "gateway"))]
@@ -115,5 +116,94 @@ async fn a_conversation_continues_on_its_project_through_another_replica() {
         assert_eq!(mock.stats().total_requests(), sent);
     }
     assert_eq!(mock.stats().responses_with_status(404), 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_and_its_file_cross_replicas() {
+    let Some(redis) = Redis::any("an_upload_and_its_file_cross_replicas") else {
+        return;
+    };
+    let mut builder = MockGemini::builder();
+    for (project, key) in KEYS {
+        builder = builder.project(project, |p| p.key(key));
+    }
+    let mock = builder.start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("redis-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    let keys: String = KEYS
+        .iter()
+        .map(|(project, key)| format!("[[keys]]\nvalue = \"{key}\"\nproject = \"{project}\"\n\n"))
+        .collect();
+    std::fs::write(
+        &config,
+        format!(
+            "{keys}[gateway]\ntokens = [\"{ALICE}\", \"{MALLORY}\"]\nupstream = \"{}\"\nredis_prefix = \"{}\"\n",
+            mock.url(),
+            Redis::prefix("files"),
+        ),
+    )
+    .unwrap();
+    let replicas = [replica(&config, &redis.url), replica(&config, &redis.url)];
+    for round in 0..3 {
+        let (first, second) = (&replicas[round % 2].base, &replicas[(round + 1) % 2].base);
+        let start = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{first}/upload/v1/files"))
+            .header("x-goog-api-key", ALICE)
+            .header("x-goog-upload-protocol", "resumable")
+            .header("x-goog-upload-command", "start")
+            .header("x-goog-upload-header-content-length", "5")
+            .body(Full::new(Bytes::from_static(
+                br#"{"file":{"display_name":"x"}}"#,
+            )))
+            .unwrap();
+        let started = client().request(start).await.unwrap();
+        assert_eq!(started.status(), StatusCode::OK);
+        let home = started.headers()["x-mock-project"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let session: http::Uri = started.headers()["x-goog-upload-url"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // The bytes to the other replica, which never saw the start (no token, as an SDK).
+        let step = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{second}{}", session.path_and_query().unwrap()))
+            .header("x-goog-upload-command", "upload, finalize")
+            .header("x-goog-upload-offset", "0")
+            .body(Full::new(Bytes::from_static(b"hello")))
+            .unwrap();
+        let done = client().request(step).await.unwrap();
+        assert_eq!(done.status(), StatusCode::OK);
+        let file: Value = serde_json::from_str(&text(done).await).unwrap();
+        let uri = file["file"]["uri"].as_str().unwrap().to_owned();
+        let question = json!({ "contents": [{ "parts": [
+            { "fileData": { "fileUri": uri, "mimeType": "text/plain" } }, { "text": "?" }] }] });
+        let generate = format!("/v1beta/models/{MODEL}:generateContent");
+        for base in [first, second] {
+            let (status, project, answer) =
+                send(base, ALICE, Method::POST, &generate, Some(question.clone())).await;
+            assert_eq!(
+                (status, project.as_str()),
+                (StatusCode::OK, home.as_str()),
+                "{answer}"
+            );
+            let (status, _, _) = send(
+                base,
+                MALLORY,
+                Method::POST,
+                &generate,
+                Some(question.clone()),
+            )
+            .await;
+            assert_eq!(status, StatusCode::NOT_FOUND);
+        }
+    }
+    assert_eq!(mock.stats().responses_with_status(403), 0);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -42,6 +42,11 @@ beta = genai.Client(api_key=token, http_options=types.HttpOptions(base_url=base,
 assert "Mock reply" in beta.models.generate_content(model=model, contents="hello").text
 print("google-genai SDK: generate, stream, countTokens, models (v1 and v1beta)")
 
+# What lives in one project (interactions, caches, files, batches, stores) is served by that
+# project's keys only: on a model the demo's small project does not limit (3 a minute on the
+# model above), so that no call waits a minute for its quota.
+model = "gemini-2.5-flash"
+
 # Interactions (the SDK calls /v1/interactions by default): a conversation of three turns
 # continued with previous_interaction_id, the last streamed, each turn on the project that
 # holds the conversation (the mock answers 404 from any other); get, cancel, delete.
@@ -74,7 +79,7 @@ print("google-genai SDK: interactions create, continue, stream, get, cancel, del
 cache = g.caches.create(
     model=model,
     config=types.CreateCachedContentConfig(
-        contents=[types.Content(role="user", parts=[types.Part(text="The manual. " * 400)])],
+        contents=[types.Content(role="user", parts=[types.Part(text="The manual. " * 800)])],
         ttl="600s",
     ),
 )
@@ -115,7 +120,7 @@ from_file = g.caches.create(
                 role="user",
                 parts=[
                     types.Part.from_uri(file_uri=uploaded.uri, mime_type="text/plain"),
-                    types.Part(text="The manual. " * 400),
+                    types.Part(text="The manual. " * 800),
                 ],
             )
         ],
@@ -179,3 +184,30 @@ for job in (inline_job, with_file, stopped):
     g.batches.delete(name=job.name)
 g.files.delete(name=doc.name)
 print("google-genai SDK: batches inline and naming a file, polled, listed, cancelled, deleted; a file of requests refused")
+
+# File Search stores (the SDK calls /v1/fileSearchStores): created, a file imported, searched by
+# generate_content on the store's project (the mock answers 403 from any other), listed, deleted.
+notes = g.files.upload(file=io.BytesIO(b"The notes."), config=types.UploadFileConfig(mime_type="text/plain"))
+store = None
+for _ in range(6):
+    # A store on the file's project (a file of another project cannot be imported: 400).
+    candidate = g.file_search_stores.create(config={"display_name": "notes"})
+    try:
+        operation = g.file_search_stores.import_file(file_search_store_name=candidate.name, file_name=notes.name)
+        store = candidate
+        break
+    except genai.errors.ClientError as refused:
+        assert refused.code == 400, refused
+        g.file_search_stores.delete(name=candidate.name, config={"force": True})
+assert store is not None, "no store landed on the file's project"
+assert operation.name.startswith(store.name + "/operations/"), operation
+tool = types.Tool(file_search=types.FileSearch(file_search_store_names=[store.name]))
+for question in range(5):
+    reply = g.models.generate_content(
+        model=model, contents=f"What do the notes say? {question}", config=types.GenerateContentConfig(tools=[tool])
+    )
+    assert "Mock reply" in reply.text, reply
+assert [s.name for s in g.file_search_stores.list()] == [store.name]
+g.file_search_stores.delete(name=store.name, config={"force": True})
+g.files.delete(name=notes.name)
+print("google-genai SDK: File Search store create, import, search, list, delete")

@@ -41,6 +41,8 @@ pub(crate) enum Kind {
     File,
     /// A batch made: its `name` (`batches/…`).
     Batch,
+    /// A File Search store made: its `name` (`fileSearchStores/…`).
+    Store,
     /// A batch's state (`batches/…`, named): done, and its results file.
     BatchState(String),
 }
@@ -62,6 +64,10 @@ impl Kind {
                 .map(|_| found.to_owned()),
             Kind::Batch => found
                 .strip_prefix("batches/")
+                .filter(|id| super::reference::is_id(id))
+                .map(|_| found.to_owned()),
+            Kind::Store => found
+                .strip_prefix("fileSearchStores/")
                 .filter(|id| super::reference::is_id(id))
                 .map(|_| found.to_owned()),
         }
@@ -101,7 +107,7 @@ impl Learn {
             Kind::Interaction if sse => Scanner::Sse(SseFrames::default()),
             Kind::Interaction => Scanner::Json(TopLevelField::new(b"id")),
             Kind::Cache => Scanner::Json(TopLevelField::new(b"name")),
-            Kind::Batch => Scanner::Json(TopLevelField::new(b"name")),
+            Kind::Batch | Kind::Store => Scanner::Json(TopLevelField::new(b"name")),
             Kind::File => Scanner::Whole(WholeAnswer::new(Whole::File)),
             Kind::BatchState(batch) => {
                 Scanner::Whole(WholeAnswer::new(Whole::Batch(batch.clone())))

@@ -73,9 +73,15 @@ where
 /// Can `name` be looked for with a `GET` of it (an interaction, a cache, a file; not an
 /// upload session)?
 pub(super) fn can_probe(name: &str) -> bool {
-    ["interactions/", "cachedContents/", "files/", "batches/"]
-        .iter()
-        .any(|collection| name.starts_with(collection))
+    [
+        "interactions/",
+        "cachedContents/",
+        "files/",
+        "batches/",
+        "fileSearchStores/",
+    ]
+    .iter()
+    .any(|collection| name.starts_with(collection))
 }
 
 /// `GET {scheme}://{authority}{version prefix}/{name}` for a request under `…/{version}/`

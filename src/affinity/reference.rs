@@ -37,6 +37,11 @@ pub(crate) enum Call {
     CreateBatch,
     /// `GET` or `DELETE …/batches/{id}`, `POST …/batches/{id}:cancel`.
     Batch(BatchOp, String),
+    /// `POST …/fileSearchStores`: creates a File Search store.
+    CreateStore,
+    /// Any call under `…/fileSearchStores/{id}` (get, delete, `:importFile`,
+    /// `:uploadToFileSearchStore`, documents, operations): `true` for the store's delete.
+    Store(bool, String),
     /// A call whose body names resources (a cache, files) and whose path names none:
     /// `generateContent` and the other model methods.
     Uses,
@@ -95,7 +100,12 @@ impl Call {
             Call::Upload(id) => Some(upload(id)),
             Call::File(_, id) => Some(format!("files/{id}")),
             Call::Batch(_, id) => Some(format!("batches/{id}")),
-            Call::CreateCache | Call::UploadStart | Call::CreateBatch | Call::Uses => None,
+            Call::Store(_, id) => Some(format!("fileSearchStores/{id}")),
+            Call::CreateCache
+            | Call::UploadStart
+            | Call::CreateBatch
+            | Call::CreateStore
+            | Call::Uses => None,
         }
     }
 
@@ -107,6 +117,7 @@ impl Call {
                 | Call::Cache(CacheOp::Delete, _)
                 | Call::File(FileOp::Delete, _)
                 | Call::Batch(BatchOp::Delete, _)
+                | Call::Store(true, _)
         )
     }
 
@@ -173,17 +184,19 @@ enum Collection {
     CachedContents,
     Files,
     Batches,
+    Stores,
 }
 
 /// Which collection follows the version segment (`/v1beta`, `/v1`, `/v1alpha`) of `path`, and
 /// where its segment ends. Runs on every call: a byte loop up to the first version segment
 /// (the first one, in Google's paths), then a comparison or two.
 fn collection_at(path: &str) -> Option<(Collection, usize)> {
-    const NAMES: [(&[u8], Collection); 4] = [
+    const NAMES: [(&[u8], Collection); 5] = [
         (b"/interactions", Collection::Interactions),
         (b"/cachedContents", Collection::CachedContents),
         (b"/files", Collection::Files),
         (b"/batches", Collection::Batches),
+        (b"/fileSearchStores", Collection::Stores),
     ];
     let bytes = path.as_bytes();
     let mut start = 0;
@@ -248,6 +261,7 @@ pub(crate) fn call_of(
                 Some(Call::Create(create_of(body.unwrap_or(b"{}"))))
             }
             (Collection::CachedContents, &Method::POST) => Some(Call::CreateCache),
+            (Collection::Stores, &Method::POST) => Some(Call::CreateStore),
             (Collection::Files, &Method::POST) => match upload_id_in(query) {
                 Some(id) if is_upload_id(id) => Some(Call::Upload(id.to_owned())),
                 // A session that cannot be read: sent as it came.
@@ -264,6 +278,9 @@ pub(crate) fn call_of(
     }
     if collection == Collection::Batches {
         return batch_call(method, id, tail);
+    }
+    if collection == Collection::Stores {
+        return store_call(method, id, tail);
     }
     if !is_id(id) {
         return None;
@@ -302,6 +319,24 @@ fn file_call(method: &Method, segment: &str, tail: &str) -> Option<Call> {
     Some(Call::File(op, id.to_owned()))
 }
 
+/// Anything under `fileSearchStores/{id}` (`{id}:importFile`, `{id}/documents/…`,
+/// `{id}/operations/…`, `{id}/upload/operations/…`): the store's project serves it all.
+fn store_call(method: &Method, segment: &str, tail: &str) -> Option<Call> {
+    let (id, verb) = match segment.split_once(':') {
+        Some((id, verb)) => (id, Some(verb)),
+        None => (segment, None),
+    };
+    let odd_tail = !tail.is_empty()
+        && tail
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..");
+    if !is_id(id) || odd_tail {
+        return None;
+    }
+    let deletes = method == Method::DELETE && verb.is_none() && tail.is_empty();
+    Some(Call::Store(deletes, id.to_owned()))
+}
+
 /// `batches/{id}` (get, delete) and `batches/{id}:cancel`.
 fn batch_call(method: &Method, segment: &str, tail: &str) -> Option<Call> {
     if !tail.is_empty() {
@@ -329,7 +364,8 @@ pub(crate) fn may_refer(method: &Method, path: &str) -> bool {
     if method != Method::POST {
         return false;
     }
-    const METHODS: [&str; 7] = [
+    const METHODS: [&str; 8] = [
+        ":importFile",
         ":generateContent",
         ":streamGenerateContent",
         ":countTokens",

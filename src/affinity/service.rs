@@ -389,6 +389,8 @@ fn learn_from<ResB>(
             (Learned::File, upload::FILE_TTL)
         }
         Call::CreateBatch => (Learned::Batch, batch::PIN_TTL),
+        // A store lasts until it is deleted.
+        Call::CreateStore => (Learned::Store, STORE_TTL),
         Call::Batch(BatchOp::Get, id) => {
             (Learned::BatchState(format!("batches/{id}")), batch::PIN_TTL)
         }
@@ -444,6 +446,10 @@ fn cancelled<ResB>(
         runtime.spawn(write);
     }
 }
+
+/// How long a File Search store is remembered (Google keeps one until it is deleted; one
+/// unused longer is found again by probing, outside a gateway).
+const STORE_TTL: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
 /// A context cache's time to live when its create names none (Google's default), until the
 /// answer's `expireTime` says.

@@ -1,7 +1,8 @@
 //! The project-owned resources a request body names: a context cache (`cachedContent`), an
 //! uploaded file (`fileData.fileUri`, an interaction's content `uri`, a batch's
-//! `input_config.file_name`). Each such resource lives in one project, so the request must be
-//! sent there.
+//! `input_config.file_name`, an import's `fileName`), a File Search store (a tool's
+//! `fileSearchStoreNames`, an interaction's `file_search_store_names`). Each such resource lives
+//! in one project, so the request must be sent there.
 //!
 //! Found by a byte search first (most bodies name none), then one parse and a walk of the
 //! body, under every spelling Google's JSON front end accepts (camelCase and snake_case, a key
@@ -51,13 +52,15 @@ pub(crate) fn references_in(body: &[u8]) -> Option<Result<Vec<String>, Unreadabl
     // (`"cached\u0043ontent"`) is the same field to Google, so a body with an escape in it is
     // read too. The searchers are built once (building one costs more than a search of a
     // small body).
-    static FINDERS: std::sync::OnceLock<[memchr::memmem::Finder<'static>; 3]> =
+    static FINDERS: std::sync::OnceLock<[memchr::memmem::Finder<'static>; 5]> =
         std::sync::OnceLock::new();
     let finders = FINDERS.get_or_init(|| {
         [
             memchr::memmem::Finder::new(b"cached"),
             memchr::memmem::Finder::new(b"files"),
             memchr::memmem::Finder::new(b"\\u"),
+            memchr::memmem::Finder::new(b"fileSearch"),
+            memchr::memmem::Finder::new(b"file_search"),
         ]
     });
     if finders.iter().all(|f| f.find(body).is_none()) {
@@ -137,6 +140,13 @@ fn walk(value: &Value, found: &mut Found) -> Result<(), Unreadable> {
                     found.add(name)?;
                 }
             }
+            for key in STORE_LISTS {
+                if let Some(stores) = map.get(*key) {
+                    for store in stores_in(stores)? {
+                        found.add(store)?;
+                    }
+                }
+            }
             for (key, value) in map {
                 if !FREE_KEYS.contains(&key.as_str()) {
                     walk(value, found)?;
@@ -147,6 +157,32 @@ fn walk(value: &Value, found: &mut Found) -> Result<(), Unreadable> {
         Value::Array(items) => items.iter().try_for_each(|item| walk(item, found)),
         _ => Ok(()),
     }
+}
+
+/// The fields that list File Search stores (a `fileSearch` tool's, an interaction's
+/// `file_search` tool's).
+const STORE_LISTS: &[&str] = &["fileSearchStoreNames", "file_search_store_names"];
+
+/// The stores a list names: each a `fileSearchStores/{id}`.
+fn stores_in(value: &Value) -> Result<Vec<String>, Unreadable> {
+    let bad = || {
+        Unreadable(
+            "a File Search tool's store names must be a list of names such as \"fileSearchStores/abc-123\"".to_owned(),
+        )
+    };
+    let Value::Array(names) = value else {
+        return Err(bad());
+    };
+    names
+        .iter()
+        .map(|name| {
+            let name = name.as_str().ok_or_else(bad)?.trim();
+            match name.strip_prefix("fileSearchStores/") {
+                Some(id) if super::reference::is_id(id) => Ok(name.to_owned()),
+                _ => Err(bad()),
+            }
+        })
+        .collect()
 }
 
 /// The resource a naming field's value names, if it names one of Google's.
@@ -246,6 +282,25 @@ mod tests {
         assert_eq!(names(r#"{"contents":[{"parts":[{"text":"hi"}]}]}"#), None);
         let args = r#"{"contents":[{"parts":[{"functionCall":{"name":"f","args":{"fileUri":"files/x","cachedContent":7}}}]}]}"#;
         assert_eq!(names(args), None);
+    }
+
+    #[test]
+    fn file_search_stores_are_found_in_tools() {
+        let generate = r#"{"contents":[],"tools":[{"fileSearch":{"fileSearchStoreNames":["fileSearchStores/a-1","fileSearchStores/b-2"]}}]}"#;
+        assert_eq!(
+            names(generate),
+            Some(Ok(vec![
+                "fileSearchStores/a-1".to_owned(),
+                "fileSearchStores/b-2".to_owned()
+            ]))
+        );
+        let interaction = r#"{"tools":[{"type":"file_search","file_search_store_names":["fileSearchStores/c-3"]}]}"#;
+        assert_eq!(
+            names(interaction),
+            Some(Ok(vec!["fileSearchStores/c-3".to_owned()]))
+        );
+        let odd = r#"{"tools":[{"fileSearch":{"fileSearchStoreNames":["corpora/x"]}}]}"#;
+        assert!(matches!(names(odd), Some(Err(_))));
     }
 
     #[test]

@@ -188,11 +188,13 @@ where
         // Only a POST that generates is billed: a GET of a stored interaction, or the answer
         // to its cancel (or a batch's), shows the usage of the call that made it, billed then.
         let path = request.uri().path();
-        // (An upload's steps are not billed either: they carry a file, not a prompt.)
+        // (Nor an upload, which carries a file, not a prompt, nor a File Search store's calls:
+        // their indexing is priced by embedding tokens, which the price table does not hold.)
         let bills = request.method() == http::Method::POST
             && !path.ends_with("/cancel")
             && !path.ends_with(":cancel")
-            && !path.contains("/upload/");
+            && !path.contains("/upload/")
+            && !path.contains("/fileSearchStores");
         // A batch is billed at its create, at its estimate and Google's batch rate (its answer
         // shows no usage); held against the budgets like any estimate.
         let batch = if bills && crate::model::creates_batch(request.uri().path()) {

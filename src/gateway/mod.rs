@@ -45,6 +45,7 @@ mod routes;
 mod saving;
 mod server;
 mod shared;
+mod stores;
 mod strict_json;
 mod write_deadline;
 

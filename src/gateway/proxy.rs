@@ -81,6 +81,9 @@ pub(crate) async fn native(State(shared): State<Arc<Shared>>, request: Request) 
     if path == "/v1beta/files" || path.starts_with("/v1beta/files/") {
         return super::files::serve(&shared, request).await;
     }
+    if path == "/v1beta/fileSearchStores" || path.starts_with("/v1beta/fileSearchStores/") {
+        return super::stores::serve(&shared, request).await;
+    }
     if path == "/v1beta/batches" || path.starts_with("/v1beta/batches/") {
         return super::batches::serve(&shared, request).await;
     }
@@ -343,6 +346,10 @@ fn forwarded_query(path: &str, query: Option<&str>) -> String {
             if name == "updateMask" {
                 return path.contains("/cachedContents/")
                     && matches!(value, "ttl" | "expireTime" | "expire_time");
+            }
+            // A store's delete may take its documents with it.
+            if name == "force" {
+                return path.contains("/fileSearchStores/") && value == "true";
             }
             // A file's download: its bytes as they are.
             if path.ends_with(":download") {

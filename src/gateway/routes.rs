@@ -13,7 +13,7 @@ use http::StatusCode;
 use super::reply::{self, Family};
 use super::{
     GatewayConfig, Shared, admin, auth, batches, caches, cors, dashboard, files, interactions,
-    metrics, proxy,
+    metrics, proxy, stores,
 };
 
 /// The gateway's router for `config`: every route, auth, CORS and per-client limits. Serve it
@@ -42,6 +42,14 @@ pub(super) fn routes(shared: &Arc<Shared>, config: &GatewayConfig) -> Router {
         .route("/v1/files", get(files::route))
         .route("/download/v1beta/files/{*rest}", get(files::route))
         .route("/download/v1/files/{*rest}", get(files::route))
+        .route(
+            "/v1/fileSearchStores",
+            get(stores::route).post(stores::route),
+        )
+        .route(
+            "/v1/fileSearchStores/{*rest}",
+            get(stores::route).post(stores::route).delete(stores::route),
+        )
         .route("/v1/batches", get(batches::route))
         .route(
             "/v1/batches/{*rest}",
@@ -113,6 +121,7 @@ async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next:
             "/v1/cachedContents",
             "/v1/files",
             "/v1/batches",
+            "/v1/fileSearchStores",
         ]
         .iter()
         .any(|native| path.starts_with(native))

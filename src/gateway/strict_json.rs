@@ -7,8 +7,10 @@
 //! written with an escape (`"cached\u0043ontent"`) is the same field to Google but slips past
 //! a byte search for its name (the affinity layer's for `cachedContent`). An uploaded file
 //! (`fileUri`/`file_uri`/`uri` naming Google's files service) or a File Search store
-//! (`fileSearch`, `file_search`, their store names) belongs to the operator's projects — the
-//! gateway serves no files and no stores — so a client may not name one. The gateway refuses
+//! (`fileSearch`, `file_search`, their store names) may be named on the native routes, where the
+//! stack's affinity layer checks that each is the client's own — found by its name as Google
+//! writes it, so a URI of the API with an escape in its path, or `files/` in an odd case, is
+//! refused; the OpenAI-compatible routes check no ownership and name none. The gateway refuses
 //! such a body (400) before anything reads it.
 
 use std::borrow::Cow;
@@ -21,8 +23,8 @@ const SCANNED: usize = 16;
 
 /// `Ok` if `body` is one JSON value whose objects never repeat a key (compared after
 /// unescaping, so `"mod\u0065l"` is `"model"`); otherwise what is wrong, for the client.
-/// `files_served`: uploaded files may be named (on the native routes, where the stack checks
-/// that each is the client's own); else a file's URI is refused too.
+/// `files_served`: uploaded files and File Search stores may be named (on the native routes,
+/// where the stack checks that each is the client's own); else they are refused too.
 pub(crate) fn check(body: &[u8], files_served: bool) -> Result<(), String> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     Strict {
@@ -102,9 +104,9 @@ impl<'de> Visitor<'de> for Strict {
                     crate::model::shorten(&key)
                 )));
             }
-            if self.policy && UNSERVED_KEYS.contains(&&*key) {
+            if self.policy && self.files && UNSERVED_KEYS.contains(&&*key) {
                 return Err(de::Error::custom(format!(
-                    "{key:?} names a File Search store, which the gateway does not serve"
+                    "{key:?} names a File Search store, which this route does not serve: use the native routes"
                 )));
             }
             let repeated = match many.as_mut() {
@@ -312,11 +314,13 @@ mod unserved {
     }
 
     #[test]
-    fn on_the_native_routes_files_are_named_but_stores_are_not() {
+    fn on_the_native_routes_files_and_stores_are_named() {
         let file = r#"{"contents":[{"parts":[{"fileData":{"fileUri":"https://generativelanguage.googleapis.com/v1beta/files/abc"}}]}]}"#;
         assert!(super::check(file.as_bytes(), true).is_ok());
         let store = r#"{"tools":[{"fileSearch":{"fileSearchStoreNames":["fileSearchStores/s"]}}]}"#;
-        assert!(super::check(store.as_bytes(), true).is_err());
+        assert!(super::check(store.as_bytes(), true).is_ok());
+        let escaped = r#"{"contents":[{"parts":[{"fileData":{"fileUri":"https://generativelanguage.googleapis.com/v1beta/%66iles/abc"}}]}]}"#;
+        assert!(super::check(escaped.as_bytes(), true).is_err());
     }
 
     #[test]

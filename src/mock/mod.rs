@@ -50,6 +50,7 @@ mod implicit;
 mod interactions;
 mod quota;
 mod server;
+mod stores;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -366,6 +367,7 @@ impl MockGemini {
             caches: Mutex::new(HashMap::new()),
             files: Mutex::new(files::Files::default()),
             batches: Mutex::new(HashMap::new()),
+            stores: Mutex::new(HashMap::new()),
         });
         let task = tokio::spawn(server::serve(listener, state.clone()));
         Ok(MockServer { addr, state, task })
@@ -397,6 +399,8 @@ pub(crate) struct MockState {
     files: Mutex<files::Files>,
     /// Batch Mode jobs by id, each in its project.
     batches: Mutex<batches::Batches>,
+    /// File Search stores by id, each in its project.
+    stores: Mutex<stores::Stores>,
 }
 
 /// Counters for assertions.

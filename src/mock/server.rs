@@ -230,6 +230,9 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
     if let Some(rest) = super::batches::route_of(parts.uri.path()) {
         return super::batches::route(state, parts, key, rest);
     }
+    if let Some(rest) = super::stores::route_of(parts.uri.path()) {
+        return super::stores::route(state, parts, key, body, rest);
+    }
     let openai = path == "/v1beta/openai/chat/completions";
     let openai_models = path == "/v1beta/openai/models" && parts.method == Method::GET;
     let listing = (path == "/v1beta/models" && parts.method == Method::GET) || openai_models;
@@ -334,9 +337,13 @@ async fn route(state: &MockState, parts: &Parts, key: Option<&str>, body: &[u8])
             );
         }
     }
-    // Uploaded files: its project's only.
+    // Uploaded files and File Search stores: its project's only.
     if let Some(id) = super::files::foreign_file(state, project_index, &json) {
         let body = super::files::not_found(&id);
+        return error(403, body, openai, project_name, Some(key));
+    }
+    if let Some(store) = super::stores::foreign_store(state, project_index, &json) {
+        let body = super::stores::not_found(&store);
         return error(403, body, openai, project_name, Some(key));
     }
     let (chars, _images) = bodies::request_text(&json);

@@ -216,9 +216,9 @@ async fn googles_other_openai_apis_are_not_served() {
         (Method::POST, "/v1beta/openai/images/generations"),
         (Method::POST, "/v1beta/openai/audio/speech"),
         (Method::POST, "/v1beta/openai/fine_tuning/jobs"),
-        // Native APIs not served (files and batches are, each client's own: below).
+        // Native APIs not served (files, batches and stores are, each client's own: below).
         (Method::POST, "/v1beta/files:register"),
-        (Method::GET, "/v1beta/fileSearchStores"),
+        (Method::GET, "/v1beta/corpora"),
         (Method::GET, "/v1beta/tunedModels"),
         (Method::GET, "/v1beta/generatedFiles"),
     ];

@@ -228,9 +228,42 @@ where
         ));
     }
     let names: Vec<String> = call.referred().into_iter().chain(uses).collect();
-    let found = owner_of_all(inner.clone(), &settings, &request, &names, tenant.as_ref()).await?;
-    // A new batch goes to a project with room for it: the one that holds what it names, else
-    // the one with the most.
+    let batch_tokens = pin(inner.clone(), &settings, &mut request, (&call, &names)).await?;
+    let declared = upload::declared_size(&request);
+    let response = inner.oneshot(request).await.map_err(Error::from_inner)?;
+    if let Some(seen) = prefix {
+        seen.served(&response);
+    }
+    if let Call::UploadStart = call
+        && let Some(session) = upload::session_opened(&response)
+    {
+        upload::pin_session(&settings, session, tenant.as_ref(), declared).await;
+    }
+    Ok(learn_from(
+        &settings,
+        &call,
+        (tenant, batch_tokens),
+        response,
+    ))
+}
+
+/// Pin `request` to the project of what it refers to (`names`), with the stored context it
+/// makes Google read; a new batch to a project with room for it (the one that holds what it
+/// names, else the one with the most): then the batch's tokens, else 0.
+async fn pin<S, ReqB, ResB>(
+    inner: S,
+    settings: &Settings,
+    request: &mut Request<ReqB>,
+    (call, names): (&Call, &[String]),
+) -> Result<u64, Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqB: Send + Sync + 'static,
+{
+    let tenant = request.extensions().get::<Tenant>().cloned();
+    let found = owner_of_all(inner, settings, request, names, tenant.as_ref()).await?;
     let batch_tokens = match call {
         Call::CreateBatch => {
             let tokens = batch::tokens_of(crate::peek::body_bytes(request.body()).as_deref());
@@ -250,22 +283,7 @@ where
             request.extensions_mut().insert(StoredContext(tokens));
         }
     }
-    let declared = upload::declared_size(&request);
-    let response = inner.oneshot(request).await.map_err(Error::from_inner)?;
-    if let Some(seen) = prefix {
-        seen.served(&response);
-    }
-    if let Call::UploadStart = call
-        && let Some(session) = upload::session_opened(&response)
-    {
-        upload::pin_session(&settings, session, tenant.as_ref(), declared).await;
-    }
-    Ok(learn_from(
-        &settings,
-        &call,
-        (tenant, batch_tokens),
-        response,
-    ))
+    Ok(batch_tokens)
 }
 
 /// The one project that holds every resource in `names` (learned, or found by probing), and

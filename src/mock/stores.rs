@@ -75,6 +75,23 @@ fn collect(value: &Value, named: &mut Vec<String>) {
     }
 }
 
+/// Who asks: the key's project, its name (for the answer's tag) and the key.
+struct Asker<'a> {
+    project: usize,
+    at: Option<&'a str>,
+    key: &'a str,
+}
+
+impl Asker<'_> {
+    fn answer(&self, body: &Value) -> Outcome {
+        Outcome::Answer(json_response(200, body, self.at, Some(self.key)))
+    }
+
+    fn error(&self, status: u16, body: Value) -> Outcome {
+        error(status, body, false, self.at, Some(self.key))
+    }
+}
+
 pub(super) fn route(
     state: &MockState,
     parts: &Parts,
@@ -86,47 +103,54 @@ pub(super) fn route(
         Ok(found) => found,
         Err(refused) => return *refused,
     };
-    let key = key.unwrap_or_default();
-    let at = Some(name.as_str());
-    let answer = |body: &Value| Outcome::Answer(json_response(200, body, at, Some(key)));
+    let asker = Asker {
+        project,
+        at: Some(name.as_str()),
+        key: key.unwrap_or_default(),
+    };
     let rest = rest.trim_start_matches('/');
-    if rest.is_empty() {
-        return match parts.method {
-            Method::POST => {
-                let json: Value = serde_json::from_slice(body).unwrap_or(json!({}));
-                let display = json
-                    .get("displayName")
-                    .or_else(|| json.get("display_name"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                let n = state.next_id.fetch_add(1, Ordering::Relaxed);
-                let id = format!("mockstore-{n:012}");
-                let store = Store {
-                    project,
-                    display_name: display,
-                    documents: Vec::new(),
-                };
-                let made = resource(&id, &store);
-                lock(state).insert(id, store);
-                answer(&made)
-            }
-            Method::GET => {
-                let mine: Vec<Value> = lock(state)
-                    .iter()
-                    .filter(|(_, s)| s.project == project)
-                    .map(|(id, s)| resource(id, s))
-                    .collect();
-                answer(&json!({ "fileSearchStores": mine }))
-            }
-            _ => error(
-                404,
-                bodies::not_found(parts.uri.path()),
-                false,
-                at,
-                Some(key),
-            ),
-        };
+    match (&parts.method, rest) {
+        (&Method::POST, "") => create(state, &asker, body),
+        (&Method::GET, "") => {
+            let mine: Vec<Value> = lock(state)
+                .iter()
+                .filter(|(_, s)| s.project == project)
+                .map(|(id, s)| resource(id, s))
+                .collect();
+            asker.answer(&json!({ "fileSearchStores": mine }))
+        }
+        (_, "") => asker.error(404, bodies::not_found(parts.uri.path())),
+        _ => under_store(state, parts, &asker, body, rest),
     }
+}
+
+fn create(state: &MockState, asker: &Asker<'_>, body: &[u8]) -> Outcome {
+    let json: Value = serde_json::from_slice(body).unwrap_or(json!({}));
+    let display = json
+        .get("displayName")
+        .or_else(|| json.get("display_name"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let n = state.next_id.fetch_add(1, Ordering::Relaxed);
+    let id = format!("mockstore-{n:012}");
+    let store = Store {
+        project: asker.project,
+        display_name: display,
+        documents: Vec::new(),
+    };
+    let made = resource(&id, &store);
+    lock(state).insert(id, store);
+    asker.answer(&made)
+}
+
+/// A call under one store (`{id}`, `{id}:importFile`, `{id}/operations/…`, `{id}/documents`).
+fn under_store(
+    state: &MockState,
+    parts: &Parts,
+    asker: &Asker<'_>,
+    body: &[u8],
+    rest: &str,
+) -> Outcome {
     let (segment, tail) = rest.split_once('/').unwrap_or((rest, ""));
     let (id, verb) = match segment.split_once(':') {
         Some((id, verb)) => (id, Some(verb)),
@@ -134,18 +158,14 @@ pub(super) fn route(
     };
     let store_name = format!("fileSearchStores/{id}");
     let mut stores = lock(state);
-    let Some(store) = stores.get_mut(id).filter(|s| s.project == project) else {
-        drop(stores);
-        return error(403, not_found(&store_name), false, at, Some(key));
+    let Some(store) = stores.get_mut(id).filter(|s| s.project == asker.project) else {
+        return asker.error(403, not_found(&store_name));
     };
     match (&parts.method, verb, tail) {
-        (&Method::GET, None, "") => {
-            let made = resource(id, store);
-            answer(&made)
-        }
+        (&Method::GET, None, "") => asker.answer(&resource(id, store)),
         (&Method::DELETE, None, "") => {
             stores.remove(id);
-            answer(&json!({}))
+            asker.answer(&json!({}))
         }
         (&Method::POST, Some("importFile"), "") => {
             let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
@@ -155,15 +175,14 @@ pub(super) fn route(
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned();
-            if super::files::size_in(state, project, &file).is_none() {
-                drop(stores);
+            if super::files::size_in(state, asker.project, &file).is_none() {
                 let id = file.strip_prefix("files/").unwrap_or(&file);
-                return error(403, super::files::not_found(id), false, at, Some(key));
+                return asker.error(403, super::files::not_found(id));
             }
             let n = state.next_id.fetch_add(1, Ordering::Relaxed);
             let document = format!("mockdoc-{n:06}");
             store.documents.push((document.clone(), file));
-            let operation = json!({
+            asker.answer(&json!({
                 "name": format!("{store_name}/operations/op-{n:06}"),
                 "done": true,
                 "response": {
@@ -171,11 +190,10 @@ pub(super) fn route(
                     "parent": store_name,
                     "documentName": format!("{store_name}/documents/{document}"),
                 },
-            });
-            answer(&operation)
+            }))
         }
         (&Method::GET, None, tail) if tail.starts_with("operations/") => {
-            answer(&json!({ "name": format!("{store_name}/{tail}"), "done": true }))
+            asker.answer(&json!({ "name": format!("{store_name}/{tail}"), "done": true }))
         }
         (&Method::GET, None, "documents") => {
             let documents: Vec<Value> = store
@@ -183,18 +201,9 @@ pub(super) fn route(
                 .iter()
                 .map(|(doc, _)| json!({ "name": format!("{store_name}/documents/{doc}"), "state": "STATE_ACTIVE" }))
                 .collect();
-            answer(&json!({ "documents": documents }))
+            asker.answer(&json!({ "documents": documents }))
         }
-        _ => {
-            drop(stores);
-            error(
-                404,
-                bodies::not_found(parts.uri.path()),
-                false,
-                at,
-                Some(key),
-            )
-        }
+        _ => asker.error(404, bodies::not_found(parts.uri.path())),
     }
 }
 

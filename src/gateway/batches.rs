@@ -21,11 +21,11 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use bytes::Bytes;
-use http::{Method, StatusCode};
+use http::Method;
 
 use super::Shared;
 use super::proxy::forward;
-use super::reply::{self, Family};
+use super::reply::Family;
 use crate::Model;
 
 /// The most batches one client may hold (running or done, until deleted or their pins end): a
@@ -50,10 +50,7 @@ pub(crate) async fn route(State(shared): State<Arc<Shared>>, request: Request) -
 /// answered here, from the client's own batches).
 pub(crate) async fn serve(shared: &Shared, request: Request) -> Response {
     let path = request.uri().path().to_owned();
-    let rest = path
-        .strip_prefix("/v1beta/batches")
-        .or_else(|| path.strip_prefix("/v1/batches"))
-        .unwrap_or("/");
+    let rest = super::owned::rest_of(&path, "batches");
     let segment = rest.strip_prefix('/').unwrap_or(rest);
     let (id, verb) = match segment.split_once(':') {
         Some((id, verb)) => (id, Some(verb)),
@@ -65,13 +62,10 @@ pub(crate) async fn serve(shared: &Shared, request: Request) -> Response {
         (&Method::GET | &Method::DELETE, _, None) | (&Method::POST, _, Some("cancel")) if known => {
             forward(shared, Family::Native, request, path, None).await
         }
-        (method, _, _) => reply::client_error(
-            Family::Native,
-            StatusCode::NOT_FOUND,
-            &format!(
-                "the gateway does not serve {method} {}: it serves GET /v1beta/batches, GET and DELETE /v1beta/batches/{{id}}, POST /v1beta/batches/{{id}}:cancel (and the same under /v1)",
-                crate::model::shorten(&path)
-            ),
+        (method, _, _) => super::owned::not_served(
+            method,
+            &path,
+            "GET /v1beta/batches, GET and DELETE /v1beta/batches/{id}, POST /v1beta/batches/{id}:cancel",
         ),
     }
 }

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use bytes::Bytes;
-use http::{Method, StatusCode};
+use http::Method;
 
 use super::Shared;
 use super::proxy::forward;
-use super::reply::{self, Family};
+use super::reply::Family;
 use crate::Model;
 
 /// The longest a cache may live (`ttl`, `expireTime`), at its create or a patch: its storage
@@ -38,10 +38,7 @@ pub(crate) async fn route(State(shared): State<Arc<Shared>>, request: Request) -
 /// answered here, from the client's own caches).
 pub(crate) async fn serve(shared: &Shared, request: Request) -> Response {
     let path = request.uri().path().to_owned();
-    let rest = path
-        .strip_prefix("/v1beta/cachedContents")
-        .or_else(|| path.strip_prefix("/v1/cachedContents"))
-        .unwrap_or("/");
+    let rest = super::owned::rest_of(&path, "cachedContents");
     let id = rest.strip_prefix('/').unwrap_or(rest);
     let known_id = crate::affinity::reference::is_id(id);
     match (request.method(), id) {
@@ -72,13 +69,10 @@ pub(crate) async fn serve(shared: &Shared, request: Request) -> Response {
             )
             .await
         }
-        (method, _) => reply::client_error(
-            Family::Native,
-            StatusCode::NOT_FOUND,
-            &format!(
-                "the gateway does not serve {method} {}: it serves POST and GET /v1beta/cachedContents, GET, PATCH and DELETE /v1beta/cachedContents/{{id}} (and the same under /v1)",
-                crate::model::shorten(&path)
-            ),
+        (method, _) => super::owned::not_served(
+            method,
+            &path,
+            "POST and GET /v1beta/cachedContents, GET, PATCH and DELETE /v1beta/cachedContents/{id}",
         ),
     }
 }

@@ -30,6 +30,31 @@ pub(super) struct Owned {
     pub(super) also: Option<&'static str>,
 }
 
+/// The path after a collection's (`cachedContents`) under `/v1beta` or `/v1`, without its
+/// leading slash: `""` for the collection itself, `{id}…` for one of it.
+pub(super) fn rest_of<'a>(path: &'a str, collection: &str) -> &'a str {
+    let rest = ["/v1beta/", "/v1/"]
+        .iter()
+        .find_map(|version| path.strip_prefix(version)?.strip_prefix(collection))
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'));
+    // (Another collection whose name starts the same: no id of this one.)
+    let rest = rest.unwrap_or("/..");
+    rest.strip_prefix('/').unwrap_or(rest)
+}
+
+/// The 404 for a method and path the gateway does not serve under a collection, saying what it
+/// serves (`serves`, written for `/v1beta`; the same under `/v1`).
+pub(super) fn not_served(method: &http::Method, path: &str, serves: &str) -> Response {
+    reply::client_error(
+        Family::Native,
+        StatusCode::NOT_FOUND,
+        &format!(
+            "the gateway does not serve {method} {}: it serves {serves} (and the same under /v1)",
+            crate::model::shorten(path)
+        ),
+    )
+}
+
 /// The client's tenant id (its cache scope), if the gateway runs with client tokens.
 pub(super) fn tenant_of(request: &Request) -> Option<String> {
     let scope = request.extensions().get::<super::ClientScope>()?;
@@ -149,6 +174,13 @@ fn paging(query: Option<&str>) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rest_of_a_collections_path_is_read() {
+        assert_eq!(rest_of("/v1beta/batches", "batches"), "");
+        assert_eq!(rest_of("/v1/batches/b1:cancel", "batches"), "b1:cancel");
+        assert_eq!(rest_of("/v1beta/batchesX", "batches"), "..");
+    }
 
     #[test]
     fn pages_are_bounded() {

@@ -15,11 +15,11 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use bytes::Bytes;
-use http::{Method, StatusCode};
+use http::Method;
 
 use super::Shared;
 use super::proxy::forward;
-use super::reply::{self, Family};
+use super::reply::Family;
 use crate::Model;
 use crate::affinity::reference::is_id;
 
@@ -44,10 +44,7 @@ pub(crate) async fn route(State(shared): State<Arc<Shared>>, request: Request) -
 /// answered here, from the client's own stores).
 pub(crate) async fn serve(shared: &Shared, request: Request) -> Response {
     let path = request.uri().path().to_owned();
-    let rest = path
-        .strip_prefix("/v1beta/fileSearchStores")
-        .or_else(|| path.strip_prefix("/v1/fileSearchStores"))
-        .unwrap_or("/");
+    let rest = super::owned::rest_of(&path, "fileSearchStores");
     let rest = rest.strip_prefix('/').unwrap_or(rest);
     match (request.method(), served(rest)) {
         (&Method::POST, Some(Served::Collection)) => {
@@ -80,13 +77,10 @@ pub(crate) async fn serve(shared: &Shared, request: Request) -> Response {
             )
             .await
         }
-        (method, _) => reply::client_error(
-            Family::Native,
-            StatusCode::NOT_FOUND,
-            &format!(
-                "the gateway does not serve {method} {}: it serves POST and GET /v1beta/fileSearchStores, GET and DELETE /v1beta/fileSearchStores/{{id}}, POST …/{{id}}:importFile, GET …/{{id}}/documents, GET and DELETE …/{{id}}/documents/{{doc}}, GET …/{{id}}/operations/{{op}} (and the same under /v1); upload a file, then import it",
-                crate::model::shorten(&path)
-            ),
+        (method, _) => super::owned::not_served(
+            method,
+            &path,
+            "POST and GET /v1beta/fileSearchStores, GET and DELETE /v1beta/fileSearchStores/{id}, POST …/{id}:importFile, GET …/{id}/documents, GET and DELETE …/{id}/documents/{doc}, GET …/{id}/operations/{op}; upload a file, then import it",
         ),
     }
 }

@@ -47,20 +47,18 @@ pub(crate) struct Unreadable(pub(crate) String);
 /// there but cannot be read as one: the body is not JSON, a field comes twice under its two
 /// spellings, or a name is not plausible.
 pub(crate) fn references_in(body: &[u8]) -> Option<Result<Vec<String>, Unreadable>> {
-    // `cached` starts both spellings of a cache's field, `files` every file name and URI
-    // (`files\/abc` too, with its slash escaped); a key written with an escape
-    // (`"cached\u0043ontent"`) is the same field to Google, so a body with an escape in it is
-    // read too. The searchers are built once (building one costs more than a search of a
-    // small body).
-    static FINDERS: std::sync::OnceLock<[memchr::memmem::Finder<'static>; 5]> =
+    // `cached` starts both spellings of a cache's field; `file` every file name and URI
+    // (`files\/abc` too, with its slash escaped) and every File Search store field
+    // (`fileSearch…`, `file_search…`); a key written with an escape (`"cached\u0043ontent"`)
+    // is the same field to Google, so a body with an escape in it is read too. Three searchers,
+    // built once (building one costs more than a search of a small body).
+    static FINDERS: std::sync::OnceLock<[memchr::memmem::Finder<'static>; 3]> =
         std::sync::OnceLock::new();
     let finders = FINDERS.get_or_init(|| {
         [
             memchr::memmem::Finder::new(b"cached"),
-            memchr::memmem::Finder::new(b"files"),
+            memchr::memmem::Finder::new(b"file"),
             memchr::memmem::Finder::new(b"\\u"),
-            memchr::memmem::Finder::new(b"fileSearch"),
-            memchr::memmem::Finder::new(b"file_search"),
         ]
     });
     if finders.iter().all(|f| f.find(body).is_none()) {

@@ -23,6 +23,7 @@ const KEYS: [&str; 3] = [
     "test-key-gwfiles-0003",
 ];
 const MODEL: &str = "gemini-2.5-flash";
+const ADMIN: &str = "admin-token-gwfiles-01";
 
 async fn mock() -> MockServer {
     MockGemini::builder()
@@ -44,6 +45,7 @@ async fn gateway(mock: &MockServer) -> Gateway {
         ("GATEWAY_TOKENS", tokens.as_str()),
         ("LLM_API_ENDPOINT", upstream.as_str()),
         ("LLM_MODEL", MODEL),
+        ("ADMIN_TOKEN", ADMIN),
         // Every call on its own merit here (prefix affinity would keep the plain calls on one
         // project).
         ("GATEWAY_PREFIX_AFFINITY", "false"),
@@ -265,6 +267,25 @@ async fn a_clients_file_is_used_on_its_project_and_is_its_own() {
         "nothing reached Google"
     );
     assert_eq!(mock.stats().responses_with_status(403), 0);
+
+    // The status API counts Alice's file and cache, never their names.
+    let status = send(
+        &gateway,
+        None,
+        (Method::GET, "/api/keys/status"),
+        &[("x-admin-token", ADMIN)],
+        Bytes::new(),
+    )
+    .await;
+    let rows = status.json["resources"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["files"], 1, "{rows:?}");
+    assert_eq!(rows[0]["cachedContents"], 1, "{rows:?}");
+    let id = name.strip_prefix("files/").unwrap();
+    assert!(
+        !status.json.to_string().contains(id),
+        "no names in the status"
+    );
 
     // Alice deletes it; it is gone for her too.
     let deleted = send(

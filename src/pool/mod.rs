@@ -460,12 +460,20 @@ impl KeyPool {
                 pin: pin.map(|pin| pin.project),
                 last_checked: Cell::new(None),
             };
-            let chosen = inner
-                .strategy
-                .choose(&candidates)
-                .filter(|&i| candidates.is_available(i))
-                // A strategy that picks an unavailable key is overruled, not trusted.
-                .or_else(|| candidates.available().next());
+            // A pinned request takes its project's first available key without asking the
+            // strategy: the strategy's state (a round robin's cursor) is the unpinned requests',
+            // and moving it past the keys a pin skips would send the next unpinned request to
+            // the project after the pinned one, every time.
+            let chosen = if pin.is_some() {
+                candidates.available().next()
+            } else {
+                inner
+                    .strategy
+                    .choose(&candidates)
+                    .filter(|&i| candidates.is_available(i))
+                    // A strategy that picks an unavailable key is overruled, not trusted.
+                    .or_else(|| candidates.available().next())
+            };
             let Some(index) = chosen else {
                 return Err(pinned(unavailable::error(&candidates), pin));
             };

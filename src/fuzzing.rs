@@ -100,7 +100,7 @@ pub fn interaction_referred(post: bool, path: &str, body: &[u8]) -> Option<Strin
 
 /// The resources (`cachedContents/…`, `files/…`) a request body names, if plausible ones.
 pub fn resources_named(body: &[u8]) -> Option<Vec<String>> {
-    crate::affinity::uses::references_in(body)?.ok()
+    crate::resources::references_in(body)?.ok()
 }
 
 /// The id a created interaction's answer names, cut into `chunks` (JSON, or SSE frames).

@@ -91,6 +91,7 @@ pub mod pool;
 pub mod quota;
 mod random;
 mod read_mostly;
+mod resources;
 mod response;
 pub mod retry;
 mod scan;

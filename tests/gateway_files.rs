@@ -525,3 +525,60 @@ fn stalling_body() -> (
     let stream = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx));
     (sender, stream)
 }
+
+/// With a response cache shared between clients, an answer over a client's file is never
+/// stored: another client sending the same body (the file's URI copied) gets a 404, not the
+/// first client's answer from the cache.
+#[tokio::test]
+async fn a_shared_cache_never_serves_an_answer_over_a_file() {
+    let mock = mock().await;
+    let keys = KEYS.join(",");
+    let tokens = format!("{ALICE},{MALLORY}");
+    let upstream = mock.url();
+    let mut config = config_from(&[
+        ("GEMINI_API_KEY", keys.as_str()),
+        ("GATEWAY_TOKENS", tokens.as_str()),
+        ("LLM_API_ENDPOINT", upstream.as_str()),
+        ("LLM_MODEL", MODEL),
+    ]);
+    config.saving = tower_gemini::gateway::Saving {
+        cache: Some(tower_gemini::cache::CacheLayer::new()),
+        cache_shared: true,
+        ..tower_gemini::gateway::Saving::default()
+    };
+    let gateway = start(config).await;
+    let (file, _) = upload(&gateway, ALICE, b"alice's private notes").await;
+    let uri = file["uri"].as_str().unwrap().to_owned();
+    let body = Bytes::from(
+        json!({ "contents": [{ "role": "user", "parts": [
+            { "file_data": { "mime_type": "text/plain", "file_uri": uri } },
+            { "text": "what do they say?" }] }],
+            "generationConfig": { "temperature": 0 } })
+        .to_string(),
+    );
+    let generate = format!("/v1beta/models/{MODEL}:generateContent");
+    for _ in 0..2 {
+        let mine = send(
+            &gateway,
+            Some(ALICE),
+            (Method::POST, &generate),
+            &JSON,
+            body.clone(),
+        )
+        .await;
+        assert_eq!(mine.status, StatusCode::OK, "{}", mine.json);
+        assert_ne!(
+            mine.headers.get("x-gemini-cache").map(|v| v.as_bytes()),
+            Some(&b"hit"[..])
+        );
+    }
+    let theirs = send(
+        &gateway,
+        Some(MALLORY),
+        (Method::POST, &generate),
+        &JSON,
+        body,
+    )
+    .await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND, "{}", theirs.json);
+}

@@ -63,7 +63,6 @@ mod probe;
 pub(crate) mod reference;
 mod service;
 pub(crate) mod upload;
-pub(crate) mod uses;
 
 use std::sync::Arc;
 use std::time::Duration;

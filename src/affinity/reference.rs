@@ -7,8 +7,7 @@ use std::borrow::Cow;
 use http::Method;
 use serde::Deserialize;
 
-/// The longest interaction id read (Google's are `v1_` and about 60 characters).
-const MAX_ID: usize = 200;
+pub(crate) use crate::resources::is_id;
 
 /// A call of the Interactions API, as read from its method, path and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,18 +164,6 @@ pub(crate) fn upload_id_in(query: Option<&str>) -> Option<&str> {
         .find_map(|pair| pair.strip_prefix("upload_id="))
 }
 
-/// Is an id plausible (so that it can be a path segment and a map key)? ASCII letters,
-/// digits, `_`, `-` and `.`, at most [`MAX_ID`] long.
-pub(crate) fn is_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_ID
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-        && id != "."
-        && id != ".."
-}
-
 /// The collections of project-owned resources recognised after the version segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Collection {
@@ -231,7 +218,7 @@ pub(crate) fn version_prefix(path: &str) -> Option<&str> {
 
 /// Could this request be a call on a project-owned resource (by its path alone; cheap, for
 /// every call)? A `generateContent` naming a cache or a file is found by
-/// [`references_in`](super::uses::references_in).
+/// [`references_in`](crate::resources::references_in).
 pub(crate) fn is_resource_path(path: &str) -> bool {
     creates_batch(path) || collection_at(path).is_some()
 }

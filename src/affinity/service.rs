@@ -12,12 +12,12 @@ use tower_service::Service;
 
 use super::learn::{Kind as Learned, Learn, LearnBody};
 use super::reference::{self, BatchOp, CacheOp, Call};
-use super::uses::{self, Unreadable};
 use super::{Settings, batch, probe, upload};
 use crate::context::{Owner, Preferred, StoredContext, Tenant};
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::model::Model;
 use crate::pool::SelectedKey;
+use crate::resources::{self as uses, Unreadable};
 use crate::state::PinRecord;
 
 /// Sends requests that refer to a stored interaction to its project, made by

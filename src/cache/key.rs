@@ -59,12 +59,15 @@ pub(crate) fn of(parts: &Parts, body: &[u8], cache_sampled: bool) -> Option<Keye
     {
         return None;
     }
-    let asked = asked(&parts.headers);
-    let json: Value = serde_json::from_slice(body).ok()?;
-    // An answer made over a context cache is its owner's: never another caller's to reuse.
-    if json.get("cachedContent").is_some() || json.get("cached_content").is_some() {
+    // An answer made over a project's resource (a context cache, an uploaded file, a File
+    // Search store) is its owner's: never another caller's to reuse. (Found as the affinity
+    // layer finds them, which may sit below this one and pin the request only later; a body
+    // whose names cannot be read is not cached either.)
+    if crate::resources::references_in(body).is_some() {
         return None;
     }
+    let asked = asked(&parts.headers);
+    let json: Value = serde_json::from_slice(body).ok()?;
     let (model, stream) = if path.ends_with(":generateContent") {
         (crate::model::model_in_path(path)?.to_owned(), false)
     } else if path.ends_with(":streamGenerateContent") {

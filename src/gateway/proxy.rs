@@ -464,7 +464,7 @@ async fn stored_tokens(shared: &Shared, parts: &http::request::Parts, body: &[u8
         _ => Vec::new(),
     };
     if reference::may_refer(&parts.method, path)
-        && let Some(Ok(used)) = crate::affinity::uses::references_in(body)
+        && let Some(Ok(used)) = crate::resources::references_in(body)
     {
         names.extend(used);
     }

@@ -1,4 +1,6 @@
-//! The project-owned resources a request body names: a context cache (`cachedContent`), an
+//! Shared words for the resources of Google's projects (below the layers: the affinity layer
+//! pins by them, the cache layer keeps no answer over them): a plausible resource id, and the
+//! project-owned resources a request body names: a context cache (`cachedContent`), an
 //! uploaded file (`fileData.fileUri`, an interaction's content `uri`, a batch's
 //! `input_config.file_name`, an import's `fileName`), a File Search store (a tool's
 //! `fileSearchStoreNames`, an interaction's `file_search_store_names`). Each such resource lives
@@ -10,6 +12,21 @@
 //! own data: names in them are not references.
 
 use serde_json::Value;
+
+/// The longest resource id read (Google's are `v1_` and about 60 characters).
+const MAX_ID: usize = 200;
+
+/// Is an id plausible (so that it can be a path segment and a map key)? ASCII letters,
+/// digits, `_`, `-` and `.`, at most [`MAX_ID`] long.
+pub(crate) fn is_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && id != "."
+        && id != ".."
+}
 
 /// The most resources one body may name: past it, the body is unreadable here (a body naming
 /// thousands would cost a walk and a lookup each).
@@ -176,7 +193,7 @@ fn stores_in(value: &Value) -> Result<Vec<String>, Unreadable> {
         .map(|name| {
             let name = name.as_str().ok_or_else(bad)?.trim();
             match name.strip_prefix("fileSearchStores/") {
-                Some(id) if super::reference::is_id(id) => Ok(name.to_owned()),
+                Some(id) if is_id(id) => Ok(name.to_owned()),
                 _ => Err(bad()),
             }
         })
@@ -197,7 +214,7 @@ fn name_in(names: Names, value: &Value) -> Result<Option<String>, Unreadable> {
     let text = text.trim();
     match names {
         Names::Cache => match text.strip_prefix("cachedContents/") {
-            Some(id) if super::reference::is_id(id) => Ok(Some(text.to_owned())),
+            Some(id) if is_id(id) => Ok(Some(text.to_owned())),
             _ => Err(Unreadable(format!(
                 "\"cachedContent\" must name a cache, such as \"cachedContents/abc123\", not {:?}",
                 crate::model::shorten(text)
@@ -230,7 +247,7 @@ fn file_name(text: &str) -> Result<Option<String>, Unreadable> {
         path[at + "/files/".len()..].to_owned()
     };
     let id = id.split([':', '?', '#']).next().unwrap_or_default();
-    if super::reference::is_id(id) {
+    if is_id(id) {
         Ok(Some(format!("files/{id}")))
     } else {
         Err(Unreadable(format!(

@@ -251,7 +251,15 @@ fn rewrite_session_url(response: &mut Response, base: &str) {
         headers.remove(crate::affinity::reference::UPLOAD_URL);
         return;
     };
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    // The session and the protocol only: whatever else Google's query carries (a `key=`, had
+    // the key been sent in the query) stays here.
+    let query: Vec<&str> = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| pair.starts_with("upload_id=") || pair.starts_with("upload_protocol="))
+        .collect();
+    let path = format!("{}?{}", uri.path(), query.join("&"));
     match HeaderValue::from_str(&format!("{base}{path}")) {
         Ok(value) => {
             headers.insert(crate::affinity::reference::UPLOAD_URL, value);
@@ -417,6 +425,16 @@ mod tests {
         assert_eq!(
             response.headers()["x-goog-upload-url"],
             "http://127.0.0.1:8080/upload/v1beta/files?upload_id=A-b_1&upload_protocol=resumable"
+        );
+        response.headers_mut().insert(
+            "x-goog-upload-url",
+            HeaderValue::from_static("https://generativelanguage.googleapis.com/upload/v1beta/files?upload_id=B&key=test-key-0001&upload_protocol=resumable"),
+        );
+        rewrite_session_url(&mut response, "http://gw");
+        assert_eq!(
+            response.headers()["x-goog-upload-url"],
+            "http://gw/upload/v1beta/files?upload_id=B&upload_protocol=resumable",
+            "a key in Google's query never reaches the client"
         );
     }
 }

@@ -16,6 +16,8 @@ use crate::pool::KeyPool;
 
 /// The most pages read from one project (a list of 100 a page: 100,000 resources).
 const MAX_PAGES: usize = 1000;
+/// The largest page read.
+const MAX_PAGE_BYTES: usize = 8 << 20;
 
 /// Every resource a per-project list names, in all of `pool`'s projects: `GET uri` (such as
 /// `https://generativelanguage.googleapis.com/v1beta/files?pageSize=100`) through `service`
@@ -105,11 +107,17 @@ where
     request.extensions_mut().insert(Owner::project(project));
     let answer = service.oneshot(request).await.map_err(Error::from_inner)?;
     let status = answer.status();
-    let body = answer
-        .into_body()
+    // A page is at most a hundred small resources: an answer past the bound is not one.
+    let body = http_body_util::Limited::new(answer.into_body(), MAX_PAGE_BYTES)
         .collect()
         .await
-        .map_err(|e| Error::new(ErrorKind::Transport, "a list's answer broke off").with_source(e))?
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Upstream,
+                "a list's answer broke off, or was larger than a page can be",
+            )
+            .with_source(e)
+        })?
         .to_bytes();
     if !status.is_success() {
         return Err(Error::new(

@@ -1,167 +1,386 @@
-//! What the gateway adds, measured: the same closed-loop load against the mock directly and
-//! through the gateway, in one run, on 127.0.0.1; then the process's memory with 1,000 keys.
+//! What the gateway costs, beside the floor of any proxy on the same machine, in one run.
 //!
 //! ```text
-//! cargo run --release --features gateway --example gateway_load -- [seconds] [connections]
+//! apt-get install wrk   # the load tool
+//! cargo run --release --features gateway --example gateway_load -- [seconds] [connections] [rounds]
 //! ```
+//!
+//! Three processes on 127.0.0.1, each started from this binary:
+//!
+//! - `upstream`: a minimal hyper server that answers every request at once with a fixed
+//!   `generateContent` answer (usage included, as Google's);
+//! - `floor`: a minimal hyper proxy that only swaps the client's token for a key and forwards
+//!   the request and the answer as they are — what any proxy must do, the floor;
+//! - `gateway`: `gemini-gateway` as its binary runs it (configuration from the environment, an
+//!   INFO log), over 4 keys, then over 1,000.
+//!
+//! The split layout: wrk (one thread) and the upstream share core 0, the proxy under test has
+//! core 1 to itself (`taskset`), so the proxy's cost is not hidden by the load tool's. Each
+//! round measures the three paths back to back (direct to the upstream, through the floor,
+//! through the gateway) at `connections` connections and at one connection; the table shows
+//! the medians of the rounds. CPU per request is the proxy process's user + system time (from
+//! `/proc`) over the requests it served; peak RSS is its `VmHWM`.
+//!
+//! The modes, for running by hand: `gateway_load upstream`, `gateway_load floor <upstream>`,
+//! `gateway_load gateway <upstream> <keys>`; each prints `listening on <url>` and serves until
+//! killed.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use tokio::time::Instant;
-use tower_gemini::KeyPool;
-use tower_gemini::gateway::{GatewayConfig, Token, serve_on};
-use tower_gemini::mock::MockGemini;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 const MODEL: &str = "gemini-2.0-flash";
+const TOKEN: &str = "load-client-token-0001";
+const BODY: &str = r#"{"contents":[{"parts":[{"text":"hello"}]}]}"#;
+/// What the upstream answers: a `generateContent` answer of the usual shape and size.
+const ANSWER: &str = r#"{"candidates":[{"content":{"parts":[{"text":"Hello! How can I help you today?"}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":2,"candidatesTokenCount":9,"totalTokenCount":11,"promptTokensDetails":[{"modality":"TEXT","tokenCount":2}]},"modelVersion":"gemini-2.0-flash","responseId":"load-test-answer"}"#;
 
-struct Run {
-    requests: u64,
-    p50_us: f64,
-    p99_us: f64,
-    per_second: f64,
-}
-
-/// `connections` closed-loop clients for `seconds` against `url` with `key` as x-goog-api-key.
-async fn load(url: &str, key: &str, seconds: u64, connections: usize) -> Run {
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..connections)
-        .map(|_| {
-            let (url, key, stop) = (url.to_owned(), key.to_owned(), stop.clone());
-            tokio::spawn(async move {
-                let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-                let body = Bytes::from_static(br#"{"contents":[{"parts":[{"text":"hello"}]}]}"#);
-                let mut latencies = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let request = http::Request::post(&url)
-                        .header("content-type", "application/json")
-                        .header("x-goog-api-key", &key)
-                        .body(Full::new(body.clone()))
-                        .expect("a valid request");
-                    let sent = Instant::now();
-                    let response = http.request(request).await.expect("an answer");
-                    assert!(response.status().is_success(), "{}", response.status());
-                    response.into_body().collect().await.expect("a body");
-                    latencies.push(sent.elapsed().as_secs_f64() * 1e6);
-                }
-                latencies
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.expect("a client"));
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort_by(f64::total_cmp);
-    let pick = |q: f64| all[((all.len() - 1) as f64 * q) as usize];
-    Run {
-        requests: all.len() as u64,
-        p50_us: pick(0.5),
-        p99_us: pick(0.99),
-        per_second: all.len() as f64 / elapsed,
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("upstream") => runtime().block_on(upstream()),
+        Some("floor") => runtime().block_on(floor(arg(&args, 1)?)),
+        Some("gateway") => runtime().block_on(gateway(
+            arg(&args, 1)?,
+            arg(&args, 2)?.parse().map_err(|_| "keys: a number")?,
+        )),
+        _ => compare(&args),
     }
 }
 
-fn rss_kib() -> Option<u64> {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+fn arg(args: &[String], at: usize) -> Result<String, String> {
+    args.get(at)
+        .cloned()
+        .ok_or_else(|| format!("missing argument {at}: see the example's header"))
 }
 
-#[tokio::main]
-async fn main() -> Result<(), tower_gemini::BoxError> {
-    let mut args = std::env::args().skip(1);
-    let seconds: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10);
-    let connections: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(32);
+/// The runtime a server mode runs on: tokio's default multi-threaded one, as the gateway's
+/// binary uses (pinned to one core by `taskset`, it has one worker).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
 
-    let keys: Vec<String> = (0..4).map(|i| format!("load-test-key-{i:04}")).collect();
-    let mock = keys
-        .iter()
-        .enumerate()
-        .fold(MockGemini::builder(), |b, (i, k)| {
-            b.project(format!("p{i}"), |p| p.key(k.clone()))
-        })
-        .start()
-        .await?;
-    let token = || Token::new("load-client-token-0001".to_owned());
-    let config = GatewayConfig::new(
-        KeyPool::from_keys(keys.clone())?,
-        mock.url(),
-        vec![token()?],
-    );
+/// Bind 127.0.0.1:0 and say where, for the parent to read.
+async fn bind() -> Result<tokio::net::TcpListener, Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let gateway = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move { serve_on(listener, &config, std::future::pending()).await });
+    println!("listening on http://{}", listener.local_addr()?);
+    Ok(listener)
+}
 
-    let path = format!("/v1beta/models/{MODEL}:generateContent");
-    println!("{connections} connections, {seconds} s each, on 127.0.0.1");
-    // Warm both paths, then measure the mock directly and through the gateway, back to back.
-    load(&format!("{}{path}", mock.url()), &keys[0], 1, connections).await;
-    load(
-        &format!("{gateway}{path}"),
-        "load-client-token-0001",
-        1,
-        connections,
-    )
-    .await;
-    let direct = load(
-        &format!("{}{path}", mock.url()),
-        &keys[0],
-        seconds,
-        connections,
-    )
-    .await;
-    let proxied = load(
-        &format!("{gateway}{path}"),
-        "load-client-token-0001",
-        seconds,
-        connections,
-    )
-    .await;
-    println!("| path | requests | per second | p50 | p99 |");
-    println!("|---|---|---|---|---|");
-    for (name, run) in [
-        ("mock directly", &direct),
-        ("through the gateway", &proxied),
-    ] {
-        println!(
-            "| {name} | {} | {:.0} | {:.0} µs | {:.0} µs |",
-            run.requests, run.per_second, run.p50_us, run.p99_us
-        );
+/// Serve `service` over HTTP/1.1 on every connection `listener` accepts.
+async fn serve<F, Fut>(listener: tokio::net::TcpListener, service: F) -> !
+where
+    F: Fn(http::Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<http::Response<Full<Bytes>>, hyper::Error>>
+        + Send
+        + 'static,
+{
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let service = service.clone();
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), hyper::service::service_fn(service))
+                .await;
+        });
     }
-    println!(
-        "\ngateway adds {:.0} µs at the median, {:.0} µs at p99; throughput {:.0} % of direct",
-        proxied.p50_us - direct.p50_us,
-        proxied.p99_us - direct.p99_us,
-        100.0 * proxied.per_second / direct.per_second
-    );
+}
 
-    // Memory with 1,000 keys.
-    let before = rss_kib().unwrap_or(0);
-    let many: Vec<String> = (0..1000).map(|i| format!("load-test-key-{i:06}")).collect();
-    let big = KeyPool::from_keys(many)?;
-    let router = tower_gemini::gateway::router(&GatewayConfig::new(
-        big,
-        "http://127.0.0.1:9",
-        vec![token()?],
-    ));
-    let after = rss_kib().unwrap_or(0);
+async fn upstream() -> Result<(), Box<dyn std::error::Error>> {
+    let listener = bind().await?;
+    serve(listener, |request: http::Request<Incoming>| async move {
+        // Read the request to its end, as a server does.
+        let _ = request.into_body().collect().await?;
+        Ok(http::Response::builder()
+            .header("content-type", "application/json; charset=UTF-8")
+            .body(Full::new(Bytes::from_static(ANSWER.as_bytes())))
+            .expect("a valid answer"))
+    })
+    .await
+}
+
+/// The floor: swap the token for a key, forward, answer what came back.
+async fn floor(upstream: String) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = bind().await?;
+    let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let upstream: std::sync::Arc<str> = upstream.into();
+    serve(listener, move |request: http::Request<Incoming>| {
+        let (http, upstream) = (http.clone(), upstream.clone());
+        async move {
+            let (mut parts, body) = request.into_parts();
+            let body = body.collect().await?.to_bytes();
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            parts.uri = format!("{upstream}{path}").parse().expect("a valid URI");
+            parts.headers.insert(
+                "x-goog-api-key",
+                http::HeaderValue::from_static("load-test-key-0000"),
+            );
+            parts.headers.remove(http::header::HOST);
+            let request = http::Request::from_parts(parts, Full::new(body));
+            let response = http.request(request).await.expect("the upstream answers");
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok(http::Response::from_parts(parts, Full::new(body)))
+        }
+    })
+    .await
+}
+
+/// `gemini-gateway` with `keys` keys, configured from the environment as its binary is.
+async fn gateway(upstream: String, keys: usize) -> Result<(), Box<dyn std::error::Error>> {
+    use tower_gemini::gateway::{Flags, GatewayConfig, serve_on};
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(std::io::stderr)
+        .init();
+    let keys: Vec<String> = (0..keys).map(|i| format!("load-test-key-{i:04}")).collect();
+    let keys = keys.join(",");
+    let config = GatewayConfig::resolve(Flags::default(), |name| match name {
+        "GEMINI_API_KEY" => Some(keys.clone()),
+        "GATEWAY_TOKENS" => Some(TOKEN.to_owned()),
+        "LLM_API_ENDPOINT" => Some(upstream.clone()),
+        _ => None,
+    })?;
+    let listener = bind().await?;
+    serve_on(listener, &config, std::future::pending()).await?;
+    Ok(())
+}
+
+/// A server mode of this binary, running on `core` (when `taskset` is there).
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(mode: &[&str], core: usize) -> Result<Server, Box<dyn std::error::Error>> {
+        let me = std::env::current_exe()?;
+        let mut command = if has("taskset") {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(core.to_string()).arg(me);
+            c
+        } else {
+            Command::new(me)
+        };
+        let mut child = command
+            .args(mode)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .ok_or_else(|| format!("{mode:?} did not start: {line:?}"))?
+            .to_owned();
+        Ok(Server { child, url })
+    }
+
+    /// User + system CPU time so far.
+    fn cpu(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command's closing parenthesis: utime is the 12th, stime the 13th.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<u64> = after
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+        Duration::from_millis(ticks * 10)
+    }
+
+    /// Peak resident memory, MiB.
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn has(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// One wrk run's figures.
+struct Run {
+    per_second: f64,
+    p50_us: f64,
+    requests: f64,
+}
+
+/// wrk on core 0, one thread, `connections` connections for `seconds` against `url`.
+fn wrk(
+    url: &str,
+    key: &str,
+    seconds: u64,
+    connections: usize,
+) -> Result<Run, Box<dyn std::error::Error>> {
+    let script = std::env::temp_dir().join(format!("gateway_load_{}.lua", std::process::id()));
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = '{BODY}'\nwrk.headers[\"content-type\"] = \"application/json\"\nwrk.headers[\"x-goog-api-key\"] = \"{key}\"\n"
+        ),
+    )?;
+    let output = Command::new("taskset")
+        .args(["-c", "0", "wrk", "-t1", "--latency"])
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{seconds}s"))
+        .arg("-s")
+        .arg(&script)
+        .arg(format!("{url}/v1beta/models/{MODEL}:generateContent"))
+        .output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if text.contains("Non-2xx") {
+        return Err(format!("answers that were not 2xx:\n{text}").into());
+    }
+    let number = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .map(str::trim)
+            .ok_or_else(|| format!("no {prefix:?} in wrk's output:\n{text}"))
+    };
+    let per_second: f64 = number("Requests/sec:")?.parse()?;
+    let p50 = number("50%")?;
+    let p50_us = if let Some(v) = p50.strip_suffix("us") {
+        v.parse::<f64>()?
+    } else if let Some(v) = p50.strip_suffix("ms") {
+        v.parse::<f64>()? * 1e3
+    } else {
+        p50.trim_end_matches('s').parse::<f64>()? * 1e6
+    };
+    let requests: f64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or("no request count in wrk's output")?;
+    Ok(Run {
+        per_second,
+        p50_us,
+        requests,
+    })
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The figures of one path over the rounds.
+#[derive(Default)]
+struct Path {
+    per_second: Vec<f64>,
+    cpu_us: Vec<f64>,
+    p50_us: Vec<f64>,
+}
+
+fn compare(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let seconds: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(10);
+    let connections: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(50);
+    let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3);
+    if !has("wrk") || !has("taskset") {
+        return Err("this comparison needs wrk and taskset: apt-get install wrk util-linux".into());
+    }
+    let upstream = Server::start(&["upstream"], 0)?;
+    let floor = Server::start(&["floor", &upstream.url], 1)?;
+    let gateway = Server::start(&["gateway", &upstream.url, "4"], 1)?;
     println!(
-        "process RSS: {:.1} MiB in all after the load; a second gateway with 1,000 keys added {:.1} MiB",
-        after as f64 / 1024.0,
-        after.saturating_sub(before) as f64 / 1024.0
+        "{connections} connections for {seconds} s, and 1 for {} s, {rounds} rounds; wrk and the upstream on core 0, the proxy on core 1\n",
+        seconds / 2
     );
-    drop(router);
+    let mut direct = Path::default();
+    let mut through_floor = Path::default();
+    let mut through_gateway = Path::default();
+    for _ in 0..rounds {
+        for (server, key, path) in [
+            (None, "load-test-key-0000", &mut direct),
+            (Some(&floor), TOKEN, &mut through_floor),
+            (Some(&gateway), TOKEN, &mut through_gateway),
+        ] {
+            let url = server.map_or(&upstream.url, |s| &s.url);
+            wrk(url, key, 1, connections)?; // warm
+            let before = server.map(Server::cpu);
+            let run = wrk(url, key, seconds, connections)?;
+            if let (Some(server), Some(before)) = (server, before) {
+                let cpu = server.cpu().saturating_sub(before);
+                path.cpu_us.push(cpu.as_secs_f64() * 1e6 / run.requests);
+            }
+            path.per_second.push(run.per_second);
+            path.p50_us
+                .push(wrk(url, key, (seconds / 2).max(1), 1)?.p50_us);
+        }
+    }
+    let floor_rss = floor.peak_rss_mib();
+    let gateway_rss = gateway.peak_rss_mib();
+    drop(gateway);
+    // The same load over 1,000 keys: what each key costs the gateway.
+    let many = Server::start(&["gateway", &upstream.url, "1000"], 1)?;
+    wrk(&many.url, TOKEN, seconds, connections)?;
+    let many_rss = many.peak_rss_mib();
+    drop(many);
+
+    let d = median(direct.per_second.clone());
+    let f = median(through_floor.per_second.clone());
+    let g = median(through_gateway.per_second.clone());
+    let (fc, gc) = (median(through_floor.cpu_us), median(through_gateway.cpu_us));
+    let dp = median(direct.p50_us);
+    let (fp, gp) = (
+        median(through_floor.p50_us) - dp,
+        median(through_gateway.p50_us) - dp,
+    );
+    println!("| | direct | minimal proxy (floor) | gemini-gateway |");
+    println!("|---|---|---|---|");
+    println!(
+        "| req/s at {connections} connections | {:.1}k | {:.1}k ({:.0} % of direct) | {:.1}k ({:.0} %; {:.0} % of the floor) |",
+        d / 1e3,
+        f / 1e3,
+        100.0 * f / d,
+        g / 1e3,
+        100.0 * g / d,
+        100.0 * g / f
+    );
+    println!(
+        "| CPU per request in the proxy | – | {fc:.1} µs | {gc:.1} µs ({:.2}× the floor's) |",
+        gc / fc
+    );
+    println!(
+        "| added p50 at 1 connection | – | +{fp:.0} µs | +{gp:.0} µs ({:+.0} µs vs the floor) |",
+        gp - fp
+    );
+    println!(
+        "| peak RSS, 4 keys / 1,000 keys | – | {floor_rss:.1} MiB | {gateway_rss:.1} / {many_rss:.1} MiB |"
+    );
     Ok(())
 }

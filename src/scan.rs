@@ -64,35 +64,74 @@ impl<const N: usize> LastCounts<N> {
     }
 }
 
+/// How every key read here ends: a key is found from its end, by a vectorised search for
+/// these, instead of by looking at every quote of the body.
+const ENDINGS: [&[u8]; 2] = [b"Count\"", b"tokens\""];
+
 /// For each field, the count that comes last in `text`, whichever of its keys names it (found
 /// by the fuzz target `usage`: with two keys in one body, the answer depended on how it was
-/// cut). One pass over the text's quotes — every key starts with one — so a body costs about
-/// a comparison per byte however many keys are read (searching for each key in turn cost
-/// ~26 µs for a 700-byte answer and seven keys).
+/// cut).
+///
+/// Every key ends with one of [`ENDINGS`] and holds no quote, so a key is where an ending is
+/// found and the nearest quote before it opens the same text: a search per ending over the
+/// text (SIMD, via `memchr`) and a comparison per match, not per quote. (One pass over every
+/// quote, comparing its next byte with each key's, cost ~13,000 instructions for a 400-byte
+/// answer and the cost layer's eleven keys; searching for each key in turn, before that,
+/// ~26 µs for seven.) A key with another ending is found by that pass, kept for it.
 fn last_counts<const N: usize>(text: &[u8], fields: &[&[&[u8]]; N]) -> [Option<(u64, usize)>; N] {
+    if !fields.iter().all(|keys| {
+        keys.iter()
+            .all(|key| ENDINGS.iter().any(|e| key.ends_with(e)))
+    }) {
+        return last_counts_by_quote(text, fields);
+    }
+    let mut found: [Option<(u64, usize)>; N] = [None; N];
+    for (ending, finder) in ENDINGS.iter().zip(finders()) {
+        for at in finder.find_iter(text) {
+            let end = at + ending.len();
+            let Some(open) = memchr::memrchr(b'"', &text[..at]) else {
+                continue;
+            };
+            let key = &text[open..end];
+            for (slot, keys) in found.iter_mut().zip(fields) {
+                if keys.contains(&key)
+                    && let Some(n) = number_after(&text[end..])
+                    && slot.is_none_or(|(_, placed)| placed < open)
+                {
+                    *slot = Some((n, open));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The searchers for [`ENDINGS`], built once.
+fn finders() -> &'static [memchr::memmem::Finder<'static>; 2] {
+    static FINDERS: std::sync::OnceLock<[memchr::memmem::Finder<'static>; 2]> =
+        std::sync::OnceLock::new();
+    FINDERS.get_or_init(|| ENDINGS.map(memchr::memmem::Finder::new))
+}
+
+/// [`last_counts`] by looking at every quote: for keys that do not end as [`ENDINGS`] do.
+fn last_counts_by_quote<const N: usize>(
+    text: &[u8],
+    fields: &[&[&[u8]]; N],
+) -> [Option<(u64, usize)>; N] {
     let mut found = [None; N];
-    let mut at = 0;
-    while let Some(offset) = text[at..].iter().position(|&b| b == b'"') {
-        let rest = &text[at + offset..];
-        // The byte after the quote rules out most keys at once (most quotes open other names
-        // or values) before any comparison of a whole key.
-        let Some(&first) = rest.get(1) else {
-            break;
-        };
+    for offset in memchr::memchr_iter(b'"', text) {
+        let rest = &text[offset..];
         for (slot, keys) in found.iter_mut().zip(fields) {
             for key in *keys {
                 // Not a number, or cut by the end of the text (the carry brings it back):
                 // either way, look further.
-                if key.get(1) == Some(&first)
-                    && rest.starts_with(key)
+                if rest.starts_with(key)
                     && let Some(n) = number_after(&rest[key.len()..])
                 {
-                    *slot = Some((n, at + offset));
+                    *slot = Some((n, offset));
                 }
             }
         }
-        // One byte on: a closing quote may open the next key.
-        at += offset + 1;
     }
     found
 }
@@ -124,6 +163,23 @@ fn number_after(text: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The keys the layers read are found by their endings (else by the slower pass).
+    #[test]
+    fn every_key_read_ends_as_the_search_expects() {
+        let keys = KEYS.iter().chain(
+            crate::cost::USAGE_FIELDS
+                .iter()
+                .flat_map(|keys| keys.iter()),
+        );
+        for key in keys {
+            assert!(
+                ENDINGS.iter().any(|e| key.ends_with(e)),
+                "{}",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
 
     #[test]
     fn finds_the_count_in_json_and_sse() {
@@ -197,6 +253,34 @@ mod properties {
                 from = p;
             }
             prop_assert_eq!(last, Some(n));
+        }
+
+        /// Found from the keys' endings, the counts and their places are those every quote
+        /// would give, in any text made of keys, quotes, numbers and noise.
+        #[test]
+        fn searching_by_ending_finds_what_every_quote_finds(parts in proptest::collection::vec(prop_oneof![
+            Just("\"promptTokenCount\"".to_owned()),
+            Just("\"prompt_tokens\"".to_owned()),
+            Just("\"total_input_tokens\"".to_owned()),
+            Just("\"cachedContentTokenCount\"".to_owned()),
+            Just("\"total_cached_tokens\"".to_owned()),
+            Just("\"cached_tokens\"".to_owned()),
+            Just("\"".to_owned()),
+            Just("Count\"".to_owned()),
+            Just("tokens\"".to_owned()),
+            Just(": ".to_owned()),
+            "[0-9]{1,4}",
+            "[ -~]{0,6}",
+        ], 0..40)) {
+            let text = parts.concat();
+            const KEYS: [&[&[u8]]; 2] = [
+                &[b"\"promptTokenCount\"", b"\"prompt_tokens\"", b"\"total_input_tokens\""],
+                &[b"\"cachedContentTokenCount\"", b"\"cached_tokens\"", b"\"total_cached_tokens\""],
+            ];
+            prop_assert_eq!(
+                last_counts(text.as_bytes(), &KEYS),
+                last_counts_by_quote(text.as_bytes(), &KEYS)
+            );
         }
     }
 }

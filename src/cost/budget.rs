@@ -246,8 +246,8 @@ struct Day {
     start: u64,
     end: u64,
     pool: Spent,
-    projects: HashMap<String, Spent>,
-    accounts: HashMap<String, Spent>,
+    projects: SpendMap,
+    accounts: SpendMap,
 }
 
 impl Day {
@@ -267,7 +267,11 @@ impl Day {
 }
 
 /// `name`'s entry, made if there is room for one more name.
-fn slot<'a>(map: &'a mut HashMap<String, Spent>, name: &str) -> Option<&'a mut Spent> {
+/// Spending by name, hashed with foldhash: looked up four times a call (SipHash cost ≈ 800
+/// instructions a call in the gateway).
+type SpendMap = HashMap<String, Spent, foldhash::fast::RandomState>;
+
+fn slot<'a>(map: &'a mut SpendMap, name: &str) -> Option<&'a mut Spent> {
     if !map.contains_key(name) {
         if map.len() >= MAX_ACCOUNTS {
             return None;
@@ -362,8 +366,8 @@ impl Spend {
             start: pacific_day_start(now),
             end: next_pacific_midnight(now),
             pool: Spent::default(),
-            projects: HashMap::new(),
-            accounts: HashMap::new(),
+            projects: SpendMap::default(),
+            accounts: SpendMap::default(),
         };
         Spend {
             budget: Arc::new(budget),

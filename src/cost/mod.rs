@@ -44,7 +44,7 @@ use tower_layer::Layer;
 
 pub use budget::{Budget, BudgetAlert, MAX_ACCOUNTS, Scope, ScopeSpend, Spend};
 pub use prices::{PRICES_DATED, Price, Prices};
-#[cfg(fuzzing)]
+#[cfg(any(fuzzing, test))]
 pub(crate) use service::FIELDS as USAGE_FIELDS;
 pub use service::{Cost, CostBody, ResponseFuture};
 

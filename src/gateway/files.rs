@@ -50,11 +50,11 @@ const IDLE: Duration = Duration::from_secs(30);
 /// buffer, for the bytes in flight.
 const STEP_ROOM_KIB: usize = 256;
 /// Headers of an upload step passed on to Google.
-const STEP_HEADERS: &[&str] = &[
-    "content-type",
-    "content-length",
-    "x-goog-upload-command",
-    "x-goog-upload-offset",
+static STEP_HEADERS: [http::HeaderName; 4] = [
+    http::HeaderName::from_static("content-type"),
+    http::HeaderName::from_static("content-length"),
+    http::HeaderName::from_static("x-goog-upload-command"),
+    http::HeaderName::from_static("x-goog-upload-offset"),
 ];
 
 /// A client's files (and the uploads it has under way).
@@ -316,7 +316,7 @@ async fn step(shared: &Shared, request: Request, id: &str) -> Response {
         return step_error(StatusCode::BAD_REQUEST, "malformed upload URL");
     };
     *upstream.uri_mut() = uri;
-    super::proxy::copy_headers(&parts.headers, upstream.headers_mut(), STEP_HEADERS);
+    super::proxy::copy_headers(&parts.headers, upstream.headers_mut(), &STEP_HEADERS);
     let answer = match shared.uploads.request(upstream).await {
         Ok(answer) => answer,
         Err(error) => {
@@ -340,8 +340,8 @@ fn learn_file(
 ) -> Response {
     use crate::affinity::learn::{Kind, Learn, LearnBody};
     let (mut head, body) = answer.into_parts();
-    for name in super::proxy::HOP_BY_HOP {
-        head.headers.remove(*name);
+    for name in &super::proxy::HOP_BY_HOP {
+        head.headers.remove(name);
     }
     let body = if head.status.is_success()
         && head

@@ -140,9 +140,9 @@ async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next:
     };
     // Spending per client is counted under its token's fingerprint.
     let mut request = request;
-    request.extensions_mut().insert(crate::cost::Account::new(
-        shared.tokens[client].fingerprint(),
-    ));
+    if let Some(account) = shared.client_accounts.get(client) {
+        request.extensions_mut().insert(account.clone());
+    }
     if let Some(scope) = shared.client_scopes.get(client) {
         request.extensions_mut().insert(scope.clone());
     }

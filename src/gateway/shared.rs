@@ -49,6 +49,9 @@ pub(crate) struct Shared {
     pub(crate) client_limits: Option<InboundQuotaLayer>,
     /// Each client token's cache scope, by the token's index.
     pub(crate) client_scopes: Vec<ClientScope>,
+    /// Each client token's account (its fingerprint), by the token's index: spending per
+    /// client is counted under it.
+    pub(crate) client_accounts: Vec<crate::cost::Account>,
     /// Prefix affinity's memory (if on), kept across key changes.
     prefix: Option<Arc<PrefixAffinity>>,
 }
@@ -60,7 +63,10 @@ pub(crate) struct ClientScope(pub(crate) http::HeaderValue);
 /// Room for request bodies held per client (KiB), each at most `share`.
 pub(crate) struct BodiesByClient {
     share: usize,
-    held: std::sync::Mutex<std::collections::HashMap<ClientScope, usize>>,
+    /// (foldhash: this is looked up twice a request.)
+    held: std::sync::Mutex<
+        std::collections::HashMap<ClientScope, usize, foldhash::fast::RandomState>,
+    >,
 }
 
 impl BodiesByClient {
@@ -187,7 +193,7 @@ impl Shared {
                 share: (config.body_memory / 4)
                     .max(config.body_limit)
                     .div_ceil(1024),
-                held: std::sync::Mutex::new(std::collections::HashMap::new()),
+                held: std::sync::Mutex::new(std::collections::HashMap::default()),
             }),
             savings,
             cache_shared: config.saving.cache_shared,
@@ -208,6 +214,11 @@ impl Shared {
                             .unwrap_or_else(|_| http::HeaderValue::from_static("client")),
                     )
                 })
+                .collect(),
+            client_accounts: config
+                .tokens
+                .iter()
+                .map(|token| crate::cost::Account::new(token.fingerprint()))
                 .collect(),
             prefix,
         })

@@ -91,14 +91,50 @@ type Handles = std::collections::HashMap<
 #[cfg(feature = "metrics")]
 const MAX_HANDLES: usize = 1 << 16;
 
+/// A thread's metric handles: kept while the recorder that made them is the current one, and
+/// for at most [`MAX_HANDLES`] label sets (then it starts again).
+#[cfg(feature = "metrics")]
+#[derive(Default)]
+struct Kept<M> {
+    handles: M,
+    count: usize,
+    recorder: usize,
+}
+
+#[cfg(feature = "metrics")]
+impl<M: Default> Kept<M> {
+    /// The handles, emptied first if the recorder changed (a test may set a local one) or
+    /// they are too many.
+    fn current(&mut self) -> (&mut M, &mut usize) {
+        let recorder =
+            metrics::with_recorder(|recorder| std::ptr::from_ref(recorder).cast::<()>() as usize);
+        if self.count >= MAX_HANDLES || self.recorder != recorder {
+            self.handles = M::default();
+            self.count = 0;
+            self.recorder = recorder;
+        }
+        (&mut self.handles, &mut self.count)
+    }
+}
+
 #[cfg(feature = "metrics")]
 std::thread_local! {
     /// Registering a metric builds its labels (three strings) and looks it up in the
     /// recorder's registry under a lock; a handle kept here is one lookup in a map of this
     /// thread's, then an atomic add. (Per answer, that was 6 allocations and ≈ 6,000
     /// instructions of the gateway's ≈ 125,000.)
-    static HANDLES: std::cell::RefCell<(Handles, usize, usize)> = std::cell::RefCell::default();
+    static HANDLES: std::cell::RefCell<Kept<Handles>> = std::cell::RefCell::default();
+    /// `gemini_cost_nano_usd_total`'s handles, by model label and project.
+    static COSTS: std::cell::RefCell<Kept<CostHandles>> = std::cell::RefCell::default();
 }
+
+/// The handles of the cost counter, by model label, then project.
+#[cfg(feature = "metrics")]
+type CostHandles = std::collections::HashMap<
+    Box<str>,
+    std::collections::HashMap<Box<str>, metrics::Counter, foldhash::fast::RandomState>,
+    foldhash::fast::RandomState,
+>;
 
 /// One answer (or transport failure) of the upstream: `gemini_requests_total` by key, model and
 /// class, and its latency in `gemini_request_duration_seconds` by model and class (a histogram
@@ -112,15 +148,8 @@ pub(crate) fn request(key: Fingerprint, model: Option<&str>, class: Class, laten
             Some(model) if admitted(model, class.is_success()) => model,
             Some(_) => "other",
         };
-        // Handles belong to the recorder that made them (a test may set a local one).
-        let recorder =
-            metrics::with_recorder(|recorder| std::ptr::from_ref(recorder).cast::<()>() as usize);
-        HANDLES.with_borrow_mut(|(handles, count, made_by)| {
-            if *count >= MAX_HANDLES || *made_by != recorder {
-                handles.clear();
-                *count = 0;
-                *made_by = recorder;
-            }
+        HANDLES.with_borrow_mut(|kept| {
+            let (handles, count) = kept.current();
             let by_key = match handles.get_mut(model) {
                 Some(by_key) => by_key,
                 None => handles.entry(model.into()).or_default(),
@@ -233,12 +262,34 @@ pub(crate) fn fallback(from: &str, to: &str, reason: &'static str) {
 #[inline]
 pub(crate) fn cost(model: &str, project: Option<&str>, nano_usd: u64) {
     #[cfg(feature = "metrics")]
-    metrics::counter!(
-        "gemini_cost_nano_usd_total",
-        "model" => name_label(model, true),
-        "project" => project.unwrap_or("unknown").to_owned()
-    )
-    .increment(nano_usd);
+    {
+        let model = if admitted(model, true) {
+            model
+        } else {
+            "other"
+        };
+        let project = project.unwrap_or("unknown");
+        COSTS.with_borrow_mut(|kept| {
+            let (handles, count) = kept.current();
+            let by_project = match handles.get_mut(model) {
+                Some(by_project) => by_project,
+                None => handles.entry(model.into()).or_default(),
+            };
+            let counter = match by_project.get(project) {
+                Some(counter) => counter,
+                None => {
+                    *count += 1;
+                    let counter = metrics::counter!(
+                        "gemini_cost_nano_usd_total",
+                        "model" => model.to_owned(),
+                        "project" => project.to_owned()
+                    );
+                    by_project.entry(project.into()).or_insert(counter)
+                }
+            };
+            counter.increment(nano_usd);
+        });
+    }
 }
 
 /// A request refused by the local quota.

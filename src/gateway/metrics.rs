@@ -23,7 +23,7 @@ pub(crate) const UPKEEP_THREAD: &str = "gemini-metrics";
 pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+        .get_or_init(|| match recorder().install_recorder() {
             Ok(handle) => {
                 let upkeep = handle.clone();
                 let spawned = std::thread::Builder::new()
@@ -47,6 +47,25 @@ pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
             }
         })
         .as_ref()
+}
+
+/// Latency buckets, in seconds: a Gemini call takes from tens of milliseconds (a count of
+/// tokens) to minutes (a long answer, or one that waited for quota).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// The recorder: histograms as Prometheus histograms (fixed buckets), not summaries. A
+/// summary is a sketch per label set that grows with what it sees and costs ≈ 1,600
+/// instructions a sample to fill; its quantiles cannot be added across replicas. A bucket is a
+/// counter.
+fn recorder() -> PrometheusBuilder {
+    let builder = PrometheusBuilder::new();
+    match builder.set_buckets(LATENCY_BUCKETS) {
+        Ok(builder) => builder,
+        // (Only an empty list is refused.)
+        Err(_) => PrometheusBuilder::new(),
+    }
 }
 
 /// `GET /metrics` (behind the admin token's route layer).

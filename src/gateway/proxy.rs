@@ -502,7 +502,8 @@ fn upstream_request(
     );
     let mut upstream = http::Request::new(Full::new(body));
     *upstream.method_mut() = parts.method.clone();
-    *upstream.uri_mut() = uri.parse().map_err(|_| "malformed request path")?;
+    // (From the `String` itself: parsing a `&str` copies it.)
+    *upstream.uri_mut() = http::Uri::try_from(uri).map_err(|_| "malformed request path")?;
     copy_headers(&parts.headers, upstream.headers_mut(), &FORWARDED);
     if path.starts_with("/upload/") {
         copy_headers(&parts.headers, upstream.headers_mut(), &UPLOAD_START);

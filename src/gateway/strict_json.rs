@@ -85,7 +85,9 @@ impl<'de> Visitor<'de> for Strict {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut keys: Vec<Cow<'de, str>> = Vec::new();
+        // The first keys on the stack (an allocation per object was 3 of a request's ≈ 90).
+        let mut keys: [Cow<'de, str>; SCANNED] = Default::default();
+        let mut seen = 0;
         let mut many: Option<std::collections::HashSet<Cow<'de, str>>> = None;
         while let Some(key) = map.next_key_seed(Capture(self.files))? {
             // (A key is a string: `None` cannot come from JSON.)
@@ -111,12 +113,17 @@ impl<'de> Visitor<'de> for Strict {
             }
             let repeated = match many.as_mut() {
                 Some(set) => !set.insert(key.clone()),
-                None if keys.contains(&key) => true,
+                None if keys[..seen].contains(&key) => true,
+                None if seen == SCANNED => {
+                    let mut set: std::collections::HashSet<Cow<'de, str>> =
+                        keys.iter_mut().map(std::mem::take).collect();
+                    set.insert(key.clone());
+                    many = Some(set);
+                    false
+                }
                 None => {
-                    keys.push(key.clone());
-                    if keys.len() > SCANNED {
-                        many = Some(keys.drain(..).collect());
-                    }
+                    keys[seen] = key.clone();
+                    seen += 1;
                     false
                 }
             };
@@ -302,6 +309,13 @@ mod tests {
         let many: String = (0..40).map(|i| format!("\"k{i}\":{i},")).collect();
         assert!(check(format!("{{{many}\"z\":0}}").as_bytes()).is_ok());
         assert!(check(format!("{{{many}\"k7\":0}}").as_bytes()).is_err());
+        // At the edge of the keys kept on the stack: the 16th and 17th key.
+        for n in [15, 16, 17] {
+            let first: String = (0..n).map(|i| format!("\"k{i}\":{i},")).collect();
+            assert!(check(format!("{{{first}\"k0\":0}}").as_bytes()).is_err());
+            assert!(check(format!("{{{first}\"k{}\":0}}", n - 1).as_bytes()).is_err());
+            assert!(check(format!("{{{first}\"z\":0}}").as_bytes()).is_ok());
+        }
         assert!(check(b"{} trailing").is_err());
         assert!(check(b"not json").is_err());
     }

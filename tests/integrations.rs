@@ -389,6 +389,11 @@ mod with_metrics {
             assert!(seen.contains(expected), "missing {expected} in:\n{all}");
         }
         assert!(!all.contains("test-key-"), "{all}");
+        // Latency is by model and class: a histogram per key held KiB per key.
+        assert!(
+            !all.contains("gemini_request_duration_seconds{key="),
+            "{all}"
+        );
     }
 
     #[test]

@@ -18,20 +18,8 @@ use std::time::Duration;
 
 use goodput::{Scenario, Sender, run};
 
-fn main() {
-    // `cargo test --benches` runs bench targets with `--bench` absent: nothing to show then.
-    if !std::env::args().any(|arg| arg == "--bench") {
-        return;
-    }
-    let scenario = Scenario {
-        projects: 5,
-        rpm: 60,
-        faults: 0.02,
-        callers: 30,
-        duration: Duration::from_secs(300),
-        seed: 7,
-        repeats: 0.0,
-    };
+/// One table: `scenario` through each of `senders`.
+fn table(scenario: &Scenario, senders: &[Sender]) {
     println!(
         "goodput: {} projects × {} RPM, {:.0} % 503s, {} closed-loop callers, {} simulated s\n",
         scenario.projects,
@@ -41,18 +29,18 @@ fn main() {
         scenario.duration.as_secs()
     );
     println!(
-        "| sender | delivered / capacity | of capacity faults leave | upstream 429 | client failures | retries per call | p50 wait | p99 wait |"
+        "| sender | delivered / capacity | of capacity faults leave | upstream 429 | client failures | retries per call | p50 wait | p99 wait | longest |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    for sender in [Sender::Wait, Sender::FailFast, Sender::Naive] {
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &sender in senders {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .start_paused(true)
             .build()
             .unwrap();
-        let report = runtime.block_on(run(scenario, sender));
+        let report = runtime.block_on(run(*scenario, sender));
         println!(
-            "| {} | {} / {} = {:.1} % | {:.1} % | {} ({:.2} %) | {} | {:.2} | {:.1} s | {:.1} s |",
+            "| {} | {} / {} = {:.1} % | {:.1} % | {} ({:.2} %) | {} | {:.2} | {:.1} s | {:.1} s | {:.1} s |",
             sender.name(),
             report.delivered,
             report.capacity,
@@ -64,8 +52,43 @@ fn main() {
             report.retries_per_call(),
             report.p50.as_secs_f64(),
             report.p99.as_secs_f64(),
+            report.longest.as_secs_f64(),
         );
     }
+    println!();
+}
+
+fn main() {
+    // `cargo test --benches` runs bench targets with `--bench` absent: nothing to show then.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        return;
+    }
+    // The peers' scenario (issue #26): 20 callers, 5 projects × 60 RPM, 2 % 503s, 2 minutes,
+    // through the waiting stack paced (the default) and by the window alone.
+    let peers = Scenario {
+        projects: 5,
+        rpm: 60,
+        faults: 0.02,
+        callers: 20,
+        duration: Duration::from_secs(120),
+        seed: 7,
+        repeats: 0.0,
+    };
+    table(&peers, &[Sender::Wait, Sender::WaitWindow]);
+    let scenario = Scenario {
+        callers: 30,
+        duration: Duration::from_secs(300),
+        ..peers
+    };
+    table(
+        &scenario,
+        &[
+            Sender::Wait,
+            Sender::WaitWindow,
+            Sender::FailFast,
+            Sender::Naive,
+        ],
+    );
     #[cfg(feature = "cache")]
     {
         let repeating = Scenario {

@@ -86,3 +86,31 @@ async fn a_cache_turns_repeated_prompts_into_more_delivered_answers() {
     // Upstream, the cache sends no more than the quota takes.
     assert!(cached.upstream <= plain.upstream, "{cached:?} vs {plain:?}");
 }
+
+/// The peers' scenario (20 callers, 5 projects × 60 RPM, 2 % 503s, 2 minutes), in full. Paced
+/// (the default), waiting delivers all the capacity the faults leave with no 429 and no failure,
+/// and the waits stay under 10 s at p99, within a client's usual 60 s timeout; by the minute's
+/// window alone, the quota goes in the first second and the rest wait a minute for it to move.
+#[tokio::test(start_paused = true)]
+async fn paced_waits_stay_within_a_client_timeout_where_the_window_alone_waits_a_minute() {
+    let peers = Scenario {
+        projects: 5,
+        rpm: 60,
+        faults: 0.02,
+        callers: 20,
+        duration: Duration::from_secs(120),
+        seed: 7,
+        repeats: 0.0,
+    };
+    let paced = run(peers, Sender::Wait).await;
+    let window = run(peers, Sender::WaitWindow).await;
+    eprintln!("{paced:?}\n{window:?}");
+    assert_eq!((paced.upstream_429, paced.failed), (0, 0), "{paced:?}");
+    assert!(paced.of_capacity_left() >= 0.995, "{paced:?}");
+    assert!(paced.p99 <= Duration::from_secs(10), "{paced:?}");
+    assert!(window.p99 >= Duration::from_secs(60), "{window:?}");
+    assert_eq!(
+        paced.delivered, window.delivered,
+        "the same capacity delivered"
+    );
+}

@@ -18,7 +18,7 @@ use tower_gemini::clock::ManualClock;
 use tower_gemini::mock::{MockGemini, MockServer};
 use tower_gemini::pool::{ModelLimits, MostHeadroom};
 use tower_gemini::quota::{
-    ClientKey, Demand, Dimension, InboundQuotaLayer, QuotaLayer, Tier, TokenEstimator,
+    ClientKey, Demand, Dimension, InboundQuotaLayer, Pacing, QuotaLayer, Tier, TokenEstimator,
 };
 use tower_gemini::retry::RetryLayer;
 use tower_gemini::{ErrorKind, KeyPool, KeyRotationLayer, KeySpec};
@@ -412,9 +412,11 @@ async fn most_headroom_prefers_the_emptier_project() {
 #[tokio::test(start_paused = true)]
 async fn wait_mode_waits_for_the_slot_then_sends() {
     let mock = one_project_mock(rpm(2)).await;
+    // The minute's window alone (paced admission is the next test).
     let pool = KeyPool::builder()
         .key_with(KeySpec::new("test-key-0001").project("proj-a"))
         .model_limits(FLASH, rpm(2))
+        .pacing(Pacing::Off)
         .build()
         .unwrap();
     let gemini = KeyRotationLayer::new(&pool)
@@ -444,6 +446,71 @@ async fn wait_mode_waits_for_the_slot_then_sends() {
     assert_eq!(error.kind(), ErrorKind::QuotaExhausted);
     assert_eq!(error.dimension(), Some(Dimension::RequestsPerMinute));
     assert_eq!(start.elapsed().as_secs(), 60, "refused without waiting");
+}
+
+/// Paced (the default), waiting requests take turns spread over the minute instead of the
+/// whole minute's quota going at once and the rest waiting for the window: at 2 RPM, one
+/// every 30.25 s (a held minute over the limit), each allowed the burst early (5 % of the
+/// minute, 3.025 s), none refused upstream.
+#[tokio::test(start_paused = true)]
+async fn paced_waits_are_spread_over_the_minute() {
+    let mock = one_project_mock(rpm(2)).await;
+    let pool = KeyPool::builder()
+        .key_with(KeySpec::new("test-key-0001").project("proj-a"))
+        .model_limits(FLASH, rpm(2))
+        .build()
+        .unwrap();
+    let gemini = KeyRotationLayer::new(&pool)
+        .wait_up_to(Duration::from_secs(120))
+        .layer(QuotaLayer::new(&pool).layer(client()));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(gemini.clone().oneshot(generate(&mock, FLASH, "x"))))
+        .collect();
+    let mut finished = Vec::new();
+    for task in tasks {
+        let response = task.await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        finished.push(start.elapsed().as_millis());
+    }
+    // 0; 30.25 − 3.025; the window's first slot frees at 60.5; 60.5 + 30.25 − 3.025.
+    assert_eq!(finished, [0, 27_225, 60_500, 87_725]);
+    assert_eq!(mock.stats().responses_with_status(429), 0);
+}
+
+/// Pacing only delays a request that waits: one that may wait less than its paced turn is
+/// admitted by the minute's window, as without pacing — never failed while the quota has room.
+#[tokio::test(start_paused = true)]
+async fn pacing_never_fails_a_request_the_window_has_room_for() {
+    let mock = one_project_mock(rpm(10)).await;
+    let pool = KeyPool::builder()
+        .key_with(KeySpec::new("test-key-0001").project("proj-a"))
+        .model_limits(FLASH, rpm(10))
+        .pacing(Pacing::Spread { burst: 0.0 })
+        .build()
+        .unwrap();
+    let gemini = KeyRotationLayer::new(&pool)
+        .wait_up_to(Duration::from_secs(1))
+        .layer(QuotaLayer::new(&pool).layer(client()));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(gemini.clone().oneshot(generate(&mock, FLASH, "x"))))
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "nothing waited past its bound"
+    );
+    // The window is full: the eleventh is refused at once, as without pacing.
+    let error = gemini
+        .oneshot(generate(&mock, FLASH, "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::QuotaExhausted);
+    assert_eq!(mock.stats().responses_with_status(429), 0);
 }
 
 #[test]

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_gemini::mock::{Fault, MockGemini, MockServer};
 use tower_gemini::pool::ModelLimits;
+use tower_gemini::state::Pacing;
 use tower_gemini::{KeyPool, KeySpec, stack};
 
 pub const MODEL: &str = "gemini-2.0-flash";
@@ -50,8 +51,11 @@ pub struct Scenario {
 pub enum Sender {
     /// `stack(&pool)`: a request no key can take now fails at once.
     FailFast,
-    /// `stack(&pool).wait_up_to(2 min)`: it waits for the first slot.
+    /// `stack(&pool).wait_up_to(2 min)`: it waits for its turn, the minute's quota spread
+    /// (the default [`Pacing`]).
     Wait,
+    /// `Wait` with [`Pacing::Off`]: the minute's window alone, its whole quota at once.
+    WaitWindow,
     /// The common hand-written approach: round robin, on 429 or 503 the next key after a fixed
     /// 1 s, at most `min(retries + 1, 2 × keys)` attempts; no local quota, no classification.
     Naive,
@@ -64,7 +68,8 @@ impl Sender {
     pub fn name(self) -> &'static str {
         match self {
             Sender::FailFast => "stack, fail fast",
-            Sender::Wait => "stack, wait up to 2 min",
+            Sender::Wait => "stack, wait up to 2 min, paced (default)",
+            Sender::WaitWindow => "stack, wait up to 2 min, window only (`Pacing::Off`)",
             Sender::Naive => "naive round robin + 1 s failover",
             #[cfg(feature = "cache")]
             Sender::WaitCached => "cache + stack, wait up to 2 min",
@@ -88,6 +93,8 @@ pub struct Report {
     /// Latency of the delivered calls (simulated time, waiting included).
     pub p50: Duration,
     pub p99: Duration,
+    /// The longest wait of a delivered call.
+    pub longest: Duration,
 }
 
 impl Report {
@@ -138,12 +145,13 @@ async fn mock(scenario: &Scenario) -> MockServer {
     builder.seed(scenario.seed).start().await.unwrap()
 }
 
-fn pool(scenario: &Scenario) -> KeyPool {
+fn pool(scenario: &Scenario, pacing: Pacing) -> KeyPool {
     (0..scenario.projects)
         .fold(KeyPool::builder(), |builder, p| {
             builder.key_with(KeySpec::new(key(p)).project(format!("proj-{p}")))
         })
         .model_limits(MODEL, limits(scenario.rpm))
+        .pacing(pacing)
         .build()
         .unwrap()
 }
@@ -244,7 +252,11 @@ async fn read<B: http_body::Body>(response: Response<B>) -> bool {
 pub async fn run(scenario: Scenario, sender: Sender) -> Report {
     let mock = mock(&scenario).await;
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let pool = pool(&scenario);
+    let pacing = match sender {
+        Sender::WaitWindow => Pacing::Off,
+        _ => Pacing::default(),
+    };
+    let pool = pool(&scenario, pacing);
     let failfast = stack(&pool).boxed(client.clone());
     let waiting = stack(&pool)
         .wait_up_to(Duration::from_secs(120))
@@ -284,10 +296,12 @@ pub async fn run(scenario: Scenario, sender: Sender) -> Report {
                                 Err(_) => false,
                             }
                         }
-                        Sender::Wait => match waiting.clone().oneshot(template.clone()).await {
-                            Ok(response) => read(response).await,
-                            Err(_) => false,
-                        },
+                        Sender::Wait | Sender::WaitWindow => {
+                            match waiting.clone().oneshot(template.clone()).await {
+                                Ok(response) => read(response).await,
+                                Err(_) => false,
+                            }
+                        }
                         #[cfg(feature = "cache")]
                         Sender::WaitCached => match cached.clone().oneshot(template).await {
                             Ok(response) => read(response).await,
@@ -334,5 +348,6 @@ pub async fn run(scenario: Scenario, sender: Sender) -> Report {
         upstream_503: stats.responses_with_status(503),
         p50: at(0.5),
         p99: at(0.99),
+        longest: latencies.last().copied().unwrap_or_default(),
     }
 }

@@ -106,15 +106,17 @@ where
             // Willing to wait, and others already are: behind them, first come first served.
             return self.queue(request, slots, demand, give_up, pin);
         }
+        // A request willing to wait takes its turn at the paced rate (`Pacing`).
+        let paced = give_up.is_some();
         // The project a preference names first, if it can serve now (never a wait for it).
         if pin.is_none()
             && let Some(preferred) = request.extensions().get::<Preferred>()
             && let Ok(prefer) = self.pool.pin(&Owner::project(preferred.project_name()))
-            && let Ok(lease) = self.pool.select_in(&slots, demand, Some(&prefer))
+            && let Ok(lease) = self.pool.select_in(&slots, demand, Some(&prefer), paced)
         {
             return self.dispatch(request, lease);
         }
-        let error = match self.pool.select_in(&slots, demand, pin.as_ref()) {
+        let error = match self.pool.select_in(&slots, demand, pin.as_ref(), paced) {
             Ok(lease) => return self.dispatch(request, lease),
             Err(error) => error,
         };
@@ -128,6 +130,15 @@ where
         {
             return self.queue(request, slots, demand, give_up, pin);
         }
+        // Its paced turn comes too late to wait for: the window decides, as without pacing
+        // (pacing delays a request, it never fails one the quota has room for).
+        let error = match paced {
+            true => match self.pool.select_in(&slots, demand, pin.as_ref(), false) {
+                Ok(lease) => return self.dispatch(request, lease),
+                Err(error) => error,
+            },
+            false => error,
+        };
         tracing::debug!(error = %error, "no key for request");
         ResponseFuture::failed(error)
     }

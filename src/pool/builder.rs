@@ -108,6 +108,16 @@ impl KeyPoolBuilder {
         self
     }
 
+    /// How requests willing to wait are admitted within a minute's quota: spread evenly over
+    /// the minute with a bounded burst ([`Pacing::DEFAULT`](crate::state::Pacing::DEFAULT)), or
+    /// as the window allows ([`Pacing::Off`](crate::state::Pacing::Off)). Spacing only delays
+    /// requests that wait for a key (`wait_up_to`); it never fails one. See
+    /// [`Pacing`](crate::state::Pacing).
+    pub fn pacing(mut self, pacing: crate::state::Pacing) -> Self {
+        self.limits.pacing = pacing;
+        self
+    }
+
     /// Limits for `model` in one project.
     pub fn project_model_limits(
         mut self,

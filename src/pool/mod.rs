@@ -307,7 +307,7 @@ impl KeyPool {
     /// for `demand` (one request, its tokens and images) on this model. Where the project has
     /// a limit, the request's place in its ledger is taken in the same step.
     pub fn select_with(&self, model: Option<&str>, demand: Demand) -> Result<KeyLease, Error> {
-        self.select_in(&self.model_slots(model), demand, None)
+        self.select_in(&self.model_slots(model), demand, None, false)
     }
 
     /// The pool's entry for `model` (`None`: unknown), created on first use.
@@ -445,6 +445,7 @@ impl KeyPool {
         slots: &Arc<ModelSlots>,
         demand: Demand,
         pin: Option<&Pin>,
+        paced: bool,
     ) -> Result<KeyLease, Error> {
         let inner = &*self.inner;
         let now = inner.clock.now_millis();
@@ -458,6 +459,7 @@ impl KeyPool {
                 now,
                 demand,
                 pin: pin.map(|pin| pin.project),
+                paced,
                 last_checked: Cell::new(None),
             };
             // A pinned request takes its project's first available key without asking the
@@ -480,7 +482,7 @@ impl KeyPool {
             let project = inner.keys[index].project;
             let slot = &slots.projects[project];
             let reservation = if slot.quota.is_limited() {
-                match slot.quota.admit(demand, now) {
+                match slot.quota.admit(demand, now, paced) {
                     Ok(ticket) => ticket.map(|ticket| {
                         let meter = MeterRef {
                             slots: slots.clone(),
@@ -521,6 +523,7 @@ impl KeyPool {
             now: inner.clock.now_millis(),
             demand,
             pin: pin.map(|pin| pin.project),
+            paced: false,
             last_checked: Cell::new(None),
         });
         pinned(error, pin)

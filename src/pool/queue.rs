@@ -89,6 +89,11 @@ impl KeyPool {
                 give_up.saturating_duration_since(started).as_secs_f64()
             );
             let Ok(_turn) = tokio::time::timeout_at(give_up, slots.queue.lock()).await else {
+                // Out of time in line: what the minute's window has, pacing aside (pacing only
+                // delays, it never fails a request the quota has room for).
+                if let Ok(lease) = pool.select_in(&slots, demand, None, false) {
+                    return Ok(lease);
+                }
                 let error = pool.unavailable(&slots, demand, None);
                 return Err(error.context(format!(
                     "gave up after waiting {:.1}s in line for a key",
@@ -96,7 +101,7 @@ impl KeyPool {
                 )));
             };
             loop {
-                let error = match pool.select_in(&slots, demand, None) {
+                let error = match pool.select_in(&slots, demand, None, true) {
                     Ok(lease) => {
                         tracing::debug!(
                             gemini.model = model,
@@ -110,19 +115,34 @@ impl KeyPool {
                     Err(error) => error,
                 };
                 let now = Instant::now();
-                let Some(after) = error.retry_after() else {
-                    return Err(error);
-                };
-                // `after` is in the pool's clock; sleep the tokio time that takes.
-                let after = pool.clock().real_duration(after);
-                let wake = crate::clock::instant_after(now, after.max(Duration::from_millis(1)));
-                if wake > give_up {
+                let wake = error.retry_after().map(|after| {
+                    // `after` is in the pool's clock; sleep the tokio time that takes.
+                    let after = pool.clock().real_duration(after);
+                    crate::clock::instant_after(now, after.max(Duration::from_millis(1)))
+                });
+                if wake.is_none_or(|wake| wake > give_up) {
+                    // Its paced turn is too late: the window decides, as without pacing.
+                    let error = match pool.select_in(&slots, demand, None, false) {
+                        Ok(lease) => return Ok(lease),
+                        Err(error) => error,
+                    };
+                    let Some(after) = error.retry_after() else {
+                        return Err(error);
+                    };
+                    let after = pool.clock().real_duration(after);
+                    let wake =
+                        crate::clock::instant_after(now, after.max(Duration::from_millis(1)));
+                    if wake <= give_up {
+                        tokio::time::sleep_until(wake.min(now + LOOK_AGAIN)).await;
+                        continue;
+                    }
                     let allowed = give_up.saturating_duration_since(started);
                     return Err(error.context(format!(
                         "not waiting: the first key frees later than the {:.1}s this request may wait",
                         allowed.as_secs_f64()
                     )));
                 }
+                let wake = wake.unwrap_or(now);
                 tokio::time::sleep_until(wake.min(now + LOOK_AGAIN)).await;
             }
         })
@@ -139,16 +159,35 @@ impl KeyPool {
     ) -> Result<KeyLease, Error> {
         let started = Instant::now();
         loop {
-            let error = match self.select_in(slots, demand, Some(pin)) {
+            let now = Instant::now();
+            let turn = |paced| {
+                let error = self.select_in(slots, demand, Some(pin), paced)?;
+                Ok::<_, Error>(error)
+            };
+            let error = match turn(true) {
                 Ok(lease) => return Ok(lease),
                 Err(error) => error,
             };
-            let Some(after) = error.retry_after() else {
-                return Err(error);
+            let at = |error: &Error| {
+                error.retry_after().map(|after| {
+                    let after = self.clock().real_duration(after);
+                    crate::clock::instant_after(now, after.max(Duration::from_millis(1)))
+                })
             };
-            let now = Instant::now();
-            let after = self.clock().real_duration(after);
-            let wake = crate::clock::instant_after(now, after.max(Duration::from_millis(1)));
+            // Its paced turn too late: the window decides, as without pacing.
+            let (error, wake) = match at(&error) {
+                Some(wake) if wake <= give_up => (error, wake),
+                _ => match turn(false) {
+                    Ok(lease) => return Ok(lease),
+                    Err(error) => {
+                        let wake = at(&error);
+                        (error, wake.unwrap_or(give_up + Duration::from_secs(1)))
+                    }
+                },
+            };
+            if error.retry_after().is_none() {
+                return Err(error);
+            }
             if wake > give_up {
                 let allowed = give_up.saturating_duration_since(started);
                 return Err(error.context(format!(

@@ -71,6 +71,8 @@ pub struct Candidates<'a> {
     pub(super) demand: Demand,
     /// The only project this request may use (its [`Owner`](crate::context::Owner)), if pinned.
     pub(super) pin: Option<usize>,
+    /// The request waits for its turn at the paced rate (see [`Pacing`](crate::state::Pacing)).
+    pub(super) paced: bool,
     /// The last key [`is_available`](Self::is_available) answered for, and its answer: the
     /// pool checks the strategy's choice again, and a strategy has usually just checked it
     /// (with quota limits, a check takes the project's ledger lock).
@@ -190,7 +192,7 @@ impl Candidates<'_> {
             ));
         }
         slot.quota
-            .check(self.demand, self.now)
+            .check(self.demand, self.now, self.paced)
             .err()
             .map(|refusal| {
                 let at = refusal

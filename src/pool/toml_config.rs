@@ -3,6 +3,8 @@
 //! ```toml
 //! strategy = "round-robin"   # or weighted-random, least-in-flight, lowest-latency, most-headroom
 //! tier = "free"              # presets for well-known models: free, tier1, tier2, tier3
+//! pacing = "spread"          # waiting requests spread over the minute (default), or "off"
+//! pacing_burst = 0.05        # with "spread": the share of a minute's quota that may go at once
 //!
 //! [[keys]]
 //! value = "test-key-0001"    # the key itself…
@@ -48,6 +50,8 @@ struct File {
     gateway: Option<toml::Value>,
     strategy: Option<String>,
     tier: Option<Tier>,
+    pacing: Option<String>,
+    pacing_burst: Option<f64>,
     #[serde(default)]
     keys: Vec<KeyToml>,
     #[serde(default)]
@@ -106,6 +110,9 @@ impl KeyPoolBuilder {
         }
         if let Some(name) = &file.strategy {
             self = self.boxed_strategy(strategy_named(name)?);
+        }
+        if let Some(pacing) = pacing(file.pacing.as_deref(), file.pacing_burst)? {
+            self = self.pacing(pacing);
         }
         for (i, key) in file.keys.into_iter().enumerate() {
             let label = match &key.name {
@@ -181,6 +188,31 @@ fn strategy_named(name: &str) -> Result<Box<dyn Strategy>, Error> {
 
 /// A TOML error as "line L, column C: message", without echoing the source line (it may hold a
 /// key) and with quoted values in the message reduced to their last 4 characters.
+/// `pacing` and `pacing_burst` as a [`Pacing`](crate::state::Pacing) (`None`: the default).
+fn pacing(name: Option<&str>, burst: Option<f64>) -> Result<Option<crate::state::Pacing>, Error> {
+    use crate::state::Pacing;
+    if let Some(burst) = burst
+        && !(0.0..=1.0).contains(&burst)
+    {
+        return Err(Error::config(format!(
+            "pacing_burst = {burst} is not a share of the minute; use a number from 0.0 to 1.0, such as 0.05"
+        )));
+    }
+    match (name, burst) {
+        (None, None) => Ok(None),
+        (Some("off"), None) => Ok(Some(Pacing::Off)),
+        (Some("off"), Some(_)) => Err(Error::config(
+            "pacing_burst applies to pacing = \"spread\"; remove it or set pacing = \"spread\"",
+        )),
+        (Some("spread") | None, burst) => Ok(Some(Pacing::Spread {
+            burst: burst.unwrap_or(crate::state::meter::DEFAULT_BURST),
+        })),
+        (Some(other), _) => Err(Error::config(format!(
+            "pacing = {other:?} is unknown; use \"spread\" (the default) or \"off\""
+        ))),
+    }
+}
+
 fn parse_error(text: &str, error: &toml::de::Error) -> Error {
     let location = error
         .span()
@@ -216,6 +248,35 @@ fn redact_quoted(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pacing_is_read_and_checked() {
+        use crate::state::Pacing;
+        assert_eq!(pacing(None, None).unwrap(), None);
+        assert_eq!(pacing(Some("off"), None).unwrap(), Some(Pacing::Off));
+        assert_eq!(
+            pacing(Some("spread"), Some(0.2)).unwrap(),
+            Some(Pacing::Spread { burst: 0.2 })
+        );
+        assert_eq!(
+            pacing(None, Some(0.0)).unwrap(),
+            Some(Pacing::Spread { burst: 0.0 })
+        );
+        assert_eq!(pacing(Some("spread"), None).unwrap(), Some(Pacing::DEFAULT));
+        for (name, burst, says) in [
+            (Some("fast"), None, "unknown"),
+            (Some("spread"), Some(1.5), "share of the minute"),
+            (None, Some(-0.1), "share of the minute"),
+            (Some("off"), Some(0.1), "applies to pacing"),
+        ] {
+            let error = pacing(name, burst).unwrap_err().to_string();
+            assert!(error.contains(says), "{error}");
+        }
+        let pool = crate::KeyPool::from_toml_str(
+            "pacing = \"off\"\n[[keys]]\nvalue = \"test-key-0001\"\n",
+        );
+        assert!(pool.is_ok());
+    }
 
     #[test]
     fn quoted_values_are_cut_to_their_tail() {

@@ -383,7 +383,7 @@ fn meter<ResB: From<Bytes>>(
     if let Some(stored) = head.extensions.get::<crate::context::StoredContext>() {
         demand.tokens = demand.tokens.saturating_add(stored.0);
     }
-    match meters.admit(demand, now) {
+    match meters.admit(demand, now, false) {
         Ok(_) => None,
         Err(refusal) => {
             let shown = label(&client);
@@ -490,7 +490,7 @@ mod tests {
         assert!(!Arc::ptr_eq(&own, &ledger.overflow));
         assert!(ledger.len() < 10, "{}", ledger.len());
         // Its limit is its own: one request passes.
-        assert!(own.meters.admit(Demand::default(), later).is_ok());
+        assert!(own.meters.admit(Demand::default(), later, false).is_ok());
     }
 
     #[test]
@@ -504,7 +504,7 @@ mod tests {
         let ledger = ledger(limits, &clock);
         let now = clock.now_millis();
         let spent = ledger.client("daily-client-token", now);
-        assert!(spent.meters.admit(Demand::default(), now).is_ok());
+        assert!(spent.meters.admit(Demand::default(), now, false).is_ok());
         drop(spent);
         clock.advance(Duration::from_secs(3600));
         let later = clock.now_millis();
@@ -517,7 +517,7 @@ mod tests {
         );
         drop(clients);
         let again = ledger.client("daily-client-token", later);
-        assert!(again.meters.admit(Demand::default(), later).is_err());
+        assert!(again.meters.admit(Demand::default(), later, false).is_err());
         // The next Pacific day it holds nothing and goes.
         clock.advance(Duration::from_secs(12 * 3600));
         let tomorrow = clock.now_millis();

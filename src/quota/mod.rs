@@ -60,7 +60,7 @@ mod service;
 mod usage;
 
 pub use crate::state::{
-    BytesPerToken, Demand, Dimension, MeterSnapshot, Tier, TokenEstimator, Usage,
+    BytesPerToken, Demand, Dimension, MeterSnapshot, Pacing, Tier, TokenEstimator, Usage,
 };
 #[cfg(feature = "gateway")]
 pub(crate) use alerts::check_threshold as check_alert_threshold;

@@ -149,7 +149,7 @@ impl<S> Quota<S> {
             .unwrap_or_else(|| self.pool.demand_of(request));
         let model = selected.model().unwrap_or("unknown");
         let now = self.pool.clock().now_millis();
-        match meters.admit(demand, now) {
+        match meters.admit(demand, now, false) {
             Ok(ticket) => {
                 self.observe(selected.project(), model, meters, now);
                 Ok(ticket.map(|t| (meter.clone(), t)))

@@ -434,13 +434,18 @@ impl ModelSlots {
         projects: usize,
         limits: impl Fn(usize) -> ModelLimits,
         pinned: bool,
+        pacing: super::meter::Pacing,
     ) -> ModelSlots {
         ModelSlots {
             name,
             projects: (0..projects)
-                .map(|p| ProjectModelHealth {
-                    quota: Meters::new(limits(p)),
-                    ..ProjectModelHealth::default()
+                .map(|p| {
+                    let quota = Meters::new(limits(p));
+                    quota.set_pacing(pacing);
+                    ProjectModelHealth {
+                        quota,
+                        ..ProjectModelHealth::default()
+                    }
                 })
                 .collect(),
             pinned: AtomicBool::new(pinned),
@@ -530,6 +535,7 @@ impl ModelTable {
                     self.projects.len(),
                     |_| ModelLimits::default(),
                     true,
+                    self.limits.pacing,
                 ))
             })
             .clone()
@@ -570,6 +576,7 @@ impl ModelTable {
                         .unwrap_or_default()
                 },
                 configured,
+                self.limits.pacing,
             ));
             models.to_mut().insert(name, slots.clone());
             slots

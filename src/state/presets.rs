@@ -116,6 +116,8 @@ pub(crate) struct Limits {
     pub(crate) projects: HashMap<String, HashMap<String, ModelLimits>>,
     pub(crate) tier: Option<Tier>,
     pub(crate) project_tiers: HashMap<String, Tier>,
+    /// How requests willing to wait are admitted within a minute's quota.
+    pub(crate) pacing: super::meter::Pacing,
 }
 
 impl Limits {

@@ -268,7 +268,15 @@ async fn after_the_first_429_a_learned_limit_prevents_the_next() {
 #[tokio::test(start_paused = true)]
 async fn a_learned_limit_accounts_for_what_google_already_counted() {
     let mock = mock_of(1, 4).await;
-    let pool = pool_of(1, None);
+    // The window alone: this checks when the ledger frees what Google counted (paced, the
+    // same slots are taken at their turns).
+    let pool = (0..1)
+        .fold(KeyPool::builder(), |builder, p| {
+            builder.key_with(KeySpec::new(key(p)).project(format!("proj-{p}")))
+        })
+        .pacing(tower_gemini::state::Pacing::Off)
+        .build()
+        .unwrap();
     let gemini = stack(&pool)
         .wait_up_to(Duration::from_secs(120))
         .layer(client());

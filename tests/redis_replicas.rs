@@ -3,6 +3,10 @@
 //! sliding 60-second window would refuse any request beyond the limit in any 60 s), every
 //! project's quota is used in both windows, and no caller sees an error.
 //!
+//! The window alone (`pacing = "off"`): this checks the shared window's capacity at its
+//! boundary, where a window's whole quota may go at once. (Paced, each replica spaces its own
+//! requests: the quota goes at the steady rate, a minute's worth a minute.)
+//!
 //! Takes 75 s of real time. Needs Redis (see `tests/redis_store.rs`).
 #![cfg(all(feature = "redis", feature = "gateway"))]
 
@@ -50,7 +54,8 @@ async fn three_gateways_share_one_quota_and_google_sees_no_429() {
     std::fs::write(
         &config,
         format!(
-            "[[keys]]\nvalue = \"test-key-0001\"\nproject = \"proj-a\"\n\n\
+            "pacing = \"off\"\n\n\
+             [[keys]]\nvalue = \"test-key-0001\"\nproject = \"proj-a\"\n\n\
              [[keys]]\nvalue = \"test-key-0002\"\nproject = \"proj-b\"\n\n\
              [models.\"{MODEL}\"]\nrpm = {RPM}\n\n\
              [gateway]\ntokens = [\"{TOKEN}\"]\nupstream = \"{}\"\nmax_wait_secs = 120\n\

@@ -108,11 +108,14 @@ where
         }
         // A request willing to wait takes its turn at the paced rate (`Pacing`).
         let paced = give_up.is_some();
-        // The project a preference names first, if it can serve now (never a wait for it).
+        // The project a preference names first, if it can serve now (never a wait for it). Its
+        // window decides, not its paced turn: nobody is waiting (else this request would be in
+        // line), and a conversation's next turn a few seconds after the last would otherwise
+        // leave the project that has its prefix cached whenever the model's RPM is low.
         if pin.is_none()
             && let Some(preferred) = request.extensions().get::<Preferred>()
             && let Ok(prefer) = self.pool.pin(&Owner::project(preferred.project_name()))
-            && let Ok(lease) = self.pool.select_in(&slots, demand, Some(&prefer), paced)
+            && let Ok(lease) = self.pool.select_in(&slots, demand, Some(&prefer), false)
         {
             return self.dispatch(request, lease);
         }

@@ -85,6 +85,7 @@ macro_rules! bench_read {
 }
 
 /// The request of `support::request` with `temperature` 0: a cacheable one.
+#[cfg(feature = "cache")]
 fn deterministic() -> Request<Full<Bytes>> {
     Request::post(support::URL)
         .body(Full::new(Bytes::from_static(

@@ -148,7 +148,12 @@ pub(crate) fn request(key: Fingerprint, model: Option<&str>, class: Class, laten
             Some(model) if admitted(model, class.is_success()) => model,
             Some(_) => "other",
         };
-        HANDLES.with_borrow_mut(|kept| {
+        // (`try_with`: an answer's body may be dropped while the thread's locals are torn
+        // down; a metric is then lost, never a panic.)
+        let _ = HANDLES.try_with(|cell| {
+            let Ok(mut kept) = cell.try_borrow_mut() else {
+                return;
+            };
             let (handles, count) = kept.current();
             let by_key = match handles.get_mut(model) {
                 Some(by_key) => by_key,
@@ -269,7 +274,12 @@ pub(crate) fn cost(model: &str, project: Option<&str>, nano_usd: u64) {
             "other"
         };
         let project = project.unwrap_or("unknown");
-        COSTS.with_borrow_mut(|kept| {
+        // (`try_with`: an answer's body may be dropped while the thread's locals are torn
+        // down; a metric is then lost, never a panic.)
+        let _ = COSTS.try_with(|cell| {
+            let Ok(mut kept) = cell.try_borrow_mut() else {
+                return;
+            };
             let (handles, count) = kept.current();
             let by_project = match handles.get_mut(model) {
                 Some(by_project) => by_project,

@@ -109,8 +109,11 @@ async fn paced_waits_stay_within_a_client_timeout_where_the_window_alone_waits_a
     assert!(paced.of_capacity_left() >= 0.995, "{paced:?}");
     assert!(paced.p99 <= Duration::from_secs(10), "{paced:?}");
     assert!(window.p99 >= Duration::from_secs(60), "{window:?}");
-    assert_eq!(
-        paced.delivered, window.delivered,
-        "the same capacity delivered"
+    // The same capacity delivered (within a couple of answers: the two admit at other moments).
+    assert!(
+        paced.delivered + 2 >= window.delivered,
+        "{} paced, {} by the window",
+        paced.delivered,
+        window.delivered
     );
 }

@@ -513,6 +513,41 @@ async fn pacing_never_fails_a_request_the_window_has_room_for() {
     assert_eq!(mock.stats().responses_with_status(429), 0);
 }
 
+/// A request that may wait less than the earliest paced turn does not queue behind requests
+/// waiting for theirs (it would wait its whole bound for nothing): the window serves it now.
+#[tokio::test(start_paused = true)]
+async fn a_short_bound_is_not_held_in_line_behind_paced_turns() {
+    let mock = one_project_mock(rpm(2)).await;
+    let pool = KeyPool::builder()
+        .key_with(KeySpec::new("test-key-0001").project("proj-a"))
+        .model_limits(FLASH, rpm(2))
+        .build()
+        .unwrap();
+    let patient = KeyRotationLayer::new(&pool)
+        .wait_up_to(Duration::from_secs(120))
+        .layer(QuotaLayer::new(&pool).layer(client()));
+    let hurried = KeyRotationLayer::new(&pool)
+        .wait_up_to(Duration::from_secs(1))
+        .layer(QuotaLayer::new(&pool).layer(client()));
+    let start = Instant::now();
+    let first = patient.clone().oneshot(generate(&mock, FLASH, "x")).await;
+    assert_eq!(first.unwrap().status(), StatusCode::OK);
+    // The second waits in line for its paced turn (27.2 s away).
+    let waiting = tokio::spawn(patient.clone().oneshot(generate(&mock, FLASH, "x")));
+    // (Its first polls, in which it joins the line: the runtime is this thread's.)
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    // The third may wait 1 s: the window has room, so it goes at once.
+    let hurried = hurried.oneshot(generate(&mock, FLASH, "x")).await;
+    assert_eq!(hurried.unwrap().status(), StatusCode::OK);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // The one in line still gets its answer, when the window frees a slot.
+    assert_eq!(waiting.await.unwrap().unwrap().status(), StatusCode::OK);
+    assert_eq!(start.elapsed(), Duration::from_millis(60_500));
+    assert_eq!(mock.stats().responses_with_status(429), 0);
+}
+
 #[test]
 fn tier_presets_fill_in_and_configuration_wins() {
     let pool = KeyPool::builder()

@@ -103,7 +103,21 @@ where
         if let Some(give_up) = give_up
             && slots.has_waiters()
         {
-            // Willing to wait, and others already are: behind them, first come first served.
+            // Willing to wait, and others already are: behind them, first come first served —
+            // unless no paced turn can come within its bound (the earliest any project's comes
+            // is later): in line it would wait its whole bound for nothing, so the window
+            // decides now, as without pacing.
+            let turn = self.pool.unavailable_paced(&slots, demand, pin.as_ref());
+            let too_late = turn.retry_after().is_some_and(|after| {
+                let after = self.pool.clock().real_duration(after);
+                Instant::now()
+                    .checked_add(after)
+                    .is_none_or(|at| at > give_up)
+            });
+            if too_late && let Ok(lease) = self.pool.select_in(&slots, demand, pin.as_ref(), false)
+            {
+                return self.dispatch(request, lease);
+            }
             return self.queue(request, slots, demand, give_up, pin);
         }
         // A request willing to wait takes its turn at the paced rate (`Pacing`).

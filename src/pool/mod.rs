@@ -515,6 +515,27 @@ impl KeyPool {
         demand: Demand,
         pin: Option<&Pin>,
     ) -> Error {
+        self.unavailable_as(slots, demand, pin, false)
+    }
+
+    /// Why no key can take this request at its paced turn now (its `retry_after`: when the
+    /// earliest turn comes), without taking one.
+    pub(crate) fn unavailable_paced(
+        &self,
+        slots: &ModelSlots,
+        demand: Demand,
+        pin: Option<&Pin>,
+    ) -> Error {
+        self.unavailable_as(slots, demand, pin, true)
+    }
+
+    fn unavailable_as(
+        &self,
+        slots: &ModelSlots,
+        demand: Demand,
+        pin: Option<&Pin>,
+        paced: bool,
+    ) -> Error {
         let inner = &*self.inner;
         let error = unavailable::error(&Candidates {
             keys: &inner.keys,
@@ -523,7 +544,7 @@ impl KeyPool {
             now: inner.clock.now_millis(),
             demand,
             pin: pin.map(|pin| pin.project),
-            paced: false,
+            paced,
             last_checked: Cell::new(None),
         });
         pinned(error, pin)

@@ -186,8 +186,6 @@ fn strategy_named(name: &str) -> Result<Box<dyn Strategy>, Error> {
     )
 }
 
-/// A TOML error as "line L, column C: message", without echoing the source line (it may hold a
-/// key) and with quoted values in the message reduced to their last 4 characters.
 /// `pacing` and `pacing_burst` as a [`Pacing`](crate::state::Pacing) (`None`: the default).
 fn pacing(name: Option<&str>, burst: Option<f64>) -> Result<Option<crate::state::Pacing>, Error> {
     use crate::state::Pacing;
@@ -213,6 +211,8 @@ fn pacing(name: Option<&str>, burst: Option<f64>) -> Result<Option<crate::state:
     }
 }
 
+/// A TOML error as "line L, column C: message", without echoing the source line (it may hold a
+/// key) and with quoted values in the message reduced to their last 4 characters.
 fn parse_error(text: &str, error: &toml::de::Error) -> Error {
     let location = error
         .span()

@@ -97,8 +97,10 @@ impl Pacing {
     /// The share of the minute that may go at once (`None`: no pacing).
     fn burst(self) -> Option<f64> {
         match self {
-            Pacing::Spread { burst } if burst.is_finite() => Some(burst.clamp(0.0, 1.0)),
-            _ => None,
+            // (A burst that is not a number is none; an infinite one the whole minute.)
+            Pacing::Spread { burst } if burst.is_nan() => Some(0.0),
+            Pacing::Spread { burst } => Some(burst.clamp(0.0, 1.0)),
+            Pacing::Off => None,
         }
     }
 }
@@ -164,15 +166,16 @@ impl Log {
         self.front_seq + self.entries.len() as u64 - 1
     }
 
-    /// Set entry `seq`'s amount (if it is still in the window).
-    fn correct(&mut self, seq: u64, amount: u64) {
+    /// Set entry `seq`'s amount (if it is still in the window); the amount it had.
+    fn correct(&mut self, seq: u64, amount: u64) -> Option<u64> {
         if seq == NO_ENTRY || seq < self.front_seq {
-            return;
+            return None;
         }
-        if let Some(entry) = self.entries.get_mut((seq - self.front_seq) as usize) {
-            self.sum = (self.sum - entry.1).saturating_add(amount);
-            entry.1 = amount;
-        }
+        let entry = self.entries.get_mut((seq - self.front_seq) as usize)?;
+        let was = entry.1;
+        self.sum = (self.sum - was).saturating_add(amount);
+        entry.1 = amount;
+        Some(was)
     }
 }
 
@@ -330,6 +333,25 @@ impl State {
         if let Some(interval) = tokens {
             self.due.tokens_us = self.due.tokens_us.max(now_us).saturating_add(interval);
         }
+    }
+
+    /// Tokens counted `was` at admission are `now` (corrected, or refunded as 0): the tokens'
+    /// paced turn moves by the difference.
+    fn correct_pace(&mut self, was: u64, now: u64) {
+        if self.burst.is_none() {
+            return;
+        }
+        let (_, Some(was)) = self.intervals_us(was) else {
+            return;
+        };
+        let (_, Some(now)) = self.intervals_us(now) else {
+            return;
+        };
+        self.due.tokens_us = if now >= was {
+            self.due.tokens_us.saturating_add(now - was)
+        } else {
+            self.due.tokens_us.saturating_sub(was - now)
+        };
     }
 
     fn check(&self, demand: Demand, now: u64) -> Result<(), Refusal> {
@@ -653,20 +675,27 @@ impl Meters {
 
     /// Replace an admitted request's token estimate with the real count.
     pub(crate) fn correct_tokens(&self, ticket: &Ticket, tokens: u64) {
-        self.lock().tokens.correct(ticket.token_seq, tokens);
+        let mut state = self.lock();
+        if let Some(estimated) = state.tokens.correct(ticket.token_seq, tokens) {
+            // The paced turn moves with the real count too: an estimate larger than the answer
+            // (or a body Google refused) must not push everyone's next turn away.
+            state.correct_pace(estimated, tokens);
+        }
     }
 
     /// Take an admitted request back entirely (it was refused upstream, so it used no quota).
     pub(crate) fn refund(&self, ticket: &Ticket) {
         let mut state = self.lock();
-        // Its turn at the paced rate too (it used no quota).
+        // Its turns at the paced rate too (it used no quota): the request's and its tokens'.
         if state.burst.is_some()
             && let (Some(interval), _) = state.intervals_us(0)
         {
             state.due.requests_us = state.due.requests_us.saturating_sub(interval);
         }
+        if let Some(estimated) = state.tokens.correct(ticket.token_seq, 0) {
+            state.correct_pace(estimated, 0);
+        }
         state.requests.correct(ticket.request_seq, 0);
-        state.tokens.correct(ticket.token_seq, 0);
         state.images.correct(ticket.image_seq, 0);
         if state.day_end == ticket.day_end {
             state.day_count = state.day_count.saturating_sub(1);
@@ -828,6 +857,45 @@ mod tests {
         };
         assert!(meters.admit(huge, T0, true).is_ok());
         assert!(meters.admit(big, T0 + 59_999, true).is_err());
+    }
+
+    /// Tokens Google did not count (a refused request) or counted lower than estimated give
+    /// their paced turn back: a client sending large bodies that are refused cannot push
+    /// everyone's next turn away.
+    #[test]
+    fn refunds_and_corrections_give_token_turns_back() {
+        let meters = paced(
+            ModelLimits {
+                tpm: Some(60_500),
+                ..Default::default()
+            },
+            0.0,
+        );
+        let big = Demand {
+            tokens: 30_250,
+            images: 0,
+        };
+        for _ in 0..10 {
+            let ticket = meters.admit(big, T0, true).unwrap().unwrap();
+            meters.refund(&ticket);
+        }
+        assert!(meters.check(big, T0, true).is_ok());
+        // Estimated 30,250, counted 605 (1 % of the held minute's tokens): the next turn is
+        // 605 ms away, not 30.25 s.
+        let ticket = meters.admit(big, T0, true).unwrap().unwrap();
+        meters.correct_tokens(&ticket, 605);
+        let refusal = meters.check(big, T0, true).unwrap_err();
+        assert_eq!(refusal.retry_after, Some(Duration::from_millis(605)));
+        // A NaN burst is no burst, still paced.
+        let nan = paced(
+            ModelLimits {
+                rpm: Some(60),
+                ..Default::default()
+            },
+            f64::NAN,
+        );
+        assert!(nan.admit(Demand::default(), T0, true).is_ok());
+        assert!(nan.admit(Demand::default(), T0, true).is_err());
     }
 
     #[test]

@@ -131,6 +131,17 @@ impl Common {
         Ok((config, Some(mock)))
     }
 
+    /// `check-keys` serves nothing and listens nowhere: it needs no client token (the checks
+    /// go from this process to Google), so the configuration is read as if unauthenticated on
+    /// loopback.
+    fn for_checking_keys(self) -> Common {
+        Common {
+            allow_unauthenticated: true,
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            ..self
+        }
+    }
+
     fn flags(&self) -> Flags {
         Flags {
             config: self.config.clone(),
@@ -211,7 +222,7 @@ async fn main() -> ExitCode {
             Ok((config, _mock)) => gateway::serve(config, shutdown_signal()).await,
             Err(error) => Err(error),
         },
-        Command::CheckKeys(common) => match common.config() {
+        Command::CheckKeys(common) => match common.for_checking_keys().config() {
             Ok(config) => {
                 let checks = gateway::check_keys(&config).await;
                 print!("{}", gateway::table(&checks));

@@ -168,7 +168,9 @@ where
         if index + 1 < then.len() {
             rewritten.extensions_mut().insert(NextModelWaits);
         }
-        tracing::info!(
+        // DEBUG: under load a fallback comes with every request for a scarce model, dozens a
+        // second; `gemini_fallbacks_total` and the gateway's status count them.
+        tracing::debug!(
             from = last.as_str(),
             to = next.as_str(),
             reason = reason.as_str(),

@@ -320,10 +320,12 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, Error> {
         tick.tick().await;
         let snapshot = pool.snapshot();
         let mut line = format!(
-            "{second:>3}s  sent {:>5}  ok {:>5}  failed {:>3} |",
+            "{second:>3}s  sent {:>5}  ok {:>5}  failed {:>3}  cached {:>4}  fell back {:>3} |",
             requests.load(Ordering::Relaxed),
             successes.load(Ordering::Relaxed),
-            failures.load(Ordering::Relaxed)
+            failures.load(Ordering::Relaxed),
+            cache_hits.load(Ordering::Relaxed),
+            fallbacks.load(Ordering::Relaxed)
         );
         for (i, key) in snapshot.keys.iter().enumerate() {
             let now = key.counters.successes;

@@ -334,6 +334,18 @@ impl GatewayConfig {
         if !vars.is_empty() {
             builder = builder.keys_from_vars(vars)?;
         }
+        // GATEWAY_PACING: "off", "spread", or the burst as a share of the minute (`0.05`).
+        if let Some(value) = env("GATEWAY_PACING") {
+            let value = value.trim();
+            let pacing = match value.parse::<f64>() {
+                Ok(burst) => crate::pool::toml_config::pacing(None, Some(burst)),
+                Err(_) => crate::pool::toml_config::pacing(Some(value), None),
+            }
+            .map_err(|e| e.context("GATEWAY_PACING"))?;
+            if let Some(pacing) = pacing {
+                builder = builder.pacing(pacing);
+            }
+        }
         let pool = builder.build().map_err(|e| {
             e.context(
                 "no keys for the gateway: set GEMINI_API_KEY=k1,k2 or add [[keys]] to --config",
@@ -536,7 +548,7 @@ impl GatewayConfig {
         let keys: Vec<String> = self.pool.fingerprints().map(|f| f.to_string()).collect();
         let tokens: Vec<String> = self.tokens.iter().map(|t| t.fingerprint()).collect();
         format!(
-            "shared state: {}\nstate file: {}\nlisten {}\nupstream {}\ndefault model {}\nkeys ({}): {}\nclient tokens ({}): {}\nadmin token: {}\nallowed origins: {}\nmax wait for a key: {}s\nbody limit: {} bytes ({} MiB of bodies at once)\nconnections at once: {} ({} per address; answers unread for {} s close theirs)\n{}\nprefix affinity (implicit cache): {}",
+            "shared state: {}\nstate file: {}\nlisten {}\nupstream {}\ndefault model {}\nkeys ({}): {}\nclient tokens ({}): {}\nadmin token: {}\nallowed origins: {}\nmax wait for a key: {}s\nbody limit: {} bytes ({} MiB of bodies at once)\nconnections at once: {} ({} per address; answers unread for {} s close theirs)\n{}\nprefix affinity (implicit cache): {}\npacing of waiting requests: {}",
             self.redis_url.as_deref().map_or_else(
                 || "none (this process only)".to_owned(),
                 |url| format!("Redis at {}", crate::state::redact_url(url))
@@ -572,6 +584,13 @@ impl GatewayConfig {
             self.write_timeout.as_secs(),
             self.saving.describe(),
             if self.prefix_affinity { "on" } else { "off" },
+            match self.pool.pacing() {
+                crate::state::Pacing::Spread { burst } => format!(
+                    "spread over the minute, {:.0} % of it at once (GATEWAY_PACING)",
+                    burst * 100.0
+                ),
+                _ => "off: a minute's whole quota may go at once (GATEWAY_PACING)".to_owned(),
+            },
         )
     }
 }
@@ -603,6 +622,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.pool.len(), 2);
+    }
+
+    #[test]
+    fn pacing_from_the_environment() {
+        let config = |pacing: &str| {
+            GatewayConfig::resolve(Flags::default(), |name| match name {
+                "GEMINI_API_KEY" => Some("test-key-pace-0001".to_owned()),
+                "GATEWAY_TOKENS" => Some("client-token-pace-0001".to_owned()),
+                "GATEWAY_PACING" => Some(pacing.to_owned()),
+                _ => None,
+            })
+        };
+        use crate::state::Pacing;
+        assert_eq!(config("off").unwrap().pool.pacing(), Pacing::Off);
+        assert_eq!(config("spread").unwrap().pool.pacing(), Pacing::DEFAULT);
+        assert_eq!(
+            config(" 0.2 ").unwrap().pool.pacing(),
+            Pacing::Spread { burst: 0.2 }
+        );
+        assert!(
+            config("off")
+                .unwrap()
+                .describe()
+                .contains("pacing of waiting requests: off")
+        );
+        for bad in ["fast", "2", "NaN"] {
+            let Err(error) = config(bad) else {
+                panic!("GATEWAY_PACING={bad} was accepted");
+            };
+            let error = error.to_string();
+            assert!(error.contains("GATEWAY_PACING"), "{error}");
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ mod saved;
 mod snapshot;
 mod strategy;
 #[cfg(feature = "toml")]
-mod toml_config;
+pub(crate) mod toml_config;
 mod unavailable;
 
 use std::cell::Cell;
@@ -548,6 +548,12 @@ impl KeyPool {
             last_checked: Cell::new(None),
         });
         pinned(error, pin)
+    }
+
+    /// How requests that wait for a key are admitted within a minute's quota (see
+    /// [`Pacing`](crate::state::Pacing)).
+    pub fn pacing(&self) -> crate::state::Pacing {
+        self.inner.models.limits().pacing
     }
 
     /// Does any project have a quota limit (configured, from a tier, or learned)?

@@ -187,7 +187,10 @@ fn strategy_named(name: &str) -> Result<Box<dyn Strategy>, Error> {
 }
 
 /// `pacing` and `pacing_burst` as a [`Pacing`](crate::state::Pacing) (`None`: the default).
-fn pacing(name: Option<&str>, burst: Option<f64>) -> Result<Option<crate::state::Pacing>, Error> {
+pub(crate) fn pacing(
+    name: Option<&str>,
+    burst: Option<f64>,
+) -> Result<Option<crate::state::Pacing>, Error> {
     use crate::state::Pacing;
     if let Some(burst) = burst
         && !(0.0..=1.0).contains(&burst)

@@ -14,6 +14,15 @@ model = "gemini-2.0-flash"
 # OpenAI SDK: base_url at the gateway's /v1, the gateway token as the API key.
 oa = openai.OpenAI(base_url=f"{base}/v1", api_key=token)
 answer = oa.chat.completions.create(model=model, messages=[{"role": "user", "content": "hello"}])
+# The rate-limit headers, as the SDK's raw response shows them: the client's 1000 RPM.
+raw = oa.chat.completions.with_raw_response.create(
+    model=model, messages=[{"role": "user", "content": "hello"}]
+)
+assert raw.headers.get("x-ratelimit-limit-requests") == "1000", dict(raw.headers)
+remaining = int(raw.headers["x-ratelimit-remaining-requests"])
+assert 0 < remaining < 1000, dict(raw.headers)
+assert raw.headers["x-ratelimit-reset-requests"].endswith("s"), dict(raw.headers)
+assert "Mock reply" in raw.parse().choices[0].message.content
 assert "Mock reply" in answer.choices[0].message.content, answer
 streamed = oa.chat.completions.create(
     model=model, messages=[{"role": "user", "content": "hello there"}], stream=True
@@ -28,7 +37,7 @@ try:
     raise SystemExit("a wrong token was accepted")
 except openai.AuthenticationError:
     pass
-print("openai SDK: chat, streamed chat, models, wrong token refused")
+print("openai SDK: chat, rate-limit headers (with_raw_response), streamed chat, models, wrong token refused")
 
 # google-genai SDK: base URL at the gateway, the gateway token as the API key.
 g = genai.Client(api_key=token, http_options=types.HttpOptions(base_url=base))

@@ -40,6 +40,7 @@ mod jobs;
 mod metrics;
 mod owned;
 mod proxy;
+mod rate_headers;
 mod reply;
 mod routes;
 mod saving;

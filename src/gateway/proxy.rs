@@ -386,13 +386,48 @@ pub(super) async fn forward(
     let stored = stored_tokens(shared, &parts, &body).await;
     let (body, model) = match admit(shared, family, &parts, body, &path, (rewrite, stored)) {
         Ok(admitted) => admitted,
-        Err(refused) => return *refused,
+        Err(refused) => {
+            // A client over its own limits: its 429 says them too.
+            let model = crate::model::model_in_path(&path).map(Model::new);
+            return with_rate_headers(shared, &parts, model.as_ref(), *refused);
+        }
     };
+    let named = model.clone();
     let upstream = match upstream_request(shared, &parts, &path, body, model) {
         Ok(upstream) => upstream,
         Err(message) => return reply::client_error(family, StatusCode::BAD_REQUEST, message),
     };
-    send(shared, family, upstream).await
+    let answer = send(shared, family, upstream).await;
+    with_rate_headers(shared, &parts, named.as_ref(), answer)
+}
+
+/// `answer` with the rate-limit headers of `model` and the client (see `rate_headers`).
+fn with_rate_headers(
+    shared: &Shared,
+    parts: &http::request::Parts,
+    model: Option<&Model>,
+    mut answer: Response,
+) -> Response {
+    let client = match &shared.client_limits {
+        Some(limits) => limits.windows(&crate::context::RequestHead {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+            extensions: &parts.extensions,
+        }),
+        None => (None, None),
+    };
+    if model.is_none() && client == (None, None) {
+        return answer;
+    }
+    let headers = super::rate_headers::headers(
+        &shared.rate_cache,
+        &shared.live().pool,
+        model.map(Model::as_str),
+        client,
+    );
+    answer.headers_mut().extend(headers);
+    answer
 }
 
 /// What is refused once the body is here, before a key and a slot of quota are spent on it:

@@ -54,6 +54,8 @@ pub(crate) struct Shared {
     pub(crate) client_accounts: Vec<crate::cost::Account>,
     /// Prefix affinity's memory (if on), kept across key changes.
     prefix: Option<Arc<PrefixAffinity>>,
+    /// Each model's per-minute totals a moment, for the rate-limit headers.
+    pub(crate) rate_cache: super::rate_headers::RateCache,
 }
 
 /// The cache scope of the client that sent a request (an extension set by `authenticate`).
@@ -221,6 +223,7 @@ impl Shared {
                 .map(|token| crate::cost::Account::new(token.fingerprint()))
                 .collect(),
             prefix,
+            rate_cache: super::rate_headers::RateCache::default(),
         })
     }
 }

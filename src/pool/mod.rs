@@ -550,6 +550,71 @@ impl KeyPool {
         pinned(error, pin)
     }
 
+    /// `model`'s per-minute quota across the projects that can serve it, as a client's
+    /// rate-limit headers show it: the limits added up, what is left of them, and when the
+    /// last window empties. A dimension is `None` where a project that can serve the model has
+    /// no limit for it (there is no total to show). O(projects): callers that answer many
+    /// requests keep it a moment (the gateway does, for a quarter of a second).
+    pub fn rate_limits(&self, model: &str) -> RateLimits {
+        let inner = &*self.inner;
+        let slots = inner.models.get(model);
+        // (Most models of most pools: no limit known, nothing to add up.)
+        if !slots.projects.iter().any(|slot| slot.quota.is_limited()) {
+            return RateLimits::default();
+        }
+        let now = inner.clock.now_millis();
+        let mut serving = vec![false; inner.projects.len()];
+        for entry in inner.keys.iter() {
+            if entry.health.disabled.get().is_none()
+                && inner.projects[entry.project]
+                    .health
+                    .disabled
+                    .get()
+                    .is_none()
+            {
+                serving[entry.project] = true;
+            }
+        }
+        let mut total = RateLimits::default();
+        let mut unlimited = (false, false);
+        let add = |sum: &mut Option<crate::state::RateWindow>, one: crate::state::RateWindow| {
+            let sum = sum.get_or_insert(crate::state::RateWindow {
+                limit: 0,
+                remaining: 0,
+                reset: Duration::ZERO,
+            });
+            sum.limit = sum.limit.saturating_add(one.limit);
+            sum.remaining = sum.remaining.saturating_add(one.remaining);
+            sum.reset = sum.reset.max(one.reset);
+        };
+        for (project, slot) in slots.projects.iter().enumerate() {
+            if !serving[project] || slot.is_not_on_tier() {
+                continue;
+            }
+            let (requests, tokens) = slot.quota.windows(now);
+            match requests {
+                Some(window) => add(&mut total.requests, window),
+                None => unlimited.0 = true,
+            }
+            match tokens {
+                Some(window) => add(&mut total.tokens, window),
+                None => unlimited.1 = true,
+            }
+        }
+        if unlimited.0 {
+            total.requests = None;
+        }
+        if unlimited.1 {
+            total.tokens = None;
+        }
+        total
+    }
+
+    /// How many projects the pool's keys belong to.
+    pub(crate) fn project_count(&self) -> usize {
+        self.inner.projects.len()
+    }
+
     /// How requests that wait for a key are admitted within a minute's quota (see
     /// [`Pacing`](crate::state::Pacing)).
     pub fn pacing(&self) -> crate::state::Pacing {
@@ -945,3 +1010,13 @@ impl fmt::Debug for KeyLease {
 
 #[cfg(test)]
 mod tests;
+
+/// A model's per-minute quota across the pool's projects (see [`KeyPool::rate_limits`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateLimits {
+    /// Requests per minute.
+    pub requests: Option<crate::state::RateWindow>,
+    /// Input tokens per minute.
+    pub tokens: Option<crate::state::RateWindow>,
+}

@@ -338,6 +338,21 @@ impl InboundQuotaLayer {
         meter(&self.ledger, &self.key, head, Some(body))
     }
 
+    /// The requests and tokens per minute the client of `head` has (its limits, what is left,
+    /// when its window empties), admitting nothing: for its rate-limit headers.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn windows(
+        &self,
+        head: &RequestHead<'_>,
+    ) -> (
+        Option<crate::state::RateWindow>,
+        Option<crate::state::RateWindow>,
+    ) {
+        let client = (self.key.0)(head).unwrap_or_else(|| "anonymous".to_owned());
+        let now = self.ledger.clock.now_millis();
+        self.ledger.client(&client, now).meters.windows(now)
+    }
+
     /// Like [`admit`](Self::admit), with `stored` more tokens that Google reads as prompt
     /// though the body does not carry them (the stored conversation a continuation extends,
     /// the context cache a call names).

@@ -441,6 +441,31 @@ pub struct Usage {
     pub limit: u64,
 }
 
+/// A per-minute dimension as a client's rate-limit headers show it: its limit, what is left of
+/// it now, and how long until the window is empty again (every slot in it freed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateWindow {
+    /// The limit.
+    pub limit: u64,
+    /// What is left of it now.
+    pub remaining: u64,
+    /// Until the window is empty again.
+    pub reset: Duration,
+}
+
+impl RateWindow {
+    /// The stricter of two windows on the same dimension: less left is stricter.
+    pub fn stricter(self, other: RateWindow) -> RateWindow {
+        if other.remaining < self.remaining
+            || (other.remaining == self.remaining && other.reset > self.reset)
+        {
+            other
+        } else {
+            self
+        }
+    }
+}
+
 /// Usage of every limited dimension.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct MeterSnapshot {
@@ -734,6 +759,33 @@ impl Meters {
         .into_iter()
         .flatten()
         .fold(1.0, f64::min)
+    }
+
+    /// Requests and tokens per minute as [`RateWindow`]s (`None` for a dimension without a
+    /// limit).
+    pub(crate) fn windows(&self, now: u64) -> (Option<RateWindow>, Option<RateWindow>) {
+        if !self.is_limited() {
+            return (None, None);
+        }
+        let mut state = self.lock();
+        state.expire(now);
+        let hold = state.hold();
+        let window = |log: &Log, limit: u64| RateWindow {
+            limit,
+            remaining: limit.saturating_sub(log.sum),
+            reset: Duration::from_millis(
+                log.entries
+                    .back()
+                    .map_or(0, |&(at, _)| (at + hold).saturating_sub(now)),
+            ),
+        };
+        (
+            state
+                .limits
+                .rpm
+                .map(|l| window(&state.requests, u64::from(l))),
+            state.limits.tpm.map(|l| window(&state.tokens, l)),
+        )
     }
 
     pub(crate) fn snapshot(&self, now: u64) -> MeterSnapshot {

@@ -55,7 +55,7 @@ pub(crate) use health::{
     KeyHealth, KeyNumbers, ModelSlots, ModelTable, ProjectHealth, normalize_model,
 };
 pub use limits::ModelLimits;
-pub use meter::{Demand, Dimension, MeterSnapshot, Pacing, Usage};
+pub use meter::{Demand, Dimension, MeterSnapshot, Pacing, RateWindow, Usage};
 pub(crate) use meter::{History, MeterState, Meters, Refusal, Ticket};
 pub use pins::{MAX_PINS, MAX_PINS_PER_TENANT, MAX_RESOURCE_NAME, PinRecord};
 pub(crate) use pins::{Pins, SavedPin};

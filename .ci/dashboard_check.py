@@ -56,7 +56,27 @@ try:
     assert driver.find_element(By.ID, "cache").text.startswith("cache:"), driver.find_element(By.ID, "cache").text
     assert admin not in driver.page_source, "the admin token was written into the page"
     assert driver.find_element(By.ID, "token").get_attribute("value") == "", "token kept in the field"
+    # Manage keys from the page: add one (its value never shown), reset one, re-check the
+    # disabled, remove the one added.
+    driver.find_element(By.ID, "new-key").send_keys("test-key-0002")
+    driver.find_element(By.ID, "new-project").send_keys("proj-broke")
+    driver.find_element(By.CSS_SELECTOR, "#add-key button[type=submit]").click()
+    # (The table is redrawn every 2 s: read its body's text, and click through the page's own
+    # script, so no element goes stale between finding and using it.)
+    keys_text = lambda d: d.execute_script("return document.querySelector('#keys tbody').textContent")
+    click = lambda selector: driver.execute_script(f"document.querySelector(\"{selector}\").click()")
+    WebDriverWait(driver, 10).until(lambda d: "…0002" in keys_text(d))
+    assert driver.find_element(By.ID, "action").text.startswith("added …0002"), driver.find_element(By.ID, "action").text
+    assert driver.find_element(By.ID, "new-key").get_attribute("value") == "", "key kept in the field"
+    assert "test-key-0002" not in driver.page_source, "a key was written into the page"
+    click("button.reset[data-key='…0003']")
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "action").text.startswith("reset 1 key"))
+    driver.find_element(By.ID, "recheck").click()
+    WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "action").text.startswith("re-checked"))
+    click("button.remove[data-key='…0002']")
+    WebDriverWait(driver, 10).until(lambda d: "…0002" not in keys_text(d))
+    assert driver.find_element(By.ID, "action").text.startswith("removed …0002"), driver.find_element(By.ID, "action").text
     driver.save_screenshot(screenshot)
-    print(f"dashboard: {len(rows)} keys shown; screenshot {screenshot}")
+    print(f"dashboard: {len(rows)} keys shown; a key added, reset, re-checked and removed from the page; screenshot {screenshot}")
 finally:
     driver.quit()

@@ -38,6 +38,7 @@ mod files;
 mod interactions;
 mod jobs;
 mod metrics;
+mod overhead;
 mod owned;
 mod proxy;
 mod rate_headers;

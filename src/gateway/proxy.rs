@@ -378,6 +378,7 @@ pub(super) async fn forward(
     rewrite: Option<Rewrite>,
 ) -> Response {
     let (parts, body) = request.into_parts();
+    let overhead = super::overhead::Overhead::start();
     let client = parts.extensions.get::<super::ClientScope>().cloned();
     let (body, _held) = match read_body(shared, family, body, client).await {
         Ok(read) => read,
@@ -393,11 +394,13 @@ pub(super) async fn forward(
         }
     };
     let named = model.clone();
-    let upstream = match upstream_request(shared, &parts, &path, body, model) {
+    let mut upstream = match upstream_request(shared, &parts, &path, body, model) {
         Ok(upstream) => upstream,
         Err(message) => return reply::client_error(family, StatusCode::BAD_REQUEST, message),
     };
+    upstream.extensions_mut().insert(overhead.upstream());
     let answer = send(shared, family, upstream).await;
+    overhead.record();
     with_rate_headers(shared, &parts, named.as_ref(), answer)
 }
 

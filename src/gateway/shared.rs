@@ -141,7 +141,7 @@ fn compose(
         .wait_up_to(max_wait)
         .fallback(savings.fallback())
         .quota(savings.quota(pool))
-        .layer(http);
+        .layer(super::overhead::Timed(http));
     savings.compose(gemini)
 }
 

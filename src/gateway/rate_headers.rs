@@ -110,9 +110,8 @@ pub(crate) fn duration(d: Duration) -> String {
     let seconds = if ms % 1000 == 0 {
         format!("{}s", ms / 1000)
     } else {
-        format!("{}.{:03}s", ms / 1000, ms % 1000)
-            .trim_end_matches('0')
-            .to_owned()
+        let fraction = format!("{:03}", ms % 1000);
+        format!("{}.{}s", ms / 1000, fraction.trim_end_matches('0'))
     };
     if minutes > 0 {
         format!("{minutes}m{seconds}")

@@ -611,6 +611,7 @@ impl KeyPool {
     }
 
     /// How many projects the pool's keys belong to.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     pub(crate) fn project_count(&self) -> usize {
         self.inner.projects.len()
     }

@@ -56,6 +56,9 @@ try:
     assert driver.find_element(By.ID, "cache").text.startswith("cache:"), driver.find_element(By.ID, "cache").text
     assert admin not in driver.page_source, "the admin token was written into the page"
     assert driver.find_element(By.ID, "token").get_attribute("value") == "", "token kept in the field"
+    # Never framed by another site.
+    page = urllib.request.urlopen(base + "/", timeout=10)
+    assert page.headers["x-frame-options"] == "DENY", dict(page.headers)
     # Manage keys from the page: add one (its value never shown), reset one, re-check the
     # disabled, remove the one added.
     driver.find_element(By.ID, "new-key").send_keys("test-key-0002")
@@ -66,6 +69,7 @@ try:
     keys_text = lambda d: d.execute_script("return document.querySelector('#keys tbody').textContent")
     click = lambda selector: driver.execute_script(f"document.querySelector(\"{selector}\").click()")
     WebDriverWait(driver, 10).until(lambda d: "…0002" in keys_text(d))
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "action").text.startswith("added …0002"))
     assert driver.find_element(By.ID, "action").text.startswith("added …0002"), driver.find_element(By.ID, "action").text
     assert driver.find_element(By.ID, "new-key").get_attribute("value") == "", "key kept in the field"
     assert "test-key-0002" not in driver.page_source, "a key was written into the page"
@@ -75,7 +79,7 @@ try:
     WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "action").text.startswith("re-checked"))
     click("button.remove[data-key='…0002']")
     WebDriverWait(driver, 10).until(lambda d: "…0002" not in keys_text(d))
-    assert driver.find_element(By.ID, "action").text.startswith("removed …0002"), driver.find_element(By.ID, "action").text
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "action").text.startswith("removed 1 key(s) like …0002")), driver.find_element(By.ID, "action").text
     driver.save_screenshot(screenshot)
     print(f"dashboard: {len(rows)} keys shown; a key added, reset, re-checked and removed from the page; screenshot {screenshot}")
 finally:

@@ -378,20 +378,22 @@ pub(super) async fn forward(
     rewrite: Option<Rewrite>,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let overhead = super::overhead::Overhead::start();
     let client = parts.extensions.get::<super::ClientScope>().cloned();
     let (body, _held) = match read_body(shared, family, body, client).await {
         Ok(read) => read,
         Err(refused) => return refused,
     };
+    // (From here: the time its client takes to send the body is the client's.)
+    let overhead = super::overhead::Overhead::start();
     let stored = stored_tokens(shared, &parts, &body).await;
     let (body, model) = match admit(shared, family, &parts, body, &path, (rewrite, stored)) {
         Ok(admitted) => admitted,
-        Err(refused) => {
+        Err(refused) if refused.status() == StatusCode::TOO_MANY_REQUESTS => {
             // A client over its own limits: its 429 says them too.
             let model = crate::model::model_in_path(&path).map(Model::new);
             return with_rate_headers(shared, &parts, model.as_ref(), *refused);
         }
+        Err(refused) => return *refused,
     };
     let named = model.clone();
     let mut upstream = match upstream_request(shared, &parts, &path, body, model) {

@@ -36,17 +36,24 @@ impl RateCache {
             return pool.rate_limits(model);
         }
         let now = Instant::now();
-        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, limits)) = kept.get(model)
-            && now.duration_since(*at) < FRESH
         {
-            return *limits;
+            let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, limits)) = kept.get(model)
+                && now.duration_since(*at) < FRESH
+            {
+                return *limits;
+            }
         }
+        // Added up outside the lock (it visits every project), and kept only for a model with
+        // limits: the others cost nothing to ask again, and made-up names take no place.
         let limits = pool.rate_limits(model);
-        if kept.len() >= MODELS && !kept.contains_key(model) {
-            kept.clear();
+        if limits != RateLimits::default() {
+            let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.len() >= MODELS && !kept.contains_key(model) {
+                kept.clear();
+            }
+            kept.insert(model.to_owned(), (now, limits));
         }
-        kept.insert(model.to_owned(), (now, limits));
         limits
     }
 }
@@ -61,6 +68,19 @@ pub(crate) fn headers(
     client: (Option<RateWindow>, Option<RateWindow>),
 ) -> HeaderMap {
     let pool = model.map_or_else(RateLimits::default, |model| cache.get(pool, model));
+    // The pool's resets to the second: to the millisecond they would tell every client when
+    // anyone last called the model.
+    let coarse = |window: Option<RateWindow>| {
+        window.map(|w| RateWindow {
+            reset: Duration::from_secs(w.reset.as_millis().div_ceil(1000) as u64),
+            ..w
+        })
+    };
+    let pool = RateLimits {
+        requests: coarse(pool.requests),
+        tokens: coarse(pool.tokens),
+        ..pool
+    };
     let pick = |ours: Option<RateWindow>, theirs: Option<RateWindow>| match (ours, theirs) {
         (Some(a), Some(b)) => Some(a.stricter(b)),
         (a, b) => a.or(b),

@@ -557,7 +557,11 @@ impl KeyPool {
     /// requests keep it a moment (the gateway does, for a quarter of a second).
     pub fn rate_limits(&self, model: &str) -> RateLimits {
         let inner = &*self.inner;
-        let slots = inner.models.get(model);
+        // A model the pool does not track yet has nothing to add up (and a name a caller made
+        // up is not added to the table for asking).
+        let Some(slots) = inner.models.find(model) else {
+            return RateLimits::default();
+        };
         // (Most models of most pools: no limit known, nothing to add up.)
         if !slots.projects.iter().any(|slot| slot.quota.is_limited()) {
             return RateLimits::default();

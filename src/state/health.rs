@@ -541,6 +541,11 @@ impl ModelTable {
             .clone()
     }
 
+    /// The slots for `model` if it is tracked already (nothing is created).
+    pub(crate) fn find(&self, model: &str) -> Option<Arc<ModelSlots>> {
+        self.models.get(normalize_model(model))
+    }
+
     /// The slots for `model` (normalised: a leading `models/` is dropped), created on first use.
     pub(crate) fn get(&self, model: &str) -> Arc<ModelSlots> {
         let model = normalize_model(model);

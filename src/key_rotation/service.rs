@@ -120,8 +120,6 @@ where
             }
             return self.queue(request, slots, demand, give_up, pin);
         }
-        // A request willing to wait takes its turn at the paced rate (`Pacing`).
-        let paced = give_up.is_some();
         // The project a preference names first, if it can serve now (never a wait for it). Its
         // window decides, not its paced turn: nobody is waiting (else this request would be in
         // line), and a conversation's next turn a few seconds after the last would otherwise
@@ -133,28 +131,18 @@ where
         {
             return self.dispatch(request, lease);
         }
-        let error = match self.pool.select_in(&slots, demand, pin.as_ref(), paced) {
-            Ok(lease) => return self.dispatch(request, lease),
-            Err(error) => error,
-        };
-        if let Some(give_up) = give_up
-            && error.retry_after().is_some_and(|after| {
-                let after = self.pool.clock().real_duration(after);
-                Instant::now()
-                    .checked_add(after)
-                    .is_some_and(|at| at <= give_up)
-            })
-        {
-            return self.queue(request, slots, demand, give_up, pin);
-        }
-        // Its paced turn comes too late to wait for: the window decides, as without pacing
-        // (pacing delays a request, it never fails one the quota has room for).
-        let error = match paced {
-            true => match self.pool.select_in(&slots, demand, pin.as_ref(), false) {
+        // A request willing to wait takes its paced turn (`Pacing`), or waits in line for it;
+        // one whose turn comes too late, and one that would rather fail, go by the window.
+        let error = match give_up {
+            Some(give_up) => match self.pool.turn(&slots, demand, pin.as_ref(), give_up) {
+                Ok(lease) => return self.dispatch(request, lease),
+                Err((_, Some(_))) => return self.queue(request, slots, demand, give_up, pin),
+                Err((error, None)) => error,
+            },
+            None => match self.pool.select_in(&slots, demand, pin.as_ref(), false) {
                 Ok(lease) => return self.dispatch(request, lease),
                 Err(error) => error,
             },
-            false => error,
         };
         tracing::debug!(error = %error, "no key for request");
         ResponseFuture::failed(error)

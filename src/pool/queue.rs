@@ -101,7 +101,7 @@ impl KeyPool {
                 )));
             };
             loop {
-                let error = match pool.select_in(&slots, demand, None, true) {
+                let error = match pool.turn(&slots, demand, None, give_up) {
                     Ok(lease) => {
                         tracing::debug!(
                             gemini.model = model,
@@ -112,40 +112,60 @@ impl KeyPool {
                         );
                         return Ok(lease);
                     }
-                    Err(error) => error,
-                };
-                let now = Instant::now();
-                let wake = error.retry_after().map(|after| {
-                    // `after` is in the pool's clock; sleep the tokio time that takes.
-                    let after = pool.clock().real_duration(after);
-                    crate::clock::instant_after(now, after.max(Duration::from_millis(1)))
-                });
-                if wake.is_none_or(|wake| wake > give_up) {
-                    // Its paced turn is too late: the window decides, as without pacing.
-                    let error = match pool.select_in(&slots, demand, None, false) {
-                        Ok(lease) => return Ok(lease),
-                        Err(error) => error,
-                    };
-                    let Some(after) = error.retry_after() else {
-                        return Err(error);
-                    };
-                    let after = pool.clock().real_duration(after);
-                    let wake =
-                        crate::clock::instant_after(now, after.max(Duration::from_millis(1)));
-                    if wake <= give_up {
-                        tokio::time::sleep_until(wake.min(now + LOOK_AGAIN)).await;
+                    Err((_, Some(wake))) => {
+                        tokio::time::sleep_until(wake.min(Instant::now() + LOOK_AGAIN)).await;
                         continue;
                     }
-                    let allowed = give_up.saturating_duration_since(started);
-                    return Err(error.context(format!(
-                        "not waiting: the first key frees later than the {:.1}s this request may wait",
-                        allowed.as_secs_f64()
-                    )));
+                    Err((error, None)) => error,
+                };
+                if error.retry_after().is_none() {
+                    return Err(error);
                 }
-                let wake = wake.unwrap_or(now);
-                tokio::time::sleep_until(wake.min(now + LOOK_AGAIN)).await;
+                let allowed = give_up.saturating_duration_since(started);
+                return Err(error.context(format!(
+                    "not waiting: the first key frees later than the {:.1}s this request may wait",
+                    allowed.as_secs_f64()
+                )));
             }
         })
+    }
+
+    /// A key for a request that may wait until `give_up`: at its paced turn (see
+    /// [`Pacing`](crate::state::Pacing)) if that comes in time, else by the minute's window, as
+    /// without pacing — pacing only delays, it never fails a request the quota has room for.
+    /// Otherwise the error and when to look again (`None`: nothing frees by `give_up`).
+    pub(crate) fn turn(
+        &self,
+        slots: &Arc<ModelSlots>,
+        demand: Demand,
+        pin: Option<&super::Pin>,
+        give_up: Instant,
+    ) -> Result<KeyLease, (Error, Option<Instant>)> {
+        let now = Instant::now();
+        // When an error's `retry_after` (in the pool's clock) comes in tokio's time, if by
+        // `give_up`.
+        let wake = |error: &Error| {
+            let after = self.clock().real_duration(error.retry_after()?);
+            Some(crate::clock::instant_after(
+                now,
+                after.max(Duration::from_millis(1)),
+            ))
+            .filter(|&at| at <= give_up)
+        };
+        let paced = match self.select_in(slots, demand, pin, true) {
+            Ok(lease) => return Ok(lease),
+            Err(error) => error,
+        };
+        if let Some(at) = wake(&paced) {
+            return Err((paced, Some(at)));
+        }
+        match self.select_in(slots, demand, pin, false) {
+            Ok(lease) => Ok(lease),
+            Err(error) => {
+                let at = wake(&error);
+                Err((error, at))
+            }
+        }
     }
 
     /// Wait for a key of `pin`'s project: look again when the earliest of its keys or slots
@@ -159,44 +179,23 @@ impl KeyPool {
     ) -> Result<KeyLease, Error> {
         let started = Instant::now();
         loop {
-            let now = Instant::now();
-            let turn = |paced| {
-                let error = self.select_in(slots, demand, Some(pin), paced)?;
-                Ok::<_, Error>(error)
-            };
-            let error = match turn(true) {
+            let error = match self.turn(slots, demand, Some(pin), give_up) {
                 Ok(lease) => return Ok(lease),
-                Err(error) => error,
-            };
-            let at = |error: &Error| {
-                error.retry_after().map(|after| {
-                    let after = self.clock().real_duration(after);
-                    crate::clock::instant_after(now, after.max(Duration::from_millis(1)))
-                })
-            };
-            // Its paced turn too late: the window decides, as without pacing.
-            let (error, wake) = match at(&error) {
-                Some(wake) if wake <= give_up => (error, wake),
-                _ => match turn(false) {
-                    Ok(lease) => return Ok(lease),
-                    Err(error) => {
-                        let wake = at(&error);
-                        (error, wake.unwrap_or(give_up + Duration::from_secs(1)))
-                    }
-                },
+                Err((_, Some(wake))) => {
+                    tokio::time::sleep_until(wake.min(Instant::now() + LOOK_AGAIN)).await;
+                    continue;
+                }
+                Err((error, None)) => error,
             };
             if error.retry_after().is_none() {
                 return Err(error);
             }
-            if wake > give_up {
-                let allowed = give_up.saturating_duration_since(started);
-                return Err(error.context(format!(
-                    "not waiting: the first key of project {} frees later than the {:.1}s this request may wait",
-                    pin.owner.project_name(),
-                    allowed.as_secs_f64()
-                )));
-            }
-            tokio::time::sleep_until(wake.min(now + LOOK_AGAIN)).await;
+            let allowed = give_up.saturating_duration_since(started);
+            return Err(error.context(format!(
+                "not waiting: the first key of project {} frees later than the {:.1}s this request may wait",
+                pin.owner.project_name(),
+                allowed.as_secs_f64()
+            )));
         }
     }
 }

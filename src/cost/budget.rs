@@ -375,6 +375,14 @@ impl Spend {
         }
     }
 
+    /// The same day's spending counted against `budget` from now on.
+    pub(crate) fn with_budget(&self, budget: Budget) -> Spend {
+        Spend {
+            budget: Arc::new(budget),
+            day: self.day.clone(),
+        }
+    }
+
     /// The budget.
     pub fn budget(&self) -> &Budget {
         &self.budget
@@ -660,6 +668,38 @@ mod tests {
             (0.8, ms("2026-11-23T08:00:00Z"))
         );
         assert_eq!(seen.lock().unwrap().len(), 3);
+    }
+
+    /// A reload's new budget counts today's spending so far: a raised budget refuses once the
+    /// day's total passes it, not once a fresh day's would; a lowered one alerts on the next call.
+    #[test]
+    fn a_new_budget_keeps_the_days_spending() {
+        let clock = ManualClock::at(at("2026-11-23T12:00:00Z"));
+        let budget = |usd| {
+            Budget::new()
+                .daily_usd(usd)
+                .unwrap()
+                .refuse_when_spent(true)
+                .clock(clock.clone())
+        };
+        let (spend, _) = collecting(budget(10.0));
+        spend.record(Some("proj-a"), None, 9 * DOLLAR);
+        let (raised, seen) = {
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let sink = seen.clone();
+            let raised = spend.with_budget(
+                budget(12.0).on_alert(move |a: &BudgetAlert| sink.lock().unwrap().push(a.clone())),
+            );
+            (raised, seen)
+        };
+        assert_eq!(raised.today_usd(&Scope::Pool), 9.0);
+        assert!(raised.refusal(None).is_none());
+        raised.record(Some("proj-a"), None, 3 * DOLLAR);
+        assert!(raised.refusal(None).is_some(), "12 of 12 spent");
+        // Both views count on one day.
+        assert_eq!(spend.today_usd(&Scope::Pool), 12.0);
+        let thresholds: Vec<f64> = seen.lock().unwrap().iter().map(|a| a.threshold).collect();
+        assert_eq!(thresholds, [1.0], "80 % had alerted already today");
     }
 
     #[test]

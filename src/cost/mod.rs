@@ -166,6 +166,26 @@ impl CostLayer {
         self
     }
 
+    /// A layer with these prices and this budget that counts on this one's ledger: what was
+    /// spent today (and what calls in flight hold) still counts against the new budget (a live
+    /// configuration reload). Thresholds that alerted today do not alert again.
+    ///
+    /// ```
+    /// use tower_gemini::cost::{Budget, CostLayer, Prices, Scope};
+    ///
+    /// let layer = CostLayer::new().budget(Budget::new().daily_usd(10.0)?);
+    /// let raised = layer.reconfigured(Prices::google(), Budget::new().daily_usd(20.0)?);
+    /// // Both count on one ledger: what either records, the other sees.
+    /// assert_eq!(raised.spend().today_usd(&Scope::Pool), layer.spend().today_usd(&Scope::Pool));
+    /// # Ok::<(), tower_gemini::Error>(())
+    /// ```
+    pub fn reconfigured(&self, prices: Prices, budget: Budget) -> CostLayer {
+        CostLayer {
+            prices: Arc::new(prices),
+            spend: self.spend.with_budget(budget),
+        }
+    }
+
     /// Today's spending (shared by the layer's clones and services).
     pub fn spend(&self) -> &Spend {
         &self.spend

@@ -15,7 +15,8 @@ use secrecy::ExposeSecret;
 /// Check the admin token, from `Authorization: Bearer` or `x-admin-token`; the refusal to
 /// answer with if it is missing or wrong.
 pub(crate) fn refusal(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
-    let Some(admin) = &shared.admin_token else {
+    let clients = shared.clients();
+    let Some(admin) = &clients.admin_token else {
         return Some(reply::client_error(
             Family::Native,
             StatusCode::FORBIDDEN,
@@ -119,6 +120,7 @@ pub(crate) async fn status(State(shared): State<Arc<Shared>>) -> Response {
             "breakers": shared.breakers.snapshot(),
             "recent": recent,
             "saving": shared.savings.status(),
+            "config": shared.config_status(),
             "resources": resources(&shared, &live.pool),
         }),
     )
@@ -128,11 +130,12 @@ pub(crate) async fn status(State(shared): State<Arc<Shared>>) -> Response {
 /// its token's fingerprint: counts only, never the resources' names.
 fn resources(shared: &Shared, pool: &crate::KeyPool) -> Vec<serde_json::Value> {
     let counts = pool.owned_by_tenant();
+    let clients = shared.clients();
     let mut rows: Vec<serde_json::Value> = counts
         .iter()
         .map(|(tenant, count)| {
             let client = tenant.as_deref().map(|id| {
-                shared
+                clients
                     .tokens
                     .iter()
                     .find(|t| t.scope_id() == id)

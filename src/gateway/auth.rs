@@ -40,6 +40,11 @@ impl Token {
     }
 
     /// Is `candidate` this token? Constant time in the token's content.
+    pub(crate) fn same_as(&self, other: &Token) -> bool {
+        self.matches(&other.0)
+    }
+
+    /// Is `candidate` this token (compared in constant time)?
     pub fn matches(&self, candidate: &[u8]) -> bool {
         bool::from(self.0.as_ref().ct_eq(candidate))
     }

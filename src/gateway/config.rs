@@ -155,6 +155,43 @@ pub struct GatewayConfig {
     pub prefix_affinity: bool,
     /// The keys.
     pub pool: KeyPool,
+    /// Where this configuration was read from, to read it again on `SIGHUP` or
+    /// `POST /api/config/reload` (set by [`resolve`](Self::resolve) and
+    /// [`from_process_env`](Self::from_process_env); `None` for one made in code).
+    pub source: Option<ConfigSource>,
+}
+
+/// How a configuration was read, to read it again (a live reload): the same flags, the
+/// environment as it was at start (a process's environment does not change), the file as it is
+/// now. Its `Debug` names the file only: the environment holds tokens and keys.
+#[derive(Clone)]
+pub struct ConfigSource {
+    flags: Flags,
+    /// Each variable looked up, with what it held.
+    env: std::sync::Arc<std::collections::BTreeMap<String, Option<String>>>,
+    keys: std::sync::Arc<Vec<(String, String)>>,
+}
+
+impl ConfigSource {
+    /// The configuration file, if there is one (without one there is nothing to reload).
+    pub fn file(&self) -> Option<&std::path::Path> {
+        self.flags.config.as_deref()
+    }
+
+    /// Read the configuration again: the file as it is now, under the same flags and
+    /// environment. Errors as [`GatewayConfig::resolve`] does.
+    pub fn read(&self) -> Result<GatewayConfig, Error> {
+        let env = |name: &str| self.env.get(name).cloned().flatten();
+        GatewayConfig::resolve_with(self.flags.clone(), env, (*self.keys).clone())
+    }
+}
+
+impl std::fmt::Debug for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigSource")
+            .field("file", &self.file())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The upstream must be `https://`, or `http://` on this machine only (a local mock): the keys
@@ -262,6 +299,7 @@ impl GatewayConfig {
             saving: super::saving::Saving::default(),
             prefix_affinity: true,
             pool,
+            source: None,
         }
     }
 
@@ -299,6 +337,27 @@ impl GatewayConfig {
         env: impl Fn(&str) -> Option<String>,
         keys: Vec<(String, String)>,
     ) -> Result<Self, Error> {
+        // What each variable held is kept to read the configuration again the same way.
+        let seen = std::cell::RefCell::new(std::collections::BTreeMap::new());
+        let env = |name: &str| {
+            let value = env(name);
+            seen.borrow_mut().insert(name.to_owned(), value.clone());
+            value
+        };
+        let mut config = Self::read(flags.clone(), env, &keys)?;
+        config.source = Some(ConfigSource {
+            flags,
+            env: std::sync::Arc::new(seen.into_inner()),
+            keys: std::sync::Arc::new(keys),
+        });
+        Ok(config)
+    }
+
+    fn read(
+        flags: Flags,
+        env: impl Fn(&str) -> Option<String>,
+        keys: &[(String, String)],
+    ) -> Result<Self, Error> {
         let text = match &flags.config {
             Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
                 Error::config(format!(
@@ -326,13 +385,12 @@ impl GatewayConfig {
             }
             None => FileGateway::default(),
         };
-        let vars = keys;
         let mut builder = KeyPool::builder();
         if let Some(text) = &text {
             builder = builder.toml_str(text)?;
         }
-        if !vars.is_empty() {
-            builder = builder.keys_from_vars(vars)?;
+        if !keys.is_empty() {
+            builder = builder.keys_from_vars(keys.to_vec())?;
         }
         // GATEWAY_PACING: "off", "spread", or the burst as a share of the minute (`0.05`).
         if let Some(value) = env("GATEWAY_PACING") {
@@ -540,6 +598,7 @@ impl GatewayConfig {
                 .or_else(|| env("GATEWAY_STATE_FILE").map(PathBuf::from))
                 .or(file.state_file),
             pool,
+            source: None,
         })
     }
 

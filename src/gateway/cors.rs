@@ -1,7 +1,16 @@
-//! CORS: allowed origins are echoed, others get no allow-origin header.
+//! CORS: allowed origins are echoed, others get no allow-origin header; the origins are the
+//! configuration's of the moment (a reload changes them).
 
-use http::{HeaderValue, Method};
-use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::Either;
+use http::{HeaderValue, Method, Request, Response};
+use tower_http::cors::{AllowHeaders, AllowOrigin, Cors, CorsLayer};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::Shared;
 
 /// Does `origin` match one of `allowed`: exactly, or as a subdomain of a
 /// `scheme://*.domain` wildcard (not the bare domain, not a lookalike such as `evilexample.com`)?
@@ -21,23 +30,67 @@ pub(crate) fn allowed(allowed: &[String], origin: &str) -> bool {
     })
 }
 
-/// The CORS layer for `origins`, or `None` when no origin is allowed (no CORS headers at all).
-pub(crate) fn layer(origins: &[String]) -> Option<CorsLayer> {
-    if origins.is_empty() {
-        return None;
-    }
-    let origins = origins.to_vec();
-    Some(
-        CorsLayer::new()
+/// CORS with the origins configured at the moment (a reload changes them): a request is
+/// served through tower-http's `Cors` while any origin is allowed, and untouched — no CORS
+/// header, a preflight answered by the routes as any `OPTIONS` — while none is.
+#[derive(Clone)]
+pub(crate) struct LiveCorsLayer {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl<S: Clone> Layer<S> for LiveCorsLayer {
+    type Service = LiveCors<S>;
+
+    fn layer(&self, inner: S) -> LiveCors<S> {
+        let shared = self.shared.clone();
+        let cors = CorsLayer::new()
             .allow_origin(AllowOrigin::predicate(
                 move |origin: &HeaderValue, _parts: &http::request::Parts| {
-                    origin.to_str().is_ok_and(|o| allowed(&origins, o))
+                    origin
+                        .to_str()
+                        .is_ok_and(|o| allowed(&shared.clients().origins, o))
                 },
             ))
             .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
             .allow_headers(AllowHeaders::mirror_request())
-            .max_age(std::time::Duration::from_secs(600)),
-    )
+            .max_age(std::time::Duration::from_secs(600));
+        LiveCors {
+            cors: cors.layer(inner.clone()),
+            plain: inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// See [`LiveCorsLayer`].
+#[derive(Clone)]
+pub(crate) struct LiveCors<S> {
+    cors: Cors<S>,
+    plain: S,
+    shared: Arc<Shared>,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for LiveCors<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = Either<tower_http::cors::ResponseFuture<S::Future>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        std::task::ready!(self.plain.poll_ready(cx))?;
+        self.cors.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        if self.shared.clients().origins.is_empty() {
+            Either::Right(self.plain.call(request))
+        } else {
+            Either::Left(self.cors.call(request))
+        }
+    }
 }
 
 #[cfg(test)]

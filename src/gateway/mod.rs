@@ -11,7 +11,8 @@
 //! |---|---|
 //! | `POST /v1/chat/completions`, `POST /v1/embeddings`, `GET /v1/models` | OpenAI-compatible, to Google's `/v1beta/openai/...` (`model` defaults to the configured one) |
 //! | `POST /v1beta/models/{model}:{generateContent, streamGenerateContent, countTokens, embedContent, batchEmbedContents}`, `GET /v1beta/models` | native Gemini; SSE streams pass through chunk by chunk |
-//! | `GET /api/keys/status`, `POST /api/keys/{id}/reset` | status and admin, behind the admin token |
+//! | `GET /api/keys/status`, `POST /api/keys`, `DELETE /api/keys/{id}`, `POST /api/keys/{id}/reset`, `POST /api/keys/revalidate` | status and admin, behind the admin token |
+//! | `POST /api/config/reload` | read the configuration file again (as `SIGHUP` does), behind the admin token |
 //! | `GET /` | the dashboard page |
 //! | `GET /metrics` | Prometheus text, behind the admin token |
 //! | `GET /healthz` | liveness |
@@ -42,6 +43,7 @@ mod overhead;
 mod owned;
 mod proxy;
 mod rate_headers;
+mod reload;
 mod reply;
 mod routes;
 mod saving;
@@ -56,7 +58,7 @@ use std::future::Future;
 pub use auth::Token;
 pub use check_keys::{KeyCheck, check_keys, table};
 pub use config::{
-    DEFAULT_BODY_LIMIT, DEFAULT_BODY_MEMORY, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS,
+    ConfigSource, DEFAULT_BODY_LIMIT, DEFAULT_BODY_MEMORY, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_WAIT, DEFAULT_MODEL, DEFAULT_REVALIDATE,
     DEFAULT_WRITE_TIMEOUT, Flags, GOOGLE, GatewayConfig,
 };
@@ -126,7 +128,10 @@ pub async fn serve_on(
         tracing::error!("{error}");
     }
     let shared = Shared::new(config);
-    let app = routes::routes(&shared, config);
+    let app = routes::routes(&shared);
+    // SIGHUP reloads the configuration file (so does POST /api/config/reload).
+    #[cfg(unix)]
+    let _reloading = reload::on_hangup(&shared);
     let _revalidating = jobs::revalidating(
         &shared,
         config.revalidate_every,

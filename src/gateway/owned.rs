@@ -96,7 +96,7 @@ pub(super) async fn list(shared: &Shared, request: Request, path: &str, kind: &O
     };
     // A list counts against the client's limits as one request.
     let (parts, _) = request.into_parts();
-    if let Some(limits) = &shared.client_limits {
+    if let Some(limits) = &shared.clients().limits {
         let head = crate::context::RequestHead {
             method: &parts.method,
             uri: &parts.uri,

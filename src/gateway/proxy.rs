@@ -413,7 +413,7 @@ fn with_rate_headers(
     model: Option<&Model>,
     mut answer: Response,
 ) -> Response {
-    let client = match &shared.client_limits {
+    let client = match &shared.clients().limits {
         Some(limits) => limits.windows(&crate::context::RequestHead {
             method: &parts.method,
             uri: &parts.uri,
@@ -463,7 +463,7 @@ fn admit(
             &problem,
         )));
     }
-    if let Some(limits) = &shared.client_limits {
+    if let Some(limits) = &shared.clients().limits {
         let head = crate::context::RequestHead {
             method: &parts.method,
             uri: &parts.uri,
@@ -491,7 +491,7 @@ fn admit(
 /// there are no per-client limits to count them against, or nothing is known.
 async fn stored_tokens(shared: &Shared, parts: &http::request::Parts, body: &[u8]) -> u64 {
     use crate::affinity::reference::{self, Call};
-    if shared.client_limits.is_none() {
+    if shared.clients().limits.is_none() {
         return 0;
     }
     let path = parts.uri.path();

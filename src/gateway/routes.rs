@@ -13,18 +13,18 @@ use http::StatusCode;
 use super::reply::{self, Family};
 use super::{
     GatewayConfig, Shared, admin, auth, batches, caches, cors, dashboard, files, interactions,
-    metrics, proxy, stores,
+    metrics, proxy, reload, stores,
 };
 
 /// The gateway's router for `config`: every route, auth, CORS and per-client limits. Serve it
 /// with `axum::serve` (see [`serve`](super::serve), which also handles shutdown).
 pub fn router(config: &GatewayConfig) -> Router {
-    routes(&Shared::new(config), config)
+    routes(&Shared::new(config))
 }
 
 /// Every route over `shared`: the proxied APIs behind the client token, the status, admin and
 /// metrics routes behind the admin token, the dashboard and `/healthz`; CORS around them.
-pub(super) fn routes(shared: &Arc<Shared>, config: &GatewayConfig) -> Router {
+pub(super) fn routes(shared: &Arc<Shared>) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(proxy::chat_completions))
         .route("/v1/embeddings", post(proxy::embeddings))
@@ -81,6 +81,7 @@ pub(super) fn routes(shared: &Arc<Shared>, config: &GatewayConfig) -> Router {
         .route("/api/keys/{id}", axum::routing::delete(admin::remove))
         .route("/api/keys/revalidate", post(admin::revalidate))
         .route("/api/keys/{id}/reset", post(admin::reset))
+        .route("/api/config/reload", post(reload::route))
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             admin::require_admin,
@@ -91,15 +92,17 @@ pub(super) fn routes(shared: &Arc<Shared>, config: &GatewayConfig) -> Router {
         .merge(admin)
         .merge(api)
         .with_state(shared.clone());
-    match cors::layer(&config.allowed_origins) {
-        Some(cors) => router.layer(cors),
-        None => router,
-    }
+    router.layer(cors::LiveCorsLayer {
+        shared: shared.clone(),
+    })
 }
 
 /// Refuse requests without a client token (unless the gateway runs unauthenticated).
 async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
-    if shared.tokens.is_empty() {
+    // (The guard is let go before the request goes on: a reload in between is fine.)
+    let clients = shared.clients();
+    if clients.tokens.is_empty() {
+        drop(clients);
         return next.run(request).await;
     }
     let path = request.uri().path();
@@ -110,6 +113,7 @@ async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next:
     let upload_step = path.starts_with("/upload/")
         && crate::affinity::reference::upload_id_in(request.uri().query()).is_some();
     if token.is_none() && upload_step {
+        drop(clients);
         return next.run(request).await;
     }
     let family = if path.starts_with("/v1/interactions") || path.starts_with("/v1beta/interactions")
@@ -130,7 +134,7 @@ async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next:
     } else {
         Family::Native
     };
-    let Some(client) = auth::accepted(&shared.tokens, token) else {
+    let Some(client) = auth::accepted(&clients.tokens, token) else {
         let message = if token.is_some() {
             "the gateway token is not valid"
         } else {
@@ -140,11 +144,12 @@ async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next:
     };
     // Spending per client is counted under its token's fingerprint.
     let mut request = request;
-    if let Some(account) = shared.client_accounts.get(client) {
+    if let Some(account) = clients.accounts.get(client) {
         request.extensions_mut().insert(account.clone());
     }
-    if let Some(scope) = shared.client_scopes.get(client) {
+    if let Some(scope) = clients.scopes.get(client) {
         request.extensions_mut().insert(scope.clone());
     }
+    drop(clients);
     next.run(request).await
 }

@@ -190,6 +190,26 @@ impl Saving {
     }
 }
 
+/// `budget` with its alerts logged and kept in `alerts` for the status API.
+fn alerting(budget: &Budget, alerts: &Alerts) -> Budget {
+    let sink = alerts.clone();
+    budget.clone().on_alert(move |alert| {
+        let (kind, name) = scope_json(&alert.scope);
+        push(
+            &sink,
+            serde_json::json!({
+                "kind": "budget",
+                "at": now_ms(),
+                "scope": kind,
+                "name": name,
+                "threshold": alert.threshold,
+                "spent_usd": alert.spent_usd,
+                "budget_usd": alert.budget_usd,
+            }),
+        );
+    })
+}
+
 /// Alerts kept for the status API (the newest last).
 const RECENT_ALERTS: usize = 50;
 
@@ -197,11 +217,17 @@ const RECENT_ALERTS: usize = 50;
 /// stack is rebuilt over a new pool with the same ones).
 pub(crate) struct Savings {
     cache: Option<CacheLayer>,
+    /// What a configuration reload changes (the stack is then rebuilt with it).
+    tuned: std::sync::RwLock<Tuned>,
+    alerts: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<serde_json::Value>>>,
+    fallbacks: std::sync::Mutex<BTreeMap<(String, String, &'static str), u64>>,
+}
+
+/// Fallback chains, prices and budgets, the quota alert: reloadable.
+struct Tuned {
     fallback: FallbackLayer,
     cost: crate::cost::CostLayer,
     quota_alert: f64,
-    alerts: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<serde_json::Value>>>,
-    fallbacks: std::sync::Mutex<BTreeMap<(String, String, &'static str), u64>>,
 }
 
 type Alerts = std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<serde_json::Value>>>;
@@ -231,32 +257,48 @@ fn scope_json(scope: &crate::cost::Scope) -> (&'static str, Option<&str>) {
 impl Savings {
     pub(crate) fn new(saving: &Saving) -> Savings {
         let alerts: Alerts = Default::default();
-        let sink = alerts.clone();
-        let budget = saving.budget.clone().on_alert(move |alert| {
-            let (kind, name) = scope_json(&alert.scope);
-            push(
-                &sink,
-                serde_json::json!({
-                    "kind": "budget",
-                    "at": now_ms(),
-                    "scope": kind,
-                    "name": name,
-                    "threshold": alert.threshold,
-                    "spent_usd": alert.spent_usd,
-                    "budget_usd": alert.budget_usd,
-                }),
-            );
-        });
+        let cost = crate::cost::CostLayer::new()
+            .prices(saving.prices.clone())
+            .budget(alerting(&saving.budget, &alerts));
         Savings {
             cache: saving.cache.clone(),
-            fallback: saving.fallback.clone(),
-            cost: crate::cost::CostLayer::new()
-                .prices(saving.prices.clone())
-                .budget(budget),
-            quota_alert: saving.quota_alert,
+            tuned: std::sync::RwLock::new(Tuned {
+                fallback: saving.fallback.clone(),
+                cost,
+                quota_alert: saving.quota_alert,
+            }),
             alerts,
             fallbacks: Default::default(),
         }
+    }
+
+    fn tuned(&self) -> std::sync::RwLockReadGuard<'_, Tuned> {
+        self.tuned.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Take `saving`'s fallback chains, prices, budgets and quota alert from now on (the stack
+    /// must be rebuilt to use them): today's spending carries over to the new budgets. The
+    /// cache is kept as it is. What changed, in words.
+    pub(crate) fn reload(&self, saving: &Saving) -> Vec<String> {
+        let mut tuned = self.tuned.write().unwrap_or_else(|e| e.into_inner());
+        let mut changed = Vec::new();
+        if tuned.fallback.chains() != saving.fallback.chains() {
+            changed.push("fallback".to_owned());
+        }
+        if tuned.cost.price_table() != &saving.prices {
+            changed.push("prices".to_owned());
+        }
+        if format!("{:?}", tuned.cost.spend().budget()) != format!("{:?}", saving.budget) {
+            changed.push("budget".to_owned());
+        }
+        if tuned.quota_alert != saving.quota_alert {
+            changed.push("quota_alert".to_owned());
+        }
+        let budget = alerting(&saving.budget, &self.alerts);
+        tuned.cost = tuned.cost.reconfigured(saving.prices.clone(), budget);
+        tuned.fallback = saving.fallback.clone();
+        tuned.quota_alert = saving.quota_alert;
+        changed
     }
 
     /// The quota layer over `pool`, its alerts logged and kept for the status API.
@@ -278,12 +320,15 @@ impl Savings {
             );
         });
         // The threshold was checked when the configuration was read.
-        layer.clone().alert_at(self.quota_alert).unwrap_or(layer)
+        layer
+            .clone()
+            .alert_at(self.tuned().quota_alert)
+            .unwrap_or(layer)
     }
 
     /// Fallback chains for the stack.
     pub(crate) fn fallback(&self) -> FallbackLayer {
-        self.fallback.clone()
+        self.tuned().fallback.clone()
     }
 
     /// The stack's service behind the cost layer and, if configured, the cache.
@@ -305,7 +350,7 @@ impl Savings {
         use tower::ServiceExt;
         use tower_layer::Layer;
 
-        let costed = self.cost.layer(gemini);
+        let costed = self.tuned().cost.layer(gemini);
         match &self.cache {
             Some(cache) => tower::util::BoxCloneSyncService::new(cache.layer(costed).map_response(
                 |response: http::Response<_>| response.map(|body| body.map_err(Into::into).boxed()),
@@ -345,7 +390,8 @@ impl Savings {
                 "max_bytes": stats.max_bytes,
             })
         });
-        let chains: BTreeMap<&str, Vec<&str>> = self
+        let tuned = self.tuned();
+        let chains: BTreeMap<&str, Vec<&str>> = tuned
             .fallback
             .chains()
             .into_iter()
@@ -365,7 +411,7 @@ impl Savings {
                 })
             })
             .collect();
-        let today: Vec<serde_json::Value> = self
+        let today: Vec<serde_json::Value> = tuned
             .cost
             .spend()
             .today_by_scope()

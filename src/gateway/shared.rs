@@ -31,8 +31,8 @@ pub(crate) struct Shared {
     pub(crate) breakers: BreakerHandle,
     pub(crate) upstream: String,
     pub(crate) model: String,
-    pub(crate) tokens: Vec<Token>,
-    pub(crate) admin_token: Option<Token>,
+    /// Who may call, and their limits: swapped whole by a configuration reload.
+    clients: arc_swap::ArcSwap<Clients>,
     pub(crate) body_limit: usize,
     /// Request bodies held at once, in KiB permits (see `GatewayConfig::body_memory`).
     pub(crate) body_memory: Arc<tokio::sync::Semaphore>,
@@ -45,17 +45,75 @@ pub(crate) struct Shared {
     pub(crate) savings: saving::Savings,
     /// Clients share cached answers (else each client token has its own cache scope).
     pub(crate) cache_shared: bool,
-    /// Per-client limits (`client_limits`), metered once a request's body is in memory.
-    pub(crate) client_limits: Option<InboundQuotaLayer>,
-    /// Each client token's cache scope, by the token's index.
-    pub(crate) client_scopes: Vec<ClientScope>,
-    /// Each client token's account (its fingerprint), by the token's index: spending per
-    /// client is counted under it.
-    pub(crate) client_accounts: Vec<crate::cost::Account>,
     /// Prefix affinity's memory (if on), kept across key changes.
     prefix: Option<Arc<PrefixAffinity>>,
     /// Each model's per-minute totals a moment, for the rate-limit headers.
     pub(crate) rate_cache: super::rate_headers::RateCache,
+    /// Where the configuration was read, to reload it.
+    pub(crate) source: Option<super::config::ConfigSource>,
+    /// The settings a reload leaves as they started (to name those a reload would change).
+    pub(crate) started: std::sync::Mutex<Vec<(&'static str, String)>>,
+    /// The last reload's outcome, for the status API.
+    last_reload: std::sync::Mutex<Option<serde_json::Value>>,
+}
+
+/// The clients: their tokens, scopes, accounts and limits, the admin token and the origins
+/// CORS allows. Read once a request; a reload swaps in a new one.
+pub(crate) struct Clients {
+    pub(crate) tokens: Vec<Token>,
+    pub(crate) admin_token: Option<Token>,
+    /// Per-client limits (`client_limits`), metered once a request's body is in memory. A
+    /// reload changes the limits of this same layer: what clients spent still counts.
+    pub(crate) limits: Option<InboundQuotaLayer>,
+    /// Each client token's cache scope, by the token's index.
+    pub(crate) scopes: Vec<ClientScope>,
+    /// Each client token's account (its fingerprint), by the token's index: spending per
+    /// client is counted under it.
+    pub(crate) accounts: Vec<crate::cost::Account>,
+    /// Origins CORS allows (see `cors::allowed`).
+    pub(crate) origins: Vec<String>,
+}
+
+impl Clients {
+    /// The clients of `config`; `limits` is the running layer to keep (with `config`'s limits)
+    /// if there is one.
+    pub(crate) fn new(config: &GatewayConfig, limits: Option<&InboundQuotaLayer>) -> Clients {
+        let limits = config.client_limits.map(|new| match limits {
+            Some(running) => {
+                running.set_limits(new);
+                running.clone()
+            }
+            None => {
+                let by_token = ClientKey::custom(|head| {
+                    auth::presented(head.headers, head.uri.query())
+                        .map(|t| String::from_utf8_lossy(t).into_owned())
+                });
+                InboundQuotaLayer::new(new).client_key(by_token)
+            }
+        });
+        Clients {
+            tokens: config.tokens.clone(),
+            admin_token: config.admin_token.clone(),
+            limits,
+            scopes: config
+                .tokens
+                .iter()
+                .map(|token| {
+                    let name = token.scope_id();
+                    ClientScope(
+                        http::HeaderValue::from_str(&name)
+                            .unwrap_or_else(|_| http::HeaderValue::from_static("client")),
+                    )
+                })
+                .collect(),
+            accounts: config
+                .tokens
+                .iter()
+                .map(|token| crate::cost::Account::new(token.fingerprint()))
+                .collect(),
+            origins: config.allowed_origins.clone(),
+        }
+    }
 }
 
 /// The cache scope of the client that sent a request (an extension set by `authenticate`).
@@ -99,6 +157,53 @@ impl Shared {
     /// The current pool and stack.
     pub(crate) fn live(&self) -> Arc<Live> {
         self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The current clients.
+    pub(crate) fn clients(&self) -> arc_swap::Guard<Arc<Clients>> {
+        self.clients.load()
+    }
+
+    /// Serve `clients` from now on.
+    pub(crate) fn set_clients(&self, clients: Clients) {
+        self.clients.store(Arc::new(clients));
+    }
+
+    /// Rebuild the stack over the current pool (after the savings were reloaded).
+    pub(crate) fn rebuild(&self) {
+        self.swap(self.live().pool.clone());
+    }
+
+    /// Keep a reload's outcome for the status API.
+    pub(crate) fn remember_reload(
+        &self,
+        outcome: &Result<super::reload::Outcome, crate::error::Error>,
+    ) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let record = match outcome {
+            Ok(outcome) => serde_json::json!({
+                "at": at,
+                "success": true,
+                "applied": outcome.applied,
+                "restart_needed": outcome.restart_needed,
+            }),
+            Err(error) => serde_json::json!({
+                "at": at,
+                "success": false,
+                "error": error.to_string(),
+            }),
+        };
+        *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+    }
+
+    /// The configuration file and the last reload, for the status API.
+    pub(crate) fn config_status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "file": self.source.as_ref().and_then(|s| s.file()).map(|p| p.display().to_string()),
+            "last_reload": *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()),
+        })
     }
 
     fn build(&self, pool: KeyPool) -> Live {
@@ -178,8 +283,7 @@ impl Shared {
             breakers,
             upstream: config.upstream.clone(),
             model: config.model.clone(),
-            tokens: config.tokens.clone(),
-            admin_token: config.admin_token.clone(),
+            clients: arc_swap::ArcSwap::from_pointee(Clients::new(config, None)),
             body_limit: config.body_limit,
             body_memory: Arc::new(tokio::sync::Semaphore::new(
                 // Always room for one body of the largest size.
@@ -199,31 +303,11 @@ impl Shared {
             }),
             savings,
             cache_shared: config.saving.cache_shared,
-            client_limits: config.client_limits.map(|limits| {
-                let by_token = ClientKey::custom(|head| {
-                    auth::presented(head.headers, head.uri.query())
-                        .map(|t| String::from_utf8_lossy(t).into_owned())
-                });
-                InboundQuotaLayer::new(limits).client_key(by_token)
-            }),
-            client_scopes: config
-                .tokens
-                .iter()
-                .map(|token| {
-                    let name = token.scope_id();
-                    ClientScope(
-                        http::HeaderValue::from_str(&name)
-                            .unwrap_or_else(|_| http::HeaderValue::from_static("client")),
-                    )
-                })
-                .collect(),
-            client_accounts: config
-                .tokens
-                .iter()
-                .map(|token| crate::cost::Account::new(token.fingerprint()))
-                .collect(),
             prefix,
             rate_cache: super::rate_headers::RateCache::default(),
+            source: config.source.clone(),
+            started: std::sync::Mutex::new(super::reload::fixed(config)),
+            last_reload: std::sync::Mutex::new(None),
         })
     }
 }

@@ -46,7 +46,7 @@ impl KeyPoolBuilder {
             specs: Vec::new(),
             strategy: Some(inner.strategy.clone()),
             clock: Some(inner.clock.clone()),
-            limits: inner.models.limits().clone(),
+            limits: (*inner.models.limits()).clone(),
             estimator: Some(inner.estimator.clone()),
             store: Some(inner.store.clone()),
         }

@@ -213,6 +213,22 @@ impl KeyPool {
         Ok(pool)
     }
 
+    /// Take `other`'s configured limits and pacing from now on (a live reload), keeping what
+    /// this pool counted and learned: each tracked model's windows go on under the new limits.
+    /// True if they differ from this pool's.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn reconfigure_limits(&self, other: &KeyPool) -> bool {
+        let limits = (*other.inner.models.limits()).clone();
+        if *self.inner.models.limits() == limits {
+            return false;
+        }
+        if !limits.is_empty() {
+            self.inner.has_limits.store(true, Ordering::Release);
+        }
+        self.inner.models.set_limits(limits);
+        true
+    }
+
     /// Is the pool's state shared with other processes (a store such as Redis)?
     pub fn is_shared(&self) -> bool {
         self.inner.store.is_shared()

@@ -1052,3 +1052,53 @@ fn models_pinned_by_answers_are_bounded() {
         3 * health::MAX_MODELS
     );
 }
+
+// ---------------------------------------------------------------- live reload
+
+/// A reload's new model limits apply to the windows the pool already counts: a raised limit
+/// gives the difference, not a fresh minute, and a limit Google reported still narrows a
+/// higher configured one.
+#[test]
+fn reconfigured_limits_keep_the_minutes_count_and_what_google_said() {
+    const MODEL: &str = "gemini-2.0-flash";
+    let clock = ManualClock::at(ts("2026-11-23T12:00:00Z"));
+    let limited = |rpm: u32| {
+        KeyPool::builder()
+            .key_with(KeySpec::new("test-key-0001").project("proj-a"))
+            .clock(clock.clone())
+            .model_limits(
+                MODEL,
+                ModelLimits {
+                    rpm: Some(rpm),
+                    ..ModelLimits::default()
+                },
+            )
+            .build()
+            .unwrap()
+    };
+    let pool = limited(2);
+    // Leases held: each holds its slot of the minute.
+    let mut held: Vec<_> = (0..2).map(|_| pool.select(Some(MODEL)).unwrap()).collect();
+    assert!(pool.select(Some(MODEL)).is_err());
+    assert!(pool.reconfigure_limits(&limited(3)));
+    assert!(!pool.reconfigure_limits(&limited(3)), "nothing changed");
+    assert_eq!(pool.limits_for("proj-a", MODEL).unwrap().rpm, Some(3));
+    held.push(pool.select(Some(MODEL)).unwrap());
+    let error = pool.select(Some(MODEL)).unwrap_err();
+    assert_eq!(
+        error.kind(),
+        ErrorKind::QuotaExhausted,
+        "one more, not three"
+    );
+    drop(held);
+
+    // Configured 20, Google says 10 a minute; a reload configuring 50 leaves 10.
+    clock.advance(Duration::from_secs(120));
+    assert!(pool.reconfigure_limits(&limited(20)));
+    pool.select(Some(MODEL))
+        .unwrap()
+        .report(&answer(429, MINUTE_30S), Duration::from_millis(5));
+    assert!(pool.reconfigure_limits(&limited(50)));
+    let requests = pool.rate_limits(MODEL).requests.unwrap();
+    assert_eq!(requests.limit, 10);
+}

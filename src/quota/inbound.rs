@@ -102,7 +102,8 @@ struct Client {
 /// The clients, keyed by a keyed hash of what identifies them: the ledger never holds a
 /// client's token itself.
 struct Ledger {
-    limits: ModelLimits,
+    /// The limits new clients get; changed live by [`InboundQuotaLayer::set_limits`].
+    limits: RwLock<ModelLimits>,
     clock: Arc<dyn Clock>,
     hasher: RandomState,
     clients: RwLock<HashMap<u64, Arc<Client>>>,
@@ -111,6 +112,10 @@ struct Ledger {
 }
 
 impl Ledger {
+    fn limits(&self) -> ModelLimits {
+        *self.limits.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn client(&self, client: &str, now: u64) -> Arc<Client> {
         let id = self.hasher.hash_one(client);
         if let Some(c) = self
@@ -137,7 +142,7 @@ impl Ledger {
             .entry(id)
             .or_insert_with(|| {
                 Arc::new(Client {
-                    meters: Meters::exact(self.limits),
+                    meters: Meters::exact(self.limits()),
                     last_seen: AtomicU64::new(now),
                 })
             })
@@ -148,7 +153,7 @@ impl Ledger {
     /// with a daily limit, none today (Pacific), so forgetting them lets nothing extra through.
     fn sweep(&self, clients: &mut HashMap<u64, Arc<Client>>, now: u64) {
         let day_start = crate::clock::pacific_day_start(now);
-        let daily = self.limits.rpd.is_some();
+        let daily = self.limits().rpd.is_some();
         clients.retain(|_, c| {
             let seen = c.last_seen.load(Ordering::Relaxed);
             let idle = seen.saturating_add(IDLE_MS) <= now && (!daily || seen < day_start);
@@ -193,7 +198,7 @@ impl InboundQuotaLayer {
     pub fn with_clock(limits: ModelLimits, clock: impl Clock) -> Self {
         InboundQuotaLayer {
             ledger: Arc::new(Ledger {
-                limits,
+                limits: RwLock::new(limits),
                 clock: Arc::new(clock),
                 hasher: RandomState::new(),
                 clients: RwLock::new(HashMap::new()),
@@ -207,6 +212,27 @@ impl InboundQuotaLayer {
         }
     }
 
+    /// Apply `limits` from now on, to every client this layer (and its clones and services)
+    /// meters: what each client spent in its current minute and day still counts, so raising
+    /// a limit gives a client the difference, not a fresh window (a live configuration
+    /// reload).
+    pub fn set_limits(&self, limits: ModelLimits) {
+        let ledger = &*self.ledger;
+        // The clients' lock first, as `Ledger::client` takes them: no client is made with the
+        // old limits after they were changed.
+        let clients = ledger.clients.read().unwrap_or_else(|e| e.into_inner());
+        *ledger.limits.write().unwrap_or_else(|e| e.into_inner()) = limits;
+        for client in clients.values() {
+            client.meters.set_limits(limits);
+        }
+        ledger.overflow.meters.set_limits(limits);
+    }
+
+    /// The limits each client has.
+    pub fn limits(&self) -> ModelLimits {
+        self.ledger.limits()
+    }
+
     /// How clients are told apart.
     pub fn client_key(mut self, key: ClientKey) -> Self {
         self.key = key;
@@ -217,7 +243,7 @@ impl InboundQuotaLayer {
 impl fmt::Debug for InboundQuotaLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InboundQuotaLayer")
-            .field("limits", &self.ledger.limits)
+            .field("limits", &self.ledger.limits())
             .finish_non_exhaustive()
     }
 }
@@ -540,5 +566,43 @@ mod tests {
         let mut clients = ledger.clients.write().unwrap();
         ledger.sweep(&mut clients, tomorrow);
         assert!(clients.is_empty());
+    }
+
+    /// A live reload raises or lowers the limits; what each client spent in its minute still
+    /// counts (a raised limit gives the difference, not a fresh window), and a client first
+    /// seen after the change gets the new limits.
+    #[test]
+    fn changed_limits_keep_what_clients_spent() {
+        let clock = ManualClock::at("2026-11-22T20:00:00Z".parse().unwrap());
+        let rpm = |n| ModelLimits {
+            rpm: Some(n),
+            ..ModelLimits::default()
+        };
+        let layer = InboundQuotaLayer::with_clock(rpm(2), clock.clone());
+        let now = clock.now_millis();
+        let known = layer.ledger.client("known-client-token", now);
+        for _ in 0..2 {
+            assert!(known.meters.admit(Demand::default(), now, false).is_ok());
+        }
+        assert!(known.meters.admit(Demand::default(), now, false).is_err());
+        layer.clone().set_limits(rpm(3));
+        assert_eq!(layer.limits(), rpm(3));
+        assert!(known.meters.admit(Demand::default(), now, false).is_ok());
+        assert!(known.meters.admit(Demand::default(), now, false).is_err());
+        let newcomer = layer.ledger.client("new-client-token", now);
+        for _ in 0..3 {
+            assert!(newcomer.meters.admit(Demand::default(), now, false).is_ok());
+        }
+        assert!(
+            newcomer
+                .meters
+                .admit(Demand::default(), now, false)
+                .is_err()
+        );
+        layer.set_limits(rpm(1));
+        clock.advance(Duration::from_secs(61));
+        let later = clock.now_millis();
+        assert!(known.meters.admit(Demand::default(), later, false).is_ok());
+        assert!(known.meters.admit(Demand::default(), later, false).is_err());
     }
 }

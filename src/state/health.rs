@@ -484,7 +484,8 @@ type ModelMap = NameMap<ModelSlots>;
 pub(crate) struct ModelTable {
     /// Project names, by index, for looking up configured limits.
     projects: Box<[Arc<str>]>,
-    limits: Limits,
+    /// Swapped by a live reload ([`set_limits`](Self::set_limits)).
+    limits: arc_swap::ArcSwap<Limits>,
     /// Made on first use: most pools never see a request without a model (a row of
     /// [`ProjectModelHealth`] per project, ~800 bytes each, saved).
     unknown: std::sync::OnceLock<Arc<ModelSlots>>,
@@ -499,7 +500,7 @@ impl ModelTable {
         ModelTable {
             unknown: std::sync::OnceLock::new(),
             projects,
-            limits,
+            limits: arc_swap::ArcSwap::from_pointee(limits),
             models: ReadMostly::default(),
             learned: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -523,8 +524,37 @@ impl ModelTable {
         }
     }
 
-    pub(crate) fn limits(&self) -> &Limits {
-        &self.limits
+    pub(crate) fn limits(&self) -> Arc<Limits> {
+        self.limits.load_full()
+    }
+
+    /// Configured limits and pacing changed (a live reload): every tracked model's meters take
+    /// theirs from `limits` (what Google reported still narrowing them; windows kept), and
+    /// models first seen from now on too. A model newly configured keeps its entry for good.
+    pub(crate) fn set_limits(&self, limits: Limits) {
+        let limits = Arc::new(limits);
+        self.limits.store(limits.clone());
+        for slots in self.models.values() {
+            let configured = self
+                .projects
+                .iter()
+                .any(|p| limits.for_model(p, &slots.name).is_some());
+            if configured {
+                slots.pin();
+            }
+            for (p, slot) in slots.projects.iter().enumerate() {
+                let project_limits = limits
+                    .for_model(&self.projects[p], &slots.name)
+                    .unwrap_or_default();
+                slot.quota.reconfigure(project_limits);
+                slot.quota.set_pacing(limits.pacing);
+            }
+        }
+        if let Some(unknown) = self.unknown.get() {
+            for slot in unknown.projects.iter() {
+                slot.quota.set_pacing(limits.pacing);
+            }
+        }
     }
 
     pub(crate) fn unknown(&self) -> Arc<ModelSlots> {
@@ -535,7 +565,7 @@ impl ModelTable {
                     self.projects.len(),
                     |_| ModelLimits::default(),
                     true,
-                    self.limits.pacing,
+                    self.limits.load().pacing,
                 ))
             })
             .clone()
@@ -556,10 +586,11 @@ impl ModelTable {
         if let Some(slots) = self.models.get(model) {
             return slots;
         }
+        let limits = self.limits.load();
         let configured = self
             .projects
             .iter()
-            .any(|p| self.limits.for_model(p, model).is_some());
+            .any(|p| limits.for_model(p, model).is_some());
         self.models.update(|models| {
             if let Some(slots) = models.get(model) {
                 return slots.clone();
@@ -576,12 +607,12 @@ impl ModelTable {
                 name.clone(),
                 self.projects.len(),
                 |p| {
-                    self.limits
+                    limits
                         .for_model(&self.projects[p], model)
                         .unwrap_or_default()
                 },
                 configured,
-                self.limits.pacing,
+                limits.pacing,
             ));
             models.to_mut().insert(name, slots.clone());
             slots

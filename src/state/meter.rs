@@ -518,6 +518,26 @@ impl Meters {
         );
     }
 
+    /// Configured limits changed (a live reload): `configured` from now on, each dimension
+    /// Google reported narrowing it still (as [`import`](Self::import) keeps learned limits).
+    /// The window's entries and the day's count are kept: a raised limit gives the
+    /// difference, not a fresh minute.
+    pub(crate) fn reconfigure(&self, configured: ModelLimits) {
+        fn narrow<T: Ord>(configured: Option<T>, learned: Option<T>) -> Option<T> {
+            match (configured, learned) {
+                (Some(c), Some(l)) => Some(c.min(l)),
+                (c, l) => c.or(l),
+            }
+        }
+        let learned = self.lock().learned;
+        self.set_limits(ModelLimits {
+            rpm: narrow(configured.rpm, learned.rpm),
+            tpm: narrow(configured.tpm, learned.tpm),
+            rpd: narrow(configured.rpd, learned.rpd),
+            ipm: narrow(configured.ipm, learned.ipm),
+        });
+    }
+
     /// Lower one dimension's limit to what Google reported; returns true if it changed.
     ///
     /// A ledger that had no limit recorded nothing, while Google counted every request: it

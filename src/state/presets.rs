@@ -110,7 +110,7 @@ impl Tier {
 
 /// Limits per model for every project, overrides per project, and tiers whose presets fill in
 /// what is not configured.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Limits {
     pub(crate) defaults: HashMap<String, ModelLimits>,
     pub(crate) projects: HashMap<String, HashMap<String, ModelLimits>>,

@@ -78,7 +78,7 @@ async fn redis_stopped_mid_run_falls_back_then_shared_admission_resumes() {
     // Shared admission resumed: the next request is in Redis's ledger.
     assert_eq!(send(&pool, &mock).await.unwrap(), StatusCode::OK);
     let mut look = redis.connection().await;
-    let windows: Vec<String> = look.keys(format!("{prefix}:pm:*:w")).await.unwrap();
+    let windows: Vec<String> = look.keys(format!("{prefix}:*:pm:*:w")).await.unwrap();
     assert_eq!(windows.len(), 1, "{windows:?}");
     // This Redis came back empty (no persistence): it holds what was admitted while it was
     // away (given back by the fallback) and after.
@@ -88,7 +88,7 @@ async fn redis_stopped_mid_run_falls_back_then_shared_admission_resumes() {
         5 + 1,
         "the fallback's admissions were given to Redis"
     );
-    let days: Vec<String> = look.keys(format!("{prefix}:pm:*:d:*")).await.unwrap();
+    let days: Vec<String> = look.keys(format!("{prefix}:*:pm:*:d:*")).await.unwrap();
     assert_eq!(days.len(), 1, "{days:?}");
     let day: u64 = look.get(&days[0]).await.unwrap();
     assert_eq!(day, 5 + 1);

@@ -157,7 +157,7 @@ async fn what_one_process_learns_the_others_know() {
     assert_eq!(mock.stats().requests_for("test-key-9999"), 1);
     let mut look = redis.connection().await;
     eventually("the disabled key is written", async || {
-        let names: Vec<String> = look.keys(format!("{prefix}:k:*")).await.unwrap();
+        let names: Vec<String> = look.keys(format!("{prefix}:*:k:*")).await.unwrap();
         !names.is_empty()
     })
     .await;
@@ -175,7 +175,7 @@ async fn what_one_process_learns_the_others_know() {
     let error = send(&one, &mock).await.unwrap_err();
     assert_eq!(mock.stats().responses_with_status(429), 1, "{error}");
     eventually("the cool-down is written", async || {
-        let names: Vec<String> = look.keys(format!("{prefix}:pm:*:st")).await.unwrap();
+        let names: Vec<String> = look.keys(format!("{prefix}:*:pm:*:st")).await.unwrap();
         !names.is_empty()
     })
     .await;

@@ -72,8 +72,8 @@ struct Common {
     #[arg(long, value_name = "FILE")]
     state_file: Option<PathBuf>,
     /// Share the pool's state (quota ledgers, cool-downs, disabled keys, learned limits) with
-    /// the other gateways using these keys through this Redis, e.g. redis://127.0.0.1:6379
-    /// [env REDIS_URL].
+    /// the other gateways using these keys through this Redis, e.g. redis://127.0.0.1:6379, or
+    /// this Redis Cluster, e.g. redis+cluster://10.0.0.1:7000,10.0.0.2:7000 [env REDIS_URL].
     #[arg(long, value_name = "URL")]
     redis_url: Option<String>,
     /// Serve against the embedded mock Gemini instead of Google, with its demo keys (no real

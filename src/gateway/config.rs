@@ -139,7 +139,8 @@ pub struct GatewayConfig {
     /// at shutdown), if anywhere.
     pub state_file: Option<PathBuf>,
     /// The Redis shared with the other gateways using these keys, if any
-    /// (`redis://host:port`): one quota ledger, cool-downs and disabled keys for all.
+    /// (`redis://host:port`, or a cluster: `redis+cluster://host:port,host:port`): one quota
+    /// ledger, cool-downs and disabled keys for all.
     pub redis_url: Option<String>,
     /// While that Redis is unreachable: fall back to this gateway's own state (default), or
     /// refuse requests.

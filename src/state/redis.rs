@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::{Client, Script};
 use sha2::{Digest, Sha256};
 
@@ -101,7 +102,7 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    connection: ConnectionManager,
+    connection: Connection,
     options: RedisOptions,
     /// Where Redis was reachable at the last try.
     reachable: AtomicBool,
@@ -122,6 +123,81 @@ struct Inner {
     /// them (in the minute's window and the day's count).
     fallen: std::sync::Mutex<std::collections::VecDeque<Fallen>>,
 }
+
+/// One Redis, or a Redis Cluster (every key of one project in one hash slot, so each script
+/// and transaction touches one node).
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The nodes of a cluster URL — `redis+cluster://[user:password@]host:port,host:port,…` or a
+/// comma-separated list of `redis://` URLs — each as a `redis://` URL; `None` for one Redis.
+fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    let url = url.trim();
+    if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        let (auth, hosts) = match rest.rfind('@') {
+            Some(at) => (&rest[..=at], &rest[at + 1..]),
+            None => ("", rest),
+        };
+        let nodes = hosts
+            .split(',')
+            .map(|host| host.trim().trim_end_matches('/'))
+            .filter(|host| !host.is_empty())
+            .map(|host| format!("redis://{auth}{host}"))
+            .collect();
+        return Some(nodes);
+    }
+    url.contains(',').then(|| {
+        url.split(',')
+            .map(str::trim)
+            .filter(|node| !node.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+}
+
+/// The hash tag of a name (the part in braces; the whole name without one).
+fn slot_of(name: &str) -> &str {
+    name.split_once('{')
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map_or(name, |(tag, _)| tag)
+}
+
+/// The hash tag of the resource records.
+const PIN_SLOT: &str = "pins";
 
 /// One admission made while Redis was unreachable.
 struct Fallen {
@@ -319,7 +395,11 @@ impl RedisStore {
         RedisStore::connect_with(url, RedisOptions::default()).await
     }
 
-    /// Connect to the Redis at `url` (`redis://[:password@]host:port[/db]`).
+    /// Connect to the Redis at `url` (`redis://[:password@]host:port[/db]`), or to a Redis
+    /// Cluster (or Valkey cluster): `redis+cluster://[:password@]host:port,host:port,…`, or
+    /// `redis://` URLs of some of its nodes separated by commas (the others are found from
+    /// them). Every key of one project carries the same hash tag (`prefix:{…}:pm:…`), so the
+    /// admission script and each transaction touch one slot, as a cluster requires.
     ///
     /// A malformed URL is an error. A Redis that does not answer now is not: the store starts
     /// unreachable (falling back or refusing, by
@@ -327,21 +407,10 @@ impl RedisStore {
     /// comes up.
     pub async fn connect_with(url: &str, options: RedisOptions) -> Result<RedisStore, Error> {
         let shown = redact(url);
-        let client = Client::open(url).map_err(|e| {
-            Error::config(format!(
-                "the Redis URL {shown} is malformed ({e}); expected redis://host:port or redis://:password@host:port/db"
-            ))
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(options.timeout))
-            .set_response_timeout(Some(options.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(options.retry_every);
-        let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
-            Error::config(format!(
-                "cannot set up a connection to Redis at {shown}: {e}"
-            ))
-        })?;
+        let connection = match cluster_nodes(url) {
+            Some(nodes) => connect_cluster(&nodes, &options, &shown)?,
+            None => connect_single(url, &options, &shown)?,
+        };
         let store = RedisStore {
             inner: Arc::new(Inner {
                 connection,
@@ -457,8 +526,18 @@ impl RedisStore {
         // The newest admission stands for now: older than a window before it, an admission no
         // longer counts in a minute, only in its day.
         let newest = fallen.iter().map(|a| a.at).max().unwrap_or(0);
+        // One project's admissions at a time: a transaction stays in one slot of a cluster.
+        fallen
+            .make_contiguous()
+            .sort_by(|a, b| slot_of(&a.base).cmp(slot_of(&b.base)));
         while !fallen.is_empty() {
-            let batch: Vec<Fallen> = fallen.drain(..fallen.len().min(PUSH_BATCH)).collect();
+            let slot = slot_of(&fallen[0].base).to_owned();
+            let same = fallen
+                .iter()
+                .take(PUSH_BATCH)
+                .take_while(|a| slot_of(&a.base) == slot)
+                .count();
+            let batch: Vec<Fallen> = fallen.drain(..same).collect();
             let mut pipe = redis::pipe();
             pipe.atomic();
             let mut days: std::collections::HashMap<&str, (u64, u64)> = Default::default();
@@ -659,8 +738,15 @@ impl Inner {
         }
     }
 
-    /// `prefix:kind:hash(prefix, parts)`: a stable name that holds no key and no secret.
-    fn name(&self, kind: &str, parts: &[&str]) -> String {
+    /// `prefix:{slot}:kind:hash(prefix, parts)`: a stable name that holds no key and no secret.
+    /// Names with one `slot` share a Redis Cluster hash slot (the part in braces is the hash
+    /// tag).
+    fn name(&self, slot: &str, kind: &str, parts: &[&str]) -> String {
+        let hex = self.hash(parts);
+        format!("{}:{{{slot}}}:{kind}:{hex}", self.options.prefix)
+    }
+
+    fn hash(&self, parts: &[&str]) -> String {
         let mut hash = Sha256::new();
         hash.update(self.options.prefix.as_bytes());
         for part in parts {
@@ -668,23 +754,39 @@ impl Inner {
             hash.update(part.as_bytes());
         }
         let digest = hash.finalize();
-        let hex: String = digest[..10].iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}:{kind}:{hex}", self.options.prefix)
+        digest[..10].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The hash tag of every name of `project`: its models' windows, slots, days and states,
+    /// its keys' states and its own.
+    fn project_slot(&self, project: &str) -> String {
+        self.hash(&["project", project])
     }
 
     fn project_model(&self, scope: &Scope) -> String {
         self.name(
+            &self.project_slot(&scope.project),
             "pm",
             &[&scope.project, scope.model.as_deref().unwrap_or("")],
         )
     }
 
     fn key_state(&self, scope: &Scope) -> String {
-        self.name("k", &[&scope.key, &scope.project])
+        self.name(
+            &self.project_slot(&scope.project),
+            "k",
+            &[&scope.key, &scope.project],
+        )
     }
 
     fn project_state(&self, project: &str) -> String {
-        self.name("p", &[project])
+        self.name(&self.project_slot(project), "p", &[project])
+    }
+
+    /// Where a resource lives, and each tenant's set of names: all in one slot (the pin script
+    /// keeps a record and its set together; resources are made rarely).
+    fn pin_name(&self, kind: &str, parts: &[&str]) -> String {
+        self.name(PIN_SLOT, kind, parts)
     }
 
     /// Give an admission back (in the background).
@@ -736,6 +838,57 @@ impl Inner {
     }
 }
 
+/// One Redis, connected lazily (see [`RedisStore::connect_with`]).
+fn connect_single(url: &str, options: &RedisOptions, shown: &str) -> Result<Connection, Error> {
+    let client = Client::open(url).map_err(|e| {
+        Error::config(format!(
+            "the Redis URL {shown} is malformed ({e}); expected redis://host:port or redis://:password@host:port/db (or redis+cluster://host:port,host:port for a cluster)"
+        ))
+    })?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(options.timeout))
+        .set_response_timeout(Some(options.timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(options.retry_every);
+    ConnectionManager::new_lazy_with_config(client, config)
+        .map(Connection::Single)
+        .map_err(|e| {
+            Error::config(format!(
+                "cannot set up a connection to Redis at {shown}: {e}"
+            ))
+        })
+}
+
+/// A Redis Cluster from some of its nodes, connected in the background (the slots are learned
+/// from the first that answers).
+fn connect_cluster(
+    nodes: &[String],
+    options: &RedisOptions,
+    shown: &str,
+) -> Result<Connection, Error> {
+    if nodes.is_empty() {
+        return Err(Error::config(format!(
+            "the Redis Cluster URL {shown} names no node; expected redis+cluster://host:port,host:port"
+        )));
+    }
+    let client = redis::cluster::ClusterClient::builder(nodes.to_vec())
+        .connection_timeout(options.timeout)
+        .response_timeout(options.timeout)
+        .retries(1)
+        .build()
+        .map_err(|e| {
+            Error::config(format!(
+                "the Redis Cluster URL {shown} is malformed ({e}); expected redis+cluster://[:password@]host:port,host:port"
+            ))
+        })?;
+    let config = redis::cluster::ClusterConfig::new()
+        .set_connection_timeout(options.timeout)
+        .set_response_timeout(options.timeout);
+    Ok(Connection::Cluster(
+        client.get_pending_async_connection_with_config(config),
+    ))
+}
+
 fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)
 }
@@ -750,12 +903,28 @@ enum Write {
 
 /// `redis://:secret@host` → `redis://***@host`.
 pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}***{}", &url[..scheme + 3], &url[at..])
+    // A cluster's list (`redis://:pw@a:1,redis://:pw@b:2`) is redacted URL by URL: a comma
+    // starts a new one only before a scheme (a password may hold a comma; the hosts after a
+    // `redis+cluster://` hold no password).
+    let mut urls: Vec<String> = Vec::new();
+    for part in url.split(',') {
+        match urls.last_mut() {
+            Some(last) if !part.contains("://") => {
+                last.push(',');
+                last.push_str(part);
+            }
+            _ => urls.push(part.to_owned()),
         }
-        _ => url.to_owned(),
     }
+    urls.iter()
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &url[..scheme + 3], &url[at..])
+            }
+            _ => url.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn reason_named(name: &str) -> DisabledReason {
@@ -994,11 +1163,18 @@ impl Store for RedisStore {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let mut pipe = redis::pipe();
+        // One pipeline per project: its names share a slot (a cluster refuses a pipeline
+        // across slots).
+        let mut pipes: std::collections::BTreeMap<&str, redis::Pipeline> = Default::default();
         for scope in keys {
-            pipe.del(inner.key_state(scope)).ignore();
+            pipes
+                .entry(&scope.project)
+                .or_default()
+                .del(inner.key_state(scope))
+                .ignore();
         }
         for project in projects {
+            let pipe = pipes.entry(project).or_default();
             pipe.del(inner.project_state(project)).ignore();
             for model in models.iter().map(Some).chain([None]) {
                 let scope = Scope {
@@ -1013,11 +1189,15 @@ impl Store for RedisStore {
                 .ignore();
             }
         }
+        let pipes: Vec<redis::Pipeline> = pipes.into_values().collect();
         runtime.spawn(async move {
             let mut connection = inner.connection.clone();
-            let run = pipe.query_async::<()>(&mut connection);
-            if let Ok(Err(e)) = tokio::time::timeout(inner.options.timeout, run).await {
-                tracing::warn!("could not reset the shared state in Redis: {e}");
+            for pipe in pipes {
+                let run = pipe.query_async::<()>(&mut connection);
+                if let Ok(Err(e)) = tokio::time::timeout(inner.options.timeout, run).await {
+                    tracing::warn!("could not reset the shared state in Redis: {e}");
+                    return;
+                }
             }
         });
     }
@@ -1029,11 +1209,11 @@ impl Store for RedisStore {
             return None;
         }
         let value = serde_json::to_string(record).ok()?;
-        let key = inner.name("pin", &[name]);
+        let key = inner.pin_name("pin", &[name]);
         // Each tenant's names in a set of their own, bounded as the working copy is.
         let (set, cap) = match &record.tenant {
-            Some(tenant) => (inner.name("pins", &[tenant]), MAX_PINS_PER_TENANT),
-            None => (inner.name("pins", &[]), MAX_PINS),
+            Some(tenant) => (inner.pin_name("pins", &[tenant]), MAX_PINS_PER_TENANT),
+            None => (inner.pin_name("pins", &[]), MAX_PINS),
         };
         Some(Box::pin(async move {
             let mut connection = inner.connection.clone();
@@ -1060,7 +1240,7 @@ impl Store for RedisStore {
         if !inner.reachable.load(Ordering::Acquire) {
             return None;
         }
-        let key = inner.name("pin", &[name]);
+        let key = inner.pin_name("pin", &[name]);
         Some(Box::pin(async move {
             let mut connection = inner.connection.clone();
             let mut get = redis::cmd("GET");
@@ -1088,7 +1268,7 @@ impl Store for RedisStore {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let key = inner.name("pin", &[name]);
+        let key = inner.pin_name("pin", &[name]);
         runtime.spawn(async move {
             let mut connection = inner.connection.clone();
             let mut del = redis::cmd("DEL");
@@ -1120,6 +1300,75 @@ mod tests {
             "redis://***@127.0.0.1:6379/0"
         );
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redact("redis+cluster://:hunter2@10.0.0.1:7000,10.0.0.2:7000"),
+            "redis+cluster://***@10.0.0.1:7000,10.0.0.2:7000"
+        );
+        assert_eq!(
+            redact("redis://:hunter2@a:1,redis://:hunter2@b:2"),
+            "redis://***@a:1,redis://***@b:2"
+        );
+        assert_eq!(redact("redis://:hun,ter2@a:1"), "redis://***@a:1");
+    }
+
+    #[test]
+    fn cluster_urls_name_their_nodes() {
+        assert_eq!(cluster_nodes("redis://127.0.0.1:6379"), None);
+        assert_eq!(
+            cluster_nodes("redis+cluster://:pw@127.0.0.1:7001,127.0.0.1:7002/"),
+            Some(vec![
+                "redis://:pw@127.0.0.1:7001".to_owned(),
+                "redis://:pw@127.0.0.1:7002".to_owned()
+            ])
+        );
+        assert_eq!(
+            cluster_nodes("redis://127.0.0.1:7001, redis://127.0.0.1:7002"),
+            Some(vec![
+                "redis://127.0.0.1:7001".to_owned(),
+                "redis://127.0.0.1:7002".to_owned()
+            ])
+        );
+    }
+
+    /// A cluster runs a script or a transaction only if its keys share a hash slot: every name
+    /// one admission, refund, correction, effect or reset touches carries its project's tag.
+    #[tokio::test]
+    async fn one_projects_names_share_a_hash_tag() {
+        let store = RedisStore::connect_with(
+            "redis://127.0.0.1:1",
+            RedisOptions {
+                prefix: "tag-test".to_owned(),
+                ..RedisOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let inner = &store.inner;
+        let scope = |key: &str, project: &str, model: Option<&str>| Scope {
+            key: key.into(),
+            project: project.into(),
+            model: model.map(Into::into),
+        };
+        let a = scope("…0001", "proj-a", Some("gemini-2.0-flash"));
+        let names = [
+            inner.project_model(&a),
+            inner.project_model(&scope("…0002", "proj-a", Some("gemini-2.5-pro"))),
+            inner.project_model(&scope("…0002", "proj-a", None)),
+            inner.key_state(&a),
+            inner.key_state(&scope("…0002", "proj-a", None)),
+            inner.project_state("proj-a"),
+        ];
+        let tag = slot_of(&names[0]);
+        assert_eq!(tag.len(), 20, "{}", names[0]);
+        for name in &names {
+            assert_eq!(slot_of(name), tag, "{name}");
+            assert!(name.starts_with("tag-test:{"), "{name}");
+        }
+        assert_ne!(slot_of(&inner.project_state("proj-b")), tag);
+        assert_eq!(
+            slot_of(&inner.pin_name("pin", &["interactions/abc"])),
+            slot_of(&inner.pin_name("pins", &["client-1"]))
+        );
     }
 
     #[test]

@@ -97,13 +97,205 @@ impl Redis {
         format!("test-{}-{test}", std::process::id())
     }
 
-    /// A plain connection for looking at what is stored.
-    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url.as_str())
+    /// A plain connection for looking at what is stored (to a cluster if `REDIS_URL` names
+    /// one).
+    pub async fn connection(&self) -> Look {
+        Look::to(&self.url).await
+    }
+}
+
+/// A connection for looking at what is stored: to one Redis, or to a cluster
+/// (`redis+cluster://host:port,…`; `KEYS` then asks every master).
+#[derive(Clone)]
+pub enum Look {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Look {
+    pub async fn to(url: &str) -> Look {
+        match url.strip_prefix("redis+cluster://") {
+            Some(hosts) => {
+                let nodes: Vec<String> = hosts
+                    .split(',')
+                    .map(|host| format!("redis://{}", host.trim_end_matches('/')))
+                    .collect();
+                Look::Cluster(
+                    redis::cluster::ClusterClient::new(nodes)
+                        .unwrap()
+                        .get_async_connection()
+                        .await
+                        .unwrap(),
+                )
+            }
+            None => Look::Single(
+                redis::Client::open(url)
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap(),
+            ),
+        }
+    }
+}
+
+impl redis::aio::ConnectionLike for Look {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Look::Single(c) => c.req_packed_command(cmd),
+            Look::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Look::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Look::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Look::Single(c) => c.get_db(),
+            Look::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A Redis Cluster of three masters on 127.0.0.1 for the tests: `REDIS_CLUSTER_URL` when set,
+/// else one started here (`redis-server --cluster-enabled yes` ×3, joined by
+/// `redis-cli --cluster create`) when both binaries are on this machine, else none (the test
+/// says it was skipped). Stopped, and its files removed, when dropped.
+pub struct Cluster {
+    pub url: String,
+    nodes: Vec<Child>,
+    dir: Option<PathBuf>,
+}
+
+fn cli() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join("redis-cli"))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A free port whose cluster bus port (10,000 above it) is free too.
+fn cluster_port() -> u16 {
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
-            .get_multiplexed_async_connection()
-            .await
+            .local_addr()
             .unwrap()
+            .port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl Cluster {
+    pub fn any(test: &str) -> Option<Cluster> {
+        if let Ok(url) = std::env::var("REDIS_CLUSTER_URL")
+            && !url.trim().is_empty()
+        {
+            return Some(Cluster {
+                url,
+                nodes: Vec::new(),
+                dir: None,
+            });
+        }
+        let (Some(server), Some(cli)) = (binary(), cli()) else {
+            skipped(test, "no redis-server and redis-cli on this machine");
+            return None;
+        };
+        let dir = std::env::temp_dir().join(format!("redis-cluster-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cluster = Cluster {
+            url: String::new(),
+            nodes: Vec::new(),
+            dir: Some(dir.clone()),
+        };
+        let mut ports = Vec::new();
+        while ports.len() < 3 {
+            let port = cluster_port();
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        for port in &ports {
+            let child = Command::new(&server)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "3000"])
+                .arg("--cluster-config-file")
+                .arg(dir.join(format!("nodes-{port}.conf")))
+                .arg("--dir")
+                .arg(&dir)
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server starts");
+            cluster.nodes.push(child);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for port in &ports {
+            while TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(Instant::now() < deadline, "redis-server did not come up");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new(&cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        // Every node must know every slot's owner before the first request.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for port in &ports {
+            loop {
+                let info = Command::new(&cli)
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli runs");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster did not become ready"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        cluster.url = format!("redis+cluster://{}", addresses.join(","));
+        Some(cluster)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

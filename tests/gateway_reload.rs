@@ -442,3 +442,125 @@ async fn without_a_file_a_reload_says_how_to_get_one() {
         "{answer}"
     );
 }
+
+/// A reload never opens the gateway: started with tokens (and `--allow-unauthenticated`,
+/// which would accept a file without any), a file without tokens is refused by the reload's
+/// own check.
+#[tokio::test]
+async fn a_reload_never_turns_the_tokens_off() {
+    let mock = mock().start().await.unwrap();
+    let dir = dir("open");
+    let file = dir.join("gateway.toml");
+    write(&file, &mock, "", &format!("tokens = [\"{OLD}\"]"));
+    let flags = Flags {
+        config: Some(file.clone()),
+        allow_unauthenticated: true,
+        ..Flags::default()
+    };
+    let gateway = start(GatewayConfig::resolve(flags, |_| None).unwrap()).await;
+    write(&file, &mock, "", "");
+    let (status, answer) = reload(&gateway).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains("does not open the gateway"), "{message}");
+    let anonymous = Request::post(format!(
+        "{}/v1beta/models/{MODEL}:generateContent",
+        gateway.base
+    ))
+    .header("content-type", "application/json")
+    .body(Full::new(Bytes::from(common::generate_body("hello"))))
+    .unwrap();
+    let response = client().request(anonymous).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Origins removed by a reload: no CORS header any more, and a preflight is answered by the
+/// routes as without CORS (an `OPTIONS` without a token: 401), as a gateway started without
+/// origins answers it.
+#[tokio::test]
+async fn origins_removed_by_a_reload_take_cors_away() {
+    let mock = mock().start().await.unwrap();
+    let dir = dir("cors");
+    let file = dir.join("gateway.toml");
+    let origin = "https://app.example.org";
+    write(
+        &file,
+        &mock,
+        "",
+        &format!("tokens = [\"{OLD}\"]\nallowed_origins = [\"{origin}\"]"),
+    );
+    let gateway = start(from_file(&file)).await;
+    let before = client().request(preflight(&gateway, origin)).await.unwrap();
+    assert_eq!(before.status(), StatusCode::OK);
+    assert_eq!(before.headers()["access-control-allow-origin"], origin);
+    write(&file, &mock, "", &format!("tokens = [\"{OLD}\"]"));
+    let (status, answer) = reload(&gateway).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let after = client().request(preflight(&gateway, origin)).await.unwrap();
+    assert!(after.headers().get("access-control-allow-origin").is_none());
+    assert!(
+        after.headers().get("vary").is_none(),
+        "{:?}",
+        after.headers()
+    );
+    assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A token written where the file wants a list (`tokens = "a,b"`, the environment's form) is
+/// quoted by the TOML parser's error: the answer, the log and the status page show its last
+/// four characters only.
+#[tokio::test]
+async fn a_token_in_a_mistaken_file_is_not_shown() {
+    let mock = mock().start().await.unwrap();
+    let dir = dir("mistaken");
+    let file = dir.join("gateway.toml");
+    write(&file, &mock, "", &format!("tokens = [\"{OLD}\"]"));
+    let gateway = start(from_file(&file)).await;
+    let logs = common::Capture::default();
+    let _guard = logs.install(tracing::Level::INFO);
+    write(&file, &mock, "", &format!("tokens = \"{OLD},{NEW}\""));
+    // (`reload` itself fails the test if the answer holds a token.)
+    let (status, answer) = reload(&gateway).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let status = status_json(&gateway).await.to_string();
+    assert!(
+        status.contains("not reloaded") || status.contains("expected"),
+        "{status}"
+    );
+    for secret in [OLD, NEW, ADMIN] {
+        assert!(
+            !status.contains(secret),
+            "the status page shows a token: {status}"
+        );
+        assert!(!logs.text().contains(secret), "the log shows a token");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The environment beats the file, at a reload too: settings it set at start are named in the
+/// answer, not silently ignored.
+#[tokio::test]
+async fn what_the_environment_set_is_named() {
+    let mock = mock().start().await.unwrap();
+    let dir = dir("env");
+    let file = dir.join("gateway.toml");
+    write(&file, &mock, "", "");
+    let flags = Flags {
+        config: Some(file.clone()),
+        ..Flags::default()
+    };
+    let config = GatewayConfig::resolve(flags, |name| {
+        (name == "GATEWAY_TOKENS").then(|| OLD.to_owned())
+    })
+    .unwrap();
+    let gateway = start(config).await;
+    write(&file, &mock, "", &format!("tokens = [\"{NEW}\"]"));
+    let (status, answer) = reload(&gateway).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["set_by_environment"], serde_json::json!(["tokens"]));
+    assert_eq!(status_of(&gateway, OLD).await, StatusCode::OK);
+    assert_eq!(status_of(&gateway, NEW).await, StatusCode::UNAUTHORIZED);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

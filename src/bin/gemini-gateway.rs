@@ -80,6 +80,11 @@ struct Common {
     /// key needed): for trying the gateway and its clients.
     #[arg(long)]
     demo: bool,
+    /// Export traces over OTLP/HTTP to this receiver, e.g. http://127.0.0.1:4318 [env
+    /// OTEL_EXPORTER_OTLP_ENDPOINT; the other OTEL_* variables are honoured].
+    #[cfg(feature = "otel")]
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 impl Common {
@@ -184,10 +189,27 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The log at INFO; with feature `otel`, and an endpoint, the spans exported too (flushed
+    // when `_otel` is dropped, at the end).
+    #[cfg(feature = "otel")]
+    let _otel = {
+        let endpoint = match &cli.command {
+            Command::Serve(common) | Command::CheckKeys(common) => common.otlp_endpoint.clone(),
+            Command::Demo(_) => None,
+        };
+        match gateway::otel::install(endpoint.as_deref(), tracing::Level::INFO) {
+            Ok(otel) => otel,
+            Err(error) => {
+                eprintln!("gemini-gateway: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    #[cfg(not(feature = "otel"))]
     tracing_subscriber::fmt()
         .with_max_level(tracing::Level::INFO)
         .init();
-    let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Demo(args) => {
             let options = gateway::demo::DemoOptions {

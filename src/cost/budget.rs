@@ -196,6 +196,18 @@ impl Budget {
     }
 
     /// Are calls refused once a budget is spent?
+    /// Do `self` and `other` set the same limits, thresholds and refusal (hooks and clocks
+    /// aside)?
+    pub(crate) fn same_settings(&self, other: &Budget) -> bool {
+        self.pool == other.pool
+            && self.per_project == other.per_project
+            && self.projects == other.projects
+            && self.per_account == other.per_account
+            && self.accounts == other.accounts
+            && self.thresholds == other.thresholds
+            && self.refuse == other.refuse
+    }
+
     pub(crate) fn refuses(&self) -> bool {
         self.refuse
     }
@@ -264,6 +276,24 @@ impl Day {
         let accounts = self.accounts.keys().cloned().map(Scope::Account);
         std::iter::once(Scope::Pool).chain(projects).chain(accounts)
     }
+}
+
+/// How many of `new`'s thresholds count as crossed for `spent`: those whose amount (under the
+/// new limit) is at most the highest amount `old`'s alerts announced today.
+fn realign(spent: &mut Spent, old: (&Budget, Option<u64>), new: (&Budget, Option<u64>)) {
+    let announced = match (spent.crossed.checked_sub(1), old.1) {
+        (Some(last), Some(limit)) => old.0.thresholds.get(last).map_or(0.0, |t| t * limit as f64),
+        _ => 0.0,
+    };
+    spent.crossed = match new.1 {
+        Some(limit) => new
+            .0
+            .thresholds
+            .iter()
+            .take_while(|t| **t * limit as f64 <= announced)
+            .count(),
+        None => 0,
+    };
 }
 
 /// `name`'s entry, made if there is room for one more name.
@@ -375,8 +405,23 @@ impl Spend {
         }
     }
 
-    /// The same day's spending counted against `budget` from now on.
+    /// The same day's spending counted against `budget` from now on. An amount a threshold
+    /// announced today is not announced again: the new thresholds at or below it count as
+    /// crossed, the others alert when the spending reaches them (a raised budget's 80 % too).
     pub(crate) fn with_budget(&self, budget: Budget) -> Spend {
+        {
+            let mut day = self.day.lock().unwrap_or_else(|e| e.into_inner());
+            let old = &*self.budget;
+            realign(&mut day.pool, (old, old.pool), (&budget, budget.pool));
+            for (name, spent) in day.projects.iter_mut() {
+                let limits = (old.project_limit(name), budget.project_limit(name));
+                realign(spent, (old, limits.0), (&budget, limits.1));
+            }
+            for (name, spent) in day.accounts.iter_mut() {
+                let limits = (old.account_limit(name), budget.account_limit(name));
+                realign(spent, (old, limits.0), (&budget, limits.1));
+            }
+        }
         Spend {
             budget: Arc::new(budget),
             day: self.day.clone(),
@@ -698,8 +743,25 @@ mod tests {
         assert!(raised.refusal(None).is_some(), "12 of 12 spent");
         // Both views count on one day.
         assert_eq!(spend.today_usd(&Scope::Pool), 12.0);
+        // 80 % of 12 was never announced (80 % of 10 was): both alert now.
         let thresholds: Vec<f64> = seen.lock().unwrap().iter().map(|a| a.threshold).collect();
-        assert_eq!(thresholds, [1.0], "80 % had alerted already today");
+        assert_eq!(thresholds, [0.8, 1.0]);
+        assert_eq!(seen.lock().unwrap()[0].budget_usd, 12.0);
+        // Lowered below what was announced: nothing is announced twice.
+        let (lowered, seen) = {
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let sink = seen.clone();
+            let lowered = raised.with_budget(
+                budget(11.0).on_alert(move |a: &BudgetAlert| sink.lock().unwrap().push(a.clone())),
+            );
+            (lowered, seen)
+        };
+        lowered.record(Some("proj-a"), None, DOLLAR);
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "{:?}",
+            seen.lock().unwrap()
+        );
     }
 
     #[test]

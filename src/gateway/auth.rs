@@ -39,12 +39,12 @@ impl Token {
         format!("client-{hex}")
     }
 
-    /// Is `candidate` this token? Constant time in the token's content.
+    /// Is `other` the same token (compared in constant time)?
     pub(crate) fn same_as(&self, other: &Token) -> bool {
         self.matches(&other.0)
     }
 
-    /// Is `candidate` this token (compared in constant time)?
+    /// Is `candidate` this token? Constant time in the token's content.
     pub fn matches(&self, candidate: &[u8]) -> bool {
         bool::from(self.0.as_ref().ct_eq(candidate))
     }

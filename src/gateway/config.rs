@@ -179,6 +179,22 @@ impl ConfigSource {
         self.flags.config.as_deref()
     }
 
+    /// The reloadable settings the environment set at start (`tokens` from `GATEWAY_TOKENS`,
+    /// …): a reload keeps them, whatever the file says.
+    pub fn reloadable_from_env(&self) -> Vec<String> {
+        let set = |name: &str| self.env.get(name).is_some_and(Option::is_some);
+        [
+            ("tokens", set("GATEWAY_TOKENS") || set("MY_API_TOKEN")),
+            ("admin_token", set("ADMIN_TOKEN")),
+            ("allowed_origins", set("ALLOWED_ORIGINS")),
+            ("pacing", set("GATEWAY_PACING")),
+        ]
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(name, _)| name.to_owned())
+        .collect()
+    }
+
     /// Read the configuration again: the file as it is now, under the same flags and
     /// environment. Errors as [`GatewayConfig::resolve`] does.
     pub fn read(&self) -> Result<GatewayConfig, Error> {
@@ -379,7 +395,9 @@ impl GatewayConfig {
                                 .as_deref()
                                 .map(|p| p.display().to_string())
                                 .unwrap_or_default(),
-                            e.message()
+                            // A token written where a list goes is quoted by the parser:
+                            // shown by its last 4 characters only.
+                            crate::pool::toml_config::redact_quoted(e.message())
                         ))
                     })?
                     .gateway

@@ -51,7 +51,11 @@ mod server;
 mod shared;
 mod stores;
 mod strict_json;
+mod trace;
 mod write_deadline;
+
+#[cfg(feature = "otel")]
+pub mod otel;
 
 use std::future::Future;
 

@@ -29,6 +29,9 @@ pub(crate) struct Outcome {
     pub(crate) applied: Vec<String>,
     /// Settings that differ from the running ones but take a restart.
     pub(crate) restart_needed: Vec<String>,
+    /// Reloadable settings an environment variable set at start: the file's are not read for
+    /// them (the environment beats the file, and a process's environment does not change).
+    pub(crate) set_by_environment: Vec<String>,
 }
 
 /// The settings a reload does not apply, by name, as text to compare (keys by fingerprint and
@@ -118,7 +121,7 @@ pub(crate) async fn reload(shared: &Shared) -> Result<Outcome, Error> {
     };
     match &outcome {
         Ok(outcome) => tracing::info!(
-            "configuration reloaded from {file}: {}{}",
+            "configuration reloaded from {file}: {}{}{}",
             if outcome.applied.is_empty() {
                 "nothing changed".to_owned()
             } else {
@@ -130,6 +133,14 @@ pub(crate) async fn reload(shared: &Shared) -> Result<Outcome, Error> {
                 format!(
                     "; changed but kept until a restart: {}",
                     outcome.restart_needed.join(", ")
+                )
+            },
+            if outcome.set_by_environment.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; set by the environment, not the file: {}",
+                    outcome.set_by_environment.join(", ")
                 )
             }
         ),
@@ -178,7 +189,7 @@ pub(crate) async fn apply(shared: &Shared, new: &GatewayConfig) -> Result<Outcom
         applied.push("model limits".to_owned());
     }
     applied.extend(shared.savings.reload(&new.saving));
-    shared.set_clients(Clients::new(new, running.limits.as_ref()));
+    shared.set_clients(Clients::new(new, running.ledger.as_ref()));
     drop(running);
     // The stack again, with the fallback chains, prices, budgets and alerts just set.
     shared.rebuild();
@@ -191,9 +202,15 @@ pub(crate) async fn apply(shared: &Shared, new: &GatewayConfig) -> Result<Outcom
             .map(|((name, _), _)| name.to_owned())
             .collect()
     };
+    let set_by_environment = shared
+        .source
+        .as_ref()
+        .map(super::config::ConfigSource::reloadable_from_env)
+        .unwrap_or_default();
     Ok(Outcome {
         applied,
         restart_needed,
+        set_by_environment,
     })
 }
 
@@ -212,6 +229,7 @@ pub(crate) async fn route(State(shared): State<Arc<Shared>>) -> Response {
                 "success": true,
                 "applied": outcome.applied,
                 "restart_needed": outcome.restart_needed,
+                "set_by_environment": outcome.set_by_environment,
             }),
         ),
         Err(error) => reply::client_error(
@@ -222,10 +240,12 @@ pub(crate) async fn route(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// Reload on every `SIGHUP` (Unix), for as long as the returned task is kept.
+/// Reload on every `SIGHUP` (Unix), for as long as the returned task is kept; only with a
+/// configuration file (else a hang-up stops the process, as it would without this).
 #[cfg(unix)]
 pub(crate) fn on_hangup(shared: &Arc<Shared>) -> Option<super::jobs::AbortOnDrop> {
     use tokio::signal::unix::{SignalKind, signal};
+    shared.source.as_ref().and_then(|source| source.file())?;
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(hangups) => hangups,
         Err(error) => {

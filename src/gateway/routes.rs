@@ -13,7 +13,7 @@ use http::StatusCode;
 use super::reply::{self, Family};
 use super::{
     GatewayConfig, Shared, admin, auth, batches, caches, cors, dashboard, files, interactions,
-    metrics, proxy, reload, stores,
+    metrics, proxy, reload, stores, trace,
 };
 
 /// The gateway's router for `config`: every route, auth, CORS and per-client limits. Serve it
@@ -73,6 +73,8 @@ pub(super) fn routes(shared: &Arc<Shared>) -> Router {
     // tokens count against `tpm`), after authentication: a request without a valid token is
     // refused before it is metered against any client's limit.
     let api = api.route_layer(middleware::from_fn_with_state(shared.clone(), authenticate));
+    // Each request's span (outside the token check: a refused request is traced too).
+    let api = api.route_layer(middleware::from_fn(trace::traced));
     // The status and admin routes: one check of the admin token for all of them.
     let admin = Router::new()
         .route("/metrics", get(metrics::metrics))

@@ -288,7 +288,7 @@ impl Savings {
         if tuned.cost.price_table() != &saving.prices {
             changed.push("prices".to_owned());
         }
-        if format!("{:?}", tuned.cost.spend().budget()) != format!("{:?}", saving.budget) {
+        if !tuned.cost.spend().budget().same_settings(&saving.budget) {
             changed.push("budget".to_owned());
         }
         if tuned.quota_alert != saving.quota_alert {

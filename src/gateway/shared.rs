@@ -65,6 +65,9 @@ pub(crate) struct Clients {
     /// Per-client limits (`client_limits`), metered once a request's body is in memory. A
     /// reload changes the limits of this same layer: what clients spent still counts.
     pub(crate) limits: Option<InboundQuotaLayer>,
+    /// The layer kept while limits are off (a reload that turns them off and on again finds
+    /// what clients spent today).
+    pub(crate) ledger: Option<InboundQuotaLayer>,
     /// Each client token's cache scope, by the token's index.
     pub(crate) scopes: Vec<ClientScope>,
     /// Each client token's account (its fingerprint), by the token's index: spending per
@@ -77,8 +80,8 @@ pub(crate) struct Clients {
 impl Clients {
     /// The clients of `config`; `limits` is the running layer to keep (with `config`'s limits)
     /// if there is one.
-    pub(crate) fn new(config: &GatewayConfig, limits: Option<&InboundQuotaLayer>) -> Clients {
-        let limits = config.client_limits.map(|new| match limits {
+    pub(crate) fn new(config: &GatewayConfig, ledger: Option<&InboundQuotaLayer>) -> Clients {
+        let limits = config.client_limits.map(|new| match ledger {
             Some(running) => {
                 running.set_limits(new);
                 running.clone()
@@ -94,6 +97,7 @@ impl Clients {
         Clients {
             tokens: config.tokens.clone(),
             admin_token: config.admin_token.clone(),
+            ledger: limits.clone().or_else(|| ledger.cloned()),
             limits,
             scopes: config
                 .tokens
@@ -188,6 +192,7 @@ impl Shared {
                 "success": true,
                 "applied": outcome.applied,
                 "restart_needed": outcome.restart_needed,
+                "set_by_environment": outcome.set_by_environment,
             }),
             Err(error) => serde_json::json!({
                 "at": at,

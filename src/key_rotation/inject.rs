@@ -133,6 +133,7 @@ pub(super) fn prepare<B>(
             "gemini.key",
             tracing::field::display(selected.fingerprint()),
         );
+        span.record("gemini.project", selected.project());
         if let Some(model) = selected.model() {
             span.record("gemini.model", model);
         }

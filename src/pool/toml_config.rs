@@ -231,7 +231,7 @@ fn parse_error(text: &str, error: &toml::de::Error) -> Error {
 }
 
 /// Replace the contents of every `"…"` in `message` by its last 4 characters.
-fn redact_quoted(message: &str) -> String {
+pub(crate) fn redact_quoted(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut parts = message.split('"');
     if let Some(first) = parts.next() {

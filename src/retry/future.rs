@@ -101,8 +101,9 @@ where
 }
 
 fn attempt_span(parent: &Span, number: u32, max: u32) -> Span {
-    tracing::debug_span!(parent: parent, "gemini.attempt", attempt = number, max_attempts = max,
-        gemini.key = Empty, gemini.model = Empty, gemini.class = Empty, latency_ms = Empty)
+    tracing::debug_span!(parent: parent, "gemini.attempt", otel.kind = "client", attempt = number,
+        max_attempts = max, gemini.key = Empty, gemini.project = Empty, gemini.model = Empty,
+        gemini.class = Empty, latency_ms = Empty)
 }
 
 fn with_attempt<B>(

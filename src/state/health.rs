@@ -533,8 +533,21 @@ impl ModelTable {
     /// models first seen from now on too. A model newly configured keeps its entry for good.
     pub(crate) fn set_limits(&self, limits: Limits) {
         let limits = Arc::new(limits);
-        self.limits.store(limits.clone());
-        for slots in self.models.values() {
+        // Under the table's writer lock: a model first seen meanwhile is made (in `get`) either
+        // before, and is walked here, or after, with the new limits.
+        self.models.update(|models| {
+            self.limits.store(limits.clone());
+            self.reconfigure(models.values(), &limits);
+        });
+        if let Some(unknown) = self.unknown.get() {
+            for slot in unknown.projects.iter() {
+                slot.quota.set_pacing(limits.pacing);
+            }
+        }
+    }
+
+    fn reconfigure<'a>(&self, models: impl Iterator<Item = &'a Arc<ModelSlots>>, limits: &Limits) {
+        for slots in models {
             let configured = self
                 .projects
                 .iter()
@@ -547,11 +560,6 @@ impl ModelTable {
                     .for_model(&self.projects[p], &slots.name)
                     .unwrap_or_default();
                 slot.quota.reconfigure(project_limits);
-                slot.quota.set_pacing(limits.pacing);
-            }
-        }
-        if let Some(unknown) = self.unknown.get() {
-            for slot in unknown.projects.iter() {
                 slot.quota.set_pacing(limits.pacing);
             }
         }
@@ -586,15 +594,16 @@ impl ModelTable {
         if let Some(slots) = self.models.get(model) {
             return slots;
         }
-        let limits = self.limits.load();
-        let configured = self
-            .projects
-            .iter()
-            .any(|p| limits.for_model(p, model).is_some());
         self.models.update(|models| {
             if let Some(slots) = models.get(model) {
                 return slots.clone();
             }
+            // Read under the writer lock, as a reload sets them (see `set_limits`).
+            let limits = self.limits.load();
+            let configured = self
+                .projects
+                .iter()
+                .any(|p| limits.for_model(p, model).is_some());
             if !configured && !make_room(models) {
                 tracing::warn!(
                     gemini.model = model,

@@ -529,13 +529,23 @@ impl Meters {
                 (c, l) => c.or(l),
             }
         }
-        let learned = self.lock().learned;
-        self.set_limits(ModelLimits {
+        // One lock: a limit learned meanwhile is not overwritten.
+        let mut state = self.lock();
+        let learned = state.learned;
+        let limits = ModelLimits {
             rpm: narrow(configured.rpm, learned.rpm),
             tpm: narrow(configured.tpm, learned.tpm),
             rpd: narrow(configured.rpd, learned.rpd),
             ipm: narrow(configured.ipm, learned.ipm),
-        });
+        };
+        state.limits = limits;
+        self.limited.store(
+            limits.rpm.is_some()
+                || limits.tpm.is_some()
+                || limits.rpd.is_some()
+                || limits.ipm.is_some(),
+            Ordering::Release,
+        );
     }
 
     /// Lower one dimension's limit to what Google reported; returns true if it changed.

@@ -180,13 +180,25 @@ fn cluster_nodes(url: &str) -> Option<Vec<String>> {
             .collect();
         return Some(nodes);
     }
-    url.contains(',').then(|| {
-        url.split(',')
-            .map(str::trim)
-            .filter(|node| !node.is_empty())
-            .map(str::to_owned)
-            .collect()
-    })
+    // A comma starts another node only before a scheme: a password may hold one.
+    let nodes = urls_in(url);
+    (nodes.len() > 1).then_some(nodes)
+}
+
+/// `url` split into URLs at the commas followed by a scheme (`a://…,b://…`); one URL else.
+fn urls_in(url: &str) -> Vec<String> {
+    let mut urls: Vec<String> = Vec::new();
+    for part in url.split(',') {
+        match urls.last_mut() {
+            Some(last) if !part.contains("://") => {
+                last.push(',');
+                last.push_str(part);
+            }
+            _ => urls.push(part.trim().to_owned()),
+        }
+    }
+    urls.retain(|u| !u.is_empty());
+    urls
 }
 
 /// The hash tag of a name (the part in braces; the whole name without one).
@@ -407,6 +419,14 @@ impl RedisStore {
     /// comes up.
     pub async fn connect_with(url: &str, options: RedisOptions) -> Result<RedisStore, Error> {
         let shown = redact(url);
+        // Braces in the prefix would be a name's hash tag: a cluster would put a project's
+        // names in different slots and refuse every script.
+        if options.prefix.contains(['{', '}']) {
+            return Err(Error::config(format!(
+                "the Redis prefix {:?} holds a brace; give one without {{ or }}, such as \"tower-gemini\"",
+                options.prefix
+            )));
+        }
         let connection = match cluster_nodes(url) {
             Some(nodes) => connect_cluster(&nodes, &options, &shown)?,
             None => connect_single(url, &options, &shown)?,
@@ -906,17 +926,8 @@ pub(crate) fn redact(url: &str) -> String {
     // A cluster's list (`redis://:pw@a:1,redis://:pw@b:2`) is redacted URL by URL: a comma
     // starts a new one only before a scheme (a password may hold a comma; the hosts after a
     // `redis+cluster://` hold no password).
-    let mut urls: Vec<String> = Vec::new();
-    for part in url.split(',') {
-        match urls.last_mut() {
-            Some(last) if !part.contains("://") => {
-                last.push(',');
-                last.push_str(part);
-            }
-            _ => urls.push(part.to_owned()),
-        }
-    }
-    urls.iter()
+    urls_in(url)
+        .iter()
         .map(|url| match (url.find("://"), url.rfind('@')) {
             (Some(scheme), Some(at)) if at > scheme => {
                 format!("{}***{}", &url[..scheme + 3], &url[at..])
@@ -1314,6 +1325,8 @@ mod tests {
     #[test]
     fn cluster_urls_name_their_nodes() {
         assert_eq!(cluster_nodes("redis://127.0.0.1:6379"), None);
+        // A comma in a password is not a second node.
+        assert_eq!(cluster_nodes("redis://:pa,ss@127.0.0.1:6379"), None);
         assert_eq!(
             cluster_nodes("redis+cluster://:pw@127.0.0.1:7001,127.0.0.1:7002/"),
             Some(vec![

@@ -1,0 +1,267 @@
+//! OpenTelemetry (feature `otel`): `gemini-gateway serve --otlp-endpoint` exports one span per
+//! request and per attempt to an OTLP/HTTP receiver — here, one in the test process that
+//! decodes what arrives (protobuf, as a collector would) — with the GenAI semantic conventions
+//! and ours, the client's `traceparent` continued, the standard `OTEL_*` variables honoured,
+//! and never a key or a token in an attribute.
+#![cfg(feature = "otel")]
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+
+const KEY: &str = "test-key-0004";
+const TOKEN: &str = "client-token-otel-0001";
+const MODEL: &str = tower_gemini::mock::DEMO_MODEL;
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_ID: &str = "00f067aa0ba902b7";
+
+/// What the receiver got: every span, and the resource's attributes.
+#[derive(Default)]
+struct Received {
+    spans: Vec<Span>,
+    resource: Vec<(String, String)>,
+}
+
+fn text(value: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match value.and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn attribute(span: &Span, name: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == name)
+        .map(|kv| text(kv.value.as_ref()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An OTLP/HTTP receiver on 127.0.0.1: `POST /v1/traces` with a protobuf body.
+async fn receiver() -> (String, Arc<Mutex<Received>>) {
+    let received = Arc::new(Mutex::new(Received::default()));
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: Bytes| {
+            let sink = sink.clone();
+            async move {
+                let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                let mut received = sink.lock().unwrap();
+                for resource_spans in request.resource_spans {
+                    if let Some(resource) = resource_spans.resource {
+                        for kv in resource.attributes {
+                            let value = text(kv.value.as_ref());
+                            received.resource.push((kv.key, value));
+                        }
+                    }
+                    for scope in resource_spans.scope_spans {
+                        received.spans.extend(scope.spans);
+                    }
+                }
+                ([("content-type", "application/x-protobuf")], Bytes::new())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_receiver_with_the_genai_attributes_and_the_clients_trace() {
+    let mock = tower_gemini::mock::demo().start().await.unwrap();
+    let (otlp, received) = receiver().await;
+    let dir = std::env::temp_dir().join(format!("gateway-otel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[keys]]\nvalue = \"{KEY}\"\nproject = \"proj-big\"\n\n[gateway]\ntokens = [\"{TOKEN}\"]\n\n[gateway.cache]\n"
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gemini-gateway"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--upstream", &mock.url(), "--listen", &listen])
+        .args(["--otlp-endpoint", &otlp])
+        .env_clear()
+        .env("OTEL_SERVICE_NAME", "gateway-under-test")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let ask = |traceparent: bool| {
+        let mut request = http::Request::post(format!(
+            "http://{listen}/v1beta/models/{MODEL}:generateContent"
+        ))
+        .header("content-type", "application/json")
+        .header("x-goog-api-key", TOKEN);
+        if traceparent {
+            request = request.header("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01"));
+        }
+        request
+            .body(Full::new(Bytes::from(
+                r#"{"contents":[{"parts":[{"text":"trace me"}]}],"generationConfig":{"temperature":0}}"#,
+            )))
+            .unwrap()
+    };
+    let mut up = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(&listen).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the gateway did not listen");
+    // One traced call, the same again (the cache answers it), one refused (a bad token).
+    for traceparent in [true, false] {
+        let response = http.request(ask(traceparent)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let _ = response.into_body().collect().await.unwrap();
+    }
+    let refused = http
+        .request(
+            http::Request::get(format!("http://{listen}/v1beta/models"))
+                .header("x-goog-api-key", "not-a-token-0000")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    // Bounded: the batch goes every 100 ms; 10 s at most.
+    let mut spans = Vec::new();
+    for _ in 0..200 {
+        spans = received.lock().unwrap().spans.clone();
+        let requests = spans.iter().filter(|s| s.kind == 2).count();
+        if requests >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let stderr = tokio::task::spawn_blocking(move || {
+        let _ = child.wait();
+        let mut text = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            use std::io::Read;
+            let _ = pipe.read_to_string(&mut text);
+        }
+        text
+    })
+    .await
+    .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+
+    // The server spans (kind 2): the traced call continues the client's trace.
+    let servers: Vec<&Span> = spans.iter().filter(|s| s.kind == 2).collect();
+    assert_eq!(servers.len(), 3, "{spans:#?}\n{stderr}");
+    let traced = servers
+        .iter()
+        .find(|s| hex(&s.trace_id) == TRACE_ID)
+        .unwrap_or_else(|| panic!("the client's trace was not continued: {servers:#?}"));
+    assert_eq!(hex(&traced.parent_span_id), PARENT_ID);
+    assert_eq!(traced.name, format!("generate_content {MODEL}"));
+    for (name, value) in [
+        ("gen_ai.system", "gcp.gemini"),
+        ("gen_ai.operation.name", "generate_content"),
+        ("gen_ai.request.model", MODEL),
+        ("gen_ai.response.model", MODEL),
+        ("gemini.key", "…0004"),
+        ("gemini.project", "proj-big"),
+        ("gemini.class", "success"),
+        ("gemini.cache_hit", "false"),
+        ("gemini.client", "…0001"),
+        ("http.response.status_code", "200"),
+    ] {
+        assert_eq!(
+            attribute(traced, name).as_deref(),
+            Some(value),
+            "{name}: {traced:#?}"
+        );
+    }
+    for tokens in ["gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"] {
+        let n: u64 = attribute(traced, tokens)
+            .unwrap_or_else(|| panic!("no {tokens}: {traced:#?}"))
+            .parse()
+            .unwrap();
+        assert!(n > 0, "{tokens}");
+    }
+    // The repeat: a new trace of its own, answered by the cache.
+    let cached = servers
+        .iter()
+        .find(|s| attribute(s, "gemini.cache_hit").as_deref() == Some("true"))
+        .unwrap_or_else(|| panic!("no cache hit: {servers:#?}"));
+    assert_ne!(hex(&cached.trace_id), TRACE_ID);
+    // The refused one: traced, with its status, no client.
+    let unauthorized = servers
+        .iter()
+        .find(|s| attribute(s, "http.response.status_code").as_deref() == Some("401"))
+        .unwrap();
+    assert_eq!(unauthorized.name, "GET /v1beta/models");
+    assert_eq!(attribute(unauthorized, "gemini.client"), None);
+
+    // Below the traced call: the layers' call span and its attempt (a client span).
+    let call = spans
+        .iter()
+        .find(|s| s.name == "gemini.request" && s.parent_span_id == traced.span_id)
+        .unwrap_or_else(|| panic!("no gemini.request under the request: {spans:#?}"));
+    let attempt = spans
+        .iter()
+        .find(|s| s.name == "gemini.attempt" && s.parent_span_id == call.span_id)
+        .unwrap_or_else(|| panic!("no gemini.attempt under the call: {spans:#?}"));
+    assert_eq!(attempt.kind, 3, "a client span");
+    assert_eq!(hex(&attempt.trace_id), TRACE_ID);
+    assert_eq!(attribute(attempt, "gemini.key").as_deref(), Some("…0004"));
+    assert_eq!(
+        attribute(attempt, "gemini.project").as_deref(),
+        Some("proj-big")
+    );
+
+    // The standard variables: the service's name.
+    let resource = received.lock().unwrap().resource.clone();
+    assert!(
+        resource
+            .iter()
+            .any(|(k, v)| k == "service.name" && v == "gateway-under-test"),
+        "{resource:?}"
+    );
+    // Never a key or a token, in any attribute or name.
+    let everything = format!("{spans:?}{resource:?}");
+    assert!(!everything.contains(KEY), "a key was exported");
+    assert!(!everything.contains(TOKEN), "a token was exported");
+    assert!(
+        !everything.contains("not-a-token"),
+        "a presented token was exported"
+    );
+}

@@ -173,3 +173,93 @@ async fn two_pools_share_ledgers_and_cool_downs_across_the_masters() {
     one.reset_all();
     eventually("the reset clears it", async || !cooling().await).await;
 }
+
+/// An outage of the whole cluster: one pool serves alone from its own ledger, then gives the
+/// cluster what it admitted — one transaction per project's slot, on the masters that own
+/// them — and the other pool spends only the rest of each project's day: the mock answers no
+/// 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_was_admitted_during_a_cluster_outage_counts_on_every_master() {
+    let Some(mut cluster) =
+        Cluster::any("what_was_admitted_during_a_cluster_outage_counts_on_every_master")
+    else {
+        return;
+    };
+    if !cluster.is_own() {
+        eprintln!("SKIPPED: REDIS_CLUSTER_URL names a cluster this test cannot stop");
+        return;
+    }
+    const PROJECTS: usize = 4;
+    const DAY: u32 = 100;
+    const ALONE: usize = 240;
+    let daily = ModelLimits {
+        rpd: Some(DAY),
+        ..Default::default()
+    };
+    let mock = (0..PROJECTS)
+        .fold(MockGemini::builder(), |mock, i| {
+            mock.project(format!("proj-out-{i}"), move |p| {
+                p.key(format!("test-key-out-{i:04}")).limits(FLASH, daily)
+            })
+        })
+        .start()
+        .await
+        .unwrap();
+    let options = |when_unreachable| RedisOptions {
+        timeout: std::time::Duration::from_millis(300),
+        retry_every: std::time::Duration::from_millis(100),
+        prefix: Redis::prefix("cluster-outage"),
+        when_unreachable,
+        ..RedisOptions::default()
+    };
+    let process = async |when_unreachable| {
+        let store = RedisStore::connect_with(&cluster.url, options(when_unreachable))
+            .await
+            .unwrap();
+        let pool = (0..PROJECTS)
+            .fold(KeyPool::builder(), |b, i| {
+                b.key_with(
+                    KeySpec::new(format!("test-key-out-{i:04}")).project(format!("proj-out-{i}")),
+                )
+            })
+            .model_limits(FLASH, daily)
+            .store(store.clone())
+            .build()
+            .unwrap();
+        (store, pool)
+    };
+    let (one_store, one) = process(tower_gemini::state::WhenUnreachable::FallBack).await;
+    let (other_store, other) = process(tower_gemini::state::WhenUnreachable::Refuse).await;
+    // Both reach the cluster before the outage (nothing is sent before it: a cluster restarted
+    // without persistence forgets what it held, as the README says).
+    assert!(one_store.is_connected() && other_store.is_connected());
+
+    cluster.stop();
+    for _ in 0..ALONE {
+        assert_eq!(send(&one, &mock).await.unwrap(), StatusCode::OK);
+    }
+    assert!(!one_store.is_connected());
+    cluster.start();
+    eventually("reconnected", async || {
+        let _ = send(&one, &mock).await;
+        one_store.is_connected()
+    })
+    .await;
+    let spent_by_one = mock.stats().total_requests() as usize;
+    let mut served = 0;
+    for _ in 0..(PROJECTS * DAY as usize) {
+        match send(&other, &mock).await {
+            Ok(StatusCode::OK) => served += 1,
+            Ok(status) => panic!("the mock answered {status}: a day was overspent"),
+            Err(error) if error.kind() == tower_gemini::ErrorKind::QuotaExhausted => break,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(25)).await,
+        }
+    }
+    assert!(other_store.is_connected());
+    assert_eq!(mock.stats().responses_with_status(429), 0);
+    assert_eq!(
+        served,
+        PROJECTS * DAY as usize - spent_by_one,
+        "the rest of each day as the cluster counts it"
+    );
+}

@@ -655,6 +655,19 @@ fn unanswered(error: &redis::RedisError) -> bool {
         || error.is_connection_refusal()
         || error.is_timeout()
         || error.is_unrecoverable_error()
+        // A cluster coming back: no connection to a node yet, slots moving, the cluster down
+        // (alone, or inside an aborted transaction or a pipeline's answers).
+        || error.is_cluster_error()
+        || error.kind() == redis::ErrorKind::ClusterConnectionNotFound
+        || error.clone().into_server_errors().is_some_and(|errors| {
+            use redis::ServerErrorKind as Kind;
+            errors.iter().any(|(_, e)| {
+                matches!(
+                    e.kind(),
+                    Some(Kind::ClusterDown | Kind::TryAgain | Kind::Moved | Kind::Ask)
+                )
+            })
+        })
 }
 
 impl Inner {

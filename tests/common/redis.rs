@@ -178,6 +178,8 @@ pub struct Cluster {
     pub url: String,
     nodes: Vec<Child>,
     dir: Option<PathBuf>,
+    ports: Vec<u16>,
+    server: Option<PathBuf>,
 }
 
 fn cli() -> Option<PathBuf> {
@@ -211,6 +213,8 @@ impl Cluster {
                 url,
                 nodes: Vec::new(),
                 dir: None,
+                ports: Vec::new(),
+                server: None,
             });
         }
         let (Some(server), Some(cli)) = (binary(), cli()) else {
@@ -223,6 +227,8 @@ impl Cluster {
             url: String::new(),
             nodes: Vec::new(),
             dir: Some(dir.clone()),
+            ports: Vec::new(),
+            server: Some(server.clone()),
         };
         let mut ports = Vec::new();
         while ports.len() < 3 {
@@ -231,7 +237,31 @@ impl Cluster {
                 ports.push(port);
             }
         }
-        for port in &ports {
+        cluster.ports = ports.clone();
+        cluster.spawn_nodes();
+        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new(&cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        cluster.wait_ready();
+        cluster.url = format!("redis+cluster://{}", addresses.join(","));
+        Some(cluster)
+    }
+
+    /// Start every node (again: each keeps its slots in its `nodes-<port>.conf`); returns once
+    /// they accept connections.
+    fn spawn_nodes(&mut self) {
+        let (Some(server), Some(dir)) = (self.server.clone(), self.dir.clone()) else {
+            panic!("only a cluster of our own is started here");
+        };
+        for port in &self.ports {
             let child = Command::new(&server)
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "3000"])
@@ -244,29 +274,22 @@ impl Cluster {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("redis-server starts");
-            cluster.nodes.push(child);
+            self.nodes.push(child);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        for port in &ports {
+        for port in &self.ports {
             while TcpStream::connect(("127.0.0.1", *port)).is_err() {
                 assert!(Instant::now() < deadline, "redis-server did not come up");
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let created = Command::new(&cli)
-            .arg("--cluster")
-            .arg("create")
-            .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("redis-cli runs");
-        assert!(created.success(), "redis-cli --cluster create failed");
-        // Every node must know every slot's owner before the first request.
+    }
+
+    /// Every node knows every slot's owner (bounded: 20 s).
+    fn wait_ready(&self) {
+        let cli = cli().expect("redis-cli");
         let deadline = Instant::now() + Duration::from_secs(20);
-        for port in &ports {
+        for port in &self.ports {
             loop {
                 let info = Command::new(&cli)
                     .args(["-p", &port.to_string(), "cluster", "info"])
@@ -282,8 +305,27 @@ impl Cluster {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        cluster.url = format!("redis+cluster://{}", addresses.join(","));
-        Some(cluster)
+    }
+
+    /// Is it a cluster of our own (which `stop` and `start` can stop and start)?
+    pub fn is_own(&self) -> bool {
+        self.server.is_some()
+    }
+
+    /// Kill every node, as a crash of the whole cluster would (what they held is lost; their
+    /// slots are not).
+    pub fn stop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+        self.nodes.clear();
+    }
+
+    /// Start the nodes again and wait until the cluster serves.
+    pub fn start(&mut self) {
+        self.spawn_nodes();
+        self.wait_ready();
     }
 }
 

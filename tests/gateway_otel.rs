@@ -21,6 +21,8 @@ const TOKEN: &str = "client-token-otel-0001";
 const MODEL: &str = tower_gemini::mock::DEMO_MODEL;
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
+/// A client that asks not to be sampled: recorded all the same.
+const HIDDEN_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 
 /// What the receiver got: every span, and the resource's attributes.
 #[derive(Default)]
@@ -116,20 +118,24 @@ async fn spans_reach_an_otlp_receiver_with_the_genai_attributes_and_the_clients_
         .unwrap();
     let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
-    let ask = |traceparent: bool| {
+    // (deterministic: the cache keeps it; else it passes straight through, its length known)
+    let ask = |query: &str, traceparent: Option<String>, deterministic: bool| {
         let mut request = http::Request::post(format!(
-            "http://{listen}/v1beta/models/{MODEL}:generateContent"
+            "http://{listen}/v1beta/models/{MODEL}:generateContent{query}"
         ))
-        .header("content-type", "application/json")
-        .header("x-goog-api-key", TOKEN);
-        if traceparent {
-            request = request.header("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01"));
+        .header("content-type", "application/json");
+        if query.is_empty() {
+            request = request.header("x-goog-api-key", TOKEN);
         }
-        request
-            .body(Full::new(Bytes::from(
-                r#"{"contents":[{"parts":[{"text":"trace me"}]}],"generationConfig":{"temperature":0}}"#,
-            )))
-            .unwrap()
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        let body = if deterministic {
+            r#"{"contents":[{"parts":[{"text":"trace me"}]}],"generationConfig":{"temperature":0}}"#
+        } else {
+            r#"{"contents":[{"parts":[{"text":"trace me too"}]}]}"#
+        };
+        request.body(Full::new(Bytes::from(body))).unwrap()
     };
     let mut up = false;
     for _ in 0..200 {
@@ -140,9 +146,19 @@ async fn spans_reach_an_otlp_receiver_with_the_genai_attributes_and_the_clients_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(up, "the gateway did not listen");
-    // One traced call, the same again (the cache answers it), one refused (a bad token).
-    for traceparent in [true, false] {
-        let response = http.request(ask(traceparent)).await.unwrap();
+    // One traced call, the same again (the cache answers it), one that passes the cache by
+    // with the token in `?key=` and asks not to be sampled, one refused (a bad token).
+    let calls = [
+        ask("", Some(format!("00-{TRACE_ID}-{PARENT_ID}-01")), true),
+        ask("", None, true),
+        ask(
+            &format!("?key={TOKEN}"),
+            Some(format!("00-{HIDDEN_TRACE_ID}-{PARENT_ID}-00")),
+            false,
+        ),
+    ];
+    for call in calls {
+        let response = http.request(call).await.unwrap();
         assert_eq!(response.status(), 200);
         let _ = response.into_body().collect().await.unwrap();
     }
@@ -193,6 +209,7 @@ async fn spans_reach_an_otlp_receiver_with_the_genai_attributes_and_the_clients_
     assert_eq!(hex(&traced.parent_span_id), PARENT_ID);
     assert_eq!(traced.name, format!("generate_content {MODEL}"));
     for (name, value) in [
+        ("gen_ai.provider.name", "gcp.gemini"),
         ("gen_ai.system", "gcp.gemini"),
         ("gen_ai.operation.name", "generate_content"),
         ("gen_ai.request.model", MODEL),
@@ -210,26 +227,39 @@ async fn spans_reach_an_otlp_receiver_with_the_genai_attributes_and_the_clients_
             "{name}: {traced:#?}"
         );
     }
-    for tokens in ["gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"] {
-        let n: u64 = attribute(traced, tokens)
-            .unwrap_or_else(|| panic!("no {tokens}: {traced:#?}"))
+    let used = |span: &Span, tokens: &str| -> u64 {
+        attribute(span, tokens)
+            .unwrap_or_else(|| panic!("no {tokens}: {span:#?}"))
             .parse()
-            .unwrap();
-        assert!(n > 0, "{tokens}");
+            .unwrap()
+    };
+    for tokens in ["gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"] {
+        assert!(used(traced, tokens) > 0, "{tokens}");
     }
+    // The client that asked not to be sampled is recorded all the same, its trace continued,
+    // and its answer (not kept by the cache: its length known, its body dropped by hyper at
+    // its end rather than read to it) counted too.
+    let hidden = servers
+        .iter()
+        .find(|s| hex(&s.trace_id) == HIDDEN_TRACE_ID)
+        .unwrap_or_else(|| panic!("a client hid its request: {servers:#?}"));
+    for tokens in ["gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"] {
+        assert!(used(hidden, tokens) > 0, "{tokens}: {hidden:#?}");
+    }
+    assert_eq!(attribute(hidden, "gemini.client").as_deref(), Some("…0001"));
     // The repeat: a new trace of its own, answered by the cache.
     let cached = servers
         .iter()
         .find(|s| attribute(s, "gemini.cache_hit").as_deref() == Some("true"))
         .unwrap_or_else(|| panic!("no cache hit: {servers:#?}"));
     assert_ne!(hex(&cached.trace_id), TRACE_ID);
-    // The refused one: traced, with its status, no client.
-    let unauthorized = servers
-        .iter()
-        .find(|s| attribute(s, "http.response.status_code").as_deref() == Some("401"))
-        .unwrap();
-    assert_eq!(unauthorized.name, "GET /v1beta/models");
-    assert_eq!(attribute(unauthorized, "gemini.client"), None);
+    // The refused one is not traced: a stranger does not reach the operator's traces.
+    assert!(
+        servers
+            .iter()
+            .all(|s| attribute(s, "http.response.status_code").as_deref() == Some("200")),
+        "{servers:#?}"
+    );
 
     // Below the traced call: the layers' call span and its attempt (a client span).
     let call = spans

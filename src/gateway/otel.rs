@@ -9,9 +9,11 @@
 //! variables are honoured by the SDK and the exporter: `OTEL_SERVICE_NAME` (default
 //! `gemini-gateway`), `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)`,
 //! `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_BSP_*`;
-//! `OTEL_SDK_DISABLED=true` turns it off. Spans go from a thread of their own, in batches: a
-//! collector that is slow or away costs requests nothing (spans past the queue's size are
-//! dropped, and the SDK says so).
+//! `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` turns it off. Spans go from a thread
+//! of their own, in batches: a collector that is slow or away costs requests nothing (spans
+//! past the queue's size, 2,048, are dropped, and the SDK logs it). Plain HTTP only (no TLS:
+//! run a collector beside the gateway); `https://` endpoints and other protocols are refused
+//! at start with that said.
 
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TracerProvider as _;
@@ -43,33 +45,81 @@ impl std::fmt::Debug for Otel {
     }
 }
 
-/// Is OTLP export asked for: an endpoint given, or in the standard variables (and the SDK not
-/// disabled)?
+/// Is OTLP export asked for: an endpoint given, or in the standard variables (and neither the
+/// SDK nor the traces exporter turned off)?
 pub fn wanted(endpoint: Option<&str>, env: impl Fn(&str) -> Option<String>) -> bool {
-    let disabled = env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    let is =
+        |name: &str, value: &str| env(name).is_some_and(|v| v.trim().eq_ignore_ascii_case(value));
     let set = |name: &str| env(name).is_some_and(|v| !v.trim().is_empty());
-    !disabled
+    !is("OTEL_SDK_DISABLED", "true")
+        && !is("OTEL_TRACES_EXPORTER", "none")
         && (endpoint.is_some_and(|e| !e.trim().is_empty())
             || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             || set("OTEL_EXPORTER_OTLP_ENDPOINT"))
 }
 
+/// What this exporter cannot do, said before it is tried: TLS (run a collector beside the
+/// gateway, and let it forward over TLS), a protocol other than HTTP with protobuf.
+fn check(endpoint: Option<&str>, env: impl Fn(&str) -> Option<String>) -> Result<(), Error> {
+    let endpoints = [
+        ("--otlp-endpoint", endpoint.map(str::to_owned)),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            env("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ),
+    ];
+    for (name, value) in endpoints {
+        if let Some(value) = value
+            && value.trim().to_ascii_lowercase().starts_with("https://")
+        {
+            return Err(Error::config(format!(
+                "{name}: this exporter speaks plain HTTP; give a collector on this machine or its network (http://127.0.0.1:4318) and let it forward over TLS"
+            )));
+        }
+    }
+    for name in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Some(value) = env(name)
+            && value.trim() != "http/protobuf"
+        {
+            return Err(Error::config(format!(
+                "{name}={value:?}: this exporter speaks OTLP over HTTP with protobuf only; set it to http/protobuf or leave it unset"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Install the process's subscriber: the console log at `level`, and, if [`wanted`], the OTLP
 /// exporter of this crate's spans (`endpoint`: the base URL of an OTLP/HTTP receiver, such as
-/// `http://127.0.0.1:4318`; `/v1/traces` is added). The exporter is returned: keep it until
-/// the end, its drop sends the last spans.
+/// `http://127.0.0.1:4318`; `/v1/traces` is added unless it is there). The exporter is
+/// returned: keep it until the end, its drop sends the last spans.
+///
+/// Unless `OTEL_TRACES_SAMPLER` says otherwise every request is recorded, whatever the
+/// client's `traceparent` says of sampling (a client does not choose whether the operator sees
+/// its requests); its trace is continued.
 pub fn install(endpoint: Option<&str>, level: tracing::Level) -> Result<Option<Otel>, Error> {
+    let env = |name: &str| std::env::var(name).ok();
     let console = tracing_subscriber::fmt::layer()
         .with_filter(tracing_subscriber::filter::LevelFilter::from_level(level));
-    if !wanted(endpoint, |name| std::env::var(name).ok()) {
+    if !wanted(endpoint, env) {
         tracing_subscriber::registry().with(console).init();
         return Ok(None);
     }
+    check(endpoint, env)?;
     let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
     if let Some(endpoint) = endpoint.map(str::trim).filter(|e| !e.is_empty()) {
-        exporter = exporter.with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')));
+        let base = endpoint.trim_end_matches('/');
+        let base = base.strip_suffix("/v1/traces").unwrap_or(base);
+        exporter = exporter.with_endpoint(format!("{base}/v1/traces"));
     }
     let exporter = exporter.build().map_err(|e| {
         Error::config(format!(
@@ -77,21 +127,27 @@ pub fn install(endpoint: Option<&str>, level: tracing::Level) -> Result<Option<O
         ))
     })?;
     let mut resource = opentelemetry_sdk::Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+    if env("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name("gemini-gateway");
     }
-    let provider = SdkTracerProvider::builder()
+    let mut provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(resource.build())
-        .build();
+        .with_resource(resource.build());
+    if env("OTEL_TRACES_SAMPLER").is_none() {
+        provider = provider.with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn);
+    }
+    let provider = provider.build();
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
     let spans = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("tower-gemini"))
-        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-            meta.is_span() && meta.target().starts_with("tower_gemini")
-        }));
+        .with_filter(
+            tracing_subscriber::filter::filter_fn(|meta| {
+                meta.is_span() && meta.target().starts_with("tower_gemini")
+            })
+            .with_max_level_hint(tracing_subscriber::filter::LevelFilter::DEBUG),
+        );
     tracing_subscriber::registry()
         .with(console)
         .with(spans)
@@ -156,5 +212,22 @@ mod tests {
             env(&[("OTEL_SDK_DISABLED", "true")])
         ));
         assert!(!wanted(Some("  "), env(&[])));
+        assert!(!wanted(
+            Some("http://127.0.0.1:4318"),
+            env(&[("OTEL_TRACES_EXPORTER", "none")])
+        ));
+    }
+
+    #[test]
+    fn what_it_cannot_do_is_refused_with_how() {
+        let none = |_: &str| None;
+        assert!(super::check(Some("http://127.0.0.1:4318"), none).is_ok());
+        let tls = super::check(Some("https://collector.example:4318"), none).unwrap_err();
+        assert!(tls.to_string().contains("plain HTTP"), "{tls}");
+        let grpc = super::check(None, |name: &str| {
+            (name == "OTEL_EXPORTER_OTLP_PROTOCOL").then(|| "grpc".to_owned())
+        })
+        .unwrap_err();
+        assert!(grpc.to_string().contains("http/protobuf"), "{grpc}");
     }
 }

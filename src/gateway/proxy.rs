@@ -396,10 +396,7 @@ pub(super) async fn forward(
         Err(refused) => return *refused,
     };
     let named = model.clone();
-    super::trace::record_request(
-        named.as_ref().map(Model::as_str),
-        parts.extensions.get::<crate::cost::Account>(),
-    );
+    super::trace::record_request(&parts.method, &path, named.as_ref().map(Model::as_str));
     let mut upstream = match upstream_request(shared, &parts, &path, body, model) {
         Ok(upstream) => upstream,
         Err(message) => return reply::client_error(family, StatusCode::BAD_REQUEST, message),

@@ -72,9 +72,10 @@ pub(super) fn routes(shared: &Arc<Shared>) -> Router {
     // Per-client limits are metered in `proxy::forward`, once the body is in memory (its
     // tokens count against `tpm`), after authentication: a request without a valid token is
     // refused before it is metered against any client's limit.
-    let api = api.route_layer(middleware::from_fn_with_state(shared.clone(), authenticate));
-    // Each request's span (outside the token check: a refused request is traced too).
+    // Each request's span, inside the token check: only a client holding a token reaches the
+    // operator's traces (a stranger's flood would push real spans out of the export queue).
     let api = api.route_layer(middleware::from_fn(trace::traced));
+    let api = api.route_layer(middleware::from_fn_with_state(shared.clone(), authenticate));
     // The status and admin routes: one check of the admin token for all of them.
     let admin = Router::new()
         .route("/metrics", get(metrics::metrics))

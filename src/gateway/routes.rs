@@ -74,7 +74,12 @@ pub(super) fn routes(shared: &Arc<Shared>) -> Router {
     // refused before it is metered against any client's limit.
     // Each request's span, inside the token check: only a client holding a token reaches the
     // operator's traces (a stranger's flood would push real spans out of the export queue).
-    let api = api.route_layer(middleware::from_fn(trace::traced));
+    // Not even the middleware when no subscriber takes DEBUG spans (the console log at INFO).
+    let api = if tracing::level_enabled!(tracing::Level::DEBUG) {
+        api.route_layer(middleware::from_fn(trace::traced))
+    } else {
+        api
+    };
     let api = api.route_layer(middleware::from_fn_with_state(shared.clone(), authenticate));
     // The status and admin routes: one check of the admin token for all of them.
     let admin = Router::new()

@@ -45,7 +45,7 @@ fn attempts_run_in_spans_and_log_readable_lines() {
         "key …000a failed (400 key_invalid: API key not valid. Please pass a valid API key.), retrying at once with another key (attempt 2/4)",
         "key …000b failed (429 quota_daily: GenerateRequestsPerDayPerProjectPerModel-FreeTier",
         "using key …000c (attempt 3/4)",
-        "gemini.attempt{attempt=1 max_attempts=4 gemini.key=…000a gemini.model=\"gemini-2.0-flash\" gemini.class=key_invalid latency_ms=0}: tower_gemini::retry::future: key …000a failed",
+        "gemini.attempt{otel.kind=\"client\" attempt=1 max_attempts=4 gemini.key=…000a gemini.project=\"proj-a\" gemini.model=\"gemini-2.0-flash\" gemini.class=key_invalid latency_ms=0}: tower_gemini::retry::future: key …000a failed",
         "key …000c failed (503 upstream: The model is overloaded. Please try again later.), retrying in 1.0s (attempt 2/2)",
         "giving up after 2 attempts; returning the last answer (503 upstream",
     ] {

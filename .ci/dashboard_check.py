@@ -1,6 +1,6 @@
 """The dashboard page in headless Chromium against a running gateway (`serve --demo`).
 
-usage: python3 dashboard_check.py http://127.0.0.1:PORT ADMIN_TOKEN SCREENSHOT.png CLIENT_TOKEN
+usage: python3 dashboard_check.py http://127.0.0.1:PORT ADMIN_TOKEN SCREENSHOT.png CLIENT_TOKEN CONFIG.toml
 """
 import sys
 import tempfile
@@ -80,7 +80,25 @@ try:
     click("button.remove[data-key='…0002']")
     WebDriverWait(driver, 10).until(lambda d: "…0002" not in keys_text(d))
     WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "action").text.startswith("removed 1 key(s) like …0002")), driver.find_element(By.ID, "action").text
+    # Reload the configuration file from the page: a raised client limit is applied, and the
+    # page says so, with the file and the last reload.
+    config_file = sys.argv[5]
+    with open(config_file + ".partial", "w") as f:
+        f.write("[gateway]\nclient_limits = { rpm = 2000 }\n")
+    import os
+    os.replace(config_file + ".partial", config_file)
+    click("#reload")
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "action").text.startswith("reloaded: applied client_limits"))
+    WebDriverWait(driver, 10).until(lambda d: "applied client_limits" in d.find_element(By.ID, "config").text)
+    assert config_file in driver.find_element(By.ID, "config").text, driver.find_element(By.ID, "config").text
+    # A broken file: refused, and said so; the page shows the refusal.
+    with open(config_file + ".partial", "w") as f:
+        f.write("[gateway]\nclient_limits = { rpm = \"many\" }\n")
+    os.replace(config_file + ".partial", config_file)
+    click("#reload")
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "action").text.startswith("reload: not reloaded"))
+    WebDriverWait(driver, 10).until(lambda d: "refused:" in d.find_element(By.ID, "config").text)
     driver.save_screenshot(screenshot)
-    print(f"dashboard: {len(rows)} keys shown; a key added, reset, re-checked and removed from the page; screenshot {screenshot}")
+    print(f"dashboard: {len(rows)} keys shown; a key added, reset, re-checked and removed from the page; the configuration reloaded, and a broken one refused; screenshot {screenshot}")
 finally:
     driver.quit()

@@ -87,6 +87,32 @@ struct Common {
     otlp_endpoint: Option<String>,
 }
 
+/// What the demo changes in the configuration read: the mock's two good keys in their
+/// projects (the small one's limit known), and, unless the file says otherwise, the cache and a
+/// fallback chain (what saves quota).
+fn demo_overlay(config: &mut GatewayConfig) -> Result<(), tower_gemini::Error> {
+    config.pool = tower_gemini::KeyPool::builder()
+        .key_with(tower_gemini::KeySpec::new("test-key-0003").project("proj-small"))
+        .key_with(tower_gemini::KeySpec::new("test-key-0004").project("proj-big"))
+        .project_model_limits(
+            "proj-small",
+            tower_gemini::mock::DEMO_MODEL,
+            tower_gemini::ModelLimits {
+                rpm: Some(3),
+                ..Default::default()
+            },
+        )
+        .build()?;
+    if config.saving.cache.is_none() {
+        config.saving.cache = Some(tower_gemini::cache::CacheLayer::new());
+    }
+    if config.saving.fallback.is_empty() {
+        config.saving.fallback = tower_gemini::fallback::FallbackLayer::new()
+            .chain("gemini-2.5-pro", [tower_gemini::mock::DEMO_MODEL])?;
+    }
+    Ok(())
+}
+
 impl Common {
     /// The configuration, and the mock it serves against with `--demo` (kept alive).
     async fn config_or_demo(
@@ -111,28 +137,9 @@ impl Common {
             "LLM_API_ENDPOINT" => None,
             other => std::env::var(other).ok(),
         })?;
-        // The mock's two good keys in their projects, the small one's limit known.
-        config.pool = tower_gemini::KeyPool::builder()
-            .key_with(tower_gemini::KeySpec::new("test-key-0003").project("proj-small"))
-            .key_with(tower_gemini::KeySpec::new("test-key-0004").project("proj-big"))
-            .project_model_limits(
-                "proj-small",
-                tower_gemini::mock::DEMO_MODEL,
-                tower_gemini::ModelLimits {
-                    rpm: Some(3),
-                    ..Default::default()
-                },
-            )
-            .build()?;
-        // Show what saves quota too, unless the configuration file says otherwise: the cache
-        // and a fallback chain.
-        if config.saving.cache.is_none() {
-            config.saving.cache = Some(tower_gemini::cache::CacheLayer::new());
-        }
-        if config.saving.fallback.is_empty() {
-            config.saving.fallback = tower_gemini::fallback::FallbackLayer::new()
-                .chain("gemini-2.5-pro", [tower_gemini::mock::DEMO_MODEL])?;
-        }
+        demo_overlay(&mut config)?;
+        // A reload reads the file again and makes the same changes.
+        config.source = config.source.take().map(|source| source.then(demo_overlay));
         Ok((config, Some(mock)))
     }
 

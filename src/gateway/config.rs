@@ -171,7 +171,13 @@ pub struct ConfigSource {
     /// Each variable looked up, with what it held.
     env: std::sync::Arc<std::collections::BTreeMap<String, Option<String>>>,
     keys: std::sync::Arc<Vec<(String, String)>>,
+    /// What the program changed in the configuration after reading it (see
+    /// [`then`](Self::then)), done again to each one read again.
+    adjust: Option<Adjust>,
 }
+
+/// A change the program makes to every configuration read.
+type Adjust = std::sync::Arc<dyn Fn(&mut GatewayConfig) -> Result<(), Error> + Send + Sync>;
 
 impl ConfigSource {
     /// The configuration file, if there is one (without one there is nothing to reload).
@@ -196,10 +202,27 @@ impl ConfigSource {
     }
 
     /// Read the configuration again: the file as it is now, under the same flags and
-    /// environment. Errors as [`GatewayConfig::resolve`] does.
+    /// environment, with what [`then`](Self::then) changes. Errors as
+    /// [`GatewayConfig::resolve`] does.
     pub fn read(&self) -> Result<GatewayConfig, Error> {
         let env = |name: &str| self.env.get(name).cloned().flatten();
-        GatewayConfig::resolve_with(self.flags.clone(), env, (*self.keys).clone())
+        let mut config =
+            GatewayConfig::resolve_with(self.flags.clone(), env, (*self.keys).clone())?;
+        if let Some(adjust) = &self.adjust {
+            adjust(&mut config)?;
+        }
+        config.source = Some(self.clone());
+        Ok(config)
+    }
+
+    /// Change every configuration read again as the program changed the first (the demo's
+    /// keys and mock, say), so that a reload applies the file without undoing it.
+    pub fn then(
+        mut self,
+        adjust: impl Fn(&mut GatewayConfig) -> Result<(), Error> + Send + Sync + 'static,
+    ) -> ConfigSource {
+        self.adjust = Some(std::sync::Arc::new(adjust));
+        self
     }
 }
 
@@ -366,6 +389,7 @@ impl GatewayConfig {
             flags,
             env: std::sync::Arc::new(seen.into_inner()),
             keys: std::sync::Arc::new(keys),
+            adjust: None,
         });
         Ok(config)
     }

@@ -4,9 +4,8 @@
 //! the refunds, effects, resets and the outage's push-back each run on one node, and the
 //! projects spread over the masters.
 //!
-//! The three-process test of `tests/redis_replicas.rs` on the cluster (75 s of real time):
-//! combined admissions within the limit, 0 upstream 429. Skipped, saying so, without
-//! redis-server and redis-cli.
+//! (The three-process test of `tests/redis_replicas.rs` runs on such a cluster too.) Skipped,
+//! saying so, without redis-server and redis-cli.
 #![cfg(all(feature = "redis", feature = "gateway"))]
 
 mod common;
@@ -20,14 +19,6 @@ use tower_gemini::state::{RedisOptions, RedisStore};
 use tower_gemini::{KeyPool, KeySpec};
 
 const FLASH: &str = "gemini-2.0-flash";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_gateways_share_one_quota_on_a_redis_cluster() {
-    let Some(cluster) = Cluster::any("three_gateways_share_one_quota_on_a_redis_cluster") else {
-        return;
-    };
-    common::replica::three_gateways_share_one_quota(&cluster.url, &Redis::prefix("cluster")).await;
-}
 
 /// Two pools (as two processes) over the cluster: one ledger for a project spread over two
 /// projects' slots, a cool-down one learns the other sees, and the names land on more than

@@ -18,10 +18,14 @@ pub struct Redis {
 const HOW: &str = "install redis-server (apt-get install -y redis-server) or set REDIS_URL=redis://127.0.0.1:6379";
 
 fn binary() -> Option<PathBuf> {
+    named("redis-server")
+}
+
+fn named(server: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join("redis-server"))
+        .map(|dir| dir.join(server))
         .find(|candidate| candidate.is_file())
 }
 
@@ -51,6 +55,20 @@ impl Redis {
             skipped(test, "no redis-server on this machine");
             return None;
         };
+        Some(Redis::started(binary))
+    }
+
+    /// A `valkey-server` of our own, if the machine has one (Debian 12: its backports;
+    /// `.ci/redis-suites` installs it).
+    pub fn valkey(test: &str) -> Option<Redis> {
+        let Some(binary) = named("valkey-server") else {
+            eprintln!("SKIPPED {test} on Valkey: no valkey-server on this machine");
+            return None;
+        };
+        Some(Redis::started(binary))
+    }
+
+    fn started(binary: PathBuf) -> Redis {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -63,7 +81,7 @@ impl Redis {
             binary: Some(binary),
         };
         redis.start();
-        Some(redis)
+        redis
     }
 
     /// Start (again) on the same port; returns once it accepts connections.

@@ -21,6 +21,17 @@
 //! the medians of the rounds. CPU per request is the proxy process's user + system time (from
 //! `/proc`) over the requests it served; peak RSS is its `VmHWM`.
 //!
+//! To compare two versions of the gateway in the same run (the machine's noise moves a run by
+//! ±10 %, more than most changes), build this example at the older commit too and name its
+//! binary in `GATEWAY_LOAD_BEFORE`: that gateway is measured in each round beside this one,
+//! and the table gains its column.
+//!
+//! ```text
+//! git worktree add /tmp/before <commit>
+//! (cd /tmp/before && CARGO_TARGET_DIR=/tmp/before-target cargo build --release --features gateway --example gateway_load)
+//! GATEWAY_LOAD_BEFORE=/tmp/before-target/release/examples/gateway_load cargo run --release --features gateway --example gateway_load
+//! ```
+//!
 //! The modes, for running by hand: `gateway_load upstream`, `gateway_load floor <upstream>`,
 //! `gateway_load gateway <upstream> <keys>`; each prints `listening on <url>` and serves until
 //! killed.
@@ -166,13 +177,21 @@ struct Server {
 
 impl Server {
     fn start(mode: &[&str], core: usize) -> Result<Server, Box<dyn std::error::Error>> {
-        let me = std::env::current_exe()?;
+        Server::start_from(&std::env::current_exe()?, mode, core)
+    }
+
+    /// A server mode of `program` (this example built at another commit), on `core`.
+    fn start_from(
+        program: &std::path::Path,
+        mode: &[&str],
+        core: usize,
+    ) -> Result<Server, Box<dyn std::error::Error>> {
         let mut command = if has("taskset") {
             let mut c = Command::new("taskset");
-            c.arg("-c").arg(core.to_string()).arg(me);
+            c.arg("-c").arg(core.to_string()).arg(program);
             c
         } else {
-            Command::new(me)
+            Command::new(program)
         };
         let mut child = command
             .args(mode)
@@ -293,6 +312,18 @@ fn wrk(
     })
 }
 
+/// Peak RSS of `program`'s gateway over 1,000 keys, after `seconds` of load.
+fn many_keys_rss(
+    program: &std::path::Path,
+    upstream: &Server,
+    seconds: u64,
+    connections: usize,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let many = Server::start_from(program, &["gateway", &upstream.url, "1000"], 1)?;
+    wrk(&many.url, TOKEN, seconds, connections)?;
+    Ok(many.peak_rss_mib())
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -316,6 +347,14 @@ fn compare(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let upstream = Server::start(&["upstream"], 0)?;
     let floor = Server::start(&["floor", &upstream.url], 1)?;
     let gateway = Server::start(&["gateway", &upstream.url, "4"], 1)?;
+    let before = match std::env::var_os("GATEWAY_LOAD_BEFORE") {
+        Some(program) => Some(Server::start_from(
+            std::path::Path::new(&program),
+            &["gateway", &upstream.url, "4"],
+            1,
+        )?),
+        None => None,
+    };
     println!(
         "{connections} connections for {seconds} s, and 1 for {} s, {rounds} rounds; wrk and the upstream on core 0, the proxy on core 1\n",
         seconds / 2
@@ -323,12 +362,17 @@ fn compare(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let mut direct = Path::default();
     let mut through_floor = Path::default();
     let mut through_gateway = Path::default();
+    let mut through_before = Path::default();
     for _ in 0..rounds {
-        for (server, key, path) in [
+        let mut paths: Vec<(Option<&Server>, &str, &mut Path)> = vec![
             (None, "load-test-key-0000", &mut direct),
             (Some(&floor), TOKEN, &mut through_floor),
             (Some(&gateway), TOKEN, &mut through_gateway),
-        ] {
+        ];
+        if let Some(before) = &before {
+            paths.push((Some(before), TOKEN, &mut through_before));
+        }
+        for (server, key, path) in paths {
             let url = server.map_or(&upstream.url, |s| &s.url);
             wrk(url, key, 1, connections)?; // warm
             let before = server.map(Server::cpu);
@@ -344,43 +388,73 @@ fn compare(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     }
     let floor_rss = floor.peak_rss_mib();
     let gateway_rss = gateway.peak_rss_mib();
-    drop(gateway);
+    let before_rss = before.as_ref().map(Server::peak_rss_mib);
+    drop((gateway, before));
     // The same load over 1,000 keys: what each key costs the gateway.
-    let many = Server::start(&["gateway", &upstream.url, "1000"], 1)?;
-    wrk(&many.url, TOKEN, seconds, connections)?;
-    let many_rss = many.peak_rss_mib();
-    drop(many);
+    let many_rss = many_keys_rss(&std::env::current_exe()?, &upstream, seconds, connections)?;
+    let before_many_rss = match std::env::var_os("GATEWAY_LOAD_BEFORE") {
+        Some(program) => Some(many_keys_rss(
+            std::path::Path::new(&program),
+            &upstream,
+            seconds,
+            connections,
+        )?),
+        None => None,
+    };
 
     let d = median(direct.per_second.clone());
     let f = median(through_floor.per_second.clone());
-    let g = median(through_gateway.per_second.clone());
-    let (fc, gc) = (median(through_floor.cpu_us), median(through_gateway.cpu_us));
-    let dp = median(direct.p50_us);
-    let (fp, gp) = (
-        median(through_floor.p50_us) - dp,
-        median(through_gateway.p50_us) - dp,
-    );
-    println!("| | direct | minimal proxy (floor) | gemini-gateway |");
-    println!("|---|---|---|---|");
-    println!(
-        "| req/s at {connections} connections | {:.1}k | {:.1}k ({:.0} % of direct) | {:.1}k ({:.0} %; {:.0} % of the floor) |",
-        d / 1e3,
-        f / 1e3,
-        100.0 * f / d,
-        g / 1e3,
-        100.0 * g / d,
-        100.0 * g / f
-    );
-    println!(
-        "| CPU per request in the proxy | – | {fc:.1} µs | {gc:.1} µs ({:.2}× the floor's) |",
-        gc / fc
-    );
-    println!(
-        "| added p50 at 1 connection | – | +{fp:.0} µs | +{gp:.0} µs ({:+.0} µs vs the floor) |",
-        gp - fp
-    );
-    println!(
-        "| peak RSS, 4 keys / 1,000 keys | – | {floor_rss:.1} MiB | {gateway_rss:.1} / {many_rss:.1} MiB |"
-    );
+    let fc = median(through_floor.cpu_us.clone());
+    let dp = median(direct.p50_us.clone());
+    let fp = median(through_floor.p50_us.clone()) - dp;
+    let column = |path: &Path, rss: f64, many_rss: f64| {
+        let (g, gc) = (median(path.per_second.clone()), median(path.cpu_us.clone()));
+        let gp = median(path.p50_us.clone()) - dp;
+        [
+            format!(
+                "{:.1}k ({:.0} %; {:.0} % of the floor)",
+                g / 1e3,
+                100.0 * g / d,
+                100.0 * g / f
+            ),
+            format!("{gc:.1} µs ({:.2}× the floor's)", gc / fc),
+            format!("+{gp:.0} µs ({:+.0} µs vs the floor)", gp - fp),
+            format!("{rss:.1} / {many_rss:.1} MiB"),
+        ]
+    };
+    let mut columns = vec![column(&through_gateway, gateway_rss, many_rss)];
+    let mut head = "| | direct | minimal proxy (floor) | gemini-gateway |".to_owned();
+    if let (Some(rss), Some(many)) = (before_rss, before_many_rss) {
+        columns.push(column(&through_before, rss, many));
+        head.push_str(" gemini-gateway before |");
+    }
+    println!("{head}");
+    println!("|---|---|---|---|{}", "---|".repeat(columns.len() - 1));
+    let rows = [
+        (
+            format!("req/s at {connections} connections"),
+            format!("{:.1}k", d / 1e3),
+            format!("{:.1}k ({:.0} % of direct)", f / 1e3, 100.0 * f / d),
+        ),
+        (
+            "CPU per request in the proxy".to_owned(),
+            "–".to_owned(),
+            format!("{fc:.1} µs"),
+        ),
+        (
+            "added p50 at 1 connection".to_owned(),
+            "–".to_owned(),
+            format!("+{fp:.0} µs"),
+        ),
+        (
+            "peak RSS, 4 keys / 1,000 keys".to_owned(),
+            "–".to_owned(),
+            format!("{floor_rss:.1} MiB"),
+        ),
+    ];
+    for (at, (what, direct, floor)) in rows.iter().enumerate() {
+        let cells: Vec<&str> = columns.iter().map(|c| c[at].as_str()).collect();
+        println!("| {what} | {direct} | {floor} | {} |", cells.join(" | "));
+    }
     Ok(())
 }

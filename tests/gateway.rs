@@ -174,6 +174,54 @@ async fn cors_echoes_allowed_origins_and_wildcards_and_nothing_else() {
     }
 }
 
+/// `router(&config)`, for those who serve it with their own axum: CORS comes with it (the
+/// gateway's own server wraps the router whole instead, which is why this is tested apart).
+#[tokio::test]
+async fn the_public_router_served_by_axum_keeps_cors_and_the_token_check() {
+    let mock = mock_builder().start().await.unwrap();
+    let app = tower_gemini::gateway::router(&config(
+        &mock,
+        &[("ALLOWED_ORIGINS", "https://app.example.org")],
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let served = tokio::spawn(async move { axum::serve(listener, app).await });
+    let ask = |token: &str, origin: &str| {
+        Request::builder()
+            .method(Method::POST)
+            .uri(format!("{base}/v1beta/models/{MODEL}:generateContent"))
+            .header("x-goog-api-key", token)
+            .header("origin", origin)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(
+                br#"{"contents":[{"parts":[{"text":"hi"}]}]}"#,
+            )))
+            .unwrap()
+    };
+    let answer = client()
+        .request(ask(TOKEN, "https://app.example.org"))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(
+        answer.headers()["access-control-allow-origin"],
+        "https://app.example.org"
+    );
+    let other = client()
+        .request(ask(TOKEN, "https://evil.example.net"))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let stranger = client()
+        .request(ask("not-a-token", "https://app.example.org"))
+        .await
+        .unwrap();
+    assert_eq!(stranger.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(mock.stats().total_requests(), 2);
+    served.abort();
+}
+
 #[tokio::test]
 async fn openai_chat_gets_the_default_model_and_streams_as_sse() {
     let mock = mock_builder().start().await.unwrap();

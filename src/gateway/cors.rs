@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use futures_util::future::Either;
 use http::{HeaderValue, Method, Request, Response};
-use tower_http::cors::{AllowHeaders, AllowOrigin, Cors, CorsLayer};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -33,12 +33,16 @@ pub(crate) fn allowed(allowed: &[String], origin: &str) -> bool {
 /// CORS with the origins configured at the moment (a reload changes them): a request is
 /// served through tower-http's `Cors` while any origin is allowed, and untouched — no CORS
 /// header, a preflight answered by the routes as any `OPTIONS` — while none is.
+///
+/// The layer's settings are built once and shared: axum clones a route's service for every
+/// request, and a `Cors` clones its whole `CorsLayer` (a `Vec` of `Vary` names among them)
+/// with it, which a request without CORS should not pay for.
 #[derive(Clone)]
 pub(crate) struct LiveCorsLayer {
     pub(crate) shared: Arc<Shared>,
 }
 
-impl<S: Clone> Layer<S> for LiveCorsLayer {
+impl<S> Layer<S> for LiveCorsLayer {
     type Service = LiveCors<S>;
 
     fn layer(&self, inner: S) -> LiveCors<S> {
@@ -55,8 +59,8 @@ impl<S: Clone> Layer<S> for LiveCorsLayer {
             .allow_headers(AllowHeaders::mirror_request())
             .max_age(std::time::Duration::from_secs(600));
         LiveCors {
-            cors: cors.layer(inner.clone()),
-            plain: inner,
+            inner,
+            cors: Arc::new(cors),
             shared: self.shared.clone(),
         }
     }
@@ -65,8 +69,8 @@ impl<S: Clone> Layer<S> for LiveCorsLayer {
 /// See [`LiveCorsLayer`].
 #[derive(Clone)]
 pub(crate) struct LiveCors<S> {
-    cors: Cors<S>,
-    plain: S,
+    inner: S,
+    cors: Arc<CorsLayer>,
     shared: Arc<Shared>,
 }
 
@@ -80,16 +84,18 @@ where
     type Future = Either<tower_http::cors::ResponseFuture<S::Future>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        std::task::ready!(self.plain.poll_ready(cx))?;
-        self.cors.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         if self.shared.clients().origins.is_empty() {
-            Either::Right(self.plain.call(request))
-        } else {
-            Either::Left(self.cors.call(request))
+            return Either::Right(self.inner.call(request));
         }
+        // The service polled ready is the one that serves (tower's contract); a clone of it
+        // stays here for the next request.
+        let fresh = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, fresh);
+        Either::Left(self.cors.layer(ready).call(request))
     }
 }
 

@@ -132,7 +132,12 @@ pub async fn serve_on(
         tracing::error!("{error}");
     }
     let shared = Shared::new(config);
-    let app = routes::routes(&shared);
+    let app = tower::Layer::layer(
+        &cors::LiveCorsLayer {
+            shared: shared.clone(),
+        },
+        routes::routes(&shared),
+    );
     // SIGHUP reloads the configuration file (so does POST /api/config/reload).
     #[cfg(unix)]
     let _reloading = reload::on_hangup(&shared);

@@ -19,11 +19,14 @@ use super::{
 /// The gateway's router for `config`: every route, auth, CORS and per-client limits. Serve it
 /// with `axum::serve` (see [`serve`](super::serve), which also handles shutdown).
 pub fn router(config: &GatewayConfig) -> Router {
-    routes(&Shared::new(config))
+    let shared = Shared::new(config);
+    routes(&shared).layer(cors::LiveCorsLayer { shared })
 }
 
 /// Every route over `shared`: the proxied APIs behind the client token, the status, admin and
-/// metrics routes behind the admin token, the dashboard and `/healthz`; CORS around them.
+/// metrics routes behind the admin token, the dashboard and `/healthz`. CORS goes around the
+/// whole router ([`cors::LiveCorsLayer`]): around each route, axum would box it once more, an
+/// allocation and a clone per request.
 pub(super) fn routes(shared: &Arc<Shared>) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(proxy::chat_completions))
@@ -94,15 +97,12 @@ pub(super) fn routes(shared: &Arc<Shared>) -> Router {
             shared.clone(),
             admin::require_admin,
         ));
-    let router = Router::new()
+    Router::new()
         .route("/", get(dashboard::page))
         .route("/healthz", get(|| async { "ok" }))
         .merge(admin)
         .merge(api)
-        .with_state(shared.clone());
-    router.layer(cors::LiveCorsLayer {
-        shared: shared.clone(),
-    })
+        .with_state(shared.clone())
 }
 
 /// Refuse requests without a client token (unless the gateway runs unauthenticated).

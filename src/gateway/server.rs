@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -16,6 +15,29 @@ use super::write_deadline::WriteDeadline;
 /// How long a client may take to send a request's head. Without it, a client sending its
 /// headers a byte at a time would hold a connection for ever.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What the accept loop serves: the router, with what wraps it whole (CORS).
+pub(super) trait App:
+    tower::Service<
+        Request<hyper::body::Incoming>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: tower::Service<
+            Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static
+{
+}
 
 /// How the accept loop bounds connections.
 #[derive(Clone, Copy)]
@@ -104,12 +126,15 @@ fn refuse_over_cap(mut tcp: tokio::net::TcpStream) {
 /// serving each over HTTP/1.1 with deadlines on reading a request head and on writing an
 /// answer; then stop accepting and wait for the connections in flight (streams included) to
 /// finish — at most twice the write timeout, after which the rest are dropped.
-pub(super) async fn accept(
+pub(super) async fn accept<S>(
     listener: tokio::net::TcpListener,
-    app: Router,
+    app: S,
     bounds: Bounds,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) {
+) where
+    S: App,
+    S::Future: Send + 'static,
+{
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     let open = Arc::new(tokio::sync::Semaphore::new(bounds.max));
@@ -201,12 +226,16 @@ async fn next_connection(
 /// One connection served over HTTP/1.1: no Nagle (answers and stream chunks go out as they
 /// come), the peer's address in each request, a deadline on reading a request head and on
 /// writing an answer.
-fn connection(
+fn connection<S>(
     tcp: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
-    app: &Router,
+    app: &S,
     bounds: Bounds,
-) -> impl hyper_util::server::graceful::GracefulConnection + Send + 'static {
+) -> impl hyper_util::server::graceful::GracefulConnection + Send + 'static
+where
+    S: App,
+    S::Future: Send + 'static,
+{
     let _ = tcp.set_nodelay(true);
     let service = app
         .clone()

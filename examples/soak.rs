@@ -64,14 +64,15 @@ fn mean(samples: &[u64]) -> f64 {
 async fn main() {
     let seconds = arg("--seconds", 60).max(6);
     let clients = arg("--clients", 200) as usize;
-    // Quota time runs 5× faster and each project takes 1,200 a minute (the pace of 600 at 10×):
-    // the per-minute windows turn over every 12 s and bind. (The
-    // ledger holds a slot 0.5 s of quota time past the minute for the way to Google: 100 ms of
-    // real time here. At 10× it was 50 ms, and a CI run in which 200 clients kept both cores
-    // busy saw 27 of 23,942 requests take longer than that to reach the mock, and its 429s.)
-    let clock = ScaledClock::new(5);
+    // Quota time runs 3× faster and each project takes 2,000 a minute (100 a second of real
+    // time, as 1,200 at 5× and 600 at 10× were): the per-minute windows turn over every 20 s
+    // and bind. (The ledger holds a slot 0.5 s of quota time past the minute for the way to
+    // Google: 167 ms of real time here. At 10× it was 50 ms, and a CI run in which 200 clients
+    // kept both cores busy saw 27 of 23,942 requests take longer than that to reach the mock,
+    // and its 429s; at 5×, 100 ms, a run on a noisy day saw 18 of 26,184.)
+    let clock = ScaledClock::new(3);
     let limits = ModelLimits {
-        rpm: Some(1200),
+        rpm: Some(2000),
         ..ModelLimits::default()
     };
     let mut mock = MockGemini::builder()

@@ -195,9 +195,9 @@ impl Budget {
         }
     }
 
-    /// Are calls refused once a budget is spent?
     /// Do `self` and `other` set the same limits, thresholds and refusal (hooks and clocks
-    /// aside)?
+    /// aside)? (A reload of the gateway's configuration keeps the running budget if so.)
+    #[cfg(feature = "gateway")]
     pub(crate) fn same_settings(&self, other: &Budget) -> bool {
         self.pool == other.pool
             && self.per_project == other.per_project
@@ -208,6 +208,7 @@ impl Budget {
             && self.refuse == other.refuse
     }
 
+    /// Are calls refused once a budget is spent?
     pub(crate) fn refuses(&self) -> bool {
         self.refuse
     }

@@ -315,12 +315,18 @@ async fn a_broken_file_is_refused_and_the_running_configuration_kept() {
         let status = status_json(&gateway).await;
         assert_eq!(status["config"]["last_reload"]["success"], false);
     }
-    // What needs a restart is named and left as it runs.
+    // What needs a restart is named and left as it runs (a Redis CA file too: the store
+    // connected with the one it started with).
+    let ca = dir.join("redis-ca.pem");
+    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n").unwrap();
     write(
         &file,
         &mock,
         "",
-        &format!("tokens = [\"{OLD}\"]\nmax_connections = 7\nbody_limit_bytes = 1000"),
+        &format!(
+            "tokens = [\"{OLD}\"]\nmax_connections = 7\nbody_limit_bytes = 1000\nredis_ca_file = {:?}",
+            ca.display().to_string()
+        ),
     );
     let (status, answer) = reload(&gateway).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
@@ -329,7 +335,8 @@ async fn a_broken_file_is_refused_and_the_running_configuration_kept() {
         serde_json::json!([
             "body_limit_bytes",
             "max_connections",
-            "max_connections_per_address"
+            "max_connections_per_address",
+            "redis_tls"
         ])
     );
     assert_eq!(status_of(&gateway, OLD).await, StatusCode::OK);

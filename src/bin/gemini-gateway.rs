@@ -76,6 +76,18 @@ struct Common {
     /// this Redis Cluster, e.g. redis+cluster://10.0.0.1:7000,10.0.0.2:7000 [env REDIS_URL].
     #[arg(long, value_name = "URL")]
     redis_url: Option<String>,
+    /// The CA certificate (PEM) that signed the certificate of a Redis reached over TLS
+    /// (rediss://, rediss+cluster://), when it is not among the system's roots [env
+    /// REDIS_CA_FILE].
+    #[arg(long, value_name = "FILE")]
+    redis_ca: Option<PathBuf>,
+    /// The client certificate (PEM) for a Redis that checks its clients (tls-auth-clients)
+    /// [env REDIS_CLIENT_CERT_FILE].
+    #[arg(long, value_name = "FILE", requires = "redis_client_key")]
+    redis_client_cert: Option<PathBuf>,
+    /// The private key (PEM) of --redis-client-cert [env REDIS_CLIENT_KEY_FILE].
+    #[arg(long, value_name = "FILE", requires = "redis_client_cert")]
+    redis_client_key: Option<PathBuf>,
     /// Serve against the embedded mock Gemini instead of Google, with its demo keys (no real
     /// key needed): for trying the gateway and its clients.
     #[arg(long)]
@@ -164,6 +176,9 @@ impl Common {
             allow_unauthenticated: self.allow_unauthenticated,
             state_file: self.state_file.clone(),
             redis_url: self.redis_url.clone(),
+            redis_ca: self.redis_ca.clone(),
+            redis_client_cert: self.redis_client_cert.clone(),
+            redis_client_key: self.redis_client_key.clone(),
         }
     }
 

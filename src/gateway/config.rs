@@ -55,6 +55,13 @@ pub struct Flags {
     pub state_file: Option<PathBuf>,
     /// `--redis-url`: share the pool's state with other gateways through this Redis.
     pub redis_url: Option<String>,
+    /// `--redis-ca`: the CA (PEM) that signed a `rediss://` Redis's certificate, when it is not
+    /// among the system's roots.
+    pub redis_ca: Option<PathBuf>,
+    /// `--redis-client-cert`: the client certificate (PEM) for a Redis that checks clients.
+    pub redis_client_cert: Option<PathBuf>,
+    /// `--redis-client-key`: that certificate's private key (PEM).
+    pub redis_client_key: Option<PathBuf>,
 }
 
 /// The `[gateway]` table of the configuration file.
@@ -79,6 +86,9 @@ struct FileGateway {
     redis_url: Option<String>,
     redis_prefix: Option<String>,
     redis_when_unreachable: Option<String>,
+    redis_ca_file: Option<PathBuf>,
+    redis_client_cert_file: Option<PathBuf>,
+    redis_client_key_file: Option<PathBuf>,
     cache: Option<super::saving::FileCache>,
     fallback: Option<std::collections::BTreeMap<String, Vec<String>>>,
     budget: Option<super::saving::FileBudget>,
@@ -148,6 +158,10 @@ pub struct GatewayConfig {
     /// The prefix of the gateway's Redis keys (default `tower-gemini`): gateways sharing one
     /// pool use the same; independent pools in one Redis use different ones.
     pub redis_prefix: Option<String>,
+    /// How to trust a Redis reached over TLS (`rediss://`): a CA of its own and a client
+    /// certificate, read from `--redis-ca`, `--redis-client-cert` and `--redis-client-key`
+    /// (`REDIS_CA_FILE`, …; `redis_ca_file`, … in `[gateway]`); the system's roots else.
+    pub redis_tls: crate::state::RedisTls,
     /// The response cache, model fallback, prices, budgets and quota alerts.
     pub saving: super::saving::Saving,
     /// Requests repeating a recent request's long prefix prefer the project that served it,
@@ -336,6 +350,7 @@ impl GatewayConfig {
             redis_url: None,
             redis_when_unreachable: crate::state::WhenUnreachable::FallBack,
             redis_prefix: None,
+            redis_tls: crate::state::RedisTls::default(),
             saving: super::saving::Saving::default(),
             prefix_affinity: true,
             pool,
@@ -593,6 +608,24 @@ impl GatewayConfig {
                 )));
             }
         };
+        let path = |flag: Option<PathBuf>, var: &str, file: Option<PathBuf>| {
+            flag.or_else(|| env(var).map(PathBuf::from)).or(file)
+        };
+        let redis_tls = crate::state::RedisTls::from_files(
+            path(flags.redis_ca, "REDIS_CA_FILE", file.redis_ca_file).as_deref(),
+            path(
+                flags.redis_client_cert,
+                "REDIS_CLIENT_CERT_FILE",
+                file.redis_client_cert_file,
+            )
+            .as_deref(),
+            path(
+                flags.redis_client_key,
+                "REDIS_CLIENT_KEY_FILE",
+                file.redis_client_key_file,
+            )
+            .as_deref(),
+        )?;
         let saving = super::saving::FileSaving {
             cache: file.cache,
             fallback: file.fallback,
@@ -619,6 +652,7 @@ impl GatewayConfig {
             redis_prefix: env("REDIS_PREFIX").or(file.redis_prefix),
             redis_url,
             redis_when_unreachable,
+            redis_tls,
             listen,
             upstream,
             model,

@@ -109,6 +109,7 @@ pub async fn serve_on(
                     .redis_prefix
                     .clone()
                     .unwrap_or(defaults.prefix.clone()),
+                tls: config.redis_tls.clone(),
                 ..defaults
             };
             let store = crate::state::RedisStore::connect_with(url, options).await?;

@@ -83,6 +83,7 @@ pub(crate) fn fixed(config: &GatewayConfig) -> Vec<(&'static str, String)> {
                 .unwrap_or_default(),
         ),
         ("redis_prefix", format!("{:?}", config.redis_prefix)),
+        ("redis_tls", config.redis_tls.digest()),
         (
             "redis_when_unreachable",
             format!("{:?}", config.redis_when_unreachable),

@@ -39,6 +39,8 @@ mod pins;
 mod presets;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
+mod redis_tls;
 mod reservation;
 pub(crate) mod saved;
 mod store;
@@ -66,6 +68,9 @@ pub(crate) use redis::redact as redact_url;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{RedisOptions, RedisStore, WhenUnreachable};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis_tls::RedisTls;
 pub(crate) use reservation::{MeterRef, Reservation};
 pub use saved::{Remember, RestoreReport, SavedState, VERSION};
 pub use store::{Admission, MemoryStore, Scope, SharedRefusal, SharedTicket, Store, StoreFuture};

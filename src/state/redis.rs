@@ -14,6 +14,7 @@ use super::effects::Effect;
 use super::health::DisabledReason;
 use super::meter::Dimension;
 use super::pins::{MAX_PINS, MAX_PINS_PER_TENANT, PinRecord};
+use super::redis_tls::{RedisTls, wants_tls};
 use super::store::{Admission, Scope, SharedRefusal, SharedTicket, Store, StoreFuture};
 use crate::clock::{next_pacific_midnight, pacific_day_start};
 use crate::error::Error;
@@ -53,6 +54,9 @@ pub struct RedisOptions {
     /// it, a slot freed at exactly 60 s could reach Google a moment before the request it
     /// replaces left Google's window. Costs under 1 % of the per-minute quota.
     pub margin: Duration,
+    /// How to trust a Redis reached over TLS (`rediss://`; feature `redis-tls`): the system's
+    /// roots by default, or a CA of its own and a client certificate.
+    pub tls: RedisTls,
 }
 
 impl Default for RedisOptions {
@@ -63,6 +67,7 @@ impl Default for RedisOptions {
             timeout: Duration::from_millis(250),
             retry_every: Duration::from_secs(1),
             margin: Duration::from_millis(500),
+            tls: RedisTls::default(),
         }
     }
 }
@@ -163,11 +168,20 @@ impl ConnectionLike for Connection {
     }
 }
 
-/// The nodes of a cluster URL — `redis+cluster://[user:password@]host:port,host:port,…` or a
-/// comma-separated list of `redis://` URLs — each as a `redis://` URL; `None` for one Redis.
+/// The nodes of a cluster URL — `redis+cluster://[user:password@]host:port,host:port,…` (or
+/// `rediss+cluster://` over TLS) or a comma-separated list of `redis://` URLs — each as a
+/// `redis://` (`rediss://`) URL; `None` for one Redis.
 fn cluster_nodes(url: &str) -> Option<Vec<String>> {
     let url = url.trim();
-    if let Some(rest) = url.strip_prefix("redis+cluster://") {
+    let (rest, scheme) = match (
+        url.strip_prefix("redis+cluster://"),
+        url.strip_prefix("rediss+cluster://"),
+    ) {
+        (Some(rest), _) => (Some(rest), "redis"),
+        (None, Some(rest)) => (Some(rest), "rediss"),
+        (None, None) => (None, ""),
+    };
+    if let Some(rest) = rest {
         let (auth, hosts) = match rest.rfind('@') {
             Some(at) => (&rest[..=at], &rest[at + 1..]),
             None => ("", rest),
@@ -176,7 +190,7 @@ fn cluster_nodes(url: &str) -> Option<Vec<String>> {
             .split(',')
             .map(|host| host.trim().trim_end_matches('/'))
             .filter(|host| !host.is_empty())
-            .map(|host| format!("redis://{auth}{host}"))
+            .map(|host| format!("{scheme}://{auth}{host}"))
             .collect();
         return Some(nodes);
     }
@@ -427,9 +441,15 @@ impl RedisStore {
                 options.prefix
             )));
         }
-        let connection = match cluster_nodes(url) {
-            Some(nodes) => connect_cluster(&nodes, &options, &shown)?,
-            None => connect_single(url, &options, &shown)?,
+        let nodes = cluster_nodes(url);
+        let tls = tls_for(
+            nodes.as_deref().unwrap_or(&[url.to_owned()]),
+            &options,
+            &shown,
+        )?;
+        let connection = match nodes {
+            Some(nodes) => connect_cluster(&nodes, &options, tls, &shown)?,
+            None => connect_single(url, &options, tls, &shown)?,
         };
         let store = RedisStore {
             inner: Arc::new(Inner {
@@ -871,11 +891,61 @@ impl Inner {
     }
 }
 
+/// The certificates to connect with: `None` for plain TCP, or TLS with the system's roots and
+/// no client certificate. An error when the URL and the TLS settings disagree, when TLS is
+/// asked of a build without it, or when a PEM is wrong.
+fn tls_for(
+    urls: &[String],
+    options: &RedisOptions,
+    shown: &str,
+) -> Result<Option<Certificates>, Error> {
+    if wants_tls(urls, shown)? {
+        return certificates(&options.tls, shown);
+    }
+    if options.tls.is_set() {
+        return Err(Error::config(format!(
+            "a CA or client certificate is set for Redis, but the URL {shown} is plain TCP: use rediss://host:port (or rediss+cluster://host:port,host:port)"
+        )));
+    }
+    Ok(None)
+}
+
+#[cfg(feature = "redis-tls")]
+fn certificates(tls: &RedisTls, _shown: &str) -> Result<Option<Certificates>, Error> {
+    match tls.is_set() {
+        true => tls.certificates().map(Some),
+        false => Ok(None),
+    }
+}
+
+#[cfg(not(feature = "redis-tls"))]
+fn certificates(_tls: &RedisTls, shown: &str) -> Result<Option<Certificates>, Error> {
+    Err(Error::config(format!(
+        "the Redis URL {shown} asks for TLS, which this build lacks: enable tower-gemini's `redis-tls` feature (the gateway has it)"
+    )))
+}
+
+/// The redis crate's certificates (a type of its own only with TLS).
+#[cfg(feature = "redis-tls")]
+type Certificates = redis::TlsCertificates;
+#[cfg(not(feature = "redis-tls"))]
+type Certificates = std::convert::Infallible;
+
 /// One Redis, connected lazily (see [`RedisStore::connect_with`]).
-fn connect_single(url: &str, options: &RedisOptions, shown: &str) -> Result<Connection, Error> {
-    let client = Client::open(url).map_err(|e| {
+fn connect_single(
+    url: &str,
+    options: &RedisOptions,
+    tls: Option<Certificates>,
+    shown: &str,
+) -> Result<Connection, Error> {
+    let client = match tls {
+        None => Client::open(url),
+        #[cfg(feature = "redis-tls")]
+        Some(certificates) => Client::build_with_tls(url, certificates),
+    };
+    let client = client.map_err(|e| {
         Error::config(format!(
-            "the Redis URL {shown} is malformed ({e}); expected redis://host:port or redis://:password@host:port/db (or redis+cluster://host:port,host:port for a cluster)"
+            "the Redis URL {shown} is malformed ({e}); expected redis://host:port or redis://:password@host:port/db (rediss:// over TLS; redis+cluster://host:port,host:port for a cluster)"
         ))
     })?;
     let config = ConnectionManagerConfig::new()
@@ -897,6 +967,7 @@ fn connect_single(url: &str, options: &RedisOptions, shown: &str) -> Result<Conn
 fn connect_cluster(
     nodes: &[String],
     options: &RedisOptions,
+    tls: Option<Certificates>,
     shown: &str,
 ) -> Result<Connection, Error> {
     if nodes.is_empty() {
@@ -904,10 +975,16 @@ fn connect_cluster(
             "the Redis Cluster URL {shown} names no node; expected redis+cluster://host:port,host:port"
         )));
     }
-    let client = redis::cluster::ClusterClient::builder(nodes.to_vec())
+    let builder = redis::cluster::ClusterClient::builder(nodes.to_vec())
         .connection_timeout(options.timeout)
         .response_timeout(options.timeout)
-        .retries(1)
+        .retries(1);
+    let builder = match tls {
+        None => builder,
+        #[cfg(feature = "redis-tls")]
+        Some(certificates) => builder.certs(certificates),
+    };
+    let client = builder
         .build()
         .map_err(|e| {
             Error::config(format!(

@@ -87,6 +87,8 @@ mod macros;
 pub mod mock;
 mod model;
 mod peek;
+#[cfg(any(feature = "redis", feature = "otel"))]
+mod pem;
 pub mod pool;
 pub mod quota;
 mod random;

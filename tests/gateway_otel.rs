@@ -5,6 +5,8 @@
 //! and never a key or a token in an attribute.
 #![cfg(feature = "otel")]
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,6 +31,8 @@ const HIDDEN_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 struct Received {
     spans: Vec<Span>,
     resource: Vec<(String, String)>,
+    /// The `x-api-key` header of the last export (`OTEL_EXPORTER_OTLP_HEADERS`).
+    api_key: Option<String>,
 }
 
 fn text(value: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
@@ -52,15 +56,17 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An OTLP/HTTP receiver on 127.0.0.1: `POST /v1/traces` with a protobuf body.
-async fn receiver() -> (String, Arc<Mutex<Received>>) {
-    let received = Arc::new(Mutex::new(Received::default()));
-    let sink = received.clone();
-    let app = axum::Router::new().route(
+/// An OTLP/HTTP receiver: `POST /v1/traces` with a protobuf body, the `x-api-key` header it
+/// came with kept.
+fn receiving(sink: Arc<Mutex<Received>>) -> axum::Router {
+    axum::Router::new().route(
         "/v1/traces",
-        axum::routing::post(move |body: Bytes| {
+        axum::routing::post(move |headers: http::HeaderMap, body: Bytes| {
             let sink = sink.clone();
             async move {
+                if let Some(key) = headers.get("x-api-key") {
+                    sink.lock().unwrap().api_key = Some(key.to_str().unwrap().to_owned());
+                }
                 let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
                 let mut received = sink.lock().unwrap();
                 for resource_spans in request.resource_spans {
@@ -77,10 +83,72 @@ async fn receiver() -> (String, Arc<Mutex<Received>>) {
                 ([("content-type", "application/x-protobuf")], Bytes::new())
             }
         }),
-    );
+    )
+}
+
+/// That receiver on 127.0.0.1, over plain HTTP.
+async fn receiver() -> (String, Arc<Mutex<Received>>) {
+    let received = Arc::new(Mutex::new(Received::default()));
+    let app = receiving(received.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
+}
+
+/// That receiver on 127.0.0.1 over TLS, with `pki`'s server certificate, accepting only
+/// clients that present a certificate of `pki`'s CA.
+async fn tls_receiver(pki: &common::pki::Pki) -> (String, Arc<Mutex<Received>>) {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(&pki.read("ca.pem")) {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&pki.read("server.pem"))
+            .map(Result::unwrap)
+            .collect();
+    let key = PrivateKeyDer::from_pem_slice(&pki.read("server.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(clients)
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let received = Arc::new(Mutex::new(Received::default()));
+    let app = receiving(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                // A client that fails the handshake (no certificate) gets nothing.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(
+                        hyper_util::rt::TokioIo::new(tls),
+                        hyper_util::service::TowerToHyperService::new(app),
+                    )
+                    .await;
+            });
+        }
+    });
     (url, received)
 }
 
@@ -294,4 +362,207 @@ async fn spans_reach_an_otlp_receiver_with_the_genai_attributes_and_the_clients_
         !everything.contains("not-a-token"),
         "a presented token was exported"
     );
+}
+
+/// An `https://` receiver (a tracing service, a collector behind TLS) that checks its clients:
+/// the gateway trusts only the CA of `OTEL_EXPORTER_OTLP_CERTIFICATE`, presents
+/// `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and `_KEY`, and sends the service's API key of
+/// `OTEL_EXPORTER_OTLP_HEADERS` — over TLS only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_https_receiver_that_checks_its_clients() {
+    let pki = common::pki::Pki::new("otlp-https");
+    let mock = tower_gemini::mock::demo().start().await.unwrap();
+    let (otlp, received) = tls_receiver(&pki).await;
+    let config = pki.path("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[keys]]\nvalue = \"{KEY}\"\nproject = \"proj-big\"\n\n[gateway]\ntokens = [\"{TOKEN}\"]\n"
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gemini-gateway"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--upstream", &mock.url(), "--listen", &listen])
+        .env_clear()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)
+        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", pki.path("ca.pem"))
+        .env(
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            pki.path("client.pem"),
+        )
+        .env("OTEL_EXPORTER_OTLP_CLIENT_KEY", pki.path("client.key"))
+        .env(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "x-api-key=test-otlp-service-key",
+        )
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(&listen).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the gateway did not listen");
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let request = http::Request::post(format!(
+        "http://{listen}/v1beta/models/{MODEL}:generateContent"
+    ))
+    .header("content-type", "application/json")
+    .header("x-goog-api-key", TOKEN)
+    .header("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01"))
+    .body(Full::new(Bytes::from(
+        r#"{"contents":[{"parts":[{"text":"trace me over tls"}]}]}"#,
+    )))
+    .unwrap();
+    let response = http.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let _ = response.into_body().collect().await.unwrap();
+    // Bounded: the batch goes every 100 ms; 10 s at most.
+    let mut spans = Vec::new();
+    for _ in 0..200 {
+        spans = received.lock().unwrap().spans.clone();
+        if spans.iter().any(|s| s.kind == 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let stderr = tokio::task::spawn_blocking(move || {
+        let _ = child.wait();
+        let mut text = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            use std::io::Read;
+            let _ = pipe.read_to_string(&mut text);
+        }
+        text
+    })
+    .await
+    .unwrap();
+    let server = spans
+        .iter()
+        .find(|s| s.kind == 2)
+        .unwrap_or_else(|| panic!("no span reached the https receiver: {spans:#?}\n{stderr}"));
+    assert_eq!(hex(&server.trace_id), TRACE_ID);
+    assert_eq!(
+        attribute(server, "gen_ai.request.model").as_deref(),
+        Some(MODEL)
+    );
+    assert_eq!(
+        received.lock().unwrap().api_key.as_deref(),
+        Some("test-otlp-service-key")
+    );
+    let everything = format!("{spans:?}{stderr}");
+    assert!(!everything.contains(KEY), "a key was exported or logged");
+}
+
+/// Without the CA the receiver's certificate is not trusted (it is not among the webpki
+/// roots), and without a client certificate the receiver refuses the exporter: no span leaves
+/// either way, and the gateway serves all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_or_unidentified_exporter_sends_nothing_and_the_gateway_serves() {
+    let pki = common::pki::Pki::new("otlp-untrusted");
+    let mock = tower_gemini::mock::demo().start().await.unwrap();
+    let (otlp, received) = tls_receiver(&pki).await;
+    let config = pki.path("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[keys]]\nvalue = \"{KEY}\"\nproject = \"proj-big\"\n\n[gateway]\ntokens = [\"{TOKEN}\"]\n"
+        ),
+    )
+    .unwrap();
+    let ca = pki.path("ca.pem");
+    let other_ca = pki.path("other-ca.pem");
+    let cert = pki.path("client.pem");
+    let key = pki.path("client.key");
+    let attempts: [&[(&str, &std::path::Path)]; 3] = [
+        // Another CA: the receiver's certificate does not check.
+        &[
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", other_ca.as_path()),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", cert.as_path()),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", key.as_path()),
+        ],
+        // No CA: the webpki roots do not know ours.
+        &[
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", cert.as_path()),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", key.as_path()),
+        ],
+        // No client certificate: the receiver refuses the handshake.
+        &[("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_path())],
+    ];
+    for vars in attempts {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gemini-gateway"));
+        command
+            .args(["serve", "--config"])
+            .arg(&config)
+            .args(["--upstream", &mock.url(), "--listen", &listen])
+            .args(["--otlp-endpoint", &otlp])
+            .env_clear()
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let mut up = false;
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(&listen).await.is_ok() {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(up, "the gateway did not listen with {vars:?}");
+        let http =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
+        let request = http::Request::post(format!(
+            "http://{listen}/v1beta/models/{MODEL}:generateContent"
+        ))
+        .header("content-type", "application/json")
+        .header("x-goog-api-key", TOKEN)
+        .body(Full::new(Bytes::from(
+            r#"{"contents":[{"parts":[{"text":"untraced"}]}]}"#,
+        )))
+        .unwrap();
+        let response = http.request(request).await.unwrap();
+        assert_eq!(response.status(), 200, "{vars:?}");
+        let _ = response.into_body().collect().await.unwrap();
+        // The gateway's stop flushes what it holds: an export that could go would go now.
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            received.lock().unwrap().spans.is_empty(),
+            "spans went out with {vars:?}"
+        );
+    }
 }

@@ -318,7 +318,11 @@ async fn a_broken_file_is_refused_and_the_running_configuration_kept() {
     // What needs a restart is named and left as it runs (a Redis CA file too: the store
     // connected with the one it started with).
     let ca = dir.join("redis-ca.pem");
-    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     write(
         &file,
         &mock,

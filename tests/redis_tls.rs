@@ -8,15 +8,15 @@
 mod common;
 
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::pki::Pki;
 use common::redis::{Redis, eventually, send};
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tower_gemini::mock::MockGemini;
 use tower_gemini::pool::ModelLimits;
 use tower_gemini::state::{RedisOptions, RedisStore, RedisTls};
@@ -24,70 +24,12 @@ use tower_gemini::{KeyPool, KeySpec};
 
 const FLASH: &str = "gemini-2.0-flash";
 
-/// A CA, a server certificate for 127.0.0.1 signed by it, a client certificate signed by it,
-/// and a second CA that signed nothing here; all as PEM files in a directory of the test's own.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(test: &str) -> Pki {
-        let dir = std::env::temp_dir().join(format!("redis-tls-{}-{test}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca = Self::ca(&dir, "ca");
-        Self::ca(&dir, "other-ca");
-        Self::leaf(
-            &dir,
-            "server",
-            &ca,
-            vec!["127.0.0.1".into(), "localhost".into()],
-        );
-        Self::leaf(&dir, "client", &ca, vec!["gateway.test".into()]);
-        Pki { dir }
-    }
-
-    fn ca(dir: &Path, name: &str) -> Issuer<'static, KeyPair> {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            format!("tower-gemini test {name}"),
-        );
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-        Issuer::new(params, key)
-    }
-
-    fn leaf(dir: &Path, name: &str, ca: &Issuer<'static, KeyPair>, names: Vec<String>) {
-        let params = CertificateParams::new(names).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, ca).unwrap();
-        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.join(file)
-    }
-
-    fn read(&self, file: &str) -> Vec<u8> {
-        std::fs::read(self.path(file)).unwrap()
-    }
-
-    /// Trust our CA; with `client`, present the client certificate too.
-    fn tls(&self, client: bool) -> RedisTls {
-        let tls = RedisTls::default().ca_pem(self.read("ca.pem"));
-        match client {
-            true => tls.client_pem(self.read("client.pem"), self.read("client.key")),
-            false => tls,
-        }
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+/// Our CA's trust for a store; with `client`, the client certificate too.
+fn tls(pki: &Pki, client: bool) -> RedisTls {
+    let tls = RedisTls::default().ca_pem(pki.read("ca.pem"));
+    match client {
+        true => tls.client_pem(pki.read("client.pem"), pki.read("client.key")),
+        false => tls,
     }
 }
 
@@ -334,7 +276,7 @@ async fn two_pools_share_a_ledger_over_tls_trusting_our_own_ca() {
     let Some(redis) = TlsRedis::start(test, &pki, 1, false) else {
         return;
     };
-    two_pools_share_one_ledger(&redis.url(), pki.tls(false), "tls-one", 2).await;
+    two_pools_share_one_ledger(&redis.url(), tls(&pki, false), "tls-one", 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,7 +286,7 @@ async fn a_redis_checking_clients_serves_the_store_with_our_certificate_only() {
     let Some(redis) = TlsRedis::start(test, &pki, 1, true) else {
         return;
     };
-    two_pools_share_one_ledger(&redis.url(), pki.tls(true), "tls-mtls", 1).await;
+    two_pools_share_one_ledger(&redis.url(), tls(&pki, true), "tls-mtls", 1).await;
 
     // Without the client certificate, the handshake fails: the store is unreachable (and
     // says so), it does not serve from a Redis it could not authenticate to.
@@ -352,7 +294,7 @@ async fn a_redis_checking_clients_serves_the_store_with_our_certificate_only() {
         &redis.url(),
         RedisOptions {
             prefix: Redis::prefix("tls-mtls-without"),
-            tls: pki.tls(false),
+            tls: tls(&pki, false),
             ..RedisOptions::default()
         },
     )
@@ -391,7 +333,7 @@ async fn a_certificate_from_another_ca_is_not_trusted() {
         .unwrap();
     assert!(!store.is_connected());
     // And with our CA, the same server serves.
-    let store = RedisStore::connect_with(&redis.url(), options(pki.tls(false)))
+    let store = RedisStore::connect_with(&redis.url(), options(tls(&pki, false)))
         .await
         .unwrap();
     eventually("the store connects over TLS", async || store.is_connected()).await;
@@ -407,7 +349,7 @@ async fn two_pools_share_a_ledger_on_a_cluster_over_tls() {
         return;
     };
     // Eight projects: their slots spread over the three masters.
-    two_pools_share_one_ledger(&cluster.url(), pki.tls(true), "tls-cluster", 8).await;
+    two_pools_share_one_ledger(&cluster.url(), tls(&pki, true), "tls-cluster", 8).await;
 }
 
 /// The gateway, given `REDIS_URL=rediss://…` and `REDIS_CA_FILE`, shares its ledger over TLS:
@@ -461,7 +403,7 @@ async fn the_gateway_shares_its_state_over_tls_with_the_ca_file_it_is_given() {
         &url,
         RedisOptions {
             prefix,
-            tls: pki.tls(true),
+            tls: tls(&pki, true),
             ..RedisOptions::default()
         },
     )
@@ -491,7 +433,7 @@ async fn wrong_tls_settings_are_refused_with_what_to_change() {
             .unwrap_or_else(|| panic!("{url} was accepted"))
             .to_string()
     };
-    let message = refused("redis://127.0.0.1:1", pki.tls(false)).await;
+    let message = refused("redis://127.0.0.1:1", tls(&pki, false)).await;
     assert!(
         message.contains("plain TCP") && message.contains("rediss://"),
         "{message}"
@@ -542,10 +484,10 @@ fn the_client_key_never_shows() {
         .find(|line| !line.starts_with("-----"))
         .unwrap()
         .to_owned();
-    let shown = format!("{:?}", pki.tls(true));
+    let shown = format!("{:?}", tls(&pki, true));
     assert!(!shown.contains(&body), "{shown}");
     let options = RedisOptions {
-        tls: pki.tls(true),
+        tls: tls(&pki, true),
         ..RedisOptions::default()
     };
     let shown = format!("{options:?}");

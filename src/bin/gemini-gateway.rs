@@ -92,8 +92,9 @@ struct Common {
     /// key needed): for trying the gateway and its clients.
     #[arg(long)]
     demo: bool,
-    /// Export traces over OTLP/HTTP to this receiver, e.g. http://127.0.0.1:4318 [env
-    /// OTEL_EXPORTER_OTLP_ENDPOINT; the other OTEL_* variables are honoured].
+    /// Export traces over OTLP/HTTP to this receiver, e.g. http://127.0.0.1:4318, or over TLS
+    /// to an https:// one [env OTEL_EXPORTER_OTLP_ENDPOINT; the other OTEL_* variables are
+    /// honoured, OTEL_EXPORTER_OTLP_CERTIFICATE and the client's among them].
     #[cfg(feature = "otel")]
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,

@@ -60,12 +60,12 @@ impl RedisTls {
     ) -> Result<RedisTls, Error> {
         let mut tls = RedisTls::default();
         if let Some(ca) = ca {
-            tls = tls.ca_pem(read(ca, "the Redis CA certificate")?);
+            tls = tls.ca_pem(crate::pem::read(ca, "the Redis CA certificate")?);
         }
         match (client_cert, client_key) {
             (Some(cert), Some(key)) => Ok(tls.client_pem(
-                read(cert, "the Redis client certificate")?,
-                read(key, "the Redis client key")?,
+                crate::pem::read(cert, "the Redis client certificate")?,
+                crate::pem::read(key, "the Redis client key")?,
             )),
             (None, None) => Ok(tls),
             (Some(_), None) => Err(Error::config(
@@ -108,30 +108,13 @@ impl RedisTls {
     /// gets an error that says which one and what it lacks.
     #[cfg(feature = "redis-tls")]
     pub(super) fn certificates(&self) -> Result<redis::TlsCertificates, Error> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         use secrecy::ExposeSecret;
-        let certificates = |pem: &[u8], what: &str| {
-            let found = CertificateDer::pem_slice_iter(pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| Error::config(format!("{what} is not valid PEM ({e})")))?;
-            if found.is_empty() {
-                return Err(Error::config(format!(
-                    "{what} holds no certificate: expected PEM with a -----BEGIN CERTIFICATE----- block"
-                )));
-            }
-            Ok(())
-        };
         if let Some(ca) = &self.ca {
-            certificates(ca, "the Redis CA certificate")?;
+            crate::pem::certificates(ca, "the Redis CA certificate")?;
         }
         if let Some((chain, key)) = &self.client {
-            certificates(chain, "the Redis client certificate")?;
-            PrivateKeyDer::from_pem_slice(key.expose_secret()).map_err(|_| {
-                Error::config(
-                    "the Redis client key holds no private key: expected PEM with a -----BEGIN PRIVATE KEY----- (or RSA/EC PRIVATE KEY) block",
-                )
-            })?;
+            crate::pem::certificates(chain, "the Redis client certificate")?;
+            crate::pem::private_key(key.expose_secret(), "the Redis client key")?;
         }
         Ok(redis::TlsCertificates {
             client_tls: self
@@ -156,11 +139,6 @@ impl fmt::Debug for RedisTls {
             )
             .finish()
     }
-}
-
-fn read(path: &Path, what: &str) -> Result<Vec<u8>, Error> {
-    std::fs::read(path)
-        .map_err(|e| Error::config(format!("cannot read {what} from {}: {e}", path.display())))
 }
 
 /// Does this Redis URL (or list of URLs) ask for TLS? `Err` when some of a list's URLs do and

@@ -19,6 +19,8 @@ use tower_gemini::{KeyPool, KeySpec};
 pub mod alloc;
 #[cfg(feature = "gateway")]
 pub mod gateway;
+#[cfg(any(feature = "redis-tls", feature = "otel"))]
+pub mod pki;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "gateway")]

@@ -11,13 +11,18 @@
 //! `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_BSP_*`;
 //! `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` turns it off. Spans go from a thread
 //! of their own, in batches: a collector that is slow or away costs requests nothing (spans
-//! past the queue's size, 2,048, are dropped, and the SDK logs it). Plain HTTP only (no TLS:
-//! run a collector beside the gateway); `https://` endpoints and other protocols are refused
-//! at start with that said.
+//! past the queue's size, 2,048, are dropped, and the SDK logs it).
+//!
+//! An `https://` endpoint (a tracing service, a collector behind TLS) is reached over rustls
+//! (ring) trusting the webpki roots, or only the CA of `OTEL_EXPORTER_OTLP_CERTIFICATE`, and
+//! presents `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and `_CLIENT_KEY` to a receiver that asks
+//! (each also as `OTEL_EXPORTER_OTLP_TRACES_…`); `OTEL_EXPORTER_OTLP_HEADERS` carries a
+//! service's API key. A certificate given for a plain `http://` endpoint, and protocols other
+//! than HTTP with protobuf, are refused at start with that said.
 
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer as _;
@@ -25,6 +30,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::error::Error;
+
+mod client;
 
 /// The exporter, flushed and stopped when dropped (at the end of `main`).
 pub struct Otel {
@@ -58,29 +65,39 @@ pub fn wanted(endpoint: Option<&str>, env: impl Fn(&str) -> Option<String>) -> b
             || set("OTEL_EXPORTER_OTLP_ENDPOINT"))
 }
 
-/// What this exporter cannot do, said before it is tried: TLS (run a collector beside the
-/// gateway, and let it forward over TLS), a protocol other than HTTP with protobuf.
+/// The standard variable for traces, `OTEL_EXPORTER_OTLP_TRACES_<name>`, else the general
+/// `OTEL_EXPORTER_OTLP_<name>`, if set to something: its name and value.
+fn standard(env: &impl Fn(&str) -> Option<String>, name: &str) -> Option<(String, String)> {
+    [
+        format!("OTEL_EXPORTER_OTLP_TRACES_{name}"),
+        format!("OTEL_EXPORTER_OTLP_{name}"),
+    ]
+    .into_iter()
+    .find_map(|var| {
+        env(&var)
+            .map(|value| value.trim().to_owned())
+            .filter(|value| !value.is_empty())
+            .map(|value| (var, value))
+    })
+}
+
+/// The endpoint the exporter will use: `--otlp-endpoint`, else the standard variables.
+fn endpoint_of(endpoint: Option<&str>, env: &impl Fn(&str) -> Option<String>) -> Option<String> {
+    endpoint
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .or_else(|| standard(env, "ENDPOINT").map(|(_, value)| value))
+}
+
+fn is_https(endpoint: &str) -> bool {
+    endpoint.to_ascii_lowercase().starts_with("https://")
+}
+
+/// What this exporter cannot do, said before it is tried: a protocol other than HTTP with
+/// protobuf; certificates for an endpoint without TLS (a sign that the endpoint is not the one
+/// meant).
 fn check(endpoint: Option<&str>, env: impl Fn(&str) -> Option<String>) -> Result<(), Error> {
-    let endpoints = [
-        ("--otlp-endpoint", endpoint.map(str::to_owned)),
-        (
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
-        ),
-        (
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            env("OTEL_EXPORTER_OTLP_ENDPOINT"),
-        ),
-    ];
-    for (name, value) in endpoints {
-        if let Some(value) = value
-            && value.trim().to_ascii_lowercase().starts_with("https://")
-        {
-            return Err(Error::config(format!(
-                "{name}: this exporter speaks plain HTTP; give a collector on this machine or its network (http://127.0.0.1:4318) and let it forward over TLS"
-            )));
-        }
-    }
     for name in [
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
         "OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -90,6 +107,16 @@ fn check(endpoint: Option<&str>, env: impl Fn(&str) -> Option<String>) -> Result
         {
             return Err(Error::config(format!(
                 "{name}={value:?}: this exporter speaks OTLP over HTTP with protobuf only; set it to http/protobuf or leave it unset"
+            )));
+        }
+    }
+    let endpoint = endpoint_of(endpoint, &env).unwrap_or_default();
+    for name in ["CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY"] {
+        if let Some((var, _)) = standard(&env, name)
+            && !is_https(&endpoint)
+        {
+            return Err(Error::config(format!(
+                "{var} is set, but the OTLP endpoint {endpoint:?} is not https://: give the receiver's https:// URL, or unset {var}"
             )));
         }
     }
@@ -116,6 +143,9 @@ pub fn install(endpoint: Option<&str>, level: tracing::Level) -> Result<Option<O
     let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+    // A client of ours (hyper over rustls with ring, as for Google), for TLS settings of the
+    // standard variables; the exporter has none of its own here.
+    exporter = exporter.with_http_client(client::Exporting::new(&env)?);
     if let Some(endpoint) = endpoint.map(str::trim).filter(|e| !e.is_empty()) {
         let base = endpoint.trim_end_matches('/');
         let base = base.strip_suffix("/v1/traces").unwrap_or(base);
@@ -222,8 +252,29 @@ mod tests {
     fn what_it_cannot_do_is_refused_with_how() {
         let none = |_: &str| None;
         assert!(super::check(Some("http://127.0.0.1:4318"), none).is_ok());
-        let tls = super::check(Some("https://collector.example:4318"), none).unwrap_err();
-        assert!(tls.to_string().contains("plain HTTP"), "{tls}");
+        assert!(super::check(Some("https://collector.example:4318"), none).is_ok());
+        // A CA for a plain endpoint: not the endpoint meant.
+        let ca = |name: &str| {
+            (name == "OTEL_EXPORTER_OTLP_CERTIFICATE").then(|| "/etc/ca.pem".to_owned())
+        };
+        let plain = super::check(Some("http://127.0.0.1:4318"), ca).unwrap_err();
+        assert!(
+            plain
+                .to_string()
+                .contains("OTEL_EXPORTER_OTLP_CERTIFICATE is set"),
+            "{plain}"
+        );
+        assert!(super::check(Some("https://collector.example:4318"), ca).is_ok());
+        // Half a client identity; a CA file that is not there.
+        let half = super::client::tls_config(&|name: &str| {
+            (name == "OTEL_EXPORTER_OTLP_CLIENT_KEY").then(|| "/etc/key.pem".to_owned())
+        });
+        assert!(half.unwrap_err().to_string().contains("go together"));
+        let missing = super::client::tls_config(&|name: &str| {
+            (name == "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE").then(|| "/no/such/ca.pem".to_owned())
+        })
+        .unwrap_err();
+        assert!(missing.to_string().contains("/no/such/ca.pem"), "{missing}");
         let grpc = super::check(None, |name: &str| {
             (name == "OTEL_EXPORTER_OTLP_PROTOCOL").then(|| "grpc".to_owned())
         })

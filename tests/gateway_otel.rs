@@ -230,6 +230,19 @@ async fn spans_reach_an_otlp_receiver_with_the_genai_attributes_and_the_clients_
         assert_eq!(response.status(), 200);
         let _ = response.into_body().collect().await.unwrap();
     }
+    // One Google refuses: a model it does not know (the caller's mistake).
+    let unknown = http::Request::post(format!(
+        "http://{listen}/v1beta/models/gemini-0.0-none:generateContent"
+    ))
+    .header("content-type", "application/json")
+    .header("x-goog-api-key", TOKEN)
+    .body(Full::new(Bytes::from(
+        r#"{"contents":[{"parts":[{"text":"no such model"}]}]}"#,
+    )))
+    .unwrap();
+    let response = http.request(unknown).await.unwrap();
+    assert_eq!(response.status(), 404);
+    let _ = response.into_body().collect().await.unwrap();
     let refused = http
         .request(
             http::Request::get(format!("http://{listen}/v1beta/models"))
@@ -246,7 +259,7 @@ async fn spans_reach_an_otlp_receiver_with_the_genai_attributes_and_the_clients_
     for _ in 0..200 {
         spans = received.lock().unwrap().spans.clone();
         let requests = spans.iter().filter(|s| s.kind == 2).count();
-        if requests >= 3 {
+        if requests >= 4 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -269,7 +282,7 @@ async fn spans_reach_an_otlp_receiver_with_the_genai_attributes_and_the_clients_
 
     // The server spans (kind 2): the traced call continues the client's trace.
     let servers: Vec<&Span> = spans.iter().filter(|s| s.kind == 2).collect();
-    assert_eq!(servers.len(), 3, "{spans:#?}\n{stderr}");
+    assert_eq!(servers.len(), 4, "{spans:#?}\n{stderr}");
     let traced = servers
         .iter()
         .find(|s| hex(&s.trace_id) == TRACE_ID)
@@ -325,8 +338,25 @@ async fn spans_reach_an_otlp_receiver_with_the_genai_attributes_and_the_clients_
     assert!(
         servers
             .iter()
-            .all(|s| attribute(s, "http.response.status_code").as_deref() == Some("200")),
+            .all(|s| attribute(s, "http.response.status_code").as_deref() != Some("401")),
         "{servers:#?}"
+    );
+    // The failed one says how it failed; the others have no error.type.
+    let failed = servers
+        .iter()
+        .find(|s| attribute(s, "http.response.status_code").as_deref() == Some("404"))
+        .unwrap_or_else(|| panic!("no span for the unknown model: {servers:#?}"));
+    assert_eq!(attribute(failed, "error.type").as_deref(), Some("caller"));
+    assert_eq!(
+        attribute(failed, "gen_ai.request.model").as_deref(),
+        Some("gemini-0.0-none")
+    );
+    assert_eq!(
+        servers
+            .iter()
+            .filter(|s| attribute(s, "error.type").is_some())
+            .count(),
+        1
     );
 
     // Below the traced call: the layers' call span and its attempt (a client span).

@@ -1,7 +1,8 @@
 //! One span per request to the APIs: `gemini-gateway`'s server span, with the attributes of
 //! OpenTelemetry's GenAI semantic conventions (`gen_ai.system`, `gen_ai.operation.name`,
 //! `gen_ai.request.model`, `gen_ai.response.model`, `gen_ai.usage.input_tokens` and
-//! `output_tokens`) and ours (`gemini.key` — a fingerprint —, `gemini.project`, `gemini.class`,
+//! `output_tokens`, and `error.type` on a failure: Google's answer's class, else the status)
+//! and ours (`gemini.key` — a fingerprint —, `gemini.project`, `gemini.class`,
 //! `gemini.cache_hit`, `gemini.fallback`, `gemini.client` — the token's fingerprint). It lasts
 //! until the answer's last byte (a stream's usage comes with its end); the layers' `gemini.request`
 //! and `gemini.attempt` spans are its children.
@@ -115,6 +116,7 @@ pub(crate) async fn traced(request: Request, next: Next) -> Response {
         http.request.method = Empty,
         url.path = Empty,
         http.response.status_code = Empty,
+        error.type = Empty,
         gemini.key = Empty,
         gemini.project = Empty,
         gemini.class = Empty,
@@ -182,8 +184,19 @@ fn finish(span: tracing::Span, response: Response) -> Response {
             span.record("gen_ai.response.model", model);
         }
     }
-    if let Some(classification) = extensions.get::<crate::classify::Classification>() {
-        span.record("gemini.class", classification.class().as_str());
+    let class = extensions
+        .get::<crate::classify::Classification>()
+        .map(crate::classify::Classification::class);
+    if let Some(class) = class {
+        span.record("gemini.class", class.as_str());
+    }
+    // An operation that failed says how (GenAI and HTTP conventions): Google's answer's class
+    // (`rate_limited`, `caller`, …), else the status code the gateway answered.
+    if status.is_client_error() || status.is_server_error() {
+        match class.filter(|class| *class != crate::classify::Class::Success) {
+            Some(class) => span.record("error.type", class.as_str()),
+            None => span.record("error.type", status.as_str()),
+        };
     }
     if let Some(status) = extensions.get::<crate::cache::CacheStatus>() {
         span.record(

@@ -1,5 +1,5 @@
 //! Live configuration: `POST /api/config/reload` (and `SIGHUP`, in `gateway_cli.rs`) reads the
-//! file again and applies tokens, client limits, CORS origins, model limits, fallback chains,
+//! file again and applies tokens, client limits, CORS origins, model limits, fallback chains, keys,
 //! prices and budgets under load, without a failed request or a dropped connection; a broken
 //! file is refused and the running configuration kept.
 #![cfg(feature = "gateway")]
@@ -41,10 +41,17 @@ fn dir(name: &str) -> PathBuf {
 
 /// The configuration file: the keys in two projects, `models` and `gateway` as given.
 fn write(file: &Path, mock: &MockServer, models: &str, gateway: &str) {
+    let keys = format!(
+        "[[keys]]\nvalue = \"{}\"\nproject = \"proj-a\"\n\n[[keys]]\nvalue = \"{}\"\nproject = \"proj-b\"\n",
+        KEYS[0], KEYS[1]
+    );
+    write_with_keys(file, mock, &keys, models, gateway);
+}
+
+/// The configuration file with `keys` (its `[[keys]]` entries).
+fn write_with_keys(file: &Path, mock: &MockServer, keys: &str, models: &str, gateway: &str) {
     let text = format!(
-        "[[keys]]\nvalue = \"{}\"\nproject = \"proj-a\"\n\n[[keys]]\nvalue = \"{}\"\nproject = \"proj-b\"\n\n{models}\n\n[gateway]\nupstream = \"{}\"\nadmin_token = \"{ADMIN}\"\nmodel = \"{MODEL}\"\n{gateway}\n",
-        KEYS[0],
-        KEYS[1],
+        "{keys}\n{models}\n\n[gateway]\nupstream = \"{}\"\nadmin_token = \"{ADMIN}\"\nmodel = \"{MODEL}\"\n{gateway}\n",
         mock.url()
     );
     // Written whole and renamed: a reload never reads half a file.
@@ -573,5 +580,106 @@ async fn what_the_environment_set_is_named() {
     assert_eq!(answer["set_by_environment"], serde_json::json!(["tokens"]));
     assert_eq!(status_of(&gateway, OLD).await, StatusCode::OK);
     assert_eq!(status_of(&gateway, NEW).await, StatusCode::UNAUTHORIZED);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The keys' projects and names, as the status API shows them.
+async fn projects_and_names(gateway: &Gateway) -> Vec<(String, Option<String>)> {
+    let status = status_json(gateway).await;
+    let mut keys: Vec<(String, Option<String>)> = status["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|key| {
+            (
+                key["project"].as_str().unwrap().to_owned(),
+                key["name"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// A reload applies what the file changed in its keys, under load, failing no request: a key
+/// it no longer lists is no longer used, a new one serves, one renamed is renamed; a key the
+/// admin API added stays (the file never listed it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_the_files_keys_and_keeps_the_admins() {
+    const NEW_KEY: &str = "test-key-reload-0003";
+    const ADMINS_KEY: &str = "test-key-reload-0004";
+    let mock = mock()
+        .project("proj-c", |p| p.key(NEW_KEY))
+        .project("proj-d", |p| p.key(ADMINS_KEY))
+        .start()
+        .await
+        .unwrap();
+    let dir = dir("keys");
+    let file = dir.join("gateway.toml");
+    let tokens = format!("tokens = [\"{LOAD}\", \"{OLD}\"]");
+    write(&file, &mock, "", &tokens);
+    let gateway = start(from_file(&file)).await;
+    let add = Request::post(format!("{}/api/keys", gateway.base))
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(Full::new(Bytes::from(format!(
+            r#"{{"key":"{ADMINS_KEY}","project":"proj-d"}}"#
+        ))))
+        .unwrap();
+    assert_eq!(
+        client().request(add).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let project = |p: &str| (p.to_owned(), None);
+    assert_eq!(
+        projects_and_names(&gateway).await,
+        vec![project("proj-a"), project("proj-b"), project("proj-d")]
+    );
+
+    let load = Load::start(&gateway, 4).await;
+    load.progress(50).await;
+    // proj-b's key gone from the file, proj-c's new, proj-a's named.
+    write_with_keys(
+        &file,
+        &mock,
+        &format!(
+            "[[keys]]\nvalue = \"{}\"\nproject = \"proj-a\"\nname = \"primary\"\n\n[[keys]]\nvalue = \"{NEW_KEY}\"\nproject = \"proj-c\"\n",
+            KEYS[0]
+        ),
+        "",
+        &tokens,
+    );
+    let (status, answer) = reload(&gateway).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["applied"], serde_json::json!(["keys"]), "{answer}");
+    assert_eq!(answer["restart_needed"], serde_json::json!([]), "{answer}");
+    assert_eq!(
+        projects_and_names(&gateway).await,
+        vec![
+            ("proj-a".to_owned(), Some("primary".to_owned())),
+            project("proj-c"),
+            project("proj-d")
+        ]
+    );
+    // Once the requests in flight at the swap are answered, the removed key is not used; the
+    // others all are.
+    load.progress(50).await;
+    let removed_before = mock.stats().requests_for(KEYS[1]);
+    let (new_before, admins_before) = (
+        mock.stats().requests_for(NEW_KEY),
+        mock.stats().requests_for(ADMINS_KEY),
+    );
+    load.progress(200).await;
+    let served = load.finish().await;
+    assert!(served >= 250);
+    assert_eq!(mock.stats().requests_for(KEYS[1]), removed_before);
+    assert!(mock.stats().requests_for(NEW_KEY) > new_before);
+    assert!(mock.stats().requests_for(ADMINS_KEY) > admins_before);
+    assert_eq!(mock.stats().responses_with_status(429), 0);
+
+    // The same file again: nothing changes, the admin's key still there.
+    let (status, answer) = reload(&gateway).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["applied"], serde_json::json!([]), "{answer}");
+    assert_eq!(projects_and_names(&gateway).await.len(), 3);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,10 +1,15 @@
 //! Live configuration: `SIGHUP` or `POST /api/config/reload` reads the configuration file again
 //! and applies, without dropping a connection or what the gateway counted, what can change
 //! while it serves — client tokens, the admin token, per-client limits, CORS origins, model
-//! limits and pacing, fallback chains, prices, budgets and the quota alert. A file that does not
-//! read is refused with the error, and the running configuration kept. What needs a restart
-//! (where it listens, the upstream, the keys, Redis, the bounds on connections and bodies, the
+//! limits and pacing, fallback chains, prices, budgets, the quota alert and the keys. A file that
+//! does not read is refused with the error, and the running configuration kept. What needs a
+//! restart (where it listens, the upstream, Redis, the bounds on connections and bodies, the
 //! cache) is named in the answer and the log, and left as it runs.
+//!
+//! Keys: what the file changed since it was last read is applied to the running keys — a key
+//! it no longer lists is removed, a new one added, one with other settings changed — and the
+//! keys added or removed through the admin API are left as they are; the others keep what the
+//! pool knows of them (as an admin API change does).
 //!
 //! Requests in flight finish with the configuration they started with; the next ones get the
 //! new one. Clients keep what they spent: a raised limit gives a client the difference, today's
@@ -34,29 +39,12 @@ pub(crate) struct Outcome {
     pub(crate) set_by_environment: Vec<String>,
 }
 
-/// The settings a reload does not apply, by name, as text to compare (keys by fingerprint and
-/// project: never a secret).
+/// The settings a reload does not apply, by name, as text to compare (never a secret).
 pub(crate) fn fixed(config: &GatewayConfig) -> Vec<(&'static str, String)> {
-    let mut keys: Vec<String> = config
-        .pool
-        .specs()
-        .iter()
-        .map(|spec| {
-            format!(
-                "{}@{}",
-                crate::ApiKey::new(secrecy::ExposeSecret::expose_secret(&spec.secret).to_owned())
-                    .map(|key| key.fingerprint().to_string())
-                    .unwrap_or_default(),
-                spec.project.as_deref().unwrap_or_default()
-            )
-        })
-        .collect();
-    keys.sort();
     vec![
         ("listen", config.listen.to_string()),
         ("upstream", config.upstream.clone()),
         ("model", config.model.clone()),
-        ("keys", keys.join(" ")),
         ("max_wait_secs", config.max_wait.as_secs().to_string()),
         ("body_limit_bytes", config.body_limit.to_string()),
         ("body_memory_mb", (config.body_memory >> 20).to_string()),
@@ -164,6 +152,17 @@ pub(crate) async fn apply(shared: &Shared, new: &GatewayConfig) -> Result<Outcom
         ));
     }
     super::config::check_tokens(&new.tokens)?;
+    let live = shared.live();
+    // The keys the file changed, in a pool built before anything changes: a pool that cannot
+    // be built (limits for a project left without a key) refuses the whole reload.
+    let successor = {
+        let before = shared.read_keys.lock().unwrap_or_else(|e| e.into_inner());
+        merged_keys(&before, new.pool.specs(), live.pool.specs())
+    };
+    let successor = match successor {
+        Some(keys) => Some(live.pool.with_keys_and_limits_of(keys, &new.pool)?),
+        None => None,
+    };
     let mut applied = Vec::new();
     let fingerprints = |tokens: &[super::Token]| -> Vec<String> {
         tokens.iter().map(super::Token::fingerprint).collect()
@@ -185,15 +184,23 @@ pub(crate) async fn apply(shared: &Shared, new: &GatewayConfig) -> Result<Outcom
     if running.origins != new.allowed_origins {
         applied.push("allowed_origins".to_owned());
     }
-    let live = shared.live();
     if live.pool.reconfigure_limits(&new.pool) {
         applied.push("model limits".to_owned());
     }
     applied.extend(shared.savings.reload(&new.saving));
     shared.set_clients(Clients::new(new, running.ledger.as_ref()));
     drop(running);
-    // The stack again, with the fallback chains, prices, budgets and alerts just set.
-    shared.rebuild();
+    // The stack again, with the fallback chains, prices, budgets and alerts just set (over the
+    // new keys, if they changed: requests waiting on the old pool no longer get a key removed).
+    match successor {
+        Some(pool) => {
+            live.pool.retire_keys_not_in(&pool);
+            shared.swap(pool);
+            applied.push("keys".to_owned());
+        }
+        None => shared.rebuild(),
+    }
+    *shared.read_keys.lock().unwrap_or_else(|e| e.into_inner()) = new.pool.specs();
     let restart_needed = {
         let started = shared.started.lock().unwrap_or_else(|e| e.into_inner());
         fixed(new)
@@ -213,6 +220,45 @@ pub(crate) async fn apply(shared: &Shared, new: &GatewayConfig) -> Result<Outcom
         restart_needed,
         set_by_environment,
     })
+}
+
+/// The running keys with what the file changed since it was last read (`before` → `now`): the
+/// keys it no longer lists removed, those it lists anew or with other settings (name, project,
+/// priority) put in — a changed one in its place —, the keys added or removed through the admin
+/// API left as they are. `None` when the file's keys did not change.
+fn merged_keys(
+    before: &[crate::KeySpec],
+    now: Vec<crate::KeySpec>,
+    running: Vec<crate::KeySpec>,
+) -> Option<Vec<crate::KeySpec>> {
+    use secrecy::ExposeSecret;
+    use std::collections::HashMap;
+    let secret = |spec: &crate::KeySpec| spec.secret.expose_secret().to_owned();
+    let settings = |spec: &crate::KeySpec| (spec.name.clone(), spec.project.clone(), spec.priority);
+    let before: HashMap<String, _> = before.iter().map(|b| (secret(b), settings(b))).collect();
+    let listed: std::collections::HashSet<String> = now.iter().map(secret).collect();
+    let removed: Vec<&String> = before.keys().filter(|b| !listed.contains(*b)).collect();
+    let changed: Vec<crate::KeySpec> = now
+        .into_iter()
+        .filter(|spec| before.get(&secret(spec)) != Some(&settings(spec)))
+        .collect();
+    if removed.is_empty() && changed.is_empty() {
+        return None;
+    }
+    let mut keys: Vec<crate::KeySpec> = running
+        .into_iter()
+        .filter(|spec| !removed.contains(&&secret(spec)))
+        .collect();
+    for spec in changed {
+        match keys
+            .iter_mut()
+            .find(|running| secret(running) == secret(&spec))
+        {
+            Some(running) => *running = spec,
+            None => keys.push(spec),
+        }
+    }
+    Some(keys)
 }
 
 /// Do `a` and `b` hold the same secrets, in order (compared whole, not by fingerprint)?

@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     pub(crate) source: Option<super::config::ConfigSource>,
     /// The settings a reload leaves as they started (to name those a reload would change).
     pub(crate) started: std::sync::Mutex<Vec<(&'static str, String)>>,
+    /// The keys the configuration listed when last read (a reload applies what changed since).
+    pub(crate) read_keys: std::sync::Mutex<Vec<crate::KeySpec>>,
     /// The last reload's outcome, for the status API.
     last_reload: std::sync::Mutex<Option<serde_json::Value>>,
 }
@@ -312,6 +314,7 @@ impl Shared {
             rate_cache: super::rate_headers::RateCache::default(),
             source: config.source.clone(),
             started: std::sync::Mutex::new(super::reload::fixed(config)),
+            read_keys: std::sync::Mutex::new(config.pool.specs()),
             last_reload: std::sync::Mutex::new(None),
         })
     }

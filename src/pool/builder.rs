@@ -52,6 +52,13 @@ impl KeyPoolBuilder {
         }
     }
 
+    /// The model limits of `pool` instead (a reload's new keys and new limits at once).
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn limits_like(mut self, pool: &super::KeyPool) -> Self {
+        self.limits = (*pool.inner.models.limits()).clone();
+        self
+    }
+
     /// An empty builder.
     pub fn new() -> Self {
         Self::default()

@@ -188,11 +188,22 @@ impl KeyPool {
     /// # Ok::<(), tower_gemini::Error>(())
     /// ```
     pub fn with_keys(&self, keys: impl IntoIterator<Item = KeySpec>) -> Result<KeyPool, Error> {
+        self.with_keys_and_limits_of(keys, self)
+    }
+
+    /// [`with_keys`](Self::with_keys), with the model limits of `limits` (a configuration read
+    /// again): one pool, built before anything changes, or the error that refuses both.
+    pub(crate) fn with_keys_and_limits_of(
+        &self,
+        keys: impl IntoIterator<Item = KeySpec>,
+        limits: &KeyPool,
+    ) -> Result<KeyPool, Error> {
         let pool = keys
             .into_iter()
-            .fold(KeyPoolBuilder::configured_like(self), |b, spec| {
-                b.key_with(spec)
-            })
+            .fold(
+                KeyPoolBuilder::configured_like(self).limits_like(limits),
+                |b, spec| b.key_with(spec),
+            )
             .build()?;
         pool.restore(&self.save());
         Ok(pool)

@@ -87,8 +87,6 @@ mod macros;
 pub mod mock;
 mod model;
 mod peek;
-#[cfg(any(feature = "redis", feature = "otel"))]
-mod pem;
 pub mod pool;
 pub mod quota;
 mod random;
@@ -100,6 +98,8 @@ mod scan;
 mod stack;
 pub mod state;
 mod telemetry;
+#[cfg(any(feature = "redis", feature = "otel"))]
+mod tls;
 
 pub use affinity::AffinityLayer;
 pub use circuit_breaker::CircuitBreakerLayer;

@@ -98,7 +98,13 @@ async fn receiver() -> (String, Arc<Mutex<Received>>) {
 
 /// That receiver on 127.0.0.1 over TLS, with `pki`'s server certificate, accepting only
 /// clients that present a certificate of `pki`'s CA.
-async fn tls_receiver(pki: &common::pki::Pki) -> (String, Arc<Mutex<Received>>) {
+async fn tls_receiver(
+    pki: &common::pki::Pki,
+) -> (
+    String,
+    Arc<Mutex<Received>>,
+    Arc<std::sync::atomic::AtomicU64>,
+) {
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -129,11 +135,14 @@ async fn tls_receiver(pki: &common::pki::Pki) -> (String, Arc<Mutex<Received>>) 
     let app = receiving(received.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = connections.clone();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (acceptor, app) = (acceptor.clone(), app.clone());
             tokio::spawn(async move {
                 // A client that fails the handshake (no certificate) gets nothing.
@@ -149,7 +158,7 @@ async fn tls_receiver(pki: &common::pki::Pki) -> (String, Arc<Mutex<Received>>) 
             });
         }
     });
-    (url, received)
+    (url, received, connections)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -402,7 +411,7 @@ async fn spans_reach_an_otlp_receiver_with_the_genai_attributes_and_the_clients_
 async fn spans_reach_an_https_receiver_that_checks_its_clients() {
     let pki = common::pki::Pki::new("otlp-https");
     let mock = tower_gemini::mock::demo().start().await.unwrap();
-    let (otlp, received) = tls_receiver(&pki).await;
+    let (otlp, received, _) = tls_receiver(&pki).await;
     let config = pki.path("gateway.toml");
     std::fs::write(
         &config,
@@ -474,17 +483,20 @@ async fn spans_reach_an_https_receiver_that_checks_its_clients() {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let stderr = tokio::task::spawn_blocking(move || {
-        let _ = child.wait();
+    let (exit, stderr) = tokio::task::spawn_blocking(move || {
+        let exit = child.wait().unwrap();
         let mut text = String::new();
         if let Some(mut pipe) = child.stderr.take() {
             use std::io::Read;
             let _ = pipe.read_to_string(&mut text);
         }
-        text
+        (exit, text)
     })
     .await
     .unwrap();
+    // Stopped cleanly: the exporter's runtime was not dropped where it may not be.
+    assert!(exit.success(), "{exit}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
     let server = spans
         .iter()
         .find(|s| s.kind == 2)
@@ -509,7 +521,7 @@ async fn spans_reach_an_https_receiver_that_checks_its_clients() {
 async fn an_untrusted_or_unidentified_exporter_sends_nothing_and_the_gateway_serves() {
     let pki = common::pki::Pki::new("otlp-untrusted");
     let mock = tower_gemini::mock::demo().start().await.unwrap();
-    let (otlp, received) = tls_receiver(&pki).await;
+    let (otlp, received, connections) = tls_receiver(&pki).await;
     let config = pki.path("gateway.toml");
     std::fs::write(
         &config,
@@ -552,11 +564,12 @@ async fn an_untrusted_or_unidentified_exporter_sends_nothing_and_the_gateway_ser
             .args(["--otlp-endpoint", &otlp])
             .env_clear()
             .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (name, value) in vars {
             command.env(name, value);
         }
+        let tried = connections.load(std::sync::atomic::Ordering::Relaxed);
         let mut child = command.spawn().unwrap();
         let mut up = false;
         for _ in 0..200 {
@@ -586,13 +599,36 @@ async fn an_untrusted_or_unidentified_exporter_sends_nothing_and_the_gateway_ser
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
-        tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .unwrap()
-            .unwrap();
+        // The log (stdout) and stderr, read whole once it stopped (the log is a few lines).
+        let (exit, stderr) = tokio::task::spawn_blocking(move || {
+            let exit = child.wait().unwrap();
+            let mut text = String::new();
+            use std::io::Read;
+            if let Some(mut pipe) = child.stdout.take() {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            (exit, text)
+        })
+        .await
+        .unwrap();
+        assert!(exit.success(), "{exit}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
         assert!(
             received.lock().unwrap().spans.is_empty(),
             "spans went out with {vars:?}"
+        );
+        // An export was tried (and refused), and the operator was told why, once.
+        assert!(
+            connections.load(std::sync::atomic::Ordering::Relaxed) > tried,
+            "no export was tried with {vars:?}: {stderr}"
+        );
+        assert_eq!(
+            stderr.matches("spans could not be sent").count(),
+            1,
+            "{vars:?}: {stderr}"
         );
     }
 }

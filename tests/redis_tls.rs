@@ -462,6 +462,36 @@ async fn wrong_tls_settings_are_refused_with_what_to_change() {
         message.contains("client key holds no private key"),
         "{message}"
     );
+    // A key that is not the certificate's: refused now, not at every connection.
+    let message = refused(
+        "rediss://127.0.0.1:1",
+        RedisTls::default()
+            .ca_pem(pki.read("ca.pem"))
+            .client_pem(pki.read("client.pem"), pki.read("server.key")),
+    )
+    .await;
+    assert!(
+        message.contains("do not make a client identity"),
+        "{message}"
+    );
+    // A fragment (`#insecure` would turn certificate checks off in some builds).
+    let message = refused("rediss://127.0.0.1:1/#insecure", RedisTls::default()).await;
+    assert!(message.contains("fragment"), "{message}");
+    // A cluster with no node, with a CA: said as such.
+    let message = refused("rediss+cluster://", tls(&pki, false)).await;
+    assert!(message.contains("names no node"), "{message}");
+    // The scheme in capitals is TLS all the same.
+    assert!(
+        RedisStore::connect_with(
+            "REDISS://127.0.0.1:1",
+            RedisOptions {
+                tls: tls(&pki, false),
+                ..RedisOptions::default()
+            }
+        )
+        .await
+        .is_ok()
+    );
     // A file that is not there names itself; half a client identity is refused.
     let missing = pki.path("no-such.pem");
     let message = RedisTls::from_files(Some(&missing), None, None)
@@ -472,6 +502,21 @@ async fn wrong_tls_settings_are_refused_with_what_to_change() {
         .unwrap_err()
         .to_string();
     assert!(message.contains("without its key"), "{message}");
+    // TLS files for a gateway without Redis: not what was meant.
+    let ca = pki.path("ca.pem");
+    let message = tower_gemini::gateway::GatewayConfig::resolve(
+        tower_gemini::gateway::Flags::default(),
+        |name| match name {
+            "GEMINI_API_KEY" => Some("test-key-tls-0001".to_owned()),
+            "GATEWAY_TOKENS" => Some("test-token-tls-0001".to_owned()),
+            "REDIS_CA_FILE" => Some(ca.display().to_string()),
+            _ => None,
+        },
+    )
+    .err()
+    .expect("a CA without Redis was accepted")
+    .to_string();
+    assert!(message.contains("but no Redis"), "{message}");
 }
 
 /// The client key never shows: not in the settings' `Debug`, nor in the store options'.

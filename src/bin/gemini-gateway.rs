@@ -77,16 +77,16 @@ struct Common {
     #[arg(long, value_name = "URL")]
     redis_url: Option<String>,
     /// The CA certificate (PEM) that signed the certificate of a Redis reached over TLS
-    /// (rediss://, rediss+cluster://), when it is not among the system's roots [env
+    /// (rediss://, rediss+cluster://), when it is not among the webpki roots [env
     /// REDIS_CA_FILE].
     #[arg(long, value_name = "FILE")]
     redis_ca: Option<PathBuf>,
     /// The client certificate (PEM) for a Redis that checks its clients (tls-auth-clients)
     /// [env REDIS_CLIENT_CERT_FILE].
-    #[arg(long, value_name = "FILE", requires = "redis_client_key")]
+    #[arg(long, value_name = "FILE")]
     redis_client_cert: Option<PathBuf>,
     /// The private key (PEM) of --redis-client-cert [env REDIS_CLIENT_KEY_FILE].
-    #[arg(long, value_name = "FILE", requires = "redis_client_cert")]
+    #[arg(long, value_name = "FILE")]
     redis_client_key: Option<PathBuf>,
     /// Serve against the embedded mock Gemini instead of Google, with its demo keys (no real
     /// key needed): for trying the gateway and its clients.

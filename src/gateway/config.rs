@@ -56,7 +56,7 @@ pub struct Flags {
     /// `--redis-url`: share the pool's state with other gateways through this Redis.
     pub redis_url: Option<String>,
     /// `--redis-ca`: the CA (PEM) that signed a `rediss://` Redis's certificate, when it is not
-    /// among the system's roots.
+    /// among the webpki roots.
     pub redis_ca: Option<PathBuf>,
     /// `--redis-client-cert`: the client certificate (PEM) for a Redis that checks clients.
     pub redis_client_cert: Option<PathBuf>,
@@ -160,7 +160,7 @@ pub struct GatewayConfig {
     pub redis_prefix: Option<String>,
     /// How to trust a Redis reached over TLS (`rediss://`): a CA of its own and a client
     /// certificate, read from `--redis-ca`, `--redis-client-cert` and `--redis-client-key`
-    /// (`REDIS_CA_FILE`, …; `redis_ca_file`, … in `[gateway]`); the system's roots else.
+    /// (`REDIS_CA_FILE`, …; `redis_ca_file`, … in `[gateway]`); the webpki roots else.
     pub redis_tls: crate::state::RedisTls,
     /// The response cache, model fallback, prices, budgets and quota alerts.
     pub saving: super::saving::Saving,
@@ -626,6 +626,11 @@ impl GatewayConfig {
             )
             .as_deref(),
         )?;
+        if redis_tls.is_set() && redis_url.is_none() {
+            return Err(Error::config(
+                "a Redis CA or client certificate is set (--redis-ca, REDIS_CA_FILE, redis_ca_file, …) but no Redis: give its rediss:// URL (--redis-url, REDIS_URL), or remove them",
+            ));
+        }
         let saving = super::saving::FileSaving {
             cache: file.cache,
             fallback: file.fallback,

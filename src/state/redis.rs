@@ -54,7 +54,7 @@ pub struct RedisOptions {
     /// it, a slot freed at exactly 60 s could reach Google a moment before the request it
     /// replaces left Google's window. Costs under 1 % of the per-minute quota.
     pub margin: Duration,
-    /// How to trust a Redis reached over TLS (`rediss://`; feature `redis-tls`): the system's
+    /// How to trust a Redis reached over TLS (`rediss://`; feature `redis-tls`): the webpki
     /// roots by default, or a CA of its own and a client certificate.
     pub tls: RedisTls,
 }
@@ -891,14 +891,28 @@ impl Inner {
     }
 }
 
-/// The certificates to connect with: `None` for plain TCP, or TLS with the system's roots and
-/// no client certificate. An error when the URL and the TLS settings disagree, when TLS is
-/// asked of a build without it, or when a PEM is wrong.
+/// The certificates to connect with: `None` for plain TCP, or TLS with the webpki roots and
+/// no client certificate. An error when the URL and the TLS settings disagree, when a URL asks
+/// for something through its fragment (`#insecure` would turn certificate checks off), when
+/// TLS is asked of a build without it, or when a PEM is wrong.
 fn tls_for(
     urls: &[String],
     options: &RedisOptions,
     shown: &str,
 ) -> Result<Option<Certificates>, Error> {
+    // After the credentials (a password may hold a `#`, percent-encoded or not).
+    if urls
+        .iter()
+        .any(|url| url[url.rfind('@').map_or(0, |at| at + 1)..].contains('#'))
+    {
+        return Err(Error::config(format!(
+            "the Redis URL {shown} has a fragment (#…): certificate checks are never turned off here; remove it, and give a Redis with a certificate of its own CA that CA (--redis-ca, REDIS_CA_FILE)"
+        )));
+    }
+    if urls.is_empty() {
+        // Nothing to connect to: said by the cluster's own check.
+        return Ok(None);
+    }
     if wants_tls(urls, shown)? {
         return certificates(&options.tls, shown);
     }
@@ -910,8 +924,14 @@ fn tls_for(
     Ok(None)
 }
 
+/// The redis crate builds its TLS with the process's default crypto provider: ring, as
+/// everywhere here, unless the program installed one (a process with two providers and no
+/// default would panic at the first connection).
 #[cfg(feature = "redis-tls")]
 fn certificates(tls: &RedisTls, _shown: &str) -> Result<Option<Certificates>, Error> {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
     match tls.is_set() {
         true => tls.certificates().map(Some),
         false => Ok(None),
@@ -941,7 +961,11 @@ fn connect_single(
     let client = match tls {
         None => Client::open(url),
         #[cfg(feature = "redis-tls")]
-        Some(certificates) => Client::build_with_tls(url, certificates),
+        Some(certificates) => Ok(Client::build_with_tls(url, certificates).map_err(|e| {
+            Error::config(format!(
+                "cannot set up TLS to Redis at {shown} with the CA and client certificate given: {e}"
+            ))
+        })?),
     };
     let client = client.map_err(|e| {
         Error::config(format!(
@@ -988,7 +1012,7 @@ fn connect_cluster(
         .build()
         .map_err(|e| {
             Error::config(format!(
-                "the Redis Cluster URL {shown} is malformed ({e}); expected redis+cluster://[:password@]host:port,host:port"
+                "the Redis Cluster URL {shown} is malformed, or its TLS settings unusable ({e}); expected redis+cluster://[:password@]host:port,host:port (rediss+cluster:// over TLS)"
             ))
         })?;
     let config = redis::cluster::ClusterConfig::new()
@@ -1410,6 +1434,48 @@ mod tests {
             "redis://***@a:1,redis://***@b:2"
         );
         assert_eq!(redact("redis://:hun,ter2@a:1"), "redis://***@a:1");
+        // Over TLS the same.
+        assert_eq!(
+            redact("rediss://:hunter2@10.0.0.1:6380"),
+            "rediss://***@10.0.0.1:6380"
+        );
+        assert_eq!(
+            redact("rediss+cluster://user:hunter2@10.0.0.1:7000,10.0.0.2:7000"),
+            "rediss+cluster://***@10.0.0.1:7000,10.0.0.2:7000"
+        );
+    }
+
+    /// A `rediss+cluster://` URL names `rediss://` nodes: the slots' owners are reached over
+    /// TLS too, never in plain text.
+    #[test]
+    fn a_tls_clusters_nodes_are_tls() {
+        assert_eq!(
+            cluster_nodes("rediss+cluster://:pw@10.0.0.1:7000,10.0.0.2:7000"),
+            Some(vec![
+                "rediss://:pw@10.0.0.1:7000".to_owned(),
+                "rediss://:pw@10.0.0.2:7000".to_owned()
+            ])
+        );
+        assert_eq!(cluster_nodes("rediss://10.0.0.1:6380"), None);
+        let urls = |list: &[&str]| list.iter().map(|u| (*u).to_owned()).collect::<Vec<_>>();
+        let tls = |list: &[&str]| wants_tls(&urls(list), "the URL");
+        assert!(tls(&["rediss://a:1"]).unwrap());
+        assert!(tls(&["REDISS://a:1"]).unwrap());
+        assert!(tls(&["valkeys://a:1"]).unwrap());
+        assert!(tls(&["rediss://a:1", "rediss://b:2"]).unwrap());
+        assert!(!tls(&["redis://a:1", "valkey://b:2"]).unwrap());
+        assert!(tls(&["rediss://a:1", "redis://b:2"]).is_err());
+        // What the store is given (no TLS settings) follows the URL.
+        let options = RedisOptions::default();
+        assert!(
+            tls_for(&urls(&["redis://a:1"]), &options, "u")
+                .unwrap()
+                .is_none()
+        );
+        assert!(tls_for(&urls(&["rediss://a:1/#insecure"]), &options, "u").is_err());
+        // A `#` in the password is no fragment.
+        #[cfg(feature = "redis-tls")]
+        assert!(tls_for(&urls(&["rediss://:p#w@a:1"]), &options, "u").is_ok());
     }
 
     #[test]

@@ -11,8 +11,8 @@ use crate::error::Error;
 /// How a [`RedisStore`](super::RedisStore) trusts a Redis reached over TLS (`rediss://`,
 /// `rediss+cluster://`; feature `redis-tls`).
 ///
-/// The default trusts the system's roots, which is all a managed Redis with a public
-/// certificate needs. A Redis whose certificate is signed by a CA of its own (Memorystore's
+/// The default trusts the webpki roots (Mozilla's, built in, as for Google), which is all a
+/// managed Redis with a public certificate needs. A Redis whose certificate is signed by a CA of its own (Memorystore's
 /// server CA, a Redis you run) needs that CA ([`ca_pem`](Self::ca_pem)); one that checks its
 /// clients (`tls-auth-clients yes`) needs a client certificate and key
 /// ([`client_pem`](Self::client_pem)). The key never shows in `Debug`.
@@ -35,7 +35,7 @@ pub struct RedisTls {
 }
 
 impl RedisTls {
-    /// Trust these CA certificates (PEM, one or more) instead of the system's roots. Checked
+    /// Trust these CA certificates (PEM, one or more) instead of the webpki roots. Checked
     /// when the store connects: a file without a certificate is an error that says so.
     #[must_use]
     pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
@@ -60,12 +60,12 @@ impl RedisTls {
     ) -> Result<RedisTls, Error> {
         let mut tls = RedisTls::default();
         if let Some(ca) = ca {
-            tls = tls.ca_pem(crate::pem::read(ca, "the Redis CA certificate")?);
+            tls = tls.ca_pem(crate::tls::read(ca, "the Redis CA certificate")?);
         }
         match (client_cert, client_key) {
             (Some(cert), Some(key)) => Ok(tls.client_pem(
-                crate::pem::read(cert, "the Redis client certificate")?,
-                crate::pem::read(key, "the Redis client key")?,
+                crate::tls::read(cert, "the Redis client certificate")?,
+                crate::tls::read(key, "the Redis client key")?,
             )),
             (None, None) => Ok(tls),
             (Some(_), None) => Err(Error::config(
@@ -104,18 +104,31 @@ impl RedisTls {
         format!("{:x}", hash.finalize())[..16].to_owned()
     }
 
-    /// The redis crate's form of these settings, each PEM checked first so that a wrong file
-    /// gets an error that says which one and what it lacks.
+    /// The redis crate's form of these settings, checked first as rustls will use them (each
+    /// PEM, the key against its certificate) so that a wrong file is an error now, naming it,
+    /// not a Redis unreachable at every attempt.
     #[cfg(feature = "redis-tls")]
     pub(super) fn certificates(&self) -> Result<redis::TlsCertificates, Error> {
+        use crate::tls::Pem;
         use secrecy::ExposeSecret;
-        if let Some(ca) = &self.ca {
-            crate::pem::certificates(ca, "the Redis CA certificate")?;
-        }
-        if let Some((chain, key)) = &self.client {
-            crate::pem::certificates(chain, "the Redis client certificate")?;
-            crate::pem::private_key(key.expose_secret(), "the Redis client key")?;
-        }
+        crate::tls::client_config(
+            self.ca.as_deref().map(|bytes| Pem {
+                bytes,
+                what: "the Redis CA certificate",
+            }),
+            self.client.as_ref().map(|(chain, key)| {
+                (
+                    Pem {
+                        bytes: chain,
+                        what: "the Redis client certificate",
+                    },
+                    Pem {
+                        bytes: key.expose_secret(),
+                        what: "the Redis client key",
+                    },
+                )
+            }),
+        )?;
         Ok(redis::TlsCertificates {
             client_tls: self
                 .client
@@ -146,7 +159,9 @@ impl fmt::Debug for RedisTls {
 pub(super) fn wants_tls(urls: &[String], shown: &str) -> Result<bool, Error> {
     let tls = |url: &String| {
         let scheme = url.trim().split("://").next().unwrap_or_default();
-        matches!(scheme, "rediss" | "valkeys" | "rediss+cluster")
+        ["rediss", "valkeys", "rediss+cluster"]
+            .iter()
+            .any(|tls| scheme.eq_ignore_ascii_case(tls))
     };
     match (urls.iter().all(tls), urls.iter().any(tls)) {
         (true, _) => Ok(!urls.is_empty()),

@@ -14,25 +14,37 @@ use opentelemetry_http::{HttpClient, HttpError};
 
 use super::standard;
 use crate::error::Error;
+use crate::tls::Pem;
 
 /// The most of a receiver's answer read (it says what it refused, in a few bytes).
 const MAX_ANSWER: usize = 64 * 1024;
 
 /// What the exporter sends with: `http://` or `https://` (with [`tls_config`]), the standard
 /// timeout (`OTEL_EXPORTER_OTLP_TIMEOUT`, milliseconds; 10 s) on each export, answers read up
-/// to 64 KiB, no redirect followed (the headers may carry a service's API key).
+/// to 64 KiB, no redirect followed (the headers may carry a service's API key), no proxy
+/// (`HTTPS_PROXY` is not read: the receiver is reached directly).
 pub(super) struct Exporting {
     runtime: Option<tokio::runtime::Runtime>,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
+    /// A failed export was logged (once: the receiver may be away for hours).
+    warned: std::sync::atomic::AtomicBool,
 }
 
 impl Exporting {
     pub(super) fn new(env: &impl Fn(&str) -> Option<String>) -> Result<Exporting, Error> {
         let tls = tls_config(env)?;
-        let timeout = standard(env, "TIMEOUT")
-            .and_then(|(_, ms)| ms.parse::<u64>().ok())
-            .map_or(Duration::from_secs(10), Duration::from_millis);
+        let timeout = match standard(env, "TIMEOUT") {
+            None => Duration::from_secs(10),
+            Some((var, ms)) => match ms.parse::<u64>() {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                _ => {
+                    return Err(Error::config(format!(
+                        "{var}={ms:?}: expected the milliseconds an export may take, such as 10000"
+                    )));
+                }
+            },
+        };
         // One worker drives the connections between exports; the exporter's thread waits.
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -50,6 +62,7 @@ impl Exporting {
             runtime: Some(runtime),
             client,
             timeout,
+            warned: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -65,11 +78,26 @@ impl Exporting {
             let body = Limited::new(body, MAX_ANSWER).collect().await?.to_bytes();
             Ok::<_, HttpError>(http::Response::from_parts(head, body))
         };
-        runtime.block_on(async {
+        let sent = runtime.block_on(async {
             tokio::time::timeout(self.timeout, exchange)
                 .await
                 .map_err(|_| HttpError::from("the OTLP receiver did not answer in time"))?
-        })
+        });
+        if let Err(error) = &sent
+            && !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            // Once: the SDK says the rest at DEBUG. The cause, whole (a certificate refused,
+            // a connection refused), never a header.
+            let mut cause = error.to_string();
+            let mut source = error.source();
+            while let Some(inner) = source {
+                cause.push_str(": ");
+                cause.push_str(&inner.to_string());
+                source = inner.source();
+            }
+            tracing::warn!("spans could not be sent to the OTLP receiver (said once): {cause}");
+        }
+        sent
     }
 }
 
@@ -105,49 +133,37 @@ impl fmt::Debug for Exporting {
 }
 
 /// The TLS settings of an `https://` exporter: the webpki roots, or only the CA in
-/// `OTEL_EXPORTER_OTLP_CERTIFICATE`; the client certificate and key if both are given.
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE`; the client certificate and key if both are given (one
+/// without the other is an error).
 pub(super) fn tls_config(
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<rustls::ClientConfig, Error> {
     let file = |name: &str| -> Result<Option<(String, Vec<u8>)>, Error> {
         standard(env, name)
             .map(|(var, path)| {
-                crate::pem::read(std::path::Path::new(&path), &format!("{var}'s file"))
+                crate::tls::read(std::path::Path::new(&path), &format!("{var}'s file"))
                     .map(|pem| (var, pem))
             })
             .transpose()
     };
-    let mut roots = rustls::RootCertStore::empty();
-    match file("CERTIFICATE")? {
-        Some((var, pem)) => {
-            for certificate in crate::pem::certificates(&pem, &var)? {
-                roots.add(certificate).map_err(|e| {
-                    Error::config(format!("{var}: a certificate that is not a CA ({e})"))
-                })?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::config(format!("TLS for the OTLP exporter: {e}")))?
-        .with_root_certificates(roots);
     if standard(env, "CLIENT_CERTIFICATE").is_some() != standard(env, "CLIENT_KEY").is_some() {
         return Err(Error::config(
             "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY go together: give both, or neither",
         ));
     }
-    let (Some((cert_var, chain)), Some((key_var, key))) =
-        (file("CLIENT_CERTIFICATE")?, file("CLIENT_KEY")?)
-    else {
-        return Ok(builder.with_no_client_auth());
+    let ca = file("CERTIFICATE")?;
+    let identity = match (file("CLIENT_CERTIFICATE")?, file("CLIENT_KEY")?) {
+        (Some(chain), Some(key)) => Some((chain, key)),
+        _ => None,
     };
-    let chain = crate::pem::certificates(&chain, &cert_var)?;
-    let key = crate::pem::private_key(&key, &key_var)?;
-    builder.with_client_auth_cert(chain, key).map_err(|e| {
-        Error::config(format!(
-            "{cert_var} and {key_var} do not make a client identity ({e}): give the certificate and its own key"
-        ))
-    })
+    fn pem((var, bytes): &(String, Vec<u8>)) -> Pem<'_> {
+        Pem {
+            bytes: bytes.as_slice(),
+            what: var.as_str(),
+        }
+    }
+    crate::tls::client_config(
+        ca.as_ref().map(pem),
+        identity.as_ref().map(|(chain, key)| (pem(chain), pem(key))),
+    )
 }

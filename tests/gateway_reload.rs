@@ -683,3 +683,47 @@ async fn a_reload_applies_the_files_keys_and_keeps_the_admins() {
     assert_eq!(projects_and_names(&gateway).await.len(), 3);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A reload rebuilds the stack, not what it remembers: a project still above the quota alert's
+/// threshold is not announced again (the retry budget kept is checked in `retry::policy`).
+#[tokio::test]
+async fn a_reload_does_not_announce_a_quota_alert_again() {
+    let mock = mock().start().await.unwrap();
+    let dir = dir("alerts");
+    let file = dir.join("gateway.toml");
+    let gateway_table = format!("tokens = [\"{OLD}\"]\nquota_alert = 0.5");
+    // Pacing off: four requests a minute would be spaced 15 s apart.
+    let keys = format!(
+        "pacing = \"off\"\n\n[[keys]]\nvalue = \"{}\"\nproject = \"proj-a\"\n\n[[keys]]\nvalue = \"{}\"\nproject = \"proj-b\"\n",
+        KEYS[0], KEYS[1]
+    );
+    write_with_keys(
+        &file,
+        &mock,
+        &keys,
+        &format!("[models.\"{MODEL}\"]\nrpm = 4"),
+        &gateway_table,
+    );
+    let gateway = start(from_file(&file)).await;
+    let quota_alerts = async || {
+        status_json(&gateway).await["saving"]["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|alert| alert["kind"] == "quota")
+            .count()
+    };
+    // Two projects of 4 RPM: four requests take both to half.
+    for _ in 0..4 {
+        assert_eq!(status_of(&gateway, OLD).await, StatusCode::OK);
+    }
+    assert_eq!(quota_alerts().await, 2);
+    let (status, answer) = reload(&gateway).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // Still above half (three of four each): no new alert.
+    for _ in 0..2 {
+        assert_eq!(status_of(&gateway, OLD).await, StatusCode::OK);
+    }
+    assert_eq!(quota_alerts().await, 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

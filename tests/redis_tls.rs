@@ -321,7 +321,7 @@ async fn a_certificate_from_another_ca_is_not_trusted() {
         .await
         .unwrap();
     assert!(!store.is_connected());
-    // The system's roots (no CA given) do not know ours either.
+    // The webpki roots (no CA given) do not know ours either.
     let store = RedisStore::connect_with(&redis.url(), options(RedisTls::default()))
         .await
         .unwrap();

@@ -221,6 +221,8 @@ pub(crate) struct Savings {
     tuned: std::sync::RwLock<Tuned>,
     alerts: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<serde_json::Value>>>,
     fallbacks: std::sync::Mutex<BTreeMap<(String, String, &'static str), u64>>,
+    /// The last stack's quota layer: the next remembers what it announced.
+    quota: std::sync::Mutex<Option<crate::QuotaLayer>>,
 }
 
 /// Fallback chains, prices and budgets, the quota alert: reloadable.
@@ -269,6 +271,7 @@ impl Savings {
             }),
             alerts,
             fallbacks: Default::default(),
+            quota: Default::default(),
         }
     }
 
@@ -320,10 +323,16 @@ impl Savings {
             );
         });
         // The threshold was checked when the configuration was read.
-        layer
+        let mut layer = layer
             .clone()
             .alert_at(self.tuned().quota_alert)
-            .unwrap_or(layer)
+            .unwrap_or(layer);
+        let mut last = self.quota.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(earlier) = last.as_ref() {
+            layer = layer.remembering(earlier);
+        }
+        *last = Some(layer.clone());
+        layer
     }
 
     /// Fallback chains for the stack.

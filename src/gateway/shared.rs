@@ -20,8 +20,10 @@ pub(crate) struct Live {
 /// What every route shares.
 pub(crate) struct Shared {
     live: std::sync::RwLock<Arc<Live>>,
-    /// Kept to build the stack over a new pool: the same circuits, the same connections.
+    /// Kept to build the stack over a new pool: the same circuits, the same connections, the
+    /// same retry budget.
     breaker: CircuitBreakerLayer,
+    retry: crate::RetryLayer,
     http: client::HttpsClient<http_body_util::Full<bytes::Bytes>>,
     /// Upload steps, streamed to Google as they arrive (no key: the session is the authority).
     pub(crate) uploads: client::HttpsClient<axum::body::Body>,
@@ -216,7 +218,7 @@ impl Shared {
     fn build(&self, pool: KeyPool) -> Live {
         let gemini = compose(
             &pool,
-            &self.breaker,
+            (&self.breaker, &self.retry),
             self.prefix.as_ref(),
             self.max_wait,
             &self.savings,
@@ -236,7 +238,7 @@ impl Shared {
 /// `pool`.
 fn compose(
     pool: &KeyPool,
-    breaker: &CircuitBreakerLayer,
+    (breaker, retry): (&CircuitBreakerLayer, &crate::RetryLayer),
     prefix: Option<&Arc<PrefixAffinity>>,
     max_wait: std::time::Duration,
     savings: &saving::Savings,
@@ -250,6 +252,7 @@ fn compose(
     let gemini = stack(pool)
         .affinity(affinity)
         .circuit_breaker(breaker.clone())
+        .retry(retry.for_pool_keeping_budget(pool))
         .wait_up_to(max_wait)
         .fallback(savings.fallback())
         .quota(savings.quota(pool))
@@ -263,6 +266,7 @@ impl Shared {
     pub(crate) fn new(config: &GatewayConfig) -> Arc<Shared> {
         metrics::handle();
         let breaker = CircuitBreakerLayer::new();
+        let retry = crate::RetryLayer::for_pool(&config.pool);
         let breakers = breaker.handle();
         let http = client::https();
         let savings = saving::Savings::new(&config.saving);
@@ -272,7 +276,7 @@ impl Shared {
         let first = Live {
             gemini: compose(
                 &config.pool,
-                &breaker,
+                (&breaker, &retry),
                 prefix.as_ref(),
                 config.max_wait,
                 &savings,
@@ -283,6 +287,7 @@ impl Shared {
         Arc::new(Shared {
             live: std::sync::RwLock::new(Arc::new(first)),
             breaker,
+            retry,
             http,
             uploads: client::https(),
             max_wait: config.max_wait,

@@ -94,6 +94,13 @@ impl Alerts {
         self.hook = Some(hook);
     }
 
+    /// Remember what `earlier` alerted for (a stack rebuilt over the same pool's ledger: a
+    /// limit still above the threshold is not announced again).
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn share_memory(&mut self, earlier: &Alerts) {
+        self.above = earlier.above.clone();
+    }
+
     /// Is anyone listening? (Only then is a snapshot taken per request.)
     #[inline]
     pub(crate) fn enabled(&self) -> bool {

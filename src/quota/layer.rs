@@ -55,6 +55,14 @@ impl QuotaLayer {
         self
     }
 
+    /// This layer, remembering which limits `earlier` announced: the gateway's stack rebuilt
+    /// on a reload or a key change does not announce them again.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn remembering(mut self, earlier: &QuotaLayer) -> Self {
+        self.alerts.share_memory(&earlier.alerts);
+        self
+    }
+
     /// The fraction of a limit at which [`on_alert`](Self::on_alert) fires, in `(0, 1]`.
     pub fn alert_at(mut self, threshold: f64) -> Result<Self, Error> {
         self.alerts.set_threshold(threshold)?;

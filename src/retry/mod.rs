@@ -115,6 +115,20 @@ impl RetryLayer {
         }
     }
 
+    /// This layer's settings and budget — the same budget, not a new one — with the attempts
+    /// [`for_pool`](Self::for_pool) gives `pool`: the gateway's stack rebuilt over other keys
+    /// keeps what its budget counted.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn for_pool_keeping_budget(&self, pool: &KeyPool) -> Self {
+        RetryLayer {
+            policy: self
+                .policy
+                .clone()
+                .max_attempts(RetryPolicy::for_pool(pool).attempts()),
+            error_body: self.error_body,
+        }
+    }
+
     /// The configured number of attempts.
     pub fn attempts(&self) -> u32 {
         self.policy.attempts()

@@ -415,6 +415,19 @@ impl<B: Clone, R> tower::retry::Policy<Request<B>, Response<R>, BoxError> for Ge
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The gateway's stack rebuilt over other keys keeps its retry budget (one budget, not a
+    /// fresh one) with the attempts of the new pool.
+    #[test]
+    fn a_rebuilt_stack_keeps_its_retry_budget() {
+        let two = KeyPool::from_keys(["test-key-0001", "test-key-0002"]).unwrap();
+        let one = KeyPool::from_keys(["test-key-0001"]).unwrap();
+        let first = crate::RetryLayer::for_pool(&two);
+        let rebuilt = first.for_pool_keeping_budget(&one);
+        assert_eq!(rebuilt.attempts(), attempts_for(DEFAULT_RETRIES, 1));
+        let (a, b) = (first.policy.budget.unwrap(), rebuilt.policy.budget.unwrap());
+        assert!(Arc::ptr_eq(&a, &b));
+    }
     use crate::retry::NoJitter;
 
     fn class(class: Class) -> Outcome {

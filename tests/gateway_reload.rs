@@ -322,8 +322,8 @@ async fn a_broken_file_is_refused_and_the_running_configuration_kept() {
         let status = status_json(&gateway).await;
         assert_eq!(status["config"]["last_reload"]["success"], false);
     }
-    // What needs a restart is named and left as it runs (a Redis CA file too: the store
-    // connected with the one it started with).
+    // What needs a restart is named and left as it runs (a Redis and its CA file too: the
+    // store is made at start).
     let ca = dir.join("redis-ca.pem");
     std::fs::write(
         &ca,
@@ -335,7 +335,7 @@ async fn a_broken_file_is_refused_and_the_running_configuration_kept() {
         &mock,
         "",
         &format!(
-            "tokens = [\"{OLD}\"]\nmax_connections = 7\nbody_limit_bytes = 1000\nredis_ca_file = {:?}",
+            "tokens = [\"{OLD}\"]\nmax_connections = 7\nbody_limit_bytes = 1000\nredis_url = \"rediss://127.0.0.1:1\"\nredis_ca_file = {:?}",
             ca.display().to_string()
         ),
     );
@@ -347,6 +347,7 @@ async fn a_broken_file_is_refused_and_the_running_configuration_kept() {
             "body_limit_bytes",
             "max_connections",
             "max_connections_per_address",
+            "redis_url",
             "redis_tls"
         ])
     );

@@ -27,7 +27,8 @@ pub(super) struct Exporting {
     runtime: Option<tokio::runtime::Runtime>,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
-    /// A failed export was logged (once: the receiver may be away for hours).
+    /// A failed export was logged since the last that went (once an outage: the receiver may
+    /// be away for hours).
     warned: std::sync::atomic::AtomicBool,
 }
 
@@ -83,11 +84,15 @@ impl Exporting {
                 .await
                 .map_err(|_| HttpError::from("the OTLP receiver did not answer in time"))?
         });
-        if let Err(error) = &sent
+        if sent.is_ok() {
+            // Back: the next outage is said again.
+            self.warned
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        } else if let Err(error) = &sent
             && !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed)
         {
-            // Once: the SDK says the rest at DEBUG. The cause, whole (a certificate refused,
-            // a connection refused), never a header.
+            // Once an outage: the SDK says the rest at DEBUG. The cause, whole (a certificate
+            // refused, a connection refused), never a header.
             let mut cause = error.to_string();
             let mut source = error.source();
             while let Some(inner) = source {
@@ -95,7 +100,9 @@ impl Exporting {
                 cause.push_str(&inner.to_string());
                 source = inner.source();
             }
-            tracing::warn!("spans could not be sent to the OTLP receiver (said once): {cause}");
+            tracing::warn!(
+                "spans could not be sent to the OTLP receiver (said once until an export goes again): {cause}"
+            );
         }
         sent
     }
@@ -166,4 +173,42 @@ pub(super) fn tls_config(
         ca.as_ref().map(pem),
         identity.as_ref().map(|(chain, key)| (pem(chain), pem(key))),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn export_to(port: u16) -> http::Request<Bytes> {
+        http::Request::post(format!("http://127.0.0.1:{port}/v1/traces"))
+            .body(Bytes::from_static(b"spans"))
+            .unwrap()
+    }
+
+    /// One warning an outage: said at the first failure, not again while it lasts, and again
+    /// at the next outage once an export went.
+    #[test]
+    fn a_failed_export_is_said_once_an_outage() {
+        let exporting = Exporting::new(&|_: &str| None).unwrap();
+        let away = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let away_port = away.local_addr().unwrap().port();
+        drop(away);
+        assert!(exporting.send(export_to(away_port)).is_err());
+        assert!(exporting.warned.load(std::sync::atomic::Ordering::Relaxed));
+        // A receiver that answers one export.
+        let receiver = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = receiver.local_addr().unwrap().port();
+        let answering = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut stream, _) = receiver.accept().unwrap();
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).unwrap();
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .unwrap();
+        });
+        assert_eq!(exporting.send(export_to(port)).unwrap().status(), 200);
+        answering.join().unwrap();
+        assert!(!exporting.warned.load(std::sync::atomic::Ordering::Relaxed));
+    }
 }

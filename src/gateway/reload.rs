@@ -160,7 +160,14 @@ pub(crate) async fn apply(shared: &Shared, new: &GatewayConfig) -> Result<Outcom
         merged_keys(&before, new.pool.specs(), live.pool.specs())
     };
     let successor = match successor {
-        Some(keys) => Some(live.pool.with_keys_and_limits_of(keys, &new.pool)?),
+        Some(changes) => Some((
+            live.pool.with_keys_and_limits_of(changes.keys, &new.pool)?,
+            [
+                ("added", changes.added),
+                ("removed", changes.removed),
+                ("changed", changes.changed),
+            ],
+        )),
         None => None,
     };
     let mut applied = Vec::new();
@@ -193,10 +200,16 @@ pub(crate) async fn apply(shared: &Shared, new: &GatewayConfig) -> Result<Outcom
     // The stack again, with the fallback chains, prices, budgets and alerts just set (over the
     // new keys, if they changed: requests waiting on the old pool no longer get a key removed).
     match successor {
-        Some(pool) => {
+        Some((pool, changes)) => {
             live.pool.retire_keys_not_in(&pool);
             shared.swap(pool);
             applied.push("keys".to_owned());
+            let said: Vec<String> = changes
+                .iter()
+                .filter(|(_, keys)| !keys.is_empty())
+                .map(|(what, keys)| format!("{what} {}", keys.join(" ")))
+                .collect();
+            tracing::info!("keys from the configuration file: {}", said.join("; "));
         }
         None => shared.rebuild(),
     }
@@ -222,43 +235,85 @@ pub(crate) async fn apply(shared: &Shared, new: &GatewayConfig) -> Result<Outcom
     })
 }
 
+/// What a reload does to the keys: the pool's new keys, and the fingerprints of those it
+/// added, removed and changed (for the log: never a key).
+#[derive(Default)]
+struct KeyChanges {
+    keys: Vec<crate::KeySpec>,
+    added: Vec<String>,
+    removed: Vec<String>,
+    changed: Vec<String>,
+}
+
 /// The running keys with what the file changed since it was last read (`before` → `now`): the
 /// keys it no longer lists removed, those it lists anew or with other settings (name, project,
-/// priority) put in — a changed one in its place —, the keys added or removed through the admin
-/// API left as they are. `None` when the file's keys did not change.
+/// priority) put in — a changed one in its place —, the keys the admin API added left as they
+/// are. `None` when nothing changes. Lookups by hash, no secret copied.
 fn merged_keys(
     before: &[crate::KeySpec],
     now: Vec<crate::KeySpec>,
     running: Vec<crate::KeySpec>,
-) -> Option<Vec<crate::KeySpec>> {
+) -> Option<KeyChanges> {
     use secrecy::ExposeSecret;
-    use std::collections::HashMap;
-    let secret = |spec: &crate::KeySpec| spec.secret.expose_secret().to_owned();
+    use std::collections::{HashMap, HashSet};
+    use std::hash::BuildHasher;
+    fn secret(spec: &crate::KeySpec) -> &str {
+        spec.secret.expose_secret()
+    }
     let settings = |spec: &crate::KeySpec| (spec.name.clone(), spec.project.clone(), spec.priority);
-    let before: HashMap<String, _> = before.iter().map(|b| (secret(b), settings(b))).collect();
-    let listed: std::collections::HashSet<String> = now.iter().map(secret).collect();
-    let removed: Vec<&String> = before.keys().filter(|b| !listed.contains(*b)).collect();
-    let changed: Vec<crate::KeySpec> = now
+    let fingerprint = |spec: &crate::KeySpec| crate::Fingerprint::of(secret(spec)).to_string();
+    let was: HashMap<&str, _> = before.iter().map(|b| (secret(b), settings(b))).collect();
+    let gone: HashSet<&str> = {
+        let listed: HashSet<&str> = now.iter().map(secret).collect();
+        before
+            .iter()
+            .map(secret)
+            .filter(|b| !listed.contains(b))
+            .collect()
+    };
+    let fresh: Vec<crate::KeySpec> = now
         .into_iter()
-        .filter(|spec| before.get(&secret(spec)) != Some(&settings(spec)))
+        .filter(|n| was.get(secret(n)) != Some(&settings(n)))
         .collect();
-    if removed.is_empty() && changed.is_empty() {
+    if gone.is_empty() && fresh.is_empty() {
         return None;
     }
-    let mut keys: Vec<crate::KeySpec> = running
-        .into_iter()
-        .filter(|spec| !removed.contains(&&secret(spec)))
-        .collect();
-    for spec in changed {
-        match keys
-            .iter_mut()
-            .find(|running| secret(running) == secret(&spec))
-        {
-            Some(running) => *running = spec,
-            None => keys.push(spec),
+    let mut changes = KeyChanges::default();
+    for spec in running {
+        match gone.contains(secret(&spec)) {
+            true => changes.removed.push(fingerprint(&spec)),
+            false => changes.keys.push(spec),
         }
     }
-    Some(keys)
+    let hasher = std::collections::hash_map::RandomState::new();
+    let mut at: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (i, spec) in changes.keys.iter().enumerate() {
+        at.entry(hasher.hash_one(secret(spec))).or_default().push(i);
+    }
+    for spec in fresh {
+        let found = at
+            .get(&hasher.hash_one(secret(&spec)))
+            .and_then(|candidates| {
+                candidates
+                    .iter()
+                    .copied()
+                    .find(|&i| secret(&changes.keys[i]) == secret(&spec))
+            });
+        match found {
+            Some(i) if settings(&changes.keys[i]) == settings(&spec) => {}
+            Some(i) => {
+                changes.changed.push(fingerprint(&spec));
+                changes.keys[i] = spec;
+            }
+            None => {
+                changes.added.push(fingerprint(&spec));
+                changes.keys.push(spec);
+            }
+        }
+    }
+    let nothing =
+        changes.added.is_empty() && changes.removed.is_empty() && changes.changed.is_empty();
+    (!nothing).then_some(changes)
 }
 
 /// Do `a` and `b` hold the same secrets, in order (compared whole, not by fingerprint)?
@@ -309,4 +364,52 @@ pub(crate) fn on_hangup(shared: &Arc<Shared>) -> Option<super::jobs::AbortOnDrop
             let _ = reload(&shared).await;
         }
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merged_keys;
+    use crate::KeySpec;
+
+    fn spec(key: &str, project: &str) -> KeySpec {
+        KeySpec::new(key).project(project)
+    }
+
+    fn secrets(keys: &[KeySpec]) -> Vec<String> {
+        use secrecy::ExposeSecret;
+        keys.iter()
+            .map(|k| k.secret.expose_secret().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn only_what_the_file_changed_is_applied() {
+        let before = [spec("test-key-0001", "a"), spec("test-key-0002", "b")];
+        // The admin API added 0009 and removed 0002.
+        let running = || vec![spec("test-key-0001", "a"), spec("test-key-0009", "z")];
+        // The same file: nothing.
+        let same = vec![spec("test-key-0001", "a"), spec("test-key-0002", "b")];
+        assert!(merged_keys(&before, same, running()).is_none());
+        // The file drops 0002, which the admin already removed: nothing changes either.
+        assert!(merged_keys(&before, vec![spec("test-key-0001", "a")], running()).is_none());
+        // 0001 renamed, 0003 new: the admin's 0009 kept, in place.
+        let now = vec![
+            spec("test-key-0001", "a").name("primary"),
+            spec("test-key-0002", "b"),
+            spec("test-key-0003", "c"),
+        ];
+        let changes = merged_keys(&before, now, running()).unwrap();
+        assert_eq!(
+            secrets(&changes.keys),
+            ["test-key-0001", "test-key-0009", "test-key-0003"]
+        );
+        assert_eq!(changes.keys[0].name.as_deref(), Some("primary"));
+        assert_eq!(changes.changed, ["…0001"]);
+        assert_eq!(changes.added, ["…0003"]);
+        assert!(changes.removed.is_empty());
+        // 0001 gone from the file: removed from the running keys, said by fingerprint.
+        let changes = merged_keys(&before, vec![spec("test-key-0002", "b")], running()).unwrap();
+        assert_eq!(secrets(&changes.keys), ["test-key-0009"]);
+        assert_eq!(changes.removed, ["…0001"]);
+    }
 }

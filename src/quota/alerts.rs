@@ -97,8 +97,14 @@ impl Alerts {
     /// Remember what `earlier` alerted for (a stack rebuilt over the same pool's ledger: a
     /// limit still above the threshold is not announced again).
     #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
-    pub(crate) fn share_memory(&mut self, earlier: &Alerts) {
+    pub(crate) fn share_memory(&mut self, earlier: &Alerts, projects: &[Arc<str>]) {
         self.above = earlier.above.clone();
+        // Projects gone with their keys are forgotten: the memory stays within the pool's.
+        let kept: std::collections::HashSet<&str> = projects.iter().map(|p| &**p).collect();
+        self.above
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|project, _| kept.contains(&**project));
     }
 
     /// Is anyone listening? (Only then is a snapshot taken per request.)
@@ -180,6 +186,28 @@ mod tests {
     use super::*;
     use crate::state::Usage;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A rebuilt stack shares what the last announced, less the projects no longer in its
+    /// pool: the memory stays within the pool's projects.
+    #[test]
+    fn shared_memory_forgets_projects_gone() {
+        let earlier = Alerts::default();
+        {
+            let mut above = earlier.above.lock().unwrap();
+            for project in ["proj-kept", "proj-gone"] {
+                above
+                    .entry(Arc::from(project))
+                    .or_default()
+                    .insert(Arc::from("gemini-2.0-flash"), [true, false, false, false]);
+            }
+        }
+        let mut rebuilt = Alerts::default();
+        rebuilt.share_memory(&earlier, &[Arc::from("proj-kept"), Arc::from("proj-new")]);
+        let above = rebuilt.above.lock().unwrap();
+        assert!(Arc::ptr_eq(&rebuilt.above, &earlier.above));
+        assert_eq!(above.len(), 1);
+        assert!(above["proj-kept"]["gemini-2.0-flash"][0]);
+    }
 
     fn rpm(used: u64) -> MeterSnapshot {
         MeterSnapshot {

@@ -59,7 +59,8 @@ impl QuotaLayer {
     /// on a reload or a key change does not announce them again.
     #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     pub(crate) fn remembering(mut self, earlier: &QuotaLayer) -> Self {
-        self.alerts.share_memory(&earlier.alerts);
+        self.alerts
+            .share_memory(&earlier.alerts, &self.pool.project_names());
         self
     }
 

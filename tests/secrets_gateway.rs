@@ -1,7 +1,8 @@
 //! No raw key or client token anywhere the gateway shows or keeps anything: every log line at
 //! TRACE, every answer's body and headers (successes, refusals, upstream errors, streams,
 //! OpenAI and native shapes), the status API, the dashboard, `/metrics`, the admin API's
-//! answers (a key added through it included), the state file and the Redis keyspace. The run is
+//! answers (a key added through it included), a reload that changes the keys, the state file
+//! and the Redis keyspace. The run is
 //! full of failures on purpose: an invalid key, a leaked one, a rate-limited one, overloaded
 //! and reset answers. (Its own binary: tracing's callsite cache is shared by the threads of one
 //! process.)
@@ -10,7 +11,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::gateway::{config_from, start};
+use common::gateway::start;
 use common::{Capture, client};
 use http::Request;
 use http_body_util::Full;
@@ -28,6 +29,8 @@ const KEYS: [&str; 4] = [
     "test-key-logs-0004", // one request a minute
 ];
 const ADDED: &str = "test-key-logs-added-0005";
+/// Keys of the configuration file: the first replaced by the second in a reload.
+const FILED: [&str; 2] = ["test-key-logs-file-0006", "test-key-logs-file-0007"];
 const TOKEN: &str = "client-token-logs-0001";
 /// A client with a tiny daily budget: it is alerted, then refused.
 const SPENDER: &str = "client-token-logs-spender-0002";
@@ -38,6 +41,7 @@ fn secrets() -> Vec<&'static str> {
     KEYS.iter()
         .copied()
         .chain([ADDED, TOKEN, SPENDER, ADMIN, WRONG])
+        .chain(FILED)
         .collect()
 }
 
@@ -66,7 +70,9 @@ fn no_secret_in_any_log_line_answer_page_metric_file_or_redis_key() {
     runtime.block_on(async {
         let mock = MockGemini::builder()
             .project("proj-leaked", |p| p.leaked_key(KEYS[1]))
-            .project("proj-good", |p| p.key(KEYS[2]).key(ADDED))
+            .project("proj-good", |p| {
+                p.key(KEYS[2]).key(ADDED).key(FILED[0]).key(FILED[1])
+            })
             .project("proj-limited", |p| {
                 p.key(KEYS[3]).default_limits(ModelLimits {
                     rpm: Some(1),
@@ -99,7 +105,21 @@ fn no_secret_in_any_log_line_answer_page_metric_file_or_redis_key() {
             vars.push(("REDIS_URL", redis.url.as_str()));
             vars.push(("REDIS_PREFIX", prefix.as_str()));
         }
-        let mut config = config_from(&vars);
+        // A configuration file too, with a key of its own, for a reload that changes the keys.
+        let file = dir.join("gateway.toml");
+        let filed = |key: &str| format!("[[keys]]\nvalue = \"{key}\"\nproject = \"proj-good\"\n");
+        std::fs::write(&file, filed(FILED[0])).unwrap();
+        let flags = tower_gemini::gateway::Flags {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let mut config = tower_gemini::gateway::GatewayConfig::resolve(flags, |name| {
+            vars.iter()
+                .rev()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .unwrap();
         // The layers that save quota and money, on: a cache (shared through Redis when there
         // is one), a fallback chain, and budgets small enough to alert and refuse per client.
         config.saving = Saving {
@@ -258,6 +278,18 @@ fn no_secret_in_any_log_line_answer_page_metric_file_or_redis_key() {
                 .unwrap(),
         )
         .await;
+        // The file's key replaced by another, through a reload.
+        std::fs::write(&file, filed(FILED[1])).unwrap();
+        ask(
+            "a reload that changes the keys",
+            admin(http::Method::POST, "/api/config/reload", ""),
+        )
+        .await;
+        ask(
+            "a call after the reload",
+            generate("gemini-2.0-flash", TOKEN, "header"),
+        )
+        .await;
         // Stop: the state file is written.
         gateway.stop.take().unwrap().send(()).unwrap();
         gateway.served.await.unwrap();
@@ -299,6 +331,10 @@ fn no_secret_in_any_log_line_answer_page_metric_file_or_redis_key() {
     assert!(
         logs.contains("…0005"),
         "the added key was logged by fingerprint"
+    );
+    assert!(
+        logs.contains("keys from the configuration file: added …0007; removed …0006"),
+        "the reload's keys were logged by fingerprint"
     );
     // The saving layers acted: a hit, a fallback, a budget alert and a refusal.
     let answers = |what: &str| -> Vec<&String> {

@@ -86,6 +86,50 @@ fn receiving(sink: Arc<Mutex<Received>>) -> axum::Router {
     )
 }
 
+/// A free address on 127.0.0.1: bound, read and let go (the gateway binds it a moment later).
+fn free_listen() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Wait until the gateway listens (bounded: 10 s).
+async fn wait_listening(listen: &str) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(listen).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the gateway did not listen on {listen}");
+}
+
+/// Stop the gateway as an operator would (`SIGTERM`; its stop flushes the spans it holds) and
+/// return how it exited with what it printed — the log (stdout) and stderr, whichever were
+/// piped, read whole once it stopped (a few lines).
+async fn stop(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let exit = child.wait().unwrap();
+        let mut text = String::new();
+        if let Some(mut pipe) = child.stdout.take() {
+            let _ = pipe.read_to_string(&mut text);
+        }
+        if let Some(mut pipe) = child.stderr.take() {
+            let _ = pipe.read_to_string(&mut text);
+        }
+        (exit, text)
+    })
+    .await
+    .unwrap()
+}
+
 /// That receiver on 127.0.0.1, over plain HTTP.
 async fn receiver() -> (String, Arc<Mutex<Received>>) {
     let received = Arc::new(Mutex::new(Received::default()));
@@ -175,13 +219,8 @@ async fn spans_reach_an_otlp_receiver_with_the_genai_attributes_and_the_clients_
         ),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gemini-gateway"))
+    let listen = free_listen();
+    let child = Command::new(env!("CARGO_BIN_EXE_gemini-gateway"))
         .args(["serve", "--config"])
         .arg(&config)
         .args(["--upstream", &mock.url(), "--listen", &listen])
@@ -214,15 +253,7 @@ async fn spans_reach_an_otlp_receiver_with_the_genai_attributes_and_the_clients_
         };
         request.body(Full::new(Bytes::from(body))).unwrap()
     };
-    let mut up = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(&listen).await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "the gateway did not listen");
+    wait_listening(&listen).await;
     // One traced call, the same again (the cache answers it), one that passes the cache by
     // with the token in `?key=` and asks not to be sampled, one refused (a bad token).
     let calls = [
@@ -273,20 +304,7 @@ async fn spans_reach_an_otlp_receiver_with_the_genai_attributes_and_the_clients_
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let stderr = tokio::task::spawn_blocking(move || {
-        let _ = child.wait();
-        let mut text = String::new();
-        if let Some(mut pipe) = child.stderr.take() {
-            use std::io::Read;
-            let _ = pipe.read_to_string(&mut text);
-        }
-        text
-    })
-    .await
-    .unwrap();
+    let (_, stderr) = stop(child).await;
     std::fs::remove_dir_all(&dir).ok();
 
     // The server spans (kind 2): the traced call continues the client's trace.
@@ -420,13 +438,8 @@ async fn spans_reach_an_https_receiver_that_checks_its_clients() {
         ),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gemini-gateway"))
+    let listen = free_listen();
+    let child = Command::new(env!("CARGO_BIN_EXE_gemini-gateway"))
         .args(["serve", "--config"])
         .arg(&config)
         .args(["--upstream", &mock.url(), "--listen", &listen])
@@ -447,15 +460,7 @@ async fn spans_reach_an_https_receiver_that_checks_its_clients() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut up = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(&listen).await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "the gateway did not listen");
+    wait_listening(&listen).await;
     let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
     let request = http::Request::post(format!(
@@ -480,20 +485,7 @@ async fn spans_reach_an_https_receiver_that_checks_its_clients() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let (exit, stderr) = tokio::task::spawn_blocking(move || {
-        let exit = child.wait().unwrap();
-        let mut text = String::new();
-        if let Some(mut pipe) = child.stderr.take() {
-            use std::io::Read;
-            let _ = pipe.read_to_string(&mut text);
-        }
-        (exit, text)
-    })
-    .await
-    .unwrap();
+    let (exit, stderr) = stop(child).await;
     // Stopped cleanly: the exporter's runtime was not dropped where it may not be.
     assert!(exit.success(), "{exit}: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -550,12 +542,7 @@ async fn an_untrusted_or_unidentified_exporter_sends_nothing_and_the_gateway_ser
         &[("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_path())],
     ];
     for vars in attempts {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let listen = format!("127.0.0.1:{port}");
+        let listen = free_listen();
         let mut command = Command::new(env!("CARGO_BIN_EXE_gemini-gateway"));
         command
             .args(["serve", "--config"])
@@ -570,16 +557,8 @@ async fn an_untrusted_or_unidentified_exporter_sends_nothing_and_the_gateway_ser
             command.env(name, value);
         }
         let tried = connections.load(std::sync::atomic::Ordering::Relaxed);
-        let mut child = command.spawn().unwrap();
-        let mut up = false;
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(&listen).await.is_ok() {
-                up = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(up, "the gateway did not listen with {vars:?}");
+        let child = command.spawn().unwrap();
+        wait_listening(&listen).await;
         let http =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http::<Full<Bytes>>();
@@ -596,24 +575,7 @@ async fn an_untrusted_or_unidentified_exporter_sends_nothing_and_the_gateway_ser
         assert_eq!(response.status(), 200, "{vars:?}");
         let _ = response.into_body().collect().await.unwrap();
         // The gateway's stop flushes what it holds: an export that could go would go now.
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        // The log (stdout) and stderr, read whole once it stopped (the log is a few lines).
-        let (exit, stderr) = tokio::task::spawn_blocking(move || {
-            let exit = child.wait().unwrap();
-            let mut text = String::new();
-            use std::io::Read;
-            if let Some(mut pipe) = child.stdout.take() {
-                let _ = pipe.read_to_string(&mut text);
-            }
-            if let Some(mut pipe) = child.stderr.take() {
-                let _ = pipe.read_to_string(&mut text);
-            }
-            (exit, text)
-        })
-        .await
-        .unwrap();
+        let (exit, stderr) = stop(child).await;
         assert!(exit.success(), "{exit}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
         assert!(

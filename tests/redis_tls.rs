@@ -8,13 +8,12 @@
 mod common;
 
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::pki::Pki;
-use common::redis::{Redis, eventually, send};
+use common::redis::{Redis, cluster_port, eventually, named, send};
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use tower_gemini::mock::MockGemini;
@@ -33,28 +32,6 @@ fn tls(pki: &Pki, client: bool) -> RedisTls {
     }
 }
 
-fn binary(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-/// A free port whose cluster bus port (10,000 above it) is free too.
-fn free_port() -> u16 {
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
-        }
-    }
-}
-
 /// Redis servers speaking only TLS, on 127.0.0.1; killed when dropped.
 struct TlsRedis {
     nodes: Vec<Child>,
@@ -65,7 +42,7 @@ impl TlsRedis {
     /// `count` servers (a cluster when more than one), checking client certificates with
     /// `auth_clients`; `None`, saying so, without a redis-server built with TLS.
     fn start(test: &str, pki: &Pki, count: usize, auth_clients: bool) -> Option<TlsRedis> {
-        let Some(server) = binary("redis-server") else {
+        let Some(server) = named("redis-server") else {
             eprintln!(
                 "SKIPPED {test}: no redis-server on this machine (apt-get install -y redis-server)"
             );
@@ -76,7 +53,7 @@ impl TlsRedis {
             ports: Vec::new(),
         };
         while redis.ports.len() < count {
-            let port = free_port();
+            let port = cluster_port();
             if !redis.ports.contains(&port) {
                 redis.ports.push(port);
             }
@@ -133,7 +110,7 @@ impl TlsRedis {
     /// `redis-cli --tls --cluster create` over the nodes, then wait until each serves every
     /// slot (bounded: 20 s).
     fn create_cluster(&self, pki: &Pki) {
-        let cli = binary("redis-cli").expect("redis-cli beside redis-server");
+        let cli = named("redis-cli").expect("redis-cli beside redis-server");
         let tls = |command: &mut Command| {
             command
                 .arg("--tls")

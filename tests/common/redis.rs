@@ -21,7 +21,8 @@ fn binary() -> Option<PathBuf> {
     named("redis-server")
 }
 
-fn named(server: &str) -> Option<PathBuf> {
+/// A binary of this name on the `PATH` (or in /usr/bin, /usr/sbin).
+pub fn named(server: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
@@ -209,7 +210,7 @@ fn cli() -> Option<PathBuf> {
 }
 
 /// A free port whose cluster bus port (10,000 above it) is free too.
-fn cluster_port() -> u16 {
+pub fn cluster_port() -> u16 {
     loop {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
